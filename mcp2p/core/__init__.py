@@ -1,0 +1,1 @@
+"""Pure logic: state machines and arithmetic, no Twisted, no I/O."""
