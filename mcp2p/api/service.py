@@ -1,0 +1,186 @@
+"""APIService: the one local control interface, HTTP + JSON on 127.0.0.1.
+
+Used by the ``mcp2p`` command, scripts and (later) the status page.
+
+- ``GET /api/status``: node id, services, counters.
+- ``GET /api/catalog``: the files shared here.
+- ``POST /api/search``: ``{"method": "query"|"sap", "pattern": "*.iso"}`` or
+  ``{"content_id": HEX}``, optional ``answers``, ``max_hops``, ``timeout``,
+  ``reply_mode``; answers with the search result.
+
+Requests whose Host header is not a loopback name are refused (a web page
+in a browser on this host must not drive the daemon by DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from mcp2p import __version__
+from mcp2p.discovery.query import file_json
+
+_log = Logger()
+
+PORT_FILE = "api.port"
+MAX_BODY = 64 * 1024
+LOOPBACK_HOSTS = {b"127.0.0.1", b"localhost", b"[::1]"}
+
+
+class BadRequest(Exception):
+    pass
+
+
+def search_options(body: dict[str, Any], schedule: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
+    """Validate a search request body; returns (method, keyword arguments)."""
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    method = body.get("method", "query")
+    if method not in ("query", "sap"):
+        raise BadRequest("method must be 'query' or 'sap'")
+    pattern, cid = body.get("pattern"), body.get("content_id")
+    if (pattern is None) == (cid is None):
+        raise BadRequest("give exactly one of pattern and content_id")
+    kwargs: dict[str, Any] = {"pattern": None, "content_id": None}
+    if pattern is not None:
+        if not isinstance(pattern, str) or not pattern or len(pattern.encode()) > 255:
+            raise BadRequest("pattern must be a string of 1-255 bytes")
+        kwargs["pattern"] = pattern
+    else:
+        try:
+            raw = bytes.fromhex(cid)
+        except (TypeError, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise BadRequest("content_id must be 64 hex digits")
+        kwargs["content_id"] = raw
+    if method == "query":
+        answers = body.get("answers")
+        if answers is not None:
+            if not isinstance(answers, int) or not 1 <= answers <= 255:
+                raise BadRequest("answers must be an integer in [1, 255]")
+            kwargs["answers"] = answers
+        max_hops = body.get("max_hops")
+        if max_hops is not None:
+            if not isinstance(max_hops, int) or not 1 <= max_hops <= 255:
+                raise BadRequest("max_hops must be an integer in [1, 255]")
+            rings = tuple(h for h in schedule if h < max_hops) + (max_hops,)
+            kwargs["schedule"] = rings
+        timeout = body.get("timeout")
+        if timeout is not None:
+            if not isinstance(timeout, (int, float)) or not 0.05 <= timeout <= 60:
+                raise BadRequest("timeout must be a number of seconds in [0.05, 60]")
+            kwargs["timeout"] = float(timeout)
+        mode = body.get("reply_mode")
+        if mode is not None:
+            if mode not in ("unicast", "multicast"):
+                raise BadRequest("reply_mode must be 'unicast' or 'multicast'")
+            kwargs["reply_mode"] = mode
+    return method, kwargs
+
+
+class _JSON(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, node: Any) -> None:
+        super().__init__()
+        self.node = node
+
+    def render(self, request: Any) -> Any:
+        host = (request.getHeader(b"host") or b"").rsplit(b":", 1)[0]
+        if host not in LOOPBACK_HOSTS:
+            return self._reply(request, 403, {"error": "only loopback Host names are served"})
+        path = request.path.rstrip(b"/")
+        try:
+            if request.method == b"GET" and path == b"/api/status":
+                return self._reply(request, 200, self.status())
+            if request.method == b"GET" and path == b"/api/catalog":
+                return self._reply(request, 200, self.catalog())
+            if request.method == b"POST" and path == b"/api/search":
+                return self.search(request)
+        except BadRequest as e:
+            return self._reply(request, 400, {"error": str(e)})
+        return self._reply(request, 404, {"error": "no such endpoint"})
+
+    def _reply(self, request: Any, code: int, body: Any) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(body).encode() + b"\n"
+
+    def status(self) -> dict[str, Any]:
+        n = self.node
+        return {
+            "version": __version__,
+            "node_id": n.identity.node_id.hex(),
+            "public_key": n.identity.public_key.hex(),
+            "interface": str(n.config.node.interface),
+            "shared_files": len(n.serving.catalog),
+            "discovery": n.discovery.stats(),
+        }
+
+    def catalog(self) -> dict[str, Any]:
+        return {"files": [file_json(o) for o in self.node.serving.offers()]}
+
+    def search(self, request: Any) -> Any:
+        raw = request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise BadRequest("body too large")
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            raise BadRequest("body is not JSON") from None
+        method, kwargs = search_options(body, self.node.config.discovery.ring_schedule)
+        d = self.node.discovery.search(method, **kwargs)
+
+        def done(result: Any) -> None:
+            if not request.finished and not request._disconnected:
+                request.write(self._reply(request, 200, result.to_json()))
+                request.finish()
+
+        def failed(f: Any) -> None:
+            _log.failure("search failed", f)
+            if not request.finished and not request._disconnected:
+                request.write(self._reply(request, 500, {"error": f.getErrorMessage()}))
+                request.finish()
+
+        d.addCallbacks(done, failed)
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        return server.NOT_DONE_YET
+
+
+class APIService(Service):
+    name = "api"
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.port: Any = None
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        site = server.Site(_JSON(self.node))
+        site.displayTracebacks = False
+        site.noisy = False
+        self.port = self.node.reactor.listenTCP(
+            self.node.config.api.port, site, interface="127.0.0.1"
+        )
+        actual = self.port.getHost().port
+        path = self.node.config.node.state_dir / PORT_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{actual}\n")
+        os.replace(tmp, path)
+        _log.info("local API on http://127.0.0.1:{port}/api/status", port=actual)
+
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        port, self.port = self.port, None
+        try:
+            (self.node.config.node.state_dir / PORT_FILE).unlink()
+        except OSError:
+            pass
+        return defer.maybeDeferred(port.stopListening) if port is not None else None

@@ -1,0 +1,68 @@
+"""Builds the daemon's MultiService from a validated Config: the one place that
+wires the parts together (magic-wormhole's ``_boss.py`` is the model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import MultiService
+
+from mcp2p.catalog import Catalog
+from mcp2p.config import Config
+from mcp2p.trust.keys import NodeIdentity, load_or_create
+
+
+@dataclass
+class Node:
+    """What every service of one daemon shares."""
+
+    reactor: Any
+    config: Config
+    identity: NodeIdentity
+    serving: Any = None
+    discovery: Any = None
+    fetching: Any = None
+    api: Any = None
+
+
+def add_plugin_dir(config: Config) -> None:
+    """Make the configured drop-in directory part of the ``mcp2p.plugins`` package."""
+    import mcp2p.plugins
+
+    path = str(config.node.plugins_dir)
+    if config.node.plugins_dir.is_dir() and path not in mcp2p.plugins.__path__:
+        mcp2p.plugins.__path__.append(path)
+
+
+def build(config: Config, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    from mcp2p.api.service import APIService
+    from mcp2p.discovery.service import DiscoveryService
+    from mcp2p.transfer.fetching import FetchingService
+    from mcp2p.transfer.serving import ServingService
+
+    add_plugin_dir(config)
+    config.node.state_dir.mkdir(parents=True, exist_ok=True)
+    for path in config.share.paths:
+        path.mkdir(parents=True, exist_ok=True)
+    node = Node(reactor, config, load_or_create(config.node.state_dir))
+    catalog = Catalog(
+        reactor,
+        config.node.state_dir,
+        list(config.share.paths),
+        config.share.piece_length,
+        config.share.rescan_interval,
+    )
+    top = MultiService()
+    node.serving = ServingService(node, catalog)
+    node.discovery = DiscoveryService(node)
+    node.fetching = FetchingService(node)
+    node.api = APIService(node)
+    for service in (node.serving, node.discovery, node.fetching, node.api):
+        service.setServiceParent(top)
+    top.node = node  # type: ignore[attr-defined]
+    return top

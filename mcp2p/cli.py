@@ -1,0 +1,249 @@
+"""The ``mcp2p`` command: talks to the local daemon's API, or works in-process.
+
+``mcp2p search PATTERN`` asks the daemon when one answers on its API port
+(the daemon then searches the network from its own node); otherwise it
+runs the expanding-ring search itself, as a client-only node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from mcp2p import __version__
+from mcp2p.config import CONFIG_ENV, Config, find_config, load_config, parse_override
+from mcp2p.errors import ConfigError
+
+EXIT_NOT_FOUND = 1
+EXIT_ERROR = 2
+
+
+def api_url(config: Config) -> str | None:
+    port = config.api.port
+    if port == 0:
+        try:
+            port = int((config.node.state_dir / "api.port").read_text().strip())
+        except (OSError, ValueError):
+            return None
+    return f"http://127.0.0.1:{port}"
+
+
+def call_daemon(config: Config, path: str, body: Any = None, timeout: float = 60) -> Any:
+    """The daemon's JSON answer, or None when no daemon listens."""
+    base = api_url(config)
+    if base is None:
+        return None
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        base + path, data=data, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read()).get("error", str(e))
+        except ValueError:
+            message = str(e)
+        raise SystemExit(f"mcp2p: the daemon refused the request: {message}") from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return None
+
+
+def search_in_process(config: Config, body: dict[str, Any], wait: float) -> dict[str, Any]:
+    """Run the search with a client-only node in this process."""
+    from twisted.internet import defer, task
+
+    from mcp2p.api.service import search_options
+
+    out: dict[str, Any] = {}
+
+    async def run(reactor: Any) -> None:
+        method, kwargs = search_options(body, config.discovery.ring_schedule)
+        if method == "query":
+            from mcp2p.discovery.query import QueryNode
+
+            node = QueryNode(
+                reactor, config.discovery, str(config.node.interface), config.node.interface6
+            )
+            multicast_replies = kwargs.get("reply_mode", config.discovery.reply_mode) != "unicast"
+            node.start(listen_group=multicast_replies)
+            try:
+                result = await node.search(**kwargs)
+            finally:
+                await node.stop()
+        else:
+            result = await sap_listen(reactor, config, kwargs, wait)
+        out.update(result.to_json())
+
+    def main(reactor: Any) -> Any:
+        return defer.ensureDeferred(run(reactor))
+
+    try:
+        task.react(main)
+    except SystemExit as e:
+        if e.code:
+            raise
+    return out
+
+
+async def sap_listen(reactor: Any, config: Config, kwargs: dict[str, Any], wait: float) -> Any:
+    """Listen to the SAP group for ``wait`` seconds and search what was heard."""
+    import socket
+    import time
+
+    from twisted.internet import task
+
+    from mcp2p import multicast
+    from mcp2p.core.ring import ServerRecord
+    from mcp2p.discovery.query import SearchResult
+    from mcp2p.discovery.sap import SAPDirectory, SAPProtocol
+
+    directory = SAPDirectory()
+    protocol = SAPProtocol(directory, reactor)
+    iface = str(config.node.interface)
+    port = multicast.listen(reactor, protocol, config.sap.port, socket.AF_INET, iface)
+    multicast.join(port, config.sap.group, iface)
+    started = time.monotonic()
+    try:
+        await task.deferLater(reactor, wait, lambda: None)
+    finally:
+        await port.stopListening()
+    servers: dict[bytes, ServerRecord] = {}
+    for a in directory.search(pattern=kwargs["pattern"], content_id=kwargs["content_id"]):
+        record = servers.setdefault(
+            a.node_id, ServerRecord(a.node_id, a.public_key, str(a.origin), None, 0.0)
+        )
+        record.files[a.offer.content_id] = a.offer
+    return SearchResult(list(servers.values()), "listened", 0, [], 0, time.monotonic() - started)
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+def print_result(result: dict[str, Any], as_json: bool) -> int:
+    rows = []
+    for s in result["servers"]:
+        for f in s["files"]:
+            rows.append((s, f))
+    if as_json:
+        for s, f in rows:
+            line = dict(f)
+            line.update(
+                node_id=s["node_id"],
+                address=s["address"],
+                distance=s["distance"],
+                rtt=s["rtt"],
+            )
+            print(json.dumps(line))
+    else:
+        if rows:
+            print(f"{'CONTENT ID':<16}  {'SIZE':>10}  {'HOPS':>4}  {'NODE':<12}  "
+                  f"{'ADDRESS':<15}  NAME")
+        for s, f in rows:
+            hops = "-" if s["distance"] is None else str(s["distance"])
+            print(
+                f"{f['content_id'][:16]}  {human_size(f['size']):>10}  {hops:>4}  "
+                f"{s['node_id'][:12]}  {s['address']:<15}  {f['name']}"
+            )
+        rings = ", ".join(str(h) for h in result.get("hop_limits", []))
+        print(
+            f"{len(rows)} files from {len(result['servers'])} nodes"
+            + (f"; rings with hop limits {rings}, {result['query_bytes']} query bytes" if rings
+               else "")
+            + f"; {result['elapsed']:.2f} s ({result['reason']})",
+            file=sys.stderr,
+        )
+    return 0 if rows else EXIT_NOT_FOUND
+
+
+def cmd_search(config: Config, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"method": args.method}
+    if re.fullmatch(r"[0-9a-fA-F]{64}", args.what):
+        body["content_id"] = args.what.lower()
+    else:
+        body["pattern"] = args.what
+    if args.method == "query":
+        for key in ("answers", "max_hops", "timeout", "reply_mode"):
+            if getattr(args, key) is not None:
+                body[key] = getattr(args, key)
+    result = None if args.no_daemon else call_daemon(config, "/api/search", body)
+    if result is None:
+        result = search_in_process(config, body, args.wait)
+    return print_result(result, args.json)
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    status = call_daemon(config, "/api/status", timeout=5)
+    if status is None:
+        print(f"mcp2p: no daemon answers at {api_url(config)}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(status, indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mcp2p",
+        description="Find and share files over multicast. The config is --config FILE, "
+        f"else ${CONFIG_ENV}, else ./mcp2p.ini, else ./etc/mcp2p.ini, else "
+        "/etc/mcp2p/mcp2p.ini.",
+    )
+    p.add_argument("--version", action="version", version=f"mcp2p {__version__}")
+    p.add_argument("-c", "--config", help="the ini file to read")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one option of the ini file (repeatable)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser(
+        "search",
+        help="find files on the network",
+        description="Find files by name pattern (fnmatch, case-insensitive) or content id.",
+    )
+    s.add_argument("what", help="a name pattern such as '*.iso', or a 64-hex-digit content id")
+    s.add_argument("--method", choices=("query", "sap"), default="query",
+                   help="hop-limited query (default), or the SAP announcement directory")
+    s.add_argument("--json", action="store_true", help="print JSON lines, one per file and node")
+    s.add_argument("--answers", type=int, help="stop after this many nodes answered")
+    s.add_argument("--max-hops", type=int, help="largest hop limit to try")
+    s.add_argument("--timeout", type=float, help="seconds to wait per ring")
+    s.add_argument("--reply-mode", choices=("unicast", "multicast"),
+                   help="ask for offers by unicast or to the group")
+    s.add_argument("--no-daemon", action="store_true",
+                   help="search from this process even when a daemon runs")
+    s.add_argument("--wait", type=float, default=5.0,
+                   help="without a daemon, seconds to listen for SAP announcements")
+    s.set_defaults(func=cmd_search)
+    st = sub.add_parser("status", help="show the local daemon's status")
+    st.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        overrides = [parse_override(item) for item in args.set]
+        config = load_config(find_config(args.config), overrides)
+    except ConfigError as e:
+        print(f"mcp2p: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return int(args.func(config, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,527 @@
+"""The ini file, read into a typed, frozen, validated configuration.
+
+Every option is declared once in ``SCHEMA`` with its parser, default and a
+one-line description; ``etc/mcp2p.ini`` documents the same options (a test
+keeps the two in step). An unknown section or key, or a bad value, raises
+``ConfigError`` whose message is one line naming file, section, key, value
+and what is allowed (Tahoe-LAFS ``validate_config`` is the model).
+
+Plugin settings live in ``[plugin:NAME]`` sections and are passed through
+as strings for the plugin to validate.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcp2p.errors import ConfigError
+
+# Where a config is looked for when none is named, in order (see find_config).
+CONFIG_ENV = "MCP2P_CONFIG"
+DEFAULT_LOCATIONS = ("./mcp2p.ini", "./etc/mcp2p.ini", "/etc/mcp2p/mcp2p.ini")
+
+
+# -- value parsers: each takes the raw string (and the config's directory) and
+# -- returns the value or raises ValueError with "what is allowed".
+
+
+def _int_range(low: int, high: int) -> Callable[[str, Path], int]:
+    def parse(raw: str, base: Path) -> int:
+        try:
+            value = int(raw.strip(), 0)
+        except ValueError:
+            raise ValueError(f"an integer in [{low}, {high}]") from None
+        if not low <= value <= high:
+            raise ValueError(f"an integer in [{low}, {high}]")
+        return value
+
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[str, Path], float]:
+    def parse(raw: str, base: Path) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"a number in [{low:g}, {high:g}]") from None
+        if not low <= value <= high or value != value:
+            raise ValueError(f"a number in [{low:g}, {high:g}]")
+        return value
+
+    return parse
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_RATE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def _size(low: int, high: int, power_of_two: bool = False) -> Callable[[str, Path], int]:
+    allowed = f"a size in bytes in [{low}, {high}] (suffix K, M or G allowed)"
+    if power_of_two:
+        allowed = "a power of two " + allowed[2:]
+
+    def parse(raw: str, base: Path) -> int:
+        m = re.fullmatch(r"\s*(\d+)\s*([kmgKMG]?)(i?[bB])?\s*", raw)
+        if not m:
+            raise ValueError(allowed)
+        value = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+        if not low <= value <= high or (power_of_two and value & (value - 1)):
+            raise ValueError(allowed)
+        return value
+
+    return parse
+
+
+def parse_rate(raw: str, base: Path | None = None) -> int:
+    """A rate in bit/s: ``100M`` is 100 Mbit/s (decimal units, as links are sold)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgKMG]?)(bit/s|bps|b)?\s*", raw)
+    allowed = "a rate in bit/s, at least 8000 (suffix k, M or G allowed, e.g. 100M)"
+    if not m:
+        raise ValueError(allowed)
+    value = int(float(m.group(1)) * _RATE_UNITS[m.group(2).lower()])
+    if not 8000 <= value <= 10**12:
+        raise ValueError(allowed)
+    return value
+
+
+def _bool(raw: str, base: Path) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise ValueError("one of yes, no, true, false, on, off, 1, 0")
+
+
+def _choice(*choices: str) -> Callable[[str, Path], str]:
+    def parse(raw: str, base: Path) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def _list(raw: str) -> list[str]:
+    return [item for item in re.split(r"[,\s]+", raw.strip()) if item]
+
+
+def _choices(*choices: str) -> Callable[[str, Path], tuple[str, ...]]:
+    def parse(raw: str, base: Path) -> tuple[str, ...]:
+        items = tuple(item.lower() for item in _list(raw))
+        if not items or any(item not in choices for item in items) or len(set(items)) != len(
+            items
+        ):
+            raise ValueError("a non-empty list of distinct values from " + ", ".join(choices))
+        return items
+
+    return parse
+
+
+def _path(raw: str, base: Path) -> Path:
+    value = raw.strip()
+    if not value:
+        raise ValueError("a path (relative paths are relative to the config file's directory)")
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (base / path)
+
+
+def _paths(raw: str, base: Path) -> tuple[Path, ...]:
+    items = [line.strip() for line in raw.splitlines() for line in line.split(",")]
+    return tuple(_path(item, base) for item in items if item.strip())
+
+
+def _ipv4_address(raw: str, base: Path) -> ipaddress.IPv4Address:
+    try:
+        addr = ipaddress.IPv4Address(raw.strip())
+    except ValueError:
+        raise ValueError("an IPv4 unicast address of a local interface, e.g. 127.0.0.1") from None
+    if addr.is_multicast or addr.is_unspecified:
+        raise ValueError("an IPv4 unicast address of a local interface, e.g. 127.0.0.1")
+    return addr
+
+
+def _interface6(raw: str, base: Path) -> str:
+    value = raw.strip()
+    if value and not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", value):
+        raise ValueError("an interface name such as eth0, or empty to disable IPv6")
+    return value
+
+
+def _groups(raw: str, base: Path) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    allowed = "a list of multicast addresses (IPv4 and/or IPv6), e.g. 239.255.77.77, ff15::77"
+    out = []
+    for item in _list(raw):
+        try:
+            addr = ipaddress.ip_address(item)
+        except ValueError:
+            raise ValueError(allowed) from None
+        if not addr.is_multicast:
+            raise ValueError(allowed)
+        out.append(addr)
+    if not out:
+        raise ValueError(allowed)
+    return tuple(out)
+
+
+def _group(raw: str, base: Path) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    groups = _groups(raw, base)
+    if len(groups) != 1:
+        raise ValueError("one multicast address")
+    return groups[0]
+
+
+def _pools(ssm: bool) -> Callable[[str, Path], tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
+    kind = "SSM (232.0.0.0/8, ff3x::/32)" if ssm else "multicast"
+
+    def parse(raw: str, base: Path) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        allowed = f"a list of {kind} networks with a prefix length, e.g. " + (
+            "232.0.0.0/8, ff3e::/32" if ssm else "239.192.0.0/14, ff15::/16"
+        )
+        out = []
+        for item in _list(raw):
+            try:
+                net = ipaddress.ip_network(item, strict=True)
+            except ValueError:
+                raise ValueError(allowed) from None
+            if not net.is_multicast:
+                raise ValueError(allowed)
+            if ssm and not _is_ssm(net):
+                raise ValueError(allowed)
+            if net.num_addresses < 2:
+                raise ValueError(allowed)
+            out.append(net)
+        if not out:
+            raise ValueError(allowed)
+        return tuple(out)
+
+    return parse
+
+
+def _is_ssm(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    if net.version == 4:
+        return net.subnet_of(ipaddress.IPv4Network("232.0.0.0/8"))  # type: ignore[arg-type]
+    first = int(net.network_address) >> 96
+    # ff3x::/96 with a zero prefix length and network prefix (RFC 4607).
+    return (first >> 24) == 0xFF and ((first >> 20) & 0xF) == 3 and (first & 0xFFFF) == 0
+
+
+def _ring_schedule(raw: str, base: Path) -> tuple[int, ...]:
+    allowed = "a strictly increasing list of hop limits in [1, 255], e.g. 1, 2, 3, 4, 8, 16"
+    try:
+        rings = tuple(int(item) for item in _list(raw))
+    except ValueError:
+        raise ValueError(allowed) from None
+    if not rings or any(not 1 <= r <= 255 for r in rings):
+        raise ValueError(allowed)
+    if any(b <= a for a, b in zip(rings, rings[1:], strict=False)):
+        raise ValueError(allowed)
+    return rings
+
+
+_DSCP_NAMES = {f"cs{i}": i * 8 for i in range(8)} | {"le": 1, "ef": 46, "be": 0}
+
+
+def _dscp(raw: str, base: Path) -> int:
+    value = raw.strip().lower()
+    if value in _DSCP_NAMES:
+        return _DSCP_NAMES[value]
+    try:
+        number = int(value, 0)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 63:
+        raise ValueError("a DSCP name (cs0-cs7, le, ef, be) or a number in [0, 63]")
+    return number
+
+
+def _api_port(raw: str, base: Path) -> int:
+    return _int_range(0, 65535)(raw, base)
+
+
+# -- the schema: section -> key -> (parser, default, one-line help)
+
+Parser = Callable[[str, Path], Any]
+
+
+@dataclass(frozen=True)
+class Option:
+    parse: Parser
+    default: str
+    help: str
+
+
+SCHEMA: dict[str, dict[str, Option]] = {
+    "node": {
+        "state_dir": Option(_path, "state", "keys, catalog index and transfer state"),
+        "interface": Option(
+            _ipv4_address, "127.0.0.1", "IPv4 address of the interface used for multicast"
+        ),
+        "interface6": Option(
+            _interface6, "", "interface name for IPv6 multicast (empty: IPv6 disabled)"
+        ),
+        "plugins_dir": Option(
+            _path, "plugins", "drop-in directory searched for extra Twisted plugins"
+        ),
+    },
+    "share": {
+        "paths": Option(_paths, "share", "directories shared (comma or newline separated)"),
+        "piece_length": Option(
+            _size(1 << 14, 1 << 28, power_of_two=True), "1M", "bytes per verified piece"
+        ),
+        "rescan_interval": Option(
+            _float_range(1, 86400), "60", "seconds between rescans of the shared directories"
+        ),
+    },
+    "discovery": {
+        "methods": Option(_choices("query", "sap"), "query, sap", "discovery methods enabled"),
+        "query_groups": Option(
+            _groups, "239.255.77.77, ff15::77", "multicast groups queries are sent to"
+        ),
+        "query_port": Option(_int_range(1, 65535), "7711", "UDP port of the query groups"),
+        "ring_schedule": Option(
+            _ring_schedule, "1, 2, 3, 4, 6, 8, 16, 32", "hop limits of the expanding rings"
+        ),
+        "ring_timeout": Option(
+            _float_range(0.05, 60), "0.3", "seconds to wait for answers before the next ring"
+        ),
+        "answers_wanted": Option(
+            _int_range(1, 255), "3", "stop widening the rings once this many SNs answered"
+        ),
+        "reply_mode": Option(
+            _choice("unicast", "multicast"), "unicast", "how SNs are asked to send offers"
+        ),
+        "reply_delay_min": Option(
+            _float_range(0, 10), "0.02", "shortest random delay before an offer, seconds"
+        ),
+        "reply_delay_max": Option(
+            _float_range(0, 10), "0.12", "longest random delay before an offer, seconds"
+        ),
+        "answer_rate": Option(
+            _float_range(0.1, 10000), "20", "offers an SN sends per second at most, sustained"
+        ),
+        "answer_burst": Option(_int_range(1, 10000), "20", "offers an SN may send in a burst"),
+        "query_padding": Option(
+            _int_range(0, 1200), "400", "zero bytes a CN adds to unicast-reply queries"
+        ),
+    },
+    "sap": {
+        "group": Option(_group, "239.255.255.255", "IPv4 SAP group (RFC 2974)"),
+        "group6": Option(_group, "ff15::2:7ffe", "IPv6 SAP group, used when interface6 is set"),
+        "port": Option(_int_range(1, 65535), "9875", "SAP UDP port"),
+        "ttl": Option(_int_range(1, 255), "15", "hop limit of announcements"),
+        "bandwidth_limit": Option(
+            _int_range(100, 10**9), "4000", "bit/s shared by all announcements in the scope"
+        ),
+        "min_interval": Option(
+            _float_range(0.1, 86400), "300", "shortest interval between two announcements"
+        ),
+        "cache_timeout": Option(
+            _float_range(1, 10**7), "3600", "shortest time an unrefreshed entry is kept"
+        ),
+    },
+    "serving": {
+        "group_mode": Option(_choice("ssm", "asm"), "ssm", "SSM (source-specific) or ASM groups"),
+        "ssm_pool": Option(_pools(ssm=True), "232.0.0.0/8, ff3e::/32", "SSM group pool"),
+        "asm_pool": Option(_pools(ssm=False), "239.192.0.0/14, ff15::/16", "ASM group pool"),
+        "data_port": Option(_int_range(1, 65535), "7712", "UDP port of data sessions"),
+        "control_port": Option(_int_range(0, 65535), "7713", "TCP port of the control channel"),
+        "rate": Option(parse_rate, "100M", "default session rate in bit/s"),
+        "block_length": Option(
+            _int_range(256, 65000), "1400", "bytes per data block (fit the path MTU)"
+        ),
+        "dscp": Option(_dscp, "cs1", "DSCP of data packets (cs1 or le: lower effort)"),
+    },
+    "fetching": {
+        "download_dir": Option(_path, "downloads", "where fetched files are put"),
+        "sources": Option(_int_range(1, 64), "2", "SNs a fetch uses at once"),
+    },
+    "api": {
+        "port": Option(_api_port, "7780", "local HTTP API port on 127.0.0.1 (0: any free)"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Section:
+    """Values of one section, as attributes (``config.discovery.ring_timeout``)."""
+
+    _values: Mapping[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    source: str
+    base_dir: Path
+    sections: Mapping[str, Section]
+    plugins: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @property
+    def node(self) -> Any:
+        return self.sections["node"]
+
+    @property
+    def share(self) -> Any:
+        return self.sections["share"]
+
+    @property
+    def discovery(self) -> Any:
+        return self.sections["discovery"]
+
+    @property
+    def sap(self) -> Any:
+        return self.sections["sap"]
+
+    @property
+    def serving(self) -> Any:
+        return self.sections["serving"]
+
+    @property
+    def fetching(self) -> Any:
+        return self.sections["fetching"]
+
+    @property
+    def api(self) -> Any:
+        return self.sections["api"]
+
+
+def _error(source: str, section: str, key: str, value: str, allowed: str) -> ConfigError:
+    return ConfigError(f"{source}: [{section}] {key} = {value!r}: expected {allowed}")
+
+
+def config_from_string(
+    text: str,
+    source: str = "<string>",
+    base_dir: Path | None = None,
+    overrides: Iterable[tuple[str, str, str]] = (),
+) -> Config:
+    """Parse and validate ``text``; ``overrides`` are (section, key, value) triples
+    (the command line's), applied on top of the file and validated the same way."""
+    base = (base_dir or Path.cwd()).resolve()
+    parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\0")
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as e:
+        raise ConfigError(f"{source}: " + " ".join(str(e).split())) from None
+
+    raw: dict[str, dict[str, str]] = {}
+    origin: dict[tuple[str, str], str] = {}
+    plugins: dict[str, dict[str, str]] = {}
+    for name in parser.sections():
+        if name.startswith("plugin:") and len(name) > len("plugin:"):
+            plugins[name[len("plugin:") :]] = dict(parser[name])
+            continue
+        if name not in SCHEMA:
+            allowed = ", ".join(f"[{s}]" for s in SCHEMA) + ", [plugin:NAME]"
+            raise ConfigError(f"{source}: unknown section [{name}]: expected one of {allowed}")
+        for key, value in parser[name].items():
+            if key not in SCHEMA[name]:
+                raise ConfigError(
+                    f"{source}: [{name}] unknown key {key!r}: expected one of "
+                    + ", ".join(SCHEMA[name])
+                )
+            raw.setdefault(name, {})[key] = value
+            origin[(name, key)] = source
+    for section, key, value in overrides:
+        if section not in SCHEMA or key not in SCHEMA[section]:
+            raise ConfigError(f"command line: unknown option {section}.{key}")
+        raw.setdefault(section, {})[key] = value
+        origin[(section, key)] = "command line"
+
+    sections: dict[str, Section] = {}
+    for section, options in SCHEMA.items():
+        values: dict[str, Any] = {}
+        for key, option in options.items():
+            value = raw.get(section, {}).get(key, option.default)
+            try:
+                values[key] = option.parse(value, base)
+            except ValueError as e:
+                where = origin.get((section, key), f"{source} (default)")
+                raise _error(where, section, key, value, str(e)) from None
+        sections[section] = Section(values)
+    config = Config(source=source, base_dir=base, sections=sections, plugins=plugins)
+    _check_together(config)
+    return config
+
+
+def _check_together(config: Config) -> None:
+    """Rules that tie two options together."""
+    d = config.discovery
+    if d.reply_delay_max < d.reply_delay_min:
+        raise _error(
+            config.source,
+            "discovery",
+            "reply_delay_max",
+            str(d.reply_delay_max),
+            f"a number >= reply_delay_min ({d.reply_delay_min:g})",
+        )
+    if d.ring_timeout <= d.reply_delay_max:
+        raise _error(
+            config.source,
+            "discovery",
+            "ring_timeout",
+            str(d.ring_timeout),
+            f"a number > reply_delay_max ({d.reply_delay_max:g}), or answers miss their ring",
+        )
+
+
+def find_config(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """Where the config is: ``--config``, ``$MCP2P_CONFIG``, then DEFAULT_LOCATIONS.
+
+    Raises ConfigError naming every place looked at when none exists.
+    """
+    env = os.environ if environ is None else environ
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{explicit}: config file not found (named by --config)")
+        return path
+    if env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found (named by ${CONFIG_ENV})")
+        return path
+    for candidate in DEFAULT_LOCATIONS:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    raise ConfigError(
+        "no config file: give --config FILE or set $MCP2P_CONFIG (looked in "
+        + ", ".join(DEFAULT_LOCATIONS)
+        + ")"
+    )
+
+
+def load_config(path: Path, overrides: Iterable[tuple[str, str, str]] = ()) -> Config:
+    """Read the file at ``path``; relative paths in it are relative to its directory."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from None
+    return config_from_string(
+        text, source=str(path), base_dir=Path(path).resolve().parent, overrides=overrides
+    )
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """``section.key=value`` from the command line, as a triple."""
+    m = re.fullmatch(r"([a-z0-9_]+)\.([a-z0-9_]+)=(.*)", text, re.DOTALL)
+    if not m:
+        raise ConfigError(f"command line: {text!r}: expected SECTION.KEY=VALUE")
+    return m.group(1), m.group(2), m.group(3)

@@ -1,0 +1,27 @@
+"""Choosing a random multicast group for a session from a pool of networks."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Sequence
+
+from mcp2p.wire.types import IPAddress
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def random_group(pools: Sequence[Network], version: int, rng: random.Random) -> IPAddress:
+    """A random address of the pools of IP ``version``, never the network's first
+    address (in 232.0.0.0/8, 232.0.0.0 is reserved, RFC 4607) nor an IPv4 pool's last.
+
+    Raises ValueError when no pool of that version is configured.
+    """
+    candidates = [n for n in pools if n.version == version]
+    if not candidates:
+        raise ValueError(f"no IPv{version} multicast pool configured")
+    weights = [n.num_addresses for n in candidates]
+    net = rng.choices(candidates, weights=weights)[0]
+    last = net.num_addresses - (2 if version == 4 else 1)
+    offset = rng.randint(1, max(1, last))
+    return net.network_address + offset

@@ -1,0 +1,38 @@
+"""Token-bucket arithmetic, shared by the answer rate limit and the data pacer."""
+
+from __future__ import annotations
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up; time is passed in."""
+
+    def __init__(self, rate: float, burst: float, now: float | None = None) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def _refill(self, now: float) -> None:
+        if self.stamp is not None and now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        if self.stamp is None or now > self.stamp:
+            self.stamp = now
+
+    def take(self, now: float, n: float = 1.0) -> bool:
+        """Take ``n`` tokens if there are that many; False (and nothing taken) if not."""
+        self._refill(now)
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+    def available(self, now: float) -> float:
+        self._refill(now)
+        return self.tokens
+
+    def wait_for(self, now: float, n: float = 1.0) -> float:
+        """Seconds until ``n`` tokens will be there (0 if they are now)."""
+        self._refill(now)
+        return max(0.0, (n - self.tokens) / self.rate)

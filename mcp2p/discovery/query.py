@@ -1,0 +1,363 @@
+"""Query/offer plumbing: sockets that feed ``RingSearch`` and ``Responder``.
+
+A ``QueryNode`` owns, per address family in use, a socket joined to the
+query group (where QUERYs, and OFFERs in multicast-reply mode, arrive) and
+an ephemeral unicast socket (queries leave from it, unicast OFFERs come
+back to it). The protocols only translate: decode, feed the core, turn its
+actions into writes and DelayedCalls.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from mcp2p import multicast
+from mcp2p.core.responder import Responder, Schedule, Send
+from mcp2p.core.ring import ArmTimer, Finished, RingSearch, SendQuery, ServerRecord
+from mcp2p.errors import ProtocolError
+from mcp2p.wire.query import Offer, Query, decode, encode
+from mcp2p.wire.types import FileOffer, IPAddress
+
+_log = Logger()
+
+
+@dataclass
+class SearchResult:
+    """What a finished search found, and what it cost."""
+
+    servers: list[ServerRecord]
+    reason: str
+    rings: int
+    hop_limits: list[int]
+    query_bytes: int
+    elapsed: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "rings": self.rings,
+            "hop_limits": self.hop_limits,
+            "query_bytes": self.query_bytes,
+            "elapsed": self.elapsed,
+            "servers": [server_json(s) for s in self.servers],
+        }
+
+
+def server_json(s: ServerRecord) -> dict[str, Any]:
+    return {
+        "node_id": s.node_id.hex(),
+        "public_key": s.public_key.hex(),
+        "address": s.address,
+        "distance": s.distance,
+        "rtt": s.rtt,
+        "truncated": s.truncated,
+        "files": [file_json(f) for f in s.files.values()],
+    }
+
+
+def file_json(f: FileOffer) -> dict[str, Any]:
+    return {
+        "content_id": f.content_id.hex(),
+        "name": f.name,
+        "size": f.size,
+        "block_length": f.block_length,
+        "piece_length": f.piece_length,
+        "session_id": f.session_id,
+        "group": str(f.group),
+        "source": None if f.source is None else str(f.source),
+        "port": f.port,
+        "rate": f.rate,
+        "control_port": f.control_port,
+    }
+
+
+class _Datagrams(DatagramProtocol):
+    """Decodes every datagram and hands it to the QueryNode; counts what it drops."""
+
+    def __init__(self, node: QueryNode, family: int, kind: str) -> None:
+        self.node = node
+        self.family = family
+        self.kind = kind  # "group" or "unicast"
+
+    def datagramReceived(self, data: bytes, addr: tuple[Any, ...]) -> None:  # noqa: N802
+        self.node.counters["received"] += 1
+        try:
+            message = decode(data)
+        except ProtocolError as e:
+            self.node.counters["malformed"] += 1
+            _log.info(
+                "dropped malformed datagram from {host}:{port} on the {kind} socket: {error}",
+                host=addr[0],
+                port=addr[1],
+                kind=self.kind,
+                error=str(e),
+            )
+            return
+        self.node.received(message, (addr[0], addr[1]), len(data), self)
+
+
+class _Search:
+    def __init__(self, node: QueryNode, ring: RingSearch, query: Query, pad: int) -> None:
+        self.node = node
+        self.ring = ring
+        self.query = query
+        self.pad = pad
+        self.deferred: defer.Deferred[SearchResult] = defer.Deferred(self._cancelled)
+        self.timer: Any = None
+        self.started = node.clock.seconds()
+        self.query_bytes = 0
+        self.hop_limits: list[int] = []
+        self.mode = "unicast"
+
+    def _cancelled(self, d: Any) -> None:
+        self.apply(self.ring.cancel())
+
+    def apply(self, actions: Sequence[Any]) -> None:
+        for action in actions:
+            if isinstance(action, SendQuery):
+                self.hop_limits.append(action.hop_limit)
+                self.query_bytes += self.node.send_query(self, action)
+            elif isinstance(action, ArmTimer):
+                self.timer = self.node.clock.callLater(action.delay, self.on_timer)
+            elif isinstance(action, Finished):
+                self.finish(action.reason)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        self.apply(self.ring.ring_timeout(self.node.clock.seconds()))
+
+    def finish(self, reason: str) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.node.searches.pop(self.query.request_id, None)
+        result = SearchResult(
+            servers=sorted(self.ring.servers.values(), key=lambda s: (s.distance, s.rtt)),
+            reason=reason,
+            rings=len(self.hop_limits),
+            hop_limits=self.hop_limits,
+            query_bytes=self.query_bytes,
+            elapsed=self.node.clock.seconds() - self.started,
+        )
+        _log.info(
+            "search {request} done ({reason}): {servers} servers after {rings} rings, "
+            "{nbytes} query bytes",
+            request=self.query.request_id.hex(),
+            reason=reason,
+            servers=len(result.servers),
+            rings=result.rings,
+            nbytes=result.query_bytes,
+        )
+        if reason != "cancelled":
+            self.deferred.callback(result)
+
+
+class QueryNode:
+    """The query side of one node: a responder (when it shares) and its searches."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        discovery: Any,
+        interface: str,
+        interface6: str = "",
+        node_id: bytes | None = None,
+        public_key: bytes | None = None,
+        lookup: Callable[[Query], Sequence[FileOffer]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = reactor
+        self.d = discovery
+        self.interface = interface
+        self.interface6 = interface6
+        self.node_id = node_id
+        self.rng = rng or random.Random()
+        self.responder: Responder | None = None
+        if lookup is not None:
+            assert node_id is not None and public_key is not None
+            self.responder = Responder(
+                node_id,
+                public_key,
+                lookup,
+                self.rng,
+                discovery.reply_delay_min,
+                discovery.reply_delay_max,
+                discovery.answer_rate,
+                discovery.answer_burst,
+            )
+        self.groups: list[IPAddress] = [
+            g for g in discovery.query_groups if g.version == 4 or interface6
+        ]
+        self.group_ports: dict[int, Any] = {}
+        self.unicast_ports: dict[int, Any] = {}
+        self.searches: dict[bytes, _Search] = {}
+        self.replies: dict[tuple[bytes, int], Any] = {}
+        self.counters = {"received": 0, "malformed": 0, "offers_received": 0, "stray": 0}
+
+    # -- life cycle
+
+    def start(self, listen_group: bool = True) -> None:
+        """Open the sockets; ``listen_group`` False makes a CN that only takes unicast offers."""
+        for family in {multicast.family_of(g) for g in self.groups}:
+            iface = self.interface if family == socket.AF_INET else self.interface6
+            if listen_group:
+                port = multicast.listen(
+                    self.reactor, _Datagrams(self, family, "group"), self.d.query_port, family,
+                    iface,
+                )
+                for g in self.groups:
+                    if multicast.family_of(g) == family:
+                        multicast.join(port, g, iface)
+                self.group_ports[family] = port
+            self.unicast_ports[family] = multicast.listen(
+                self.reactor, _Datagrams(self, family, "unicast"), 0, family, iface,
+                multiple=False,
+            )
+
+    def stop(self) -> defer.Deferred[Any]:
+        for search in list(self.searches.values()):
+            search.deferred.cancel()
+        for call in self.replies.values():
+            if call.active():
+                call.cancel()
+        self.replies.clear()
+        if self.responder is not None:
+            self.responder.cancel_all()
+        ports = list(self.group_ports.values()) + list(self.unicast_ports.values())
+        self.group_ports.clear()
+        self.unicast_ports.clear()
+        return defer.gatherResults(
+            [defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True
+        )
+
+    # -- incoming
+
+    def received(self, message: Query | Offer, addr: tuple[str, int], size: int, via: Any) -> None:
+        now = self.clock.seconds()
+        if isinstance(message, Query):
+            if via.kind != "group" or self.responder is None:
+                self.counters["stray"] += 1
+                return
+            _log.debug(
+                "query {request} heard from {host} (hop limit {hops}, {what})",
+                request=message.request_id.hex(),
+                host=addr[0],
+                hops=message.hop_limit,
+                what=message.pattern if message.pattern is not None else message.content_id.hex(),
+            )
+            for action in self.responder.query(message, addr, size, now):
+                self._schedule(action, via.family)
+            return
+        self.counters["offers_received"] += 1
+        if self.responder is not None and via.kind == "group":
+            self.responder.overheard(message, now)
+        if message.node_id == self.node_id:
+            return
+        search = self.searches.get(message.request_id)
+        if search is not None:
+            search.apply(search.ring.offer(message, addr[0], now))
+
+    def _schedule(self, action: Schedule, family: int) -> None:
+        def fire() -> None:
+            self.replies.pop(action.key, None)
+            assert self.responder is not None
+            for send in self.responder.due(action.key, self.clock.seconds()):
+                self._send_offer(send, family)
+
+        self.replies[action.key] = self.clock.callLater(action.delay, fire)
+
+    def _send_offer(self, send: Send, family: int) -> None:
+        port = self.group_ports.get(family)
+        if port is None:
+            return
+        if send.to is None:
+            multicast.set_hop_limit(port, family, send.hop_limit)
+            for g in self.groups:
+                if multicast.family_of(g) == family:
+                    self._write(port, send.data, (str(g), self.d.query_port))
+        else:
+            self._write(port, send.data, send.to)
+        _log.debug(
+            "offer sent to {to} ({nbytes} bytes)",
+            to="group" if send.to is None else f"{send.to[0]}:{send.to[1]}",
+            nbytes=len(send.data),
+        )
+
+    def _write(self, port: Any, data: bytes, to: tuple[str, int]) -> None:
+        try:
+            port.write(data, to)
+        except OSError as e:  # EAGAIN, unreachable: a lost datagram, not a crash
+            _log.warn("could not send {nbytes} bytes to {to}: {error}", nbytes=len(data),
+                      to=to, error=str(e))
+
+    # -- searching
+
+    def search(
+        self,
+        pattern: str | None = None,
+        content_id: bytes | None = None,
+        answers: int | None = None,
+        schedule: tuple[int, ...] | None = None,
+        timeout: float | None = None,
+        reply_mode: str | None = None,
+        rate: int = 0,
+    ) -> defer.Deferred[SearchResult]:
+        """Run an expanding-ring search; the Deferred fires with a SearchResult."""
+        mode = reply_mode or self.d.reply_mode
+        if mode == "multicast" and not self.group_ports:
+            raise ValueError("multicast replies need the group sockets: start(listen_group=True)")
+        answers = answers or self.d.answers_wanted
+        query = Query(
+            request_id=os.urandom(8),
+            hop_limit=1,
+            content_id=content_id,
+            pattern=pattern,
+            answers_wanted=min(answers, 255),
+            rate=rate,
+            reply_to=None,
+        )
+        ring = RingSearch(schedule or self.d.ring_schedule, timeout or self.d.ring_timeout, answers)
+        pad = self.d.query_padding if (mode == "unicast" and pattern is not None) else 0
+        search = _Search(self, ring, query, pad)
+        search.mode = mode
+        self.searches[query.request_id] = search
+        search.apply(ring.start(self.clock.seconds()))
+        return search.deferred
+
+    def send_query(self, search: _Search, action: SendQuery) -> int:
+        sent = 0
+        for family, uport in self.unicast_ports.items():
+            reply_to = None
+            if search.mode == "unicast":
+                # Unspecified: the SN replies to the query's source address.
+                host = "0.0.0.0" if family == socket.AF_INET else "::"
+                reply_to = (ipaddress.ip_address(host), uport.getHost().port)
+            q = Query(
+                request_id=search.query.request_id,
+                hop_limit=action.hop_limit,
+                content_id=search.query.content_id,
+                pattern=search.query.pattern,
+                answers_wanted=search.query.answers_wanted,
+                rate=search.query.rate,
+                reply_to=reply_to,
+                known=action.known,
+                padding=search.pad,
+            )
+            data = encode(q)
+            multicast.set_hop_limit(uport, family, action.hop_limit)
+            for g in self.groups:
+                if multicast.family_of(g) == family:
+                    self._write(uport, data, (str(g), self.d.query_port))
+                    sent += len(data)
+        return sent

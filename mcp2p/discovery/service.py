@@ -1,0 +1,56 @@
+"""DiscoveryService: runs the discovery methods the config enables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.plugin import getPlugins
+
+from mcp2p.interfaces import IDiscoveryMethod, IDiscoveryMethodPlugin
+
+_log = Logger()
+
+
+def find_method_plugins() -> dict[str, Any]:
+    import mcp2p.plugins
+
+    found: dict[str, Any] = {}
+    for plugin in getPlugins(IDiscoveryMethodPlugin, mcp2p.plugins):
+        found.setdefault(plugin.name, plugin)
+    return found
+
+
+class DiscoveryService(Service):
+    name = "discovery"
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        plugins = find_method_plugins()
+        self.methods: dict[str, IDiscoveryMethod] = {}
+        for name in node.config.discovery.methods:
+            if name not in plugins:
+                raise ValueError(f"no discovery plugin named {name!r} (have {sorted(plugins)})")
+            self.methods[name] = plugins[name].make(node)
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        for name, method in self.methods.items():
+            method.start()
+            _log.info("discovery method {name} started", name=name)
+
+    def stopService(self) -> defer.Deferred[Any]:  # noqa: N802
+        super().stopService()
+        return defer.gatherResults(
+            [defer.maybeDeferred(m.stop) for m in self.methods.values()], consumeErrors=True
+        )
+
+    def search(self, method: str, **kwargs: Any) -> defer.Deferred[Any]:
+        if method not in self.methods:
+            return defer.fail(ValueError(f"discovery method {method!r} is not enabled here"))
+        return self.methods[method].search(**kwargs)
+
+    def stats(self) -> dict[str, Any]:
+        return {name: m.stats() for name, m in self.methods.items()}

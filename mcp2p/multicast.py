@@ -1,0 +1,134 @@
+"""Multicast sockets through Twisted, with the platform traps handled here once.
+
+Twisted's ``listenMulticast`` covers IPv4 any-source multicast. For IPv6 its
+``joinGroup`` packs an address where Linux wants an interface index, and
+``setTTL`` only sets the IPv4 option; source-specific joins are missing
+altogether. These helpers set the socket options on ``port.getHandle()``
+(DESIGN.md section 9).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from typing import Any
+
+from twisted.internet.interfaces import IListeningPort
+
+from mcp2p.wire.types import IPAddress
+
+# Linux values missing from Python 3.11's socket module.
+IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
+IP_ADD_SOURCE_MEMBERSHIP = getattr(socket, "IP_ADD_SOURCE_MEMBERSHIP", 39)
+IP_DROP_SOURCE_MEMBERSHIP = getattr(socket, "IP_DROP_SOURCE_MEMBERSHIP", 40)
+MCAST_JOIN_SOURCE_GROUP = getattr(socket, "MCAST_JOIN_SOURCE_GROUP", 46)
+
+
+def interface_index(name: str) -> int:
+    """The index of a network interface by name (ValueError if there is none)."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise ValueError(f"no network interface named {name!r}") from None
+
+
+def listen(
+    reactor: Any,
+    protocol: Any,
+    port: int,
+    family: int,
+    interface: str,
+    multiple: bool = True,
+) -> IListeningPort:
+    """A UDP port for multicast of ``family``, sending out of ``interface``.
+
+    ``interface`` is the IPv4 address of the interface for AF_INET, its name
+    for AF_INET6. ``multiple`` lets several daemons on one host share the port
+    (each gets a copy of every multicast datagram). The socket receives only
+    the groups joined on it (IP_MULTICAST_ALL off), and its own multicast is
+    looped back so nodes on one host hear each other.
+    """
+    bind = "" if family == socket.AF_INET else "::"
+    lport = reactor.listenMulticast(port, protocol, interface=bind, listenMultiple=multiple)
+    sock = lport.getHandle()
+    if family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        sock.setsockopt(
+            socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface)
+        )
+    else:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
+        sock.setsockopt(
+            socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, interface_index(interface)
+        )
+    return lport
+
+
+def join(lport: IListeningPort, group: IPAddress, interface: str) -> None:
+    """Join an any-source ``group`` on ``interface`` (IPv4 address or IPv6 name)."""
+    sock = lport.getHandle()  # type: ignore[attr-defined]
+    if group.version == 4:
+        mreq = socket.inet_aton(str(group)) + socket.inet_aton(interface)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+    else:
+        mreq = group.packed + struct.pack("@I", interface_index(interface))
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+
+
+def leave(lport: IListeningPort, group: IPAddress, interface: str) -> None:
+    sock = lport.getHandle()  # type: ignore[attr-defined]
+    if group.version == 4:
+        mreq = socket.inet_aton(str(group)) + socket.inet_aton(interface)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, mreq)
+    else:
+        mreq = group.packed + struct.pack("@I", interface_index(interface))
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_LEAVE_GROUP, mreq)
+
+
+def join_source(
+    lport: IListeningPort, group: IPAddress, source: IPAddress, interface: str
+) -> None:
+    """Join the source-specific channel (source, group) (RFC 4607)."""
+    sock = lport.getHandle()  # type: ignore[attr-defined]
+    if group.version == 4:
+        # struct ip_mreq_source, Linux order: group, interface, source.
+        mreq = (
+            socket.inet_aton(str(group))
+            + socket.inet_aton(interface)
+            + socket.inet_aton(str(source))
+        )
+        sock.setsockopt(socket.IPPROTO_IP, IP_ADD_SOURCE_MEMBERSHIP, mreq)
+    else:
+        sock.setsockopt(
+            socket.IPPROTO_IPV6,
+            MCAST_JOIN_SOURCE_GROUP,
+            _group_source_req(interface_index(interface), group, source),
+        )
+
+
+def _group_source_req(index: int, group: IPAddress, source: IPAddress) -> bytes:
+    """struct group_source_req for AF_INET6: u32 index, padding, two sockaddr_storage."""
+
+    def storage(addr: IPAddress) -> bytes:
+        sin6 = struct.pack("!HHI16sI", socket.AF_INET6, 0, 0, addr.packed, 0)
+        # sa_family is host order in the kernel's struct; fix the first field.
+        sin6 = struct.pack("@H", socket.AF_INET6) + sin6[2:]
+        return sin6.ljust(128, b"\0")
+
+    return struct.pack("@I", index) + b"\0" * 4 + storage(group) + storage(source)
+
+
+def set_hop_limit(lport: IListeningPort, family: int, hops: int) -> None:
+    """Set the multicast TTL (IPv4) or hop limit (IPv6) of the next datagrams."""
+    sock = lport.getHandle()  # type: ignore[attr-defined]
+    if family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, hops)
+    else:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+
+
+def family_of(address: IPAddress | str) -> int:
+    addr = ipaddress.ip_address(address) if isinstance(address, str) else address
+    return socket.AF_INET if addr.version == 4 else socket.AF_INET6

@@ -1,0 +1,474 @@
+"""QUERY and OFFER: the expanding-ring discovery messages (DESIGN.md 4.1).
+
+A CN multicasts a QUERY with a growing hop limit; each SN that matches
+answers with an OFFER.  Both are binary, network byte order, and the
+encoding is canonical: ``decode`` is the exact inverse of ``encode``, so
+any bytes either decode to the one message that encodes to them or raise
+``ProtocolError``.
+
+Common header (6 bytes)::
+
+    size  field
+    3     magic b"M2P"
+    1     version = 1
+    1     type: 1 = QUERY, 2 = OFFER
+    1     flags (bits not listed below must be 0)
+
+QUERY (flags bit 0: by content id, else by pattern)::
+
+    size          field
+    8             request_id
+    1             hop_limit (1..255)
+    1             answers_wanted (1..255)
+    8             rate, bit/s (0 = no preference)
+    32 | 1+n      content_id | pattern (u8 length + UTF-8)
+    1 [+a+2]      reply_to: address (see below), then u16 port if family != 0
+    1 + 8*w       wanted: u8 count w (<= 64), then w x (u32 start, u32 end)
+    1 + 16*k      known: u8 count k (<= 64), then k node ids
+    p             padding: p zero bytes (<= 1200), up to the end of the datagram
+
+OFFER (flags bit 0: truncated)::
+
+    size          field
+    8             request_id
+    16            node_id
+    32            public_key (raw Ed25519)
+    1             hop_limit (1..255)
+    1             u8 count of file entries, then the entries, then nothing
+
+File entry::
+
+    size          field
+    32            content_id
+    1+n           name (u8 length + UTF-8)
+    8             size
+    2             block_length
+    4             piece_length
+    4             session_id
+    1+a           group (address, family 4 or 6)
+    1[+a]         source (address, family 0 = ASM, else the group's family)
+    2             port
+    8             rate, bit/s
+    2             control_port
+
+An address is a family byte (0 = none, 4, 6) followed by 0, 4 or 16
+bytes.  A pattern query with no reply address, wanted map or known
+answers is 28 bytes plus the pattern's UTF-8.  An encoded OFFER is never
+larger than ``MAX_DATAGRAM`` (encode raises ValueError, decode
+ProtocolError); ``offer_overhead`` and ``file_offer_size`` let the
+responder pack entries without encoding repeatedly.  A QUERY has no size
+limit beyond its field limits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Any, NoReturn, Union
+
+from mcp2p.errors import ProtocolError
+from mcp2p.wire.types import (
+    CONTENT_ID_LEN,
+    MAX_RATE,
+    NODE_ID_LEN,
+    PUBLIC_KEY_LEN,
+    REQUEST_ID_LEN,
+    FileOffer,
+    IPAddress,
+    _check_bytes,
+    _check_int,
+)
+
+MAX_DATAGRAM = 1400
+MAX_PATTERN_BYTES = 255
+MAX_WANTED_RANGES = 64
+MAX_KNOWN = 64
+MAX_PADDING = 1200
+MAX_FILES = 255
+MAX_BLOCK_INDEX = 0xFFFFFFFF
+
+_MAGIC = b"M2P"
+_VERSION = 1
+_T_QUERY = 1
+_T_OFFER = 2
+_HEADER = struct.Struct("!3sBBB")
+
+_Q_BY_CONTENT_ID = 0x01
+_O_TRUNCATED = 0x01
+
+_QUERY_FIXED = struct.Struct("!8sBBQ")  # request_id, hop_limit, answers_wanted, rate
+_OFFER_FIXED = struct.Struct("!8s16s32sBB")  # request_id, node_id, public_key, hop, count
+_FILE_SIZES = struct.Struct("!QHII")  # size, block_length, piece_length, session_id
+_FILE_TAIL = struct.Struct("!HQH")  # port, rate, control_port
+_RANGE = struct.Struct("!II")
+
+_ADDRESS_LEN = {4: 4, 6: 16}
+
+
+def _check_unicast(field: str, value: object) -> None:
+    if not isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        raise ValueError(f"{field} must be an IP address")
+    # The unspecified address is allowed: it means "the query's source address",
+    # which is where an SN replies in any case (never to an address a query names).
+    if value.is_multicast:
+        raise ValueError(f"{field} {value} is not a unicast address")
+    if getattr(value, "scope_id", None):
+        raise ValueError(f"{field} {value} has a scope id, which the wire cannot carry")
+
+
+def _check_tuple(field: str, value: object, most: int) -> None:
+    if not isinstance(value, tuple):
+        raise ValueError(f"{field} must be a tuple, not {type(value).__name__}")
+    if len(value) > most:
+        raise ValueError(f"{field} has {len(value)} entries, at most {most} allowed")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One ring of an expanding-ring search; every ring reuses the request id.
+
+    ``reply_to`` None means "answer on the query group"; ``known`` lists SNs
+    the CN already heard, which stay silent; ``padding`` zero bytes enlarge
+    the datagram and so the unicast reply an SN may send (anti-amplification).
+    """
+
+    request_id: bytes
+    hop_limit: int
+    content_id: bytes | None
+    pattern: str | None
+    answers_wanted: int = 1
+    rate: int = 0
+    reply_to: tuple[IPAddress, int] | None = None
+    wanted: tuple[tuple[int, int], ...] = ()
+    known: tuple[bytes, ...] = ()
+    padding: int = 0
+
+    def __post_init__(self) -> None:
+        _check_bytes("request_id", self.request_id, REQUEST_ID_LEN)
+        _check_int("hop_limit", self.hop_limit, 1, 255)
+        if (self.content_id is None) == (self.pattern is None):
+            raise ValueError("exactly one of content_id and pattern must be set")
+        if self.content_id is not None:
+            _check_bytes("content_id", self.content_id, CONTENT_ID_LEN)
+        else:
+            if not isinstance(self.pattern, str):
+                raise ValueError("pattern must be str")
+            raw = self.pattern.encode("utf-8", "strict")
+            if not 1 <= len(raw) <= MAX_PATTERN_BYTES:
+                raise ValueError(
+                    f"pattern must be 1-{MAX_PATTERN_BYTES} UTF-8 bytes, got {len(raw)}"
+                )
+            if "\x00" in self.pattern:
+                raise ValueError("pattern contains NUL")
+        _check_int("answers_wanted", self.answers_wanted, 1, 255)
+        _check_int("rate", self.rate, 0, MAX_RATE)
+        if self.reply_to is not None:
+            if not isinstance(self.reply_to, tuple) or len(self.reply_to) != 2:
+                raise ValueError("reply_to must be an (address, port) tuple or None")
+            _check_unicast("reply_to address", self.reply_to[0])
+            _check_int("reply_to port", self.reply_to[1], 1, 0xFFFF)
+        _check_tuple("wanted", self.wanted, MAX_WANTED_RANGES)
+        previous_end = -1
+        for item in self.wanted:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise ValueError(f"wanted range {item!r} must be a (start, end) tuple")
+            start, end = item
+            _check_int("wanted start", start, 0, MAX_BLOCK_INDEX)
+            _check_int("wanted end", end, 0, MAX_BLOCK_INDEX)
+            if start >= end:
+                raise ValueError(f"wanted range [{start}, {end}) is empty")
+            if start <= previous_end:
+                raise ValueError("wanted ranges must be sorted, disjoint and non-adjacent")
+            previous_end = end
+        _check_tuple("known", self.known, MAX_KNOWN)
+        for node_id in self.known:
+            _check_bytes("known node id", node_id, NODE_ID_LEN)
+        if len(set(self.known)) != len(self.known):
+            raise ValueError("known node ids must not repeat")
+        _check_int("padding", self.padding, 0, MAX_PADDING)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """An SN's answer: who it is and which matching files it streams where."""
+
+    request_id: bytes
+    node_id: bytes
+    public_key: bytes
+    hop_limit: int
+    files: tuple[FileOffer, ...]
+    truncated: bool = False
+
+    def __post_init__(self) -> None:
+        _check_bytes("request_id", self.request_id, REQUEST_ID_LEN)
+        _check_bytes("node_id", self.node_id, NODE_ID_LEN)
+        _check_bytes("public_key", self.public_key, PUBLIC_KEY_LEN)
+        _check_int("hop_limit", self.hop_limit, 1, 255)
+        _check_tuple("files", self.files, MAX_FILES)
+        for f in self.files:
+            if not isinstance(f, FileOffer):
+                raise ValueError(f"files must hold FileOffer, not {type(f).__name__}")
+        if not isinstance(self.truncated, bool):
+            raise ValueError("truncated must be a bool")
+
+
+Message = Union[Query, Offer]
+
+
+# -- sizes --------------------------------------------------------------------
+
+
+def _address_size(address: IPAddress | None) -> int:
+    return 1 if address is None else 1 + _ADDRESS_LEN[address.version]
+
+
+def offer_overhead() -> int:
+    """Bytes of an encoded Offer with no files."""
+    return _HEADER.size + _OFFER_FIXED.size
+
+
+def file_offer_size(f: FileOffer) -> int:
+    """Bytes one entry adds to an encoded Offer."""
+    return (
+        CONTENT_ID_LEN
+        + 1
+        + len(f.name.encode("utf-8"))
+        + _FILE_SIZES.size
+        + _address_size(f.group)
+        + _address_size(f.source)
+        + _FILE_TAIL.size
+    )
+
+
+# -- encoding -----------------------------------------------------------------
+
+
+def _put_address(out: list[bytes], address: IPAddress | None) -> None:
+    if address is None:
+        out.append(b"\x00")
+        return
+    if getattr(address, "scope_id", None):
+        raise ValueError(f"address {address} has a scope id, which the wire cannot carry")
+    out.append(bytes([address.version]) + address.packed)
+
+
+def _put_string(out: list[bytes], text: str) -> None:
+    raw = text.encode("utf-8")
+    out.append(bytes([len(raw)]) + raw)
+
+
+def _encode_query(q: Query) -> bytes:
+    flags = _Q_BY_CONTENT_ID if q.content_id is not None else 0
+    out = [
+        _HEADER.pack(_MAGIC, _VERSION, _T_QUERY, flags),
+        _QUERY_FIXED.pack(q.request_id, q.hop_limit, q.answers_wanted, q.rate),
+    ]
+    if q.content_id is not None:
+        out.append(q.content_id)
+    else:
+        assert q.pattern is not None
+        _put_string(out, q.pattern)
+    if q.reply_to is None:
+        _put_address(out, None)
+    else:
+        _put_address(out, q.reply_to[0])
+        out.append(struct.pack("!H", q.reply_to[1]))
+    out.append(bytes([len(q.wanted)]))
+    out.extend(_RANGE.pack(start, end) for start, end in q.wanted)
+    out.append(bytes([len(q.known)]))
+    out.extend(q.known)
+    out.append(bytes(q.padding))
+    return b"".join(out)
+
+
+def _encode_file(out: list[bytes], f: FileOffer) -> None:
+    out.append(f.content_id)
+    _put_string(out, f.name)
+    out.append(_FILE_SIZES.pack(f.size, f.block_length, f.piece_length, f.session_id))
+    _put_address(out, f.group)
+    _put_address(out, f.source)
+    out.append(_FILE_TAIL.pack(f.port, f.rate, f.control_port))
+
+
+def _encode_offer(o: Offer) -> bytes:
+    flags = _O_TRUNCATED if o.truncated else 0
+    out = [
+        _HEADER.pack(_MAGIC, _VERSION, _T_OFFER, flags),
+        _OFFER_FIXED.pack(o.request_id, o.node_id, o.public_key, o.hop_limit, len(o.files)),
+    ]
+    for f in o.files:
+        _encode_file(out, f)
+    data = b"".join(out)
+    if len(data) > MAX_DATAGRAM:
+        raise ValueError(f"offer is {len(data)} bytes, more than {MAX_DATAGRAM}")
+    return data
+
+
+def encode(msg: Query | Offer) -> bytes:
+    """The datagram for ``msg``; ValueError if an Offer exceeds MAX_DATAGRAM."""
+    if isinstance(msg, Query):
+        return _encode_query(msg)
+    if isinstance(msg, Offer):
+        return _encode_offer(msg)
+    raise TypeError(f"cannot encode {type(msg).__name__}")
+
+
+# -- decoding -----------------------------------------------------------------
+
+
+class _Reader:
+    """Bounds-checked cursor over a datagram; running short is a ProtocolError."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._offset = 0
+
+    def take(self, n: int) -> bytes:
+        end = self._offset + n
+        if end > len(self._data):
+            raise ProtocolError(
+                f"truncated: wanted {n} bytes at offset {self._offset}, "
+                f"datagram is {len(self._data)} bytes"
+            )
+        chunk = self._data[self._offset : end]
+        self._offset = end
+        return chunk
+
+    def unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
+        return fmt.unpack(self.take(fmt.size))
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def string(self, field: str) -> str:
+        raw = self.take(self.u8())
+        try:
+            return raw.decode("utf-8", "strict")
+        except UnicodeDecodeError as e:
+            raise ProtocolError(f"{field} is not valid UTF-8") from e
+
+    def address(self, field: str) -> IPAddress:
+        return self._address(field, self.u8())
+
+    def optional_address(self, field: str) -> IPAddress | None:
+        family = self.u8()
+        return None if family == 0 else self._address(field, family)
+
+    def _address(self, field: str, family: int) -> IPAddress:
+        if family == 4:
+            return ipaddress.IPv4Address(self.take(4))
+        if family == 6:
+            return ipaddress.IPv6Address(self.take(16))
+        raise ProtocolError(f"{field}: bad address family {family}")
+
+    def rest(self) -> bytes:
+        chunk = self._data[self._offset :]
+        self._offset = len(self._data)
+        return chunk
+
+
+def _bad(cls: type, e: ValueError) -> NoReturn:
+    raise ProtocolError(f"invalid {cls.__name__}: {e}") from e
+
+
+def _decode_query(r: _Reader, flags: int) -> Query:
+    if flags & ~_Q_BY_CONTENT_ID:
+        raise ProtocolError(f"unknown QUERY flags {flags:#04x}")
+    request_id, hop_limit, answers_wanted, rate = r.unpack(_QUERY_FIXED)
+    content_id: bytes | None = None
+    pattern: str | None = None
+    if flags & _Q_BY_CONTENT_ID:
+        content_id = r.take(CONTENT_ID_LEN)
+    else:
+        pattern = r.string("pattern")
+    reply_to = None
+    address = r.optional_address("reply_to")
+    if address is not None:
+        reply_to = (address, r.u16())
+    wanted = tuple(r.unpack(_RANGE) for _ in range(r.u8()))
+    known = tuple(r.take(NODE_ID_LEN) for _ in range(r.u8()))
+    padding = r.rest()
+    if any(padding):
+        raise ProtocolError("QUERY has non-zero trailing bytes")
+    try:
+        return Query(
+            request_id=request_id,
+            hop_limit=hop_limit,
+            content_id=content_id,
+            pattern=pattern,
+            answers_wanted=answers_wanted,
+            rate=rate,
+            reply_to=reply_to,
+            wanted=wanted,
+            known=known,
+            padding=len(padding),
+        )
+    except ValueError as e:
+        _bad(Query, e)
+
+
+def _decode_file(r: _Reader) -> FileOffer:
+    content_id = r.take(CONTENT_ID_LEN)
+    name = r.string("name")
+    size, block_length, piece_length, session_id = r.unpack(_FILE_SIZES)
+    group = r.address("group")
+    source = r.optional_address("source")
+    port, rate, control_port = r.unpack(_FILE_TAIL)
+    try:
+        return FileOffer(
+            content_id=content_id,
+            name=name,
+            size=size,
+            block_length=block_length,
+            piece_length=piece_length,
+            session_id=session_id,
+            group=group,
+            source=source,
+            port=port,
+            rate=rate,
+            control_port=control_port,
+        )
+    except ValueError as e:
+        _bad(FileOffer, e)
+
+
+def _decode_offer(r: _Reader, flags: int, length: int) -> Offer:
+    if length > MAX_DATAGRAM:
+        raise ProtocolError(f"OFFER is {length} bytes, more than {MAX_DATAGRAM}")
+    if flags & ~_O_TRUNCATED:
+        raise ProtocolError(f"unknown OFFER flags {flags:#04x}")
+    request_id, node_id, public_key, hop_limit, count = r.unpack(_OFFER_FIXED)
+    files = tuple(_decode_file(r) for _ in range(count))
+    if r.rest():
+        raise ProtocolError("OFFER has trailing bytes")
+    try:
+        return Offer(
+            request_id=request_id,
+            node_id=node_id,
+            public_key=public_key,
+            hop_limit=hop_limit,
+            files=files,
+            truncated=bool(flags & _O_TRUNCATED),
+        )
+    except ValueError as e:
+        _bad(Offer, e)
+
+
+def decode(data: bytes) -> Query | Offer:
+    """The message in ``data``, or ProtocolError; never any other exception."""
+    data = bytes(data)
+    r = _Reader(data)
+    magic, version, kind, flags = r.unpack(_HEADER)
+    if magic != _MAGIC:
+        raise ProtocolError(f"bad magic {magic!r}")
+    if version != _VERSION:
+        raise ProtocolError(f"unknown version {version}")
+    if kind == _T_QUERY:
+        return _decode_query(r, flags)
+    if kind == _T_OFFER:
+        return _decode_offer(r, flags, len(data))
+    raise ProtocolError(f"unknown message type {kind}")
