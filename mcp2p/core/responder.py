@@ -17,6 +17,7 @@ Each pending reply is keyed by (request id, hop limit); states of a key:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -190,8 +191,9 @@ def pack(
 ) -> list[Offer]:
     """Files into OFFERs of at most MAX_DATAGRAM bytes each and ``budget`` bytes in all.
 
-    The last OFFER says ``truncated`` when some files did not fit. Nothing is
-    sent when even an empty OFFER exceeds the budget.
+    The last OFFER says ``truncated`` when some files did not fit, and every
+    other one says ``more``. Nothing is sent when even an empty OFFER exceeds
+    the budget.
     """
     overhead = offer_overhead()
     offers: list[Offer] = []
@@ -217,10 +219,8 @@ def pack(
         offers.append(Offer(request_id, node_id, public_key, hop_limit, tuple(batch)))
     if truncated:
         if offers:
-            last = offers[-1]
-            offers[-1] = Offer(
-                last.request_id, last.node_id, last.public_key, last.hop_limit, last.files, True
-            )
+            offers[-1] = dataclasses.replace(offers[-1], truncated=True)
         elif overhead <= budget:
             offers.append(Offer(request_id, node_id, public_key, hop_limit, (), True))
-    return offers
+    # Every datagram but the last says more follow, so the CN waits for the whole reply.
+    return [dataclasses.replace(o, more=True) for o in offers[:-1]] + offers[-1:]

@@ -50,6 +50,7 @@ class ServerRecord:
     rtt: float  # from sending that ring to the first offer at that distance
     files: dict[bytes, FileOffer] = field(default_factory=dict)
     truncated: bool = False
+    complete: bool = False  # its last reply datagram (without ``more``) arrived
 
 
 class RingSearch:
@@ -100,20 +101,26 @@ class RingSearch:
                 offer.node_id, offer.public_key, address, offer.hop_limit, now - sent
             )
             self.servers[offer.node_id] = record
+        elif offer.public_key != record.public_key:
+            return []  # a second key for one node id: keep the first, ignore the impostor
         elif offer.hop_limit < record.distance:
             record.distance, record.rtt, record.address = offer.hop_limit, now - sent, address
-        if offer.public_key != record.public_key:
-            return []  # a second key for one node id: keep the first, ignore the impostor
         for f in offer.files:
             record.files[f.content_id] = f
         record.truncated = record.truncated or offer.truncated
-        if len(self.servers) >= self.enough:
+        record.complete = record.complete or not offer.more
+        if sum(r.complete for r in self.servers.values()) >= self.enough:
             return self._finish("enough")
         return []
 
     def ring_timeout(self, now: float) -> list[Action]:
         if self.state != "RINGING":
             return []
+        # A reply whose last datagram was lost still counts once its ring is over.
+        for record in self.servers.values():
+            record.complete = True
+        if len(self.servers) >= self.enough:
+            return self._finish("enough")
         return self._next_ring(now)
 
     def cancel(self) -> list[Action]:

@@ -9,6 +9,7 @@ actions into writes and DelayedCalls.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import random
@@ -22,13 +23,18 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from mcp2p import multicast
-from mcp2p.core.responder import Responder, Schedule, Send
+from mcp2p.core.responder import AMPLIFICATION, Responder, Schedule, Send
 from mcp2p.core.ring import ArmTimer, Finished, RingSearch, SendQuery, ServerRecord
 from mcp2p.errors import ProtocolError
-from mcp2p.wire.query import Offer, Query, decode, encode
+from mcp2p.wire.query import Offer, Query, decode, encode, offer_overhead
 from mcp2p.wire.types import FileOffer, IPAddress
 
 _log = Logger()
+
+# The largest single-file OFFER (255-byte name, IPv6 group and source), divided
+# by the responder's amplification factor: a unicast-reply query is padded to
+# this size so that any one file fits in the reply budget.
+ONE_OFFER_QUERY = -(-(offer_overhead() + 73 + 255 + 24) // AMPLIFICATION)
 
 
 @dataclass
@@ -83,6 +89,8 @@ def file_json(f: FileOffer) -> dict[str, Any]:
 
 class _Datagrams(DatagramProtocol):
     """Decodes every datagram and hands it to the QueryNode; counts what it drops."""
+
+    noisy = False
 
     def __init__(self, node: QueryNode, family: int, kind: str) -> None:
         self.node = node
@@ -355,6 +363,10 @@ class QueryNode:
                 padding=search.pad,
             )
             data = encode(q)
+            if reply_to is not None and len(data) < ONE_OFFER_QUERY:
+                # Enough bytes that the 3x reply budget holds one full-size offer.
+                q = dataclasses.replace(q, padding=q.padding + ONE_OFFER_QUERY - len(data))
+                data = encode(q)
             multicast.set_hop_limit(uport, family, action.hop_limit)
             for g in self.groups:
                 if multicast.family_of(g) == family:

@@ -27,7 +27,7 @@ QUERY (flags bit 0: by content id, else by pattern)::
     1 + 16*k      known: u8 count k (<= 64), then k node ids
     p             padding: p zero bytes (<= 1200), up to the end of the datagram
 
-OFFER (flags bit 0: truncated)::
+OFFER (flags bit 0: truncated, bit 1: more datagrams of this reply follow)::
 
     size          field
     8             request_id
@@ -96,6 +96,7 @@ _HEADER = struct.Struct("!3sBBB")
 
 _Q_BY_CONTENT_ID = 0x01
 _O_TRUNCATED = 0x01
+_O_MORE = 0x02
 
 _QUERY_FIXED = struct.Struct("!8sBBQ")  # request_id, hop_limit, answers_wanted, rate
 _OFFER_FIXED = struct.Struct("!8s16s32sBB")  # request_id, node_id, public_key, hop, count
@@ -199,6 +200,7 @@ class Offer:
     hop_limit: int
     files: tuple[FileOffer, ...]
     truncated: bool = False
+    more: bool = False  # another datagram of the same reply follows
 
     def __post_init__(self) -> None:
         _check_bytes("request_id", self.request_id, REQUEST_ID_LEN)
@@ -211,6 +213,8 @@ class Offer:
                 raise ValueError(f"files must hold FileOffer, not {type(f).__name__}")
         if not isinstance(self.truncated, bool):
             raise ValueError("truncated must be a bool")
+        if not isinstance(self.more, bool):
+            raise ValueError("more must be a bool")
 
 
 Message = Union[Query, Offer]
@@ -292,7 +296,7 @@ def _encode_file(out: list[bytes], f: FileOffer) -> None:
 
 
 def _encode_offer(o: Offer) -> bytes:
-    flags = _O_TRUNCATED if o.truncated else 0
+    flags = (_O_TRUNCATED if o.truncated else 0) | (_O_MORE if o.more else 0)
     out = [
         _HEADER.pack(_MAGIC, _VERSION, _T_OFFER, flags),
         _OFFER_FIXED.pack(o.request_id, o.node_id, o.public_key, o.hop_limit, len(o.files)),
@@ -439,7 +443,7 @@ def _decode_file(r: _Reader) -> FileOffer:
 def _decode_offer(r: _Reader, flags: int, length: int) -> Offer:
     if length > MAX_DATAGRAM:
         raise ProtocolError(f"OFFER is {length} bytes, more than {MAX_DATAGRAM}")
-    if flags & ~_O_TRUNCATED:
+    if flags & ~(_O_TRUNCATED | _O_MORE):
         raise ProtocolError(f"unknown OFFER flags {flags:#04x}")
     request_id, node_id, public_key, hop_limit, count = r.unpack(_OFFER_FIXED)
     files = tuple(_decode_file(r) for _ in range(count))
@@ -453,6 +457,7 @@ def _decode_offer(r: _Reader, flags: int, length: int) -> Offer:
             hop_limit=hop_limit,
             files=files,
             truncated=bool(flags & _O_TRUNCATED),
+            more=bool(flags & _O_MORE),
         )
     except ValueError as e:
         _bad(Offer, e)

