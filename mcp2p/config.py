@@ -85,10 +85,10 @@ def parse_rate(raw: str, base: Path | None = None) -> int:
     allowed = "a rate in bit/s, at least 8000 (suffix k, M or G allowed, e.g. 100M)"
     if not m:
         raise ValueError(allowed)
-    value = int(float(m.group(1)) * _RATE_UNITS[m.group(2).lower()])
-    if not 8000 <= value <= 10**12:
+    value = float(m.group(1)) * _RATE_UNITS[m.group(2).lower()]
+    if not 8000 <= value <= 10**12:  # checked before int(): a 400-digit rate is inf
         raise ValueError(allowed)
-    return value
+    return int(value)
 
 
 def _bool(raw: str, base: Path) -> bool:
@@ -210,8 +210,14 @@ def _is_ssm(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     if net.version == 4:
         return net.subnet_of(ipaddress.IPv4Network("232.0.0.0/8"))  # type: ignore[arg-type]
     first = int(net.network_address) >> 96
-    # ff3x::/96 with a zero prefix length and network prefix (RFC 4607).
-    return (first >> 24) == 0xFF and ((first >> 20) & 0xF) == 3 and (first & 0xFFFF) == 0
+    # Inside ff3x::/32: zero prefix length and network prefix (RFC 4607); a
+    # shorter prefix (ff3e::/16) would also cover non-SSM groups.
+    return (
+        net.prefixlen >= 32
+        and (first >> 24) == 0xFF
+        and ((first >> 20) & 0xF) == 3
+        and (first & 0xFFFF) == 0
+    )
 
 
 def _ring_schedule(raw: str, base: Path) -> tuple[int, ...]:
@@ -434,7 +440,7 @@ def config_from_string(
         for key, value in parser[name].items():
             if key not in SCHEMA[name]:
                 raise ConfigError(
-                    f"{source}: [{name}] unknown key {key!r}: expected one of "
+                    f"{source}: [{name}] unknown key {key!r} = {value!r}: expected one of "
                     + ", ".join(SCHEMA[name])
                 )
             raw.setdefault(name, {})[key] = value
@@ -457,16 +463,23 @@ def config_from_string(
                 raise _error(where, section, key, value, str(e)) from None
         sections[section] = Section(values)
     config = Config(source=source, base_dir=base, sections=sections, plugins=plugins)
-    _check_together(config)
+    _check_together(config, origin)
     return config
 
 
-def _check_together(config: Config) -> None:
-    """Rules that tie two options together."""
+def _check_together(config: Config, origin: Mapping[tuple[str, str], str]) -> None:
+    """Rules that tie two options together; the error names the command line
+    when it set either option."""
+
+    def where(*keys: str) -> str:
+        if any(origin.get(("discovery", k)) == "command line" for k in keys):
+            return "command line"
+        return config.source
+
     d = config.discovery
     if d.reply_delay_max < d.reply_delay_min:
         raise _error(
-            config.source,
+            where("reply_delay_max", "reply_delay_min"),
             "discovery",
             "reply_delay_max",
             str(d.reply_delay_max),
@@ -474,7 +487,7 @@ def _check_together(config: Config) -> None:
         )
     if d.ring_timeout <= d.reply_delay_max:
         raise _error(
-            config.source,
+            where("ring_timeout", "reply_delay_max"),
             "discovery",
             "ring_timeout",
             str(d.ring_timeout),

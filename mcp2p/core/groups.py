@@ -15,13 +15,14 @@ def random_group(pools: Sequence[Network], version: int, rng: random.Random) -> 
     """A random address of the pools of IP ``version``, never the network's first
     address (in 232.0.0.0/8, 232.0.0.0 is reserved, RFC 4607) nor an IPv4 pool's last.
 
-    Raises ValueError when no pool of that version is configured.
+    Raises ValueError when no pool of that version (with a usable address) is configured.
     """
-    candidates = [n for n in pools if n.version == version]
+    reserved = 2 if version == 4 else 1  # first (and IPv4 last) address
+    # A pool too small to have a usable address (a /31 or /32) is skipped.
+    candidates = [n for n in pools if n.version == version and n.num_addresses > reserved]
     if not candidates:
-        raise ValueError(f"no IPv{version} multicast pool configured")
-    weights = [n.num_addresses for n in candidates]
+        raise ValueError(f"no IPv{version} multicast pool with a usable address configured")
+    weights = [n.num_addresses - reserved for n in candidates]
     net = rng.choices(candidates, weights=weights)[0]
-    last = net.num_addresses - (2 if version == 4 else 1)
-    offset = rng.randint(1, max(1, last))
+    offset = rng.randint(1, net.num_addresses - reserved)
     return net.network_address + offset

@@ -1,0 +1,110 @@
+"""TokenBucket: the answer rate limit and the data pacer share this arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mcp2p.core.pacing import TokenBucket
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0, 1), (-1, 1), (1, 0), (1, 0.5)])
+def test_bad_arguments(rate: float, burst: float) -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(rate, burst)
+
+
+def test_starts_full_and_empties() -> None:
+    bucket = TokenBucket(rate=10, burst=3)
+    assert [bucket.take(5.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.available(5.0) == 0
+
+
+def test_refills_at_rate() -> None:
+    bucket = TokenBucket(rate=10, burst=3, now=0.0)
+    for _ in range(3):
+        assert bucket.take(0.0)
+    assert not bucket.take(0.05)  # half a token
+    assert bucket.available(0.05) == pytest.approx(0.5)
+    assert bucket.take(0.1)
+    assert not bucket.take(0.1)
+
+
+def test_refill_is_capped_at_burst() -> None:
+    bucket = TokenBucket(rate=100, burst=5, now=0.0)
+    bucket.take(0.0, 5)
+    assert bucket.available(1000.0) == 5
+
+
+def test_constructor_time_starts_the_clock() -> None:
+    bucket = TokenBucket(rate=1, burst=2, now=10.0)
+    assert bucket.take(10.0, 2)
+    assert bucket.available(11.0) == pytest.approx(1.0)
+
+
+def test_first_call_starts_the_clock_when_none_given() -> None:
+    bucket = TokenBucket(rate=1, burst=2)
+    assert bucket.take(1000.0, 2)  # no refill from time 0: still just the burst
+    assert not bucket.take(1000.0)
+    assert bucket.stamp == 1000.0
+
+
+def test_failed_take_takes_nothing() -> None:
+    bucket = TokenBucket(rate=1, burst=4, now=0.0)
+    assert not bucket.take(0.0, 5)
+    assert bucket.available(0.0) == 4
+    assert bucket.take(0.0, 2.5)
+    assert bucket.available(0.0) == pytest.approx(1.5)
+
+
+def test_time_going_backwards_adds_nothing() -> None:
+    bucket = TokenBucket(rate=10, burst=2, now=5.0)
+    bucket.take(5.0, 2)
+    assert bucket.available(4.0) == 0
+    assert bucket.stamp == 5.0  # the clock does not move back either
+    assert bucket.available(5.1) == pytest.approx(1.0)
+
+
+def test_wait_for() -> None:
+    bucket = TokenBucket(rate=4, burst=2, now=0.0)
+    assert bucket.wait_for(0.0) == 0.0
+    bucket.take(0.0, 2)
+    assert bucket.wait_for(0.0) == pytest.approx(0.25)
+    assert bucket.wait_for(0.0, 2) == pytest.approx(0.5)
+    assert bucket.wait_for(0.1) == pytest.approx(0.15)
+    assert bucket.take(0.25 + 1e-9)
+
+
+@given(
+    st.floats(0.1, 1000),
+    st.integers(1, 50),
+    st.lists(st.tuples(st.floats(0, 2), st.floats(0.1, 5)), max_size=60),
+)
+def test_never_more_than_burst_plus_rate_times_time(
+    rate: float, burst: int, steps: list[tuple[float, float]]
+) -> None:
+    bucket = TokenBucket(rate, burst, now=0.0)
+    now = 0.0
+    taken = 0.0
+    for dt, n in steps:
+        now += dt
+        before = bucket.available(now)
+        assert 0 <= before <= burst
+        if bucket.take(now, n):
+            taken += n
+            assert bucket.available(now) == pytest.approx(before - n)
+        else:
+            assert n > before
+            assert bucket.available(now) == before
+        assert taken <= burst + rate * now + 1e-6
+
+
+@given(st.floats(0.1, 1000), st.integers(1, 50), st.floats(0, 10), st.floats(0.1, 1))
+def test_waiting_as_told_is_enough(rate: float, burst: int, start: float, fraction: float) -> None:
+    bucket = TokenBucket(rate, burst, now=0.0)
+    bucket.take(0.0, burst)
+    n = max(1.0, burst * fraction)
+    wait = bucket.wait_for(start, n)
+    assert wait >= 0
+    assert bucket.take(start + wait * (1 + 1e-9) + 1e-9, n)

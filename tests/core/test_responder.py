@@ -1,0 +1,525 @@
+"""The SN's answers: delays, silence, anti-amplification, suppression, rate limit, packing."""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import random
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mcp2p.core.responder import (
+    AMPLIFICATION,
+    MAX_GROUP_DATAGRAMS,
+    MEMORY,
+    REANSWER_AFTER,
+    Responder,
+    Schedule,
+    Send,
+    pack,
+)
+from mcp2p.wire.query import (
+    MAX_DATAGRAM,
+    Offer,
+    Query,
+    decode,
+    encode,
+    file_offer_size,
+    offer_overhead,
+)
+from mcp2p.wire.types import FileOffer
+
+ME = b"\x01" * 16
+MY_KEY = b"\x02" * 32
+OTHER = b"\x03" * 16
+CN = ("192.0.2.10", 40000)
+DELAY_MIN, DELAY_MAX = 0.02, 0.12
+
+
+def rid(i: int) -> bytes:
+    return i.to_bytes(8, "big")
+
+
+def file_offer(i: int, name: str | None = None, v6: bool = False) -> FileOffer:
+    group = ipaddress.ip_address("ff3e::8000:1" if v6 else "232.1.2.3")
+    source = ipaddress.ip_address("2001:db8::1" if v6 else "192.0.2.1")
+    return FileOffer(
+        content_id=i.to_bytes(32, "big"),
+        name=name or f"file-{i}.iso",
+        size=i * 1000,
+        block_length=1400,
+        piece_length=1 << 20,
+        session_id=i,
+        group=group,
+        source=source,
+        port=7712,
+        rate=10**8,
+        control_port=7713,
+    )
+
+
+def make_query(
+    request: int = 1,
+    hop: int = 1,
+    multicast: bool = False,
+    answers_wanted: int = 3,
+    known: tuple[bytes, ...] = (),
+    padding: int = 400,
+    reply_to: tuple[str, int] = ("0.0.0.0", 40001),
+) -> Query:
+    return Query(
+        request_id=rid(request),
+        hop_limit=hop,
+        content_id=None,
+        pattern="*.iso",
+        answers_wanted=answers_wanted,
+        reply_to=None if multicast else (ipaddress.ip_address(reply_to[0]), reply_to[1]),
+        known=known,
+        padding=padding,
+    )
+
+
+def responder(
+    files: Sequence[FileOffer] = (file_offer(1),),
+    seed: int = 0,
+    rate: float = 1000.0,
+    burst: int = 1000,
+    node_id: bytes = ME,
+) -> Responder:
+    seen: list[Query] = []
+
+    def lookup(query: Query) -> Sequence[FileOffer]:
+        seen.append(query)
+        return files
+
+    r = Responder(node_id, MY_KEY, lookup, random.Random(seed), DELAY_MIN, DELAY_MAX, rate, burst)
+    r.seen = seen  # type: ignore[attr-defined]
+    return r
+
+
+def hear(r: Responder, query: Query, now: float = 0.0, source: tuple[str, int] = CN) -> list:
+    return r.query(query, source, len(encode(query)), now)
+
+
+def offers_of(sends: list[Send]) -> list[Offer]:
+    out = []
+    for send in sends:
+        message = decode(send.data)
+        assert isinstance(message, Offer)
+        out.append(message)
+    return out
+
+
+# -- scheduling -----------------------------------------------------------------------
+
+
+def test_one_reply_is_scheduled_within_the_window() -> None:
+    r = responder()
+    query = make_query()
+    [schedule] = hear(r, query)
+    assert isinstance(schedule, Schedule)
+    assert schedule.key == (query.request_id, query.hop_limit)
+    assert DELAY_MIN <= schedule.delay <= DELAY_MAX
+    assert r.seen == [query]  # type: ignore[attr-defined]
+    assert r.counters["queries"] == 1
+
+
+@given(st.integers(0, 2**32), st.integers(1, 8))
+def test_delay_within_min_max(seed: int, wanted: int) -> None:
+    [schedule] = hear(responder(seed=seed), make_query(answers_wanted=wanted))
+    assert DELAY_MIN <= schedule.delay <= DELAY_MAX
+
+
+@given(st.integers(0, 2**32), st.integers(9, 255))
+def test_delay_stretches_when_many_answers_are_wanted(seed: int, wanted: int) -> None:
+    [schedule] = hear(responder(seed=seed), make_query(answers_wanted=wanted))
+    assert DELAY_MIN <= schedule.delay <= DELAY_MAX * min(4.0, wanted / 8)
+
+
+def test_many_answers_wanted_uses_the_wider_window() -> None:
+    delays = [hear(responder(seed=s), make_query(answers_wanted=255))[0].delay for s in range(200)]
+    assert max(delays) > 2 * DELAY_MAX
+    assert max(delays) <= 4 * DELAY_MAX
+    assert min(delays) < DELAY_MAX
+
+
+# -- silence ----------------------------------------------------------------------------
+
+
+def test_silent_when_listed_as_known() -> None:
+    r = responder()
+    assert hear(r, make_query(known=(OTHER, ME))) == []
+    assert r.counters["known_silent"] == 1
+    assert r.seen == []  # type: ignore[attr-defined]  # no catalog lookup needed
+    assert hear(r, make_query(known=(OTHER,), hop=2), now=0.5) != []
+
+
+def test_silent_without_a_match() -> None:
+    r = responder(files=())
+    assert hear(r, make_query()) == []
+    assert r.counters["no_match"] == 1
+    assert r.pending == {}
+
+
+def test_repeated_datagram_is_answered_once() -> None:
+    r = responder()
+    query = make_query()
+    [schedule] = hear(r, query, 0.0)
+    assert hear(r, query, 0.01) == []  # still pending
+    assert len(r.due(schedule.key, schedule.delay)) == 1
+    assert hear(r, query, 0.5) == []  # answered
+    assert hear(r, query, 5.0) == []  # still remembered
+    assert r.counters["duplicate"] == 3
+    assert r.due(schedule.key, 5.1) == []  # nothing pending any more
+
+
+def test_next_ring_soon_after_our_answer_is_not_answered_again() -> None:
+    r = responder()
+    [schedule] = hear(r, make_query(hop=1), 0.0)
+    r.due(schedule.key, schedule.delay)
+    assert hear(r, make_query(hop=2), 0.3) == []
+    assert r.counters["duplicate"] == 1
+    # A ring that still does not list us long after: our answer was probably lost.
+    assert len(hear(r, make_query(hop=3), schedule.delay + REANSWER_AFTER + 0.01)) == 1
+
+
+def test_silent_rings_do_not_count_as_answers() -> None:
+    """A known-silent or no-match ring does not block a later ring of the same request."""
+    r = responder()
+    hear(r, make_query(hop=1, known=(ME,)), 0.0)
+    assert len(hear(r, make_query(hop=2), 0.3)) == 1
+
+
+def test_memory_is_forgotten_eventually() -> None:
+    r = responder(files=())
+    for i in range(300):
+        hear(r, make_query(request=i), float(i) * 0.001)
+    later = 0.3 + MEMORY + 1
+    hear(r, make_query(request=1000), later)
+    assert len(r.done) < 10
+
+
+def test_cancel_all() -> None:
+    r = responder()
+    a = hear(r, make_query(request=1))[0]
+    b = hear(r, make_query(request=2))[0]
+    assert sorted(r.cancel_all()) == sorted([a.key, b.key])
+    assert r.due(a.key, 1.0) == [] and r.due(b.key, 1.0) == []
+
+
+def test_due_for_an_unknown_key() -> None:
+    assert responder().due((rid(9), 1), 1.0) == []
+
+
+# -- unicast replies --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply_to", [("0.0.0.0", 40001), ("192.0.2.10", 40001), ("198.51.100.7", 40001)]
+)
+def test_unicast_reply_goes_to_the_query_source(reply_to: tuple[str, int]) -> None:
+    r = responder(files=[file_offer(1), file_offer(2)])
+    query = make_query(hop=4, reply_to=reply_to)
+    [schedule] = hear(r, query, source=("192.0.2.10", 5555))
+    sends = r.due(schedule.key, schedule.delay)
+    assert len(sends) == 1
+    # The host the datagram came from, the port the query names: never another host.
+    assert sends[0].to == ("192.0.2.10", 40001)
+    assert sends[0].hop_limit == 4
+    [offer] = offers_of(sends)
+    assert offer == Offer(rid(1), ME, MY_KEY, 4, (file_offer(1), file_offer(2)))
+    assert r.counters["offers_sent"] == 1
+    assert r.answered == {rid(1): schedule.delay}
+
+
+def test_small_unicast_query_gets_a_truncated_reply() -> None:
+    files = [file_offer(i, name="x" * 200) for i in range(10)]
+    r = responder(files=files)
+    query = make_query(padding=0)
+    size = len(encode(query))
+    [schedule] = hear(r, query)
+    sends = r.due(schedule.key, 0.1)
+    assert sum(len(s.data) for s in sends) <= AMPLIFICATION * size
+    offers = offers_of(sends)
+    assert offers[-1].truncated
+    assert r.counters["truncated"] == 1
+
+
+names = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=255)
+names = names.filter(lambda s: "/" not in s and s not in (".", ".."))
+
+
+@st.composite
+def file_offers(draw: st.DrawFn) -> list[FileOffer]:
+    count = draw(st.integers(1, 40))
+    return [file_offer(i, name=draw(names), v6=draw(st.booleans())) for i in range(1, count + 1)]
+
+
+def _check_packing(offers: list[Offer], datagrams: list[bytes], files: Sequence[FileOffer]) -> int:
+    """The common properties of a reply; returns the number of files it carries."""
+    assert all(len(d) <= MAX_DATAGRAM for d in datagrams)
+    carried = [f for o in offers for f in o.files]
+    assert carried == list(files[: len(carried)])  # in order, no gaps, no repeats
+    assert not any(o.truncated for o in offers[:-1])  # only the last one says so
+    assert [o.more for o in offers] == [True] * (len(offers) - 1) + [False] * bool(offers)
+    if offers and not offers[-1].truncated:
+        assert len(carried) == len(files)  # nothing lost unless flagged
+    return len(carried)
+
+
+@given(
+    file_offers(),
+    st.integers(0, 1200),
+    st.integers(0, 64),
+    st.integers(1, 255).map(lambda n: "p" * n),
+)
+def test_unicast_reply_is_never_amplified(
+    files: list[FileOffer], padding: int, known: int, pattern: str
+) -> None:
+    query = Query(
+        request_id=rid(7),
+        hop_limit=2,
+        content_id=None,
+        pattern=pattern,
+        reply_to=(ipaddress.ip_address("0.0.0.0"), 4000),
+        known=tuple((1000 + i).to_bytes(16, "big") for i in range(known)),
+        padding=padding,
+    )
+    size = len(encode(query))
+    r = responder(files=files)
+    [schedule] = r.query(query, CN, size, 0.0)
+    sends = r.due(schedule.key, schedule.delay)
+    datagrams = [s.data for s in sends]
+    assert sum(map(len, datagrams)) <= AMPLIFICATION * size
+    assert all(s.to == (CN[0], 4000) for s in sends)
+    offers = offers_of(sends)
+    carried = _check_packing(offers, datagrams, files)
+    if carried < len(files):
+        assert offers and offers[-1].truncated
+        assert r.counters["truncated"] == 1
+    else:
+        assert r.counters["truncated"] == 0
+    assert r.counters["offers_sent"] == len(offers)
+
+
+# -- multicast replies ------------------------------------------------------------------
+
+
+def other_offer(node_id: bytes, request: int = 1, files: int = 1) -> Offer:
+    return Offer(rid(request), node_id, b"\x09" * 32, 1, tuple(file_offer(i) for i in range(files)))
+
+
+def test_multicast_reply_goes_to_the_group_with_the_ring_hop_limit() -> None:
+    r = responder()
+    [schedule] = hear(r, make_query(hop=8, multicast=True))
+    [send] = r.due(schedule.key, schedule.delay)
+    assert send.to is None and send.hop_limit == 8
+    assert offers_of([send])[0].hop_limit == 8
+
+
+def test_multicast_reply_suppressed_by_enough_overheard_offers() -> None:
+    r = responder()
+    [schedule] = hear(r, make_query(multicast=True, answers_wanted=2))
+    r.overheard(other_offer(b"\x10" * 16), 0.01)
+    r.overheard(other_offer(b"\x10" * 16), 0.011)  # the same SN twice counts once
+    r.overheard(other_offer(ME), 0.012)  # our own, looped back
+    r.overheard(other_offer(b"\x11" * 16, files=0), 0.013)  # no files: not an answer
+    r.overheard(other_offer(b"\x12" * 16, request=2), 0.014)  # another request
+    assert len(r.due(schedule.key, schedule.delay)) == 1  # only one other answer so far
+
+    r = responder()
+    [schedule] = hear(r, make_query(multicast=True, answers_wanted=2))
+    r.overheard(other_offer(b"\x10" * 16), 0.01)
+    r.overheard(other_offer(b"\x11" * 16), 0.01)
+    assert r.due(schedule.key, schedule.delay) == []
+    assert r.counters["suppressed"] == 1
+    assert r.counters["offers_sent"] == 0
+
+
+def test_overheard_offers_do_not_suppress_unicast_replies() -> None:
+    r = responder()
+    [schedule] = hear(r, make_query(answers_wanted=1))
+    r.overheard(other_offer(b"\x10" * 16), 0.01)
+    assert len(r.due(schedule.key, schedule.delay)) == 1
+
+
+@given(file_offers())
+def test_multicast_reply_packing(files: list[FileOffer]) -> None:
+    r = responder(files=files)
+    [schedule] = hear(r, make_query(multicast=True, padding=0))
+    sends = r.due(schedule.key, schedule.delay)
+    datagrams = [s.data for s in sends]
+    assert len(datagrams) <= MAX_GROUP_DATAGRAMS
+    assert sum(map(len, datagrams)) <= MAX_GROUP_DATAGRAMS * MAX_DATAGRAM
+    assert _check_packing(offers_of(sends), datagrams, files) == len(files)  # 40 files fit
+
+
+# -- rate limit ---------------------------------------------------------------------------
+
+
+def test_token_bucket_caps_answers() -> None:
+    r = responder(rate=2.0, burst=3)
+    schedules = [hear(r, make_query(request=i), 0.0)[0] for i in range(5)]
+    sent = [bool(r.due(s.key, 0.1)) for s in schedules]
+    assert sent == [True, True, True, False, False]
+    assert r.counters["rate_limited"] == 2
+    assert r.counters["offers_sent"] == 3
+    # Half a second later one token (rate 2/s) is back.
+    later = [hear(r, make_query(request=10 + i), 0.5)[0] for i in range(2)]
+    assert [bool(r.due(s.key, 0.6)) for s in later] == [True, False]
+    assert r.counters["rate_limited"] == 3
+
+
+def test_rate_limited_answer_is_not_retried() -> None:
+    r = responder(rate=0.1, burst=1)
+    first = hear(r, make_query(request=1))[0]
+    second = hear(r, make_query(request=2))[0]
+    assert r.due(first.key, 0.1)
+    assert r.due(second.key, 0.1) == []
+    assert hear(r, make_query(request=2), 0.2) == []  # same ring again: duplicate
+
+
+# -- pack() ---------------------------------------------------------------------------
+
+
+def _pack(files: Sequence[FileOffer], budget: int) -> list[Offer]:
+    return pack(rid(1), ME, MY_KEY, 3, files, budget)
+
+
+def test_pack_nothing() -> None:
+    assert _pack([], 10_000) == []
+
+
+def test_pack_budget_below_an_empty_offer() -> None:
+    assert _pack([file_offer(1)], offer_overhead() - 1) == []
+
+
+def test_pack_room_for_only_the_header_says_truncated() -> None:
+    files = [file_offer(1)]
+    budget = offer_overhead() + file_offer_size(files[0]) - 1
+    assert _pack(files, budget) == [Offer(rid(1), ME, MY_KEY, 3, (), True)]
+
+
+def test_pack_exact_fit() -> None:
+    files = [file_offer(1), file_offer(2)]
+    budget = offer_overhead() + sum(map(file_offer_size, files))
+    [offer] = _pack(files, budget)
+    assert offer.files == tuple(files) and not offer.truncated
+    assert len(encode(offer)) == budget
+
+
+def test_pack_fills_datagrams() -> None:
+    files = [file_offer(i, name="n" * 250) for i in range(20)]
+    offers = _pack(files, 100_000)
+    datagrams = [encode(o) for o in offers]
+    assert len(offers) > 1
+    entry = file_offer_size(files[0])
+    for d in datagrams[:-1]:
+        assert MAX_DATAGRAM - entry < len(d) <= MAX_DATAGRAM  # the next entry did not fit
+
+
+@given(file_offers(), st.integers(0, 20_000))
+def test_pack_properties(files: list[FileOffer], budget: int) -> None:
+    offers = _pack(files, budget)
+    datagrams = [encode(o) for o in offers]
+    assert [decode(d) for d in datagrams] == offers
+    total = sum(map(len, datagrams))
+    assert total <= budget
+    carried = _check_packing(offers, datagrams, files)
+    if not offers:
+        assert budget < offer_overhead()
+        return
+    assert offers[-1].truncated == (carried < len(files))
+    assert all(o.files for o in offers[:-1])  # no empty datagram but a lone truncated one
+    if carried < len(files):
+        # Greedy: the next file did not fit in the last datagram nor in a new one.
+        extra = file_offer_size(files[carried])
+        if len(datagrams[-1]) + extra <= MAX_DATAGRAM:
+            assert total + extra > budget
+        else:
+            assert total + offer_overhead() + extra > budget
+    for o in offers:
+        assert (o.request_id, o.node_id, o.public_key, o.hop_limit) == (rid(1), ME, MY_KEY, 3)
+
+
+# -- ten responders, one query ----------------------------------------------------------------
+
+
+TEN_SEED = 11  # a seeded run: every gap >= 3.9 ms, spread over 95 ms of 100
+
+
+def ten_responders(seed: int) -> list[Responder]:
+    return [
+        responder(files=[file_offer(i + 1)], seed=seed * 1000 + i, node_id=bytes([i + 1]) * 16)
+        for i in range(10)
+    ]
+
+
+def test_ten_responders_do_not_all_answer_at_once() -> None:
+    query = make_query(multicast=True)
+    delays = sorted(hear(r, query)[0].delay for r in ten_responders(TEN_SEED))
+    gaps = [b - a for a, b in itertools.pairwise(delays)]
+    assert min(gaps) >= 0.001, delays
+    assert delays[-1] - delays[0] >= (DELAY_MAX - DELAY_MIN) / 2, delays
+    assert all(DELAY_MIN <= d <= DELAY_MAX for d in delays)
+
+
+def test_ten_responders_spread_over_many_runs() -> None:
+    query = make_query(multicast=True)
+    spreads = []
+    for seed in range(100):
+        delays = sorted(hear(r, query)[0].delay for r in ten_responders(seed))
+        assert len(set(delays)) == 10
+        spreads.append(delays[-1] - delays[0])
+    assert sum(s >= (DELAY_MAX - DELAY_MIN) / 2 for s in spreads) >= 90
+
+
+def run_group(responders: list[Responder], query: Query, latency: float) -> list[Responder]:
+    """Everyone hears ``query`` at 0; an offer reaches the others ``latency`` later."""
+    events: list[tuple[float, int, str, int, object]] = []
+    seq = itertools.count()
+    for i, r in enumerate(responders):
+        [schedule] = hear(r, query)
+        heapq.heappush(events, (schedule.delay, next(seq), "due", i, schedule.key))
+    senders = []
+    while events:
+        now, _, kind, i, payload = heapq.heappop(events)
+        if kind == "due":
+            sends = responders[i].due(payload, now)  # type: ignore[arg-type]
+            if sends:
+                senders.append(responders[i])
+            for offer in offers_of(sends):
+                for j in range(len(responders)):
+                    if j != i:
+                        heapq.heappush(events, (now + latency, next(seq), "hear", j, offer))
+        else:
+            assert isinstance(payload, Offer)
+            responders[i].overheard(payload, now)
+    return senders
+
+
+def test_ten_responders_suppress_each_other() -> None:
+    query = make_query(multicast=True, answers_wanted=3)
+    responders = ten_responders(TEN_SEED)
+    senders = run_group(responders, query, latency=0.002)
+    assert 3 <= len(senders) <= 4
+    assert sum(r.counters["suppressed"] for r in responders) == 10 - len(senders)
+
+
+@given(st.integers(0, 2**32), st.integers(1, 9))
+def test_with_instant_delivery_exactly_the_wanted_number_answer(seed: int, wanted: int) -> None:
+    query = make_query(multicast=True, answers_wanted=wanted)
+    senders = run_group(ten_responders(seed), query, latency=0.0)
+    assert len(senders) == min(wanted, 10)
+
+
+def test_over_many_runs_few_extra_answers() -> None:
+    query = make_query(multicast=True, answers_wanted=3)
+    counts = [len(run_group(ten_responders(seed), query, latency=0.002)) for seed in range(100)]
+    assert min(counts) >= 3
+    assert sum(counts) / len(counts) <= 3.5
+    assert max(counts) <= 5
