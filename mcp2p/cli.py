@@ -100,12 +100,15 @@ async def sap_listen(reactor: Any, config: Config, kwargs: dict[str, Any], wait:
     from twisted.internet import task
 
     from mcp2p import multicast
-    from mcp2p.core.ring import ServerRecord
-    from mcp2p.discovery.query import SearchResult
+    from mcp2p.discovery.methods import directory_result
     from mcp2p.discovery.sap import SAPDirectory, SAPProtocol
 
-    directory = SAPDirectory()
-    protocol = SAPProtocol(directory, reactor)
+    directory = SAPDirectory(
+        floor=config.sap.cache_timeout,
+        bandwidth_limit_bps=config.sap.bandwidth_limit,
+        min_interval=config.sap.min_interval,
+    )
+    protocol = SAPProtocol(directory, reactor, b"", str(config.sap.group))
     iface = str(config.node.interface)
     port = multicast.listen(reactor, protocol, config.sap.port, socket.AF_INET, iface)
     multicast.join(port, config.sap.group, iface)
@@ -114,13 +117,12 @@ async def sap_listen(reactor: Any, config: Config, kwargs: dict[str, Any], wait:
         await task.deferLater(reactor, wait, lambda: None)
     finally:
         await port.stopListening()
-    servers: dict[bytes, ServerRecord] = {}
-    for a in directory.search(pattern=kwargs["pattern"], content_id=kwargs["content_id"]):
-        record = servers.setdefault(
-            a.node_id, ServerRecord(a.node_id, a.public_key, str(a.origin), None, 0.0)
-        )
-        record.files[a.offer.content_id] = a.offer
-    return SearchResult(list(servers.values()), "listened", 0, [], 0, time.monotonic() - started)
+    result = directory_result(
+        directory.search(pattern=kwargs["pattern"], content_id=kwargs["content_id"])
+    )
+    result.reason = "listened"
+    result.elapsed = time.monotonic() - started
+    return result
 
 
 def human_size(n: int) -> str:
@@ -149,8 +151,10 @@ def print_result(result: dict[str, Any], as_json: bool) -> int:
             print(json.dumps(line))
     else:
         if rows:
-            print(f"{'CONTENT ID':<16}  {'SIZE':>10}  {'HOPS':>4}  {'NODE':<12}  "
-                  f"{'ADDRESS':<15}  NAME")
+            print(
+                f"{'CONTENT ID':<16}  {'SIZE':>10}  {'HOPS':>4}  {'NODE':<12}  "
+                f"{'ADDRESS':<15}  NAME"
+            )
         for s, f in rows:
             hops = "-" if s["distance"] is None else str(s["distance"])
             print(
@@ -160,8 +164,11 @@ def print_result(result: dict[str, Any], as_json: bool) -> int:
         rings = ", ".join(str(h) for h in result.get("hop_limits", []))
         print(
             f"{len(rows)} files from {len(result['servers'])} nodes"
-            + (f"; rings with hop limits {rings}, {result['query_bytes']} query bytes" if rings
-               else "")
+            + (
+                f"; rings with hop limits {rings}, {result['query_bytes']} query bytes"
+                if rings
+                else ""
+            )
             + f"; {result['elapsed']:.2f} s ({result['reason']})",
             file=sys.stderr,
         )
@@ -216,18 +223,30 @@ def parser() -> argparse.ArgumentParser:
         description="Find files by name pattern (fnmatch, case-insensitive) or content id.",
     )
     s.add_argument("what", help="a name pattern such as '*.iso', or a 64-hex-digit content id")
-    s.add_argument("--method", choices=("query", "sap"), default="query",
-                   help="hop-limited query (default), or the SAP announcement directory")
+    s.add_argument(
+        "--method",
+        choices=("query", "sap"),
+        default="query",
+        help="hop-limited query (default), or the SAP announcement directory",
+    )
     s.add_argument("--json", action="store_true", help="print JSON lines, one per file and node")
     s.add_argument("--answers", type=int, help="stop after this many nodes answered")
     s.add_argument("--max-hops", type=int, help="largest hop limit to try")
     s.add_argument("--timeout", type=float, help="seconds to wait per ring")
-    s.add_argument("--reply-mode", choices=("unicast", "multicast"),
-                   help="ask for offers by unicast or to the group")
-    s.add_argument("--no-daemon", action="store_true",
-                   help="search from this process even when a daemon runs")
-    s.add_argument("--wait", type=float, default=5.0,
-                   help="without a daemon, seconds to listen for SAP announcements")
+    s.add_argument(
+        "--reply-mode",
+        choices=("unicast", "multicast"),
+        help="ask for offers by unicast or to the group",
+    )
+    s.add_argument(
+        "--no-daemon", action="store_true", help="search from this process even when a daemon runs"
+    )
+    s.add_argument(
+        "--wait",
+        type=float,
+        default=5.0,
+        help="without a daemon, seconds to listen for SAP announcements",
+    )
     s.set_defaults(func=cmd_search)
     st = sub.add_parser("status", help="show the local daemon's status")
     st.set_defaults(func=cmd_status)

@@ -117,9 +117,7 @@ def _list(raw: str) -> list[str]:
 def _choices(*choices: str) -> Callable[[str, Path], tuple[str, ...]]:
     def parse(raw: str, base: Path) -> tuple[str, ...]:
         items = tuple(item.lower() for item in _list(raw))
-        if not items or any(item not in choices for item in items) or len(set(items)) != len(
-            items
-        ):
+        if not items or any(item not in choices for item in items) or len(set(items)) != len(items):
             raise ValueError("a non-empty list of distinct values from " + ", ".join(choices))
         return items
 
@@ -179,7 +177,9 @@ def _group(raw: str, base: Path) -> ipaddress.IPv4Address | ipaddress.IPv6Addres
     return groups[0]
 
 
-def _pools(ssm: bool) -> Callable[[str, Path], tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
+def _pools(
+    ssm: bool,
+) -> Callable[[str, Path], tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
     kind = "SSM (232.0.0.0/8, ff3x::/32)" if ssm else "multicast"
 
     def parse(raw: str, base: Path) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -55,14 +55,10 @@ def listen(
     if family == socket.AF_INET:
         sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-        sock.setsockopt(
-            socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface)
-        )
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
     else:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
-        sock.setsockopt(
-            socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, interface_index(interface)
-        )
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, interface_index(interface))
     return lport
 
 
@@ -87,9 +83,7 @@ def leave(lport: IListeningPort, group: IPAddress, interface: str) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_LEAVE_GROUP, mreq)
 
 
-def join_source(
-    lport: IListeningPort, group: IPAddress, source: IPAddress, interface: str
-) -> None:
+def join_source(lport: IListeningPort, group: IPAddress, source: IPAddress, interface: str) -> None:
     """Join the source-specific channel (source, group) (RFC 4607)."""
     sock = lport.getHandle()  # type: ignore[attr-defined]
     if group.version == 4:

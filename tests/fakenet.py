@@ -90,7 +90,11 @@ class FakeReactor:
         return self.network.clock.getDelayedCalls()
 
     def listenMulticast(  # noqa: N802
-        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192,  # noqa: N803
+        self,
+        port: int,
+        protocol: Any,
+        interface: str = "",
+        maxPacketSize: int = 8192,  # noqa: N803
         listenMultiple: bool = False,  # noqa: N803
     ) -> FakePort:
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET

@@ -9,20 +9,18 @@ it heard.
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 import time
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from zope.interface import implementer
 
 from mcp2p import multicast
 from mcp2p.core.ring import ServerRecord
 from mcp2p.discovery.query import QueryNode, SearchResult
-from mcp2p.discovery.sap import SAPAnnouncer, SAPDirectory, SAPProtocol
 from mcp2p.interfaces import IDiscoveryMethod
-from mcp2p.wire.sap import SAPPacket, encode_sap
-from mcp2p.wire.sdp import Announcement, encode_sdp
 
 
 @implementer(IDiscoveryMethod)
@@ -60,96 +58,96 @@ class QueryMethod:
 
 @implementer(IDiscoveryMethod)
 class SAPMethod:
+    """Announces the catalog on the IPv4 SAP group and searches what it heard."""
+
     name = "sap"
+    EXPIRE_EVERY = 60.0
 
     def __init__(self, node: Any) -> None:
-        self.node = node
-        c = node.config
-        self.directory = SAPDirectory()
-        self.protocol = SAPProtocol(self.directory, node.reactor, own_node_id=node.identity.node_id)
-        self.port: Any = None
-        self.announcer = SAPAnnouncer(
-            clock=node.reactor,
-            send=self._send,
-            directory=self.directory,
-            bandwidth_limit=c.sap.bandwidth_limit,
-            min_interval=c.sap.min_interval,
-        )
-        self.group = c.sap.group
-        self.interface = str(c.node.interface)
-        self.expiry: Any = None
+        from mcp2p.discovery.sap import SAPAnnouncer, SAPDirectory, SAPProtocol
 
-    def _send(self, data: bytes) -> None:
-        if self.port is None:
-            return
-        try:
-            self.port.write(data, (str(self.group), self.node.config.sap.port))
-        except OSError:
-            self.protocol.send_errors += 1
+        self.node = node
+        c = node.config.sap
+        self.interface = str(node.config.node.interface)
+        self.group = c.group
+        scope = str(c.group)
+        self.directory = SAPDirectory(
+            floor=c.cache_timeout,
+            bandwidth_limit_bps=c.bandwidth_limit,
+            min_interval=c.min_interval,
+        )
+        self.protocol = SAPProtocol(self.directory, node.reactor, node.identity.node_id, scope)
+        self.announcer = SAPAnnouncer(
+            node.reactor,
+            self.protocol.sender(scope, c.port),
+            random.Random(),
+            node_id=node.identity.node_id,
+            public_key=node.identity.public_key,
+            origin=ipaddress.ip_address(self.interface),
+            ttl=c.ttl,
+            bandwidth_limit_bps=c.bandwidth_limit,
+            min_interval=c.min_interval,
+            directory=self.directory,
+            scope=scope,
+        )
+        self.port: Any = None
+        self.expiry = task.LoopingCall(self._expire)
+        self.expiry.clock = node.reactor
+
+    def _expire(self) -> None:
+        self.directory.expire(self.node.reactor.seconds())
 
     def start(self) -> None:
-        c = self.node.config
+        c = self.node.config.sap
         self.port = multicast.listen(
-            self.node.reactor, self.protocol, c.sap.port, socket.AF_INET, self.interface
+            self.node.reactor, self.protocol, c.port, socket.AF_INET, self.interface
         )
         multicast.join(self.port, self.group, self.interface)
-        multicast.set_hop_limit(self.port, socket.AF_INET, c.sap.ttl)
-        self.node.serving.catalog.subscribe(lambda entries: self.refresh())
-        self.refresh()
+        multicast.set_hop_limit(self.port, socket.AF_INET, c.ttl)
+        self.node.serving.catalog.subscribe(self._catalog_changed)
+        self.announcer.set_offers(self.node.serving.offers())
+        self.announcer.start()
+        self.expiry.start(self.EXPIRE_EVERY, now=False)
 
-    def refresh(self) -> None:
-        c = self.node.config
-        ident = self.node.identity
-        origin = ipaddress.ip_address(self.interface)
-        self.announcer.set_announcements(
-            [
-                Announcement(
-                    offer=o,
-                    node_id=ident.node_id,
-                    public_key=ident.public_key,
-                    origin=origin,
-                    ttl=c.sap.ttl,
-                    version=1,
-                )
-                for o in self.node.serving.offers()
-            ]
-        )
+    def _catalog_changed(self, entries: Any) -> None:
+        if self.port is not None:
+            self.announcer.set_offers(self.node.serving.offers())
 
     def stop(self) -> Any:
-        self.announcer.stop()
+        if self.expiry.running:
+            self.expiry.stop()
         port, self.port = self.port, None
-        return defer.maybeDeferred(port.stopListening) if port is not None else None
+        if port is None:
+            return None
+        self.announcer.stop()  # sends the deletions, so before the port closes
+        self.node.serving.catalog.unsubscribe(self._catalog_changed)
+        return defer.maybeDeferred(port.stopListening)
 
     def search(self, pattern: str | None, content_id: bytes | None, **options: Any) -> Any:
         started = time.monotonic()
-        self.directory.expire(self.node.reactor.seconds())
-        servers: dict[bytes, ServerRecord] = {}
-        for a in self.directory.search(pattern=pattern, content_id=content_id):
-            if a.node_id == self.node.identity.node_id:
-                continue
-            record = servers.setdefault(
-                a.node_id, ServerRecord(a.node_id, a.public_key, str(a.origin), None, 0.0)
-            )
-            record.files[a.offer.content_id] = a.offer
-        return defer.succeed(
-            SearchResult(
-                servers=list(servers.values()),
-                reason="directory",
-                rings=0,
-                hop_limits=[],
-                query_bytes=0,
-                elapsed=time.monotonic() - started,
-            )
+        self._expire()
+        result = directory_result(
+            self.directory.search(pattern=pattern, content_id=content_id),
+            exclude=self.node.identity.node_id,
         )
+        result.elapsed = time.monotonic() - started
+        return defer.succeed(result)
 
     def stats(self) -> dict[str, Any]:
-        return {
-            "received": self.protocol.received,
-            "malformed": self.protocol.dropped,
-            "directory": len(self.directory),
-            "announcements": len(self.announcer.announcements),
-        }
+        out: dict[str, Any] = dict(self.protocol.stats())
+        out.update(self.announcer.stats())
+        return out
 
 
-def packet_for(a: Announcement, delete: bool = False) -> bytes:
-    return encode_sap(SAPPacket(delete=delete, msg_id_hash=0, origin=a.origin, payload=encode_sdp(a)))
+def directory_result(announcements: Any, exclude: bytes | None = None) -> SearchResult:
+    """SAP directory entries as a SearchResult (distance unknown: None)."""
+    servers: dict[bytes, ServerRecord] = {}
+    for a in announcements:
+        if a.node_id == exclude:
+            continue
+        record = servers.setdefault(
+            a.node_id, ServerRecord(a.node_id, a.public_key, str(a.origin), None, 0.0)
+        )
+        record.files[a.offer.content_id] = a.offer
+        record.complete = True
+    return SearchResult(list(servers.values()), "directory", 0, [], 0, 0.0)

@@ -221,7 +221,10 @@ class QueryNode:
             iface = self.interface if family == socket.AF_INET else self.interface6
             if listen_group:
                 port = multicast.listen(
-                    self.reactor, _Datagrams(self, family, "group"), self.d.query_port, family,
+                    self.reactor,
+                    _Datagrams(self, family, "group"),
+                    self.d.query_port,
+                    family,
                     iface,
                 )
                 for g in self.groups:
@@ -229,7 +232,11 @@ class QueryNode:
                         multicast.join(port, g, iface)
                 self.group_ports[family] = port
             self.unicast_ports[family] = multicast.listen(
-                self.reactor, _Datagrams(self, family, "unicast"), 0, family, iface,
+                self.reactor,
+                _Datagrams(self, family, "unicast"),
+                0,
+                family,
+                iface,
                 multiple=False,
             )
 
@@ -306,8 +313,12 @@ class QueryNode:
         try:
             port.write(data, to)
         except OSError as e:  # EAGAIN, unreachable: a lost datagram, not a crash
-            _log.warn("could not send {nbytes} bytes to {to}: {error}", nbytes=len(data),
-                      to=to, error=str(e))
+            _log.warn(
+                "could not send {nbytes} bytes to {to}: {error}",
+                nbytes=len(data),
+                to=to,
+                error=str(e),
+            )
 
     # -- searching
 

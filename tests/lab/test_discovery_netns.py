@@ -36,7 +36,9 @@ def start_sn(host: Host, root: Path, ini: str) -> subprocess.Popen[Any]:
     log = open(root / "twistd.log", "wb")  # noqa: SIM115
     proc = host.popen(
         [str(BIN / "twistd"), "--pidfile=", "-n", "mcp2p", "--config", str(root / "node.ini")],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT,
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 20
     while not (root / "state" / "api.port").exists():
@@ -50,8 +52,16 @@ def probe(host: Host, root: Path, ini: str, pattern: str, repeat: int = 1) -> di
     root.mkdir(parents=True, exist_ok=True)
     (root / "cn.ini").write_text(ini)
     out = host.run(
-        [sys.executable, "-m", "mcp2p.lab.probe", "--config", str(root / "cn.ini"), pattern,
-         "--repeat", str(repeat)],
+        [
+            sys.executable,
+            "-m",
+            "mcp2p.lab.probe",
+            "--config",
+            str(root / "cn.ini"),
+            pattern,
+            "--repeat",
+            str(repeat),
+        ],
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
@@ -63,10 +73,15 @@ def test_node_behind_routers_is_found_at_its_hop_distance(tmp_path: Path, router
     with Network() as net:
         a, b = net.chain(routers, groups=GROUPS)
         sn = make_node_dir(tmp_path / "sn", {"far.iso": 100_000})
-        proc = start_sn(b, sn, node_ini(sn, 7711, 9875, node={"interface": b.addr()}, discovery=QUERY_ONLY))
+        proc = start_sn(
+            b, sn, node_ini(sn, 7711, 9875, node={"interface": b.addr()}, discovery=QUERY_ONLY)
+        )
         cn_ini = node_ini(
-            tmp_path / "cn", 7711, 9875,
-            node={"interface": a.addr()}, discovery={"answers_wanted": "1"},
+            tmp_path / "cn",
+            7711,
+            9875,
+            node={"interface": a.addr()},
+            discovery={"answers_wanted": "1"},
         )
         result = probe(a, tmp_path / "cn", cn_ini, "*.iso", repeat=3)
         b.kill(proc)
@@ -83,9 +98,14 @@ def test_node_beyond_the_largest_ring_is_not_found(tmp_path: Path) -> None:
     with Network() as net:
         a, b = net.chain(2, groups=GROUPS)
         sn = make_node_dir(tmp_path / "sn", {"far.iso": 1000})
-        proc = start_sn(b, sn, node_ini(sn, 7711, 9875, node={"interface": b.addr()}, discovery=QUERY_ONLY))
+        proc = start_sn(
+            b, sn, node_ini(sn, 7711, 9875, node={"interface": b.addr()}, discovery=QUERY_ONLY)
+        )
         cn_ini = node_ini(
-            tmp_path / "cn", 7711, 9875, node={"interface": a.addr()},
+            tmp_path / "cn",
+            7711,
+            9875,
+            node={"interface": a.addr()},
             discovery={"answers_wanted": "1", "ring_schedule": "1, 2"},
         )
         result = probe(a, tmp_path / "cn", cn_ini, "*.iso")
@@ -101,12 +121,21 @@ def test_ipv6_query_across_a_router(tmp_path: Path) -> None:
         a, b = net.chain(1, groups=GROUPS)
         sn = make_node_dir(tmp_path / "sn", {"six.iso": 1000})
         v6 = {"query_groups": "ff15::77", **QUERY_ONLY}
-        proc = start_sn(b, sn, node_ini(
-            sn, 7711, 9875, node={"interface": b.addr(), "interface6": b.ifname(net["r1"])},
-            discovery=v6,
-        ))
+        proc = start_sn(
+            b,
+            sn,
+            node_ini(
+                sn,
+                7711,
+                9875,
+                node={"interface": b.addr(), "interface6": b.ifname(net["r1"])},
+                discovery=v6,
+            ),
+        )
         cn_ini = node_ini(
-            tmp_path / "cn", 7711, 9875,
+            tmp_path / "cn",
+            7711,
+            9875,
             node={"interface": a.addr(), "interface6": a.ifname(net["r1"])},
             discovery={**v6, "answers_wanted": "1"},
         )

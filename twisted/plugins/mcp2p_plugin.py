@@ -1,5 +1,3 @@
 from twisted.application.service import ServiceMaker
 
-mcp2p = ServiceMaker(
-    "mcp2p", "mcp2p.tap", "Multicast peer-to-peer file sharing node", "mcp2p"
-)
+mcp2p = ServiceMaker("mcp2p", "mcp2p.tap", "Multicast peer-to-peer file sharing node", "mcp2p")

@@ -1,0 +1,102 @@
+"""Whole nodes (every service, real sockets) in this reactor, on loopback multicast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+
+from mcp2p.app import build
+from mcp2p.discovery.query import QueryNode
+from tests.nodes import free_udp_port, make_node_dir, node_config
+
+
+def reactor_state() -> tuple[int, int, int]:
+    return (
+        len(reactor.getDelayedCalls()),
+        len(reactor.getReaders()),
+        len(reactor.getWriters()),
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_starts_answers_and_stops_without_leaks(tmp_path: Path) -> None:
+    before = reactor_state()
+    qport, sport = free_udp_port(), free_udp_port()
+    make_node_dir(tmp_path / "sn", {"ubuntu-24.04.iso": 200_000, "notes.txt": b"hello\n"})
+    config = node_config(tmp_path / "sn", qport, sport, discovery={"methods": "query, sap"})
+    top = build(config, reactor)
+    top.startService()
+    node = top.node
+    await node.serving.ready
+    assert len(node.serving.catalog) == 2
+
+    cn_config = node_config(tmp_path / "cn", qport, sport, discovery={"answers_wanted": "1"})
+    cn = QueryNode(reactor, cn_config.discovery, "127.0.0.1")
+    cn.start(listen_group=False)
+    try:
+        result = await cn.search(pattern="*.ISO")
+    finally:
+        await cn.stop()
+    assert result.reason == "enough"
+    [server] = result.servers
+    assert server.node_id == node.identity.node_id
+    assert server.distance == 1
+    [f] = server.files.values()
+    assert f.name == "ubuntu-24.04.iso" and f.size == 200_000
+    assert f.content_id == node.serving.catalog.match("ubuntu*")[0].content_id
+
+    await top.stopService()
+    assert reactor_state() == before
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    from twisted.internet import task
+
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not reached in time")
+        await task.deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sap_announcements_reach_another_node_and_deletions_remove_them(
+    tmp_path: Path,
+) -> None:
+    before = reactor_state()
+    qport, sport = free_udp_port(), free_udp_port()
+    sap_only = {"methods": "sap"}
+    make_node_dir(tmp_path / "a", {"movie.mkv": 50_000, "song.ogg": 10_000})
+    make_node_dir(tmp_path / "b", {})
+    a = build(node_config(tmp_path / "a", qport, sport, discovery=sap_only), reactor)
+    b = build(node_config(tmp_path / "b", qport, sport, discovery=sap_only), reactor)
+    b.startService()
+    a.startService()
+    try:
+        await a.node.serving.ready
+        await b.node.serving.ready
+        sap_b = b.node.discovery.methods["sap"]
+        await wait_for(lambda: len(sap_b.directory) == 2)
+        result = await b.node.discovery.search("sap", pattern="*.MKV", content_id=None)
+        [server] = result.servers
+        assert server.node_id == a.node.identity.node_id
+        assert server.distance is None  # announcements say nothing of distance
+        [f] = server.files.values()
+        assert f.name == "movie.mkv"
+        assert f.content_id == a.node.serving.catalog.match("movie.mkv")[0].content_id
+        # The announcer does not list its own files.
+        own = await a.node.discovery.search("sap", pattern="*", content_id=None)
+        assert own.servers == []
+
+        (tmp_path / "a" / "share" / "movie.mkv").unlink()
+        await a.node.serving.catalog.rescan()
+        await wait_for(lambda: len(sap_b.directory) == 1)
+        assert sap_b.protocol.deletions >= 1
+    finally:
+        await a.stopService()
+        await wait_for(lambda: len(b.node.discovery.methods["sap"].directory) == 0)
+        await b.stopService()
+    assert reactor_state() == before

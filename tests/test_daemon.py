@@ -1,0 +1,122 @@
+"""The real daemon: ``twistd -n mcp2p`` in a subprocess, the ``mcp2p`` command in another."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.nodes import free_udp_port, make_node_dir, node_ini
+
+BIN = Path(sys.executable).parent
+TWISTD = str(BIN / "twistd")
+MCP2P = str(BIN / "mcp2p")
+
+
+def start_daemon(root: Path, ini: str) -> subprocess.Popen[bytes]:
+    (root / "node.ini").write_text(ini)
+    log = open(root / "twistd.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [TWISTD, "--pidfile=", "-n", "mcp2p", "--config", str(root / "node.ini")],
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while not (root / "state" / "api.port").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("daemon did not start:\n" + (root / "twistd.log").read_text())
+        time.sleep(0.05)
+    return proc
+
+
+def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def mcp2p(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MCP2P, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MCP2P_CONFIG": ""},
+    )
+
+
+def test_daemon_answers_search_from_another_process_and_stops_on_sigterm(tmp_path: Path) -> None:
+    qport, sport = free_udp_port(), free_udp_port()
+    sn = make_node_dir(tmp_path / "sn", {"debian-13.iso": 300_000, "readme.txt": b"hi\n"})
+    proc = start_daemon(sn, node_ini(sn, qport, sport))
+    try:
+        cn = tmp_path / "cn"
+        cn.mkdir()
+        (cn / "mcp2p.ini").write_text(node_ini(cn, qport, sport, discovery={"answers_wanted": "1"}))
+        # Found through ./mcp2p.ini of the working directory.
+        out = mcp2p("search", "*.iso", "--json", cwd=cn)
+        assert out.returncode == 0, out.stderr
+        [line] = [json.loads(x) for x in out.stdout.splitlines()]
+        assert line["name"] == "debian-13.iso"
+        assert line["size"] == 300_000
+        assert line["distance"] == 1
+        human = mcp2p("search", "debian*", cwd=cn)
+        assert human.returncode == 0, human.stderr
+        assert "debian-13.iso" in human.stdout and "hop limits 1" in human.stderr
+        by_id = mcp2p("search", line["content_id"], "--json", cwd=cn)
+        assert json.loads(by_id.stdout)["name"] == "debian-13.iso"
+        missing = mcp2p("search", "nothing-like-this*", "--max-hops", "2", cwd=cn)
+        assert missing.returncode == 1
+        status = mcp2p("--config", str(sn / "node.ini"), "status", cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["shared_files"] == 2
+    finally:
+        code = stop_daemon(proc)
+    log = (sn / "twistd.log").read_text()
+    # twistd re-raises the signal that stopped it once shutdown is complete.
+    assert code in (0, -signal.SIGTERM), log
+    assert "Server Shut Down" in log
+    assert "Traceback" not in log
+    assert not (sn / "state" / "api.port").exists()
+
+
+@pytest.mark.parametrize(
+    "ini,needle",
+    [
+        ("[discovery]\nring_timeout = soon\n", "[discovery] ring_timeout = 'soon'"),
+        ("[discovery]\nfrobnicate = 1\n", "[discovery] unknown key 'frobnicate'"),
+        ("[serving]\nssm_pool = 239.1.0.0/16\n", "[serving] ssm_pool = '239.1.0.0/16'"),
+    ],
+)
+def test_bad_config_stops_the_daemon_with_one_line(tmp_path: Path, ini: str, needle: str) -> None:
+    (tmp_path / "bad.ini").write_text(ini)
+    out = subprocess.run(
+        [TWISTD, "--pidfile=", "-n", "mcp2p", "--config", str(tmp_path / "bad.ini")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert str(tmp_path / "bad.ini") in lines[0] and needle in lines[0]
+
+
+def test_cli_reports_a_missing_config_in_one_line(tmp_path: Path) -> None:
+    out = mcp2p("search", "*", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "no config file" in out.stderr
