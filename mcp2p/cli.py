@@ -97,7 +97,7 @@ async def sap_listen(reactor: Any, config: Config, kwargs: dict[str, Any], wait:
     import socket
     import time
 
-    from twisted.internet import task
+    from twisted.internet import defer, task
 
     from mcp2p import multicast
     from mcp2p.discovery.methods import directory_result
@@ -116,7 +116,7 @@ async def sap_listen(reactor: Any, config: Config, kwargs: dict[str, Any], wait:
     try:
         await task.deferLater(reactor, wait, lambda: None)
     finally:
-        await port.stopListening()
+        await defer.maybeDeferred(port.stopListening)
     result = directory_result(
         directory.search(pattern=kwargs["pattern"], content_id=kwargs["content_id"])
     )

@@ -208,7 +208,7 @@ def _pools(
 
 def _is_ssm(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     if net.version == 4:
-        return net.subnet_of(ipaddress.IPv4Network("232.0.0.0/8"))  # type: ignore[arg-type]
+        return net.subnet_of(ipaddress.IPv4Network("232.0.0.0/8"))
     first = int(net.network_address) >> 96
     # Inside ff3x::/32: zero prefix length and network prefix (RFC 4607); a
     # shorter prefix (ff3e::/16) would also cover non-SSM groups.

@@ -54,8 +54,8 @@ def search_options(body: dict[str, Any], schedule: tuple[int, ...]) -> tuple[str
         kwargs["pattern"] = pattern
     else:
         try:
-            raw = bytes.fromhex(cid)
-        except (TypeError, ValueError):
+            raw = bytes.fromhex(cid) if isinstance(cid, str) else b""
+        except ValueError:
             raw = b""
         if len(raw) != 32:
             raise BadRequest("content_id must be 64 hex digits")
@@ -155,7 +155,7 @@ class _JSON(resource.Resource):
 
 
 class APIService(Service):
-    name = "api"
+    name = "api"  # type: ignore[assignment]
 
     def __init__(self, node: Any) -> None:
         self.node = node

@@ -46,7 +46,7 @@ class ServerRecord:
     node_id: bytes
     public_key: bytes
     address: str
-    distance: int  # hop limit of the smallest ring that reached it
+    distance: int | None  # hop limit of the smallest ring that reached it (None: unknown)
     rtt: float  # from sending that ring to the first offer at that distance
     files: dict[bytes, FileOffer] = field(default_factory=dict)
     truncated: bool = False
@@ -103,7 +103,7 @@ class RingSearch:
             self.servers[offer.node_id] = record
         elif offer.public_key != record.public_key:
             return []  # a second key for one node id: keep the first, ignore the impostor
-        elif offer.hop_limit < record.distance:
+        elif record.distance is None or offer.hop_limit < record.distance:
             record.distance, record.rtt, record.address = offer.hop_limit, now - sent, address
         for f in offer.files:
             record.files[f.content_id] = f

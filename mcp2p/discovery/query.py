@@ -269,7 +269,7 @@ class QueryNode:
                 request=message.request_id.hex(),
                 host=addr[0],
                 hops=message.hop_limit,
-                what=message.pattern if message.pattern is not None else message.content_id.hex(),
+                what=message.pattern or (message.content_id or b"").hex(),
             )
             for action in self.responder.query(message, addr, size, now):
                 self._schedule(action, via.family)

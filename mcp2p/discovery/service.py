@@ -24,7 +24,7 @@ def find_method_plugins() -> dict[str, Any]:
 
 
 class DiscoveryService(Service):
-    name = "discovery"
+    name = "discovery"  # type: ignore[assignment]
 
     def __init__(self, node: Any) -> None:
         self.node = node

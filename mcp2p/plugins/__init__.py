@@ -6,5 +6,5 @@ Modules on any ``mcp2p/plugins`` directory of ``sys.path`` are searched, and
 
 from twisted.plugin import pluginPackagePaths
 
-__path__.extend(pluginPackagePaths(__name__))  # type: ignore[name-defined]
+__path__.extend(pluginPackagePaths(__name__))
 __all__: list[str] = []

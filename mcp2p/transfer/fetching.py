@@ -12,7 +12,7 @@ from twisted.application.service import Service
 
 
 class FetchingService(Service):
-    name = "fetching"
+    name = "fetching"  # type: ignore[assignment]
 
     def __init__(self, node: Any) -> None:
         self.node = node

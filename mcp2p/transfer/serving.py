@@ -27,7 +27,7 @@ _log = Logger()
 
 
 class ServingService(Service):
-    name = "serving"
+    name = "serving"  # type: ignore[assignment]
 
     def __init__(self, node: Any, catalog: Any, rng: random.Random | None = None) -> None:
         self.node = node
