@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -80,9 +81,37 @@ def test_daemon_answers_search_from_another_process_and_stops_on_sigterm(tmp_pat
         assert json.loads(by_id.stdout)["name"] == "debian-13.iso"
         missing = mcp2p("search", "nothing-like-this*", "--max-hops", "2", cwd=cn)
         assert missing.returncode == 1
+        # Garbage on the query group and on the SAP group: dropped, counted, logged.
+        garbage = [b"", b"M2P\x01\x01", b"\xff" * 64, b"M2P\x01\x02\x00" + bytes(100)]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        for data in garbage:
+            sock.sendto(data, ("239.255.77.77", qport))
+            sock.sendto(data, ("239.255.77.78", sport))
+        sock.close()
+        time.sleep(0.3)
+        again = mcp2p("search", "*.iso", "--json", cwd=cn)
+        assert again.returncode == 0 and "debian-13.iso" in again.stdout
         status = mcp2p("--config", str(sn / "node.ini"), "status", cwd=tmp_path)
         assert status.returncode == 0, status.stderr
-        assert json.loads(status.stdout)["shared_files"] == 2
+        state = json.loads(status.stdout)
+        assert state["shared_files"] == 2
+        assert state["discovery"]["query"]["malformed"] == len(garbage)
+        assert state["discovery"]["sap"]["dropped"] == len(garbage)
+        # The SAP directory, from a process without a daemon: it listens a while.
+        sap = mcp2p("search", "*.iso", "--method", "sap", "--wait", "2.5", "--json", cwd=cn)
+        assert sap.returncode == 0, sap.stderr
+        [heard] = [json.loads(x) for x in sap.stdout.splitlines()]
+        assert heard["content_id"] == line["content_id"] and heard["distance"] is None
+        # With a daemon of its own, the command asks it (the daemon searches).
+        cn_daemon = start_daemon(cn, (cn / "mcp2p.ini").read_text())
+        try:
+            via = mcp2p("search", "*.iso", "--json", cwd=cn)
+            assert via.returncode == 0 and "debian-13.iso" in via.stdout, via.stderr
+            cn_state = json.loads(mcp2p("status", cwd=cn).stdout)
+            assert cn_state["discovery"]["query"]["searches"] == 1
+        finally:
+            stop_daemon(cn_daemon)
     finally:
         code = stop_daemon(proc)
     log = (sn / "twistd.log").read_text()
@@ -90,6 +119,7 @@ def test_daemon_answers_search_from_another_process_and_stops_on_sigterm(tmp_pat
     assert code in (0, -signal.SIGTERM), log
     assert "Server Shut Down" in log
     assert "Traceback" not in log
+    assert log.count("dropped malformed datagram") >= 1
     assert not (sn / "state" / "api.port").exists()
 
 

@@ -211,7 +211,13 @@ class QueryNode:
         self.unicast_ports: dict[int, Any] = {}
         self.searches: dict[bytes, _Search] = {}
         self.replies: dict[tuple[bytes, int], Any] = {}
-        self.counters = {"received": 0, "malformed": 0, "offers_received": 0, "stray": 0}
+        self.counters = {
+            "received": 0,
+            "malformed": 0,
+            "offers_received": 0,
+            "stray": 0,
+            "searches": 0,
+        }
 
     # -- life cycle
 
@@ -337,6 +343,7 @@ class QueryNode:
         if mode == "multicast" and not self.group_ports:
             raise ValueError("multicast replies need the group sockets: start(listen_group=True)")
         answers = answers or self.d.answers_wanted
+        self.counters["searches"] += 1
         query = Query(
             request_id=os.urandom(8),
             hop_limit=1,
