@@ -43,9 +43,13 @@ lint: install
 	$(BIN)/ruff format --check mcp2p tests twisted
 	$(BIN)/mypy mcp2p
 
+BENCH_DIR ?= /tmp/mcp2p-bench
 bench: install
-	$(BIN)/python -m mcp2p.lab.bench_catalog --size 1GiB
-	$(BIN)/python -m mcp2p.lab.bench_catalog --files 10000
+	$(BIN)/python -m mcp2p.lab.bench_catalog --dir $(BENCH_DIR) --size 1GiB --clean
+	$(BIN)/python -m mcp2p.lab.bench_catalog --dir $(BENCH_DIR) --files 10000 --clean
+	$(BIN)/python -m mcp2p.lab.bench_discovery rss --files 10000
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m mcp2p.lab.bench_discovery latency --repeat 20; \
+	else echo "search latency needs root (network namespaces): skipped"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info state share downloads
