@@ -494,6 +494,7 @@ class SAPProtocol(DatagramProtocol):
     """
 
     _log = Logger()
+    noisy = False
 
     def __init__(
         self,
