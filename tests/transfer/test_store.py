@@ -1,0 +1,701 @@
+"""PartialFile: real files, random block order, crashes, full disks, name collisions."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from zope.interface import implementer
+
+from mcp2p.core.layout import Layout
+from mcp2p.core.merkle import hash_piece, merkle_root
+from mcp2p.transfer import store
+from mcp2p.transfer.store import (
+    PartialFile,
+    PieceEvent,
+    StoreError,
+    VerifyError,
+    collision_name,
+    decode_bitmap,
+    encode_bitmap,
+    part_name,
+)
+
+Dirs = tuple[Path, Path]
+BLOCK = 16
+PIECE = 64  # four blocks a piece
+
+
+@dataclass(frozen=True)
+class FakeManifest:
+    """The fields of ``mcp2p.wire.manifest.Manifest`` the store reads."""
+
+    content_id: bytes
+    name: str
+    size: int
+    piece_length: int
+    block_length: int
+    piece_hashes: tuple[bytes, ...]
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.size, self.piece_length, self.block_length)
+
+
+def make_manifest(
+    data: bytes, name: str = "file.bin", piece_length: int = PIECE, block_length: int = BLOCK
+) -> FakeManifest:
+    starts = range(0, len(data), piece_length) if data else [0]
+    hashes = tuple(hash_piece(data[s : s + piece_length]) for s in starts)
+    return FakeManifest(
+        merkle_root(list(hashes)), name, len(data), piece_length, block_length, hashes
+    )
+
+
+def block_of(manifest: FakeManifest, data: bytes, index: int) -> bytes:
+    offset, length = manifest.layout.block_span(index)
+    return data[offset : offset + length]
+
+
+def write_pieces(partial: PartialFile, manifest: FakeManifest, data: bytes, pieces) -> None:
+    for piece in pieces:
+        for index in manifest.layout.piece_blocks(piece):
+            partial.write_block(index, block_of(manifest, data, index))
+
+
+def crash(partial: PartialFile) -> None:
+    """What kill -9 leaves: the kernel closes the fd, nothing is flushed."""
+    os.close(partial._fd)
+    partial._fd = -1
+    partial._closed = True
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> Dirs:
+    return tmp_path / "downloads", tmp_path / "state"
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- whole downloads --------------------------------------------------------
+
+SIZES = [0, 1, BLOCK - 1, PIECE, 7 * PIECE + 2 * BLOCK + 5, 40 * PIECE + 3]
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.sampled_from(SIZES), seed=st.integers(0, 2**32))
+def test_random_order_completes_to_identical_bytes(size: int, seed: int) -> None:
+    rng = random.Random(seed)
+    data = rng.randbytes(size)
+    manifest = make_manifest(data)
+    with tempfile.TemporaryDirectory() as tmp:
+        downloads, state = Path(tmp, "dl"), Path(tmp, "state")
+        partial = PartialFile.open(downloads, state, manifest)
+        order = list(range(manifest.layout.blocks))
+        rng.shuffle(order)
+        events = []
+        for index in order if size else []:
+            event = partial.write_block(index, block_of(manifest, data, index))
+            if event is not None:
+                events.append(event)
+        assert sorted(e.piece for e in events) == (
+            list(range(manifest.layout.pieces)) if size else []
+        )
+        assert all(e.ok for e in events)
+        assert partial.complete and partial.missing_blocks() == set()
+        assert partial.bytes_verified == size
+        final = partial.finalize()
+        assert final == downloads / "file.bin"
+        assert final.read_bytes() == data
+        assert sorted(os.listdir(downloads)) == ["file.bin"]
+        assert os.listdir(state / "transfers") == []
+
+
+def test_blocks_in_permutation() -> None:
+    """Any permutation of the blocks, hypothesis-chosen, on a file with a short last piece."""
+    data = random.Random(1).randbytes(5 * PIECE + 20)
+    manifest = make_manifest(data)
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.permutations(range(manifest.layout.blocks)))
+    def run(order: list[int]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            partial = PartialFile.open(Path(tmp, "dl"), Path(tmp, "st"), manifest)
+            for index in order:
+                partial.write_block(index, block_of(manifest, data, index))
+            assert partial.counters == {"written": len(order), "duplicates": 0, "bad_pieces": 0}
+            assert partial.finalize().read_bytes() == data
+
+    run()
+
+
+def test_empty_file_needs_no_block(dirs: Dirs) -> None:
+    manifest = make_manifest(b"")
+    partial = PartialFile.open(*dirs, manifest)
+    assert partial.complete and partial.missing_blocks() == set()
+    assert partial.write_block(0, b"") is None
+    assert partial.finalize().read_bytes() == b""
+
+
+def test_state_queries(dirs: Dirs) -> None:
+    data = random.Random(2).randbytes(3 * PIECE + 5)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    assert partial.missing_pieces() == [0, 1, 2, 3]
+    assert partial.missing_blocks() == set(range(13))
+    partial.write_block(1, block_of(manifest, data, 1))
+    write_pieces(partial, manifest, data, [2])
+    assert partial.missing_pieces() == [0, 1, 3]
+    assert partial.missing_blocks() == {0, 2, 3, 4, 5, 6, 7, 12}
+    assert list(partial.missing_block_ranges()) == [(0, 1), (2, 8), (12, 13)]
+    assert partial.verified_pieces == 1 and partial.bytes_verified == PIECE
+    assert not partial.complete
+    with pytest.raises(ValueError, match="pieces missing"):
+        partial.finalize()
+    partial.close()
+
+
+# -- bad data ---------------------------------------------------------------
+
+
+def test_corrupt_block_fails_its_piece_then_good_data_completes(dirs: Dirs) -> None:
+    data = random.Random(3).randbytes(2 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, [1])
+    bad = bytearray(block_of(manifest, data, 2))
+    bad[0] ^= 1
+    assert partial.write_block(0, block_of(manifest, data, 0)) is None
+    assert partial.write_block(1, block_of(manifest, data, 1)) is None
+    assert partial.write_block(2, bytes(bad)) is None
+    assert partial.write_block(3, block_of(manifest, data, 3)) == PieceEvent(0, False)
+    assert partial.missing_blocks() == {0, 1, 2, 3}
+    assert partial.counters["bad_pieces"] == 1
+    assert not partial.is_verified(0) and partial.is_verified(1)
+    events = [partial.write_block(i, block_of(manifest, data, i)) for i in (3, 1, 0, 2)]
+    assert events == [None, None, None, PieceEvent(0, True)]
+    assert partial.finalize().read_bytes() == data
+
+
+def test_write_piece_verifies_before_writing(dirs: Dirs) -> None:
+    data = random.Random(4).randbytes(2 * PIECE + 10)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    partial.write_block(4, block_of(manifest, data, 4))
+    wrong = b"\xff" * PIECE
+    assert partial.write_piece(0, wrong) == PieceEvent(0, False)
+    assert os.pread(partial._fd, PIECE, 0) == bytes(PIECE)  # nothing written
+    assert partial.write_piece(0, data[:PIECE]) == PieceEvent(0, True)
+    assert partial.write_piece(0, data[:PIECE]) is None
+    assert partial.write_block(0, data[:BLOCK]) is None
+    assert partial.write_piece(1, data[PIECE : 2 * PIECE]) == PieceEvent(1, True)
+    assert partial.write_piece(2, data[2 * PIECE :]) == PieceEvent(2, True)
+    with pytest.raises(ValueError, match="must be 10 bytes"):
+        partial.write_piece(2, data[2 * PIECE :] + b"x")
+    assert partial.counters == {"written": 9, "duplicates": 2, "bad_pieces": 1}
+    assert partial.finalize().read_bytes() == data
+
+
+def test_duplicates_counted_and_wrong_lengths_refused(dirs: Dirs) -> None:
+    data = random.Random(5).randbytes(PIECE + 3)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    assert partial.write_block(0, data[:BLOCK]) is None
+    assert partial.write_block(0, data[:BLOCK]) is None
+    with pytest.raises(ValueError, match="must be 16 bytes, got 15"):
+        partial.write_block(1, data[BLOCK : 2 * BLOCK - 1])
+    with pytest.raises(ValueError, match="must be 3 bytes, got 16"):
+        partial.write_block(4, data[:BLOCK])
+    with pytest.raises(ValueError, match="outside"):
+        partial.write_block(5, b"abc")
+    with pytest.raises(ValueError, match="outside"):
+        partial.write_block(-1, b"abc")
+    assert partial.write_block(4, data[PIECE:]) == PieceEvent(1, True)
+    assert partial.write_block(4, data[PIECE:]) is None
+    assert partial.counters == {"written": 2, "duplicates": 2, "bad_pieces": 0}
+    partial.close()
+
+
+def test_a_block_length_not_dividing_the_piece_length(dirs: Dirs) -> None:
+    data = random.Random(6).randbytes(3 * 50 + 7)
+    manifest = make_manifest(data, piece_length=50, block_length=16)  # blocks 16,16,16,2
+    partial = PartialFile.open(*dirs, manifest)
+    order = list(range(manifest.layout.blocks))
+    random.Random(7).shuffle(order)
+    for index in order:
+        partial.write_block(index, block_of(manifest, data, index))
+    assert partial.finalize().read_bytes() == data
+
+
+def test_manifest_whose_hashes_miss_the_content_id_is_refused(dirs: Dirs) -> None:
+    manifest = make_manifest(b"x" * 100)
+    with pytest.raises(ValueError, match="content id"):
+        PartialFile.open(
+            *dirs, FakeManifest(b"\0" * 32, "f", 100, PIECE, BLOCK, manifest.piece_hashes)
+        )
+    with pytest.raises(ValueError, match="piece hashes for"):
+        PartialFile.open(
+            *dirs, FakeManifest(manifest.content_id, "f", 500, PIECE, BLOCK, manifest.piece_hashes)
+        )
+    for name in ("../x", "a/b", "..", ""):
+        with pytest.raises(ValueError):
+            PartialFile.open(
+                *dirs,
+                FakeManifest(manifest.content_id, name, 100, PIECE, BLOCK, manifest.piece_hashes),
+            )
+
+
+# -- crashes ----------------------------------------------------------------
+
+
+def test_resume_keeps_only_flushed_verified_pieces(dirs: Dirs) -> None:
+    data = random.Random(8).randbytes(40 * PIECE - 9)
+    manifest = make_manifest(data)
+    clock = ManualClock()
+    partial = PartialFile.open(*dirs, manifest, clock=clock)
+    write_pieces(partial, manifest, data, range(0, 20))  # flushed at 16, 4 pending
+    partial.write_block(20 * 4, block_of(manifest, data, 80))  # a lone block: never persisted
+    crash(partial)
+    resumed = PartialFile.open(*dirs, manifest, clock=clock)
+    assert resumed.verified_pieces == store.FLUSH_PIECES
+    assert resumed.missing_pieces() == list(range(16, 40))
+    assert resumed.missing_blocks() == set(range(64, manifest.layout.blocks))
+    write_pieces(resumed, manifest, data, range(16, 40))
+    assert resumed.finalize().read_bytes() == data
+
+
+def test_time_flushes_marks_and_close_flushes_the_rest(dirs: Dirs) -> None:
+    data = random.Random(9).randbytes(10 * PIECE)
+    manifest = make_manifest(data)
+    clock = ManualClock()
+    partial = PartialFile.open(*dirs, manifest, clock=clock)
+    write_pieces(partial, manifest, data, [0, 1])
+    assert not partial.flush_due()
+    clock.now += store.FLUSH_SECONDS
+    assert partial.flush_due()
+    write_pieces(partial, manifest, data, [2])  # due: this completion flushes 0, 1, 2
+    write_pieces(partial, manifest, data, [3])
+    crash(partial)
+    resumed = PartialFile.open(*dirs, manifest, clock=clock)
+    assert resumed.missing_pieces() == list(range(3, 10))
+    write_pieces(resumed, manifest, data, [3, 4])
+    resumed.close()
+    again = PartialFile.open(*dirs, manifest, clock=clock)
+    assert again.missing_pieces() == list(range(5, 10))
+    again.abort(remove=False)
+    assert PartialFile.open(*dirs, manifest).verified_pieces == 5
+
+
+class Crash(Exception):
+    pass
+
+
+class PowerModel:
+    """Intercepts the store's durable-storage calls; crashes at call number ``crash_at``.
+
+    It keeps the part file's *durable* image (what survives a power cut:
+    only pwrites followed by an fdatasync/fsync) so that after the crash
+    the part file can be put back to exactly that image.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, size: int, crash_at: int) -> None:
+        self.calls = 0
+        self.crash_at = crash_at
+        self.durable = bytearray(size)
+        self.pending: list[tuple[int, bytes]] = []
+        self.part_fds: set[int] = set()
+        real = {name: getattr(os, name) for name in ("pwrite", "fdatasync", "fsync", "replace")}
+
+        def tick() -> None:
+            self.calls += 1
+            if self.calls == self.crash_at:
+                raise Crash(self.calls)
+
+        def pwrite(fd: int, data, offset: int) -> int:
+            tick()
+            done = real["pwrite"](fd, data, offset)
+            self.part_fds.add(fd)
+            self.pending.append((offset, bytes(data[:done])))
+            return done
+
+        def sync(name: str):
+            def call(fd: int) -> None:
+                tick()
+                real[name](fd)
+                if fd in self.part_fds:
+                    for offset, chunk in self.pending:
+                        self.durable[offset : offset + len(chunk)] = chunk
+                    self.pending.clear()
+
+            return call
+
+        def replace(src, dst) -> None:
+            tick()
+            real["replace"](src, dst)
+
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        monkeypatch.setattr(os, "fdatasync", sync("fdatasync"))
+        monkeypatch.setattr(os, "fsync", sync("fsync"))
+        monkeypatch.setattr(os, "replace", replace)
+
+
+def test_crash_at_every_point_never_yields_a_wrong_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crash at each write/sync/rename in turn, lose what was not synced, resume."""
+    data = random.Random(10).randbytes(9 * PIECE + 7)
+    manifest = make_manifest(data)
+    order = list(range(manifest.layout.blocks))
+    random.Random(11).shuffle(order)
+    bad = bytearray(block_of(manifest, data, 5))
+    bad[3] ^= 0x40
+    monkeypatch.setattr(store, "FLUSH_PIECES", 2)
+    crash_at = 1
+    while True:
+        downloads, state = tmp_path / f"dl{crash_at}", tmp_path / f"st{crash_at}"
+        with monkeypatch.context() as patch:
+            model = PowerModel(patch, manifest.size, crash_at)
+            partial = None
+            try:
+                partial = PartialFile.open(downloads, state, manifest)
+                partial.write_block(5, bytes(bad))  # a corrupt block in the mix
+                for index in order:
+                    partial.write_block(index, block_of(manifest, data, index))
+                for index in sorted(partial.missing_blocks()):  # piece 1 again
+                    partial.write_block(index, block_of(manifest, data, index))
+                final = partial.finalize()
+            except Crash:
+                finished = False
+            else:
+                finished = True
+        if finished:
+            assert final.read_bytes() == data
+            assert crash_at > 20  # the loop did crash at many points first
+            assert sorted(os.listdir(downloads)) == ["file.bin"]
+            assert os.listdir(state / "transfers") == []
+            break
+        if (downloads / "file.bin").exists():  # crashed in finalize after the link
+            assert (downloads / "file.bin").read_bytes() == data
+        if partial is not None and not partial.closed:
+            crash(partial)
+        part = downloads / part_name("file.bin", manifest.content_id)
+        if part.exists():  # the power cut: only synced bytes survive
+            part.write_bytes(bytes(model.durable))
+        resumed = PartialFile.open(downloads, state, manifest)
+        for piece in range(manifest.layout.pieces):
+            if resumed.is_verified(piece):
+                offset = piece * PIECE
+                assert part.read_bytes()[offset : offset + PIECE] == data[offset : offset + PIECE]
+        for index in sorted(resumed.missing_blocks()):
+            resumed.write_block(index, block_of(manifest, data, index))
+        assert resumed.finalize().read_bytes() == data
+        assert sorted(os.listdir(downloads)) == ["file.bin"]
+        assert os.listdir(state / "transfers") == []
+        crash_at += 1
+
+
+def test_starting_over_drops_old_marks_before_new_bytes(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Part file gone, progress still there: the restart must not trust the marks,
+    even if it crashes right after creating the new part file."""
+    downloads, state = dirs
+    data = random.Random(12).randbytes(4 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, range(3))
+    partial.close()
+    part = downloads / part_name("file.bin", manifest.content_id)
+    part.unlink()
+
+    def broken_ftruncate(fd: int, size: int) -> None:
+        raise Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "ftruncate", broken_ftruncate)
+        with pytest.raises(Crash):
+            PartialFile.open(*dirs, manifest)
+    assert part.exists()
+    part.write_bytes(bytes(len(data)))  # right size, wrong bytes
+    resumed = PartialFile.open(*dirs, manifest)
+    assert resumed.verified_pieces == 0
+    write_pieces(resumed, manifest, data, range(4))
+    assert resumed.finalize().read_bytes() == data
+
+
+def test_part_file_changed_between_runs_is_caught_at_finalize(dirs: Dirs) -> None:
+    downloads, _ = dirs
+    data = random.Random(13).randbytes(4 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, range(4))
+    partial.close()
+    part = downloads / part_name("file.bin", manifest.content_id)
+    with open(part, "r+b") as f:
+        f.seek(2 * PIECE + 1)
+        f.write(b"\0")
+    resumed = PartialFile.open(*dirs, manifest)
+    assert resumed.complete
+    with pytest.raises(VerifyError) as info:
+        resumed.finalize()
+    assert info.value.pieces == [2]
+    assert not (downloads / "file.bin").exists()
+    assert resumed.missing_pieces() == [2] and resumed.counters["bad_pieces"] == 1
+    write_pieces(resumed, manifest, data, [2])
+    assert resumed.finalize().read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        ("garbage", "progress file unusable"),
+        ("other", "block_length is 32"),
+        ("resize", "the part file has 3 bytes"),
+        ("remove", "the part file is missing"),
+    ],
+)
+def test_unusable_state_starts_over_and_says_why(dirs: Dirs, damage: str, why: str) -> None:
+    downloads, state = dirs
+    data = random.Random(14).randbytes(3 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, [0, 1])
+    partial.close()
+    progress = state / "transfers" / f"{manifest.content_id.hex()}.json"
+    part = downloads / part_name("file.bin", manifest.content_id)
+    if damage == "garbage":
+        progress.write_bytes(b"{not json")
+    elif damage == "other":
+        doc = json.loads(progress.read_bytes())
+        doc["block_length"] = 32
+        progress.write_text(json.dumps(doc))
+    elif damage == "resize":
+        part.write_bytes(b"abc")
+    else:
+        part.unlink()
+    messages: list[str] = []
+
+    @implementer(ILogObserver)
+    def observer(event: dict) -> None:
+        messages.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        resumed = PartialFile.open(*dirs, manifest)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert resumed.verified_pieces == 0
+    assert any("starting file.bin over" in m and why in m for m in messages), messages
+    assert part.stat().st_size == len(data)
+    write_pieces(resumed, manifest, data, [2, 0, 1])
+    assert resumed.finalize().read_bytes() == data
+
+
+def test_kill_9_in_a_real_process(dirs: Dirs) -> None:
+    """A child writes pieces and SIGKILLs itself; the parent resumes and finishes."""
+    downloads, state = dirs
+    data = random.Random(15).randbytes(64 * PIECE + 9)
+    manifest = make_manifest(data)
+    script = f"""
+import os, random, signal, sys
+from pathlib import Path
+sys.path[:0] = {sys.path!r}
+from tests.transfer.test_store import make_manifest, block_of
+from mcp2p.transfer.store import PartialFile
+data = random.Random(15).randbytes({len(data)})
+manifest = make_manifest(data)
+partial = PartialFile.open(Path({str(downloads)!r}), Path({str(state)!r}), manifest)
+order = list(range(manifest.layout.blocks))
+random.Random(16).shuffle(order)
+for n, index in enumerate(order):
+    partial.write_block(index, block_of(manifest, data, index))
+    if n == 200:
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+    child = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
+    assert child.returncode == -signal.SIGKILL
+    resumed = PartialFile.open(*dirs, manifest)
+    assert 0 < resumed.verified_pieces < manifest.layout.pieces
+    for index in sorted(resumed.missing_blocks()):
+        resumed.write_block(index, block_of(manifest, data, index))
+    assert resumed.finalize().read_bytes() == data
+
+
+# -- full disks ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_full_disk_on_write_is_a_store_error(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    downloads, _ = dirs
+    data = random.Random(17).randbytes(2 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, [0])
+
+    def full(fd: int, data, offset: int) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(StoreError) as info:
+        partial.write_block(4, block_of(manifest, data, 4))
+    message = str(info.value)
+    assert "disk full" in message and ".file.bin." in message and "\n" not in message
+    assert info.value.errno == code and isinstance(info.value, OSError)
+    assert 4 in partial.missing_blocks()
+    monkeypatch.undo()
+    partial.close()
+    assert sorted(os.listdir(downloads)) == [part_name("file.bin", manifest.content_id)]
+
+
+def test_full_disk_on_allocate_and_sync(dirs: Dirs, monkeypatch: pytest.MonkeyPatch) -> None:
+    downloads, _ = dirs
+    data = random.Random(18).randbytes(2 * PIECE)
+    manifest = make_manifest(data)
+
+    def full(*args) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "ftruncate", full)
+        with pytest.raises(StoreError, match="disk full: cannot allocate .*part"):
+            PartialFile.open(*dirs, manifest)
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, [0, 1])
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fdatasync", full)
+        with pytest.raises(StoreError, match="disk full: cannot sync"):
+            partial.close()
+        assert partial.closed
+    assert not (downloads / "file.bin").exists()
+
+
+# -- the final name -----------------------------------------------------------
+
+
+def test_existing_different_file_gets_a_numbered_name(dirs: Dirs) -> None:
+    downloads, _ = dirs
+    downloads.mkdir()
+    (downloads / "report.tar.gz").write_bytes(b"somebody else's")
+    (downloads / "report.tar (1).gz").write_bytes(b"and another")
+    data = random.Random(19).randbytes(3 * PIECE)
+    manifest = make_manifest(data, name="report.tar.gz")
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, range(3))
+    final = partial.finalize()
+    assert final == downloads / "report.tar (2).gz"
+    assert final.read_bytes() == data
+    assert (downloads / "report.tar.gz").read_bytes() == b"somebody else's"
+    assert len(os.listdir(downloads)) == 3
+
+
+def test_existing_identical_file_is_kept_and_part_removed(dirs: Dirs) -> None:
+    downloads, state = dirs
+    downloads.mkdir()
+    data = random.Random(20).randbytes(3 * PIECE)
+    (downloads / "same.bin").write_bytes(data)
+    manifest = make_manifest(data, name="same.bin")
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, range(3))
+    assert partial.finalize() == downloads / "same.bin"
+    assert os.listdir(downloads) == ["same.bin"]
+    assert os.listdir(state / "transfers") == []
+
+
+def test_a_directory_or_symlink_under_the_name_is_left_alone(dirs: Dirs) -> None:
+    downloads, _ = dirs
+    downloads.mkdir()
+    data = random.Random(21).randbytes(PIECE)
+    target = downloads / "elsewhere"
+    target.write_bytes(data)
+    (downloads / "x").symlink_to(target)  # same bytes, but a symlink: not ours
+    (downloads / "x (1)").mkdir()
+    manifest = make_manifest(data, name="x")
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, [0])
+    assert partial.finalize() == downloads / "x (2)"
+
+
+def test_long_names_fit(dirs: Dirs) -> None:
+    name = "é" * 120 + ".txt"  # 244 bytes
+    data = b"hello"
+    manifest = make_manifest(data, name=name)
+    assert len(part_name(name, manifest.content_id).encode()) <= 255
+    assert len(collision_name(name, 12).encode()) <= 255
+    assert collision_name(name, 12).endswith(" (12).txt")
+    downloads, _ = dirs
+    downloads.mkdir()
+    (downloads / name).write_bytes(b"other")
+    partial = PartialFile.open(*dirs, manifest)
+    partial.write_block(0, data)
+    assert partial.finalize().read_bytes() == data
+
+
+def test_abort_with_remove_leaves_nothing(dirs: Dirs) -> None:
+    downloads, state = dirs
+    data = random.Random(22).randbytes(2 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, [0])
+    partial.abort(remove=True)
+    assert os.listdir(downloads) == [] and os.listdir(state / "transfers") == []
+    with pytest.raises(StoreError):
+        partial.write_block(4, block_of(manifest, data, 4))
+
+
+@given(st.lists(st.booleans(), max_size=200))
+def test_bitmap_round_trip(bits: list[bool]) -> None:
+    bitmap = bytearray(bits)
+    assert decode_bitmap(encode_bitmap(bitmap), len(bits)) == bitmap
+
+
+def test_bitmap_rejects_bad_lengths_and_stray_bits() -> None:
+    with pytest.raises(ValueError):
+        decode_bitmap(encode_bitmap(bytearray(9)), 8)
+    with pytest.raises(ValueError):
+        decode_bitmap(encode_bitmap(bytearray([0, 0, 0, 1])), 3)
+
+
+# -- speed ----------------------------------------------------------------------
+
+
+def measure(tmp: Path, size: int = 50 * 10**6, block: int = 1400) -> tuple[float, float]:
+    """(write_block calls per second, seconds to finalize) for a ``size``-byte file."""
+    data = os.urandom(size)
+    manifest = make_manifest(data, piece_length=1 << 20, block_length=block)
+    partial = PartialFile.open(tmp / "dl", tmp / "st", manifest)
+    blocks = [block_of(manifest, data, i) for i in range(manifest.layout.blocks)]
+    start = time.perf_counter()
+    write = partial.write_block
+    for index, chunk in enumerate(blocks):
+        write(index, chunk)
+    rate = len(blocks) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    partial.finalize()
+    return rate, time.perf_counter() - start
+
+
+def test_write_block_throughput(tmp_path: Path) -> None:
+    rate, finalize_seconds = measure(tmp_path)
+    print(f"write_block: {rate:,.0f} blocks/s; finalize of 50 MB: {finalize_seconds:.3f} s")
+    assert rate > 20_000
