@@ -1,0 +1,116 @@
+"""Data packets: RFC 3550 RTP with a small mcp2p payload header (DESIGN.md 5.4).
+
+Layout (network byte order, 22 bytes of headers, then the payload)::
+
+    size  field
+    1     V=2, P=0, X=0, CC=0         (always 0x80)
+    1     M=0, PT=96 (dynamic)        (always 0x60)
+    2     sequence number
+    4     timestamp
+    4     SSRC = the session id
+    1     flags
+    1     reserved, 0
+    4     piece
+    4     symbol: block in piece (plain code) or encoding symbol id (RaptorQ)
+    n     payload
+
+No padding, extension, CSRCs or marker: the decoder refuses them, so the
+encoding is canonical and tshark still decodes the first 12 bytes as RTP.
+
+``pack_header`` is the sender's fast path (one precompiled struct, no
+dataclass); ``packet_digest`` is the short hash that "sent" notices carry
+(DESIGN.md 5.3), over the whole datagram.
+
+Pure: no Twisted, no I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import blake3
+
+from mcp2p.errors import ProtocolError
+from mcp2p.wire.types import _check_int
+
+PAYLOAD_TYPE = 96
+RTP_VERSION = 2
+HEADER_LEN = 22
+DIGEST_LEN = 8
+# The largest UDP payload over IPv4 (65535 - 20 - 8), less our headers.
+MAX_PAYLOAD = 65507 - HEADER_LEN
+
+_FIRST = RTP_VERSION << 6  # 0x80: P=0, X=0, CC=0
+_FIRST_TWO = (_FIRST << 8) | PAYLOAD_TYPE  # 0x8060: ... and M=0, PT=96
+# The sender's struct: the two constant bytes as one u16, the reserved byte as a pad.
+_PACK = struct.Struct("!HHIIBxII")
+# The receiver's struct: every byte read, so a bad one can be named.
+_UNPACK = struct.Struct("!BBHIIBBII")
+assert _PACK.size == _UNPACK.size == HEADER_LEN
+
+_pack = _PACK.pack
+_unpack_from = _UNPACK.unpack_from
+
+
+@dataclass(frozen=True, slots=True)
+class DataPacket:
+    seq: int
+    timestamp: int
+    ssrc: int
+    piece: int
+    symbol: int
+    flags: int
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        _check_int("seq", self.seq, 0, 0xFFFF)
+        _check_int("timestamp", self.timestamp, 0, 0xFFFFFFFF)
+        _check_int("ssrc", self.ssrc, 0, 0xFFFFFFFF)
+        _check_int("piece", self.piece, 0, 0xFFFFFFFF)
+        _check_int("symbol", self.symbol, 0, 0xFFFFFFFF)
+        _check_int("flags", self.flags, 0, 0xFF)
+        if not isinstance(self.payload, bytes):
+            raise ValueError(f"payload must be bytes, not {type(self.payload).__name__}")
+        if len(self.payload) > MAX_PAYLOAD:
+            raise ValueError(f"payload is {len(self.payload)} bytes, at most {MAX_PAYLOAD}")
+
+
+def pack_header(
+    seq: int, timestamp: int, ssrc: int, piece: int, symbol: int, flags: int = 0
+) -> bytes:
+    """The 22 header bytes; append the payload to get the datagram.
+
+    No checks beyond the struct's own (``struct.error`` for a value that
+    does not fit its field): the caller masks ``seq`` to 16 bits.
+    """
+    return _pack(_FIRST_TWO, seq, timestamp, ssrc, flags, piece, symbol)
+
+
+def encode_packet(p: DataPacket) -> bytes:
+    return _pack(_FIRST_TWO, p.seq, p.timestamp, p.ssrc, p.flags, p.piece, p.symbol) + p.payload
+
+
+def decode_packet(data: bytes) -> DataPacket:
+    """The packet in ``data``, or ProtocolError; never any other exception."""
+    if len(data) < HEADER_LEN:
+        raise ProtocolError(f"truncated: {len(data)} bytes, an RTP data packet has {HEADER_LEN}+")
+    if len(data) - HEADER_LEN > MAX_PAYLOAD:
+        raise ProtocolError(f"datagram of {len(data)} bytes is too large")
+    first, second, seq, timestamp, ssrc, flags, reserved, piece, symbol = _unpack_from(data)
+    if first != _FIRST:
+        if first >> 6 != RTP_VERSION:
+            raise ProtocolError(f"RTP version {first >> 6}, expected {RTP_VERSION}")
+        raise ProtocolError(f"RTP padding, extension or CSRCs set ({first:#04x})")
+    if second != PAYLOAD_TYPE:
+        if second & 0x80:
+            raise ProtocolError("RTP marker bit set")
+        raise ProtocolError(f"payload type {second}, expected {PAYLOAD_TYPE}")
+    if reserved:
+        raise ProtocolError(f"reserved byte is {reserved}, must be 0")
+    return DataPacket(seq, timestamp, ssrc, piece, symbol, flags, bytes(data[HEADER_LEN:]))
+
+
+def packet_digest(data: bytes) -> bytes:
+    """The first 8 bytes of BLAKE3 of the whole datagram (headers and payload)."""
+    return blake3.blake3(data).digest(DIGEST_LEN)
