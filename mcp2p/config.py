@@ -345,10 +345,26 @@ SCHEMA: dict[str, dict[str, Option]] = {
             _int_range(256, 65000), "1400", "bytes per data block (fit the path MTU)"
         ),
         "dscp": Option(_dscp, "cs1", "DSCP of data packets (cs1 or le: lower effort)"),
+        "ttl": Option(_int_range(1, 255), "16", "hop limit of multicast data packets"),
+        "min_rate": Option(parse_rate, "1M", "a session never slows below this, bit/s"),
+        "max_rate": Option(parse_rate, "1G", "a session never goes faster than this, bit/s"),
+        "grace": Option(
+            _float_range(0, 3600), "5", "seconds a session lingers once nobody wants anything"
+        ),
     },
     "fetching": {
         "download_dir": Option(_path, "downloads", "where fetched files are put"),
         "sources": Option(_int_range(1, 64), "2", "SNs a fetch uses at once"),
+        "mode": Option(
+            _choice("multicast", "unicast"), "multicast", "how data is asked for by default"
+        ),
+        "code": Option(_choice("plain", "raptorq"), "plain", "block code asked for by default"),
+        "stall_timeout": Option(
+            _float_range(0.5, 600), "5", "seconds without progress before an SN is dropped"
+        ),
+        "bad_pieces": Option(
+            _int_range(1, 1000), "3", "pieces failing verification before an SN is dropped"
+        ),
     },
     "api": {
         "port": Option(_api_port, "7780", "local HTTP API port on 127.0.0.1 (0: any free)"),

@@ -32,6 +32,7 @@ def node_ini(root: Path, query_port: int, sap_port: int, **sections: dict[str, s
         "share": {"paths": str(root / "share"), "piece_length": "64K"},
         "discovery": {"query_port": str(query_port), "ring_timeout": "0.25"},
         "sap": {"port": str(sap_port), "min_interval": "1", "group": "239.255.77.78"},
+        "serving": {"control_port": "0"},
         "fetching": {"download_dir": str(root / "downloads")},
         "api": {"port": "0"},
     }

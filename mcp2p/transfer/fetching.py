@@ -1,14 +1,49 @@
-"""FetchingService: the CN side of transfers (filled in by the fetch issue).
+"""FetchingService: the CN side of transfers, for the daemon's API and the CLI.
 
-It owns the download directory now, so that the daemon's layout of state
-is settled from the start.
+Each fetch gets an id; its events (found, manifest, subscribed, progress,
+source_dropped, done, failed) are kept so that a client polling the API
+sees them in order.
 """
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mcp2p.transfer.fetch import Fetch
+
+_log = Logger()
+
+MAX_EVENTS = 1000
+
+
+class Transfer:
+    def __init__(self, tid: int, target: str) -> None:
+        self.id = tid
+        self.target = target
+        self.events: list[dict[str, Any]] = []
+        self.first_index = 0  # index of events[0] in the whole stream
+        self.state = "running"
+        self.result: str | None = None
+        self.deferred: defer.Deferred[Any] | None = None
+
+    def add(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if len(self.events) > MAX_EVENTS:
+            # Keep the first few (what was found) and the latest.
+            drop = len(self.events) - MAX_EVENTS
+            self.events = self.events[:10] + self.events[10 + drop :]
+            self.first_index += drop
+
+    def since(self, index: int) -> tuple[list[dict[str, Any]], int]:
+        total = self.first_index + len(self.events)
+        start = max(0, index - self.first_index)
+        return self.events[start:], total
 
 
 class FetchingService(Service):
@@ -16,8 +51,48 @@ class FetchingService(Service):
 
     def __init__(self, node: Any) -> None:
         self.node = node
-        self.transfers: dict[bytes, Any] = {}
+        self.transfers: dict[int, Transfer] = {}
+        self.ids = itertools.count(1)
 
     def startService(self) -> None:  # noqa: N802
         self.node.config.fetching.download_dir.mkdir(parents=True, exist_ok=True)
         super().startService()
+
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        running = [
+            t.deferred for t in self.transfers.values() if t.deferred and not t.deferred.called
+        ]
+        for d in running:
+            d.cancel()
+        return defer.DeferredList(running, consumeErrors=True)
+
+    def search(self, **kw: Any) -> defer.Deferred[Any]:
+        return self.node.discovery.search("query", **kw)
+
+    def fetch(self, target: str, out_dir: Path | None = None, **options: Any) -> Transfer:
+        transfer = Transfer(next(self.ids), target)
+        self.transfers[transfer.id] = transfer
+        fetch = Fetch(
+            self.node.reactor,
+            self.node.config,
+            self.node.identity,
+            self.search,
+            target,
+            out_dir or self.node.config.fetching.download_dir,
+            on_event=transfer.add,
+            **options,
+        )
+        d = defer.ensureDeferred(fetch.run())
+
+        def done(path: Path) -> None:
+            transfer.state, transfer.result = "done", str(path)
+
+        def failed(f: Any) -> None:
+            transfer.state, transfer.result = "failed", f.getErrorMessage()
+            transfer.add({"event": "failed", "error": f.getErrorMessage()})
+            _log.info("fetch {target} failed: {error}", target=target, error=f.getErrorMessage())
+
+        d.addCallbacks(done, failed)
+        transfer.deferred = d
+        return transfer

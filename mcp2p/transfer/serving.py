@@ -1,25 +1,39 @@
-"""ServingService: what this node shares and the sessions it would stream them on.
+"""ServingService: what this node shares, and the sessions that stream it.
 
 The catalog lives here (it is what the SN serves). Each content gets a
 session plan the first time it is offered: a random 32-bit session id
 (the RTP SSRC) and a random group from the SSM or ASM pool; the plan stays
 the same for the daemon's lifetime so every OFFER and SAP announcement of
-that content agrees. Streaming the sessions is issue 4's part.
+that content agrees, and the multicast session that runs for it uses it.
+
+CNs reach the service over the TLS control channel (``ControlServer``);
+this class is its ``ServingSide``: manifests, subscriptions, wanted-map
+updates, loss reports. One multicast session per (content, block code) is
+shared by all its multicast subscribers; each unicast subscriber gets its
+own session.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import random
+import socket
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from mcp2p import multicast
 from mcp2p.core.groups import random_group
+from mcp2p.core.layout import Layout
+from mcp2p.core.wanted import RangeSet
+from mcp2p.errors import ProtocolError
+from mcp2p.transfer.control import ControlServer, NotShared, Refused, UnknownSubscription
+from mcp2p.transfer.session import Session, Subscriber, set_dscp
+from mcp2p.wire.manifest import encode_manifest, sign_manifest
 from mcp2p.wire.query import Query
 from mcp2p.wire.types import FileOffer
 
@@ -35,9 +49,40 @@ class ServingService(Service):
         self.rng = rng or random.Random()
         self.plans: dict[bytes, tuple[int, Any]] = {}
         self.ready: defer.Deferred[None] = defer.Deferred()
+        self.manifests: dict[bytes, bytes] = {}
+        self.sessions: dict[tuple[bytes, str], Session] = {}  # multicast, by (content, code)
+        self.unicast: set[Session] = set()
+        self.subscriptions: dict[int, Subscriber] = {}
+        self.next_subscription = 1
+        self.control_port: Any = None
+        self.data_port: Any = None
+        self.counters = {
+            "connections": 0,
+            "rejected": 0,
+            "bad_commands": 0,
+            "subscriptions": 0,
+            "sessions": 0,
+        }
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
+        s = self.node.config.serving
+        iface = str(self.node.config.node.interface)
+        from twisted.internet.protocol import Factory
+
+        from mcp2p.trust.tls import tls_server_factory
+
+        factory = Factory.forProtocol(lambda: ControlServer(self, self.counters))
+        self.control_port = self.node.reactor.listenTCP(
+            s.control_port,
+            tls_server_factory(self.node.identity, factory, self.node.reactor),
+            interface=iface,
+        )
+        self.data_port = multicast.listen(
+            self.node.reactor, _Silent(), 0, socket.AF_INET, iface, multiple=False
+        )
+        multicast.set_hop_limit(self.data_port, socket.AF_INET, s.ttl)
+        set_dscp(self.data_port, socket.AF_INET, s.dscp)
         d = self.catalog.start()
 
         def scanned(_: Any) -> None:
@@ -54,18 +99,205 @@ class ServingService(Service):
 
     def stopService(self) -> defer.Deferred[Any]:  # noqa: N802
         super().stopService()
-        return defer.maybeDeferred(self.catalog.stop)
+        for session in list(self.sessions.values()) + list(self.unicast):
+            session.end("node stopping")
+        ports = [p for p in (self.control_port, self.data_port) if p is not None]
+        self.control_port = self.data_port = None
+        return defer.gatherResults(
+            [defer.maybeDeferred(self.catalog.stop)]
+            + [defer.maybeDeferred(p.stopListening) for p in ports],
+            consumeErrors=True,
+        )
+
+    # -- ServingSide: what the control channel asks for
+
+    def manifest_bytes(self, content_id: bytes) -> bytes:
+        entry = self.catalog.get(content_id)
+        if entry is None:
+            raise NotShared(content_id.hex())
+        data = self.manifests.get(content_id)
+        if data is None:
+            data = encode_manifest(
+                sign_manifest(
+                    entry.content_id,
+                    entry.name,
+                    entry.size,
+                    entry.piece_length,
+                    self.block_length(entry),
+                    entry.piece_hashes,
+                    self.node.identity.private_key,
+                )
+            )
+            self.manifests[content_id] = data
+        return data
+
+    def block_length(self, entry: Any) -> int:
+        return min(self.node.config.serving.block_length, entry.piece_length)
+
+    def subscribe(
+        self,
+        client: ControlServer,
+        content_id: bytes,
+        mode: str,
+        port: int,
+        rate: int,
+        code: str,
+        wanted: bytes,
+        more: bool,
+    ) -> dict[str, Any]:
+        from mcp2p.core.blockcode import code_by_name
+
+        entry = self.catalog.get(content_id)
+        if entry is None:
+            raise NotShared(content_id.hex())
+        try:
+            block_code = code_by_name(code)
+        except (KeyError, ValueError):
+            raise Refused(f"no block code named {code!r}") from None
+        if mode not in ("multicast", "unicast"):
+            raise Refused(f"mode must be multicast or unicast, not {mode!r}")
+        if mode == "unicast" and not 1 <= port <= 65535:
+            raise Refused("unicast mode needs the CN's UDP port")
+        layout = Layout(entry.size, entry.piece_length, self.block_length(entry))
+        wanted_set = RangeSet.decode(wanted, limit=block_code.units(layout))
+        s = self.node.config.serving
+        granted = min(max(rate or s.rate, s.min_rate), s.max_rate)
+        if mode == "multicast":
+            key = (content_id, block_code.name)
+            session = self.sessions.get(key)
+            if session is None or session.state == "ENDED":
+                session_id, group = self._plan(content_id)
+                if block_code.name != "plain":
+                    session_id = self._new_session_id()
+                source = str(self.node.config.node.interface) if s.group_mode == "ssm" else ""
+                session = self._session(
+                    entry,
+                    layout,
+                    block_code,
+                    session_id,
+                    (str(group), s.data_port),
+                    granted,
+                    str(group),
+                    source,
+                )
+                self.sessions[key] = session
+        else:
+            host = client.transport.getPeer().host
+            session = self._session(
+                entry, layout, block_code, self._new_session_id(), (host, port), granted
+            )
+            self.unicast.add(session)
+        sub = Subscriber(self.next_subscription, client, session)
+        self.next_subscription += 1
+        self.subscriptions[sub.id] = sub
+        self.counters["subscriptions"] += 1
+        session.add(sub, wanted_set)
+        _log.info(
+            "subscription {sub} from {peer}: {name} by {mode}, session {sid:08x}",
+            sub=sub.id,
+            peer=(client.peer_node_id or b"").hex()[:12],
+            name=entry.name,
+            mode=mode,
+            sid=session.session_id,
+        )
+        return {
+            "subscription": sub.id,
+            "session_id": session.session_id,
+            "group": session.group,
+            "source": session.source,
+            "port": session.destination[1],
+            "block_length": layout.block_length,
+            "rate": int(session.rates.rate),
+            "code": block_code.name,
+        }
+
+    def _new_session_id(self) -> int:
+        used = {p[0] for p in self.plans.values()} | {
+            x.session_id for x in list(self.sessions.values()) + list(self.unicast)
+        }
+        while True:
+            sid = self.rng.getrandbits(32)
+            if sid and sid not in used:
+                return sid
+
+    def _session(
+        self,
+        entry: Any,
+        layout: Layout,
+        code: Any,
+        session_id: int,
+        destination: tuple[str, int],
+        rate: int,
+        group: str = "",
+        source: str = "",
+    ) -> Session:
+        s = self.node.config.serving
+        self.counters["sessions"] += 1
+        return Session(
+            self.node.reactor,
+            session_id=session_id,
+            layout=layout,
+            code=code,
+            path=entry.path,
+            destination=destination,
+            port=self.data_port,
+            rate=rate,
+            min_rate=s.min_rate,
+            max_rate=s.max_rate,
+            grace=s.grace,
+            on_end=self._session_ended,
+            rng=self.rng,
+            group=group,
+            source=source,
+        )
+
+    def _session_ended(self, session: Session) -> None:
+        self.unicast.discard(session)
+        for key, value in list(self.sessions.items()):
+            if value is session:
+                del self.sessions[key]
+        for sid, sub in list(self.subscriptions.items()):
+            if sub.session is session:
+                del self.subscriptions[sid]
+
+    def _subscription(self, client: ControlServer, subscription: int) -> Subscriber:
+        sub = self.subscriptions.get(subscription)
+        if sub is None or sub.client is not client:
+            raise UnknownSubscription(str(subscription))
+        return sub
+
+    def update_wanted(
+        self, client: ControlServer, subscription: int, wanted: bytes, replace: bool
+    ) -> None:
+        sub = self._subscription(client, subscription)
+        units = sub.session.units
+        sub.session.set_wanted(sub, RangeSet.decode(wanted, limit=units), replace)
+
+    def report_loss(
+        self, client: ControlServer, subscription: int, lost: bytes, received: int
+    ) -> int:
+        sub = self._subscription(client, subscription)
+        if received < 0:
+            raise ProtocolError("received must not be negative")
+        return sub.session.report_loss(sub, RangeSet.decode(lost, limit=1 << 32), received)
+
+    def unsubscribe(self, client: ControlServer, subscription: int) -> None:
+        sub = self._subscription(client, subscription)
+        del self.subscriptions[subscription]
+        sub.session.remove(sub.id)
+
+    def disconnected(self, client: ControlServer) -> None:
+        for sid, sub in list(self.subscriptions.items()):
+            if sub.client is client:
+                del self.subscriptions[sid]
+                sub.session.remove(sub.id)
 
     def _plan(self, content_id: bytes) -> tuple[int, Any]:
         plan = self.plans.get(content_id)
         if plan is None:
             s = self.node.config.serving
             pool = s.ssm_pool if s.group_mode == "ssm" else s.asm_pool
-            used = {session for session, _ in self.plans.values()}
-            session = self.rng.getrandbits(32)
-            while session in used or session == 0:
-                session = self.rng.getrandbits(32)
-            plan = (session, random_group(pool, 4, self.rng))
+            plan = (self._new_session_id(), random_group(pool, 4, self.rng))
             self.plans[content_id] = plan
         return plan
 
@@ -84,8 +316,13 @@ class ServingService(Service):
             source=source if s.group_mode == "ssm" else None,
             port=s.data_port,
             rate=s.rate,
-            control_port=s.control_port or 1,
+            control_port=self._control_port(),
         )
+
+    def _control_port(self) -> int:
+        if self.control_port is not None:
+            return int(self.control_port.getHost().port)
+        return self.node.config.serving.control_port or 1
 
     def lookup(self, query: Query) -> Sequence[FileOffer]:
         """The files matching a QUERY, as offers."""
@@ -99,5 +336,10 @@ class ServingService(Service):
         return [self.offer_for(e) for e in self.catalog.entries()]
 
 
-def name_matches(pattern: str, name: str) -> bool:
-    return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+class _Silent(DatagramProtocol):
+    """The data port only sends; anything arriving on it is ignored."""
+
+    noisy = False
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+        pass

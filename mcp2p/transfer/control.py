@@ -1,0 +1,263 @@
+"""The control channel: AMP commands over mutual TLS (DESIGN.md 5.3).
+
+CN -> SN: GetManifest (chunked: AMP values are at most 64 KiB), Subscribe,
+UpdateWanted, ReportLoss, Unsubscribe. SN -> CN: Sent (batched notices of
+the packets about to go out: 32-bit sequence number and an 8-byte digest
+each, which authenticate multicast packets against this TLS channel) and
+SessionEnded.
+
+``ControlServer`` only translates commands into calls on the serving side
+(an object with the methods of ``ServingSide`` below); ``ControlClient``
+hands notices to the receiver registered for a subscription. A peer that
+sends garbage or too much is disconnected and counted.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from mcp2p.errors import ProtocolError
+
+_log = Logger()
+
+CHUNK = 60000  # bytes per AMP value, under AMP's 64 KiB limit
+NOTICE = struct.Struct("!I8s")  # extended sequence number, packet digest
+MAX_NOTICES = CHUNK // NOTICE.size
+
+
+class NotShared(Exception):
+    """The SN does not share that content."""
+
+
+class Refused(Exception):
+    """The request is well-formed but cannot be granted (unknown code, mode...)."""
+
+
+class UnknownSubscription(Exception):
+    pass
+
+
+_ERRORS: dict[type[Exception], bytes] = {
+    NotShared: b"NOT_SHARED",
+    Refused: b"REFUSED",
+    UnknownSubscription: b"UNKNOWN_SUBSCRIPTION",
+    ProtocolError: b"PROTOCOL_ERROR",
+}
+
+
+class GetManifest(amp.Command):
+    arguments = [(b"content_id", amp.String()), (b"offset", amp.Integer())]
+    response = [(b"data", amp.String()), (b"total", amp.Integer())]
+    errors = _ERRORS
+
+
+class Subscribe(amp.Command):
+    arguments = [
+        (b"content_id", amp.String()),
+        (b"mode", amp.Unicode()),  # "multicast" or "unicast"
+        (b"port", amp.Integer()),  # the CN's UDP port for unicast, 0 for multicast
+        (b"rate", amp.Integer()),  # wanted bit/s, 0: the SN's default
+        (b"code", amp.Unicode()),  # block code plugin name
+        (b"wanted", amp.String()),  # RangeSet of units, encoded
+        (b"more", amp.Boolean()),  # more of the wanted set follows in UpdateWanted
+    ]
+    response = [
+        (b"subscription", amp.Integer()),
+        (b"session_id", amp.Integer()),
+        (b"group", amp.Unicode()),  # "" for unicast
+        (b"source", amp.Unicode()),  # "" for ASM or unicast
+        (b"port", amp.Integer()),
+        (b"block_length", amp.Integer()),
+        (b"rate", amp.Integer()),
+        (b"code", amp.Unicode()),
+    ]
+    errors = _ERRORS
+
+
+class UpdateWanted(amp.Command):
+    """Units still wanted: the SN stops sending the others to this CN."""
+
+    arguments = [
+        (b"subscription", amp.Integer()),
+        (b"wanted", amp.String()),
+        (b"replace", amp.Boolean()),  # False: add to what was sent before
+    ]
+    response: list[Any] = []
+    errors = _ERRORS
+
+
+class ReportLoss(amp.Command):
+    """Packets announced in Sent notices that never arrived (or failed checks)."""
+
+    arguments = [
+        (b"subscription", amp.Integer()),
+        (b"lost", amp.String()),  # RangeSet of extended sequence numbers
+        (b"received", amp.Integer()),  # packets received since the last report
+    ]
+    response = [(b"rate", amp.Integer())]
+    errors = _ERRORS
+
+
+class Unsubscribe(amp.Command):
+    arguments = [(b"subscription", amp.Integer())]
+    response: list[Any] = []
+    errors = _ERRORS
+
+
+class Sent(amp.Command):
+    arguments = [(b"subscription", amp.Integer()), (b"notices", amp.String())]
+    requiresAnswer = False
+
+
+class SessionEnded(amp.Command):
+    arguments = [(b"subscription", amp.Integer()), (b"reason", amp.Unicode())]
+    requiresAnswer = False
+
+
+def pack_notices(notices: list[tuple[int, bytes]]) -> list[bytes]:
+    """Notices as AMP values of at most CHUNK bytes each."""
+    out = []
+    for i in range(0, len(notices), MAX_NOTICES):
+        out.append(b"".join(NOTICE.pack(s, d) for s, d in notices[i : i + MAX_NOTICES]))
+    return out
+
+
+def unpack_notices(data: bytes) -> list[tuple[int, bytes]]:
+    if len(data) % NOTICE.size:
+        raise ProtocolError(f"notices are {len(data)} bytes, not a multiple of {NOTICE.size}")
+    return list(NOTICE.iter_unpack(data))
+
+
+class ServingSide(Protocol):
+    """What ControlServer needs from the SN (implemented by ServingService)."""
+
+    def manifest_bytes(self, content_id: bytes) -> bytes: ...
+
+    def subscribe(self, client: ControlServer, **kw: Any) -> dict[str, Any]: ...
+
+    def update_wanted(
+        self, client: ControlServer, subscription: int, wanted: bytes, replace: bool
+    ) -> None: ...
+
+    def report_loss(
+        self, client: ControlServer, subscription: int, lost: bytes, received: int
+    ) -> int: ...
+
+    def unsubscribe(self, client: ControlServer, subscription: int) -> None: ...
+
+    def disconnected(self, client: ControlServer) -> None: ...
+
+
+class ControlServer(amp.AMP):
+    """The SN's end of one control channel."""
+
+    def __init__(self, side: ServingSide, counters: dict[str, int]) -> None:
+        super().__init__()
+        self.side = side
+        self.counters = counters
+        self.peer_node_id: bytes | None = None
+        self.peer_public_key: bytes | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        # Runs only once the TLS peer proved its key (mcp2p.trust.tls.VerifyingFactory).
+        from mcp2p.trust.tls import peer_identity
+
+        super().connectionMade()
+        self.counters["connections"] += 1
+        self.peer_node_id, self.peer_public_key = peer_identity(self.transport)
+
+    @GetManifest.responder
+    def get_manifest(self, content_id: bytes, offset: int) -> dict[str, Any]:
+        data = self.side.manifest_bytes(content_id)
+        if not 0 <= offset <= len(data):
+            raise ProtocolError(f"manifest offset {offset} outside 0..{len(data)}")
+        return {"data": data[offset : offset + CHUNK], "total": len(data)}
+
+    @Subscribe.responder
+    def subscribe(self, **kw: Any) -> dict[str, Any]:
+        return self.side.subscribe(self, **kw)
+
+    @UpdateWanted.responder
+    def update_wanted(self, subscription: int, wanted: bytes, replace: bool) -> dict[str, Any]:
+        self.side.update_wanted(self, subscription, wanted, replace)
+        return {}
+
+    @ReportLoss.responder
+    def report_loss(self, subscription: int, lost: bytes, received: int) -> dict[str, Any]:
+        return {"rate": self.side.report_loss(self, subscription, lost, received)}
+
+    @Unsubscribe.responder
+    def unsubscribe(self, subscription: int) -> dict[str, Any]:
+        self.side.unsubscribe(self, subscription)
+        return {}
+
+    def send_notices(self, subscription: int, notices: list[tuple[int, bytes]]) -> None:
+        for chunk in pack_notices(notices):
+            self.callRemote(Sent, subscription=subscription, notices=chunk)
+
+    def session_ended(self, subscription: int, reason: str) -> None:
+        self.callRemote(SessionEnded, subscription=subscription, reason=reason)
+
+    def dispatchCommand(self, box: Any) -> Any:  # noqa: N802
+        d = super().dispatchCommand(box)
+        return d.addErrback(self._bad_command)
+
+    def _bad_command(self, failure: Any) -> Any:
+        if failure.check(amp.UnhandledCommand, amp.RemoteAmpError, *(_ERRORS)) is None:
+            self.counters["bad_commands"] += 1
+            _log.warn(
+                "malformed control command from {peer}: {error}",
+                peer=self._peer(),
+                error=failure.getErrorMessage(),
+            )
+        return failure
+
+    def _peer(self) -> str:
+        try:
+            return str(self.transport.getPeer())
+        except Exception:  # noqa: BLE001
+            return "?"
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        super().connectionLost(reason)
+        self.side.disconnected(self)
+
+
+class ControlClient(amp.AMP):
+    """The CN's end: commands out, notices in (routed to per-subscription handlers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handlers: dict[int, Any] = {}
+        self.lost = defer.Deferred()  # fires when the connection is lost
+        self.peer_node_id: bytes | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        from mcp2p.trust.tls import peer_identity
+
+        super().connectionMade()
+        self.peer_node_id, _ = peer_identity(self.transport)
+
+    @Sent.responder
+    def sent(self, subscription: int, notices: bytes) -> dict[str, Any]:
+        handler = self.handlers.get(subscription)
+        if handler is not None:
+            handler.notices(unpack_notices(notices))
+        return {}
+
+    @SessionEnded.responder
+    def session_ended(self, subscription: int, reason: str) -> dict[str, Any]:
+        handler = self.handlers.get(subscription)
+        if handler is not None:
+            handler.session_ended(reason)
+        return {}
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        super().connectionLost(reason)
+        if not self.lost.called:
+            self.lost.callback(reason)

@@ -1,0 +1,553 @@
+"""One download: find SNs, fetch the manifest, subscribe, receive, verify, deliver.
+
+``Fetch.run()`` is the CN's whole transfer (DESIGN.md 5.1-5.8):
+
+1. search for the content id (or resolve a name to the content id most
+   SNs offer under it); candidates sorted nearest first, then by rate;
+2. open the TLS control channel to the first candidate, checking its key
+   against the node id of its OFFER; download and verify the signed
+   manifest (signature by that key, Merkle root = content id);
+3. open the partial file (resuming verified pieces) and split the missing
+   units between up to ``sources`` SNs;
+4. subscribe to each (multicast: join its SSM/ASM group; unicast: a port of
+   our own), hand every authenticated packet to the store, report losses,
+   resync wanted maps, drop an SN that stalls or lies and give its share to
+   the others (or to a new candidate);
+5. when every piece verified, rename the file into place and unsubscribe.
+
+Progress is reported as events (dicts) to ``on_event``.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from mcp2p import multicast
+from mcp2p.core.ring import ServerRecord
+from mcp2p.core.wanted import RangeSet
+from mcp2p.errors import ProtocolError
+from mcp2p.transfer.control import (
+    CHUNK,
+    ControlClient,
+    GetManifest,
+    ReportLoss,
+    Subscribe,
+    Unsubscribe,
+    UpdateWanted,
+)
+from mcp2p.transfer.receiver import Receiver
+from mcp2p.trust.keys import node_id_of
+from mcp2p.wire.manifest import Manifest, decode_manifest, verify_manifest
+from mcp2p.wire.types import FileOffer
+
+_log = Logger()
+
+TICK = 0.5  # seconds between progress events, stall checks and wanted resyncs
+MAX_MANIFEST = 64 << 20
+
+
+class FetchError(Exception):
+    """The fetch cannot finish; the message says why, in one line."""
+
+
+@dataclass
+class Source:
+    server: ServerRecord
+    offer: FileOffer
+    client: ControlClient | None = None
+    receiver: Receiver | None = None
+    port: Any = None
+    subscription: int = 0
+    share: RangeSet = field(default_factory=RangeSet)
+    bad_pieces: int = 0
+    state: str = "new"  # new, connected, active, dropped
+    mode: str = "multicast"
+    rate: int = 0
+    last_progress: float = 0.0
+    blocks: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.server.node_id.hex()[:12]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.name,
+            "address": self.server.address,
+            "distance": self.server.distance,
+            "mode": self.mode,
+            "state": self.state,
+            "rate": self.rate,
+            "blocks": self.blocks,
+            "bad_pieces": self.bad_pieces,
+        }
+
+
+class Fetch:
+    def __init__(
+        self,
+        reactor: Any,
+        config: Any,
+        identity: Any,
+        search: Callable[..., defer.Deferred[Any]],
+        target: str,
+        out_dir: Path,
+        *,
+        mode: str | None = None,
+        rate: int = 0,
+        sources: int | None = None,
+        code: str | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        from mcp2p.core.blockcode import code_by_name
+
+        self.reactor = reactor
+        self.config = config
+        self.identity = identity
+        self.search = search
+        self.target = target
+        self.out_dir = Path(out_dir)
+        f = config.fetching
+        self.mode = mode or f.mode
+        self.rate = rate
+        self.max_sources = sources or f.sources
+        self.code = code_by_name(code or f.code)
+        self.on_event = on_event or (lambda e: None)
+        self.interface = str(config.node.interface)
+        self.sources: list[Source] = []
+        self.candidates: list[Source] = []
+        self.store: Any = None
+        self.manifest: Manifest | None = None
+        self.decoder: Any = None
+        self.done: defer.Deferred[None] = defer.Deferred()
+        self.started = reactor.seconds()
+        self.loop: task.LoopingCall | None = None
+        self.rate_window: list[tuple[float, int]] = []
+        self.piece_source: dict[int, Source] = {}
+        self.counters = {"bad_blocks": 0, "bad_pieces": 0, "pieces": 0}
+
+    # -- the whole transfer
+
+    async def run(self) -> Path:
+        try:
+            content_id = await self._find()
+            first = await self._manifest(content_id)
+            assert self.manifest is not None
+            from mcp2p.transfer.store import PartialFile
+
+            self.store = PartialFile.open(self.out_dir, self.config.node.state_dir, self.manifest)
+            self.decoder = self.code.decoder(self.manifest.layout)
+            self.event(
+                "manifest",
+                name=self.manifest.name,
+                size=self.manifest.size,
+                content_id=content_id.hex(),
+                pieces=self.manifest.layout.pieces,
+                verified=self.store.verified_pieces,
+            )
+            if not self.store.complete:
+                self.sources = [first]
+                for extra in self.candidates[: self.max_sources - 1]:
+                    self.candidates.remove(extra)
+                    self.sources.append(extra)
+                await self._start_sources(self.sources, self._missing())
+                self.loop = task.LoopingCall(self._tick)
+                self.loop.clock = self.reactor
+                self.loop.start(TICK, now=False)
+                await self.done
+            path = self.store.finalize()
+            self.event(
+                "done",
+                path=str(path),
+                elapsed=self.reactor.seconds() - self.started,
+                bytes=self.manifest.size,
+            )
+            return Path(path)
+        finally:
+            await self._close()
+
+    def event(self, kind: str, **fields: Any) -> None:
+        fields["event"] = kind
+        try:
+            self.on_event(fields)
+        except Exception:  # noqa: BLE001 - a display problem must not stop the transfer
+            _log.failure("progress observer failed")
+
+    async def _find(self) -> bytes:
+        if re.fullmatch(r"[0-9a-fA-F]{64}", self.target):
+            content_id = bytes.fromhex(self.target)
+            result = await self.search(
+                pattern=None, content_id=content_id, answers=self.max_sources
+            )
+        else:
+            result = await self.search(
+                pattern=self.target, content_id=None, answers=self.max_sources
+            )
+            votes: dict[bytes, int] = {}
+            for server in result.servers:
+                for f in server.files.values():
+                    if f.name == self.target:
+                        votes[f.content_id] = votes.get(f.content_id, 0) + 1
+            if not votes:
+                raise FetchError(f"no node answered with a file named {self.target!r}")
+            content_id = max(votes, key=lambda c: (votes[c], c))
+        found = [
+            Source(s, s.files[content_id], mode=self.mode)
+            for s in result.servers
+            if content_id in s.files and node_id_of(s.public_key) == s.node_id
+        ]
+        if not found:
+            raise FetchError(f"no node offers content {content_id.hex()}")
+        found.sort(key=lambda c: (c.server.distance or 255, -c.offer.rate))
+        self.candidates = found
+        self.event("found", content_id=content_id.hex(), sources=[c.to_json() for c in found])
+        return content_id
+
+    async def _connect(self, source: Source) -> ControlClient:
+        from twisted.internet.endpoints import HostnameEndpoint
+        from twisted.internet.protocol import Factory
+
+        from mcp2p.trust.tls import VerifiedClientEndpoint
+
+        host = source.server.address
+        endpoint = VerifiedClientEndpoint(
+            self.reactor,
+            HostnameEndpoint(self.reactor, host, source.offer.control_port, timeout=10),
+            self.identity,
+            source.server.node_id,
+        )
+        try:
+            client = await endpoint.connect(Factory.forProtocol(ControlClient))
+        except Exception as e:
+            raise FetchError(f"cannot reach {source.name} at {host}: {e}") from None
+        source.client = client
+        source.state = "connected"
+        client.lost.addErrback(lambda f: None)
+        client.lost.addCallback(lambda reason: self._lost(source))
+        return client
+
+    async def _manifest(self, content_id: bytes) -> Source:
+        errors = []
+        while self.candidates:
+            source = self.candidates.pop(0)
+            try:
+                client = await self._connect(source)
+                data = b""
+                while True:
+                    part = await client.callRemote(
+                        GetManifest, content_id=content_id, offset=len(data)
+                    )
+                    if (
+                        part["total"] > MAX_MANIFEST
+                        or not part["data"]
+                        and len(data) < part["total"]
+                    ):
+                        raise ProtocolError("manifest too large or truncated")
+                    data += part["data"]
+                    if len(data) >= part["total"]:
+                        break
+                manifest = decode_manifest(data)
+                verify_manifest(manifest, content_id, source.server.public_key)
+                self.manifest = manifest
+                return source
+            except Exception as e:  # noqa: BLE001 - try the next candidate
+                errors.append(f"{source.name}: {e}")
+                _log.warn("manifest from {node} refused: {error}", node=source.name, error=str(e))
+                self._drop(source, "manifest failed")
+        raise FetchError("no usable manifest: " + "; ".join(errors))
+
+    def _missing(self) -> RangeSet:
+        if self._per_block():
+            return RangeSet(self.store.missing_block_ranges())
+        return RangeSet.from_indices(self.store.missing_pieces())
+
+    def _per_block(self) -> bool:
+        return self.code.units(self.manifest.layout) == self.manifest.layout.blocks  # type: ignore[union-attr]
+
+    async def _start_sources(self, sources: list[Source], units: RangeSet) -> None:
+        shares = units.split(len(sources))
+        results = await defer.DeferredList(
+            [
+                defer.ensureDeferred(self._subscribe(s, share))
+                for s, share in zip(sources, shares, strict=True)
+            ],
+            consumeErrors=True,
+        )
+        for (ok, failure), source in zip(results, sources, strict=True):
+            if not ok:
+                _log.warn(
+                    "subscribing to {node} failed: {error}",
+                    node=source.name,
+                    error=failure.getErrorMessage(),
+                )
+                self._drop(source, f"subscribe failed: {failure.getErrorMessage()}")
+        if not any(s.state == "active" for s in self.sources):
+            raise FetchError("no SN accepted the subscription")
+
+    async def _subscribe(self, source: Source, share: RangeSet) -> None:
+        if source.client is None:
+            await self._connect(source)
+        assert source.client is not None and self.manifest is not None
+        source.share = share
+        receiver = Receiver(
+            self.reactor,
+            0,
+            lambda piece, symbol, payload: self._deliver(source, piece, symbol, payload),
+            lambda lost, received: self._report(source, lost, received),
+        )
+        source.receiver = receiver
+        port = 0
+        if source.mode == "unicast":
+            source.port = self.reactor.listenUDP(0, receiver, interface=self.interface)
+            port = source.port.getHost().port
+        encoded = share.encode()
+        more = len(encoded) > CHUNK
+        reply = await source.client.callRemote(
+            Subscribe,
+            content_id=self.manifest.content_id,
+            mode=source.mode,
+            port=port,
+            rate=self.rate,
+            code=self.code.name,
+            wanted=encoded if not more else b"",
+            more=more,
+        )
+        source.subscription = reply["subscription"]
+        source.rate = reply["rate"]
+        receiver.ssrc = reply["session_id"]
+        source.client.handlers[source.subscription] = _Handler(self, source)
+        if more:
+            await source.client.callRemote(
+                UpdateWanted, subscription=source.subscription, wanted=encoded, replace=False
+            )
+        if source.mode == "multicast":
+            source.port = self._join(receiver, reply["group"], reply["source"], reply["port"])
+        source.state = "active"
+        source.last_progress = self.reactor.seconds()
+        self.event(
+            "subscribed",
+            source=source.to_json(),
+            group=reply["group"],
+            session_id=reply["session_id"],
+        )
+
+    def _join(self, receiver: Receiver, group: str, source: str, port: int) -> Any:
+        import ipaddress
+
+        g = ipaddress.ip_address(group)
+        lport = self.reactor.listenMulticast(port, receiver, interface=group, listenMultiple=True)
+        sock = lport.getHandle()
+        sock.setsockopt(socket.IPPROTO_IP, multicast.IP_MULTICAST_ALL, 0)
+        if source:
+            multicast.join_source(lport, g, ipaddress.ip_address(source), self.interface)
+        else:
+            multicast.join(lport, g, self.interface)
+        return lport
+
+    # -- data path
+
+    def _deliver(self, source: Source, piece: int, symbol: int, payload: bytes) -> None:
+        layout = self.manifest.layout  # type: ignore[union-attr]
+        try:
+            if self._per_block():
+                index = layout.block_index(piece, symbol)
+                event = self.store.write_block(index, payload)
+                events = [event] if event is not None else []
+            else:
+                events = []
+                for offset, data in self.decoder.add(piece, symbol, payload):
+                    events.append(self.store.write_piece(offset // layout.piece_length, data))
+        except ValueError:
+            self.counters["bad_blocks"] += 1
+            return
+        source.blocks += 1
+        source.last_progress = self.reactor.seconds()
+        self.piece_source[piece] = source
+        for event in events:
+            if event is None:
+                continue
+            if event.ok:
+                self.counters["pieces"] += 1
+            else:
+                self._bad_piece(event.piece)
+        if self.store.complete and not self.done.called:
+            self.done.callback(None)
+
+    def _bad_piece(self, piece: int) -> None:
+        self.counters["bad_pieces"] += 1
+        blame = self.piece_source.get(piece)
+        if hasattr(self.decoder, "forget"):
+            self.decoder.forget(piece)
+        layout = self.manifest.layout  # type: ignore[union-attr]
+        units = (
+            RangeSet([(layout.piece_blocks(piece).start, layout.piece_blocks(piece).stop)])
+            if self._per_block()
+            else RangeSet([(piece, piece + 1)])
+        )
+        _log.warn(
+            "piece {piece} failed verification (from {node})",
+            piece=piece,
+            node=blame.name if blame else "?",
+        )
+        if blame is not None:
+            blame.bad_pieces += 1
+            if blame.bad_pieces >= self.config.fetching.bad_pieces:
+                self._drop(blame, f"{blame.bad_pieces} pieces failed verification")
+                self._redistribute()
+                return
+        target = blame if blame is not None and blame.state == "active" else self._active()[0:1]
+        for s in [target] if isinstance(target, Source) else target:
+            s.share.update(units)
+            self._send_wanted(s, units, replace=False)
+
+    def _report(self, source: Source, lost: RangeSet, received: int) -> None:
+        if source.client is None or source.state != "active":
+            return
+        d = source.client.callRemote(
+            ReportLoss, subscription=source.subscription, lost=lost.encode(), received=received
+        )
+        d.addCallback(lambda r: setattr(source, "rate", r["rate"]))
+        d.addErrback(lambda f: None)
+
+    def _send_wanted(self, source: Source, units: RangeSet, replace: bool) -> None:
+        if source.client is None or source.state != "active":
+            return
+        d = source.client.callRemote(
+            UpdateWanted,
+            subscription=source.subscription,
+            wanted=units.encode(),
+            replace=replace,
+        )
+        d.addErrback(lambda f: None)
+
+    # -- supervision
+
+    def _active(self) -> list[Source]:
+        return [s for s in self.sources if s.state == "active"]
+
+    def _tick(self) -> None:
+        now = self.reactor.seconds()
+        missing = self._missing()
+        for source in self._active():
+            source.share = source.share.intersection(missing)
+            if source.share and now - source.last_progress > self.config.fetching.stall_timeout:
+                self._drop(source, "stalled")
+        if any(s.share for s in self.sources if s.state == "dropped") or (
+            missing and not any(s.share for s in self._active())
+        ):
+            self._redistribute()
+        for source in self._active():
+            self._send_wanted(source, source.share, replace=True)
+        self.store.flush_due() and self.store.flush()
+        self._progress(now)
+
+    def _progress(self, now: float) -> None:
+        done = self.store.bytes_verified
+        self.rate_window.append((now, done))
+        self.rate_window = [(t, b) for t, b in self.rate_window if now - t <= 5.0]
+        t0, b0 = self.rate_window[0]
+        rate = (done - b0) / (now - t0) if now > t0 else 0.0
+        total = self.manifest.size  # type: ignore[union-attr]
+        self.event(
+            "progress",
+            bytes=done,
+            total=total,
+            rate=rate,
+            eta=(total - done) / rate if rate > 0 else None,
+            sources=[s.to_json() for s in self.sources],
+        )
+
+    def _lost(self, source: Source) -> None:
+        if source.state in ("active", "connected"):
+            self._drop(source, "control channel closed")
+            if self.loop is not None and self.loop.running:
+                self._redistribute()
+
+    def _drop(self, source: Source, reason: str) -> None:
+        if source.state == "dropped":
+            return
+        source.state = "dropped"
+        _log.info("source {node} dropped: {reason}", node=source.name, reason=reason)
+        self.event("source_dropped", source=source.to_json(), reason=reason)
+        if source.port is not None:
+            port, source.port = source.port, None
+            port.stopListening()
+        if source.client is not None:
+            client, source.client = source.client, None
+            if client.transport is not None:
+                client.transport.loseConnection()
+
+    def _redistribute(self) -> None:
+        """Give the shares of dropped SNs to the active ones, or to new candidates."""
+        orphaned = RangeSet()
+        for s in self.sources:
+            if s.state == "dropped" and s.share:
+                orphaned.update(s.share)
+                s.share = RangeSet()
+        missing = self._missing()
+        covered = RangeSet()
+        for s in self._active():
+            covered.update(s.share)
+        orphaned.update(missing.difference(covered))
+        if not orphaned:
+            return
+        active = self._active()
+        if not active:
+            if not self.candidates:
+                if not self.done.called:
+                    self.done.errback(FetchError("every SN failed and no other offers it"))
+                return
+            source = self.candidates.pop(0)
+            self.sources.append(source)
+            d = defer.ensureDeferred(self._subscribe(source, orphaned))
+            d.addErrback(lambda f: (self._drop(source, f.getErrorMessage()), self._redistribute()))
+            return
+        for s, part in zip(active, orphaned.split(len(active)), strict=True):
+            s.share.update(part)
+            self._send_wanted(s, part, replace=False)
+
+    async def _close(self) -> None:
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        for source in self.sources + self.candidates:
+            was, source.state = source.state, "closed"
+            if source.client is not None and was == "active":
+                try:
+                    await source.client.callRemote(Unsubscribe, subscription=source.subscription)
+                except Exception:  # noqa: BLE001 - closing anyway
+                    pass
+            if source.port is not None:
+                await defer.maybeDeferred(source.port.stopListening)
+                source.port = None
+            if source.client is not None:
+                client, source.client = source.client, None
+                if client.transport is not None:
+                    client.transport.loseConnection()
+                await client.lost
+        if self.store is not None:
+            self.store.close()
+
+
+class _Handler:
+    """Routes a subscription's notices and end to the fetch."""
+
+    def __init__(self, fetch: Fetch, source: Source) -> None:
+        self.fetch = fetch
+        self.source = source
+
+    def notices(self, notices: list[tuple[int, bytes]]) -> None:
+        if self.source.receiver is not None:
+            self.source.receiver.notices(notices)
+
+    def session_ended(self, reason: str) -> None:
+        if self.source.share and self.source.state == "active":
+            self.fetch._drop(self.source, f"session ended: {reason}")
+            self.fetch._redistribute()

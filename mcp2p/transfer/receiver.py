@@ -1,0 +1,138 @@
+"""The CN's receiving side of one subscription: packets in, checked blocks out.
+
+A packet is accepted only if its SSRC is the session's and its digest
+matches the Sent notice the SN wrote to this CN's TLS channel for that
+sequence number (the RTP timestamp carries the 32-bit sequence). Packets
+that arrive before their notice wait a short while; notices whose packet
+never came are losses, reported back so the SN sends those units again.
+Everything dropped is counted by reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from mcp2p.core.wanted import RangeSet
+from mcp2p.errors import ProtocolError
+from mcp2p.wire.rtp import decode_packet, packet_digest
+
+_log = Logger()
+
+HOLD = 1.0  # seconds a packet waits for its notice
+LOSS_AFTER = 0.3  # seconds after its notice a packet is given up as lost
+MAX_HELD = 16384  # packets waiting for notices at most
+MAX_EXPECTED = 1 << 18  # notices waiting for packets at most
+REPORT_EVERY = 0.1
+
+
+class Receiver(DatagramProtocol):
+    noisy = False
+
+    def __init__(
+        self,
+        clock: Any,
+        ssrc: int,
+        deliver: Callable[[int, int, bytes], None],
+        report: Callable[[RangeSet, int], None],
+        source: str = "",
+    ) -> None:
+        self.clock = clock
+        self.ssrc = ssrc
+        self.deliver = deliver  # (piece, symbol, payload) of an authenticated packet
+        self.report = report  # (lost sequence numbers, packets received since last)
+        self.source = source  # the SN's address; "" accepts any (multicast checks by digest)
+        self.held: dict[int, tuple[bytes, float]] = {}  # seq -> (datagram, arrival)
+        self.expected: dict[int, tuple[bytes, float]] = {}  # seq -> (digest, notice time)
+        self.since_report = 0
+        self.last_packet = clock.seconds()
+        self.counters = {
+            "packets": 0,
+            "accepted": 0,
+            "malformed": 0,
+            "foreign": 0,
+            "forged": 0,
+            "unannounced": 0,
+            "duplicate": 0,
+            "lost": 0,
+            "notices": 0,
+        }
+        self.loop = task.LoopingCall(self._housekeeping)
+        self.loop.clock = clock
+
+    def startProtocol(self) -> None:  # noqa: N802
+        self.loop.start(REPORT_EVERY, now=False)
+
+    def stopProtocol(self) -> None:  # noqa: N802
+        if self.loop.running:
+            self.loop.stop()
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+        self.counters["packets"] += 1
+        try:
+            packet = decode_packet(data)
+        except ProtocolError:
+            self.counters["malformed"] += 1
+            return
+        if packet.ssrc != self.ssrc:
+            self.counters["foreign"] += 1
+            return
+        seq = packet.timestamp
+        notice = self.expected.pop(seq, None)
+        if notice is None:
+            if len(self.held) >= MAX_HELD:
+                self.counters["unannounced"] += 1
+                return
+            if seq in self.held:
+                self.counters["duplicate"] += 1
+                return
+            self.held[seq] = (data, self.clock.seconds())
+            return
+        self._check(seq, data, notice[0], packet)
+
+    def _check(self, seq: int, data: bytes, digest: bytes, packet: Any = None) -> None:
+        if packet_digest(data) != digest:
+            self.counters["forged"] += 1
+            # The genuine packet may still come: keep waiting for it.
+            self.expected[seq] = (digest, self.clock.seconds())
+            return
+        if packet is None:
+            packet = decode_packet(data)
+        self.counters["accepted"] += 1
+        self.since_report += 1
+        self.last_packet = self.clock.seconds()
+        self.deliver(packet.piece, packet.symbol, packet.payload)
+
+    def notices(self, notices: list[tuple[int, bytes]]) -> None:
+        now = self.clock.seconds()
+        self.counters["notices"] += len(notices)
+        for seq, digest in notices:
+            held = self.held.pop(seq, None)
+            if held is not None:
+                self._check(seq, held[0], digest)
+            elif len(self.expected) < MAX_EXPECTED:
+                self.expected[seq] = (digest, now)
+
+    def _housekeeping(self) -> None:
+        now = self.clock.seconds()
+        lost = RangeSet()
+        for seq, (_, when) in list(self.expected.items()):
+            if now - when > LOSS_AFTER:
+                del self.expected[seq]
+                lost.add(seq)
+        for seq, (_, when) in list(self.held.items()):
+            if now - when > HOLD:
+                del self.held[seq]
+                self.counters["unannounced"] += 1
+        self.counters["lost"] += len(lost)
+        if lost or self.since_report:
+            received, self.since_report = self.since_report, 0
+            self.report(lost, received)
+
+    def pending(self) -> int:
+        """Packets announced and not yet arrived (they may still come)."""
+        return len(self.expected)

@@ -1,0 +1,261 @@
+"""The SN's sending side: one ``Session`` streams one content to one destination.
+
+A multicast session (a group, and the SN as source for SSM) is shared by
+every CN that subscribed to that content in multicast mode; a unicast
+subscriber gets a session of its own. Each tick the session takes tokens
+from a token bucket for the granted rate and sends a burst of packets:
+for each, the demand scheduler picks a unit (weighted by how many
+subscribers still need it), the block code makes its next symbol, and the
+packet's digest goes into the Sent notices that are written to every
+subscriber's TLS channel just before the burst leaves. Sending is
+optimistic: a unit sent is no longer needed by anyone; a CN's loss report
+puts back what it missed (DESIGN.md 5.5, 5.6).
+
+States: RUNNING (someone needs something), IDLE (nobody does: a grace
+timer runs), ENDED (grace over or stopped; every subscriber was told).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import task
+from twisted.logger import Logger
+
+from mcp2p.core.layout import Layout
+from mcp2p.core.pacing import TokenBucket
+from mcp2p.core.ratecontrol import RateController
+from mcp2p.core.scheduler import DemandScheduler
+from mcp2p.core.wanted import RangeSet
+from mcp2p.wire.rtp import HEADER_LEN, pack_header, packet_digest
+
+_log = Logger()
+
+TICK = 0.002  # seconds between bursts
+MAX_BURST = 256  # packets per tick at most
+SEQ_RING = 1 << 17  # sequence numbers remembered for loss reports (unit of each)
+IP_UDP_OVERHEAD = 28
+
+
+@dataclass
+class Subscriber:
+    id: int
+    client: Any  # ControlServer
+    session: Session
+    reported_rate: int = 0
+    lost: int = 0
+    received: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class Session:
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        session_id: int,
+        layout: Layout,
+        code: Any,
+        path: str,
+        destination: tuple[str, int],
+        port: Any,
+        rate: int,
+        min_rate: int,
+        max_rate: int,
+        grace: float,
+        on_end: Callable[[Session], None],
+        rng: Any,
+        group: str = "",
+        source: str = "",
+    ) -> None:
+        self.reactor = reactor
+        self.session_id = session_id
+        self.layout = layout
+        self.code = code
+        self.destination = destination
+        self.port = port  # an IListeningPort (UDP) to write on
+        self.group = group
+        self.source = source
+        self.fd = os.open(path, os.O_RDONLY)
+        self.encoder = code.encoder(layout, self._read)
+        self.units = code.units(layout)
+        self.scheduler = DemandScheduler(self.units, rng)
+        self.symbols_sent = array("l", bytes(8 * self.units))  # per unit: n of the next symbol
+        self.seq = 0
+        self.seq_units = array("l", bytes(8 * SEQ_RING))
+        self.rates = RateController(rate, min_rate, max_rate)
+        self.bucket = TokenBucket(rate / 8, max(rate / 8 * 0.01, 65536), reactor.seconds())
+        self.grace = grace
+        self.on_end = on_end
+        self.subscribers: dict[int, Subscriber] = {}
+        self.state = "IDLE"
+        self.idle_since = reactor.seconds()
+        self.loop = task.LoopingCall(self._tick)
+        self.loop.clock = reactor
+        self.counters = {
+            "packets": 0,
+            "bytes": 0,
+            "send_errors": 0,
+            "would_block": 0,
+            "loss_reported": 0,
+        }
+
+    # -- subscribers
+
+    def add(self, sub: Subscriber, wanted: RangeSet) -> None:
+        self.subscribers[sub.id] = sub
+        self.set_wanted(sub, wanted, replace=True)
+        if not self.loop.running:
+            self.loop.start(TICK, now=False)
+
+    def set_wanted(self, sub: Subscriber, wanted: RangeSet, replace: bool) -> None:
+        """Change what ``sub`` wants.
+
+        ``replace``: it wants only units of ``wanted`` now (others are done);
+        the units it keeps keep their remaining need, so a resync never makes
+        the SN resend what is in flight. Otherwise ``wanted`` is added: each
+        unit is needed in full again (a piece that failed verification).
+        Losses come back through ``report_loss``, not through this.
+        """
+        known = sub.id in self.scheduler.subscribers
+        current = self.scheduler.need_of(sub.id) if known else None
+        one_symbol = self.units == self.layout.blocks
+        if one_symbol:
+            if isinstance(current, RangeSet):
+                mine = current
+            else:  # a unit lost twice is needed twice: still one set member
+                mine = RangeSet.from_indices(u for u, c in (current or {}).items() if c > 0)
+            if current is None:
+                new: Any = wanted.copy()
+            elif replace:
+                new = mine.intersection(wanted)
+            else:
+                new = mine.union(wanted)
+        else:
+            counts = current if isinstance(current, dict) else {}
+            if replace and current is not None:
+                new = {u: c for u, c in counts.items() if u in wanted and c > 0}
+            else:
+                new = dict(counts)
+                for unit in wanted:
+                    new[unit] = max(new.get(unit, 0), self.code.need(self.layout, unit))
+        self.scheduler.set_need(sub.id, new)
+
+    def remove(self, sub_id: int) -> None:
+        self.subscribers.pop(sub_id, None)
+        if sub_id in self.scheduler.subscribers:
+            self.scheduler.remove(sub_id)
+        if not self.subscribers:
+            self.end("no subscribers")
+
+    def report_loss(self, sub: Subscriber, lost: RangeSet, received: int) -> int:
+        oldest = self.seq - len(self.seq_units)
+        count = 0
+        for seq in lost:
+            if oldest <= seq < self.seq:
+                self.scheduler.add_need(sub.id, self.seq_units[seq % len(self.seq_units)])
+                count += 1
+        self.counters["loss_reported"] += count
+        rate = self.rates.report(count, received)
+        self.bucket.rate = rate / 8
+        return rate
+
+    # -- sending
+
+    def _read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def _tick(self) -> None:
+        now = self.reactor.seconds()
+        if self.state == "ENDED":
+            return
+        if self.scheduler.total_weight == 0:
+            if self.state != "IDLE":
+                self.state, self.idle_since = "IDLE", now
+            elif now - self.idle_since >= self.grace:
+                self.end("nothing wanted")
+            return
+        self.state = "RUNNING"
+        size = HEADER_LEN + self.layout.block_length + IP_UDP_OVERHEAD
+        budget = int(self.bucket.available(now) // size)
+        if budget <= 0:
+            return
+        packets: list[bytes] = []
+        notices: list[tuple[int, bytes]] = []
+        ring = len(self.seq_units)
+        for _ in range(min(budget, MAX_BURST)):
+            unit = self.scheduler.choose()
+            if unit is None:
+                break
+            n = self.symbols_sent[unit]
+            self.symbols_sent[unit] = n + 1
+            piece, symbol, payload = self.encoder.symbol(unit, n)
+            seq = self.seq
+            self.seq = seq + 1
+            packet = pack_header(seq & 0xFFFF, seq & 0xFFFFFFFF, self.session_id, piece, symbol)
+            packet += payload
+            self.seq_units[seq % ring] = unit
+            notices.append((seq & 0xFFFFFFFF, packet_digest(packet)))
+            packets.append(packet)
+            self.scheduler.sent(unit)
+        if not packets:
+            return
+        self.bucket.take(now, len(packets) * size)
+        for sub in list(self.subscribers.values()):
+            sub.client.send_notices(sub.id, notices)
+        for i, packet in enumerate(packets):
+            try:
+                self.port.write(packet, self.destination)
+            except BlockingIOError:
+                # The send buffer is full: the rest of this burst is lost and
+                # will be reported lost; give the tokens back and slow down.
+                self.counters["would_block"] += len(packets) - i
+                self.bucket.tokens = 0
+                break
+            except OSError as e:
+                self.counters["send_errors"] += 1
+                _log.warn(
+                    "session {sid:08x}: send failed: {error}", sid=self.session_id, error=str(e)
+                )
+                break
+            self.counters["packets"] += 1
+            self.counters["bytes"] += len(packet)
+
+    def end(self, reason: str) -> None:
+        if self.state == "ENDED":
+            return
+        self.state = "ENDED"
+        if self.loop.running:
+            self.loop.stop()
+        for sub in list(self.subscribers.values()):
+            try:
+                sub.client.session_ended(sub.id, reason)
+            except Exception:  # noqa: BLE001 - a closed channel must not stop the others
+                pass
+        self.subscribers.clear()
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        _log.info(
+            "session {sid:08x} ended ({reason}): {packets} packets, {nbytes} bytes",
+            sid=self.session_id,
+            reason=reason,
+            packets=self.counters["packets"],
+            nbytes=self.counters["bytes"],
+        )
+        self.on_end(self)
+
+
+def set_dscp(port: Any, family: int, dscp: int) -> None:
+    """Mark the port's packets with ``dscp`` (the upper six bits of TOS/traffic class)."""
+    sock = port.getHandle()
+    if family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, dscp << 2)
+    else:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, dscp << 2)
