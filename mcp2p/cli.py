@@ -33,14 +33,16 @@ def api_url(config: Config) -> str | None:
     return f"http://127.0.0.1:{port}"
 
 
-def call_daemon(config: Config, path: str, body: Any = None, timeout: float = 60) -> Any:
+def call_daemon(
+    config: Config, path: str, body: Any = None, timeout: float = 60, method: str | None = None
+) -> Any:
     """The daemon's JSON answer, or None when no daemon listens."""
     base = api_url(config)
     if base is None:
         return None
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(
-        base + path, data=data, headers={"content-type": "application/json"}
+        base + path, data=data, headers={"content-type": "application/json"}, method=method
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -191,6 +193,152 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
     return print_result(result, args.json)
 
 
+class Progress:
+    """Prints fetch events: a one-line progress bar on a terminal, or JSON lines."""
+
+    def __init__(self, as_json: bool, stream: Any = None) -> None:
+        self.as_json = as_json
+        self.stream = stream or sys.stdout
+        self.name = ""
+        self.tty = self.stream.isatty()
+        self.last_len = 0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.as_json:
+            print(json.dumps(event), file=self.stream, flush=True)
+            return
+        kind = event.get("event")
+        if kind == "manifest":
+            self.name = event["name"]
+            self._line(
+                f"{self.name}: {human_size(event['size'])}, {event['pieces']} pieces, "
+                f"{event['verified']} already verified",
+                final=True,
+            )
+        elif kind == "progress":
+            total = max(event["total"], 1)
+            eta = "-" if event["eta"] is None else f"{event['eta']:.0f}s"
+            sources = ", ".join(
+                f"{s['node'][:8]} {'?' if s['distance'] is None else s['distance']} hop "
+                f"{s['mode']}" + ("" if s["state"] == "active" else f" ({s['state']})")
+                for s in event["sources"]
+            )
+            self._line(
+                f"{self.name} {human_size(event['bytes'])}/{human_size(event['total'])} "
+                f"{100 * event['bytes'] / total:5.1f}% {event['rate'] / 1e6:6.1f} MB/s "
+                f"ETA {eta} [{sources}]",
+                final=not self.tty,
+            )
+        elif kind == "source_dropped":
+            self._line(f"dropped {event['source']['node']}: {event['reason']}", final=True)
+        elif kind == "done":
+            rate = event["bytes"] / max(event["elapsed"], 1e-9) / 1e6
+            self._line(
+                f"done: {event['path']} ({event['elapsed']:.1f} s, {rate:.1f} MB/s)", final=True
+            )
+        elif kind == "failed":
+            self._line(f"failed: {event['error']}", final=True)
+
+    def _line(self, text: str, final: bool) -> None:
+        if self.tty:
+            pad = max(0, self.last_len - len(text))
+            self.stream.write("\r" + text + " " * pad + ("\n" if final else ""))
+            self.last_len = 0 if final else len(text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def fetch_body(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    body: dict[str, Any] = {"target": args.what, "out_dir": str(Path(args.output).resolve())}
+    for key in ("mode", "sources", "code"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    if args.rate is not None:
+        from mcp2p.config import parse_rate
+
+        try:
+            body["rate"] = parse_rate(args.rate)
+        except ValueError as e:
+            raise SystemExit(f"mcp2p: --rate {args.rate!r}: expected {e}") from None
+    return body
+
+
+def cmd_get(config: Config, args: argparse.Namespace) -> int:
+    import time
+
+    body = fetch_body(args)
+    show = Progress(args.json)
+    started = None if args.no_daemon else call_daemon(config, "/api/fetch", body)
+    if started is None:
+        return get_in_process(config, body, show)
+    tid, since = started["id"], 0
+    try:
+        while True:
+            state = call_daemon(config, f"/api/transfers/{tid}?since={since}", timeout=10)
+            if state is None:
+                print("mcp2p: the daemon stopped answering", file=sys.stderr)
+                return EXIT_ERROR
+            for event in state["events"]:
+                show(event)
+            since = state["next"]
+            if state["state"] != "running":
+                return 0 if state["state"] == "done" else EXIT_ERROR
+            time.sleep(0.25)
+    except KeyboardInterrupt:
+        call_daemon(config, f"/api/transfers/{tid}", method="DELETE", timeout=5)
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def get_in_process(config: Config, body: dict[str, Any], show: Progress) -> int:
+    from pathlib import Path
+
+    from twisted.internet import defer, task
+
+    from mcp2p.api.service import fetch_options
+    from mcp2p.discovery.query import QueryNode
+    from mcp2p.transfer.fetch import Fetch
+    from mcp2p.trust.keys import load_or_create
+
+    outcome: dict[str, Any] = {}
+
+    async def run(reactor: Any) -> None:
+        options = fetch_options(body)
+        identity = load_or_create(config.node.state_dir)
+        node = QueryNode(
+            reactor, config.discovery, str(config.node.interface), config.node.interface6
+        )
+        node.start(listen_group=config.discovery.reply_mode == "multicast")
+        out_dir = options.pop("out_dir", Path(body["out_dir"]))
+        fetch = Fetch(
+            reactor,
+            config,
+            identity,
+            node.search,
+            body["target"],
+            out_dir,
+            on_event=show,
+            **options,
+        )
+        try:
+            outcome["path"] = await fetch.run()
+        except Exception as e:  # noqa: BLE001 - reported as one line
+            show({"event": "failed", "error": str(e)})
+            outcome["error"] = str(e)
+        finally:
+            await node.stop()
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return EXIT_ERROR
+    return 0 if "path" in outcome else EXIT_ERROR
+
+
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     status = call_daemon(config, "/api/status", timeout=5)
     if status is None:
@@ -248,6 +396,27 @@ def parser() -> argparse.ArgumentParser:
         help="without a daemon, seconds to listen for SAP announcements",
     )
     s.set_defaults(func=cmd_search)
+    g = sub.add_parser(
+        "get",
+        help="fetch a file",
+        description="Find a file by name or content id, fetch it from the nodes that have it, "
+        "verify it and put it in the output directory. Interrupted, it resumes.",
+    )
+    g.add_argument("what", help="a file name (exact) or a 64-hex-digit content id")
+    g.add_argument("-o", "--output", default=".", help="directory to put the file in")
+    g.add_argument("--json", action="store_true", help="print progress events as JSON lines")
+    g.add_argument(
+        "--mode",
+        choices=("multicast", "unicast"),
+        help="data by multicast (default from config) or unicast",
+    )
+    g.add_argument("--rate", help="wanted rate in bit/s, e.g. 100M")
+    g.add_argument("--sources", type=int, help="SNs to use at once")
+    g.add_argument("--code", choices=("plain", "raptorq"), help="block code")
+    g.add_argument(
+        "--no-daemon", action="store_true", help="fetch from this process even when a daemon runs"
+    )
+    g.set_defaults(func=cmd_get)
     st = sub.add_parser("status", help="show the local daemon's status")
     st.set_defaults(func=cmd_status)
     return p

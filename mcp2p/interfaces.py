@@ -9,6 +9,7 @@ query, sap``), and settings for a plugin live in ``[plugin:NAME]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from zope.interface import Attribute, Interface
@@ -65,9 +66,80 @@ class IBlockScheduler(Interface):
 
 
 class IBlockCode(Interface):
-    """Codes a piece into symbols and back (plain, RaptorQ; issue 4)."""
+    """Maps between the scheduler's units and the symbols packets carry (issue 4).
+
+    The sender's scheduler works on *units*, each with a per-receiver
+    *need* count: a receiver that lacks a unit needs that many more useful
+    symbols of it. A packet carries ``(piece, symbol, payload)`` with
+    ``piece`` and ``symbol`` u32 and at most ``block_length`` payload bytes.
+    "plain" sends each block as it is (unit = global block index, need 1);
+    "raptorq" sends RFC 6330 symbols of a piece (unit = piece, need = the
+    piece's source symbols plus a small overhead), any enough of which
+    rebuild the piece. A code holds no per-file state: it makes an encoder
+    and decoders for a ``mcp2p.core.layout.Layout``, and may raise
+    ``ValueError`` for a layout it cannot code.
+    """
 
     name = Attribute("the name the ini file and a session use to select it")
+
+    def units(layout: Any) -> int:
+        """How many units the scheduler chooses among for this layout."""
+
+    def need(layout: Any, unit: int) -> int:
+        """Useful symbols a receiver needs to get ``unit`` from scratch."""
+
+    def encoder(layout: Any, read: Callable[[int, int], bytes]) -> IBlockEncoder:
+        """The sender's side; ``read(offset, length)`` returns file bytes."""
+
+    def decoder(layout: Any) -> IBlockDecoder:
+        """The receiver's side, one per file being fetched."""
+
+
+class IBlockEncoder(Interface):
+    """Makes the symbols of one file (one per session)."""
+
+    def symbol(unit: int, n: int) -> tuple[int, int, bytes]:
+        """``(piece, symbol, payload)`` of the ``n``-th (0, 1, 2, ...) symbol sent of ``unit``.
+
+        Successive ``n`` of a unit give symbols that are each useful to
+        every receiver still needing the unit (plain: the same block
+        again). Raises ``ValueError`` for a unit outside the layout.
+        """
+
+
+class IBlockDecoder(Interface):
+    """Turns received symbols back into file writes (one per fetched file).
+
+    It never raises on what came off the network: a symbol that cannot be
+    right (unknown piece, symbol id out of range, wrong payload length) is
+    dropped and counted in ``rejected``.
+    """
+
+    rejected = Attribute("symbols dropped as impossible (garbage, forged, other layout)")
+    pending_bytes = Attribute("bytes of received symbols held until their piece decodes")
+
+    def add(piece: int, symbol: int, payload: bytes) -> list[tuple[int, bytes]]:
+        """File writes ``(offset, data)`` that became ready with this symbol.
+
+        plain: the block, at once, the first time it arrives; raptorq: the
+        whole piece once enough symbols decode it, then nothing more for
+        that piece until ``forget``.
+        """
+
+    def unit_of(piece: int, symbol: int) -> int:
+        """The unit a symbol belongs to; ``ValueError`` if it belongs to none."""
+
+    def forget(piece: int) -> None:
+        """Drop all state of ``piece`` (its hash failed: it is fetched again)."""
+
+
+class IBlockCodePlugin(Interface):
+    """Makes an IBlockCode; a session names its code by the plugin's name."""
+
+    name = Attribute("the name the ini file and a session use to select it")
+
+    def make() -> IBlockCode:
+        """A code with its default parameters."""
 
 
 class IKeyStore(Interface):

@@ -7,6 +7,11 @@ Used by the ``mcp2p`` command, scripts and (later) the status page.
 - ``POST /api/search``: ``{"method": "query"|"sap", "pattern": "*.iso"}`` or
   ``{"content_id": HEX}``, optional ``answers``, ``max_hops``, ``timeout``,
   ``reply_mode``; answers with the search result.
+- ``POST /api/fetch``: ``{"target": NAME_OR_CONTENT_ID, "out_dir": ABSOLUTE_PATH}``,
+  optional ``mode``, ``rate`` (bit/s), ``sources``, ``code``; answers ``{"id": N}``.
+- ``GET /api/transfers/N?since=K``: events of transfer N from the K-th on,
+  its state and result. ``DELETE /api/transfers/N`` cancels it (it resumes
+  when fetched again).
 
 Requests whose Host header is not a loopback name are refused (a web page
 in a browser on this host must not drive the daemon by DNS rebinding).
@@ -85,6 +90,42 @@ def search_options(body: dict[str, Any], schedule: tuple[int, ...]) -> tuple[str
     return method, kwargs
 
 
+def fetch_options(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a fetch request body; returns keyword arguments for FetchingService.fetch."""
+    from pathlib import Path
+
+    target = body.get("target")
+    if not isinstance(target, str) or not target or len(target.encode()) > 255:
+        raise BadRequest("target must be a file name or a content id")
+    out: dict[str, Any] = {}
+    out_dir = body.get("out_dir")
+    if out_dir is not None:
+        if not isinstance(out_dir, str) or not Path(out_dir).is_absolute():
+            raise BadRequest("out_dir must be an absolute path")
+        out["out_dir"] = Path(out_dir)
+    mode = body.get("mode")
+    if mode is not None:
+        if mode not in ("multicast", "unicast"):
+            raise BadRequest("mode must be 'multicast' or 'unicast'")
+        out["mode"] = mode
+    rate = body.get("rate")
+    if rate is not None:
+        if not isinstance(rate, int) or not 8000 <= rate <= 10**12:
+            raise BadRequest("rate must be an integer in bit/s, at least 8000")
+        out["rate"] = rate
+    sources = body.get("sources")
+    if sources is not None:
+        if not isinstance(sources, int) or not 1 <= sources <= 64:
+            raise BadRequest("sources must be an integer in [1, 64]")
+        out["sources"] = sources
+    code = body.get("code")
+    if code is not None:
+        if code not in ("plain", "raptorq"):
+            raise BadRequest("code must be 'plain' or 'raptorq'")
+        out["code"] = code
+    return out
+
+
 class _JSON(resource.Resource):
     isLeaf = True
 
@@ -104,6 +145,10 @@ class _JSON(resource.Resource):
                 return self._reply(request, 200, self.catalog())
             if request.method == b"POST" and path == b"/api/search":
                 return self.search(request)
+            if request.method == b"POST" and path == b"/api/fetch":
+                return self._reply(request, 200, self.fetch(request))
+            if path.startswith(b"/api/transfers/"):
+                return self.transfer(request, path)
         except BadRequest as e:
             return self._reply(request, 400, {"error": str(e)})
         return self._reply(request, 404, {"error": "no such endpoint"})
@@ -127,14 +172,48 @@ class _JSON(resource.Resource):
     def catalog(self) -> dict[str, Any]:
         return {"files": [file_json(o) for o in self.node.serving.offers()]}
 
-    def search(self, request: Any) -> Any:
+    def _body(self, request: Any) -> Any:
         raw = request.content.read(MAX_BODY + 1)
         if len(raw) > MAX_BODY:
             raise BadRequest("body too large")
         try:
-            body = json.loads(raw or b"{}")
+            return json.loads(raw or b"{}")
         except ValueError:
             raise BadRequest("body is not JSON") from None
+
+    def fetch(self, request: Any) -> dict[str, Any]:
+        body = self._body(request)
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object")
+        kwargs = fetch_options(body)
+        transfer = self.node.fetching.fetch(body["target"], **kwargs)
+        return {"id": transfer.id}
+
+    def transfer(self, request: Any, path: bytes) -> bytes:
+        try:
+            tid = int(path.rsplit(b"/", 1)[1])
+        except ValueError:
+            raise BadRequest("transfer id must be an integer") from None
+        transfer = self.node.fetching.transfers.get(tid)
+        if transfer is None:
+            return self._reply(request, 404, {"error": f"no transfer {tid}"})
+        if request.method == b"DELETE":
+            if transfer.deferred is not None and not transfer.deferred.called:
+                transfer.deferred.cancel()
+            return self._reply(request, 200, {"id": tid, "state": transfer.state})
+        try:
+            since = int(request.args.get(b"since", [b"0"])[0])
+        except ValueError:
+            raise BadRequest("since must be an integer") from None
+        events, total = transfer.since(since)
+        return self._reply(
+            request, 200,
+            {"id": tid, "state": transfer.state, "result": transfer.result, "events": events,
+             "next": total},
+        )
+
+    def search(self, request: Any) -> Any:
+        body = self._body(request)
         method, kwargs = search_options(body, self.node.config.discovery.ring_schedule)
         d = self.node.discovery.search(method, **kwargs)
 

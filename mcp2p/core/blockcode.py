@@ -1,0 +1,429 @@
+"""Block codes: what a data packet carries for a unit the scheduler chose.
+
+Two codes, selected per session by plugin name (``code_by_name``):
+
+- ``PlainCode`` ("plain"): a unit is a block (``Layout.blocks`` units) and
+  its only symbol is the block itself, ``(piece, block in piece, bytes)``.
+  A receiver needs each block once; the carousel pays the coupon-collector
+  tail for the last missing blocks.
+- ``RaptorQCode`` ("raptorq", RFC 6330 through the ``raptorq`` package): a
+  unit is a piece (``Layout.pieces`` units) cut into K source symbols of
+  ``symbol_size`` bytes; the symbol id on the wire is the ESI. Symbols
+  ``n < K`` are the source symbols, read straight from the file (no
+  encoding, and a receiver that gets them all just joins them); later ones
+  are repair symbols, each new to every receiver still needing the piece.
+  Any K of them rebuild the piece with probability about 99.5%, K + 2 with
+  about 1 - 1e-6 (``mcp2p.lab.bench_codes`` measures it), so a receiver's
+  need is K + ``overhead``.
+
+RaptorQ needs its symbol size to be a multiple of 8: the symbol size is
+``block_length`` rounded down to one, so K = ceil(piece size / symbol size)
+may exceed ``Layout.blocks_in_piece``. A piece must fit one RFC 6330
+source block of one sub-block (at most 56403 symbols and 8 MiB) and the
+symbol size a u16. Every symbol but the last source symbol of a piece is
+exactly the symbol size (that one is as short as the piece's end).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import raptorq
+from twisted.plugin import getPlugins
+from zope.interface import implementer
+
+from mcp2p.core.layout import Layout
+from mcp2p.interfaces import IBlockCode, IBlockCodePlugin, IBlockDecoder, IBlockEncoder
+
+Read = Callable[[int, int], bytes]
+
+MAX_SOURCE_SYMBOLS = 56403  # RFC 6330 K'max: larger pieces need several source blocks
+# Past about 10 MiB the package splits a piece into sub-blocks (RFC 6330 4.4.1.2), and a
+# source symbol is no longer a slice of the piece: 8 MiB keeps every symbol size below that.
+MAX_PIECE_BYTES = 8 << 20
+MAX_ESI = (1 << 24) - 1  # the encoding symbol id is 24 bits in RFC 6330's payload id
+_ALIGN = 8  # the raptorq package rounds the symbol size down to a multiple of this
+
+
+def code_by_name(name: str) -> IBlockCode:
+    """The code of the block code plugin called ``name`` (``ValueError`` if none)."""
+    import mcp2p.plugins
+
+    names = []
+    for plugin in getPlugins(IBlockCodePlugin, mcp2p.plugins):
+        if plugin.name == name:
+            return plugin.make()
+        names.append(plugin.name)
+    raise ValueError(f"no block code plugin named {name!r} (have {sorted(set(names))})")
+
+
+def _batch(k: int) -> int:
+    """Repair symbols an encoder makes at once for a piece of ``k`` source symbols."""
+    return max(64, k + k // 4)
+
+
+def _read_exact(read: Read, offset: int, length: int) -> bytes:
+    data = read(offset, length)
+    if len(data) != length:
+        raise ValueError(f"read({offset}, {length}) returned {len(data)} bytes: file changed?")
+    return bytes(data)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# -- plain -----------------------------------------------------------------------------
+
+
+@implementer(IBlockCode)
+class PlainCode:
+    """Each block sent as it is: unit = global block index, need 1."""
+
+    name = "plain"
+
+    def units(self, layout: Layout) -> int:
+        return layout.blocks
+
+    def need(self, layout: Layout, unit: int) -> int:
+        layout.locate(unit)
+        return 1
+
+    def encoder(self, layout: Layout, read: Read) -> PlainEncoder:
+        return PlainEncoder(layout, read)
+
+    def decoder(self, layout: Layout) -> PlainDecoder:
+        return PlainDecoder(layout)
+
+
+@implementer(IBlockEncoder)
+class PlainEncoder:
+    def __init__(self, layout: Layout, read: Read) -> None:
+        self.layout = layout
+        self._read = read
+
+    def symbol(self, unit: int, n: int) -> tuple[int, int, bytes]:
+        """The block ``unit``, whatever ``n``: each copy helps whoever lacks it."""
+        piece, block = self.layout.locate(unit)
+        offset, length = self.layout.block_span(unit)
+        return piece, block, _read_exact(self._read, offset, length)
+
+
+@implementer(IBlockDecoder)
+class PlainDecoder:
+    """Hands each block back once (until its piece is forgotten); one byte per block."""
+
+    pending_bytes = 0
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self._have = bytearray(layout.blocks)
+        self.rejected = 0
+        self.redundant = 0  # blocks that arrived again
+
+    def add(self, piece: int, symbol: int, payload: bytes) -> list[tuple[int, bytes]]:
+        layout = self.layout
+        if not (
+            _is_int(piece)
+            and _is_int(symbol)
+            and isinstance(payload, bytes | bytearray | memoryview)
+            and 0 <= piece < layout.pieces
+            and 0 <= symbol < layout.blocks_in_piece(piece)
+        ):
+            self.rejected += 1
+            return []
+        index = piece * layout.blocks_per_piece + symbol
+        offset, length = layout.block_span(index)
+        if len(payload) != length:
+            self.rejected += 1
+            return []
+        if self._have[index]:
+            self.redundant += 1
+            return []
+        self._have[index] = 1
+        return [(offset, bytes(payload))]
+
+    def unit_of(self, piece: int, symbol: int) -> int:
+        return self.layout.block_index(piece, symbol)
+
+    def forget(self, piece: int) -> None:
+        blocks = self.layout.piece_blocks(piece)
+        self._have[blocks.start : blocks.stop] = bytes(len(blocks))
+
+
+# -- RaptorQ ---------------------------------------------------------------------------
+
+
+@implementer(IBlockCode)
+class RaptorQCode:
+    """RFC 6330 per piece: unit = piece, need = K source symbols + ``overhead``.
+
+    ``repair_ratio``: distinct repair symbols per piece, as a multiple of K
+    (at least 64); after K + repair symbols the ESIs start again at 0, which
+    only a receiver that lost most of a whole cycle notices (it gets
+    symbols it already holds). ``cache_pieces``: how many pieces an
+    encoder keeps encoded (least recently used go first).
+    """
+
+    name = "raptorq"
+
+    def __init__(self, overhead: int = 2, repair_ratio: float = 3.0, cache_pieces: int = 8) -> None:
+        if overhead < 0 or repair_ratio <= 0 or cache_pieces < 1:
+            raise ValueError("overhead >= 0, repair_ratio > 0 and cache_pieces >= 1 are needed")
+        self.overhead = overhead
+        self.repair_ratio = repair_ratio
+        self.cache_pieces = cache_pieces
+
+    def symbol_size(self, layout: Layout) -> int:
+        """Bytes per symbol: ``block_length`` rounded down to a multiple of 8."""
+        if layout.block_length > 0xFFFF:
+            raise ValueError(f"raptorq: block length {layout.block_length} exceeds 65535")
+        size = layout.block_length - layout.block_length % _ALIGN
+        if size < _ALIGN:
+            raise ValueError(f"raptorq: block length {layout.block_length} is below {_ALIGN}")
+        if -(-layout.piece_size(0) // size) > MAX_SOURCE_SYMBOLS:
+            raise ValueError(
+                f"raptorq: a piece of {layout.piece_length} bytes is more than "
+                f"{MAX_SOURCE_SYMBOLS} symbols of {size} bytes; use longer blocks or shorter pieces"
+            )
+        if layout.piece_size(0) > MAX_PIECE_BYTES:
+            raise ValueError(
+                f"raptorq: a piece of {layout.piece_length} bytes is over {MAX_PIECE_BYTES} bytes"
+                " (a receiver holds a piece in memory until it decodes); use shorter pieces"
+            )
+        return size
+
+    def source_symbols(self, layout: Layout, piece: int) -> int:
+        """K of ``piece``: 1 for an empty file's only (empty) piece."""
+        return max(1, -(-layout.piece_size(piece) // self.symbol_size(layout)))
+
+    def units(self, layout: Layout) -> int:
+        self.symbol_size(layout)
+        return layout.pieces
+
+    def need(self, layout: Layout, unit: int) -> int:
+        if layout.piece_size(unit) == 0:
+            return 1  # the empty piece has one empty source symbol and no repair
+        return self.source_symbols(layout, unit) + self.overhead
+
+    def encoder(self, layout: Layout, read: Read) -> RaptorQEncoder:
+        return RaptorQEncoder(self, layout, read)
+
+    def decoder(self, layout: Layout) -> RaptorQDecoder:
+        return RaptorQDecoder(self, layout)
+
+
+class _Encoded:
+    """A piece's raptorq encoder and a window of its repair symbols."""
+
+    __slots__ = ("encoder", "first", "repair", "estimate")
+
+    def __init__(self, encoder: Any, estimate: int) -> None:
+        self.encoder = encoder
+        self.first = 0  # repair index (ESI - K) of repair[0]
+        self.repair: list[bytes] = []
+        self.estimate = estimate  # bytes the encoder holds: source and intermediate symbols
+
+
+@implementer(IBlockEncoder)
+class RaptorQEncoder:
+    """Source symbols from the file; repair symbols from a small LRU of encoded pieces.
+
+    Encoding a piece (reading it and solving for its intermediate symbols)
+    costs about 5 ms per MiB. Repair symbols then come in batches of 1.25 K
+    (the package makes them from ESI K on: about 2 microseconds a symbol,
+    so the batch starting at repair index i costs 2 us x (K + i + 1.25 K)).
+    A sender that sends repair symbols of random pieces of a file with more
+    than ``cache_pieces`` pieces re-encodes a piece for nearly every one:
+    send runs of symbols of a piece instead.
+    """
+
+    def __init__(self, code: RaptorQCode, layout: Layout, read: Read) -> None:
+        self.layout = layout
+        self.symbol_size = code.symbol_size(layout)
+        self._code = code
+        self._read = read
+        self._cache: OrderedDict[int, _Encoded] = OrderedDict()
+        self.encodes = 0  # pieces encoded (cache misses)
+        self.batches = 0  # batches of repair symbols made
+
+    @property
+    def cached_bytes(self) -> int:
+        """About how much memory the cached pieces hold."""
+        return sum(e.estimate + len(e.repair) * self.symbol_size for e in self._cache.values())
+
+    @property
+    def cached_pieces(self) -> list[int]:
+        return list(self._cache)
+
+    def repair_symbols(self, piece: int) -> int:
+        """Distinct repair symbols of ``piece`` before its ESIs start again at 0."""
+        k = self._code.source_symbols(self.layout, piece)
+        return min(max(64, int(k * self._code.repair_ratio)), MAX_ESI + 1 - k)
+
+    def symbol(self, unit: int, n: int) -> tuple[int, int, bytes]:
+        if not _is_int(n) or n < 0:
+            raise ValueError(f"symbol number {n!r} is not a non-negative integer")
+        layout, t = self.layout, self.symbol_size
+        size = layout.piece_size(unit)
+        if size == 0:
+            return unit, 0, b""
+        k = -(-size // t)
+        esi = n % (k + self.repair_symbols(unit))
+        if esi < k:
+            start = esi * t
+            offset = layout.piece_offset(unit) + start
+            return unit, esi, _read_exact(self._read, offset, min(t, size - start))
+        return unit, esi, self._repair(unit, k, esi - k)
+
+    def _repair(self, piece: int, k: int, index: int) -> bytes:
+        entry = self._cache.get(piece)
+        if entry is None:
+            data = _read_exact(
+                self._read, self.layout.piece_offset(piece), self.layout.piece_size(piece)
+            )
+            encoder = raptorq.Encoder.with_defaults(data, self.symbol_size)
+            entry = _Encoded(encoder, (2 * k + 64) * self.symbol_size)
+            self.encodes += 1
+            self._cache[piece] = entry
+            while len(self._cache) > self._code.cache_pieces:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(piece)
+        if not entry.first <= index < entry.first + len(entry.repair):
+            # The package only makes repair symbols from ESI K on: make up to
+            # index + a batch, keep the batch. A batch of 1.25 K covers a
+            # receiver that got no source symbol, losing 20% of the rest.
+            stop = min(self.repair_symbols(piece), index + _batch(k))
+            entry.repair = []  # free the old batch before making the next
+            packets = entry.encoder.get_encoded_packets(stop)
+            if len(packets) != k + stop:
+                raise RuntimeError(f"raptorq made {len(packets)} packets, not {k} + {stop}")
+            entry.repair = [p[4:] for p in packets[k + index :]]
+            entry.first = index
+            self.batches += 1
+        return entry.repair[index - entry.first]
+
+
+class _Receiving:
+    """A piece being received: its symbols, then a raptorq decoder once K arrived."""
+
+    __slots__ = ("esis", "source", "repair", "decoder")
+
+    def __init__(self) -> None:
+        self.esis: set[int] = set()
+        self.source: dict[int, bytes] = {}  # ESI -> symbol, as sent (unpadded)
+        self.repair: list[tuple[int, bytes]] = []
+        self.decoder: Any = None
+
+
+@implementer(IBlockDecoder)
+class RaptorQDecoder:
+    """Holds each piece's symbols until K of them arrived, then decodes it.
+
+    Until then symbols stay in Python; at K the piece is joined (all source
+    symbols) or handed to a raptorq decoder, which tries again with every
+    further symbol (RFC 6330 fails at K with probability about 0.5%).
+    """
+
+    def __init__(self, code: RaptorQCode, layout: Layout) -> None:
+        self.layout = layout
+        self.symbol_size = code.symbol_size(layout)
+        self._code = code
+        self._pieces: dict[int, _Receiving] = {}
+        self._done: set[int] = set()
+        self.rejected = 0
+        self.redundant = 0  # duplicates, and symbols of pieces already decoded
+        self.decoded = 0  # pieces handed back
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(len(r.esis) for r in self._pieces.values()) * self.symbol_size
+
+    def add(self, piece: int, symbol: int, payload: bytes) -> list[tuple[int, bytes]]:
+        layout, t = self.layout, self.symbol_size
+        if not (
+            _is_int(piece)
+            and _is_int(symbol)
+            and isinstance(payload, bytes | bytearray | memoryview)
+            and 0 <= piece < layout.pieces
+            and 0 <= symbol <= MAX_ESI
+        ):
+            self.rejected += 1
+            return []
+        size = layout.piece_size(piece)
+        k = max(1, -(-size // t))
+        if symbol < k:
+            expected = min(t, size - symbol * t)
+        else:
+            expected = t if size else -1  # the empty piece has no repair symbols
+        if len(payload) != expected:
+            self.rejected += 1
+            return []
+        if piece in self._done:
+            self.redundant += 1
+            return []
+        state = self._pieces.get(piece)
+        if state is None:
+            state = self._pieces[piece] = _Receiving()
+        elif symbol in state.esis:
+            self.redundant += 1
+            return []
+        state.esis.add(symbol)
+        payload = bytes(payload)
+        data: bytes | None = None
+        if state.decoder is not None:
+            data = self._decode(piece, state, symbol, payload)
+        else:
+            if symbol < k:
+                state.source[symbol] = payload
+            else:
+                state.repair.append((symbol, payload))
+            if len(state.source) == k:
+                data = b"".join(state.source[i] for i in range(k))
+            elif len(state.esis) >= k:
+                state.decoder = raptorq.Decoder.with_defaults(size, t)
+                held = [*state.source.items(), *state.repair]
+                state.source, state.repair = {}, []
+                for esi, sym in held:
+                    data = self._decode(piece, state, esi, sym)
+                    if data is not None or state.decoder is None:
+                        break
+        if data is None:
+            return []
+        del self._pieces[piece]
+        self._done.add(piece)
+        self.decoded += 1
+        return [(layout.piece_offset(piece), data)]
+
+    def _decode(self, piece: int, state: _Receiving, esi: int, sym: bytes) -> bytes | None:
+        t = self.symbol_size
+        if len(sym) < t:
+            sym = sym + bytes(t - len(sym))  # the last source symbol, as the encoder pads it
+        packet = b"\0" + esi.to_bytes(3, "big") + sym  # RFC 6330 payload id: SBN 0, ESI
+        try:
+            data = state.decoder.decode(packet)
+        except BaseException as e:
+            # A Rust panic arrives as pyo3's PanicException, a BaseException.
+            if type(e).__name__ != "PanicException":
+                raise
+            self.rejected += 1
+            del self._pieces[piece]
+            state.decoder = None
+            return None
+        if data is not None and len(data) != self.layout.piece_size(piece):
+            return None
+        return data
+
+    def unit_of(self, piece: int, symbol: int) -> int:
+        self.layout.piece_size(piece)
+        if not 0 <= symbol <= MAX_ESI:
+            raise ValueError(f"symbol {symbol} is not an RFC 6330 ESI")
+        return piece
+
+    def forget(self, piece: int) -> None:
+        self.layout.piece_size(piece)
+        self._pieces.pop(piece, None)
+        self._done.discard(piece)

@@ -1,0 +1,400 @@
+"""Block codes: plain and RaptorQ round-trip files, reject garbage, bound their memory."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+import raptorq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mcp2p.core.blockcode import (
+    MAX_ESI,
+    MAX_PIECE_BYTES,
+    MAX_SOURCE_SYMBOLS,
+    PlainCode,
+    RaptorQCode,
+    RaptorQDecoder,
+    RaptorQEncoder,
+    code_by_name,
+)
+from mcp2p.core.layout import Layout
+from mcp2p.interfaces import IBlockCode, IBlockDecoder, IBlockEncoder
+
+BLOCK = 1400
+PIECE = 8 * BLOCK
+# 0, 1, block - 1, block, and many pieces with a short last piece ending in a short block.
+SIZES = [0, 1, BLOCK - 1, BLOCK, 5 * PIECE + 3 * BLOCK + 77]
+
+
+def make_file(size: int, seed: int = 0) -> tuple[bytes, Callable[[int, int], bytes]]:
+    data = random.Random(seed).randbytes(size)
+
+    def read(offset: int, length: int) -> bytes:
+        return data[offset : offset + length]
+
+    return data, read
+
+
+class File:
+    """What a receiver writes: the decoder's writes applied to a buffer."""
+
+    def __init__(self, size: int) -> None:
+        self.buf = bytearray(size)
+        self.written = 0
+
+    def apply(self, writes: list[tuple[int, bytes]]) -> None:
+        for offset, data in writes:
+            self.buf[offset : offset + len(data)] = data
+            self.written += len(data)
+
+
+# -- plain -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_plain_round_trip_in_any_order(size: int) -> None:
+    layout = Layout(size, PIECE, BLOCK)
+    code = PlainCode()
+    data, read = make_file(size)
+    enc, dec = code.encoder(layout, read), code.decoder(layout)
+    out = File(size)
+    units = list(range(code.units(layout)))
+    assert len(units) == layout.blocks
+    random.Random(1).shuffle(units)
+    for unit in units:
+        assert code.need(layout, unit) == 1
+        piece, symbol, payload = enc.symbol(unit, 0)
+        assert enc.symbol(unit, 5) == (piece, symbol, payload)  # the block again
+        assert len(payload) <= BLOCK
+        assert dec.unit_of(piece, symbol) == unit
+        writes = dec.add(piece, symbol, payload)
+        assert len(writes) == 1
+        out.apply(writes)
+        assert dec.add(piece, symbol, payload) == []  # a duplicate writes nothing
+    assert bytes(out.buf) == data and out.written == size
+    assert dec.redundant == len(units) and dec.rejected == 0 and dec.pending_bytes == 0
+
+
+def test_plain_forget_takes_a_piece_again() -> None:
+    layout = Layout(3 * PIECE, PIECE, BLOCK)
+    code = PlainCode()
+    _, read = make_file(layout.size)
+    enc, dec = code.encoder(layout, read), code.decoder(layout)
+    for unit in range(layout.blocks):
+        dec.add(*enc.symbol(unit, 0))
+    dec.forget(1)
+    again = [u for u in range(layout.blocks) if dec.add(*enc.symbol(u, 0))]
+    assert again == list(layout.piece_blocks(1))
+
+
+# -- RaptorQ ---------------------------------------------------------------------------
+
+
+def send_piece(
+    enc: RaptorQEncoder, dec: RaptorQDecoder, piece: int, loss: float, rng: random.Random
+) -> tuple[list[tuple[int, bytes]], int]:
+    """Send symbols 0, 1, 2... of ``piece``, losing some, until it decodes."""
+    received = 0
+    for n in range(10_000):
+        p, esi, payload = enc.symbol(piece, n)
+        assert p == piece and len(payload) <= enc.layout.block_length
+        if rng.random() < loss:
+            continue
+        received += 1
+        writes = dec.add(p, esi, payload)
+        if writes:
+            return writes, received
+    raise AssertionError(f"piece {piece} never decoded")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_raptorq_round_trip_from_source_symbols(size: int) -> None:
+    layout = Layout(size, PIECE, BLOCK)
+    code = RaptorQCode()
+    data, read = make_file(size)
+    enc, dec = code.encoder(layout, read), code.decoder(layout)
+    out = File(size)
+    assert code.units(layout) == layout.pieces
+    for piece in range(layout.pieces):
+        k = code.source_symbols(layout, piece)
+        for n in range(k):
+            p, esi, payload = enc.symbol(piece, n)
+            assert (p, esi) == (piece, n)
+            assert payload == read(layout.piece_offset(piece) + n * BLOCK, len(payload))
+            assert dec.unit_of(p, esi) == piece
+            out.apply(dec.add(p, esi, payload))
+    assert bytes(out.buf) == data and out.written == size
+    assert enc.encodes == 0  # source symbols are read, not encoded
+    assert dec.decoded == layout.pieces and dec.pending_bytes == 0 and dec.rejected == 0
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("loss", [0.1, 0.2])
+def test_raptorq_round_trip_with_loss(size: int, loss: float) -> None:
+    layout = Layout(size, PIECE, BLOCK)
+    code = RaptorQCode()
+    data, read = make_file(size, seed=size)
+    enc, dec = code.encoder(layout, read), code.decoder(layout)
+    out, rng = File(size), random.Random(size)
+    for piece in range(layout.pieces):
+        writes, received = send_piece(enc, dec, piece, loss, rng)
+        assert writes == [(layout.piece_offset(piece), read(layout.piece_offset(piece), PIECE))]
+        assert received <= code.need(layout, piece)
+        out.apply(writes)
+        assert enc.symbol(piece, 0)[2] == b"" or dec.add(*enc.symbol(piece, 0)) == []
+    assert bytes(out.buf) == data and out.written == size
+    assert dec.pending_bytes == 0
+
+
+def test_raptorq_decodes_from_any_k_plus_overhead_symbols() -> None:
+    """Repair symbols only, or a random mix: K + 2 of them rebuild the piece."""
+    layout = Layout(3 * PIECE + 2 * BLOCK + 5, PIECE, BLOCK)
+    code = RaptorQCode()
+    data, read = make_file(layout.size)
+    enc = code.encoder(layout, read)
+    rng = random.Random(7)
+    for piece in range(layout.pieces):
+        k = code.source_symbols(layout, piece)
+        cycle = k + enc.repair_symbols(piece)
+        symbols = [enc.symbol(piece, n) for n in range(cycle)]
+        expected = read(layout.piece_offset(piece), layout.piece_size(piece))
+        for trial in range(20):
+            pool = symbols[k:] if trial % 2 == 0 else symbols
+            dec = code.decoder(layout)
+            writes: list[tuple[int, bytes]] = []
+            for symbol in rng.sample(pool, code.need(layout, piece)):
+                writes += dec.add(*symbol)
+            assert writes == [(layout.piece_offset(piece), expected)]
+
+
+def test_raptorq_one_mib_piece_from_repair_symbols() -> None:
+    layout = Layout(1 << 20, 1 << 20, 1400)
+    code = RaptorQCode()
+    data, read = make_file(layout.size)
+    enc, dec = code.encoder(layout, read), code.decoder(layout)
+    k = code.source_symbols(layout, 0)
+    assert k == 749 and code.need(layout, 0) == 751
+    writes: list[tuple[int, bytes]] = []
+    for n in range(k, k + code.need(layout, 0)):
+        writes += dec.add(*enc.symbol(0, n))
+        if not writes:
+            assert dec.pending_bytes == (n - k + 1) * 1400
+    assert writes == [(0, data)]
+    assert enc.encodes == 1 and enc.batches == 1  # a batch of 1.25 K repair symbols
+
+
+def test_raptorq_symbol_size_is_a_multiple_of_8() -> None:
+    layout = Layout(10_000, 4004, 1001)  # symbols of 1000 bytes: 5 per piece, not 4
+    code = RaptorQCode()
+    assert code.symbol_size(layout) == 1000
+    assert [code.source_symbols(layout, p) for p in range(layout.pieces)] == [5, 5, 2]
+    data, read = make_file(layout.size)
+    enc, dec = code.encoder(layout, read), code.decoder(layout)
+    out = File(layout.size)
+    for piece in range(layout.pieces):
+        k = code.source_symbols(layout, piece)
+        for n in range(k + 1, k + 1 + code.need(layout, piece)):  # repair only
+            out.apply(dec.add(*enc.symbol(piece, n)))
+    assert bytes(out.buf) == data
+
+
+def test_raptorq_layout_limits() -> None:
+    code = RaptorQCode()
+    with pytest.raises(ValueError, match="56403"):
+        code.units(Layout(1 << 30, 1 << 30, 1400))
+    assert code.units(Layout(1 << 20, MAX_SOURCE_SYMBOLS * 16, 16)) == 2
+    with pytest.raises(ValueError, match="56403"):
+        code.units(Layout(1 << 20, MAX_SOURCE_SYMBOLS * 16 + 1, 16))
+    assert code.units(Layout(MAX_PIECE_BYTES, MAX_PIECE_BYTES, 1400)) == 1
+    with pytest.raises(ValueError, match="use shorter pieces"):
+        code.units(Layout(1 << 30, MAX_PIECE_BYTES + 1400, 1400))
+    with pytest.raises(ValueError, match="below 8"):
+        code.decoder(Layout(100, 100, 7))
+    with pytest.raises(ValueError):
+        RaptorQCode(overhead=-1)
+
+
+@pytest.mark.parametrize("block", [16, 1400, 65528])
+def test_raptorq_source_symbols_are_the_package_s(block: int) -> None:
+    """Up to the largest piece allowed, the package makes one sub-block, so
+    its source symbols are slices of the piece, which the encoder reads from
+    the file and the decoder joins without decoding."""
+    size = min(MAX_PIECE_BYTES, MAX_SOURCE_SYMBOLS * block)
+    layout = Layout(size, size, block)
+    code = RaptorQCode()
+    data, read = make_file(size)
+    enc = code.encoder(layout, read)
+    k = code.source_symbols(layout, 0)
+    packets = raptorq.Encoder.with_defaults(data, block).get_encoded_packets(0)
+    assert len(packets) == k
+    for n in (0, 1, k // 2, k - 2, k - 1):
+        assert enc.symbol(0, n)[2] == packets[n][4 : 4 + len(enc.symbol(0, n)[2])]
+
+
+def test_raptorq_empty_file_is_one_empty_symbol() -> None:
+    layout = Layout(0, PIECE, BLOCK)
+    code = RaptorQCode()
+    enc, dec = code.encoder(layout, make_file(0)[1]), code.decoder(layout)
+    assert code.need(layout, 0) == 1
+    assert enc.symbol(0, 0) == enc.symbol(0, 9) == (0, 0, b"")
+    assert dec.add(0, 1, b"x" * BLOCK) == [] and dec.rejected == 1
+    assert dec.add(0, 0, b"") == [(0, b"")]
+    assert dec.add(0, 0, b"") == [] and dec.redundant == 1
+
+
+def test_raptorq_esis_start_again_after_a_cycle() -> None:
+    layout = Layout(2 * PIECE, PIECE, BLOCK)
+    code = RaptorQCode(repair_ratio=10)
+    enc = code.encoder(layout, make_file(layout.size)[1])
+    cycle = 8 + enc.repair_symbols(0)
+    assert enc.repair_symbols(0) == 80
+    assert [enc.symbol(0, n)[1] for n in (0, 8, cycle - 1, cycle, cycle + 8)] == [
+        0,
+        8,
+        cycle - 1,
+        0,
+        8,
+    ]
+    assert enc.symbol(0, cycle + 9) == enc.symbol(0, 9)
+
+
+def test_raptorq_forget_decodes_a_piece_again() -> None:
+    layout = Layout(2 * PIECE, PIECE, BLOCK)
+    code = RaptorQCode()
+    _, read = make_file(layout.size)
+    enc, dec = code.encoder(layout, read), code.decoder(layout)
+    first, _ = send_piece(enc, dec, 1, 0.0, random.Random(0))
+    assert dec.add(*enc.symbol(1, 20)) == [] and dec.redundant == 1
+    dec.add(*enc.symbol(0, 3))
+    dec.forget(0)  # a piece in progress
+    dec.forget(1)  # a decoded piece
+    assert dec.pending_bytes == 0
+    again, _ = send_piece(enc, dec, 1, 0.5, random.Random(1))
+    assert again == first
+
+
+def test_raptorq_encoder_cache_is_bounded() -> None:
+    layout = Layout(20 * PIECE, PIECE, BLOCK)
+    code = RaptorQCode(cache_pieces=8, repair_ratio=10)
+    _, read = make_file(layout.size)
+    enc = code.encoder(layout, read)
+    k = 8
+    for piece in range(20):
+        enc.symbol(piece, k)
+        assert len(enc.cached_pieces) <= 8
+    assert enc.encodes == 20 and enc.cached_pieces == list(range(12, 20))
+    bound = 8 * (2 * k + 64 + max(64, k + k // 4)) * BLOCK  # encoder estimate + one batch per piece
+    assert 0 < enc.cached_bytes <= bound
+    for n in range(k, k + enc.repair_symbols(19)):  # a whole cycle of one cached piece
+        enc.symbol(19, n)
+    assert enc.encodes == 20 and enc.batches == 20 + 1  # 80 repair symbols: two batches of 64
+    enc.symbol(12, k)
+    assert enc.encodes == 20  # still cached (and now most recent)
+    enc.symbol(0, k)
+    assert enc.encodes == 21 and 13 not in enc.cached_pieces and 12 in enc.cached_pieces
+    assert enc.cached_bytes <= bound
+
+
+def test_encoders_refuse_a_short_read() -> None:
+    layout = Layout(3 * BLOCK, PIECE, BLOCK)
+    for code in (PlainCode(), RaptorQCode()):
+        enc = code.encoder(layout, lambda offset, length: b"short")
+        with pytest.raises(ValueError, match="file changed"):
+            enc.symbol(0, 0)
+    with pytest.raises(ValueError, match="file changed"):
+        RaptorQCode().encoder(layout, lambda offset, length: b"short").symbol(0, 99)
+
+
+# -- garbage ---------------------------------------------------------------------------
+
+LAYOUT = Layout(2 * PIECE + 3 * BLOCK + 10, PIECE, BLOCK)
+
+
+@pytest.mark.parametrize(
+    "piece, symbol, payload",
+    [
+        (-1, 0, b"x" * BLOCK),
+        (LAYOUT.pieces, 0, b"x" * BLOCK),
+        (2**32 - 1, 0, b"x" * BLOCK),
+        (0, -1, b"x" * BLOCK),
+        (0, 2**32 - 1, b"x" * BLOCK),  # not an ESI (24 bits), not a block
+        (0, 0, b"x" * (BLOCK + 1)),
+        (0, 0, b"x" * (BLOCK - 1)),
+        (0, 0, b""),
+        (0, 9, b"x" * 9),  # a repair symbol must be a whole symbol
+        (2, 3, b"x" * BLOCK),  # the last source symbol is 10 bytes
+        (2, 3, b"x" * 11),
+        (0, 0, None),
+        ("0", 0, b"x" * BLOCK),
+        (0, 0.0, b"x" * BLOCK),
+    ],
+)
+@pytest.mark.parametrize("code", [PlainCode(), RaptorQCode()], ids=["plain", "raptorq"])
+def test_garbage_is_rejected_not_raised(code: IBlockCode, piece, symbol, payload) -> None:
+    dec = code.decoder(LAYOUT)
+    assert dec.add(piece, symbol, payload) == []
+    assert dec.rejected == 1 and dec.pending_bytes == 0
+
+
+def test_a_panic_in_the_package_drops_the_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyo3 turns a Rust panic into PanicException, a BaseException: counted, not raised."""
+
+    class PanicException(BaseException):
+        pass
+
+    class Panicking:
+        def decode(self, packet: bytes) -> bytes | None:
+            raise PanicException("index out of bounds")
+
+    import mcp2p.core.blockcode as blockcode
+
+    monkeypatch.setattr(blockcode.raptorq.Decoder, "with_defaults", lambda *a: Panicking())
+    dec = RaptorQCode().decoder(LAYOUT)
+    for esi in range(8, 16):
+        assert dec.add(0, esi, b"x" * BLOCK) == []
+    assert dec.rejected == 1 and dec.pending_bytes == 0
+
+
+def test_plain_rejects_blocks_past_a_piece() -> None:
+    dec = PlainCode().decoder(LAYOUT)
+    assert dec.add(0, 8, b"x" * BLOCK) == [] and dec.rejected == 1
+    assert dec.add(2, 3, b"x" * 10) == [(2 * PIECE + 3 * BLOCK, b"x" * 10)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-2, LAYOUT.pieces + 1),
+            st.one_of(st.integers(-2, 20), st.integers(MAX_ESI - 2, 2**32)),
+            st.one_of(st.binary(max_size=20), st.binary(min_size=BLOCK, max_size=BLOCK)),
+        ),
+        max_size=40,
+    )
+)
+def test_decoders_never_raise_on_garbage(symbols: list[tuple[int, int, bytes]]) -> None:
+    """Forged symbols of the right shape may decode to a wrong piece (the hash
+    catches that); nothing makes a decoder raise."""
+    for code in (PlainCode(), RaptorQCode()):
+        dec = code.decoder(LAYOUT)
+        for symbol in symbols:
+            for offset, data in dec.add(*symbol):
+                assert 0 <= offset and offset + len(data) <= LAYOUT.size
+
+
+# -- plugins ---------------------------------------------------------------------------
+
+
+def test_code_by_name_finds_the_builtin_codes() -> None:
+    plain, rq = code_by_name("plain"), code_by_name("raptorq")
+    assert isinstance(plain, PlainCode) and isinstance(rq, RaptorQCode)
+    for code in (plain, rq):
+        assert IBlockCode.providedBy(code)
+        assert IBlockEncoder.providedBy(code.encoder(LAYOUT, make_file(LAYOUT.size)[1]))
+        assert IBlockDecoder.providedBy(code.decoder(LAYOUT))
+    assert (plain.name, rq.name) == ("plain", "raptorq")
+    with pytest.raises(ValueError, match=r"no block code plugin named 'fountain' \(have .*'plain'"):
+        code_by_name("fountain")
