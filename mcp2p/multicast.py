@@ -25,6 +25,28 @@ IP_DROP_SOURCE_MEMBERSHIP = getattr(socket, "IP_DROP_SOURCE_MEMBERSHIP", 40)
 MCAST_JOIN_SOURCE_GROUP = getattr(socket, "MCAST_JOIN_SOURCE_GROUP", 46)
 
 
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+
+
+def set_buffers(lport: Any, receive: int = 0, send: int = 0) -> None:
+    """Ask for large socket buffers (forced past rmem_max/wmem_max when root).
+
+    A receiver that is briefly busy (hashing a piece, a GC pause) must not
+    lose a burst; a sender's bursts must fit its send buffer.
+    """
+    sock = lport.getHandle()
+    for size, force, plain in (
+        (receive, SO_RCVBUFFORCE, socket.SO_RCVBUF),
+        (send, SO_SNDBUFFORCE, socket.SO_SNDBUF),
+    ):
+        if size:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, size)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
 def interface_index(name: str) -> int:
     """The index of a network interface by name (ValueError if there is none)."""
     try:

@@ -207,9 +207,15 @@ class _JSON(resource.Resource):
             raise BadRequest("since must be an integer") from None
         events, total = transfer.since(since)
         return self._reply(
-            request, 200,
-            {"id": tid, "state": transfer.state, "result": transfer.result, "events": events,
-             "next": total},
+            request,
+            200,
+            {
+                "id": tid,
+                "state": transfer.state,
+                "result": transfer.result,
+                "events": events,
+                "next": total,
+            },
         )
 
     def search(self, request: Any) -> Any:

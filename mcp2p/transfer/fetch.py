@@ -52,6 +52,7 @@ _log = Logger()
 
 TICK = 0.5  # seconds between progress events, stall checks and wanted resyncs
 MAX_MANIFEST = 64 << 20
+RCVBUF = 16 << 20  # bytes of receive buffer asked for per data socket
 
 
 class FetchError(Exception):
@@ -169,6 +170,9 @@ class Fetch:
                 path=str(path),
                 elapsed=self.reactor.seconds() - self.started,
                 bytes=self.manifest.size,
+                store=dict(self.store.counters),
+                receivers=[dict(s.receiver.counters) for s in self.sources if s.receiver],
+                **self.counters,
             )
             return Path(path)
         finally:
@@ -307,6 +311,7 @@ class Fetch:
         port = 0
         if source.mode == "unicast":
             source.port = self.reactor.listenUDP(0, receiver, interface=self.interface)
+            multicast.set_buffers(source.port, receive=RCVBUF)
             port = source.port.getHost().port
         encoded = share.encode()
         more = len(encoded) > CHUNK
@@ -346,6 +351,7 @@ class Fetch:
         lport = self.reactor.listenMulticast(port, receiver, interface=group, listenMultiple=True)
         sock = lport.getHandle()
         sock.setsockopt(socket.IPPROTO_IP, multicast.IP_MULTICAST_ALL, 0)
+        multicast.set_buffers(lport, receive=RCVBUF)
         if source:
             multicast.join_source(lport, g, ipaddress.ip_address(source), self.interface)
         else:

@@ -82,6 +82,7 @@ class ServingService(Service):
             self.node.reactor, _Silent(), 0, socket.AF_INET, iface, multiple=False
         )
         multicast.set_hop_limit(self.data_port, socket.AF_INET, s.ttl)
+        multicast.set_buffers(self.data_port, send=4 << 20)
         set_dscp(self.data_port, socket.AF_INET, s.dscp)
         d = self.catalog.start()
 
