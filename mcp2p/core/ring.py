@@ -56,7 +56,13 @@ class ServerRecord:
 class RingSearch:
     """One search: rings of growing hop limit until ``enough`` SNs answered."""
 
-    def __init__(self, schedule: tuple[int, ...], timeout: float, enough: int) -> None:
+    def __init__(
+        self,
+        schedule: tuple[int, ...],
+        timeout: float,
+        enough: int,
+        exclude: tuple[bytes, ...] = (),
+    ) -> None:
         if not schedule or any(b <= a for a, b in zip(schedule, schedule[1:], strict=False)):
             raise ValueError("schedule must be a non-empty increasing list of hop limits")
         if enough < 1 or timeout <= 0:
@@ -70,6 +76,7 @@ class RingSearch:
         self.sent_at: dict[int, float] = {}  # hop limit -> time that ring was sent
         self.queries_sent = 0
         self.reason = ""
+        self.exclude = tuple(exclude)[:MAX_KNOWN]  # nodes that must stay silent
 
     @property
     def hop_limit(self) -> int:
@@ -87,12 +94,14 @@ class RingSearch:
             return self._finish("exhausted")
         self.sent_at[self.hop_limit] = now
         self.queries_sent += 1
-        known = tuple(self.servers)[:MAX_KNOWN]
+        known = (self.exclude + tuple(self.servers))[:MAX_KNOWN]
         return [SendQuery(self.hop_limit, known), ArmTimer(self.timeout)]
 
     def offer(self, offer: Offer, address: str, now: float) -> list[Action]:
         """An OFFER arrived from ``address``; returns Finished once enough SNs answered."""
         if self.state != "RINGING" or offer.hop_limit not in self.sent_at:
+            return []
+        if offer.node_id in self.exclude:
             return []  # late, or answers a ring we never sent: not evidence of distance
         sent = self.sent_at[offer.hop_limit]
         record = self.servers.get(offer.node_id)

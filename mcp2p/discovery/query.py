@@ -337,6 +337,7 @@ class QueryNode:
         timeout: float | None = None,
         reply_mode: str | None = None,
         rate: int = 0,
+        exclude: tuple[bytes, ...] = (),
     ) -> defer.Deferred[SearchResult]:
         """Run an expanding-ring search; the Deferred fires with a SearchResult."""
         mode = reply_mode or self.d.reply_mode
@@ -353,7 +354,9 @@ class QueryNode:
             rate=rate,
             reply_to=None,
         )
-        ring = RingSearch(schedule or self.d.ring_schedule, timeout or self.d.ring_timeout, answers)
+        ring = RingSearch(
+            schedule or self.d.ring_schedule, timeout or self.d.ring_timeout, answers, exclude
+        )
         pad = self.d.query_padding if (mode == "unicast" and pattern is not None) else 0
         search = _Search(self, ring, query, pad)
         search.mode = mode

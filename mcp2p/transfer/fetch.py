@@ -134,6 +134,8 @@ class Fetch:
         self.rate_window: list[tuple[float, int]] = []
         self.piece_source: dict[int, Source] = {}
         self.counters = {"bad_blocks": 0, "bad_pieces": 0, "pieces": 0}
+        self.searching = False
+        self.researches = 0
 
     # -- the whole transfer
 
@@ -507,9 +509,12 @@ class Fetch:
             return
         active = self._active()
         if not active:
+            if self.searching:
+                return
             if not self.candidates:
-                if not self.done.called:
-                    self.done.errback(FetchError("every SN failed and no other offers it"))
+                self.searching = True
+                d = defer.ensureDeferred(self._search_again())
+                d.addBoth(self._searched)
                 return
             source = self.candidates.pop(0)
             self.sources.append(source)
@@ -519,6 +524,31 @@ class Fetch:
         for s, part in zip(active, orphaned.split(len(active)), strict=True):
             s.share.update(part)
             self._send_wanted(s, part, replace=False)
+
+    async def _search_again(self) -> None:
+        """Every SN used failed: look for others that offer the content."""
+        assert self.manifest is not None
+        self.researches += 1
+        tried = {s.server.node_id for s in self.sources}
+        result = await self.search(
+            pattern=None, content_id=self.manifest.content_id, answers=1, exclude=tuple(tried)
+        )
+        for server in result.servers:
+            offer = server.files.get(self.manifest.content_id)
+            if offer is None or server.node_id in tried:
+                continue
+            if node_id_of(server.public_key) == server.node_id:
+                self.candidates.append(Source(server, offer, mode=self.mode))
+        self.event("searched", found=[c.to_json() for c in self.candidates])
+
+    def _searched(self, result: Any) -> None:
+        self.searching = False
+        if self.done.called:
+            return
+        if not self.candidates:
+            self.done.errback(FetchError("every SN failed and no other node offers the content"))
+            return
+        self._redistribute()
 
     async def _close(self) -> None:
         if self.loop is not None and self.loop.running:

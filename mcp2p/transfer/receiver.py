@@ -25,7 +25,8 @@ _log = Logger()
 
 HOLD = 1.0  # seconds a packet waits for its notice
 LOSS_AFTER = 0.3  # seconds after its notice a packet is given up as lost
-MAX_HELD = 16384  # packets waiting for notices at most
+MAX_HELD = 16384  # sequence numbers with packets waiting for notices, at most
+MAX_CANDIDATES = 4  # packets held for one sequence number (a forger's copies among them)
 MAX_EXPECTED = 1 << 18  # notices waiting for packets at most
 REPORT_EVERY = 0.1
 
@@ -46,7 +47,7 @@ class Receiver(DatagramProtocol):
         self.deliver = deliver  # (piece, symbol, payload) of an authenticated packet
         self.report = report  # (lost sequence numbers, packets received since last)
         self.source = source  # the SN's address; "" accepts any (multicast checks by digest)
-        self.held: dict[int, tuple[bytes, float]] = {}  # seq -> (datagram, arrival)
+        self.held: dict[int, tuple[list[bytes], float]] = {}  # seq -> (datagrams, first arrival)
         self.expected: dict[int, tuple[bytes, float]] = {}  # seq -> (digest, notice time)
         self.since_report = 0
         self.last_packet = clock.seconds()
@@ -82,26 +83,27 @@ class Receiver(DatagramProtocol):
             self.counters["foreign"] += 1
             return
         seq = packet.timestamp
-        notice = self.expected.pop(seq, None)
-        if notice is None:
+        notice = self.expected.get(seq)
+        if notice is not None:
+            if packet_digest(data) == notice[0]:
+                del self.expected[seq]
+                self._accept(packet)
+            else:
+                # Not what our channel announced; the genuine packet may still come.
+                self.counters["forged"] += 1
+            return
+        held = self.held.get(seq)
+        if held is None:
             if len(self.held) >= MAX_HELD:
                 self.counters["unannounced"] += 1
                 return
-            if seq in self.held:
-                self.counters["duplicate"] += 1
-                return
-            self.held[seq] = (data, self.clock.seconds())
-            return
-        self._check(seq, data, notice[0], packet)
+            self.held[seq] = ([data], self.clock.seconds())
+        elif len(held[0]) < MAX_CANDIDATES and data not in held[0]:
+            held[0].append(data)
+        else:
+            self.counters["duplicate"] += 1
 
-    def _check(self, seq: int, data: bytes, digest: bytes, packet: Any = None) -> None:
-        if packet_digest(data) != digest:
-            self.counters["forged"] += 1
-            # The genuine packet may still come: keep waiting for it.
-            self.expected[seq] = (digest, self.clock.seconds())
-            return
-        if packet is None:
-            packet = decode_packet(data)
+    def _accept(self, packet: Any) -> None:
         self.counters["accepted"] += 1
         self.since_report += 1
         self.last_packet = self.clock.seconds()
@@ -113,8 +115,16 @@ class Receiver(DatagramProtocol):
         for seq, digest in notices:
             held = self.held.pop(seq, None)
             if held is not None:
-                self._check(seq, held[0], digest)
-            elif len(self.expected) < MAX_EXPECTED:
+                genuine = None
+                for data in held[0]:
+                    if genuine is None and packet_digest(data) == digest:
+                        genuine = data
+                    else:
+                        self.counters["forged"] += 1
+                if genuine is not None:
+                    self._accept(decode_packet(genuine))
+                    continue
+            if len(self.expected) < MAX_EXPECTED:
                 self.expected[seq] = (digest, now)
 
     def _housekeeping(self) -> None:
@@ -124,10 +134,10 @@ class Receiver(DatagramProtocol):
             if now - when > LOSS_AFTER:
                 del self.expected[seq]
                 lost.add(seq)
-        for seq, (_, when) in list(self.held.items()):
+        for seq, (datagrams, when) in list(self.held.items()):
             if now - when > HOLD:
                 del self.held[seq]
-                self.counters["unannounced"] += 1
+                self.counters["unannounced"] += len(datagrams)
         self.counters["lost"] += len(lost)
         if lost or self.since_report:
             received, self.since_report = self.since_report, 0

@@ -16,16 +16,25 @@ from mcp2p.trust.keys import load_or_create
 from tests.nodes import free_udp_port, make_node_dir, node_config
 
 
-async def fetch(tmp_path: Path, sn_config: Any, qport: int, sport: int, target: str,
-                **options: Any) -> tuple[Path, list[dict[str, Any]]]:
+async def fetch(
+    tmp_path: Path, sn_config: Any, qport: int, sport: int, target: str, **options: Any
+) -> tuple[Path, list[dict[str, Any]]]:
     cn_config = node_config(tmp_path / "cn", qport, sport, discovery={"answers_wanted": "1"})
     identity = load_or_create(cn_config.node.state_dir)
     q = QueryNode(reactor, cn_config.discovery, "127.0.0.1")
     q.start(listen_group=False)
     events: list[dict[str, Any]] = []
     try:
-        f = Fetch(reactor, cn_config, identity, q.search, target, tmp_path / "out",
-                  on_event=events.append, **options)
+        f = Fetch(
+            reactor,
+            cn_config,
+            identity,
+            q.search,
+            target,
+            tmp_path / "out",
+            on_event=events.append,
+            **options,
+        )
         path = await f.run()
     finally:
         await q.stop()
@@ -37,9 +46,16 @@ async def fetch(tmp_path: Path, sn_config: Any, qport: int, sport: int, target: 
 async def test_fetch_a_file_over_loopback(tmp_path: Path, mode: str) -> None:
     qport, sport = free_udp_port(), free_udp_port()
     sn_dir = make_node_dir(tmp_path / "sn", {"data.bin": 5_000_000})
-    sn = build(node_config(sn_dir, qport, sport, discovery={"methods": "query"},
-                           serving={"data_port": str(free_udp_port()), "control_port": "0"}),
-               reactor)
+    sn = build(
+        node_config(
+            sn_dir,
+            qport,
+            sport,
+            discovery={"methods": "query"},
+            serving={"data_port": str(free_udp_port()), "control_port": "0"},
+        ),
+        reactor,
+    )
     sn.startService()
     try:
         await sn.node.serving.ready

@@ -1,0 +1,94 @@
+"""Receiver with a Clock: authentication by notices in every arrival order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from mcp2p.core.wanted import RangeSet
+from mcp2p.transfer.receiver import HOLD, LOSS_AFTER, REPORT_EVERY, Receiver
+from mcp2p.wire.rtp import pack_header, packet_digest
+
+SSRC = 0x1234
+
+
+def packet(seq: int, payload: bytes = b"x" * 100, ssrc: int = SSRC) -> bytes:
+    return pack_header(seq & 0xFFFF, seq, ssrc, 0, seq) + payload
+
+
+def receiver() -> tuple[Receiver, Clock, list[Any], list[Any]]:
+    clock = Clock()
+    got: list[Any] = []
+    reports: list[Any] = []
+    r = Receiver(
+        clock,
+        SSRC,
+        lambda p, s, d: got.append((p, s, d)),
+        lambda lost, n: reports.append((list(lost), n)),
+    )
+    r.startProtocol()
+    return r, clock, got, reports
+
+
+def forge(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 0xFF])
+
+
+def test_packet_before_notice_and_notice_before_packet_are_both_accepted() -> None:
+    r, clock, got, _ = receiver()
+    a, b = packet(1), packet(2)
+    r.datagramReceived(a, ("h", 1))
+    r.notices([(1, packet_digest(a)), (2, packet_digest(b))])
+    r.datagramReceived(b, ("h", 1))
+    assert [s for _, s, _ in got] == [1, 2]
+    assert r.counters["accepted"] == 2
+
+
+def test_forged_copy_is_rejected_whichever_arrives_first() -> None:
+    for forged_first in (True, False):
+        r, clock, got, _ = receiver()
+        genuine = packet(7)
+        pair = [forge(genuine), genuine] if forged_first else [genuine, forge(genuine)]
+        for d in pair:
+            r.datagramReceived(d, ("h", 1))
+        r.notices([(7, packet_digest(genuine))])
+        assert len(got) == 1 and got[0][2] == genuine[22:]
+        assert r.counters["forged"] == 1
+
+
+def test_forgery_after_the_notice_is_counted_and_the_genuine_still_accepted() -> None:
+    r, clock, got, _ = receiver()
+    genuine = packet(9)
+    r.notices([(9, packet_digest(genuine))])
+    r.datagramReceived(forge(genuine), ("h", 1))
+    r.datagramReceived(genuine, ("h", 1))
+    assert r.counters["forged"] == 1 and len(got) == 1
+
+
+def test_foreign_ssrc_truncated_and_unannounced_packets_are_counted_drops() -> None:
+    r, clock, got, _ = receiver()
+    r.datagramReceived(packet(1, ssrc=99), ("h", 1))
+    r.datagramReceived(b"\x80\x60\x00", ("h", 1))
+    r.datagramReceived(packet(5), ("h", 1))  # never announced
+    clock.advance(HOLD + 2 * REPORT_EVERY)
+    assert got == []
+    assert r.counters["foreign"] == 1
+    assert r.counters["malformed"] == 1
+    assert r.counters["unannounced"] == 1
+
+
+def test_announced_packets_that_never_come_are_reported_lost() -> None:
+    r, clock, got, reports = receiver()
+    a = packet(1)
+    r.notices([(1, packet_digest(a)), (2, b"\0" * 8), (3, b"\0" * 8)])
+    r.datagramReceived(a, ("h", 1))
+    for _ in range(int((LOSS_AFTER + 2 * REPORT_EVERY) / REPORT_EVERY) + 1):
+        clock.advance(REPORT_EVERY)
+    lost = [seq for seqs, _ in reports for seq in seqs]
+    assert lost == [2, 3]
+    assert sum(n for _, n in reports) == 1
+    assert r.counters["lost"] == 2
+    assert isinstance(RangeSet.from_indices(lost), RangeSet)
+    r.stopProtocol()
+    assert clock.getDelayedCalls() == []
