@@ -73,6 +73,7 @@ class Source:
     mode: str = "multicast"
     rate: int = 0
     last_progress: float = 0.0
+    nudged: bool = False
     blocks: int = 0
 
     @property
@@ -132,7 +133,7 @@ class Fetch:
         self.started = reactor.seconds()
         self.loop: task.LoopingCall | None = None
         self.rate_window: list[tuple[float, int]] = []
-        self.piece_source: dict[int, Source] = {}
+        self.contributors: dict[int, set[str]] = {}  # piece -> SNs that sent its blocks
         self.counters = {"bad_blocks": 0, "bad_pieces": 0, "pieces": 0}
         self.searching = False
         self.researches = 0
@@ -363,6 +364,8 @@ class Fetch:
     # -- data path
 
     def _deliver(self, source: Source, piece: int, symbol: int, payload: bytes) -> None:
+        if source.state != "active":
+            return  # the rest of a dropped SN's burst: not trusted any more
         layout = self.manifest.layout  # type: ignore[union-attr]
         try:
             if self._per_block():
@@ -377,44 +380,70 @@ class Fetch:
             self.counters["bad_blocks"] += 1
             return
         source.blocks += 1
+        source.nudged = False
         source.last_progress = self.reactor.seconds()
-        self.piece_source[piece] = source
+        self.contributors.setdefault(piece, set()).add(source.name)
         for event in events:
             if event is None:
                 continue
             if event.ok:
                 self.counters["pieces"] += 1
+                self.contributors.pop(event.piece, None)
             else:
                 self._bad_piece(event.piece)
         if self.store.complete and not self.done.called:
             self.done.callback(None)
 
     def _bad_piece(self, piece: int) -> None:
+        """A piece failed its hash: every SN that sent blocks of it is counted
+        against; one that reaches the limit is dropped, and the unverified
+        pieces it touched are thrown away. Those pieces are wanted again."""
         self.counters["bad_pieces"] += 1
-        blame = self.piece_source.get(piece)
-        if hasattr(self.decoder, "forget"):
-            self.decoder.forget(piece)
+        names = self.contributors.pop(piece, set())
+        _log.warn(
+            "piece {piece} failed verification (from {nodes})",
+            piece=piece,
+            nodes=", ".join(sorted(names)) or "?",
+        )
+        again = {piece: names}
+        for source in self.sources:
+            if source.name not in names or source.state == "dropped":
+                continue
+            source.bad_pieces += 1
+            if source.bad_pieces >= self.config.fetching.bad_pieces:
+                self._drop(source, f"{source.bad_pieces} pieces failed verification")
+                for other, senders in list(self.contributors.items()):
+                    if source.name in senders:
+                        again[other] = self.contributors.pop(other)
+        for p, senders in again.items():
+            self._rewant(p, senders)
+        self._redistribute()
+
+    def _rewant(self, piece: int, senders: set[str]) -> None:
+        """Throw away what we hold of ``piece`` and ask one SN for all of it, one
+        that did not send it if there is one, so a liar's blocks are never mixed
+        into an honest SN's retry. The SN that gets it may have sent those units
+        already (it thinks they are done): the request adds them again."""
+        self._forget(piece)
+        active = sorted(self._active(), key=lambda s: (s.name in senders, s.bad_pieces))
+        if not active:
+            return
         layout = self.manifest.layout  # type: ignore[union-attr]
+        blocks = layout.piece_blocks(piece)
         units = (
-            RangeSet([(layout.piece_blocks(piece).start, layout.piece_blocks(piece).stop)])
+            RangeSet([(blocks.start, blocks.stop)])
             if self._per_block()
             else RangeSet([(piece, piece + 1)])
         )
-        _log.warn(
-            "piece {piece} failed verification (from {node})",
-            piece=piece,
-            node=blame.name if blame else "?",
-        )
-        if blame is not None:
-            blame.bad_pieces += 1
-            if blame.bad_pieces >= self.config.fetching.bad_pieces:
-                self._drop(blame, f"{blame.bad_pieces} pieces failed verification")
-                self._redistribute()
-                return
-        target = blame if blame is not None and blame.state == "active" else self._active()[0:1]
-        for s in [target] if isinstance(target, Source) else target:
-            s.share.update(units)
-            self._send_wanted(s, units, replace=False)
+        for s in self._active():
+            s.share.difference_update(units)
+        active[0].share.update(units)
+        self._send_wanted(active[0], units, replace=False)
+
+    def _forget(self, piece: int) -> None:
+        self.store.forget(piece)
+        if hasattr(self.decoder, "forget"):
+            self.decoder.forget(piece)
 
     def _report(self, source: Source, lost: RangeSet, received: int) -> None:
         if source.client is None or source.state != "active":
@@ -428,6 +457,9 @@ class Fetch:
     def _send_wanted(self, source: Source, units: RangeSet, replace: bool) -> None:
         if source.client is None or source.state != "active":
             return
+        if not replace and units:
+            # New work: its stall clock starts now, not at its last delivery.
+            source.last_progress = max(source.last_progress, self.reactor.seconds())
         d = source.client.callRemote(
             UpdateWanted,
             subscription=source.subscription,
@@ -444,10 +476,17 @@ class Fetch:
     def _tick(self) -> None:
         now = self.reactor.seconds()
         missing = self._missing()
+        stall = self.config.fetching.stall_timeout
         for source in self._active():
             source.share = source.share.intersection(missing)
-            if source.share and now - source.last_progress > self.config.fetching.stall_timeout:
+            idle = now - source.last_progress
+            if source.share and idle > stall:
                 self._drop(source, "stalled")
+            elif source.share and idle > stall / 2 and not source.nudged:
+                # The SN may believe it sent all this (a loss we never learned of):
+                # ask for it again before giving up on the SN.
+                source.nudged = True
+                self._send_wanted(source, source.share, replace=False)
         if any(s.share for s in self.sources if s.state == "dropped") or (
             missing and not any(s.share for s in self._active())
         ):
@@ -457,8 +496,18 @@ class Fetch:
         self.store.flush_due() and self.store.flush()
         self._progress(now)
 
+    def _received_bytes(self) -> int:
+        """Bytes held: verified pieces, plus blocks written (or symbols pending)
+        in pieces not yet complete. Random block order completes pieces late,
+        so counting only verified pieces would show no progress for long."""
+        layout = self.manifest.layout  # type: ignore[union-attr]
+        if self._per_block():
+            missing = sum(b - a for a, b in self.store.missing_block_ranges())
+            return max(0, layout.size - missing * layout.block_length)
+        return int(self.store.bytes_verified + getattr(self.decoder, "pending_bytes", 0))
+
     def _progress(self, now: float) -> None:
-        done = self.store.bytes_verified
+        done = self._received_bytes()
         self.rate_window.append((now, done))
         self.rate_window = [(t, b) for t, b in self.rate_window if now - t <= 5.0]
         t0, b0 = self.rate_window[0]
@@ -467,6 +516,7 @@ class Fetch:
         self.event(
             "progress",
             bytes=done,
+            verified=self.store.bytes_verified,
             total=total,
             rate=rate,
             eta=(total - done) / rate if rate > 0 else None,

@@ -445,6 +445,12 @@ class PartialFile:
         self._forget(piece)
         return PieceEvent(piece, False)
 
+    def forget(self, piece: int) -> None:
+        """Drop the written but unverified blocks of ``piece``: they are wanted again
+        (the CN learned that one of the SNs that sent them lies)."""
+        if not self.is_verified(piece):
+            self._forget(piece)
+
     def _forget(self, piece: int) -> None:
         blocks = self.layout.piece_blocks(piece)
         self._written[blocks.start : blocks.stop] = bytes(len(blocks))
