@@ -17,9 +17,15 @@ from tests.nodes import free_udp_port, make_node_dir, node_config
 
 
 async def fetch(
-    tmp_path: Path, sn_config: Any, qport: int, sport: int, target: str, **options: Any
+    tmp_path: Path,
+    sn_config: Any,
+    qport: int,
+    sport: int,
+    target: str,
+    name: str = "cn",
+    **options: Any,
 ) -> tuple[Path, list[dict[str, Any]]]:
-    cn_config = node_config(tmp_path / "cn", qport, sport, discovery={"answers_wanted": "1"})
+    cn_config = node_config(tmp_path / name, qport, sport, discovery={"answers_wanted": "1"})
     identity = load_or_create(cn_config.node.state_dir)
     q = QueryNode(reactor, cn_config.discovery, "127.0.0.1")
     q.start(listen_group=False)
@@ -31,7 +37,7 @@ async def fetch(
             identity,
             q.search,
             target,
-            tmp_path / "out",
+            tmp_path / name / "out",
             on_event=events.append,
             **options,
         )
@@ -45,7 +51,7 @@ async def fetch(
 @pytest_twisted.ensureDeferred
 async def test_fetch_a_file_over_loopback(tmp_path: Path, mode: str) -> None:
     qport, sport = free_udp_port(), free_udp_port()
-    sn_dir = make_node_dir(tmp_path / "sn", {"data.bin": 5_000_000})
+    sn_dir = make_node_dir(tmp_path / "sn", {"data.bin": 50_000_000})
     sn = build(
         node_config(
             sn_dir,
@@ -65,3 +71,45 @@ async def test_fetch_a_file_over_loopback(tmp_path: Path, mode: str) -> None:
     assert path.read_bytes() == (sn_dir / "share" / "data.bin").read_bytes()
     assert path.name == "data.bin"
     assert events[-1]["event"] == "done"
+
+
+@pytest_twisted.ensureDeferred
+async def test_three_cns_at_once_share_one_multicast_session(tmp_path: Path) -> None:
+    from twisted.internet import defer
+
+    qport, sport = free_udp_port(), free_udp_port()
+    size = 10_000_000
+    sn_dir = make_node_dir(tmp_path / "sn", {"shared.bin": size})
+    sn = build(
+        node_config(
+            sn_dir, qport, sport, discovery={"methods": "query"},
+            serving={"data_port": str(free_udp_port()), "control_port": "0", "rate": "200M",
+                     "max_rate": "200M"},
+        ),
+        reactor,
+    )
+    sn.startService()
+    ended: list[Any] = []
+    try:
+        await sn.node.serving.ready
+        serving = sn.node.serving
+        original = serving._session_ended
+        serving._session_ended = lambda s: (ended.append(dict(s.counters)), original(s))
+        results = await defer.gatherResults(
+            [
+                defer.ensureDeferred(
+                    fetch(tmp_path, None, qport, sport, "shared.bin", name=f"cn{i}")
+                )
+                for i in range(3)
+            ]
+        )
+    finally:
+        await sn.stopService()
+    source = (sn_dir / "share" / "shared.bin").read_bytes()
+    for path, _events in results:
+        assert path.read_bytes() == source
+    assert serving.counters["subscriptions"] == 3
+    # One session served all three: it sent the file about once, not three times.
+    assert serving.counters["sessions"] == 1, serving.counters
+    [counters] = ended
+    assert counters["bytes"] < 1.3 * size, counters
