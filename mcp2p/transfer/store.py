@@ -209,11 +209,34 @@ class PartialFile:
         for piece in itertools.compress(range(layout.pieces), verified):
             self._mark_verified(piece)
         self._unflushed = 0
+        self._dirty_blocks = 0
         self._last_flush = clock()
         self._written_blocks = 0
         self._duplicates = 0
         self._bad_pieces = 0
         self._closed = False
+
+    def _keep_written(self, written: bytearray) -> None:
+        """Take back the blocks a previous run wrote in unverified pieces; a piece
+        they complete is checked now."""
+        complete = []
+        for piece in range(self.layout.pieces):
+            if self._verified[piece]:
+                continue
+            blocks = self.layout.piece_blocks(piece)
+            held = written[blocks.start : blocks.stop]
+            count = held.count(1)
+            if count:
+                self._written[blocks.start : blocks.stop] = held
+                self._left[piece] -= count
+                if self._left[piece] == 0:
+                    complete.append(piece)
+        for piece in complete:
+            event = self._check_piece(piece)
+            if not event.ok:
+                self._log.info(
+                    "kept blocks of piece {piece} were wrong: fetching it again", piece=piece
+                )
 
     # -- opening -----------------------------------------------------------
 
@@ -247,7 +270,7 @@ class PartialFile:
         download_dir.mkdir(parents=True, exist_ok=True)
         progress_path = transfers / f"{manifest.content_id.hex()}.json"
 
-        verified, why = cls._load_progress(progress_path, manifest, layout.pieces)
+        verified, written, why = cls._load_progress(progress_path, manifest, layout.pieces)
         if verified is not None:
             try:
                 actual = part_path.stat().st_size
@@ -286,7 +309,11 @@ class PartialFile:
             except OSError as exc:
                 os.close(fd)
                 raise _store_error(exc, "allocate", part_path) from exc
+        if verified is None or why is not None:
+            written = None
         partial = cls(manifest, part_path, final_path, progress_path, fd, verified, clock)
+        if written is not None:
+            partial._keep_written(written)
         if (
             manifest.size == 0
             and not partial.complete
@@ -299,14 +326,14 @@ class PartialFile:
     @staticmethod
     def _load_progress(
         path: Path, manifest: ManifestLike, pieces: int
-    ) -> tuple[bytearray | None, str | None]:
-        """(verified bitmap, None), or (None, why it cannot be used)."""
+    ) -> tuple[bytearray | None, bytearray | None, str | None]:
+        """(verified pieces, written blocks or None, None), or (None, None, why not)."""
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            return None, None
+            return None, None, None
         except OSError as exc:
-            return None, f"progress file unreadable ({exc.strerror})"
+            return None, None, f"progress file unreadable ({exc.strerror})"
         try:
             state = json.loads(raw)
             if not isinstance(state, dict):
@@ -322,13 +349,22 @@ class PartialFile:
                 if state.get(key) != value:
                     raise ValueError(f"{key} is {state.get(key)!r}, expected {value!r}")
             verified = decode_bitmap(state["verified"], pieces)
+            written = state.get("written")
+            blocks = Layout(manifest.size, manifest.piece_length, manifest.block_length).blocks
+            held = decode_bitmap(written, blocks) if isinstance(written, str) else None
         except (ValueError, KeyError, TypeError) as exc:
-            return None, f"progress file unusable ({exc})"
-        return verified, None
+            return None, None, f"progress file unusable ({exc})"
+        return verified, held, None
 
     @staticmethod
-    def _write_progress(path: Path, manifest: ManifestLike, verified: bytearray) -> None:
-        """Replace the progress file atomically and durably."""
+    def _write_progress(
+        path: Path, manifest: ManifestLike, verified: bytearray, written: bytearray | None = None
+    ) -> None:
+        """Replace the progress file atomically and durably.
+
+        ``written`` marks blocks held in pieces not yet verified: after a crash
+        they are kept, and a piece whose kept blocks turn out wrong simply fails
+        its hash and is fetched again, so keeping them risks nothing."""
         state = {
             "version": PROGRESS_VERSION,
             "content_id": manifest.content_id.hex(),
@@ -338,6 +374,8 @@ class PartialFile:
             "block_length": manifest.block_length,
             "verified": encode_bitmap(verified),
         }
+        if written is not None:
+            state["written"] = encode_bitmap(written)
         data = json.dumps(state, separators=(",", ":")).encode("utf-8")
         tmp = _temp_of(path)
         try:
@@ -386,6 +424,7 @@ class PartialFile:
             self._write_all(memoryview(data)[done:], offset + done)
         self._written[index] = 1
         self._written_blocks += 1
+        self._dirty_blocks += 1
         left = self._left[piece] - 1
         self._left[piece] = left
         if left:
@@ -474,7 +513,8 @@ class PartialFile:
 
     def flush_due(self) -> bool:
         """Verified marks are waiting and ``FLUSH_SECONDS`` passed since the last flush."""
-        return bool(self._unflushed) and self._clock() - self._last_flush >= FLUSH_SECONDS
+        waiting = self._unflushed or self._dirty_blocks
+        return bool(waiting) and self._clock() - self._last_flush >= FLUSH_SECONDS
 
     def flush(self) -> None:
         """Make the data durable, then record the verified pieces (in that order)."""
@@ -484,8 +524,9 @@ class PartialFile:
             os.fdatasync(self._fd)
         except OSError as exc:
             raise _store_error(exc, "sync", self.part_path) from exc
-        self._write_progress(self.progress_path, self.manifest, self._verified)
+        self._write_progress(self.progress_path, self.manifest, self._verified, self._written)
         self._unflushed = 0
+        self._dirty_blocks = 0
         self._last_flush = self._clock()
 
     # -- state -------------------------------------------------------------

@@ -699,3 +699,50 @@ def test_write_block_throughput(tmp_path: Path) -> None:
     rate, finalize_seconds = measure(tmp_path)
     print(f"write_block: {rate:,.0f} blocks/s; finalize of 50 MB: {finalize_seconds:.3f} s")
     assert rate > 20_000
+
+
+def test_flushed_blocks_of_unverified_pieces_survive_a_crash(dirs: Dirs) -> None:
+    # Random block order completes pieces late: what a run held must not be lost.
+    data = random.Random(11).randbytes(10 * PIECE)
+    manifest = make_manifest(data)
+    clock = ManualClock()
+    partial = PartialFile.open(*dirs, manifest, clock=clock)
+    held = [i for i in range(manifest.layout.blocks) if i % 2 == 0]
+    for index in held:
+        assert partial.write_block(index, block_of(manifest, data, index)) is None
+    clock.now += store.FLUSH_SECONDS
+    assert partial.flush_due()
+    partial.flush()
+    partial.write_block(1, block_of(manifest, data, 1))  # after the flush: lost
+    crash(partial)
+    resumed = PartialFile.open(*dirs, manifest, clock=clock)
+    assert resumed.missing_blocks() == set(range(manifest.layout.blocks)) - set(held)
+    for index in sorted(resumed.missing_blocks()):
+        resumed.write_block(index, block_of(manifest, data, index))
+    assert resumed.finalize().read_bytes() == data
+
+
+def test_kept_blocks_that_are_wrong_fail_their_piece_and_are_fetched_again(dirs: Dirs) -> None:
+    data = random.Random(12).randbytes(3 * PIECE)
+    manifest = make_manifest(data)
+    clock = ManualClock()
+    partial = PartialFile.open(*dirs, manifest, clock=clock)
+    blocks = list(manifest.layout.piece_blocks(1))
+    for index in blocks[:-1]:
+        partial.write_block(index, block_of(manifest, data, index))
+    clock.now += store.FLUSH_SECONDS
+    partial.flush()
+    crash(partial)
+    # The part file is damaged between runs under a kept block.
+    offset, length = manifest.layout.block_span(blocks[0])
+    part = next(dirs[0].glob(".file.bin.*.part"))
+    with open(part, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(bytes(length))
+    resumed = PartialFile.open(*dirs, manifest, clock=clock)
+    event = resumed.write_block(blocks[-1], block_of(manifest, data, blocks[-1]))
+    assert event is not None and not event.ok
+    assert set(blocks) <= resumed.missing_blocks()
+    for index in sorted(resumed.missing_blocks()):
+        resumed.write_block(index, block_of(manifest, data, index))
+    assert resumed.finalize().read_bytes() == data
