@@ -26,6 +26,24 @@ class Node:
     api: Any = None
 
 
+def listen_or_exit(listen: Any, option: str) -> Any:
+    """Run ``listen()``; a port that cannot be had stops the daemon with one line."""
+    import sys
+
+    from twisted.internet.error import CannotListenError
+
+    try:
+        return listen()
+    except CannotListenError as e:
+        reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+        print(
+            f"mcp2p: cannot listen on {e.interface or '*'}:{e.port} ({reason}): "
+            f"another program has it; change {option}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+
+
 def add_plugin_dir(config: Config) -> None:
     """Make the configured drop-in directory part of the ``mcp2p.plugins`` package."""
     import mcp2p.plugins

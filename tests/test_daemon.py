@@ -110,6 +110,13 @@ def test_daemon_answers_search_from_another_process_and_stops_on_sigterm(tmp_pat
             assert via.returncode == 0 and "debian-13.iso" in via.stdout, via.stderr
             cn_state = json.loads(mcp2p("status", cwd=cn).stdout)
             assert cn_state["discovery"]["query"]["searches"] == 1
+            # The daemon fetches too: mcp2p get follows its progress through the API.
+            got = mcp2p("get", "debian-13.iso", "-o", str(tmp_path / "got"), "--json", cwd=cn)
+            assert got.returncode == 0, got.stdout + got.stderr
+            assert json.loads(got.stdout.splitlines()[-1])["event"] == "done"
+            assert (tmp_path / "got" / "debian-13.iso").read_bytes() == (
+                sn / "share" / "debian-13.iso"
+            ).read_bytes()
         finally:
             stop_daemon(cn_daemon)
     finally:

@@ -251,8 +251,13 @@ class APIService(Service):
         site = server.Site(_JSON(self.node))
         site.displayTracebacks = False
         site.noisy = False
-        self.port = self.node.reactor.listenTCP(
-            self.node.config.api.port, site, interface="127.0.0.1"
+        from mcp2p.app import listen_or_exit
+
+        self.port = listen_or_exit(
+            lambda: self.node.reactor.listenTCP(
+                self.node.config.api.port, site, interface="127.0.0.1"
+            ),
+            "[api] port",
         )
         actual = self.port.getHost().port
         path = self.node.config.node.state_dir / PORT_FILE

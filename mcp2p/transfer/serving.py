@@ -73,10 +73,15 @@ class ServingService(Service):
         from mcp2p.trust.tls import tls_server_factory
 
         factory = Factory.forProtocol(lambda: ControlServer(self, self.counters))
-        self.control_port = self.node.reactor.listenTCP(
-            s.control_port,
-            tls_server_factory(self.node.identity, factory, self.node.reactor),
-            interface=iface,
+        from mcp2p.app import listen_or_exit
+
+        self.control_port = listen_or_exit(
+            lambda: self.node.reactor.listenTCP(
+                s.control_port,
+                tls_server_factory(self.node.identity, factory, self.node.reactor),
+                interface=iface,
+            ),
+            "[serving] control_port",
         )
         self.data_port = multicast.listen(
             self.node.reactor, _Silent(), 0, socket.AF_INET, iface, multiple=False
