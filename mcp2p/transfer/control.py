@@ -119,6 +119,13 @@ class SessionEnded(amp.Command):
     requiresAnswer = False
 
 
+class SessionMoved(amp.Command):
+    """An ASM session heard another session on its group and moved to a new one."""
+
+    arguments = [(b"subscription", amp.Integer()), (b"group", amp.Unicode())]
+    requiresAnswer = False
+
+
 def pack_notices(notices: list[tuple[int, bytes]]) -> list[bytes]:
     """Notices as AMP values of at most CHUNK bytes each."""
     out = []
@@ -203,6 +210,9 @@ class ControlServer(amp.AMP):
     def session_ended(self, subscription: int, reason: str) -> None:
         self.callRemote(SessionEnded, subscription=subscription, reason=reason)
 
+    def session_moved(self, subscription: int, group: str) -> None:
+        self.callRemote(SessionMoved, subscription=subscription, group=group)
+
     def dispatchCommand(self, box: Any) -> Any:  # noqa: N802
         d = super().dispatchCommand(box)
         return d.addErrback(self._bad_command)
@@ -255,6 +265,13 @@ class ControlClient(amp.AMP):
         handler = self.handlers.get(subscription)
         if handler is not None:
             handler.session_ended(reason)
+        return {}
+
+    @SessionMoved.responder
+    def session_moved(self, subscription: int, group: str) -> dict[str, Any]:
+        handler = self.handlers.get(subscription)
+        if handler is not None:
+            handler.session_moved(group)
         return {}
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802

@@ -347,6 +347,26 @@ class Fetch:
             session_id=reply["session_id"],
         )
 
+    def _moved(self, source: Source, group: str) -> None:
+        """The SN's ASM session moved: follow it to its new group."""
+        if source.state != "active" or source.receiver is None or source.port is None:
+            return
+        import ipaddress
+
+        try:
+            if not ipaddress.ip_address(group).is_multicast:
+                raise ValueError(group)
+        except ValueError:
+            self._drop(source, f"moved to {group!r}, not a multicast group")
+            return
+        port = source.port.getHost().port
+        old, source.port = source.port, None
+        old.stopListening()
+        # Its notices and held packets stay valid on the new group.
+        source.receiver = source.receiver.successor()
+        source.port = self._join(source.receiver, group, "", port)
+        self.event("moved", source=source.to_json(), group=group)
+
     def _join(self, receiver: Receiver, group: str, source: str, port: int) -> Any:
         import ipaddress
 
@@ -632,6 +652,9 @@ class _Handler:
     def notices(self, notices: list[tuple[int, bytes]]) -> None:
         if self.source.receiver is not None:
             self.source.receiver.notices(notices)
+
+    def session_moved(self, group: str) -> None:
+        self.fetch._moved(self.source, group)
 
     def session_ended(self, reason: str) -> None:
         if self.source.share and self.source.state == "active":

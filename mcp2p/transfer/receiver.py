@@ -143,6 +143,14 @@ class Receiver(DatagramProtocol):
             received, self.since_report = self.since_report, 0
             self.report(lost, received)
 
+    def successor(self) -> Receiver:
+        """A receiver for a new socket (the session moved group) that keeps this
+        one's notices, held packets and counters."""
+        after = Receiver(self.clock, self.ssrc, self.deliver, self.report, self.source)
+        after.held, after.expected = self.held, self.expected
+        after.counters, after.since_report = self.counters, self.since_report
+        return after
+
     def pending(self) -> int:
         """Packets announced and not yet arrived (they may still come)."""
         return len(self.expected)

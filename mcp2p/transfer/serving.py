@@ -62,7 +62,9 @@ class ServingService(Service):
             "bad_commands": 0,
             "subscriptions": 0,
             "sessions": 0,
+            "collisions": 0,
         }
+        self.monitors: dict[Session, Any] = {}
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -187,6 +189,8 @@ class ServingService(Service):
                     source,
                 )
                 self.sessions[key] = session
+                if not source:
+                    self._monitor(session)
         else:
             host = client.transport.getPeer().host
             session = self._session(
@@ -257,7 +261,36 @@ class ServingService(Service):
             source=source,
         )
 
+    def _monitor(self, session: Session) -> None:
+        """Listen on an ASM session's group for other sessions (DESIGN.md 5.7)."""
+        iface = str(self.node.config.node.interface)
+        port = multicast.listen(
+            self.node.reactor,
+            _Monitor(self, session),
+            session.destination[1],
+            socket.AF_INET,
+            iface,
+        )
+        multicast.join(port, ipaddress.ip_address(session.group), iface)
+        self.monitors[session] = port
+
+    def _move(self, session: Session) -> None:
+        s = self.node.config.serving
+        iface = str(self.node.config.node.interface)
+        taken = {x.group for x in self.sessions.values()}
+        group = session.group
+        while str(group) in taken:
+            group = random_group(s.asm_pool, 4, self.rng)
+        port = self.monitors.get(session)
+        if port is not None:
+            multicast.leave(port, ipaddress.ip_address(session.group), iface)
+            multicast.join(port, group, iface)
+        session.move(str(group))
+
     def _session_ended(self, session: Session) -> None:
+        port = self.monitors.pop(session, None)
+        if port is not None:
+            port.stopListening()
         self.unicast.discard(session)
         for key, value in list(self.sessions.items()):
             if value is session:
@@ -340,6 +373,24 @@ class ServingService(Service):
 
     def offers(self) -> list[FileOffer]:
         return [self.offer_for(e) for e in self.catalog.entries()]
+
+
+class _Monitor(DatagramProtocol):
+    """Listens on an ASM session's group: another SSRC there means a collision."""
+
+    noisy = False
+
+    def __init__(self, serving: ServingService, session: Session) -> None:
+        self.serving = serving
+        self.session = session
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+        if len(data) < 12 or self.session.state == "ENDED":
+            return
+        ssrc = int.from_bytes(data[8:12], "big")
+        if ssrc != self.session.session_id:
+            self.serving.counters["collisions"] += 1
+            self.serving._move(self.session)
 
 
 class _Silent(DatagramProtocol):

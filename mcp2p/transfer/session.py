@@ -103,6 +103,7 @@ class Session:
             "send_errors": 0,
             "would_block": 0,
             "loss_reported": 0,
+            "moves": 0,
         }
 
     # -- subscribers
@@ -225,6 +226,23 @@ class Session:
                 break
             self.counters["packets"] += 1
             self.counters["bytes"] += len(packet)
+
+    def move(self, group: str) -> None:
+        """Send on ``group`` from now on (ASM: another session was heard on ours)."""
+        old, self.group = self.group, group
+        self.destination = (group, self.destination[1])
+        self.counters["moves"] += 1
+        _log.info(
+            "session {sid:08x} moved from {old} to {new}: another session uses {old}",
+            sid=self.session_id,
+            old=old,
+            new=group,
+        )
+        for sub in list(self.subscribers.values()):
+            try:
+                sub.client.session_moved(sub.id, group)
+            except Exception:  # noqa: BLE001 - a closed channel must not stop the others
+                pass
 
     def end(self, reason: str) -> None:
         if self.state == "ENDED":

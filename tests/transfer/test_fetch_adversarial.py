@@ -292,3 +292,61 @@ async def test_malformed_control_commands_are_refused_and_the_sn_keeps_serving(
     assert path.read_bytes() == data
     assert serving.counters["bad_commands"] >= 2
     await defer.succeed(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_asm_session_that_hears_another_moves_and_the_cn_follows(
+    tmp_path: Path,
+) -> None:
+    from mcp2p.wire.rtp import pack_header
+
+    net = Net(tmp_path)
+    data = os.urandom(SIZE)
+    root = make_node_dir(tmp_path / "asm", {"file.bin": data})
+    top = build(
+        node_config(
+            root,
+            net.qport,
+            net.sport,
+            discovery={"methods": "query"},
+            serving={
+                "data_port": str(net.dport),
+                "control_port": "0",
+                "rate": "40M",
+                "max_rate": "40M",
+                "group_mode": "asm",
+            },
+        ),
+        reactor,
+    )
+    top.startService()
+    net.sns.append(top)
+    await top.node.serving.ready
+    [offer] = top.node.serving.offers()
+    assert offer.source is None  # ASM
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+    sent = 0
+
+    def another_session() -> None:
+        nonlocal sent
+        # Until the SN noticed, at most 2000 packets (10 s).
+        if sent < 2000 and not top.node.serving.counters["collisions"]:
+            other.sendto(
+                pack_header(sent, sent, 0x0BADCAFE, 0, 0) + b"x" * 100,
+                (str(offer.group), net.dport),
+            )
+            sent += 1
+
+    loop = task.LoopingCall(another_session)
+    loop.start(0.005)
+    try:
+        path, events, f = await net.fetch()
+    finally:
+        loop.stop()
+        other.close()
+        await net.close()
+    assert path.read_bytes() == data
+    assert top.node.serving.counters["collisions"] >= 1
+    moved = [e for e in events if e["event"] == "moved"]
+    assert moved and moved[0]["group"] != str(offer.group)

@@ -82,9 +82,16 @@ async def test_three_cns_at_once_share_one_multicast_session(tmp_path: Path) -> 
     sn_dir = make_node_dir(tmp_path / "sn", {"shared.bin": size})
     sn = build(
         node_config(
-            sn_dir, qport, sport, discovery={"methods": "query"},
-            serving={"data_port": str(free_udp_port()), "control_port": "0", "rate": "200M",
-                     "max_rate": "200M"},
+            sn_dir,
+            qport,
+            sport,
+            discovery={"methods": "query"},
+            serving={
+                "data_port": str(free_udp_port()),
+                "control_port": "0",
+                "rate": "200M",
+                "max_rate": "200M",
+            },
         ),
         reactor,
     )
