@@ -86,11 +86,12 @@ async def test_three_cns_at_once_share_one_multicast_session(tmp_path: Path) -> 
             qport,
             sport,
             discovery={"methods": "query"},
+            # One reactor runs the SN and three CNs: a rate one core keeps up with.
             serving={
                 "data_port": str(free_udp_port()),
                 "control_port": "0",
-                "rate": "200M",
-                "max_rate": "200M",
+                "rate": "80M",
+                "max_rate": "80M",
             },
         ),
         reactor,
