@@ -87,7 +87,6 @@ class UpdateWanted(amp.Command):
         (b"wanted", amp.String()),
         (b"replace", amp.Boolean()),  # False: add to what was sent before
     ]
-    response: list[Any] = []
     errors = _ERRORS
 
 
@@ -105,7 +104,6 @@ class ReportLoss(amp.Command):
 
 class Unsubscribe(amp.Command):
     arguments = [(b"subscription", amp.Integer())]
-    response: list[Any] = []
     errors = _ERRORS
 
 
@@ -145,7 +143,17 @@ class ServingSide(Protocol):
 
     def manifest_bytes(self, content_id: bytes) -> bytes: ...
 
-    def subscribe(self, client: ControlServer, **kw: Any) -> dict[str, Any]: ...
+    def subscribe(
+        self,
+        client: ControlServer,
+        content_id: bytes,
+        mode: str,
+        port: int,
+        rate: int,
+        code: str,
+        wanted: bytes,
+        more: bool,
+    ) -> dict[str, Any]: ...
 
     def update_wanted(
         self, client: ControlServer, subscription: int, wanted: bytes, replace: bool
@@ -229,11 +237,11 @@ class ControlServer(amp.AMP):
 
     def _peer(self) -> str:
         try:
-            return str(self.transport.getPeer())
+            return str(self.transport.getPeer())  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001
             return "?"
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         super().connectionLost(reason)
         self.side.disconnected(self)
 
@@ -244,7 +252,7 @@ class ControlClient(amp.AMP):
     def __init__(self) -> None:
         super().__init__()
         self.handlers: dict[int, Any] = {}
-        self.lost = defer.Deferred()  # fires when the connection is lost
+        self.lost: defer.Deferred[Any] = defer.Deferred()  # fires when the connection is lost
         self.peer_node_id: bytes | None = None
 
     def connectionMade(self) -> None:  # noqa: N802
@@ -274,7 +282,7 @@ class ControlClient(amp.AMP):
             handler.session_moved(group)
         return {}
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         super().connectionLost(reason)
         if not self.lost.called:
             self.lost.callback(reason)

@@ -288,7 +288,8 @@ class Fetch:
             ],
             consumeErrors=True,
         )
-        for (ok, failure), source in zip(results, sources, strict=True):
+        for (ok, result), source in zip(results, sources, strict=True):
+            failure: Any = result
             if not ok:
                 _log.warn(
                     "subscribing to {node} failed: {error}",
@@ -589,7 +590,12 @@ class Fetch:
             source = self.candidates.pop(0)
             self.sources.append(source)
             d = defer.ensureDeferred(self._subscribe(source, orphaned))
-            d.addErrback(lambda f: (self._drop(source, f.getErrorMessage()), self._redistribute()))
+
+            def failed(f: Any) -> None:
+                self._drop(source, f.getErrorMessage())
+                self._redistribute()
+
+            d.addErrback(failed)
             return
         for s, part in zip(active, orphaned.split(len(active)), strict=True):
             s.share.update(part)

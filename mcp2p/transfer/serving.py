@@ -192,7 +192,8 @@ class ServingService(Service):
                 if not source:
                     self._monitor(session)
         else:
-            host = client.transport.getPeer().host
+            transport: Any = client.transport
+            host = transport.getPeer().host
             session = self._session(
                 entry, layout, block_code, self._new_session_id(), (host, port), granted
             )
@@ -278,9 +279,10 @@ class ServingService(Service):
         s = self.node.config.serving
         iface = str(self.node.config.node.interface)
         taken = {x.group for x in self.sessions.values()}
-        group = session.group
-        while str(group) in taken:
+        while True:
             group = random_group(s.asm_pool, 4, self.rng)
+            if str(group) not in taken:
+                break
         port = self.monitors.get(session)
         if port is not None:
             multicast.leave(port, ipaddress.ip_address(session.group), iface)

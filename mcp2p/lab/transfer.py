@@ -1,0 +1,523 @@
+"""Transfers between real daemons in namespaces: one SN, N CNs on a switch.
+
+The shape every transfer test and benchmark shares::
+
+    with tempfile.TemporaryDirectory() as tmp, Network() as net:
+        lab = StarLab(net, Path(tmp), cns=4, rate=100_000_000, loss=0.01)
+        lab.share(20 << 20)                  # one random file, made once
+        lab.start_sn(rate="95M")             # twistd -n mcp2p in the SN's namespace
+        result = lab.fetch(4, mode="multicast", code="plain")
+        result.sn_tx_bytes / result.size     # measured on the SN's veth
+
+The topology is a star: a Linux bridge (IGMP snooping off, so multicast is
+flooded; DESIGN.md 9) with the SN host and hosts ``cn1`` ... ``cnN`` plugged
+in. ``rate`` (bit/s) puts a tbf on both ends of every link, so both what the
+SN sends and what each CN receives are limited; ``loss`` drops that
+fraction of UDP arriving at each CN (nftables ingress on the CN's veth).
+The TCP control channels are not dropped.
+
+Each CN fetch runs ``mcp2p get --no-daemon --json`` (the CLI's own code
+path) in its namespace, in a Python that has already imported everything
+and waits for a start signal, so N CNs start together and import time is
+not measured. The SN's transmitted bytes are read from its veth's counters
+before the start and after the last CN exited: everything the SN sent
+(data, notices, TLS, discovery) is in the ratio. Every delivered file is
+hashed and compared with the source.
+
+All traffic stays inside the namespaces of the `Network` (DESIGN.md 10);
+every process is started through it and killed by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcp2p.lab.netns import Host, LabError, Link, Network, Switch
+
+__all__ = [
+    "CNResult",
+    "FetchResult",
+    "StarLab",
+    "file_digest",
+    "make_file",
+    "median",
+]
+
+BIN = Path(sys.executable).parent
+FILE_NAME = "data.bin"
+START_TIMEOUT = 60.0  # seconds for the SN to start and index its file
+READY_TIMEOUT = 60.0  # seconds for the CN processes to import and wait
+
+# Runs in each CN's namespace: import what a fetch needs, say so, wait for
+# the start file (bounded), then run the CLI as ``mcp2p ARGS``.
+_CN_SNIPPET = r"""
+import os, sys, time
+go, ready = sys.argv[1], sys.argv[2]
+import mcp2p.cli, mcp2p.transfer.fetch, mcp2p.transfer.store, mcp2p.discovery.query
+import mcp2p.api.service, mcp2p.trust.keys, mcp2p.trust.tls, mcp2p.core.blockcode
+import twisted.internet.reactor
+open(ready, "w").close()
+deadline = time.monotonic() + float(sys.argv[3])
+while not os.path.exists(go):
+    if time.monotonic() > deadline:
+        sys.exit("mcp2p lab: no start signal")
+    time.sleep(0.002)
+sys.exit(mcp2p.cli.main(sys.argv[4:]))
+"""
+
+
+def make_file(path: Path, size: int, chunk: int = 8 << 20) -> Path:
+    """A file of ``size`` random bytes (written in chunks)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            n = min(chunk, left)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+def file_digest(path: Path) -> str:
+    try:
+        import blake3
+
+        h: Any = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        h.update_mmap(str(path))
+        return str(h.hexdigest())
+    except (ImportError, AttributeError):
+        import hashlib
+
+        h2 = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h2.update(block)
+        return h2.hexdigest()
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+@dataclass
+class CNResult:
+    """One CN's fetch: its last event and whether the file verified."""
+
+    name: str
+    returncode: int | None
+    done: dict[str, Any] | None
+    verified: bool
+    wall: float  # seconds from the start signal to the process's exit
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.done is not None and self.verified
+
+    @property
+    def elapsed(self) -> float:
+        """The fetch's own elapsed time (search to delivery), seconds."""
+        return float(self.done["elapsed"]) if self.done else float("nan")
+
+
+@dataclass
+class FetchResult:
+    """N CNs fetching the shared file at the same time."""
+
+    size: int
+    mode: str
+    code: str
+    cns: list[CNResult]
+    sn_tx_bytes: int
+    sn_tx_packets: int
+    wall: float  # start signal to the last CN's exit
+    drops: dict[str, int] = field(default_factory=dict)  # loss-rule drops per CN
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.cns)
+
+    @property
+    def sn_ratio(self) -> float:
+        """SN transmitted bytes / file size."""
+        return self.sn_tx_bytes / self.size
+
+    @property
+    def elapsed(self) -> list[float]:
+        return [c.elapsed for c in self.cns]
+
+    @property
+    def slowest(self) -> float:
+        """The slowest CN's fetch time; infinite if one failed."""
+        return max(e if e == e else float("inf") for e in self.elapsed)
+
+    @property
+    def goodputs(self) -> list[float]:
+        """Per CN: file size / its elapsed time, in MB/s (10^6 bytes)."""
+        return [self.size / e / 1e6 if e > 0 else 0.0 for e in self.elapsed]
+
+    def failures(self) -> str:
+        return "; ".join(
+            f"{c.name}: rc={c.returncode} verified={c.verified} {c.error}".strip()
+            for c in self.cns
+            if not c.ok
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "mode": self.mode,
+            "code": self.code,
+            "ok": self.ok,
+            "sn_tx_bytes": self.sn_tx_bytes,
+            "sn_tx_packets": self.sn_tx_packets,
+            "sn_ratio": self.sn_ratio,
+            "wall": self.wall,
+            "elapsed": self.elapsed,
+            "goodput_mb_s": self.goodputs,
+            "loss_drops": self.drops,
+            "cns": [
+                {
+                    "name": c.name,
+                    "ok": c.ok,
+                    "elapsed": c.elapsed,
+                    "wall": c.wall,
+                    "error": c.error,
+                    "store": (c.done or {}).get("store"),
+                    "receivers": (c.done or {}).get("receivers"),
+                }
+                for c in self.cns
+            ],
+        }
+
+
+def _ini(sections: dict[str, dict[str, str]]) -> str:
+    return "".join(
+        f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in options.items()) + "\n"
+        for name, options in sections.items()
+    )
+
+
+class StarLab:
+    """One switch, the SN and ``cns`` CN hosts; see the module docstring.
+
+    ``root`` is a directory this object may fill (file, state dirs, logs).
+    """
+
+    def __init__(
+        self,
+        net: Network,
+        root: Path,
+        cns: int,
+        *,
+        rate: int | None = None,
+        loss: float | None = None,
+    ) -> None:
+        if cns < 1:
+            raise LabError("a star needs at least one CN")
+        self.net = net
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.rate = rate
+        self.loss = loss
+        self.switch: Switch = net.add_switch("sw")
+        self.sn: Host = net.add_host("sn")
+        self.sn_link = net.link(self.sn, self.switch, rate=rate)
+        self.hosts: list[Host] = []
+        self.cn_links: list[Link] = []
+        for i in range(cns):
+            host = net.add_host(f"cn{i + 1}")
+            link = net.link(host, self.switch, rate=rate)
+            if loss:
+                link.set_loss(loss, dst=host)
+            self.hosts.append(host)
+            self.cn_links.append(link)
+        for node in (self.switch, self.sn, *self.hosts):
+            node.wait_ready()
+        self.files: dict[str, tuple[int, str]] = {}  # name -> (size, digest)
+        self.sn_proc: subprocess.Popen[Any] | None = None
+        self.sn_dir = self.root / "sn"
+        self.runs = 0
+
+    def set_loss(self, loss: float | None) -> None:
+        """Drop this fraction of UDP arriving at every CN (None: no loss)."""
+        for host, link in zip(self.hosts, self.cn_links, strict=True):
+            link.set_loss(loss, dst=host)
+        self.loss = loss or None
+
+    # -- the SN
+
+    def share(self, size: int, name: str = FILE_NAME, source: Path | None = None) -> Path:
+        """Share a random file of ``size`` bytes called ``name`` (or hard-link
+        or copy ``source``, an existing file, so a bench makes its file once).
+        Share every file before `start_sn`."""
+        share = self.sn_dir / "share"
+        share.mkdir(parents=True, exist_ok=True)
+        path = share / name
+        if source is not None:
+            try:
+                os.link(source, path)
+            except OSError:
+                shutil.copyfile(source, path)
+        else:
+            make_file(path, size)
+        self.files[name] = (path.stat().st_size, file_digest(path))
+        return path
+
+    def sn_ini(self, rate: str, max_rate: str | None = None, **serving: str) -> str:
+        return _ini(
+            {
+                "node": {"state_dir": str(self.sn_dir / "state"), "interface": self.sn.addr()},
+                "share": {"paths": str(self.sn_dir / "share")},
+                "discovery": {"methods": "query"},
+                "serving": {
+                    "rate": rate,
+                    "max_rate": max_rate or rate,
+                    "grace": "1",
+                    **serving,
+                },
+                "fetching": {"download_dir": str(self.sn_dir / "downloads")},
+                "api": {"port": "0"},
+            }
+        )
+
+    def start_sn(
+        self,
+        rate: str = "2G",
+        max_rate: str | None = None,
+        *,
+        prefix: list[str] | None = None,
+        **serving: str,
+    ) -> subprocess.Popen[Any]:
+        """Start ``twistd -n mcp2p`` in the SN's namespace and wait until it
+        shares the file. ``rate``/``max_rate`` go to [serving]; ``prefix``
+        (e.g. a profiler's argv) runs before twistd."""
+        if not self.files:
+            raise LabError("share() a file before starting the SN")
+        ini = self.sn_dir / "node.ini"
+        ini.write_text(self.sn_ini(rate, max_rate, **serving))
+        log_path = self.sn_dir / "twistd.log"
+        with open(log_path, "wb") as log:
+            proc = self.sn.popen(
+                [
+                    *(prefix or []),
+                    str(BIN / "twistd"),
+                    "--pidfile=",
+                    "-n",
+                    "mcp2p",
+                    "--config",
+                    str(ini),
+                ],
+                cwd=self.sn_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.sn_proc = proc
+        deadline = time.monotonic() + START_TIMEOUT
+        ready = f"sharing {len(self.files)} files"
+        while ready not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self.stop_sn()
+                raise LabError("SN did not start:\n" + log_path.read_text(errors="replace")[-3000:])
+            time.sleep(0.05)
+        return proc
+
+    def stop_sn(self) -> None:
+        if self.sn_proc is not None:
+            self.sn.kill(self.sn_proc, timeout=10)
+            self.sn_proc = None
+
+    def sn_log(self) -> str:
+        try:
+            return (self.sn_dir / "twistd.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    # -- the CNs
+
+    def cn_ini(self, host: Host, root: Path, stall_timeout: float = 30) -> str:
+        return _ini(
+            {
+                "node": {"state_dir": str(root / "state"), "interface": host.addr()},
+                "share": {"paths": str(root / "share")},
+                "discovery": {"answers_wanted": "1"},
+                "fetching": {
+                    "download_dir": str(root / "downloads"),
+                    "stall_timeout": str(stall_timeout),
+                    "sources": "1",
+                },
+                "api": {"port": "0"},
+            }
+        )
+
+    def fetch(
+        self,
+        n: int | None = None,
+        *,
+        name: str = FILE_NAME,
+        mode: str = "multicast",
+        code: str = "plain",
+        rate: str | None = None,
+        timeout: float = 300,
+        keep: bool = False,
+        stall_timeout: float = 30,
+        prefix: list[str] | None = None,
+    ) -> FetchResult:
+        """``n`` CNs (the first n hosts) fetch the shared file at once.
+
+        Each gets a fresh state and download directory. ``rate`` is the CLI's
+        ``--rate`` (the rate a CN asks for; the SN's [serving] bounds it).
+        A CN still running after ``timeout`` seconds is killed and counted as
+        failed. Downloads are deleted afterwards unless ``keep``. ``prefix``
+        runs before the CN's Python (e.g. a profiler), for every CN.
+        """
+        if self.sn_proc is None or self.sn_proc.poll() is not None:
+            raise LabError("the SN is not running:\n" + self.sn_log()[-3000:])
+        hosts = self.hosts[: n or len(self.hosts)]
+        self.runs += 1
+        run_dir = self.root / f"run{self.runs}"
+        go = run_dir / "go"
+        procs = []
+        for host in hosts:
+            cn_root = run_dir / host.name
+            (cn_root / "share").mkdir(parents=True)
+            (cn_root / "cn.ini").write_text(self.cn_ini(host, cn_root, stall_timeout))
+            args = [
+                "--config",
+                str(cn_root / "cn.ini"),
+                "get",
+                name,
+                "-o",
+                str(cn_root / "out"),
+                "--json",
+                "--no-daemon",
+                "--mode",
+                mode,
+                "--code",
+                code,
+                "--sources",
+                "1",
+            ]
+            if rate is not None:
+                args += ["--rate", rate]
+            out = open(cn_root / "events.jsonl", "wb")  # noqa: SIM115 - closed below
+            err = open(cn_root / "stderr.txt", "wb")  # noqa: SIM115
+            cmd = [
+                *(prefix or []),
+                sys.executable,
+                "-c",
+                _CN_SNIPPET,
+                str(go),
+                str(cn_root / "ready"),
+                str(READY_TIMEOUT + 30),
+                *args,
+            ]
+            proc = host.popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+            procs.append((host, cn_root, proc, out, err))
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not all((r / "ready").exists() for _, r, _, _, _ in procs):
+                dead = [h.name for h, _, p, _, _ in procs if p.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    errors = {
+                        h.name: (r / "stderr.txt").read_text(errors="replace")[-2000:]
+                        for h, r, _, _, _ in procs
+                    }
+                    raise LabError(f"CNs did not get ready (dead: {dead}): {errors}")
+                time.sleep(0.02)
+            sn_if = self.sn.ifname(self.switch)
+            before = self.sn.counters(sn_if)
+            drops_before = {h.name: self._drops(h) for h in hosts}
+            started = time.monotonic()
+            go.touch()
+            walls: dict[str, float] = {}
+            deadline = started + timeout
+            while len(walls) < len(procs):
+                for host, _, proc, _, _ in procs:
+                    if host.name not in walls and proc.poll() is not None:
+                        walls[host.name] = time.monotonic() - started
+                if time.monotonic() > deadline:
+                    for host, _, proc, _, _ in procs:
+                        if host.name not in walls:
+                            host.kill(proc)
+                            walls[host.name] = float("nan")
+                    break
+                time.sleep(0.01)
+            wall = time.monotonic() - started
+            after = self.sn.counters(sn_if)
+            drops = {h.name: self._drops(h) - drops_before[h.name] for h in hosts}
+        finally:
+            for host, _, proc, out, err in procs:
+                host.kill(proc)
+                out.close()
+                err.close()
+        size, digest = self.files[name]
+        results = [
+            self._cn_result(h, r, p, walls.get(h.name, float("nan")), name, digest)
+            for h, r, p, _, _ in procs
+        ]
+        if not keep:
+            for _, cn_root, _, _, _ in procs:
+                shutil.rmtree(cn_root / "out", ignore_errors=True)
+                shutil.rmtree(cn_root / "state", ignore_errors=True)
+        return FetchResult(
+            size=size,
+            mode=mode,
+            code=code,
+            cns=results,
+            sn_tx_bytes=after["tx_bytes"] - before["tx_bytes"],
+            sn_tx_packets=after["tx_packets"] - before["tx_packets"],
+            wall=wall,
+            drops=drops,
+        )
+
+    def _drops(self, host: Host) -> int:
+        if not self.loss:
+            return 0
+        link = self.cn_links[self.hosts.index(host)]
+        return link.loss_drops(host)
+
+    def _cn_result(
+        self,
+        host: Host,
+        root: Path,
+        proc: subprocess.Popen[Any],
+        wall: float,
+        name: str,
+        digest: str,
+    ) -> CNResult:
+        done = None
+        error = ""
+        try:
+            lines = (root / "events.jsonl").read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        for line in reversed(lines):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "done":
+                done = event
+            elif event.get("event") == "failed":
+                error = str(event.get("error", "failed"))
+            break
+        if done is None and not error:
+            error = (root / "stderr.txt").read_text(errors="replace")[-1000:] or "no done event"
+        verified = False
+        if done is not None:
+            path = Path(done.get("path", root / "out" / name))
+            verified = path.exists() and file_digest(path) == digest
+            if not verified:
+                error = "delivered file differs from the source"
+        return CNResult(host.name, proc.returncode, done, verified, wall, error)
