@@ -121,3 +121,27 @@ async def test_three_cns_at_once_share_one_multicast_session(tmp_path: Path) -> 
     assert serving.counters["sessions"] == 1, serving.counters
     [counters] = ended
     assert counters["bytes"] < 1.3 * size, counters
+
+
+@pytest_twisted.ensureDeferred
+async def test_fetch_with_the_raptorq_code(tmp_path: Path) -> None:
+    qport, sport = free_udp_port(), free_udp_port()
+    sn_dir = make_node_dir(tmp_path / "sn", {"coded.bin": 8_000_000})
+    sn = build(
+        node_config(
+            sn_dir,
+            qport,
+            sport,
+            discovery={"methods": "query"},
+            serving={"data_port": str(free_udp_port()), "control_port": "0"},
+        ),
+        reactor,
+    )
+    sn.startService()
+    try:
+        await sn.node.serving.ready
+        path, events = await fetch(tmp_path, None, qport, sport, "coded.bin", code="raptorq")
+    finally:
+        await sn.stopService()
+    assert path.read_bytes() == (sn_dir / "share" / "coded.bin").read_bytes()
+    assert events[-1]["event"] == "done"
