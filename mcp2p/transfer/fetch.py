@@ -73,7 +73,7 @@ class Source:
     mode: str = "multicast"
     rate: int = 0
     last_progress: float = 0.0
-    nudged: bool = False
+    nudged_at: float = 0.0
     blocks: int = 0
 
     @property
@@ -401,7 +401,6 @@ class Fetch:
             self.counters["bad_blocks"] += 1
             return
         source.blocks += 1
-        source.nudged = False
         source.last_progress = self.reactor.seconds()
         self.contributors.setdefault(piece, set()).add(source.name)
         for event in events:
@@ -501,12 +500,14 @@ class Fetch:
         for source in self._active():
             source.share = source.share.intersection(missing)
             idle = now - source.last_progress
-            if source.share and idle > stall:
+            others = len(self._active()) > 1 or bool(self.candidates)
+            if source.share and idle > (stall if others else 4 * stall):
+                # Alone, an SN gets longer: dropping it means searching for another.
                 self._drop(source, "stalled")
-            elif source.share and idle > stall / 2 and not source.nudged:
+            elif source.share and idle > stall / 2 and now - source.nudged_at > stall / 2:
                 # The SN may believe it sent all this (a loss we never learned of):
                 # ask for it again before giving up on the SN.
-                source.nudged = True
+                source.nudged_at = now
                 self._send_wanted(source, source.share, replace=False)
         if any(s.share for s in self.sources if s.state == "dropped") or (
             missing and not any(s.share for s in self._active())

@@ -40,6 +40,7 @@ TICK = 0.002  # seconds between bursts
 MAX_BURST = 256  # packets per tick at most
 SEQ_RING = 1 << 17  # sequence numbers remembered for loss reports (unit of each)
 IP_UDP_OVERHEAD = 28
+RATE_PERIOD = 0.5  # seconds between two rate adaptations
 
 
 @dataclass
@@ -91,6 +92,8 @@ class Session:
         self.rates = RateController(rate, min_rate, max_rate)
         self.bucket = TokenBucket(rate / 8, max(rate / 8 * 0.01, 65536), reactor.seconds())
         self.grace = grace
+        self.loss_window: dict[int, list[int]] = {}  # subscriber -> [lost, received]
+        self.rate_at = reactor.seconds()
         self.on_end = on_end
         self.subscribers: dict[int, Subscriber] = {}
         self.state = "IDLE"
@@ -162,9 +165,23 @@ class Session:
                 self.scheduler.add_need(sub.id, self.seq_units[seq % len(self.seq_units)])
                 count += 1
         self.counters["loss_reported"] += count
-        rate = self.rates.report(count, received)
+        window = self.loss_window.setdefault(sub.id, [0, 0])
+        window[0] += count
+        window[1] += received
+        self._adapt(self.reactor.seconds())
+        return int(self.rates.rate)
+
+    def _adapt(self, now: float) -> None:
+        """One AIMD step per RATE_PERIOD, on the worst receiver's loss in it:
+        a multicast session must not speed up once per receiver's report, and
+        must slow down for the one that loses most."""
+        if now - self.rate_at < RATE_PERIOD or not self.loss_window:
+            return
+        lost, received = max(self.loss_window.values(), key=lambda w: w[0] / max(1, w[0] + w[1]))
+        rate = self.rates.report(lost, received)
         self.bucket.rate = rate / 8
-        return rate
+        self.loss_window.clear()
+        self.rate_at = now
 
     # -- sending
 
