@@ -41,6 +41,7 @@ MAX_BURST = 256  # packets per tick at most
 SEQ_RING = 1 << 17  # sequence numbers remembered for loss reports (unit of each)
 IP_UDP_OVERHEAD = 28
 RATE_PERIOD = 0.5  # seconds between two rate adaptations
+JOIN_GRACE = 1.0  # seconds after subscribing whose losses do not steer the rate
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Subscriber:
     id: int
     client: Any  # ControlServer
     session: Session
+    since: float = 0.0  # when it subscribed
     reported_rate: int = 0
     lost: int = 0
     received: int = 0
@@ -112,6 +114,7 @@ class Session:
     # -- subscribers
 
     def add(self, sub: Subscriber, wanted: RangeSet) -> None:
+        sub.since = self.reactor.seconds()
         self.subscribers[sub.id] = sub
         self.set_wanted(sub, wanted, replace=True)
         if not self.loop.running:
@@ -165,10 +168,15 @@ class Session:
                 self.scheduler.add_need(sub.id, self.seq_units[seq % len(self.seq_units)])
                 count += 1
         self.counters["loss_reported"] += count
+        now = self.reactor.seconds()
+        if now - sub.since < JOIN_GRACE:
+            # A new subscriber joins its group only after our reply: what was sent
+            # meanwhile is reported lost, but says nothing of the path's capacity.
+            return int(self.rates.rate)
         window = self.loss_window.setdefault(sub.id, [0, 0])
         window[0] += count
         window[1] += received
-        self._adapt(self.reactor.seconds())
+        self._adapt(now)
         return int(self.rates.rate)
 
     def _adapt(self, now: float) -> None:
