@@ -50,6 +50,8 @@ bench: install
 	$(BIN)/python -m mcp2p.lab.bench_discovery rss --files 10000
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m mcp2p.lab.bench_discovery latency --repeat 20; \
 	else echo "search latency needs root (network namespaces): skipped"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m mcp2p.lab.bench_transfer --json bench-transfer.json; \
+	else echo "transfer benchmark needs root (network namespaces): skipped"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info state share downloads
