@@ -224,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cns", default=None, help="CN counts, comma separated (default 1,4,8)")
     p.add_argument("--reps", type=int, default=1, help="repetitions per cell (default 1)")
     p.add_argument(
-        "--networks", default=",".join(NETWORKS), help="networks: " + ", ".join(NETWORKS)
+        "--networks",
+        default=",".join(NETWORKS),
+        help="networks: " + ", ".join(NETWORKS).replace("%", "%%"),
     )
     p.add_argument("--codes", default=",".join(CODES), help="block codes: plain, raptorq")
     p.add_argument(
