@@ -17,7 +17,7 @@ def controller(initial: int = 50 * MBIT) -> RateController:
 
 def test_heavy_loss_cuts_to_85_percent() -> None:
     c = controller()
-    assert c.report(lost=3, received=97) == 42_500_000
+    assert c.report(lost=6, received=94) == 42_500_000
     assert c.rate == 42_500_000
     assert c.report(lost=50, received=50) == 36_125_000
 
@@ -31,7 +31,7 @@ def test_cuts_stop_at_the_minimum() -> None:
 def test_low_loss_adds_5_percent_of_the_maximum() -> None:
     c = controller()
     assert c.report(0, 1000) == 55 * MBIT
-    assert c.report(4, 996) == 60 * MBIT  # 0.4%
+    assert c.report(19, 981) == 60 * MBIT  # 1.9%
 
 
 def test_increases_stop_at_the_maximum() -> None:
@@ -43,9 +43,9 @@ def test_increases_stop_at_the_maximum() -> None:
 @pytest.mark.parametrize(
     "lost, received",
     [
-        (2, 98),  # exactly 2%: not more than 2%
-        (1, 199),  # exactly 0.5%: not less than 0.5%
-        (1, 99),  # 1%
+        (5, 95),  # exactly 5%: not more than 5%
+        (2, 98),  # exactly 2%: not less than 2%
+        (3, 97),  # 3%
     ],
 )
 def test_moderate_loss_holds(lost: int, received: int) -> None:
@@ -54,8 +54,8 @@ def test_moderate_loss_holds(lost: int, received: int) -> None:
 
 
 def test_just_past_the_thresholds() -> None:
-    assert controller().report(201, 9799) == 42_500_000  # 2.01%
-    assert controller().report(49, 9951) == 55 * MBIT  # 0.49%
+    assert controller().report(501, 9499) == 42_500_000  # 5.01%
+    assert controller().report(199, 9801) == 55 * MBIT  # 1.99%
 
 
 def test_empty_report_changes_nothing() -> None:
@@ -103,9 +103,9 @@ def test_rate_stays_within_bounds(
         rate = c.report(lost, received)
         assert minimum <= rate <= maximum
         total = lost + received
-        if total and lost / total > 0.02:
+        if total and lost / total > 0.05:
             assert rate <= before
-        elif total and lost / total < 0.005:
+        elif total and lost / total < 0.02:
             assert rate >= before
         else:
             assert rate == before
