@@ -20,6 +20,7 @@ Progress is reported as events (dicts) to ``on_event``.
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from mcp2p import multicast
+from mcp2p.core.layout import Layout
 from mcp2p.core.ring import ServerRecord
 from mcp2p.core.wanted import RangeSet
 from mcp2p.errors import ProtocolError
@@ -276,8 +278,19 @@ class Fetch:
             return RangeSet(self.store.missing_block_ranges())
         return RangeSet.from_indices(self.store.missing_pieces())
 
+    @functools.cached_property
+    def layout(self) -> Layout:
+        """The manifest's layout, made once: the data path needs it per packet."""
+        assert self.manifest is not None
+        return self.manifest.layout
+
+    @functools.cached_property
+    def per_block(self) -> bool:
+        """One symbol per block (the plain code): blocks go to the store as they come."""
+        return bool(self.code.units(self.layout) == self.layout.blocks)
+
     def _per_block(self) -> bool:
-        return self.code.units(self.manifest.layout) == self.manifest.layout.blocks  # type: ignore[union-attr]
+        return self.per_block
 
     async def _start_sources(self, sources: list[Source], units: RangeSet) -> None:
         shares = units.split(len(sources))
@@ -387,7 +400,7 @@ class Fetch:
     def _deliver(self, source: Source, piece: int, symbol: int, payload: bytes) -> None:
         if source.state != "active":
             return  # the rest of a dropped SN's burst: not trusted any more
-        layout = self.manifest.layout  # type: ignore[union-attr]
+        layout = self.layout
         try:
             if self._per_block():
                 index = layout.block_index(piece, symbol)
@@ -448,7 +461,7 @@ class Fetch:
         active = sorted(self._active(), key=lambda s: (s.name in senders, s.bad_pieces))
         if not active:
             return
-        layout = self.manifest.layout  # type: ignore[union-attr]
+        layout = self.layout
         blocks = layout.piece_blocks(piece)
         units = (
             RangeSet([(blocks.start, blocks.stop)])
@@ -522,7 +535,7 @@ class Fetch:
         """Bytes held: verified pieces, plus blocks written (or symbols pending)
         in pieces not yet complete. Random block order completes pieces late,
         so counting only verified pieces would show no progress for long."""
-        layout = self.manifest.layout  # type: ignore[union-attr]
+        layout = self.layout
         if self._per_block():
             missing = sum(b - a for a, b in self.store.missing_block_ranges())
             return max(0, layout.size - missing * layout.block_length)
