@@ -84,25 +84,26 @@ def listen(
     return lport
 
 
-def join(lport: IListeningPort, group: IPAddress, interface: str) -> None:
-    """Join an any-source ``group`` on ``interface`` (IPv4 address or IPv6 name)."""
+def _membership(lport: IListeningPort, group: IPAddress, interface: str, add: bool) -> None:
     sock = lport.getHandle()  # type: ignore[attr-defined]
     if group.version == 4:
         mreq = socket.inet_aton(str(group)) + socket.inet_aton(interface)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        option = socket.IP_ADD_MEMBERSHIP if add else socket.IP_DROP_MEMBERSHIP
+        sock.setsockopt(socket.IPPROTO_IP, option, mreq)
     else:
         mreq = group.packed + struct.pack("@I", interface_index(interface))
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+        option = socket.IPV6_JOIN_GROUP if add else socket.IPV6_LEAVE_GROUP
+        sock.setsockopt(socket.IPPROTO_IPV6, option, mreq)
+
+
+def join(lport: IListeningPort, group: IPAddress, interface: str) -> None:
+    """Join an any-source ``group`` on ``interface`` (IPv4 address or IPv6 name)."""
+    _membership(lport, group, interface, add=True)
 
 
 def leave(lport: IListeningPort, group: IPAddress, interface: str) -> None:
-    sock = lport.getHandle()  # type: ignore[attr-defined]
-    if group.version == 4:
-        mreq = socket.inet_aton(str(group)) + socket.inet_aton(interface)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, mreq)
-    else:
-        mreq = group.packed + struct.pack("@I", interface_index(interface))
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_LEAVE_GROUP, mreq)
+    """Leave an any-source ``group`` joined with ``join``."""
+    _membership(lport, group, interface, add=False)
 
 
 def join_source(lport: IListeningPort, group: IPAddress, source: IPAddress, interface: str) -> None:
