@@ -347,9 +347,10 @@ class Fetch:
         receiver.ssrc = reply["session_id"]
         source.client.handlers[source.subscription] = _Handler(self, source)
         if more:
-            await source.client.callRemote(
-                UpdateWanted, subscription=source.subscription, wanted=encoded, replace=False
-            )
+            for chunk in wanted_chunks(share, replace=False):
+                await source.client.callRemote(
+                    UpdateWanted, subscription=source.subscription, wanted=chunk, replace=False
+                )
         if source.mode == "multicast":
             source.port = self._join(receiver, reply["group"], reply["source"], reply["port"])
         source.state = "active"
@@ -493,13 +494,11 @@ class Fetch:
         if not replace and units:
             # New work: its stall clock starts now, not at its last delivery.
             source.last_progress = max(source.last_progress, self.reactor.seconds())
-        d = source.client.callRemote(
-            UpdateWanted,
-            subscription=source.subscription,
-            wanted=units.encode(),
-            replace=replace,
-        )
-        d.addErrback(lambda f: None)
+        for chunk in wanted_chunks(units, replace):
+            d = source.client.callRemote(
+                UpdateWanted, subscription=source.subscription, wanted=chunk, replace=replace
+            )
+            d.addErrback(lambda f: None)
 
     # -- supervision
 
@@ -680,3 +679,36 @@ class _Handler:
         if self.source.share and self.source.state == "active":
             self.fetch._drop(self.source, f"session ended: {reason}")
             self.fetch._redistribute()
+
+
+def wanted_chunks(units: RangeSet, replace: bool) -> list[bytes]:
+    """``units`` as UpdateWanted values under AMP's 64 KiB limit.
+
+    An addition is split into several messages (each adds its part). A
+    replacement must be one message, so a set too fragmented to fit is
+    coarsened: the smallest gaps are filled. The SN then keeps needs only
+    inside the larger set, which is still correct: "replace" only ever drops
+    needs, so a superset drops fewer of them, never adds any.
+    """
+    encoded = units.encode()
+    if len(encoded) <= CHUNK:
+        return [encoded]
+    ranges = units.ranges()
+    if not replace:
+        per = max(1, int(len(ranges) * CHUNK / len(encoded) * 0.9))
+        return [RangeSet(ranges[i : i + per]).encode() for i in range(0, len(ranges), per)]
+    while len(encoded) > CHUNK:
+        keep = max(1, int(len(ranges) * CHUNK / len(encoded) * 0.9))
+        # Fill all but the ``keep - 1`` widest gaps (ties broken by position,
+        # so equal gaps still merge and the loop always shrinks the set).
+        order = sorted(range(len(ranges) - 1), key=lambda i: ranges[i + 1][0] - ranges[i][1])
+        fill = set(order[: max(0, len(order) - (keep - 1))])
+        merged = [ranges[0]]
+        for i in range(1, len(ranges)):
+            if i - 1 in fill:
+                merged[-1] = (merged[-1][0], ranges[i][1])
+            else:
+                merged.append(ranges[i])
+        ranges = merged
+        encoded = RangeSet(ranges).encode()
+    return [encoded]

@@ -92,3 +92,22 @@ def test_announced_packets_that_never_come_are_reported_lost() -> None:
     assert isinstance(RangeSet.from_indices(lost), RangeSet)
     r.stopProtocol()
     assert clock.getDelayedCalls() == []
+
+
+def test_wanted_maps_too_big_for_one_amp_value_are_chunked_or_coarsened() -> None:
+    from mcp2p.transfer.control import CHUNK
+    from mcp2p.transfer.fetch import wanted_chunks
+
+    # Every other block of a 200 MB file: far over AMP's 64 KiB per value.
+    units = RangeSet.from_indices(range(0, 300_000, 2))
+    assert len(units.encode()) > CHUNK
+    parts = wanted_chunks(units, replace=False)
+    assert len(parts) > 1 and all(len(p) <= CHUNK for p in parts)
+    again = RangeSet()
+    for p in parts:
+        again.update(RangeSet.decode(p, limit=1 << 32))
+    assert again == units
+    [one] = wanted_chunks(units, replace=True)
+    assert len(one) <= CHUNK
+    coarse = RangeSet.decode(one, limit=1 << 32)
+    assert units.difference(coarse) == RangeSet()  # a superset: no need is lost
