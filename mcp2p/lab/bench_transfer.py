@@ -20,7 +20,7 @@ the shaped network the slowest time / the ideal time (file size / link
 rate). With ``--reps`` > 1 each figure is the median over repetitions.
 
 Defaults: a 200 MiB file and one repetition per cell, not three: the whole
-matrix took 52 minutes on 2 cores (unicast to 8 CNs over one 100 Mbit/s
+matrix takes about 40 minutes on 2 cores (unicast to 8 CNs over one 100 Mbit/s
 link needs 8 x 17 s at best, and cells whose transfers collapse run into
 their timeout, 60 s + 3x the expected time, at most 600 s; their CNs are
 killed and the cell is marked failed). ``--quick``: a 20 MiB file, 1 and 4
@@ -90,6 +90,12 @@ def summarize(runs: list[Any], link_rate: int | None) -> dict[str, Any]:
     return out
 
 
+def save(path: str, result: dict[str, Any]) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+
+
 def fetch_once(lab: Any, n: int, mode: str, code: str, size: int, link_rate: int | None) -> Any:
     timeout = cell_timeout(size, n, mode, link_rate)
     result = lab.fetch(n, mode=mode, code=code, timeout=timeout)
@@ -109,6 +115,24 @@ def failed_cell(error: str) -> dict[str, Any]:
         "min_goodput_mb_s": nan,
         "slowest_s": nan,
         "sn_ratio": nan,
+    }
+
+
+def report(args: argparse.Namespace, cells: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    return {
+        "config": {
+            "size": args.size,
+            "cns": args.cns,
+            "reps": args.reps,
+            "networks": {n: NETWORKS[n] for n in args.networks},
+            "sn_rate": {n: args.sn_rate.get(n, NETWORKS[n][2]) for n in args.networks},
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+            "seconds": seconds,
+        },
+        "cells": cells,
+        "goals": goals(cells),
     }
 
 
@@ -144,23 +168,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     cell["runs"] = [r.to_json() for r in runs]
                                 cells.append(cell)
                                 print(row(cell), flush=True)
+                                if args.json:  # so far: a bench cut short keeps its cells
+                                    save(args.json, report(args, cells, time.monotonic() - started))
                 finally:
                     lab.stop_sn()
-    return {
-        "config": {
-            "size": args.size,
-            "cns": args.cns,
-            "reps": args.reps,
-            "networks": {n: NETWORKS[n] for n in args.networks},
-            "sn_rate": {n: args.sn_rate.get(n, NETWORKS[n][2]) for n in args.networks},
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            "seconds": time.monotonic() - started,
-        },
-        "cells": cells,
-        "goals": goals(cells),
-    }
+    return report(args, cells, time.monotonic() - started)
 
 
 HEADER = (
@@ -285,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'met' if g['met'] else 'NOT met':<8} {g['goal']}: {g['measured']}")
     print(f"({result['config']['seconds']:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        save(args.json, result)
     return 0
 
 
