@@ -1,0 +1,1 @@
+"""The lab's four experiments, one module each (see `mcp2p.lab.experiment`)."""
