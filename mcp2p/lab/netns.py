@@ -61,6 +61,7 @@ __all__ = [
     "Node",
     "Router",
     "Switch",
+    "counter_delta",
     "missing_requirements",
     "reap_orphans",
 ]
@@ -954,6 +955,27 @@ class Network:
             shutil.rmtree(self.state_dir, ignore_errors=True)
             self._is_up = False
 
+    def link_counters(self) -> dict[str, dict[str, int]]:
+        """Counters of every link end, keyed ``"node:ifname"`` (one ``ip -s``
+        per node). Take one before and one after a run; `counter_delta`
+        gives what crossed each link end in between."""
+        out: dict[str, dict[str, int]] = {}
+        for node in list(self.nodes.values()):
+            names = {iface.name for iface in node.interfaces.values()}
+            if not names:
+                continue
+            cp = node.ip("-s", "-j", "link", "show")
+            for entry in json.loads(cp.stdout):
+                if entry.get("ifname") in names:
+                    stats = entry["stats64"]
+                    out[f"{node.name}:{entry['ifname']}"] = {
+                        "rx_bytes": stats["rx"]["bytes"],
+                        "tx_bytes": stats["tx"]["bytes"],
+                        "rx_packets": stats["rx"]["packets"],
+                        "tx_packets": stats["tx"]["packets"],
+                    }
+        return out
+
     def namespaces(self) -> list[str]:
         """Namespaces with this network's prefix that exist right now."""
         return [ns for ns in _ns_list() if ns.startswith(self.prefix)]
@@ -1149,6 +1171,17 @@ class Network:
         for r in routers:
             r.forward_multicast_all(groups)
         return a, b
+
+
+def counter_delta(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    """``after - before`` per link end and counter (ends in both only)."""
+    return {
+        end: {k: after[end][k] - before[end].get(k, 0) for k in after[end]}
+        for end in after
+        if end in before
+    }
 
 
 def _addr(iface: Interface, family: int) -> str | None:
