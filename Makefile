@@ -7,7 +7,7 @@ CONFIG ?= etc/mcp2p.ini
 # Debian packages the network tests use; installed when we are root and they are missing.
 DEBS := smcroute tshark nftables iproute2 ethtool iputils-ping udpcast uftp
 
-.PHONY: install run test lint bench system-deps clean
+.PHONY: install run test lint bench lab system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,5 +53,12 @@ bench: install
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m mcp2p.lab.bench_transfer --json bench-transfer.json; \
 	else echo "transfer benchmark needs root (network namespaces): skipped"; fi
 
+# The lab (issue 5): all four experiments on real daemons in namespaces,
+# written to $(LAB_OUT)/REPORT.md with plots and JSON. QUICK=1: the small version.
+LAB_OUT ?= lab-report
+lab: install system-deps
+	@if [ "$$(id -u)" != 0 ]; then echo "make lab needs root (network namespaces)"; exit 2; fi
+	$(BIN)/python -m mcp2p.lab all --out $(LAB_OUT) $(if $(filter-out 0,$(QUICK)),--quick,)
+
 clean:
-	rm -rf $(VENV) build *.egg-info state share downloads
+	rm -rf $(VENV) build *.egg-info state share downloads lab-report
