@@ -47,16 +47,21 @@ class Receiver(DatagramProtocol):
         self.deliver = deliver  # (piece, symbol, payload) of an authenticated packet
         self.report = report  # (lost sequence numbers, packets received since last)
         self.source = source  # the SN's address; "" accepts any (multicast checks by digest)
-        self.held: dict[int, tuple[list[bytes], float]] = {}  # seq -> (datagrams, first arrival)
+        # seq -> [(datagram, its arrival)], first arrival first
+        self.held: dict[int, list[tuple[bytes, float]]] = {}
         self.expected: dict[int, tuple[bytes, float]] = {}  # seq -> (digest, notice time)
         self.since_report = 0
         self.last_packet = clock.seconds()
-        self.counters = {
+        # Counts, and two float sums in seconds: how long forged packets were held
+        # from their arrival until the notice that exposed them.
+        self.counters: dict[str, float] = {
             "packets": 0,
             "accepted": 0,
             "malformed": 0,
             "foreign": 0,
             "forged": 0,
+            "forged_hold_max": 0.0,
+            "forged_hold_sum": 0.0,
             "unannounced": 0,
             "duplicate": 0,
             "lost": 0,
@@ -90,18 +95,25 @@ class Receiver(DatagramProtocol):
                 self._accept(packet)
             else:
                 # Not what our channel announced; the genuine packet may still come.
-                self.counters["forged"] += 1
+                self._forged(0.0)
             return
         held = self.held.get(seq)
         if held is None:
             if len(self.held) >= MAX_HELD:
                 self.counters["unannounced"] += 1
                 return
-            self.held[seq] = ([data], self.clock.seconds())
-        elif len(held[0]) < MAX_CANDIDATES and data not in held[0]:
-            held[0].append(data)
+            self.held[seq] = [(data, self.clock.seconds())]
+        elif len(held) < MAX_CANDIDATES and all(data != d for d, _ in held):
+            held.append((data, self.clock.seconds()))
         else:
             self.counters["duplicate"] += 1
+
+    def _forged(self, held_for: float) -> None:
+        """Count a forged packet dropped after ``held_for`` seconds."""
+        self.counters["forged"] += 1
+        self.counters["forged_hold_sum"] += held_for
+        if held_for > self.counters["forged_hold_max"]:
+            self.counters["forged_hold_max"] = held_for
 
     def _accept(self, packet: Any) -> None:
         self.counters["accepted"] += 1
@@ -116,11 +128,11 @@ class Receiver(DatagramProtocol):
             held = self.held.pop(seq, None)
             if held is not None:
                 genuine = None
-                for data in held[0]:
+                for data, arrival in held:
                     if genuine is None and packet_digest(data) == digest:
                         genuine = data
                     else:
-                        self.counters["forged"] += 1
+                        self._forged(max(0.0, now - arrival))
                 if genuine is not None:
                     self._accept(decode_packet(genuine))
                     continue
@@ -134,8 +146,8 @@ class Receiver(DatagramProtocol):
             if now - when > LOSS_AFTER:
                 del self.expected[seq]
                 lost.add(seq)
-        for seq, (datagrams, when) in list(self.held.items()):
-            if now - when > HOLD:
+        for seq, datagrams in list(self.held.items()):
+            if now - datagrams[0][1] > HOLD:
                 del self.held[seq]
                 self.counters["unannounced"] += len(datagrams)
         self.counters["lost"] += len(lost)

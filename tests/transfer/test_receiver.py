@@ -111,3 +111,21 @@ def test_wanted_maps_too_big_for_one_amp_value_are_chunked_or_coarsened() -> Non
     assert len(one) <= CHUNK
     coarse = RangeSet.decode(one, limit=1 << 32)
     assert units.difference(coarse) == RangeSet()  # a superset: no need is lost
+
+
+def test_forged_packets_count_how_long_they_were_held() -> None:
+    r, clock, got, _ = receiver()
+    assert r.counters["forged_hold_max"] == 0.0 and r.counters["forged_hold_sum"] == 0.0
+    genuine, other = packet(3), packet(4)
+    r.datagramReceived(forge(genuine), ("h", 1))  # held 0.25 s
+    clock.advance(0.05)
+    r.datagramReceived(forge(other), ("h", 1))  # held 0.2 s
+    clock.advance(0.2)
+    r.datagramReceived(genuine, ("h", 1))
+    r.notices([(3, packet_digest(genuine)), (4, packet_digest(other))])
+    r.datagramReceived(forge(other), ("h", 1))  # after its notice: dropped at once
+    assert r.counters["forged"] == 3
+    assert abs(r.counters["forged_hold_max"] - 0.25) < 1e-9
+    assert abs(r.counters["forged_hold_sum"] - 0.45) < 1e-9
+    assert len(got) == 1
+    assert isinstance(r.counters["forged_hold_sum"], float)
