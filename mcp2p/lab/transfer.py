@@ -6,8 +6,10 @@ The shape every transfer test and benchmark shares::
         lab = StarLab(net, Path(tmp), cns=4, rate=100_000_000, loss=0.01)
         lab.share(20 << 20)                  # one random file, made once
         lab.start_sn(rate="95M")             # twistd -n mcp2p in the SN's namespace
-        result = lab.fetch(4, mode="multicast", code="plain")
+        result = lab.fetch(4, mode="multicast", code="plain")   # CN daemons
         result.sn_tx_bytes / result.size     # measured on the SN's veth
+        result.link_bytes / result.size      # sent on every link end
+        lab.stop()                           # or leave it to the Network
 
 The topology is a star: a Linux bridge (IGMP snooping off, so multicast is
 flooded; DESIGN.md 9) with the SN host and hosts ``cn1`` ... ``cnN`` plugged
@@ -16,13 +18,19 @@ SN sends and what each CN receives are limited; ``loss`` drops that
 fraction of UDP arriving at each CN (nftables ingress on the CN's veth).
 The TCP control channels are not dropped.
 
-Each CN fetch runs ``mcp2p get --no-daemon --json`` (the CLI's own code
-path) in its namespace, in a Python that has already imported everything
-and waits for a start signal, so N CNs start together and import time is
-not measured. The SN's transmitted bytes are read from its veth's counters
-before the start and after the last CN exited: everything the SN sent
-(data, notices, TLS, discovery) is in the ratio. Every delivered file is
-hashed and compared with the source.
+Every CN host runs its own ``twistd -n mcp2p`` (started once per lab by
+the first fetch, `start_cns`), whose share directory stays empty, so a CN
+never serves what it fetched to the others. A fetch runs ``mcp2p get NAME
+-o DIR --json`` in each CN's namespace: the CLI posts the fetch to its
+host's daemon and prints the daemon's events. The CLIs are started in a
+Python that has already imported the CLI and waits for a start signal, so
+N CNs start together (or at the given ``starts`` offsets) and import time is
+not measured; should no daemon answer, the CLI fails instead of falling
+back to an in-process fetch. The SN's transmitted bytes are read from its
+veth's counters before the start and after the last CN exited: everything
+the SN sent (data, notices, TLS, discovery) is in the ratio; the bytes sent
+on every link end of the network (`Network.link_counters`) are recorded
+too. Every delivered file is hashed and compared with the source.
 
 All traffic stays inside the namespaces of the `Network` (DESIGN.md 10);
 every process is started through it and killed by pid.
@@ -33,15 +41,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcp2p.lab.netns import Host, LabError, Link, Network, Switch
+from mcp2p.lab.daemons import Daemon
+from mcp2p.lab.netns import Host, LabError, Link, Network, Switch, counter_delta
 
 __all__ = [
     "CNResult",
@@ -57,21 +68,28 @@ FILE_NAME = "data.bin"
 START_TIMEOUT = 60.0  # seconds for the SN to start and index its file
 READY_TIMEOUT = 60.0  # seconds for the CN processes to import and wait
 
-# Runs in each CN's namespace: import what a fetch needs, say so, wait for
-# the start file (bounded), then run the CLI as ``mcp2p ARGS``.
+# Runs in each CN's namespace: import the CLI, say so, wait for the start
+# file (bounded) and then OFFSET seconds, then run it as ``mcp2p ARGS``. The
+# CLI must talk to the host's daemon: its in-process fallback is disabled.
 _CN_SNIPPET = r"""
 import os, sys, time
-go, ready = sys.argv[1], sys.argv[2]
-import mcp2p.cli, mcp2p.transfer.fetch, mcp2p.transfer.store, mcp2p.discovery.query
-import mcp2p.api.service, mcp2p.trust.keys, mcp2p.trust.tls, mcp2p.core.blockcode
-import twisted.internet.reactor
+go, ready, wait, offset = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+import mcp2p.cli, urllib.request, json
+
+def no_daemon(*args, **kw):
+    print("mcp2p lab: no daemon answered the CLI", file=sys.stderr)
+    return mcp2p.cli.EXIT_ERROR
+
+mcp2p.cli.get_in_process = no_daemon
 open(ready, "w").close()
-deadline = time.monotonic() + float(sys.argv[3])
+deadline = time.monotonic() + wait
 while not os.path.exists(go):
     if time.monotonic() > deadline:
         sys.exit("mcp2p lab: no start signal")
     time.sleep(0.002)
-sys.exit(mcp2p.cli.main(sys.argv[4:]))
+if offset > 0:
+    time.sleep(offset)
+sys.exit(mcp2p.cli.main(sys.argv[5:]))
 """
 
 
@@ -116,8 +134,19 @@ class CNResult:
     returncode: int | None
     done: dict[str, Any] | None
     verified: bool
-    wall: float  # seconds from the start signal to the process's exit
+    wall: float  # seconds from the start signal to the CLI's exit
     error: str = ""
+    start: float = 0.0  # seconds after the start signal this CN began
+
+    @property
+    def receivers(self) -> list[dict[str, Any]]:
+        """The receiver counters of the done event (one dict per source)."""
+        return list((self.done or {}).get("receivers") or [])
+
+    @property
+    def store(self) -> dict[str, Any]:
+        """The store counters of the done event."""
+        return dict((self.done or {}).get("store") or {})
 
     @property
     def ok(self) -> bool:
@@ -141,6 +170,8 @@ class FetchResult:
     sn_tx_packets: int
     wall: float  # start signal to the last CN's exit
     drops: dict[str, int] = field(default_factory=dict)  # loss-rule drops per CN
+    link_bytes: int = 0  # bytes sent on every link end of the network (sum of tx)
+    link_delta: dict[str, dict[str, int]] = field(default_factory=dict)  # per link end
 
     @property
     def ok(self) -> bool:
@@ -150,6 +181,11 @@ class FetchResult:
     def sn_ratio(self) -> float:
         """SN transmitted bytes / file size."""
         return self.sn_tx_bytes / self.size
+
+    @property
+    def link_ratio(self) -> float:
+        """Bytes sent on all links / file size."""
+        return self.link_bytes / self.size if self.size else float("nan")
 
     @property
     def elapsed(self) -> list[float]:
@@ -185,15 +221,19 @@ class FetchResult:
             "elapsed": self.elapsed,
             "goodput_mb_s": self.goodputs,
             "loss_drops": self.drops,
+            "link_bytes": self.link_bytes,
+            "link_ratio": self.link_ratio,
+            "link_delta": self.link_delta,
             "cns": [
                 {
                     "name": c.name,
                     "ok": c.ok,
+                    "start": c.start,
                     "elapsed": c.elapsed,
                     "wall": c.wall,
                     "error": c.error,
-                    "store": (c.done or {}).get("store"),
-                    "receivers": (c.done or {}).get("receivers"),
+                    "store": c.store,
+                    "receivers": c.receivers,
                 }
                 for c in self.cns
             ],
@@ -246,6 +286,8 @@ class StarLab:
         self.files: dict[str, tuple[int, str]] = {}  # name -> (size, digest)
         self.sn_proc: subprocess.Popen[Any] | None = None
         self.sn_dir = self.root / "sn"
+        self.cns: dict[str, Daemon] = {}  # host name -> its long-lived daemon
+        self._cn_settings: tuple[float, tuple[str, ...]] | None = None
         self.runs = 0
 
     def set_loss(self, loss: float | None) -> None:
@@ -345,20 +387,57 @@ class StarLab:
 
     # -- the CNs
 
-    def cn_ini(self, host: Host, root: Path, stall_timeout: float = 30) -> str:
-        return _ini(
-            {
-                "node": {"state_dir": str(root / "state"), "interface": host.addr()},
-                "share": {"paths": str(root / "share")},
-                "discovery": {"answers_wanted": "1"},
-                "fetching": {
-                    "download_dir": str(root / "downloads"),
-                    "stall_timeout": str(stall_timeout),
-                    "sources": "1",
-                },
-                "api": {"port": "0"},
-            }
-        )
+    def cn_sections(self, stall_timeout: float) -> dict[str, dict[str, str]]:
+        """What a CN daemon's ini says beyond `node_sections`' defaults: its
+        share directory stays empty and downloads go to per-fetch out dirs,
+        so a CN never serves what it fetched to the other CNs."""
+        return {
+            "discovery": {"methods": "query", "answers_wanted": "1"},
+            "fetching": {"stall_timeout": str(stall_timeout), "sources": "1"},
+        }
+
+    def start_cns(
+        self, *, stall_timeout: float = 30, prefix: list[str] | None = None
+    ) -> list[Daemon]:
+        """Start (or restart, when the settings changed) ``twistd -n mcp2p``
+        on every CN host; all start at once and this waits for their APIs.
+        `fetch` calls it; a daemon that died is started again."""
+        want = (stall_timeout, tuple(prefix or ()))
+        if want != self._cn_settings:
+            self.stop_cns()
+            self._cn_settings = want
+        todo = [h for h in self.hosts if not (h.name in self.cns and self.cns[h.name].running())]
+        if todo:
+            for host in todo:
+                old = self.cns.pop(host.name, None)
+                if old is not None:
+                    old.stop()
+                self.cns[host.name] = Daemon(
+                    host, self.root / "cns" / host.name, **self.cn_sections(stall_timeout)
+                )
+            errors: list[str] = []
+
+            def start(daemon: Daemon) -> None:
+                try:
+                    daemon.start(prefix=prefix)
+                except LabError as e:
+                    errors.append(str(e))
+
+            with ThreadPoolExecutor(max_workers=len(todo)) as pool:
+                list(pool.map(start, [self.cns[h.name] for h in todo]))
+            if errors:
+                raise LabError("CN daemons did not start: " + " | ".join(errors))
+        return [self.cns[h.name] for h in self.hosts]
+
+    def stop_cns(self) -> None:
+        for daemon in self.cns.values():
+            daemon.stop()
+        self.cns.clear()
+
+    def stop(self) -> None:
+        """Stop every daemon of the lab (the Network kills them anyway)."""
+        self.stop_cns()
+        self.stop_sn()
 
     def fetch(
         self,
@@ -372,35 +451,48 @@ class StarLab:
         keep: bool = False,
         stall_timeout: float = 30,
         prefix: list[str] | None = None,
+        starts: list[float] | None = None,
     ) -> FetchResult:
-        """``n`` CNs (the first n hosts) fetch the shared file at once.
+        """``n`` CNs (the first n hosts) fetch the shared file.
 
-        Each gets a fresh state and download directory. ``rate`` is the CLI's
+        Every CN host runs a long-lived ``twistd -n mcp2p`` (`start_cns`);
+        a fetch runs ``mcp2p get NAME -o DIR --json`` in each CN's namespace,
+        which posts the fetch to that host's daemon and prints its events.
+        The CLI processes are started first and wait for one start signal;
+        CN i starts ``starts[i]`` seconds after it (default: all at 0).
+        Each fetch gets a fresh output directory. ``rate`` is the CLI's
         ``--rate`` (the rate a CN asks for; the SN's [serving] bounds it).
-        A CN still running after ``timeout`` seconds is killed and counted as
-        failed. Downloads are deleted afterwards unless ``keep``. ``prefix``
-        runs before the CN's Python (e.g. a profiler), for every CN.
+        A CN still running ``timeout`` seconds after its start is stopped
+        (its transfer cancelled) and counted as failed; its daemon is then
+        restarted so the next fetch starts clean. Downloads are deleted
+        afterwards unless ``keep``. ``stall_timeout`` and ``prefix`` (argv
+        run before each CN's twistd, e.g. a profiler) are daemon settings:
+        changing them restarts the CN daemons.
         """
         if self.sn_proc is None or self.sn_proc.poll() is not None:
             raise LabError("the SN is not running:\n" + self.sn_log()[-3000:])
+        if name not in self.files:
+            raise LabError(f"{name!r} is not shared; share() it first")
         hosts = self.hosts[: n or len(self.hosts)]
+        offsets = [0.0] * len(hosts) if starts is None else [float(s) for s in starts]
+        if len(offsets) != len(hosts) or any(not 0 <= s < timeout for s in offsets):
+            raise LabError(f"starts needs {len(hosts)} offsets in [0, timeout)")
+        daemons = self.start_cns(stall_timeout=stall_timeout, prefix=prefix)
         self.runs += 1
         run_dir = self.root / f"run{self.runs}"
         go = run_dir / "go"
         procs = []
-        for host in hosts:
+        for host, daemon, offset in zip(hosts, daemons, offsets, strict=False):
             cn_root = run_dir / host.name
-            (cn_root / "share").mkdir(parents=True)
-            (cn_root / "cn.ini").write_text(self.cn_ini(host, cn_root, stall_timeout))
+            cn_root.mkdir(parents=True)
             args = [
                 "--config",
-                str(cn_root / "cn.ini"),
+                str(daemon.ini),
                 "get",
                 name,
                 "-o",
                 str(cn_root / "out"),
                 "--json",
-                "--no-daemon",
                 "--mode",
                 mode,
                 "--code",
@@ -413,17 +505,18 @@ class StarLab:
             out = open(cn_root / "events.jsonl", "wb")  # noqa: SIM115 - closed below
             err = open(cn_root / "stderr.txt", "wb")  # noqa: SIM115
             cmd = [
-                *(prefix or []),
                 sys.executable,
                 "-c",
                 _CN_SNIPPET,
                 str(go),
                 str(cn_root / "ready"),
                 str(READY_TIMEOUT + 30),
+                str(offset),
                 *args,
             ]
             proc = host.popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
             procs.append((host, cn_root, proc, out, err))
+        restart: list[Daemon] = []
         try:
             deadline = time.monotonic() + READY_TIMEOUT
             while not all((r / "ready").exists() for _, r, _, _, _ in procs):
@@ -436,40 +529,50 @@ class StarLab:
                     raise LabError(f"CNs did not get ready (dead: {dead}): {errors}")
                 time.sleep(0.02)
             sn_if = self.sn.ifname(self.switch)
+            links_before = self.net.link_counters()
             before = self.sn.counters(sn_if)
             drops_before = {h.name: self._drops(h) for h in hosts}
             started = time.monotonic()
             go.touch()
             walls: dict[str, float] = {}
-            deadline = started + timeout
             while len(walls) < len(procs):
-                for host, _, proc, _, _ in procs:
-                    if host.name not in walls and proc.poll() is not None:
-                        walls[host.name] = time.monotonic() - started
-                if time.monotonic() > deadline:
-                    for host, _, proc, _, _ in procs:
-                        if host.name not in walls:
-                            host.kill(proc)
-                            walls[host.name] = float("nan")
-                    break
+                now = time.monotonic()
+                for (host, _, proc, _, _), offset, daemon in zip(
+                    procs, offsets, daemons, strict=False
+                ):
+                    if host.name in walls:
+                        continue
+                    if proc.poll() is not None:
+                        walls[host.name] = now - started
+                    elif now > started + offset + timeout:
+                        self._cancel(host, proc)
+                        restart.append(daemon)
+                        walls[host.name] = float("nan")
                 time.sleep(0.01)
             wall = time.monotonic() - started
             after = self.sn.counters(sn_if)
+            links_after = self.net.link_counters()
             drops = {h.name: self._drops(h) - drops_before[h.name] for h in hosts}
         finally:
             for host, _, proc, out, err in procs:
-                host.kill(proc)
+                if proc.poll() is None:
+                    self._cancel(host, proc)
                 out.close()
                 err.close()
         size, digest = self.files[name]
         results = [
-            self._cn_result(h, r, p, walls.get(h.name, float("nan")), name, digest)
-            for h, r, p, _, _ in procs
+            self._cn_result(h, r, p, walls.get(h.name, float("nan")), name, digest, offset)
+            for (h, r, p, _, _), offset in zip(procs, offsets, strict=True)
         ]
+        for result, daemon in zip(results, daemons, strict=False):
+            if not result.ok and daemon not in restart:
+                restart.append(daemon)  # whatever it still holds, start clean
+        for daemon in restart:
+            daemon.stop()  # start_cns starts it again before the next fetch
         if not keep:
             for _, cn_root, _, _, _ in procs:
                 shutil.rmtree(cn_root / "out", ignore_errors=True)
-                shutil.rmtree(cn_root / "state", ignore_errors=True)
+        delta = counter_delta(links_before, links_after)
         return FetchResult(
             size=size,
             mode=mode,
@@ -479,7 +582,19 @@ class StarLab:
             sn_tx_packets=after["tx_packets"] - before["tx_packets"],
             wall=wall,
             drops=drops,
+            link_bytes=sum(c["tx_bytes"] for c in delta.values()),
+            link_delta=delta,
         )
+
+    @staticmethod
+    def _cancel(host: Host, proc: subprocess.Popen[Any]) -> None:
+        """Stop a CLI: SIGINT first (it then cancels its daemon transfer)."""
+        try:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=3)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        host.kill(proc)
 
     def _drops(self, host: Host) -> int:
         if not self.loss:
@@ -495,6 +610,7 @@ class StarLab:
         wall: float,
         name: str,
         digest: str,
+        start: float = 0.0,
     ) -> CNResult:
         done = None
         error = ""
@@ -514,10 +630,12 @@ class StarLab:
             break
         if done is None and not error:
             error = (root / "stderr.txt").read_text(errors="replace")[-1000:] or "no done event"
+        if wall != wall and not error.startswith("timed out"):
+            error = f"timed out; {error}"
         verified = False
         if done is not None:
             path = Path(done.get("path", root / "out" / name))
             verified = path.exists() and file_digest(path) == digest
             if not verified:
                 error = "delivered file differs from the source"
-        return CNResult(host.name, proc.returncode, done, verified, wall, error)
+        return CNResult(host.name, proc.returncode, done, verified, wall, error, start)
