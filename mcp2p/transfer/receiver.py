@@ -4,12 +4,21 @@ A packet is accepted only if its SSRC is the session's and its digest
 matches the Sent notice the SN wrote to this CN's TLS channel for that
 sequence number (the RTP timestamp carries the 32-bit sequence). Packets
 that arrive before their notice wait a short while; notices whose packet
-never came are losses, reported back so the SN sends those units again.
-Everything dropped is counted by reason.
+has not come LOSS_AFTER after the notice are losses, reported back so the
+SN sends those units again. A packet that comes later still (a CN behind
+on its socket buffer under CPU load) is accepted while its notice is kept
+(KEEP), counted ``late`` and no longer ``lost``. Everything dropped is
+counted by reason.
+
+Each report says how many packets were lost and how many received *of the
+same notices*: those whose LOSS_AFTER ran out since the last report. (It
+used to set the losses of notices 0.3 s old against the packets of the
+last 0.1 s, which overstated loss whenever the CN fell behind.)
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +33,8 @@ from mcp2p.wire.rtp import decode_packet, packet_digest
 _log = Logger()
 
 HOLD = 1.0  # seconds a packet waits for its notice
-LOSS_AFTER = 0.3  # seconds after its notice a packet is given up as lost
+LOSS_AFTER = 0.3  # seconds after its notice a packet is reported lost
+KEEP = 2.0  # seconds after its notice a late packet is still accepted (> the rcvbuf's lag)
 MAX_HELD = 16384  # sequence numbers with packets waiting for notices, at most
 MAX_CANDIDATES = 4  # packets held for one sequence number (a forger's copies among them)
 MAX_EXPECTED = 1 << 18  # notices waiting for packets at most
@@ -50,6 +60,8 @@ class Receiver(DatagramProtocol):
         # seq -> [(datagram, its arrival)], first arrival first
         self.held: dict[int, list[tuple[bytes, float]]] = {}
         self.expected: dict[int, tuple[bytes, float]] = {}  # seq -> (digest, notice time)
+        self.overdue: dict[int, tuple[bytes, float]] = {}  # reported lost, may still come
+        self.batches: deque[tuple[float, int]] = deque()  # (notice time, notices) in order
         self.since_report = 0
         self.last_packet = clock.seconds()
         # Counts, and two float sums in seconds: how long forged packets were held
@@ -65,6 +77,7 @@ class Receiver(DatagramProtocol):
             "unannounced": 0,
             "duplicate": 0,
             "lost": 0,
+            "late": 0,
             "notices": 0,
         }
         self.loop = task.LoopingCall(self._housekeeping)
@@ -89,9 +102,18 @@ class Receiver(DatagramProtocol):
             return
         seq = packet.timestamp
         notice = self.expected.get(seq)
+        late = notice is None and seq in self.overdue
+        if late:
+            notice = self.overdue[seq]
         if notice is not None:
             if packet_digest(data) == notice[0]:
-                del self.expected[seq]
+                if late:
+                    # Reported lost (the SN may send its unit again), but here now.
+                    del self.overdue[seq]
+                    self.counters["late"] += 1
+                    self.counters["lost"] -= 1
+                else:
+                    del self.expected[seq]
                 self._accept(packet)
             else:
                 # Not what our channel announced; the genuine packet may still come.
@@ -124,6 +146,8 @@ class Receiver(DatagramProtocol):
     def notices(self, notices: list[tuple[int, bytes]]) -> None:
         now = self.clock.seconds()
         self.counters["notices"] += len(notices)
+        if notices:
+            self.batches.append((now, len(notices)))
         for seq, digest in notices:
             held = self.held.pop(seq, None)
             if held is not None:
@@ -142,17 +166,29 @@ class Receiver(DatagramProtocol):
     def _housekeeping(self) -> None:
         now = self.clock.seconds()
         lost = RangeSet()
-        for seq, (_, when) in list(self.expected.items()):
-            if now - when > LOSS_AFTER:
+        count = 0
+        for seq, notice in list(self.expected.items()):
+            if now - notice[1] > LOSS_AFTER:
                 del self.expected[seq]
                 lost.add(seq)
+                count += 1
+                if len(self.overdue) < MAX_EXPECTED:
+                    self.overdue[seq] = notice
+        for seq, (_, when) in list(self.overdue.items()):
+            if now - when <= KEEP:
+                break  # in notice order: the rest are younger
+            del self.overdue[seq]
+        settled = 0  # notices whose LOSS_AFTER ran out now: each lost or received
+        while self.batches and now - self.batches[0][0] > LOSS_AFTER:
+            settled += self.batches.popleft()[1]
         for seq, datagrams in list(self.held.items()):
             if now - datagrams[0][1] > HOLD:
                 del self.held[seq]
                 self.counters["unannounced"] += len(datagrams)
-        self.counters["lost"] += len(lost)
-        if lost or self.since_report:
-            received, self.since_report = self.since_report, 0
+        self.counters["lost"] += count
+        self.since_report = 0
+        received = max(0, settled - count)
+        if lost or received:
             self.report(lost, received)
 
     def successor(self) -> Receiver:
@@ -160,9 +196,10 @@ class Receiver(DatagramProtocol):
         one's notices, held packets and counters."""
         after = Receiver(self.clock, self.ssrc, self.deliver, self.report, self.source)
         after.held, after.expected = self.held, self.expected
+        after.overdue, after.batches = self.overdue, self.batches
         after.counters, after.since_report = self.counters, self.since_report
         return after
 
     def pending(self) -> int:
-        """Packets announced and not yet arrived (they may still come)."""
+        """Packets announced, not yet arrived and not yet reported lost."""
         return len(self.expected)

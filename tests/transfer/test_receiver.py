@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet.task import Clock
 
 from mcp2p.core.wanted import RangeSet
-from mcp2p.transfer.receiver import HOLD, LOSS_AFTER, REPORT_EVERY, Receiver
+from mcp2p.transfer.receiver import HOLD, KEEP, LOSS_AFTER, REPORT_EVERY, Receiver
 from mcp2p.wire.rtp import pack_header, packet_digest
 
 SSRC = 0x1234
@@ -129,3 +129,56 @@ def test_forged_packets_count_how_long_they_were_held() -> None:
     assert abs(r.counters["forged_hold_sum"] - 0.45) < 1e-9
     assert len(got) == 1
     assert isinstance(r.counters["forged_hold_sum"], float)
+
+
+def run(clock: Clock, seconds: float) -> None:
+    for _ in range(round(seconds / REPORT_EVERY)):
+        clock.advance(REPORT_EVERY)
+
+
+def test_a_late_packet_is_reported_lost_then_accepted_and_no_longer_counted_lost() -> None:
+    r, clock, got, reports = receiver()
+    a = packet(1)
+    r.notices([(1, packet_digest(a))])
+    run(clock, LOSS_AFTER + 2 * REPORT_EVERY)
+    assert [seqs for seqs, _ in reports] == [[1]]  # reported in time for a resend
+    assert r.counters["lost"] == 1 and r.pending() == 0
+    r.datagramReceived(forge(a), ("h", 1))  # a forgery of it is still caught
+    r.datagramReceived(a, ("h", 1))
+    assert len(got) == 1 and got[0][2] == a[22:]
+    assert r.counters["late"] == 1 and r.counters["lost"] == 0
+    assert r.counters["forged"] == 1 and r.counters["unannounced"] == 0
+
+
+def test_a_packet_later_than_keep_is_unannounced() -> None:
+    r, clock, got, _ = receiver()
+    a = packet(1)
+    r.notices([(1, packet_digest(a))])
+    run(clock, KEEP + 2 * REPORT_EVERY)
+    r.datagramReceived(a, ("h", 1))
+    run(clock, HOLD + 2 * REPORT_EVERY)
+    assert got == [] and r.counters["unannounced"] == 1 and r.counters["lost"] == 1
+    assert r.overdue == {} and r.expected == {}
+
+
+def test_reports_set_losses_against_the_packets_of_the_same_notices() -> None:
+    # 100 notices per 0.1 s, 1 in 100 lost, and the CN stalls (receives nothing)
+    # for 0.2 s, then catches up: the loss reported must stay 1%, not jump
+    # because the losses of old notices meet the few packets of a stall.
+    r, clock, got, reports = receiver()
+    backlog: list[bytes] = []
+    seq = 0
+    for step in range(40):
+        batch = [packet(seq + i) for i in range(100)]
+        r.notices([(seq + i, packet_digest(p)) for i, p in enumerate(batch)])
+        seq += 100
+        backlog += batch[1:]  # the first of each batch is lost
+        if not 10 <= step < 12:  # a stall of 0.2 s (< LOSS_AFTER)
+            for p in backlog:
+                r.datagramReceived(p, ("h", 1))
+            backlog = []
+        clock.advance(REPORT_EVERY)
+    for lost, received in reports:
+        if lost or received:
+            assert len(lost) * 100 <= 2 * (len(lost) + received), (len(lost), received)
+    assert r.counters["lost"] == sum(len(seqs) for seqs, _ in reports)
