@@ -172,6 +172,7 @@ class FetchResult:
     drops: dict[str, int] = field(default_factory=dict)  # loss-rule drops per CN
     link_bytes: int = 0  # bytes sent on every link end of the network (sum of tx)
     link_delta: dict[str, dict[str, int]] = field(default_factory=dict)  # per link end
+    error: str = ""  # what failed beside the CNs (a peer tool's sender, say)
 
     @property
     def ok(self) -> bool:
@@ -202,11 +203,14 @@ class FetchResult:
         return [self.size / e / 1e6 if e > 0 else 0.0 for e in self.elapsed]
 
     def failures(self) -> str:
-        return "; ".join(
+        parts = [
             f"{c.name}: rc={c.returncode} verified={c.verified} {c.error}".strip()
             for c in self.cns
             if not c.ok
-        )
+        ]
+        if self.error and not self.ok:
+            parts.append(self.error)
+        return "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -224,6 +228,7 @@ class FetchResult:
             "link_bytes": self.link_bytes,
             "link_ratio": self.link_ratio,
             "link_delta": self.link_delta,
+            "error": self.error,
             "cns": [
                 {
                     "name": c.name,
@@ -289,12 +294,25 @@ class StarLab:
         self.cns: dict[str, Daemon] = {}  # host name -> its long-lived daemon
         self._cn_settings: tuple[float, tuple[str, ...]] | None = None
         self.runs = 0
+        self.loss_proto = "udp"
 
-    def set_loss(self, loss: float | None) -> None:
-        """Drop this fraction of UDP arriving at every CN (None: no loss)."""
+    def set_loss(self, loss: float | None, proto: str = "udp") -> None:
+        """Drop this fraction of the packets arriving at every CN (None: no
+        loss): UDP by default, as DESIGN.md 9 says; ``proto="tcp, udp"``
+        drops TCP segments too (a plain-TCP peer's data). The packets the
+        CNs send are never dropped."""
+        match = f"{{ {proto} }}" if "," in proto else proto
         for host, link in zip(self.hosts, self.cn_links, strict=True):
-            link.set_loss(loss, dst=host)
+            link.set_loss(loss, dst=host, proto=match)
         self.loss = loss or None
+        self.loss_proto = proto
+
+    def run_dir(self, tag: str = "") -> Path:
+        """A fresh directory for the next run (fetch or peer tool)."""
+        self.runs += 1
+        path = self.root / f"run{self.runs}{'-' + tag if tag else ''}"
+        path.mkdir(parents=True)
+        return path
 
     # -- the SN
 
@@ -478,8 +496,7 @@ class StarLab:
         if len(offsets) != len(hosts) or any(not 0 <= s < timeout for s in offsets):
             raise LabError(f"starts needs {len(hosts)} offsets in [0, timeout)")
         daemons = self.start_cns(stall_timeout=stall_timeout, prefix=prefix)
-        self.runs += 1
-        run_dir = self.root / f"run{self.runs}"
+        run_dir = self.run_dir()
         go = run_dir / "go"
         procs = []
         for host, daemon, offset in zip(hosts, daemons, offsets, strict=False):
@@ -531,7 +548,7 @@ class StarLab:
             sn_if = self.sn.ifname(self.switch)
             links_before = self.net.link_counters()
             before = self.sn.counters(sn_if)
-            drops_before = {h.name: self._drops(h) for h in hosts}
+            drops_before = {h.name: self.drops(h) for h in hosts}
             started = time.monotonic()
             go.touch()
             walls: dict[str, float] = {}
@@ -552,7 +569,7 @@ class StarLab:
             wall = time.monotonic() - started
             after = self.sn.counters(sn_if)
             links_after = self.net.link_counters()
-            drops = {h.name: self._drops(h) - drops_before[h.name] for h in hosts}
+            drops = {h.name: self.drops(h) - drops_before[h.name] for h in hosts}
         finally:
             for host, _, proc, out, err in procs:
                 if proc.poll() is None:
@@ -596,7 +613,8 @@ class StarLab:
             pass
         host.kill(proc)
 
-    def _drops(self, host: Host) -> int:
+    def drops(self, host: Host) -> int:
+        """Packets the loss rule dropped so far on the way into ``host``."""
         if not self.loss:
             return 0
         link = self.cn_links[self.hosts.index(host)]
