@@ -351,6 +351,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "grace": Option(
             _float_range(0, 3600), "5", "seconds a session lingers once nobody wants anything"
         ),
+        "scheduler": Option(
+            _choice("demand", "uniform", "sequential"),
+            "demand",
+            "how a session chooses the next block",
+        ),
     },
     "fetching": {
         "download_dir": Option(_path, "downloads", "where fetched files are put"),

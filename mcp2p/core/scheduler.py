@@ -1,4 +1,4 @@
-"""What an SN sends next: a unit drawn at random, weighted by demand (DESIGN.md 5.5).
+"""What an SN sends next: by default a unit drawn at random, weighted by demand (DESIGN.md 5.5).
 
 A unit is what a subscriber can need: a global block index for the plain
 code (need 0 or 1), a piece for RaptorQ (it needs several symbols of it).
@@ -28,6 +28,16 @@ Costs, with U units, S subscribers and r ranges in a subscriber's set:
 
 Memory: 8 bytes per unit (the tree) plus the subscribers' needs.
 
+Two other policies, for comparison (`[serving] scheduler`; the lab's
+control experiment): ``UniformScheduler`` draws uniformly among the units
+anyone still needs, ``SequentialScheduler`` goes round them in unit order
+and wraps (a carousel, as udpcast or FLUTE send). Both keep the same needs
+and weights (so the session's bookkeeping is the same) plus, per unit, its
+weight and a second Fenwick tree of "someone needs it" (0/1): a uniform
+draw or the next needed unit at or after a cursor is one descent of it,
+O(log U); keeping it costs O(log U) more per weight change that crosses 0.
+Memory: 16 bytes more per unit.
+
 Pure: no Twisted, no I/O; randomness from the ``random.Random`` given.
 """
 
@@ -38,9 +48,18 @@ from array import array
 from collections.abc import Hashable, KeysView
 from operator import add
 
-from mcp2p.core.wanted import RangeSet
+from zope.interface import implementer
 
-__all__ = ["DemandScheduler"]
+from mcp2p.core.wanted import RangeSet
+from mcp2p.interfaces import IBlockScheduler
+
+__all__ = [
+    "SCHEDULERS",
+    "DemandScheduler",
+    "SequentialScheduler",
+    "UniformScheduler",
+    "make_scheduler",
+]
 
 
 class _Need:
@@ -54,6 +73,7 @@ class _Need:
         self.from_ranges = from_ranges
 
 
+@implementer(IBlockScheduler)
 class DemandScheduler:
     """Demand-weighted random choice of units; see the module doc."""
 
@@ -126,8 +146,10 @@ class DemandScheduler:
             step >>= 1
         return pos
 
-    def sent(self, unit: int) -> None:
-        """One symbol of ``unit`` went out: every need for it drops by one."""
+    def sent(self, unit: int) -> int:
+        """One symbol of ``unit`` went out: every need for it drops by one.
+
+        Returns how many subscribers needed it (its weight's drop)."""
         if not 0 <= unit < self._units:
             raise ValueError(f"unit {unit} is outside 0..{self._units - 1}")
         k = 0
@@ -153,6 +175,7 @@ class DemandScheduler:
             while i <= size:
                 tree[i] -= k
                 i += i & -i
+        return k
 
     # -- changing needs
 
@@ -277,3 +300,141 @@ class DemandScheduler:
         for unit, d in points.items():
             if d:
                 self._add(unit, d)
+
+
+class _LiveScheduler(DemandScheduler):
+    """The demand bookkeeping plus which units anyone needs at all.
+
+    ``_w`` is each unit's weight; ``_live`` a Fenwick tree of 0/1 (weight
+    > 0) over the same positions as the weight tree, ``_nlive`` its sum.
+    Every weight change goes through `_add` or `sent` (kept here) or the
+    bulk rebuild of `DemandScheduler._apply` (then both are rebuilt, O(U)).
+    """
+
+    def __init__(self, units: int, rng: random.Random) -> None:
+        super().__init__(units, rng)
+        self._w = array("q", bytes(8 * units))
+        self._live = array("q", bytes(8 * (self._size + 1)))
+        self._nlive = 0
+
+    def _flip(self, unit: int, delta: int) -> None:
+        live = self._live
+        size = self._size
+        i = unit + 1
+        while i <= size:
+            live[i] += delta
+            i += i & -i
+        self._nlive += delta
+
+    def _add(self, unit: int, delta: int) -> None:
+        super()._add(unit, delta)
+        before = self._w[unit]
+        after = before + delta
+        self._w[unit] = after
+        if (before > 0) != (after > 0):
+            self._flip(unit, 1 if after > 0 else -1)
+
+    def sent(self, unit: int) -> int:
+        k = super().sent(unit)
+        if k:
+            before = self._w[unit]
+            self._w[unit] = before - k
+            if before > 0 >= before - k:
+                self._flip(unit, -1)
+        return k
+
+    def _apply(self, old: _Need, new: _Need) -> None:
+        tree = self._tree
+        super()._apply(old, new)
+        if self._tree is not tree:  # the bulk path: rebuild from the new tree
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        n = self._size
+        w = array("q", self._tree)
+        for i in range(n, 0, -1):  # undo the Fenwick build: weights per position
+            j = i + (i & -i)
+            if j <= n:
+                w[j] -= w[i]
+        self._w = w[1 : self._units + 1]
+        live = array("q", (1 if x > 0 else 0 for x in w))
+        live[0] = 0
+        self._nlive = sum(live)
+        for i in range(1, n + 1):
+            j = i + (i & -i)
+            if j <= n:
+                live[j] += live[i]
+        self._live = live
+
+    def _nth_live(self, r: int) -> int:
+        """The unit that is the ``r``-th (from 0) of those anyone needs."""
+        live = self._live
+        pos = 0
+        step = self._size >> 1
+        while step:
+            nxt = pos + step
+            c = live[nxt]
+            if c <= r:
+                pos = nxt
+                r -= c
+            step >>= 1
+        return pos
+
+    def _live_before(self, unit: int) -> int:
+        """How many of units 0..unit-1 anyone needs."""
+        live = self._live
+        total = 0
+        i = unit
+        while i > 0:
+            total += live[i]
+            i &= i - 1
+        return total
+
+    @property
+    def needed_units(self) -> int:
+        """How many units anyone still needs."""
+        return self._nlive
+
+
+class UniformScheduler(_LiveScheduler):
+    """Uniform random choice among the units anyone still needs."""
+
+    def choose(self) -> int | None:
+        if self._nlive <= 0:
+            return None
+        return self._nth_live(self._randrange(self._nlive))
+
+
+class SequentialScheduler(_LiveScheduler):
+    """Round-robin in unit order over the needed units, wrapping (a carousel)."""
+
+    def __init__(self, units: int, rng: random.Random) -> None:
+        super().__init__(units, rng)
+        self._cursor = 0  # the next unit to look at
+
+    def choose(self) -> int | None:
+        nlive = self._nlive
+        if nlive <= 0:
+            return None
+        r = self._live_before(self._cursor) if self._cursor < self._units else nlive
+        if r >= nlive:
+            r = 0  # nothing needed at or after the cursor: wrap
+        unit = self._nth_live(r)
+        self._cursor = unit + 1
+        return unit
+
+
+SCHEDULERS: dict[str, type[DemandScheduler]] = {
+    "demand": DemandScheduler,
+    "uniform": UniformScheduler,
+    "sequential": SequentialScheduler,
+}
+
+
+def make_scheduler(name: str, units: int, rng: random.Random) -> DemandScheduler:
+    """The scheduler called ``name`` (a key of SCHEDULERS) over ``units`` units."""
+    try:
+        cls = SCHEDULERS[name]
+    except KeyError:
+        raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}") from None
+    return cls(units, rng)

@@ -260,6 +260,7 @@ class ServingService(Service):
             rng=self.rng,
             group=group,
             source=source,
+            scheduler=s.scheduler,
         )
 
     def _monitor(self, session: Session) -> None:

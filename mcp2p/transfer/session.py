@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from mcp2p.core.layout import Layout
 from mcp2p.core.pacing import TokenBucket
 from mcp2p.core.ratecontrol import RateController
-from mcp2p.core.scheduler import DemandScheduler
+from mcp2p.core.scheduler import make_scheduler
 from mcp2p.core.wanted import RangeSet
 from mcp2p.wire.rtp import HEADER_LEN, pack_header, packet_digest
 
@@ -75,6 +75,7 @@ class Session:
         rng: Any,
         group: str = "",
         source: str = "",
+        scheduler: str = "demand",
     ) -> None:
         self.reactor = reactor
         self.session_id = session_id
@@ -87,7 +88,7 @@ class Session:
         self.fd = os.open(path, os.O_RDONLY)
         self.encoder = code.encoder(layout, self._read)
         self.units = code.units(layout)
-        self.scheduler = DemandScheduler(self.units, rng)
+        self.scheduler = make_scheduler(scheduler, self.units, rng)  # [serving] scheduler
         self.symbols_sent = array("l", bytes(8 * self.units))  # per unit: n of the next symbol
         self.seq = 0
         self.seq_units = array("l", bytes(8 * SEQ_RING))

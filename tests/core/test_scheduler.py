@@ -1,4 +1,6 @@
-"""DemandScheduler: draws follow demand, and the Fenwick tree matches a naive model."""
+"""The block schedulers: demand-weighted draws follow demand, uniform draws are
+flat over the needed units, sequential goes round them in order; all only ever
+pick a needed unit, and their Fenwick trees match a naive model."""
 
 from __future__ import annotations
 
@@ -8,13 +10,21 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from zope.interface.verify import verifyObject
 
-from mcp2p.core.scheduler import DemandScheduler
+from mcp2p.core.scheduler import (
+    SCHEDULERS,
+    DemandScheduler,
+    SequentialScheduler,
+    UniformScheduler,
+    make_scheduler,
+)
 from mcp2p.core.wanted import RangeSet
+from mcp2p.interfaces import IBlockScheduler
 
 
-def scheduler(units: int, seed: int = 1) -> DemandScheduler:
-    return DemandScheduler(units, random.Random(seed))
+def scheduler(units: int, seed: int = 1, name: str = "demand") -> DemandScheduler:
+    return make_scheduler(name, units, random.Random(seed))
 
 
 def weights_of(s: DemandScheduler) -> list[int]:
@@ -252,11 +262,24 @@ def scenarios(draw: st.DrawFn) -> tuple[int, list[tuple]]:
     return units, ops
 
 
-@given(scenarios(), st.integers(0, 1000))
-@settings(max_examples=150)
-def test_tree_matches_a_naive_model(scenario: tuple[int, list[tuple]], seed: int) -> None:
+def check_live(s: DemandScheduler, naive: list[int]) -> None:
+    """A uniform or sequential scheduler's per-unit weights and 0/1 tree."""
+    if not isinstance(s, UniformScheduler | SequentialScheduler):
+        return
+    assert list(s._w) == naive
+    needed = [1 if w > 0 else 0 for w in naive]
+    assert s.needed_units == sum(needed)
+    for u in range(s.units + 1):
+        assert s._live_before(u) == sum(needed[:u])
+
+
+@given(name=st.sampled_from(list(SCHEDULERS)), scenario=scenarios(), seed=st.integers(0, 1000))
+@settings(max_examples=300)
+def test_tree_matches_a_naive_model(
+    name: str, scenario: tuple[int, list[tuple]], seed: int
+) -> None:
     units, ops = scenario
-    s = scheduler(units, seed)
+    s = scheduler(units, seed, name)
     model: dict[str, dict[int, int]] = {}
     for op in ops:
         if op[0] == "set":
@@ -290,7 +313,126 @@ def test_tree_matches_a_naive_model(scenario: tuple[int, list[tuple]], seed: int
                         del mine[unit]
         naive = [sum(m.get(u, 0) for m in model.values()) for u in range(units)]
         check_tree(s, naive)
+        check_live(s, naive)
         assert set(s.subscribers) == set(model)
         for sub, mine in model.items():
             got = s.need_of(sub)
             assert (dict.fromkeys(got, 1) if isinstance(got, RangeSet) else got) == mine
+
+
+# -- the other policies ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_every_policy_provides_the_interface(name: str) -> None:
+    s = scheduler(8, name=name)
+    assert verifyObject(IBlockScheduler, s)
+    assert s.choose() is None
+
+
+def test_unknown_policy() -> None:
+    with pytest.raises(ValueError, match="unknown scheduler 'nope'"):
+        scheduler(4, name="nope")
+
+
+def test_uniform_is_flat_over_needed_units() -> None:
+    """Chi-square against a flat distribution, whatever the demand per unit."""
+    s = scheduler(64, seed=11, name="uniform")
+    s.set_need("a", {3: 1, 7: 5, 8: 1, 20: 9, 21: 1, 40: 2, 63: 1})
+    s.set_need("b", RangeSet([(7, 9), (50, 53)]))
+    needed = [3, 7, 8, 20, 21, 40, 50, 51, 52, 63]
+    draws = 30_000
+    counts = Counter(s.choose() for _ in range(draws))
+    assert set(counts) == set(needed)
+    stat = chi2(counts, dict.fromkeys(needed, 1), draws)
+    assert stat < 27.9  # chi-square, 9 degrees of freedom, p = 0.001
+
+
+def test_uniform_ignores_demand_where_demand_follows_it() -> None:
+    """Weight 10 against weight 1: demand draws it ~10x as often, uniform ~1x."""
+    for name, low, high in (("demand", 8.0, 12.0), ("uniform", 0.9, 1.1)):
+        s = scheduler(2, seed=3, name=name)
+        s.set_need("a", {0: 10, 1: 1})
+        counts = Counter(s.choose() for _ in range(20_000))
+        assert low < counts[0] / counts[1] < high, name
+
+
+def test_sequential_visits_in_order_and_wraps() -> None:
+    s = scheduler(10, name="sequential")
+    s.set_need("a", RangeSet([(2, 5), (7, 9)]))
+    s.set_need("b", {8: 2})
+    assert [s.choose() for _ in range(12)] == [2, 3, 4, 7, 8, 2, 3, 4, 7, 8, 2, 3]
+
+
+def test_sequential_carousel_drains_and_picks_up_losses_on_the_next_round() -> None:
+    s = scheduler(6, name="sequential")
+    assert isinstance(s, SequentialScheduler)
+    s.set_need("a", RangeSet([(0, 6)]))
+    order = []
+    for _ in range(3):
+        unit = s.choose()
+        assert unit is not None
+        order.append(unit)
+        s.sent(unit)
+    s.add_need("a", 1)  # unit 1 was lost: it comes back after the cursor wraps
+    while (unit := s.choose()) is not None:
+        order.append(unit)
+        s.sent(unit)
+    assert order == [0, 1, 2, 3, 4, 5, 1]
+    assert s.total_weight == 0 and s.needed_units == 0
+
+
+def test_sequential_sends_ahead_of_the_cursor_first() -> None:
+    """A unit needed again behind the cursor waits for the wrap."""
+    s = scheduler(8, name="sequential")
+    s.set_need("a", RangeSet([(4, 8)]))
+    assert s.choose() == 4
+    s.sent(4)
+    s.set_need("b", RangeSet([(0, 2)]))
+    got = []
+    while (unit := s.choose()) is not None:
+        got.append(unit)
+        s.sent(unit)
+    assert got == [5, 6, 7, 0, 1]
+
+
+@pytest.mark.parametrize("name", ["uniform", "sequential"])
+def test_big_set_need_rebuilds_the_live_tree(name: str) -> None:
+    s = scheduler(1000, name=name)
+    assert isinstance(s, UniformScheduler | SequentialScheduler)
+    s.set_need("a", RangeSet([(0, 1000)]))  # bulk path
+    s.set_need("b", {5: 3})
+    s.set_need("a", RangeSet([(990, 1000)]))  # bulk path again
+    assert s.needed_units == 11
+    seen = set()
+    for _ in range(200):
+        unit = s.choose()
+        assert unit is not None and s.weight(unit) > 0
+        seen.add(unit)
+    assert seen == {5, *range(990, 1000)}
+
+
+@given(
+    name=st.sampled_from(list(SCHEDULERS)),
+    units=st.integers(1, 200),
+    need=st.sets(st.integers(0, 199), max_size=60),
+    seed=st.integers(0, 100),
+)
+@settings(max_examples=150)
+def test_every_policy_only_picks_needed_units_and_drains(
+    name: str, units: int, need: set[int], seed: int
+) -> None:
+    need = {u for u in need if u < units}
+    s = scheduler(units, seed, name)
+    s.set_need("a", RangeSet.from_indices(need))
+    got = []
+    for _ in range(len(need) + 1):
+        unit = s.choose()
+        if unit is None:
+            break
+        assert unit in need and unit not in got
+        got.append(unit)
+        s.sent(unit)
+    assert sorted(got) == sorted(need)
+    if name == "sequential":
+        assert got == sorted(need)
