@@ -8,7 +8,9 @@
 Three peers, each one sender in the SN's namespace and one receiver per CN:
 
 - ``udpcast``: ``udp-sender`` / ``udp-receiver`` (Debian udpcast),
-  multicast data on the lab's switch, sender paced by ``--max-bitrate``;
+  multicast data on the lab's switch, sender paced by ``--max-bitrate``
+  (``rate``, 95 Mbit/s by default); a receiver that lost its connect reply
+  is dropped after 30 unanswered REQACKs (``--retries-until-drop``);
   with one receiver udpcast itself switches to point-to-point (unicast).
 - ``uftp``: the ``uftp`` server and one ``uftpd`` client per CN (Debian
   uftp 4.10), unencrypted (``-Y none``), closed group (``-H`` the CNs'
@@ -51,8 +53,7 @@ from mcp2p.lab.transfer import FILE_NAME, CNResult, FetchResult, StarLab, file_d
 __all__ = [
     "PEERS",
     "TCP_PORT",
-    "UDPCAST_RATE",
-    "UFTP_RATE_KBPS",
+    "SEND_RATE",
     "missing_tools",
     "run_peer",
     "run_tcp",
@@ -62,8 +63,7 @@ __all__ = [
 
 PEERS = ("udpcast", "uftp", "tcp")
 TOOLS = {"udpcast": ("udp-sender", "udp-receiver"), "uftp": ("uftp", "uftpd"), "tcp": ()}
-UDPCAST_RATE = "95m"  # udp-sender --max-bitrate at a 100 Mbit/s link
-UFTP_RATE_KBPS = 95000  # uftp -R at a 100 Mbit/s link
+SEND_RATE = 95_000_000  # bit/s: udp-sender --max-bitrate, uftp -R (Kbit/s)
 TCP_PORT = 7700
 UDPCAST_PORTBASE = 9700
 UFTP_PORT = 1044
@@ -193,7 +193,9 @@ def _start(host: Host, cmd: list[str], log: Path, at_go: Path | None, ready: Pat
     return _Proc(host, proc, log, out)
 
 
-def _run(lab: StarLab, tool: str, n: int, name: str, timeout: float, plan_fn: Any) -> FetchResult:
+def _run(
+    lab: StarLab, tool: str, n: int, name: str, timeout: float, rate: int, plan_fn: Any
+) -> FetchResult:
     reason = missing_tools(tool)
     if reason:
         raise LabError(f"{tool}: {reason}")
@@ -206,7 +208,7 @@ def _run(lab: StarLab, tool: str, n: int, name: str, timeout: float, plan_fn: An
     run_dir = lab.run_dir(tool)
     go = run_dir / "go"
     hosts = lab.hosts[:n]
-    plan: _Plan = plan_fn(lab, hosts, source, run_dir)
+    plan: _Plan = plan_fn(lab, hosts, source, run_dir, rate)
     sender: _Proc | None = None
     receivers: list[_Proc] = []
     started = time.monotonic()
@@ -321,7 +323,7 @@ class _Failed(Exception):
 # -- the three tools
 
 
-def _udpcast_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path) -> _Plan:
+def _udpcast_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path, rate: int) -> _Plan:
     n = len(hosts)
     sn_if = lab.sn.ifname(lab.switch)
     common = [
@@ -340,7 +342,7 @@ def _udpcast_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path) 
         "--mcast-data-address",
         UDPCAST_GROUP,
         "--max-bitrate",
-        UDPCAST_RATE,
+        f"{max(1, rate // 1000)}k",
         "--full-duplex",
         "--rexmit-hello-interval",  # wakes its loop: starts ~20 ms after the
         "20",  # last receiver connected instead of ~2 s
@@ -376,7 +378,7 @@ def _udpcast_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path) 
     return _Plan(sender, False, receivers, True, outs, done_by_exit=True)
 
 
-def _uftp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path) -> _Plan:
+def _uftp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path, rate: int) -> _Plan:
     ids = [f"0x{0x77000001 + i:08x}" for i in range(len(hosts))]
     outs, receivers = [], []
     for host, uid in zip(hosts, ids, strict=True):
@@ -410,7 +412,7 @@ def _uftp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path) -> 
         "-Y",
         "none",
         "-R",
-        str(UFTP_RATE_KBPS),
+        str(max(1, rate // 1000)),
         "-I",
         lab.sn.ifname(lab.switch),
         "-M",
@@ -433,7 +435,7 @@ def _uftp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path) -> 
     return _Plan(sender, True, receivers, False, outs, done_by_exit=False, settle=0.3)
 
 
-def _tcp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path) -> _Plan:
+def _tcp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path, rate: int) -> _Plan:
     addr = lab.sn.addr(lab.switch)
     ready = run_dir / "tcp-ready"
     sender = [
@@ -462,13 +464,23 @@ _PLANS = {"udpcast": _udpcast_plan, "uftp": _uftp_plan, "tcp": _tcp_plan}
 
 
 def run_peer(
-    lab: StarLab, tool: str, n: int, *, name: str = FILE_NAME, timeout: float = 120
+    lab: StarLab,
+    tool: str,
+    n: int,
+    *,
+    name: str = FILE_NAME,
+    timeout: float = 120,
+    rate: int = SEND_RATE,
 ) -> FetchResult:
     """``tool`` (one of PEERS) copies the shared file ``name`` from the SN to
-    the first ``n`` CNs of ``lab``; see the module docstring."""
+    the first ``n`` CNs of ``lab``; see the module docstring. ``rate`` (bit/s)
+    paces the multicast senders (udpcast's ``--max-bitrate``, uftp's ``-R``);
+    TCP is paced by TCP alone."""
     if tool not in _PLANS:
         raise LabError(f"unknown peer {tool!r}; known: {', '.join(PEERS)}")
-    return _run(lab, tool, n, name, timeout, _PLANS[tool])
+    if rate < 1000:
+        raise LabError("rate is in bit/s, at least 1000")
+    return _run(lab, tool, n, name, timeout, rate, _PLANS[tool])
 
 
 def run_udpcast(lab: StarLab, n: int, **kw: Any) -> FetchResult:
