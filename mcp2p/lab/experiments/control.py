@@ -1,0 +1,636 @@
+"""Experiment 4, what the control channel carries: its overhead, forgery, block choice.
+
+Topology: `StarLab`, one switch (IGMP snooping off, so multicast is flooded)
+with the SN and CN hosts ``cn1`` ... ``cnN``, every link shaped to ``rate``
+Mbit/s, real daemons on every host (the SN's sessions at 95% of the link
+rate), plus a ``forger`` host on the same switch for part 2.
+
+1. Overhead. An nftables table in each CN's namespace (only there) counts,
+   on the CN's veth: data (UDP from the SN but discovery answers), SN->CN control (TCP
+   from the SN's control port: Sent notices, manifest, TLS and TCP framing)
+   and CN->SN control (TCP to the SN's control port: UpdateWanted and
+   ReportLoss, TCP acks). The receiver counts the notices themselves (12
+   bytes each on the wire inside AMP). Run for 1 and 4 CNs, multicast and
+   unicast; everything is per data byte the same CN received.
+2. Forgery. During a 1-CN multicast fetch, a forger process in the
+   ``forger`` namespace sniffs the session's packets on its port of the
+   switch (AF_PACKET) and sends ``forged_packets`` copies of the latest one
+   at 1 ms spacing, each with flipped payload bytes and a sequence number a
+   little ahead of the SN's (``lead``), with the SN's SSRC and, since an SSM
+   receiver filters by source, the SN's source address (raw IP socket), to
+   the session's group and port. The CN holds such a packet until the
+   notice for its sequence number exposes it: its receiver counts
+   ``forged`` and how long each was held (``forged_hold_max``/``_sum``).
+   The file must still verify.
+3. Block choice with late joiners. For each policy of ``[serving]
+   scheduler`` (demand-weighted random, uniform random over the needed
+   blocks, sequential carousel) the SN is restarted and ``late_cns`` CNs
+   fetch one file in multicast, CN i starting ``i * stagger`` s after the
+   first. Per CN: its completion time (from its own start), the blocks it
+   received that it held already (store ``duplicates``) and the packets it
+   accepted.
+
+`run` returns every repetition of every point; `report` computes the tables,
+plot and conclusion from that alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mcp2p.lab.experiment import Context, Param, ReportOut, Section, fmt_spread, md_table, spread
+from mcp2p.lab.netns import Host, LabError, Network, missing_requirements
+from mcp2p.lab.transfer import FetchResult, StarLab
+
+NAME = "control"
+TITLE = "What the control channel carries"
+QUESTION = (
+    "What do the Sent notices and wanted-map updates cost per data byte, how fast "
+    "does a CN drop a forged packet, and does demand-weighted block choice beat "
+    "uniform random and a sequential carousel when CNs join late?"
+)
+PARAMS = {
+    "rate": Param(100, 100, 100, "link rate, Mbit/s (every link, both ends)"),
+    "overhead_cns": Param([1, 4], [1, 4], [1], "CNs per overhead point"),
+    "overhead_modes": Param(
+        ["multicast", "unicast"], ["multicast", "unicast"], ["multicast"], "modes of part 1"
+    ),
+    "overhead_mb": Param(16, 8, 4, "file size of parts 1 and 2, MiB"),
+    "forged_packets": Param(200, 200, 200, "forged packets per burst (1 ms apart)"),
+    "lead": Param(64, 64, 64, "sequence numbers a forged packet is ahead of the SN's"),
+    "policies": Param(
+        ["demand", "uniform", "sequential"],
+        ["demand", "uniform", "sequential"],
+        ["demand", "sequential"],
+        "[serving] scheduler policies of part 3",
+    ),
+    "late_cns": Param(4, 4, 2, "CNs of part 3"),
+    "stagger": Param(1.0, 0.5, 0.3, "seconds between two CNs' starts in part 3"),
+    "late_mb": Param(32, 12, 8, "file size of part 3, MiB"),
+    "losses": Param([0.0, 0.01], [0.0], [0.0], "UDP loss into each CN in part 3"),
+    "timeout": Param(120, 60, 30, "seconds a CN may take before it counts as failed"),
+}
+
+MB = 1 << 20
+NFT_TABLE = "mcp2p_control"
+NOTICE_BYTES = 12  # control.NOTICE: u32 sequence number + 8-byte digest
+DATA_PORT = 7712  # [serving] data_port, default: where multicast data goes
+QUERY_PORT = 7711  # [discovery] query_port: the SN's answers are not data
+SAP_PORT = 9875  # [sap] port
+CONTROL_PORT = 7713  # [serving] control_port, default
+FORGER_WAIT = 30.0  # seconds the forger waits for the session's first packet
+
+# Runs in the forger's namespace. argv: ifname sn_ip port count spacing lead wait.
+# Sniffs IPv4 UDP from sn_ip to a multicast group on port (AF_PACKET), then sends
+# count forged copies of the latest such packet, spacing s apart, each with its
+# sequence number lead ahead of the latest seen and 32 payload bytes flipped,
+# from sn_ip (raw IP socket) to the same group and port. Prints one JSON line.
+_FORGER = r"""
+import json, socket, struct, sys, time
+ifname, sn_ip, port = sys.argv[1], socket.inet_aton(sys.argv[2]), int(sys.argv[3])
+count, spacing = int(sys.argv[4]), float(sys.argv[5])
+lead, wait = int(sys.argv[6]), float(sys.argv[7])
+sniff = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+sniff.bind((ifname, 0))
+sniff.settimeout(0.2)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+idx = socket.if_nametoindex(ifname)
+mreqn = struct.pack("4s4si", b"\0" * 4, b"\0" * 4, idx)
+raw.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+raw.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 16)
+latest = None
+seen = 0
+
+def take(b):
+    global latest, seen
+    if len(b) < 28 or b[9] != 17 or b[12:16] != sn_ip or not 224 <= b[16] <= 239:
+        return
+    ihl = (b[0] & 15) * 4
+    udp = b[ihl:]
+    if len(udp) < 8 + 22 or struct.unpack("!H", udp[2:4])[0] != port:
+        return
+    seen += 1
+    latest = (b[16:20], udp[8:])
+
+def drain():
+    sniff.setblocking(False)
+    try:
+        for _ in range(4096):
+            take(sniff.recv(65535))
+    except BlockingIOError:
+        pass
+    finally:
+        sniff.settimeout(0.2)
+
+deadline = time.monotonic() + wait
+while latest is None and time.monotonic() < deadline:
+    try:
+        take(sniff.recv(65535))
+    except socket.timeout:
+        pass
+if latest is None:
+    print(json.dumps({"sent": 0, "seen": seen, "error": "no session packet seen"}))
+    sys.exit(0)
+sent, errors, first, last = 0, 0, time.monotonic(), -1
+ssrc = struct.unpack("!I", latest[1][8:12])[0]
+for i in range(count):
+    drain()
+    group, rtp = latest
+    ts = max(struct.unpack("!I", rtp[4:8])[0] + lead, last + 1)  # each one distinct
+    last = ts
+    ts &= 0xFFFFFFFF
+    body = bytearray(rtp[:2] + struct.pack("!HI", ts & 0xFFFF, ts) + rtp[8:])
+    for j in range(22, min(len(body), 54)):
+        body[j] ^= 0xFF
+    udp = struct.pack("!HHHH", port, port, 8 + len(body), 0) + bytes(body)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 16, 17, 0, sn_ip, group)
+    try:
+        raw.sendto(ip + udp, (socket.inet_ntoa(group), 0))
+        sent += 1
+    except OSError:
+        errors += 1
+    time.sleep(spacing)
+print(json.dumps({"sent": sent, "errors": errors, "seen": seen, "ssrc": ssrc,
+                  "group": socket.inet_ntoa(latest[0]), "seconds": time.monotonic() - first}))
+"""
+
+
+# -- measuring -----------------------------------------------------------------
+
+
+def _nft_install(host: Host, ifname: str, sn_ip: str) -> None:
+    """Counters in ``host``'s namespace only: data in, control in, control out."""
+    script = (
+        f"add table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"
+        f"table inet {NFT_TABLE} {{\n"
+        f"  chain pre {{\n"
+        f"    type filter hook prerouting priority -300; policy accept;\n"
+        f'    iifname "{ifname}" ip saddr {sn_ip} udp sport != {{ {QUERY_PORT}, {SAP_PORT} }}'
+        " counter\n"
+        f'    iifname "{ifname}" ip saddr {sn_ip} tcp sport {CONTROL_PORT} counter\n'
+        f"  }}\n"
+        f"  chain out {{\n"
+        f"    type filter hook output priority -300; policy accept;\n"
+        f'    oifname "{ifname}" ip daddr {sn_ip} tcp dport {CONTROL_PORT} counter\n'
+        f"  }}\n"
+        f"}}\n"
+    )
+    cp = host.run(["nft", "-f", "-"], input=script, timeout=15)
+    if cp.returncode != 0:
+        raise LabError(f"{host.name}: nft failed: {cp.stderr.strip()}")
+
+
+def _nft_read(host: Host) -> dict[str, int]:
+    """Bytes so far: ``data`` in, ``ctl_in`` (SN->CN), ``ctl_out`` (CN->SN)."""
+    cp = host.run(["nft", "-j", "list", "table", "inet", NFT_TABLE], timeout=15)
+    if cp.returncode != 0:
+        raise LabError(f"{host.name}: cannot read the counters: {cp.stderr.strip()}")
+    counters = [
+        expr["counter"]
+        for item in json.loads(cp.stdout).get("nftables", [])
+        for expr in item.get("rule", {}).get("expr", [])
+        if "counter" in expr
+    ]
+    if len(counters) != 3:
+        raise LabError(f"{host.name}: expected three counters, found {len(counters)}")
+    return {
+        k: int(c["bytes"]) for k, c in zip(("data", "ctl_in", "ctl_out"), counters, strict=True)
+    }
+
+
+def _receiver(cn: Any) -> dict[str, float]:
+    """The CN's receiver counters, summed over its sources."""
+    total: dict[str, float] = {}
+    for counters in cn.receivers:
+        for key, value in counters.items():
+            if isinstance(value, int | float):
+                if key == "forged_hold_max":
+                    total[key] = max(total.get(key, 0.0), float(value))
+                else:
+                    total[key] = total.get(key, 0) + value
+    return total
+
+
+def _cn_record(cn: Any) -> dict[str, Any]:
+    recv = _receiver(cn)
+    return {
+        "name": cn.name,
+        "ok": cn.ok,
+        "verified": cn.verified,
+        "error": cn.error[:300],
+        "start": cn.start,
+        "elapsed": cn.elapsed if cn.done else None,
+        "wall": cn.wall if cn.wall == cn.wall else None,
+        "duplicates": int(cn.store.get("duplicates", 0)),
+        "receiver": recv,
+    }
+
+
+class _Lab:
+    """One StarLab (plus the forger host) for the whole run."""
+
+    def __init__(self, net: Network, root: Path, cns: int, rate_mbit: int) -> None:
+        self.rate = rate_mbit * 1_000_000
+        self.star = StarLab(net, root, cns, rate=self.rate)
+        self.forger = net.add_host("forger")
+        net.link(self.forger, self.star.switch, rate=self.rate)
+        self.forger.wait_ready()
+        self.sn_ip = self.star.sn.addr()
+        for host in self.star.hosts:
+            _nft_install(host, host.ifname(self.star.switch), self.sn_ip)
+        self.policy: str | None = None
+
+    def sn(self, policy: str) -> None:
+        """The SN with this block-choice policy (restarted when it changes)."""
+        if policy == self.policy and self.star.sn_proc and self.star.sn_proc.poll() is None:
+            return
+        self.star.stop_sn()
+        self.policy = None
+        rate = f"{int(self.rate * 0.95)}"
+        self.star.start_sn(rate=rate, scheduler=policy)
+        self.policy = policy
+
+    def fetch(self, n: int, name: str, mode: str, timeout: float, **kw: Any) -> FetchResult:
+        return self.star.fetch(n, name=name, mode=mode, timeout=timeout, **kw)
+
+
+def _overhead(lab: _Lab, n: int, mode: str, name: str, timeout: float) -> dict[str, Any]:
+    lab.sn("demand")
+    hosts = lab.star.hosts[:n]
+    before = {h.name: _nft_read(h) for h in hosts}
+    t0 = time.monotonic()
+    result = lab.fetch(n, name, mode, timeout)
+    after = {h.name: _nft_read(h) for h in hosts}
+    cns = []
+    for cn in result.cns:
+        rec = _cn_record(cn)
+        rec["bytes"] = {k: after[cn.name][k] - before[cn.name][k] for k in after[cn.name]}
+        rec["notice_bytes"] = int(rec["receiver"].get("notices", 0)) * NOTICE_BYTES
+        cns.append(rec)
+    return {"cns": cns, "seconds": time.monotonic() - t0, "sn_tx_bytes": result.sn_tx_bytes}
+
+
+def _forged(lab: _Lab, name: str, packets: int, lead: int, timeout: float) -> dict[str, Any]:
+    lab.sn("demand")
+    ifname = lab.forger.ifname(lab.star.switch)
+    args = [ifname, lab.sn_ip, str(DATA_PORT), str(packets), "0.001", str(lead), str(FORGER_WAIT)]
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    proc = lab.forger.popen(
+        [sys.executable, "-c", _FORGER, *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)  # the forger's socket is open before the session starts
+        result = lab.fetch(1, name, "multicast", timeout)
+        try:
+            proc.wait(timeout=FORGER_WAIT + packets * 0.01 + 5)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        lab.forger.kill(proc)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+        out.close()
+    forger: dict[str, Any] = {"error": text[-500:]}
+    for line in reversed(text.splitlines()):
+        try:
+            forger = json.loads(line)
+            break
+        except ValueError:
+            continue
+    return {"cn": _cn_record(result.cns[0]), "forger": forger}
+
+
+def _late(
+    lab: _Lab, policy: str, n: int, stagger: float, name: str, timeout: float
+) -> dict[str, Any]:
+    lab.sn(policy)
+    result = lab.fetch(n, name, "multicast", timeout, starts=[i * stagger for i in range(n)])
+    return {"cns": [_cn_record(cn) for cn in result.cns], "wall": result.wall}
+
+
+def _guard(fn: Any, *args: Any) -> dict[str, Any]:
+    """A point that fails is recorded as failed, not raised."""
+    try:
+        out: dict[str, Any] = fn(*args)
+        return out
+    except (LabError, OSError, subprocess.SubprocessError, ValueError) as e:
+        return {"error": f"{type(e).__name__}: {e}"[:1000]}
+
+
+def _each(fn: Any, *args: Any) -> Callable[[int], dict[str, Any]]:
+    """What `Context.repeat` calls per repetition: ``fn(*args)``, guarded."""
+
+    def one(rep: int) -> dict[str, Any]:
+        return _guard(fn, *args)
+
+    return one
+
+
+def run(ctx: Context, **params: Any) -> dict[str, Any]:
+    reason = missing_requirements(("ip", "tc", "nft", "ethtool"))
+    if reason:
+        raise LabError(f"the control experiment needs root and tools: {reason}")
+    for policy in params["policies"]:
+        if policy not in ("demand", "uniform", "sequential"):
+            raise ValueError(f"unknown policy {policy!r}: demand, uniform or sequential")
+    for mode in params["overhead_modes"]:
+        if mode not in ("multicast", "unicast"):
+            raise ValueError(f"unknown mode {mode!r}: multicast or unicast")
+    reps = ctx.reps
+    timeout = float(params["timeout"])
+    most = max([*params["overhead_cns"], params["late_cns"], 1])
+    data: dict[str, Any] = {"params": params, "reps": reps, "overhead": [], "forged": []}
+    data["late"] = []
+    t0 = time.monotonic()
+    with Network() as net:
+        lab = _Lab(net, ctx.subdir("lab"), most, params["rate"])
+        lab.star.share(params["overhead_mb"] * MB, name="small.bin")
+        lab.star.share(params["late_mb"] * MB, name="late.bin")
+        for mode in params["overhead_modes"]:
+            for n in params["overhead_cns"]:
+                runs = ctx.repeat(
+                    f"overhead {mode} {n} CN",
+                    _each(_overhead, lab, n, mode, "small.bin", timeout),
+                )
+                data["overhead"].append({"mode": mode, "cns": n, "runs": runs})
+        data["forged"] = ctx.repeat(
+            "forged burst",
+            _each(_forged, lab, "small.bin", params["forged_packets"], params["lead"], timeout),
+        )
+        for loss in params["losses"]:
+            lab.star.set_loss(loss or None)
+            for policy in params["policies"]:
+                runs = ctx.repeat(
+                    f"late joiners {policy} loss {loss:.0%}",
+                    _each(
+                        _late,
+                        lab,
+                        policy,
+                        params["late_cns"],
+                        params["stagger"],
+                        "late.bin",
+                        timeout,
+                    ),
+                )
+                data["late"].append({"policy": policy, "loss": loss, "runs": runs})
+        lab.star.set_loss(None)
+        lab.star.stop()
+    data["seconds"] = time.monotonic() - t0
+    ctx.done()
+    return data
+
+
+# -- reporting -----------------------------------------------------------------
+
+
+def _ok_cns(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [cn for run in runs for cn in run.get("cns", []) if cn.get("ok")]
+
+
+def _failed(runs: list[dict[str, Any]]) -> int:
+    bad = 0
+    for run in runs:
+        if "error" in run and "cns" not in run:
+            bad += 1
+        bad += sum(1 for cn in run.get("cns", []) if not cn.get("ok"))
+    return bad
+
+
+def _ratio(cn: dict[str, Any], key: str) -> float:
+    data = cn["bytes"]["data"]
+    if not data:
+        return math.nan
+    value = cn["notice_bytes"] if key == "notices" else cn["bytes"][key]
+    return float(value) / data
+
+
+def report(data: dict[str, Any], out: ReportOut) -> Section:
+    p = data["params"]
+    reps = data["reps"]
+    tables: list[str] = []
+    notes: list[str] = []
+
+    # 1. overhead
+    rows = []
+    overhead_pts = []
+    for point in data["overhead"]:
+        cns = _ok_cns(point["runs"])
+        ratios = {k: [_ratio(c, k) * 1000 for c in cns] for k in ("notices", "ctl_in", "ctl_out")}
+        overhead_pts.append((point, ratios))
+        rows.append(
+            [
+                point["mode"],
+                point["cns"],
+                fmt_spread(ratios["notices"], 2),
+                fmt_spread(ratios["ctl_in"], 2),
+                fmt_spread(ratios["ctl_out"], 2),
+                fmt_spread([c["receiver"].get("lost", 0) for c in cns], 0),
+                _failed(point["runs"]),
+            ]
+        )
+    tables.append(
+        "Control bytes per 1000 data bytes, per CN (data: UDP from the SN "
+        "into the CN; SN->CN: TCP from the control port; CN->SN: TCP to it)\n\n"
+        + md_table(
+            [
+                "mode",
+                "CNs",
+                "notices (12 B each)",
+                "SN->CN control on the wire",
+                "CN->SN (wanted maps, loss reports, acks)",
+                "lost packets",
+                "failed CNs",
+            ],
+            rows,
+        )
+    )
+
+    # 2. forgery
+    forged_runs = [r for r in data["forged"] if "cn" in r]
+    forged = [float(r["cn"]["receiver"].get("forged", 0)) for r in forged_runs]
+    sent = [float(r["forger"].get("sent", 0)) for r in forged_runs]
+    mean_hold = [
+        1000 * r["cn"]["receiver"].get("forged_hold_sum", 0.0) / r["cn"]["receiver"]["forged"]
+        for r in forged_runs
+        if r["cn"]["receiver"].get("forged")
+    ]
+    max_hold = [
+        1000 * float(r["cn"]["receiver"].get("forged_hold_max", 0.0))
+        for r in forged_runs
+        if r["cn"]["receiver"].get("forged")
+    ]
+    verified = sum(1 for r in forged_runs if r["cn"].get("verified"))
+    unannounced = [float(r["cn"]["receiver"].get("unannounced", 0)) for r in forged_runs]
+    tables.append(
+        "Forged packets (one 1-CN multicast fetch per repetition; hold: from the forged "
+        "packet's arrival to the notice that exposed it)\n\n"
+        + md_table(
+            [
+                "forged sent",
+                "counted forged",
+                "dropped unannounced",
+                "mean hold (ms)",
+                "max hold (ms)",
+                "files verified",
+            ],
+            [
+                [
+                    fmt_spread(sent, 0),
+                    fmt_spread(forged, 0),
+                    fmt_spread(unannounced, 0),
+                    fmt_spread(mean_hold, 2),
+                    fmt_spread(max_hold, 2),
+                    f"{verified}/{len(data['forged'])}",
+                ]
+            ],
+        )
+    )
+
+    # 3. late joiners
+    rows = []
+    late_pts = []
+    for point in data["late"]:
+        slowest, med, dups, dups_first = [], [], [], []
+        for run in point["runs"]:
+            cns = run.get("cns", [])
+            if not cns or not all(c.get("ok") for c in cns):
+                continue
+            times = [float(c["elapsed"]) for c in cns]
+            slowest.append(max(times))
+            med.append(spread(times)[0])
+            dups += [c["duplicates"] for c in cns]
+            dups_first.append(cns[0]["duplicates"])
+        late_pts.append((point, slowest, med, dups))
+        rows.append(
+            [
+                point["policy"],
+                f"{point['loss']:.0%}",
+                fmt_spread(slowest, 2),
+                fmt_spread(med, 2),
+                fmt_spread(dups, 0),
+                fmt_spread(dups_first, 0),
+                _failed(point["runs"]),
+            ]
+        )
+    tables.append(
+        f"Block choice with {p['late_cns']} CNs starting {p['stagger']:g} s apart "
+        f"(multicast, {p['late_mb']} MiB; completion from each CN's own start; duplicates: "
+        "blocks a CN received that it held already)\n\n"
+        + md_table(
+            [
+                "policy",
+                "loss",
+                "slowest CN (s)",
+                "median CN (s)",
+                "duplicates per CN",
+                "duplicates, first CN",
+                "failed CNs",
+            ],
+            rows,
+        )
+    )
+
+    # plots
+    fig, axes = out.figure(1, 2, figsize=(10, 4))
+    ax = axes[0]
+    labels, meds, los, his = [], [], [], []
+    for point, slowest, _, _ in late_pts:
+        m, lo, hi = spread(slowest)
+        labels.append(f"{point['policy']}\n{point['loss']:.0%}")
+        meds.append(m)
+        los.append(m - lo if m == m else 0)
+        his.append(hi - m if m == m else 0)
+    ax.bar(range(len(labels)), meds, yerr=[los, his], capsize=4, color="tab:blue")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("slowest CN's completion (s)")
+    ax.set_title("block choice, late joiners")
+    ax = axes[1]
+    meds = [spread(d)[0] for _, _, _, d in late_pts]
+    ax.bar(range(len(labels)), meds, color="tab:orange")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("duplicate blocks per CN (median)")
+    ax.set_title("duplicates")
+    plots = [out.save(fig, "policies")]
+    fig, ax = out.figure()
+    names = [f"{pt['mode']}\n{pt['cns']} CN" for pt, _ in overhead_pts]
+    width = 0.4
+    for i, (key, label) in enumerate((("ctl_in", "SN->CN"), ("ctl_out", "CN->SN"))):
+        vals = [spread(r[key])[0] for _, r in overhead_pts]
+        ax.bar([j + i * width for j in range(len(names))], vals, width, label=label)
+    ax.set_xticks([j + width / 2 for j in range(len(names))], names)
+    ax.set_ylabel("control bytes per 1000 data bytes")
+    ax.legend()
+    plots.append(out.save(fig, "overhead"))
+
+    # conclusion, from the numbers above
+    in_all = [r for _, rs in overhead_pts for r in rs["ctl_in"] if r == r]
+    out_all = [r for _, rs in overhead_pts for r in rs["ctl_out"] if r == r]
+    first = (
+        f"The control channel costs {fmt_spread(in_all, 1)} bytes SN->CN and "
+        f"{fmt_spread(out_all, 1)} bytes CN->SN per 1000 data bytes over all overhead points"
+        if in_all
+        else "No overhead point completed"
+    )
+    if forged_runs and sum(forged):
+        first += (
+            f", and a CN dropped {fmt_spread(forged, 0)} forged packets per burst after "
+            f"holding them {fmt_spread(mean_hold, 2)} ms on average (at most "
+            f"{max(max_hold):.1f} ms), with {verified} of {len(data['forged'])} files verified."
+        )
+    else:
+        first += "; no forged packet was counted, so detection time is not measured."
+    no_loss = [(pt, s, d) for pt, s, _, d in late_pts if not pt["loss"] and s]
+    if len(no_loss) >= 2:
+        best = min(no_loss, key=lambda x: spread(x[1])[0])
+        fewest = min(no_loss, key=lambda x: spread(x[2])[0])
+        demand = next((x for x in no_loss if x[0]["policy"] == "demand"), None)
+        second = (
+            f"With {p['late_cns']} CNs joining {p['stagger']:g} s apart and no loss, "
+            f"{best[0]['policy']} gave the fastest slowest CN "
+            f"({spread(best[1])[0]:.2f} s median) and {fewest[0]['policy']} the fewest "
+            f"duplicates per CN ({spread(fewest[2])[0]:.0f} median)"
+        )
+        if demand is not None and demand is not best:
+            gap = spread(demand[1])[0] / spread(best[1])[0] - 1
+            second += f"; demand-weighted choice was {gap:.0%} slower than that."
+        elif demand is not None:
+            others = [spread(x[1])[0] for x in no_loss if x is not demand]
+            second += (
+                f", so demand-weighted choice was "
+                f"{min(others) / spread(demand[1])[0] - 1:.0%} faster than the next policy."
+            )
+        else:
+            second += "."
+    else:
+        second = "Fewer than two policies completed, so the block choices cannot be compared."
+    if any(_failed(pt["runs"]) for pt in data["late"] + data["overhead"]):
+        notes.append("Some CNs failed or timed out; they are left out of the medians.")
+    setup = (
+        f"A switch (IGMP snooping off) with the SN, {max([*p['overhead_cns'], p['late_cns']])} "
+        f"CN hosts and a forger host, every link {p['rate']} Mbit/s (tbf, both ends), real "
+        f"daemons, the SN's sessions at 95% of the link rate, plain code. Overhead: "
+        f"{p['overhead_mb']} MiB file, {', '.join(map(str, p['overhead_cns']))} CNs, "
+        f"{' and '.join(p['overhead_modes'])}, bytes counted by nftables in each CN's "
+        f"namespace. Forgery: {p['forged_packets']} forged copies at 1 ms spacing, "
+        f"{p['lead']} sequence numbers ahead, spoofed SN source and SSRC, during a 1-CN "
+        f"multicast fetch of the same file. Block choice: {p['late_cns']} CNs, "
+        f"{p['stagger']:g} s apart, {p['late_mb']} MiB, multicast, policies "
+        f"{', '.join(p['policies'])}, UDP loss "
+        f"{', '.join(f'{x:.0%}' for x in p['losses'])}; the SN restarted per policy. "
+        f"{reps} repetitions per point; median (min-max); the run took "
+        f"{data.get('seconds', math.nan):.0f} s."
+    )
+    return Section(
+        setup=setup, tables=tables, plots=plots, conclusion=f"{first} {second}", notes=notes
+    )
