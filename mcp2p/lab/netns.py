@@ -30,6 +30,14 @@ Platform notes: both ends of a veth get distinct ifindexes (see `link`);
 otherwise linkwatch delays the carrier by up to a second and IPv6 (incl.
 multicast forwarding) silently drops traffic meanwhile. `link()` waits until
 interfaces are up and have their IPv6 link-local address.
+
+Detached networks (``python -m mcp2p.lab topo ... up``): `Network.detach()`
+leaves everything up after this process exits and writes a state file
+(JSON: prefix, namespaces, and each process's pid with its start time from
+``/proc/PID/stat``). `destroy_detached(state_file)`, in any later process,
+kills those pids that are still the processes we started and deletes the
+namespaces. `reap_orphans()` leaves a network alone while its state file
+marks it detached.
 """
 
 from __future__ import annotations
@@ -62,13 +70,18 @@ __all__ = [
     "Router",
     "Switch",
     "counter_delta",
+    "destroy_detached",
+    "detached_networks",
     "missing_requirements",
+    "namespace_counters",
+    "process_start_time",
     "reap_orphans",
 ]
 
 NS_PREFIX = "mcp2p-"
 IFNAMSIZ = 15  # longest Linux interface name
 STATE_ROOT = os.path.join(tempfile.gettempdir(), "mcp2p-lab")
+DETACHED_FILE = "detached.json"  # in a network's state dir while it is detached
 KILL_TIMEOUT = 2.0
 CMD_TIMEOUT = 30.0
 
@@ -160,13 +173,16 @@ def reap_orphans() -> list[str]:
     """Remove namespaces left by `Network`s whose owning process died.
 
     Only namespaces named ``mcp2p-<6 hex>-*`` whose state directory still
-    records an owner pid that no longer exists are touched. Returns them.
+    records an owner pid that no longer exists are touched, and never those
+    of a network left up with `Network.detach()`. Returns them.
     """
     reaped = []
     for ns in _ns_list():
         m = _OWNED_NS_RE.match(ns)
         if not m:
             continue
+        if os.path.exists(os.path.join(STATE_ROOT, m.group(1), DETACHED_FILE)):
+            continue  # left up on purpose; destroy_detached() removes it
         owner_file = os.path.join(STATE_ROOT, m.group(1), "owner")
         try:
             with open(owner_file) as f:
@@ -182,6 +198,115 @@ def reap_orphans() -> list[str]:
         assert m
         shutil.rmtree(os.path.join(STATE_ROOT, m.group(1)), ignore_errors=True)
     return reaped
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of ``/proc/PID/stat`` (start time in clock ticks after boot),
+    or None if there is no such process. With the pid it names one process:
+    a pid reused later has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command may contain spaces
+    try:
+        return int(fields[19])  # fields[0] is field 3 (state)
+    except (IndexError, ValueError):
+        return None
+
+
+def namespace_counters(ns: str, ifnames: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+    """rx/tx bytes and packets of the interfaces in namespace ``ns`` (all but
+    ``lo`` if ``ifnames`` is None), keyed by interface name; {} if ``ns`` is
+    gone. For networks of an earlier process (see `destroy_detached`)."""
+    if not ns.startswith(NS_PREFIX):
+        raise LabError(f"not one of our namespaces: {ns!r}")
+    cp = _run(["ip", "-n", ns, "-s", "-j", "link", "show"], check=False)
+    if cp.returncode != 0 or not cp.stdout.strip():
+        return {}
+    wanted = set(ifnames) if ifnames is not None else None
+    out: dict[str, dict[str, int]] = {}
+    for entry in json.loads(cp.stdout):
+        name = entry.get("ifname")
+        if name == "lo" or (wanted is not None and name not in wanted):
+            continue
+        stats = entry["stats64"]
+        out[name] = {
+            "rx_bytes": stats["rx"]["bytes"],
+            "tx_bytes": stats["tx"]["bytes"],
+            "rx_packets": stats["rx"]["packets"],
+            "tx_packets": stats["tx"]["packets"],
+        }
+    return out
+
+
+def detached_networks() -> list[str]:
+    """State files of every network currently left up by `Network.detach`."""
+    try:
+        ids = sorted(os.listdir(STATE_ROOT))
+    except OSError:
+        return []
+    files = (os.path.join(STATE_ROOT, i, DETACHED_FILE) for i in ids)
+    return [f for f in files if os.path.exists(f)]
+
+
+def destroy_detached(state_file: str, timeout: float = KILL_TIMEOUT) -> list[str]:
+    """Take down a network left up by `Network.detach`, from any process.
+
+    Each recorded process is signalled only while ``/proc/PID/stat`` still
+    shows the start time recorded when it was detached (so a reused pid is
+    never hit): SIGTERM, then SIGKILL after ``timeout``. Then the network's
+    namespaces (recorded, or named with its prefix) are deleted, and its
+    state directory. Returns the namespaces deleted. Idempotent.
+    """
+    try:
+        with open(state_file) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise LabError(f"{state_file}: unreadable state file: {e}") from e
+    prefix = str(state.get("prefix", ""))
+    if not _OWNED_NS_RE.match(prefix):
+        raise LabError(f"{state_file}: not a state file of ours (prefix {prefix!r})")
+
+    def ours(p: dict[str, Any]) -> bool:
+        return process_start_time(int(p["pid"])) == p.get("start")
+
+    procs = [p for p in state.get("processes", []) if ours(p)]
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(p["pid"]), signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while procs and time.monotonic() < deadline:
+        procs = [p for p in procs if ours(p) and not _zombie(int(p["pid"]))]
+        if procs:
+            time.sleep(0.05)
+    for p in procs:
+        if ours(p):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(p["pid"]), signal.SIGKILL)
+    namespaces = {ns for ns in state.get("namespaces", []) if ns.startswith(prefix)}
+    namespaces.update(ns for ns in _ns_list() if ns.startswith(prefix))
+    existing = set(_ns_list())
+    for ns in sorted(namespaces):
+        with contextlib.suppress(Exception):
+            _delete_namespace(ns)
+    state_dir = os.path.dirname(os.path.abspath(state_file))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_file)
+    if os.path.dirname(state_dir) == os.path.abspath(STATE_ROOT):
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return sorted(namespaces & existing)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 # --------------------------------------------------------------------------
@@ -620,14 +745,17 @@ class Router(Node):
         oifs: Sequence[str | Node | Interface] | None = None,
         *,
         source: str | None = None,
+        apply: bool = True,
     ) -> None:
         """Route multicast for `group_prefix` arriving on `iif` out of `oifs`.
 
         Without `source` this is an ASM (*,G) route
         ``mroute from IIF group G/LEN to OIFS``; with it an SSM (S,G) route
-        ``mroute from IIF source S group G to OIFS``. Interfaces may be given
-        by name, as `Interface`, or as the neighbouring node. `oifs` defaults
-        to every other interface.
+        ``mroute from IIF source S group G to OIFS``; `source` may be a
+        prefix (``10.77.3.0/24``: smcroute's (S/LEN,G) wildcard). Interfaces
+        may be given by name, as `Interface`, or as the neighbouring node.
+        `oifs` defaults to every other interface. With ``apply=False`` the
+        route is only recorded: call `apply_multicast()` after the last one.
         """
         if iif is None:
             raise LabError("forward_multicast needs an inbound interface")
@@ -638,14 +766,19 @@ class Router(Node):
             out = tuple(self.ifname(o) for o in oifs)
         ipaddress.ip_network(group_prefix, strict=False)  # validate early
         if source is not None:
-            ipaddress.ip_address(source)
+            ipaddress.ip_network(source, strict=False)
         if out:
             self._mroutes.append((in_name, source, group_prefix, out))
-        self.apply_multicast()
+        if apply:
+            self.apply_multicast()
 
-    def forward_multicast_all(self, group_prefix: str | Sequence[str] = "239.0.0.0/8") -> None:
+    def forward_multicast_all(
+        self, group_prefix: str | Sequence[str] = "239.0.0.0/8", *, apply: bool = True
+    ) -> None:
         """ASM routes for `group_prefix` (one or several, IPv4 or IPv6) from
-        every interface to all the others."""
+        every interface to all the others (loops if the routers form a
+        cycle: then TTL alone ends a datagram). ``apply=False``: see
+        `forward_multicast`."""
         prefixes = [group_prefix] if isinstance(group_prefix, str) else list(group_prefix)
         names = list(self.interfaces)
         for prefix in prefixes:
@@ -654,7 +787,8 @@ class Router(Node):
                 out = tuple(n for n in names if n != name)
                 if out:
                     self._mroutes.append((name, None, prefix, out))
-        self.apply_multicast()
+        if apply:
+            self.apply_multicast()
 
     def join(self, iif: str | Node | Interface, group: str, *, source: str | None = None) -> None:
         """Make the router join `group` on `iif` (``mgroup``), e.g. for
@@ -891,6 +1025,7 @@ class Network:
         self._subnet_index = 0
         self._next_ifindex = 100
         self._is_up = False
+        self._detached: str | None = None
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -940,8 +1075,11 @@ class Network:
         """Kill our processes, delete our namespaces (and so their veths).
 
         Idempotent and best effort: every step runs even if others fail.
+        A detached network is left alone (see `detach`).
         """
         with self._lock:
+            if self._detached:
+                return
             _live.discard(self)
             for node in self.nodes.values():
                 with contextlib.suppress(Exception):
@@ -954,6 +1092,70 @@ class Network:
                     _delete_namespace(ns)
             shutil.rmtree(self.state_dir, ignore_errors=True)
             self._is_up = False
+
+    @property
+    def detached(self) -> str | None:
+        """The state file if `detach` was called, else None."""
+        return self._detached
+
+    def detach(self, extra: dict[str, Any] | None = None) -> str:
+        """Leave everything up when this process exits; returns the state file.
+
+        The file (``STATE_DIR/detached.json``) records the prefix, the
+        namespaces, every node's interfaces and addresses, and each running
+        process's pid, start time and command (plus ``extra``, which must be
+        JSON). From then on `down()` (also at exit or on SIGTERM) does
+        nothing and `reap_orphans()` skips this network: only
+        `destroy_detached(state_file)`, from any process, removes it.
+        """
+        with self._lock:
+            if self._detached:
+                return self._detached
+            if not self._is_up:
+                raise LabError("cannot detach a network that is not up")
+            processes = []
+            for node in self.nodes.values():
+                for proc in node.processes:
+                    start = process_start_time(proc.pid)
+                    if proc.poll() is None and start is not None:
+                        args = proc.args if isinstance(proc.args, list) else [proc.args]
+                        processes.append({
+                            "node": node.name, "pid": proc.pid, "start": start,
+                            "argv": [str(a) for a in args],
+                        })  # fmt: skip
+            namespaces = sorted({n.ns for n in self.nodes.values()} | set(self.namespaces()))
+            state: dict[str, Any] = {
+                **(extra or {}),
+                "id": self.id,
+                "prefix": self.prefix,
+                "owner": os.getpid(),
+                "detached_at": time.time(),
+                "namespaces": namespaces,
+                "nodes": {
+                    n.name: {
+                        "kind": n.kind,
+                        "ns": n.ns,
+                        "interfaces": {
+                            i.name: {
+                                "ip4": str(i.ip4) if i.ip4 else None,
+                                "ip6": str(i.ip6) if i.ip6 else None,
+                                "peer": f"{i.peer.node.name}:{i.peer.name}",
+                            }
+                            for i in n.interfaces.values()
+                        },
+                    }
+                    for n in self.nodes.values()
+                },
+                "processes": processes,
+            }
+            path = os.path.join(self.state_dir, DETACHED_FILE)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(state, f, indent=1)
+            os.replace(tmp, path)
+            self._detached = path
+            _live.discard(self)
+            return path
 
     def link_counters(self) -> dict[str, dict[str, int]]:
         """Counters of every link end, keyed ``"node:ifname"`` (one ``ip -s``
