@@ -1,30 +1,79 @@
 """A session's sending rate, adapted from receivers' loss reports (DESIGN.md 5.6).
 
-AIMD within configured bounds: a report with more than 5% loss cuts the
-rate to 85%; one with less than 2% loss adds 5% of the maximum; in
-between the rate holds. Random loss of a percent or so (a lossy link, not
-a full queue) must not read as congestion: with eight receivers and the
-rate steered by the worst one, thresholds at 2% and 0.5% cut the rate on
-every unlucky period and never raised it again (measured: fetches through
-1% loss stalled). A full queue drops far more than 5%. Rates are integers
-in bit/s.
+Random loss (a lossy link, 1% say) must not read as congestion, and a
+multicast session must still slow down to its slowest receiver's path.
+The caller collects each receiver's packets lost and received over one
+period (RATE_PERIOD in the session, 0.5 s) and hands all of them to
+`RateController.period` at once. For each receiver:
 
-Pure: no Twisted, no clock; the caller decides how often to report.
+- its *baseline* is the random loss of its path: the lowest loss it showed
+  over the last BASELINE_PERIODS periods, at most BASELINE_CAP. Sending
+  above a bottleneck adds loss on top of the baseline; sending below it
+  shows the baseline alone, so the minimum does not learn congestion.
+- its loss in this period is *congestion* only when it is above the
+  baseline by more than MARGIN plus Z standard deviations of a binomial
+  sample of that size (a one-sided test: eight receivers at 1% random loss
+  would otherwise, by chance, cut the rate every few periods).
+- its *calculated rate* is what it received, scaled up for its random loss:
+  rate x (1 - loss) / (1 - baseline). Past a bottleneck this is the
+  bottleneck's rate.
+
+As in TFMCC (RFC 4654, section 3: the sender follows the calculated rate of
+the slowest receiver, the "current limiting receiver"), the session goes to
+the lowest calculated rate of the receivers that saw congestion, but not
+below MAX_CUT_PERCENT of the current rate in one step (TFRC, RFC 5348
+section 4.3, at most halves per feedback; a period here is many LAN
+round-trips, and a CN that stalls for want of CPU reports a whole period
+lost, so one step is gentler), and then holds one period, because the
+next period's reports still tell of the rate before the cut (one decrease per
+feedback delay, RFC 5348 4.4). When no receiver saw congestion the rate
+rises by INCREASE_PERCENT_OF_MAX of the maximum. The baseline in place of
+TFRC's loss event rate and its throughput equation: on a LAN the round-trip
+time in that equation is tiny and unmeasured here, and the equation's rate
+for 1% loss would be far above any link anyway.
+
+Rates are integers in bit/s, always within [minimum, maximum]. Pure: no
+Twisted, no clock; the caller decides how long a period is.
 """
 
 from __future__ import annotations
 
-# Loss thresholds as fractions lost / (lost + received), in per mille.
-DECREASE_ABOVE_PERMILLE = 50  # > 5%
-INCREASE_BELOW_PERMILLE = 20  # < 2%
-DECREASE_PERCENT = 85  # new rate = 85% of the old
+import math
+from collections import deque
+from collections.abc import Hashable, Mapping
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)  # a receiver's key
+
+BASELINE_PERIODS = 20  # periods a receiver's lowest loss is remembered (10 s at 0.5 s)
+BASELINE_CAP = 0.10  # more loss than this is never taken for random loss
+MARGIN = 0.01  # loss this far above the baseline (and Z sd) is congestion
+Z = 3.0  # standard deviations of the period's sample
+MIN_SAMPLE = 50  # packets a period needs for its loss to count towards a baseline
 INCREASE_PERCENT_OF_MAX = 5  # new rate = old + 5% of the maximum
+MAX_CUT_PERCENT = 75  # one cut leaves at least 75% of the rate
 
 
 def _check_rate(field: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{field} must be a positive integer (bit/s), got {value!r}")
     return value
+
+
+def _check_count(field: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def congested(lost: int, received: int, baseline: float) -> bool:
+    """Whether ``lost`` of ``lost + received`` is significantly above ``baseline``."""
+    total = lost + received
+    if total == 0:
+        return False
+    loss = lost / total
+    sd = math.sqrt(loss * (1 - loss) / total)
+    return loss - baseline > MARGIN + Z * sd
 
 
 class RateController:
@@ -40,25 +89,61 @@ class RateController:
         self.maximum = maximum
         self._rate = initial
         self._step = max(1, maximum * INCREASE_PERCENT_OF_MAX // 100)
+        self._history: dict[Hashable, deque[float]] = {}  # receiver -> recent losses
+        self._hold = False  # the period after a cut neither cuts nor raises
+        self.limiting: Hashable | None = None  # the receiver of the last cut
 
     @property
     def rate(self) -> int:
         """The current rate in bit/s."""
         return self._rate
 
-    def report(self, lost: int, received: int) -> int:
-        """Take one report (packets lost and received since the last); the new rate.
+    def baseline(self, receiver: Hashable) -> float:
+        """``receiver``'s random loss as far as known (0 for a new one)."""
+        history = self._history.get(receiver)
+        if not history:
+            return 0.0
+        return min(min(history), BASELINE_CAP)
 
-        A report of nothing (0 and 0) changes nothing.
+    def forget(self, receiver: Hashable) -> None:
+        """``receiver`` is gone: its history must not outlive it."""
+        self._history.pop(receiver, None)
+
+    def period(self, reports: Mapping[K, tuple[int, int]]) -> int:
+        """Take one period's ``{receiver: (lost, received)}``; the new rate.
+
+        A period with no packets reported changes nothing.
         """
-        for field, value in (("lost", lost), ("received", received)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
-        total = lost + received
-        if total == 0:
+        for lost, received in reports.values():
+            _check_count("lost", lost)
+            _check_count("received", received)
+        calculated: list[tuple[float, Hashable]] = []
+        heard = False
+        for receiver, (lost, received) in reports.items():
+            total = lost + received
+            if total == 0:
+                continue
+            heard = True
+            baseline = self.baseline(receiver)
+            if congested(lost, received, baseline):
+                loss = lost / total
+                calculated.append((self._rate * (1 - loss) / (1 - baseline), receiver))
+            if total >= MIN_SAMPLE:
+                history = self._history.setdefault(receiver, deque(maxlen=BASELINE_PERIODS))
+                history.append(lost / total)
+        if not heard:
             return self._rate
-        if lost * 1000 > DECREASE_ABOVE_PERMILLE * total:
-            self._rate = max(self.minimum, self._rate * DECREASE_PERCENT // 100)
-        elif lost * 1000 < INCREASE_BELOW_PERMILLE * total:
+        if self._hold:
+            self._hold = False
+        elif calculated:
+            slowest, self.limiting = min(calculated, key=lambda c: c[0])
+            floor = max(self.minimum, self._rate * MAX_CUT_PERCENT // 100)
+            self._rate = max(floor, min(self._rate, int(slowest)))
+            self._hold = True
+        else:
             self._rate = min(self.maximum, self._rate + self._step)
         return self._rate
+
+    def report(self, lost: int, received: int) -> int:
+        """One receiver's period: ``period({None: (lost, received)})``."""
+        return self.period({None: (lost, received)})

@@ -7,7 +7,9 @@ that arrive before their notice wait a short while; notices whose packet
 has not come LOSS_AFTER after the notice are losses, reported back so the
 SN sends those units again. A packet that comes later still (a CN behind
 on its socket buffer under CPU load) is accepted while its notice is kept
-(KEEP), counted ``late`` and no longer ``lost``. Everything dropped is
+(KEEP), counted ``late`` and no longer ``lost``, and counted received in
+the next report (its loss was reported already: a CN that falls behind
+under CPU load reports half, not all, of the period lost). Everything dropped is
 counted by reason.
 
 Each report says how many packets were lost and how many received *of the
@@ -63,6 +65,7 @@ class Receiver(DatagramProtocol):
         self.overdue: dict[int, tuple[bytes, float]] = {}  # reported lost, may still come
         self.batches: deque[tuple[float, int]] = deque()  # (notice time, notices) in order
         self.since_report = 0
+        self.late_since_report = 0  # late packets: received in the next report
         self.last_packet = clock.seconds()
         # Counts, and two float sums in seconds: how long forged packets were held
         # from their arrival until the notice that exposed them.
@@ -112,6 +115,7 @@ class Receiver(DatagramProtocol):
                     del self.overdue[seq]
                     self.counters["late"] += 1
                     self.counters["lost"] -= 1
+                    self.late_since_report += 1
                 else:
                     del self.expected[seq]
                 self._accept(packet)
@@ -187,7 +191,8 @@ class Receiver(DatagramProtocol):
                 self.counters["unannounced"] += len(datagrams)
         self.counters["lost"] += count
         self.since_report = 0
-        received = max(0, settled - count)
+        received = max(0, settled - count) + self.late_since_report
+        self.late_since_report = 0
         if lost or received:
             self.report(lost, received)
 
@@ -198,6 +203,7 @@ class Receiver(DatagramProtocol):
         after.held, after.expected = self.held, self.expected
         after.overdue, after.batches = self.overdue, self.batches
         after.counters, after.since_report = self.counters, self.since_report
+        after.late_since_report = self.late_since_report
         return after
 
     def pending(self) -> int:

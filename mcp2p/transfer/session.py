@@ -156,6 +156,8 @@ class Session:
 
     def remove(self, sub_id: int) -> None:
         self.subscribers.pop(sub_id, None)
+        self.loss_window.pop(sub_id, None)
+        self.rates.forget(sub_id)
         if sub_id in self.scheduler.subscribers:
             self.scheduler.remove(sub_id)
         if not self.subscribers:
@@ -181,13 +183,13 @@ class Session:
         return int(self.rates.rate)
 
     def _adapt(self, now: float) -> None:
-        """One AIMD step per RATE_PERIOD, on the worst receiver's loss in it:
-        a multicast session must not speed up once per receiver's report, and
-        must slow down for the one that loses most."""
+        """One rate step per RATE_PERIOD on every receiver's loss in it (see
+        `RateController.period`: the slowest receiver's calculated rate, as in
+        TFMCC, RFC 4654): a multicast session must not speed up once per
+        receiver's report, and must slow down to the one that gets least."""
         if now - self.rate_at < RATE_PERIOD or not self.loss_window:
             return
-        lost, received = max(self.loss_window.values(), key=lambda w: w[0] / max(1, w[0] + w[1]))
-        rate = self.rates.report(lost, received)
+        rate = self.rates.period({sub: (w[0], w[1]) for sub, w in self.loss_window.items()})
         self.bucket.rate = rate / 8
         self.loss_window.clear()
         self.rate_at = now

@@ -148,6 +148,9 @@ def test_a_late_packet_is_reported_lost_then_accepted_and_no_longer_counted_lost
     assert len(got) == 1 and got[0][2] == a[22:]
     assert r.counters["late"] == 1 and r.counters["lost"] == 0
     assert r.counters["forged"] == 1 and r.counters["unannounced"] == 0
+    reports.clear()
+    clock.advance(REPORT_EVERY)
+    assert reports == [([], 1)]  # received, in the report after its loss
 
 
 def test_a_packet_later_than_keep_is_unannounced() -> None:
