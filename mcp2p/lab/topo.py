@@ -143,6 +143,7 @@ DEFAULT_GROUPS: tuple[str, ...] = (
 DEFAULT_DIR = Path("/tmp/mcp2p-lab-topo")
 KINDS = ("host", "router", "switch")
 DAEMON_TIMEOUT = 90.0  # seconds for all of `up --daemons`' daemons to answer
+STOP_TIMEOUT = 10.0  # seconds `down` gives processes after SIGTERM, then SIGKILL
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _SSM4 = ipaddress.IPv4Network("232.0.0.0/8")
@@ -1020,11 +1021,11 @@ def _down(t: Topology, tdir: Path) -> int:
         return 0
     state_file = str(marker.get("state_file", ""))
     if os.path.exists(state_file):
-        removed = destroy_detached(state_file)
+        removed = destroy_detached(state_file, timeout=STOP_TIMEOUT)
     else:  # its state dir is gone: the copy in the marker says the same
         copy = tdir / "network.down.json"
         copy.write_text(json.dumps(marker))
-        removed = destroy_detached(str(copy))
+        removed = destroy_detached(str(copy), timeout=STOP_TIMEOUT)
     _marker(tdir).unlink(missing_ok=True)
     print(f"topology {t.name} is down: removed {len(removed)} namespaces; files kept in {tdir}")
     return 0

@@ -466,6 +466,7 @@ def test_topo_up_with_daemons(tmp_path: Path) -> None:
         assert all("twistd" in " ".join(p["argv"]) for p in procs)
         for h in ("sn", "cn1"):
             assert (tdir / h / "state" / "api.port").exists()
+        assert all(_alive_as(int(p["pid"]), p["start"]) for p in procs), procs
     finally:
         down = _topo("star:1", "down", "--dir", str(tmp_path))
     assert down.returncode == 0, down.stderr
