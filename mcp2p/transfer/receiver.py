@@ -34,7 +34,7 @@ from mcp2p.wire.rtp import decode_packet, packet_digest
 
 _log = Logger()
 
-HOLD = 1.0  # seconds a packet waits for its notice
+HOLD = 2.0  # seconds a packet waits for its notice (TLS notices lag UDP under CPU load)
 LOSS_AFTER = 0.3  # seconds after its notice a packet is reported lost
 KEEP = 2.0  # seconds after its notice a late packet is still accepted (> the rcvbuf's lag)
 MAX_HELD = 16384  # sequence numbers with packets waiting for notices, at most

@@ -185,3 +185,13 @@ def test_reports_set_losses_against_the_packets_of_the_same_notices() -> None:
         if lost or received:
             assert len(lost) * 100 <= 2 * (len(lost) + received), (len(lost), received)
     assert r.counters["lost"] == sum(len(seqs) for seqs, _ in reports)
+
+
+def test_a_packet_waits_for_a_notice_that_lags_it_by_more_than_a_second() -> None:
+    # Under CPU load the TLS notices fall behind the UDP packets.
+    r, clock, got, _ = receiver()
+    a = packet(1)
+    r.datagramReceived(a, ("h", 1))
+    run(clock, 1.5)
+    r.notices([(1, packet_digest(a))])
+    assert len(got) == 1 and r.counters["unannounced"] == 0
