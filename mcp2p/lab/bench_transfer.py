@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 if args.json:  # so far: a bench cut short keeps its cells
                                     save(args.json, report(args, cells, time.monotonic() - started))
                 finally:
-                    lab.stop_sn()
+                    lab.stop()  # the SN and the CN daemons
     return report(args, cells, time.monotonic() - started)
 
 

@@ -76,3 +76,22 @@ def test_one_percent_loss_costs_four_cns_less_than_half_again(lab: StarLab) -> N
     check(lossy, lab)
     assert all(d > 0 for d in lossy.drops.values()), lossy.drops
     assert median(lossy.elapsed) <= 1.5 * median(clean.elapsed), (clean.elapsed, lossy.elapsed)
+
+
+def test_cn_daemons_start_late_joiners_and_serve_nothing(lab: StarLab) -> None:
+    lab.set_loss(None)
+    result = lab.fetch(2, name="small.bin", starts=[0.0, 1.0], timeout=60)
+    check(result, lab)
+    assert [c.start for c in result.cns] == [0.0, 1.0]
+    assert result.cns[1].wall >= 1.0  # it started a second after the signal
+    # the receiver counters of each CN are in the JSON
+    for cn in result.to_json()["cns"]:
+        assert cn["receivers"] and cn["receivers"][0]["accepted"] > 0, cn
+        assert cn["store"]["written"] > 0, cn
+    # every link end was counted: at least the SN's copy and one per CN
+    assert result.link_bytes >= result.sn_tx_bytes + 2 * result.size * 0.9
+    # the CNs are long-lived daemons that never offer what they fetched
+    for name in ("cn1", "cn2"):
+        status = lab.cns[name].status()
+        assert status["shared_files"] == 0, status
+        assert status["discovery"]["query"]["offers_sent"] == 0, status
