@@ -64,7 +64,7 @@ PARAMS = {
     "sns": Param(4, 4, 2, "SN hosts"),
     "cns": Param(4, 4, 2, "CN hosts"),
     "file_kib": Param(32, 32, 32, "size of each file, KiB"),
-    "rate": Param(256_000, 256_000, 256_000, "session rate, bit/s (fixed: min = max)"),
+    "rate": Param(256_000, 256_000, 256_000, "session rate and its ceiling, bit/s"),
     "timeout": Param(12.0, 12.0, 12.0, "seconds one run may take before it is cut"),
 }
 
