@@ -743,32 +743,39 @@ def _plot_time(
 def _plot_bytes(
     data: dict[str, Any], qrows: list[dict[str, Any]], srows: list[dict[str, Any]], out: ReportOut
 ) -> str:
-    fig, ax = out.figure()
+    fig, (ax, bx) = out.figure(1, 2, figsize=(11, 4))
     if srows:
         ax.plot([r["total"] for r in srows],
                 [_median([b / r["k"] for b in r["link_bpm"]]) for r in srows], "s-",
-                label="SAP, emulated (RFC-scaled), median link")  # fmt: skip
+                label="SAP (RFC-scaled), median link")  # fmt: skip
     if qrows:
         ax.plot([r["total"] for r in qrows], [max(r["idle_max"], 1.0) for r in qrows], "o-",
-                label="query idle, emulated, busiest link")  # fmt: skip
-    for kind in sorted({s["kind"] for s in data.get("sim", [])}):
-        pts = sorted(
-            ((s["peers"] * s["files_per_node"], s) for s in data["sim"] if s["kind"] == kind),
-            key=lambda xs: xs[0],
-        )
-        xs = [x for x, _ in pts]
-        ax.plot(xs, [s["query"]["rare"]["bytes_per_min_link"] for _, s in pts], "^:",
-                label=f"query rare, sim {kind}")  # fmt: skip
-        ax.plot(xs, [max(1.0, s["query"]["popular"]["bytes_per_min_link"]) for _, s in pts],
-                "x:", label=f"query popular, sim {kind}")  # fmt: skip
-        ax.plot(xs, [s["sap"]["bytes_per_min_link"] for _, s in pts], "v:",
-                label=f"SAP, sim {kind}")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("files shared in all (nodes x files/node)")
-    ax.set_ylabel("discovery bytes per minute per link")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+                label="query method idle: all traffic, busiest link")  # fmt: skip
+    ax.set_title(f"emulated, {data['nodes']} sharing node(s)", fontsize=9)
+    ax.set_xlabel("files shared in all")
+    sims = data.get("sim", [])
+    for kind in sorted({s["kind"] for s in sims}):
+        for f in sorted({s["files_per_node"] for s in sims}):
+            pts = sorted(
+                (s for s in sims if s["kind"] == kind and s["files_per_node"] == f),
+                key=lambda s: s["peers"],
+            )
+            xs = [s["peers"] for s in pts]
+            bx.plot(xs, [s["query"]["rare"]["bytes_per_min_link"] for s in pts], "^:",
+                    label=f"query rare, {kind}, F={f}")  # fmt: skip
+            bx.plot(xs, [max(1.0, s["query"]["popular"]["bytes_per_min_link"]) for s in pts],
+                    "x:", label=f"query popular, {kind}, F={f}")  # fmt: skip
+            bx.plot(xs, [s["sap"]["bytes_per_min_link"] for s in pts], "v-",
+                    label=f"SAP, {kind}, F={f}")  # fmt: skip
+    rate = data.get("sim_params", {}).get("searches_per_node_hour", 0)
+    bx.set_title(f"simulated, {rate:g} search per node per hour", fontsize=9)
+    bx.set_xlabel("nodes")
+    for a in (ax, bx):
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_ylabel("discovery bytes per minute per link")
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=6)
     return out.save(fig, "bytes")
 
 
