@@ -57,6 +57,9 @@ MAX_MANIFEST = 64 << 20
 RCVBUF = 16 << 20  # bytes of receive buffer asked for per data socket
 
 
+MAX_RESUBSCRIBES = 3  # per SN, when its session ends while we still miss blocks
+
+
 class FetchError(Exception):
     """The fetch cannot finish; the message says why, in one line."""
 
@@ -77,6 +80,8 @@ class Source:
     last_progress: float = 0.0
     nudged_at: float = 0.0
     blocks: int = 0
+    resubscribes: int = 0  # in a row, without a block delivered in between
+    blocks_at_resubscribe: int = 0
 
     @property
     def name(self) -> str:
@@ -361,6 +366,46 @@ class Fetch:
             group=reply["group"],
             session_id=reply["session_id"],
         )
+
+    def _session_ended(self, source: Source, reason: str) -> None:
+        """The SN ended our session. "nothing wanted" while blocks of our
+        share are still missing means it ended before our loss reports
+        arrived (optimistic sending marks what it sent as delivered): ask
+        the same SN again, a few times, before giving its share away."""
+        still = source.share.intersection(self._missing())
+        if source.blocks > source.blocks_at_resubscribe:
+            source.resubscribes = 0
+        if (
+            reason == "nothing wanted"
+            and still
+            and source.client is not None
+            and source.resubscribes < MAX_RESUBSCRIBES
+        ):
+            source.resubscribes += 1
+            source.blocks_at_resubscribe = source.blocks
+            source.state = "connected"
+            if source.port is not None:
+                port, source.port = source.port, None
+                port.stopListening()
+            before = dict(source.receiver.counters) if source.receiver is not None else {}
+            self.event("resubscribe", source=source.to_json(), reason=reason, units=len(still))
+
+            async def again() -> None:
+                await self._subscribe(source, still)
+                if source.receiver is not None:
+                    counters = source.receiver.counters
+                    for key, value in before.items():
+                        merged = max if key.endswith("_max") else (lambda a, b: a + b)
+                        counters[key] = merged(counters.get(key, 0), value)
+
+            def failed(f: Any) -> None:
+                self._drop(source, f"resubscribe failed: {f.getErrorMessage()}")
+                self._redistribute()
+
+            defer.ensureDeferred(again()).addErrback(failed)
+            return
+        self._drop(source, f"session ended: {reason}")
+        self._redistribute()
 
     def _moved(self, source: Source, group: str) -> None:
         """The SN's ASM session moved: follow it to its new group."""
@@ -677,8 +722,7 @@ class _Handler:
 
     def session_ended(self, reason: str) -> None:
         if self.source.share and self.source.state == "active":
-            self.fetch._drop(self.source, f"session ended: {reason}")
-            self.fetch._redistribute()
+            self.fetch._session_ended(self.source, reason)
 
 
 def wanted_chunks(units: RangeSet, replace: bool) -> list[bytes]:

@@ -379,21 +379,46 @@ class ServingService(Service):
 
 
 class _Monitor(DatagramProtocol):
-    """Listens on an ASM session's group: another SSRC there means a collision."""
+    """Listens on an ASM session's group: another SSRC there means a collision.
+
+    Of two mcp2p sessions that hear each other, only the one with the lower
+    SSRC moves (both moving would double the moves and could collide
+    again); the other moves too if the foreign SSRC is still heard
+    `PERSIST` seconds later (a sender that never moves). For `HOLDOFF`
+    seconds after a move, what arrives is ignored: datagrams of the old
+    group still queued in the socket would otherwise move the session once
+    per datagram (a move storm, seen in the lab with small pools).
+    """
 
     noisy = False
+    HOLDOFF = 0.5
+    PERSIST = 2.0
 
     def __init__(self, serving: ServingService, session: Session) -> None:
         self.serving = serving
         self.session = session
+        self.quiet_until = 0.0
+        self.heard: dict[int, tuple[float, float]] = {}  # ssrc -> (first, last) heard
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
         if len(data) < 12 or self.session.state == "ENDED":
             return
         ssrc = int.from_bytes(data[8:12], "big")
-        if ssrc != self.session.session_id:
-            self.serving.counters["collisions"] += 1
-            self.serving._move(self.session)
+        if ssrc == self.session.session_id:
+            return
+        now = self.serving.node.reactor.seconds()
+        if now < self.quiet_until:
+            return
+        first, last = self.heard.get(ssrc, (now, now))
+        if now - last > self.PERSIST:  # an old collision: this is a new one
+            first = now
+        self.heard[ssrc] = (first, now)
+        if ssrc < self.session.session_id and now - first < self.PERSIST:
+            return  # the other session yields; give it time to
+        self.serving.counters["collisions"] += 1
+        self.quiet_until = now + self.HOLDOFF
+        self.heard.clear()
+        self.serving._move(self.session)
 
 
 class _Silent(DatagramProtocol):

@@ -32,7 +32,7 @@ class Net:
         self.qport, self.sport, self.dport = free_udp_port(), free_udp_port(), free_udp_port()
         self.sns: list[Any] = []
 
-    async def sn(self, name: str, data: bytes, rate: str = "40M") -> Any:
+    async def sn(self, name: str, data: bytes, rate: str = "40M", grace: str = "1") -> Any:
         root = make_node_dir(self.tmp / name, {"file.bin": data})
         top = build(
             node_config(
@@ -45,7 +45,7 @@ class Net:
                     "control_port": "0",
                     "rate": rate,
                     "max_rate": rate,
-                    "grace": "1",
+                    "grace": grace,
                 },
             ),
             reactor,
@@ -330,10 +330,12 @@ async def test_an_asm_session_that_hears_another_moves_and_the_cn_follows(
 
     def another_session() -> None:
         nonlocal sent
-        # Until the SN noticed, at most 2000 packets (10 s).
+        # Until the SN noticed, at most 2000 packets (10 s). A higher SSRC
+        # than ours, so ours is the session that yields at once (a sender
+        # that never yields is moved away from after PERSIST: unit-tested).
         if sent < 2000 and not top.node.serving.counters["collisions"]:
             other.sendto(
-                pack_header(sent, sent, 0x0BADCAFE, 0, 0) + b"x" * 100,
+                pack_header(sent, sent, 0xFFFFFFFE, 0, 0) + b"x" * 100,
                 (str(offer.group), net.dport),
             )
             sent += 1
@@ -350,3 +352,37 @@ async def test_an_asm_session_that_hears_another_moves_and_the_cn_follows(
     assert top.node.serving.counters["collisions"] >= 1
     moved = [e for e in events if e["event"] == "moved"]
     assert moved and moved[0]["group"] != str(offer.group)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_that_ends_before_our_loss_reports_is_asked_for_again(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The SN sends everything once (optimistic sending), nobody wants
+    anything more, and it ends the session after its grace, before the
+    CN's loss report arrives: the CN subscribes to the same SN again
+    instead of giving up on it (the only SN there is)."""
+    from mcp2p.transfer import fetch as fetch_mod
+
+    class LosesFirstSession(fetch_mod.Receiver):
+        first: list[Any] = []
+
+        def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+            if not LosesFirstSession.first:
+                LosesFirstSession.first.append(self)
+            if LosesFirstSession.first[0] is self:
+                return  # every packet of the first session is lost
+            super().datagramReceived(data, addr)
+
+    monkeypatch.setattr(fetch_mod, "Receiver", LosesFirstSession)
+    net = Net(tmp_path)
+    data = os.urandom(300_000)
+    await net.sn("sn", data, grace="0.05")
+    try:
+        path, events, f = await net.fetch()
+    finally:
+        await net.close()
+    assert path.read_bytes() == data
+    again = [e for e in events if e["event"] == "resubscribe"]
+    assert again and again[0]["reason"] == "nothing wanted"
+    assert not [e for e in events if e["event"] == "source_dropped"]

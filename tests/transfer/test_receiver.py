@@ -195,3 +195,42 @@ def test_a_packet_waits_for_a_notice_that_lags_it_by_more_than_a_second() -> Non
     run(clock, 1.5)
     r.notices([(1, packet_digest(a))])
     assert len(got) == 1 and r.counters["unannounced"] == 0
+
+
+def test_an_asm_collision_moves_one_session_once_not_once_per_datagram() -> None:
+    from types import SimpleNamespace
+
+    from mcp2p.transfer.serving import _Monitor
+    from mcp2p.wire.rtp import pack_header
+
+    clock = Clock()
+    moves: list[float] = []
+    serving = SimpleNamespace(
+        node=SimpleNamespace(reactor=clock),
+        counters={"collisions": 0},
+        _move=lambda session: moves.append(clock.seconds()),
+    )
+    session = SimpleNamespace(session_id=1000, state="RUNNING")
+    monitor = _Monitor(serving, session)  # type: ignore[arg-type]
+
+    def burst(ssrc: int, n: int = 44) -> None:
+        for i in range(n):
+            monitor.datagramReceived(pack_header(i, i, ssrc, 0, 0) + b"x", ("10.0.0.9", 1))
+
+    burst(1000)  # our own packets looped back
+    assert moves == []
+    burst(2000)  # a higher SSRC: we are the lower one, so we yield, once
+    assert moves == [0.0] and serving.counters["collisions"] == 1
+    clock.advance(0.1)
+    burst(2000)  # still queued from the old group: ignored
+    assert moves == [0.0]
+    # A lower SSRC on our (new) group: it should yield; we wait for it ...
+    clock.advance(1.0)
+    burst(5)
+    clock.advance(1.0)
+    burst(5)
+    assert moves == [0.0]
+    # ... and move after PERSIST if it does not (a sender that never moves).
+    clock.advance(1.1)
+    burst(5)
+    assert moves == [0.0, 3.2]
