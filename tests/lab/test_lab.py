@@ -1,0 +1,78 @@
+"""The lab cannot rot: ``python -m mcp2p.lab all --size smoke`` runs every
+experiment (one topology, one point each) on real daemons in namespaces,
+writes the report, and leaves no namespace or process behind.
+
+Root only (network namespaces); all traffic stays in the namespaces the
+experiments make.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mcp2p.lab.experiment import EXPERIMENTS
+from mcp2p.lab.netns import NS_PREFIX, missing_requirements
+
+_reason = missing_requirements(("ip", "tc", "nft", "ethtool", "smcrouted"))
+if _reason:
+    pytest.skip(f"lab smoke test: {_reason}", allow_module_level=True)
+
+pytestmark = pytest.mark.netns
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith(NS_PREFIX)}
+
+
+def test_every_experiment_runs_at_smoke_size_and_the_report_comes_from_its_json(
+    tmp_path: Path,
+) -> None:
+    before = _namespaces()
+    out = tmp_path / "report"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcp2p.lab",
+            "all",
+            "--size",
+            "smoke",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        env=env,
+    )
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-6000:]
+    # the progress line named each experiment
+    for i, name in enumerate(EXPERIMENTS, 1):
+        assert f"[{i}/{len(EXPERIMENTS)} {name}]" in cp.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["experiments"]) == set(EXPERIMENTS)
+    for name in EXPERIMENTS:
+        entry = results["experiments"][name]
+        assert "error" not in entry, entry.get("error")
+        assert entry["data"], name
+        assert json.loads((out / f"{name}.json").read_text())["data"] == entry["data"]
+    report = (out / "REPORT.md").read_text()
+    assert "This experiment failed" not in report
+    assert "The report of this experiment failed" not in report
+    assert report.count("### Conclusion") == len(EXPERIMENTS)
+    for plot in (
+        line[line.index("(") + 1 : -1] for line in report.splitlines() if line.startswith("![")
+    ):
+        assert (out / plot).stat().st_size > 1000, plot
+    assert results["machine"]["cores"] and results["machine"]["date"]
+    assert _namespaces() <= before, "the lab left namespaces behind"
