@@ -863,7 +863,8 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
         f"{data['file_kib']} KiB file each, spread over SNs and CNs, posted to the CN "
         f"daemons' API), so up to S multicast sessions run concurrently (peak alive: how "
         f"many did), each at most {data['rate'] / 1000:.0f} kbit/s ({data['block']}-byte "
-        f"blocks, a 64 KiB first burst). Modes: ssm (random "
+        f"blocks; a new session waits 50 ms for its CN to join before its first burst). "
+        f"Modes: ssm (random "
         f"groups of 232.0.0.0/8, channel = SN + group) and asm/N (random groups of "
         f"239.192.0.0/N; an ASM session listens on its group and moves when it hears "
         f"another session). Colliding sessions: started on a group another session used "
@@ -1021,9 +1022,10 @@ def _notes(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     if coll:
         notes.append(
             f"Moves per colliding session, all ASM runs: {moves / coll:.1f} ({moves} moves, "
-            f"{coll} colliding sessions). An ASM session's monitor moves once per foreign "
-            f"datagram it reads, so a burst queued from the old group moves it again and "
-            f"again; more than one move per collision is that cost."
+            f"{coll} colliding sessions). Of two sessions that hear each other only the one "
+            f"with the lower SSRC moves, and nothing counts for 0.5 s after a move; more "
+            f"than one move per colliding session means the new group was taken too (or "
+            f"there are more sessions than groups)."
         )
     ssm = {r["sessions"]: r for r in rows if r["mode"] == "ssm"}
     calm = [
@@ -1043,9 +1045,8 @@ def _notes(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
         med = spread(lost)[0]
         blocks = math.ceil(data["file_kib"] * 1024 / data["block"])
         notes.append(
-            f"Sent / needed is about {1 + med / blocks:.1f} in every mode: a fetch's receiver "
-            f"reports a median {med:.0f} of the file's {blocks} packets lost, the burst its "
-            f"session sends (from a full token bucket) before the CN has joined the group."
+            f"A fetch's receiver reported a median {med:.0f} of the file's {blocks} packets "
+            f"lost (sent / needed about {1 + med / blocks:.2f})."
         )
     loop = [
         h.get("looped_back", 0) for p in _good(data["points"]) if p["group_mode"] == "asm"
