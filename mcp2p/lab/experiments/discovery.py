@@ -142,8 +142,8 @@ class _Lab:
         far = max(range(len(rings)), key=lambda i: rings[i])
         self.far = self.sharers[far]
 
-    def target(self) -> str:
-        return f"{self.far.name}-000000.dat"
+    def target(self, index: int = 0) -> str:
+        return f"{self.far.name}-{index:06d}.dat"
 
     def share(self, files: int) -> None:
         """Make every sharer's share hold exactly ``files`` tiny files."""
@@ -327,9 +327,13 @@ def _sap_point(ctx: Context, lab: _Lab, files: int, p: dict[str, Any]) -> dict[s
         net = lab.net
         c0, t0 = net.link_counters(), time.monotonic()
         runs = []
-        target = lab.target()
+        # A different file each rep: an announcer sends its batch in catalog order and
+        # places the first repeats by position, so one fixed file would have a phase
+        # locked to the moment the measurement starts.
+        rng = random.Random(files)
         for rep in range(1, ctx.reps + 1):
             ctx.progress(f"sap F={files}", rep, ctx.reps)
+            target = lab.target(rng.randrange(files))
             searcher = Daemon(lab.s, lab.root / "s", **sections)
             launched = time.time()
             searcher.start(ready="sharing 0 files")
@@ -346,6 +350,7 @@ def _sap_point(ctx: Context, lab: _Lab, files: int, p: dict[str, Any]) -> dict[s
                 polled = {"found_at": None, "polls": 0, "error": (cp.stderr or "")[-300:]}
             found_at = polled.get("found_at")
             runs.append({
+                "target": target,
                 "found": found_at is not None,
                 "time": None if found_at is None else found_at - ready,
                 "startup": ready - launched,
@@ -569,6 +574,7 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
                 "bytes/search, all links",
                 "bytes/search, busiest link",
                 "idle B/min, busiest link",
+                "query datagrams heard while idle",
             ],
             [
                 [
@@ -581,6 +587,7 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
                     fmt_spread(r["total_bytes"], 0),
                     fmt_spread(r["max_link"], 0),
                     f"{r['idle_max']:.0f}",
+                    "-" if r["idle_queries"] is None else r["idle_queries"],
                 ]
                 for r in qrows
             ],
