@@ -63,6 +63,8 @@ class Receiver(DatagramProtocol):
         self.held: dict[int, list[tuple[bytes, float]]] = {}
         self.expected: dict[int, tuple[bytes, float]] = {}  # seq -> (digest, notice time)
         self.overdue: dict[int, tuple[bytes, float]] = {}  # reported lost, may still come
+        # accepted a while ago (KEEP): a later copy is a duplicate or a forgery
+        self.accepted: dict[int, tuple[bytes, float]] = {}
         self.batches: deque[tuple[float, int]] = deque()  # (notice time, notices) in order
         self.since_report = 0
         self.late_since_report = 0  # late packets: received in the next report
@@ -104,6 +106,13 @@ class Receiver(DatagramProtocol):
             self.counters["foreign"] += 1
             return
         seq = packet.timestamp
+        done = self.accepted.get(seq)
+        if done is not None:
+            if packet_digest(data) == done[0]:
+                self.counters["duplicate"] += 1
+            else:
+                self._forged(0.0)  # a copy of a packet we have, altered
+            return
         notice = self.expected.get(seq)
         late = notice is None and seq in self.overdue
         if late:
@@ -118,7 +127,7 @@ class Receiver(DatagramProtocol):
                     self.late_since_report += 1
                 else:
                     del self.expected[seq]
-                self._accept(packet)
+                self._accept(packet, seq, notice[0])
             else:
                 # Not what our channel announced; the genuine packet may still come.
                 self._forged(0.0)
@@ -141,7 +150,9 @@ class Receiver(DatagramProtocol):
         if held_for > self.counters["forged_hold_max"]:
             self.counters["forged_hold_max"] = held_for
 
-    def _accept(self, packet: Any) -> None:
+    def _accept(self, packet: Any, seq: int, digest: bytes) -> None:
+        if len(self.accepted) < MAX_EXPECTED:
+            self.accepted[seq] = (digest, self.clock.seconds())
         self.counters["accepted"] += 1
         self.since_report += 1
         self.last_packet = self.clock.seconds()
@@ -162,7 +173,7 @@ class Receiver(DatagramProtocol):
                     else:
                         self._forged(max(0.0, now - arrival))
                 if genuine is not None:
-                    self._accept(decode_packet(genuine))
+                    self._accept(decode_packet(genuine), seq, digest)
                     continue
             if len(self.expected) < MAX_EXPECTED:
                 self.expected[seq] = (digest, now)
@@ -182,6 +193,11 @@ class Receiver(DatagramProtocol):
             if now - when <= KEEP:
                 break  # in notice order: the rest are younger
             del self.overdue[seq]
+        while self.accepted:  # in order of acceptance: stop at the first young one
+            seq, (_, when) = next(iter(self.accepted.items()))
+            if now - when <= KEEP:
+                break
+            del self.accepted[seq]
         settled = 0  # notices whose LOSS_AFTER ran out now: each lost or received
         while self.batches and now - self.batches[0][0] > LOSS_AFTER:
             settled += self.batches.popleft()[1]
@@ -202,6 +218,7 @@ class Receiver(DatagramProtocol):
         after = Receiver(self.clock, self.ssrc, self.deliver, self.report, self.source)
         after.held, after.expected = self.held, self.expected
         after.overdue, after.batches = self.overdue, self.batches
+        after.accepted = self.accepted
         after.counters, after.since_report = self.counters, self.since_report
         after.late_since_report = self.late_since_report
         return after

@@ -234,3 +234,21 @@ def test_an_asm_collision_moves_one_session_once_not_once_per_datagram() -> None
     clock.advance(1.1)
     burst(5)
     assert moves == [0.0, 3.2]
+
+
+def test_an_altered_copy_of_a_packet_already_accepted_is_forged_an_exact_one_a_duplicate() -> None:
+    clock = Clock()
+    got: list[Any] = []
+    r = Receiver(clock, 7, lambda *a: got.append(a), lambda lost, received: None)
+    r.startProtocol()
+    genuine = pack_header(1, 1, 7, 0, 0) + b"block"
+    r.notices([(1, packet_digest(genuine))])
+    r.datagramReceived(genuine, ("10.0.0.1", 1))
+    r.datagramReceived(genuine, ("10.0.0.1", 1))
+    r.datagramReceived(genuine[:-1] + b"X", ("10.0.0.9", 1))
+    assert len(got) == 1
+    assert (r.counters["duplicate"], r.counters["forged"]) == (1, 1)
+    clock.advance(KEEP + 0.5)  # forgotten after KEEP: then it waits for a notice like any
+    r.datagramReceived(genuine[:-1] + b"Y", ("10.0.0.9", 1))
+    assert r.counters["forged"] == 1 and 1 in r.held
+    r.stopProtocol()
