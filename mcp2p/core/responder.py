@@ -37,7 +37,7 @@ AMPLIFICATION = 3
 MAX_GROUP_DATAGRAMS = 8
 MEMORY = 30.0
 MANY_ANSWERS = 8  # a query wanting more answers than this stretches the delay
-REANSWER_AFTER = 1.0  # a ring that still does not list us, this long after we answered
+REANSWER_AFTER = 0.4  # a ring that still does not list us this long after we answered: lost
 
 
 @dataclass(frozen=True)
