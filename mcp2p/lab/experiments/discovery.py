@@ -62,7 +62,8 @@ PARAMS = {
     "sap_speedup": Param(
         100, 100, 100, "SAP at k x RFC 2974: limit 4000k bit/s, min interval 300/k"
     ),
-    "sap_timeout": Param(90.0, 30.0, 12.0, "seconds a cold searcher may wait for the file"),
+    "sap_timeout": Param(90.0, 30.0, 12.0, "seconds a cold searcher may wait for the files"),
+    "sap_targets": Param(5, 3, 1, "files of the farthest node a cold searcher waits for"),
     "idle": Param(10.0, 3.0, 2.0, "seconds of idle query-method traffic measured"),
     "sim_peers": Param(
         [1000, 10_000, 100_000, 1_000_000], [1000, 10_000, 100_000], [1000], "simulated nodes"
@@ -76,27 +77,31 @@ PARAMS = {
 
 READY_TIMEOUT = 120.0
 
-# Runs in the searcher's namespace: poll the daemon's SAP directory until the
-# file is there or the deadline passes; prints one JSON line. Bounded in time.
+# Runs in the searcher's namespace: poll the daemon's SAP directory for each
+# name until all are there or the deadline passes; prints one JSON line with
+# the time each was first seen. Bounded in time.
 _POLLER = r"""
 import json, sys, time, urllib.request
-port, pattern, deadline = sys.argv[1], sys.argv[2], float(sys.argv[3])
-body = json.dumps({"method": "sap", "pattern": pattern}).encode()
+port, names, deadline = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+seen = {}
 polls = 0
-while time.time() < deadline:
-    polls += 1
-    try:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/search", data=body,
-            method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            result = json.loads(r.read())
-        if any(f["name"] == pattern for s in result["servers"] for f in s["files"]):
-            print(json.dumps({"found_at": time.time(), "polls": polls}))
-            sys.exit(0)
-    except (OSError, ValueError, KeyError):
-        pass
+while time.time() < deadline and len(seen) < len(names):
+    for name in names:
+        if name in seen:
+            continue
+        polls += 1
+        body = json.dumps({"method": "sap", "pattern": name}).encode()
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/search", data=body,
+                method="POST", headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                result = json.loads(r.read())
+            if any(f["name"] == name for s in result["servers"] for f in s["files"]):
+                seen[name] = time.time()
+        except (OSError, ValueError, KeyError):
+            pass
     time.sleep(0.1)
-print(json.dumps({"found_at": None, "polls": polls}))
+print(json.dumps({"seen": seen, "polls": polls}))
 """
 
 
@@ -327,32 +332,35 @@ def _sap_point(ctx: Context, lab: _Lab, files: int, p: dict[str, Any]) -> dict[s
         net = lab.net
         c0, t0 = net.link_counters(), time.monotonic()
         runs = []
-        # A different file each rep: an announcer sends its batch in catalog order and
+        # Different files each rep: an announcer sends its batch in catalog order and
         # places the first repeats by position, so one fixed file would have a phase
-        # locked to the moment the measurement starts.
+        # locked to the moment the measurement starts. Several files per cold start
+        # give several samples of the time to hear one.
         rng = random.Random(files)
         for rep in range(1, ctx.reps + 1):
             ctx.progress(f"sap F={files}", rep, ctx.reps)
-            target = lab.target(rng.randrange(files))
+            picks = rng.sample(range(files), min(files, int(p["sap_targets"])))
+            targets = [lab.target(i) for i in picks]
             searcher = Daemon(lab.s, lab.root / "s", **sections)
             launched = time.time()
             searcher.start(ready="sharing 0 files")
             ready = time.time()
             assert searcher.port is not None
             cp = lab.s.run(
-                [sys.executable, "-c", _POLLER, str(searcher.port), target,
+                [sys.executable, "-c", _POLLER, str(searcher.port), json.dumps(targets),
                  str(ready + p["sap_timeout"])],
                 timeout=p["sap_timeout"] + 30,
             )  # fmt: skip
             try:
                 polled = json.loads(cp.stdout.strip().splitlines()[-1])
             except (ValueError, IndexError):
-                polled = {"found_at": None, "polls": 0, "error": (cp.stderr or "")[-300:]}
-            found_at = polled.get("found_at")
+                polled = {"seen": {}, "polls": 0, "error": (cp.stderr or "")[-300:]}
+            seen = polled.get("seen", {})
+            times = [seen[t] - ready if t in seen else None for t in targets]
             runs.append({
-                "target": target,
-                "found": found_at is not None,
-                "time": None if found_at is None else found_at - ready,
+                "targets": targets,
+                "times": times,
+                "found": all(t is not None for t in times),
                 "startup": ready - launched,
                 "polls": polled.get("polls"),
             })  # fmt: skip
@@ -386,8 +394,8 @@ def _check(p: dict[str, Any]) -> None:
         raise ValueError("at most 100000 files per emulated node")
     if not 1 <= float(p["sap_speedup"]) <= 3000:
         raise ValueError("sap_speedup must be in [1, 3000]")
-    if p["sap_timeout"] <= 0 or p["idle"] <= 0:
-        raise ValueError("sap_timeout and idle must be > 0")
+    if p["sap_timeout"] <= 0 or p["idle"] <= 0 or p["sap_targets"] < 1:
+        raise ValueError("sap_timeout, idle and sap_targets must be > 0")
     for kind in p["sim_kinds"]:
         if kind not in sim.KINDS:
             raise ValueError(f"sim_kinds: {kind!r} is not one of {sim.KINDS}")
@@ -454,6 +462,7 @@ def run(ctx: Context, **p: Any) -> dict[str, Any]:
         "reps": ctx.reps,
         "sap_speedup": float(p["sap_speedup"]),
         "sap_timeout": p["sap_timeout"],
+        "sap_targets": p["sap_targets"],
         "idle": p["idle"],
         "ring_schedule": list(sim.RING_SCHEDULE),
         "ring_timeout": sim.RING_TIMEOUT,
@@ -539,15 +548,15 @@ def sap_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     for q in _ok(data["points"], "sap"):
         k = q["speedup"]
         per_link = {n: _per_min(b, q["window"]) for n, b in q["link_bytes"].items()}
-        times = [r["time"] for r in q["runs"] if r["found"]]
+        times = [t for r in q["runs"] for t in r["times"] if t is not None]
         rows.append({
             "files": q["files"],
             "total": q["ads"],
             "k": k,
             "times": times,
             "times_rfc": [t * k for t in times],
-            "found": sum(r["found"] for r in q["runs"]),
-            "reps": len(q["runs"]),
+            "found": len(times),
+            "reps": sum(len(r["times"]) for r in q["runs"]),
             "interval": q["interval"],
             "predicted": q["interval"] * equilibrium_phase(0.5),
             "link_bpm": list(per_link.values()),
@@ -708,7 +717,8 @@ def _setup(data: dict[str, Any]) -> str:
         f"{data['ring_timeout']} s, with files/node {files}; idle traffic over "
         f"{data['idle']} s. SAP: one announcement per file, RFC 2974 sped up "
         f"{data['sap_speedup']:g}x, files/node {sap}; a cold searcher daemon polls its "
-        f"directory every 0.1 s for up to {data['sap_timeout']} s. {data['reps']} reps per "
+        f"directory every 0.1 s for {data.get('sap_targets', 1)} random files of the farthest "
+        f"node, for up to {data['sap_timeout']} s (each file one sample). {data['reps']} reps per "
         "point; bytes are veth counters (Ethernet frames) summed over both directions of "
         f"each link. Simulated: {', '.join(kinds)} router graphs with LANs of "
         f"{data['sim_params']['lan_size']} nodes, {peers} nodes, {sfiles} files/node "
