@@ -352,8 +352,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
             _float_range(0, 3600), "5", "seconds a session lingers once nobody wants anything"
         ),
         "scheduler": Option(
-            _choice("demand", "uniform", "sequential"),
-            "demand",
+            _choice("demand", "uniform", "sequential", "mostwanted"),
+            "mostwanted",
             "how a session chooses the next block",
         ),
     },

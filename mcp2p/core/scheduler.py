@@ -424,10 +424,91 @@ class SequentialScheduler(_LiveScheduler):
         return unit
 
 
+class MostWantedScheduler(_LiveScheduler):
+    """The paper's "most wanted most often", made deterministic: a carousel
+    in unit order over the units with the highest weight (the most CNs
+    need them), so a late joiner's and an early CN's common needs go first
+    and a unit only some CNs need waits until nothing is wanted more.
+
+    ``_max`` is a max segment tree over the weights (leaves at
+    ``size .. 2*size-1``): the next unit at or after the cursor whose weight
+    is the maximum is found in O(log U), and every weight change costs
+    O(log U) as in the other trees. (A unit needed several times, a
+    fountain code's piece, is visited once per round like the others.)
+    """
+
+    def __init__(self, units: int, rng: random.Random) -> None:
+        super().__init__(units, rng)
+        self._max = array("q", bytes(8 * 2 * self._size))
+        self._cursor = 0
+
+    def _set(self, unit: int, value: int) -> None:
+        m = self._max
+        i = unit + self._size
+        m[i] = value
+        i >>= 1
+        while i:
+            a, b = m[2 * i], m[2 * i + 1]
+            v = a if a >= b else b
+            if m[i] == v:
+                break  # unchanged here, so above too
+            m[i] = v
+            i >>= 1
+
+    def _add(self, unit: int, delta: int) -> None:
+        super()._add(unit, delta)
+        self._set(unit, self._w[unit])
+
+    def sent(self, unit: int) -> int:
+        k = super().sent(unit)
+        if k:
+            self._set(unit, self._w[unit])
+        return k
+
+    def _rebuild(self) -> None:
+        super()._rebuild()
+        size = self._size
+        m = array("q", bytes(8 * 2 * size))
+        m[size : size + self._units] = self._w
+        for i in range(size - 1, 0, -1):
+            a, b = m[2 * i], m[2 * i + 1]
+            m[i] = a if a >= b else b
+        self._max = m
+
+    def _first_at_least(self, start: int, target: int) -> int | None:
+        """The first unit >= ``start`` whose weight is >= ``target``."""
+        m = self._max
+        size = self._size
+        i = start + size
+        while True:
+            if m[i] >= target:
+                while i < size:  # down to the leftmost such leaf
+                    i = 2 * i if m[2 * i] >= target else 2 * i + 1
+                return i - size
+            while i & 1:  # a right child: up until we are a left one
+                i >>= 1
+            if i == 0:
+                return None
+            i += 1  # the subtree just right of everything seen
+
+    def choose(self) -> int | None:
+        if self._nlive <= 0:
+            return None
+        target = self._max[1]
+        start = self._cursor if self._cursor < self._units else 0
+        unit = self._first_at_least(start, target)
+        if unit is None:
+            unit = self._first_at_least(0, target)
+        assert unit is not None
+        self._cursor = unit + 1
+        return unit
+
+
 SCHEDULERS: dict[str, type[DemandScheduler]] = {
     "demand": DemandScheduler,
     "uniform": UniformScheduler,
     "sequential": SequentialScheduler,
+    "mostwanted": MostWantedScheduler,
 }
 
 

@@ -4,8 +4,8 @@ A multicast session (a group, and the SN as source for SSM) is shared by
 every CN that subscribed to that content in multicast mode; a unicast
 subscriber gets a session of its own. Each tick the session takes tokens
 from a token bucket for the granted rate and sends a burst of packets:
-for each, the demand scheduler picks a unit (weighted by how many
-subscribers still need it), the block code makes its next symbol, and the
+for each, the [serving] scheduler picks a unit (by default a carousel over
+the units the most subscribers still need), the block code makes its next symbol, and the
 packet's digest goes into the Sent notices that are written to every
 subscriber's TLS channel just before the burst leaves. Sending is
 optimistic: a unit sent is no longer needed by anyone; a CN's loss report
@@ -76,7 +76,7 @@ class Session:
         rng: Any,
         group: str = "",
         source: str = "",
-        scheduler: str = "demand",
+        scheduler: str = "mostwanted",
     ) -> None:
         self.reactor = reactor
         self.session_id = session_id

@@ -15,6 +15,7 @@ from zope.interface.verify import verifyObject
 from mcp2p.core.scheduler import (
     SCHEDULERS,
     DemandScheduler,
+    MostWantedScheduler,
     SequentialScheduler,
     UniformScheduler,
     make_scheduler,
@@ -264,9 +265,12 @@ def scenarios(draw: st.DrawFn) -> tuple[int, list[tuple]]:
 
 def check_live(s: DemandScheduler, naive: list[int]) -> None:
     """A uniform or sequential scheduler's per-unit weights and 0/1 tree."""
-    if not isinstance(s, UniformScheduler | SequentialScheduler):
+    if not isinstance(s, UniformScheduler | SequentialScheduler | MostWantedScheduler):
         return
     assert list(s._w) == naive
+    if isinstance(s, MostWantedScheduler):
+        assert list(s._max[s._size : s._size + s.units]) == naive
+        assert s._max[1] == max(naive, default=0)
     needed = [1 if w > 0 else 0 for w in naive]
     assert s.needed_units == sum(needed)
     for u in range(s.units + 1):
@@ -436,3 +440,62 @@ def test_every_policy_only_picks_needed_units_and_drains(
     assert sorted(got) == sorted(need)
     if name == "sequential":
         assert got == sorted(need)
+
+
+def test_most_wanted_sends_what_most_cns_need_first_in_carousel_order() -> None:
+    s = scheduler(10, name="mostwanted")
+    s.set_need("early", RangeSet([(0, 10)]))
+    got = []
+    for _ in range(4):  # the early CN alone: a carousel from 0
+        unit = s.choose()
+        assert unit is not None
+        got.append(unit)
+        s.sent(unit)
+    assert got == [0, 1, 2, 3]
+    s.set_need("late", RangeSet([(0, 10)]))  # joins: 4..9 are wanted by both
+    order = []
+    while (unit := s.choose()) is not None:
+        order.append((unit, s.weight(unit)))
+        s.sent(unit)
+    assert order == [(u, 2) for u in range(4, 10)] + [(u, 1) for u in range(4)]
+
+
+def test_most_wanted_picks_up_a_loss_both_need_before_one_only_one_needs() -> None:
+    s = scheduler(8, name="mostwanted")
+    s.set_need("a", RangeSet([(5, 8)]))
+    s.set_need("b", RangeSet([(0, 3)]))
+    s.add_need("b", 6)  # 6: wanted by both
+    assert s.choose() == 6
+
+
+@given(
+    units=st.integers(1, 300),
+    needs=st.lists(
+        st.dictionaries(st.integers(0, 299), st.integers(1, 3), max_size=40), min_size=1, max_size=4
+    ),
+    seed=st.integers(0, 100),
+)
+@settings(max_examples=150)
+def test_most_wanted_always_picks_a_unit_of_the_highest_weight(
+    units: int, needs: list[dict[int, int]], seed: int
+) -> None:
+    s = scheduler(units, seed, "mostwanted")
+    for i, need in enumerate(needs):
+        s.set_need(i, {u: c for u, c in need.items() if u < units})
+    for _ in range(500):
+        unit = s.choose()
+        if unit is None:
+            break
+        assert s.weight(unit) == max(s.weight(u) for u in range(units))
+        s.sent(unit)
+    assert s.total_weight == 0
+
+
+def test_most_wanted_goes_round_units_needed_several_times() -> None:
+    s = scheduler(3, name="mostwanted")
+    s.set_need("a", {0: 3, 1: 3, 2: 1})
+    got = []
+    while (unit := s.choose()) is not None:
+        got.append(unit)
+        s.sent(unit)
+    assert got == [0, 1, 0, 1, 2, 0, 1]

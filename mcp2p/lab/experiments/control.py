@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mcp2p.core.scheduler import SCHEDULERS
 from mcp2p.lab.experiment import Context, Param, ReportOut, Section, fmt_spread, md_table, spread
 from mcp2p.lab.netns import Host, LabError, Network, missing_requirements
 from mcp2p.lab.transfer import FetchResult, StarLab
@@ -67,9 +68,9 @@ PARAMS = {
     "forged_packets": Param(200, 200, 200, "forged packets per burst (1 ms apart)"),
     "lead": Param(64, 64, 64, "sequence numbers a forged packet is ahead of the SN's"),
     "policies": Param(
-        ["demand", "uniform", "sequential"],
-        ["demand", "uniform", "sequential"],
-        ["demand", "sequential"],
+        ["demand", "uniform", "sequential", "mostwanted"],
+        ["demand", "uniform", "sequential", "mostwanted"],
+        ["demand", "mostwanted"],
         "[serving] scheduler policies of part 3",
     ),
     "late_cns": Param(4, 3, 2, "CNs of part 3"),
@@ -343,8 +344,8 @@ def run(ctx: Context, **params: Any) -> dict[str, Any]:
     if reason:
         raise LabError(f"the control experiment needs root and tools: {reason}")
     for policy in params["policies"]:
-        if policy not in ("demand", "uniform", "sequential"):
-            raise ValueError(f"unknown policy {policy!r}: demand, uniform or sequential")
+        if policy not in SCHEDULERS:
+            raise ValueError(f"unknown policy {policy!r}: {', '.join(SCHEDULERS)}")
     for mode in params["overhead_modes"]:
         if mode not in ("multicast", "unicast"):
             raise ValueError(f"unknown mode {mode!r}: multicast or unicast")
