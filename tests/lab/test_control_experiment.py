@@ -61,7 +61,7 @@ def test_forged_packets_are_dropped_and_the_file_verifies(data: dict[str, Any]) 
 
 
 def test_every_policy_delivers_to_every_staggered_cn(data: dict[str, Any]) -> None:
-    assert [p["policy"] for p in data["late"]] == ["demand", "sequential"]
+    assert [p["policy"] for p in data["late"]] == ["demand", "mostwanted"]
     for point in data["late"]:
         (run,) = point["runs"]
         cns = run["cns"]
