@@ -38,6 +38,7 @@ from mcp2p.wire.query import Query
 from mcp2p.wire.types import FileOffer
 
 _log = Logger()
+MOVE_TRIES = 64  # random draws for a free ASM group before giving up on a move
 
 
 class ServingService(Service):
@@ -63,6 +64,7 @@ class ServingService(Service):
             "subscriptions": 0,
             "sessions": 0,
             "collisions": 0,
+            "move_failed": 0,
         }
         self.monitors: dict[Session, Any] = {}
 
@@ -280,10 +282,24 @@ class ServingService(Service):
         s = self.node.config.serving
         iface = str(self.node.config.node.interface)
         taken = {x.group for x in self.sessions.values()}
-        while True:
+        for _ in range(MOVE_TRIES):
             group = random_group(s.asm_pool, 4, self.rng)
             if str(group) not in taken:
                 break
+        else:
+            # Our own sessions hold (nearly) every group of the pool: moving
+            # cannot help, and an unbounded search here froze the reactor
+            # (the lab's 100 sessions on a /28). Stay; receivers drop the
+            # other session's packets by SSRC.
+            self.counters["move_failed"] += 1
+            if self.counters["move_failed"] == 1:  # once, not once per collision
+                _log.warn(
+                    "session {sid:08x} hears another session on {group} but every group "
+                    "of the ASM pool is in use here: staying (counted in move_failed)",
+                    sid=session.session_id,
+                    group=session.group,
+                )
+            return
         port = self.monitors.get(session)
         if port is not None:
             multicast.leave(port, ipaddress.ip_address(session.group), iface)

@@ -252,3 +252,37 @@ def test_an_altered_copy_of_a_packet_already_accepted_is_forged_an_exact_one_a_d
     r.datagramReceived(genuine[:-1] + b"Y", ("10.0.0.9", 1))
     assert r.counters["forged"] == 1 and 1 in r.held
     r.stopProtocol()
+
+
+def test_a_move_when_every_pool_group_is_ours_stays_instead_of_searching_forever() -> None:
+    import ipaddress
+    import random
+    from types import SimpleNamespace
+
+    from mcp2p.transfer.serving import ServingService
+
+    pool = [ipaddress.ip_network("239.192.0.0/30")]  # 2 usable groups
+    ours = {i: SimpleNamespace(group=g) for i, g in enumerate(["239.192.0.1", "239.192.0.2"])}
+    moved: list[str] = []
+
+    class Session:
+        session_id, group = 1, "239.192.0.1"
+        move = staticmethod(moved.append)
+
+    session = Session()
+    fake = SimpleNamespace(
+        node=SimpleNamespace(
+            config=SimpleNamespace(
+                serving=SimpleNamespace(asm_pool=pool), node=SimpleNamespace(interface="127.0.0.1")
+            )
+        ),
+        sessions=ours,
+        monitors={},
+        rng=random.Random(1),
+        counters={"move_failed": 0},
+    )
+    ServingService._move(fake, session)  # type: ignore[arg-type]
+    assert moved == [] and fake.counters["move_failed"] == 1
+    ours[1].group = "239.192.0.9"  # a group is free again: the move happens
+    ServingService._move(fake, session)  # type: ignore[arg-type]
+    assert moved == ["239.192.0.2"]
