@@ -987,9 +987,11 @@ def _conclusion(rows: list[dict[str, Any]]) -> str:
     over = [r for r in asm if r["sessions"] > r["groups"] and r["fetches"]]
     if over:
         r = min(over, key=lambda r: r["verified"] / r["fetches"])
+        moves = spread(r["moves"])[0]
         second += (
-            f"; with more sessions than groups ({r['mode']}, S={r['sessions']}) sessions "
-            f"kept moving and only {r['verified']} of {r['fetches']} fetches finished"
+            f"; with more sessions than groups ({r['mode']}, S={r['sessions']}) "
+            f"{r['verified']} of {r['fetches']} fetches finished, with a median {moves:.0f} "
+            f"moves per run"
         )
     default = [r for r in asm if r["groups"] > 100_000]
     if default:
