@@ -66,7 +66,6 @@ class Receiver(DatagramProtocol):
         # accepted a while ago (KEEP): a later copy is a duplicate or a forgery
         self.accepted: dict[int, tuple[bytes, float]] = {}
         self.batches: deque[tuple[float, int]] = deque()  # (notice time, notices) in order
-        self.since_report = 0
         self.late_since_report = 0  # late packets: received in the next report
         self.last_packet = clock.seconds()
         # Counts, and two float sums in seconds: how long forged packets were held
@@ -154,7 +153,6 @@ class Receiver(DatagramProtocol):
         if len(self.accepted) < MAX_EXPECTED:
             self.accepted[seq] = (digest, self.clock.seconds())
         self.counters["accepted"] += 1
-        self.since_report += 1
         self.last_packet = self.clock.seconds()
         self.deliver(packet.piece, packet.symbol, packet.payload)
 
@@ -189,15 +187,8 @@ class Receiver(DatagramProtocol):
                 count += 1
                 if len(self.overdue) < MAX_EXPECTED:
                     self.overdue[seq] = notice
-        for seq, (_, when) in list(self.overdue.items()):
-            if now - when <= KEEP:
-                break  # in notice order: the rest are younger
-            del self.overdue[seq]
-        while self.accepted:  # in order of acceptance: stop at the first young one
-            seq, (_, when) = next(iter(self.accepted.items()))
-            if now - when <= KEEP:
-                break
-            del self.accepted[seq]
+        _expire(self.overdue, now - KEEP)
+        _expire(self.accepted, now - KEEP)
         settled = 0  # notices whose LOSS_AFTER ran out now: each lost or received
         while self.batches and now - self.batches[0][0] > LOSS_AFTER:
             settled += self.batches.popleft()[1]
@@ -206,7 +197,6 @@ class Receiver(DatagramProtocol):
                 del self.held[seq]
                 self.counters["unannounced"] += len(datagrams)
         self.counters["lost"] += count
-        self.since_report = 0
         received = max(0, settled - count) + self.late_since_report
         self.late_since_report = 0
         if lost or received:
@@ -219,10 +209,20 @@ class Receiver(DatagramProtocol):
         after.held, after.expected = self.held, self.expected
         after.overdue, after.batches = self.overdue, self.batches
         after.accepted = self.accepted
-        after.counters, after.since_report = self.counters, self.since_report
+        after.counters = self.counters
         after.late_since_report = self.late_since_report
         return after
 
     def pending(self) -> int:
         """Packets announced, not yet arrived and not yet reported lost."""
         return len(self.expected)
+
+
+def _expire(entries: dict[int, tuple[bytes, float]], before: float) -> None:
+    """Drop the entries stamped before ``before``. They were added in time
+    order (dicts keep it), so stop at the first younger one, without copying."""
+    while entries:
+        seq, (_, when) = next(iter(entries.items()))
+        if when >= before:
+            break
+        del entries[seq]
