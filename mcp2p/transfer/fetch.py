@@ -279,7 +279,7 @@ class Fetch:
         raise FetchError("no usable manifest: " + "; ".join(errors))
 
     def _missing(self) -> RangeSet:
-        if self._per_block():
+        if self.per_block:
             return RangeSet(self.store.missing_block_ranges())
         return RangeSet.from_indices(self.store.missing_pieces())
 
@@ -293,9 +293,6 @@ class Fetch:
     def per_block(self) -> bool:
         """One symbol per block (the plain code): blocks go to the store as they come."""
         return bool(self.code.units(self.layout) == self.layout.blocks)
-
-    def _per_block(self) -> bool:
-        return self.per_block
 
     async def _start_sources(self, sources: list[Source], units: RangeSet) -> None:
         shares = units.split(len(sources))
@@ -335,8 +332,8 @@ class Fetch:
             source.port = self.reactor.listenUDP(0, receiver, interface=self.interface)
             multicast.set_buffers(source.port, receive=RCVBUF)
             port = source.port.getHost().port
-        encoded = share.encode()
-        more = len(encoded) > CHUNK
+        chunks = wanted_chunks(share, replace=False)
+        more = len(chunks) > 1  # too big for one value: sent by UpdateWanted below
         reply = await source.client.callRemote(
             Subscribe,
             content_id=self.manifest.content_id,
@@ -344,7 +341,7 @@ class Fetch:
             port=port,
             rate=self.rate,
             code=self.code.name,
-            wanted=encoded if not more else b"",
+            wanted=b"" if more else chunks[0],
             more=more,
         )
         source.subscription = reply["subscription"]
@@ -352,7 +349,7 @@ class Fetch:
         receiver.ssrc = reply["session_id"]
         source.client.handlers[source.subscription] = _Handler(self, source)
         if more:
-            for chunk in wanted_chunks(share, replace=False):
+            for chunk in chunks:
                 await source.client.callRemote(
                     UpdateWanted, subscription=source.subscription, wanted=chunk, replace=False
                 )
@@ -448,7 +445,7 @@ class Fetch:
             return  # the rest of a dropped SN's burst: not trusted any more
         layout = self.layout
         try:
-            if self._per_block():
+            if self.per_block:
                 index = layout.block_index(piece, symbol)
                 event = self.store.write_block(index, payload)
                 events = [event] if event is not None else []
@@ -511,7 +508,7 @@ class Fetch:
         blocks = layout.piece_blocks(piece)
         units = (
             RangeSet([(blocks.start, blocks.stop)])
-            if self._per_block()
+            if self.per_block
             else RangeSet([(piece, piece + 1)])
         )
         for s in self._active():
@@ -580,7 +577,7 @@ class Fetch:
         in pieces not yet complete. Random block order completes pieces late,
         so counting only verified pieces would show no progress for long."""
         layout = self.layout
-        if self._per_block():
+        if self.per_block:
             missing = sum(b - a for a, b in self.store.missing_block_ranges())
             return max(0, layout.size - missing * layout.block_length)
         return int(self.store.bytes_verified + getattr(self.decoder, "pending_bytes", 0))
