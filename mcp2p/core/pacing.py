@@ -32,6 +32,12 @@ class TokenBucket:
         self._refill(now)
         return self.tokens
 
+    def empty_until(self, when: float) -> None:
+        """No tokens now, and none added before ``when``; from then on the
+        bucket fills at ``rate`` again."""
+        self.tokens = 0.0
+        self.stamp = when
+
     def wait_for(self, now: float, n: float = 1.0) -> float:
         """Seconds until ``n`` tokens will be there (0 if they are now)."""
         self._refill(now)

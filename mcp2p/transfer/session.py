@@ -124,8 +124,7 @@ class Session:
                 # The CN joins the group only once our reply reached it: a
                 # full bucket's first burst would be lost and sent twice
                 # (the lab saw 1.9x the bytes for 32 KiB files). Wait a bit.
-                self.bucket.tokens = 0.0
-                self.bucket.stamp = self.reactor.seconds() + JOIN_DELAY
+                self.bucket.empty_until(self.reactor.seconds() + JOIN_DELAY)
             self.loop.start(TICK, now=False)
 
     def set_wanted(self, sub: Subscriber, wanted: RangeSet, replace: bool) -> None:

@@ -108,3 +108,14 @@ def test_waiting_as_told_is_enough(rate: float, burst: int, start: float, fracti
     wait = bucket.wait_for(start, n)
     assert wait >= 0
     assert bucket.take(start + wait * (1 + 1e-9) + 1e-9, n)
+
+
+def test_empty_until_gives_no_tokens_before_then_and_fills_after() -> None:
+    from mcp2p.core.pacing import TokenBucket
+
+    b = TokenBucket(rate=1000, burst=5000, now=0.0)
+    assert b.available(0.0) == 5000
+    b.empty_until(1.0)
+    assert b.available(0.5) == 0
+    assert b.available(1.0) == 0
+    assert b.available(1.5) == 500
