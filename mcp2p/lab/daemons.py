@@ -19,13 +19,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mcp2p.lab.netns import Host, LabError
 
-__all__ = ["Daemon", "ini_text", "node_sections"]
+__all__ = ["Daemon", "ini_text", "node_sections", "start_all"]
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 60.0
@@ -50,11 +52,14 @@ def ini_text(sections: dict[str, dict[str, str]]) -> str:
     )
 
 
-def node_sections(host: Host, root: Path, **overrides: dict[str, str]) -> dict[str, dict[str, str]]:
-    """A complete ini for ``host`` under ``root``; ``overrides`` maps a section
-    to options that replace or add to the defaults."""
+def node_sections(
+    interface: str, root: Path, **overrides: dict[str, str]
+) -> dict[str, dict[str, str]]:
+    """A complete ini for a node on ``interface`` (its address) whose files
+    live under ``root`` (state, share, downloads); ``overrides`` maps a
+    section to options that replace or add to the defaults."""
     sections: dict[str, dict[str, str]] = {
-        "node": {"state_dir": str(root / "state"), "interface": host.addr()},
+        "node": {"state_dir": str(root / "state"), "interface": interface},
         "share": {"paths": str(root / "share")},
         "discovery": {"methods": "query"},
         "serving": {},
@@ -75,7 +80,7 @@ class Daemon:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "share").mkdir(exist_ok=True)
         self.ini = self.root / "node.ini"
-        self.ini.write_text(ini_text(node_sections(host, self.root, **sections)))
+        self.ini.write_text(ini_text(node_sections(host.addr(), self.root, **sections)))
         self.log_path = self.root / "twistd.log"
         self.proc: subprocess.Popen[Any] | None = None
         self.port: int | None = None
@@ -166,3 +171,33 @@ class Daemon:
             text=True,
             timeout=timeout,
         )
+
+
+def start_all(
+    daemons: Sequence[tuple[Daemon, str | None]],
+    *,
+    prefix: list[str] | None = None,
+    timeout: float = START_TIMEOUT + 60,
+) -> None:
+    """Start daemons at once (their imports and indexing overlap on the
+    cores), each waiting for its API and its ``ready`` log text; if any
+    fails, or they are not all up after ``timeout`` seconds, stop them all
+    and raise a LabError naming what failed."""
+    errors: list[str] = []
+
+    def one(daemon: Daemon, ready: str | None) -> None:
+        try:
+            daemon.start(ready=ready, prefix=prefix)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=one, args=pair) for pair in daemons]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if errors or any(t.is_alive() for t in threads):
+        for daemon, _ in daemons:
+            daemon.stop()
+        raise LabError("daemons did not start: " + (" | ".join(errors) or "timeout"))

@@ -41,6 +41,7 @@ __all__ = [
     "fmt_spread",
     "load",
     "md_table",
+    "median",
     "parse_params",
     "spread",
 ]
@@ -207,6 +208,11 @@ def spread(values: Iterable[float]) -> tuple[float, float, float]:
     if not vals:
         return (math.nan, math.nan, math.nan)
     return (statistics.median(vals), min(vals), max(vals))
+
+
+def median(values: Iterable[float]) -> float:
+    """The median of the finite values; NaN if there are none."""
+    return spread(values)[0]
 
 
 def fmt_spread(values: Iterable[float], digits: int = 1, unit: str = "") -> str:

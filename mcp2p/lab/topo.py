@@ -807,26 +807,15 @@ def daemon_ini(topology: Topology, host_name: str, root: Path, **overrides: dict
     ``state/api.port``), discovery and serving at mcp2p's defaults.
     ``overrides`` maps a section to options that replace or add to these,
     e.g. ``discovery={"methods": "query"}``, ``node={"interface6": "eth0"}``."""
-    from mcp2p.lab.daemons import ini_text
+    from mcp2p.lab.daemons import ini_text, node_sections
 
     if topology.kind(host_name) != "host":
         raise TopologyError(f"{host_name} is a {topology.kind(host_name)}, not a host")
-    root = Path(root)
-    sections: dict[str, dict[str, str]] = {
-        "node": {
-            "state_dir": str(root / "state"),
-            "interface": topology.plan().address(host_name),
-        },
-        "share": {"paths": str(root / "share")},
-        "discovery": {"methods": "query, sap"},
-        "serving": {},
-        "fetching": {"download_dir": str(root / "downloads")},
-        "api": {"port": "0"},
-    }
-    for name, options in overrides.items():
-        sections.setdefault(name, {}).update({k: str(v) for k, v in options.items()})
+    sections = dict(overrides)
+    sections["discovery"] = {"methods": "query, sap", **overrides.get("discovery", {})}
     head = f"# mcp2p daemon on host {host_name} of lab topology {topology.name}\n\n"
-    return head + ini_text({k: v for k, v in sections.items() if v})
+    interface = topology.plan().address(host_name)
+    return head + ini_text(node_sections(interface, Path(root), **sections))
 
 
 # --------------------------------------------------------------------------

@@ -46,12 +46,11 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcp2p.lab.daemons import Daemon
+from mcp2p.lab.daemons import Daemon, ini_text, node_sections, start_all
 from mcp2p.lab.netns import Host, LabError, Link, Network, Switch, counter_delta
 
 __all__ = [
@@ -245,13 +244,6 @@ class FetchResult:
         }
 
 
-def _ini(sections: dict[str, dict[str, str]]) -> str:
-    return "".join(
-        f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in options.items()) + "\n"
-        for name, options in sections.items()
-    )
-
-
 class StarLab:
     """One switch, the SN and ``cns`` CN hosts; see the module docstring.
 
@@ -334,20 +326,12 @@ class StarLab:
         return path
 
     def sn_ini(self, rate: str, max_rate: str | None = None, **serving: str) -> str:
-        return _ini(
-            {
-                "node": {"state_dir": str(self.sn_dir / "state"), "interface": self.sn.addr()},
-                "share": {"paths": str(self.sn_dir / "share")},
-                "discovery": {"methods": "query"},
-                "serving": {
-                    "rate": rate,
-                    "max_rate": max_rate or rate,
-                    "grace": "1",
-                    **serving,
-                },
-                "fetching": {"download_dir": str(self.sn_dir / "downloads")},
-                "api": {"port": "0"},
-            }
+        return ini_text(
+            node_sections(
+                self.sn.addr(),
+                self.sn_dir,
+                serving={"rate": rate, "max_rate": max_rate or rate, "grace": "1", **serving},
+            )
         )
 
     def start_sn(
@@ -433,18 +417,7 @@ class StarLab:
                 self.cns[host.name] = Daemon(
                     host, self.root / "cns" / host.name, **self.cn_sections(stall_timeout)
                 )
-            errors: list[str] = []
-
-            def start(daemon: Daemon) -> None:
-                try:
-                    daemon.start(prefix=prefix)
-                except LabError as e:
-                    errors.append(str(e))
-
-            with ThreadPoolExecutor(max_workers=len(todo)) as pool:
-                list(pool.map(start, [self.cns[h.name] for h in todo]))
-            if errors:
-                raise LabError("CN daemons did not start: " + " | ".join(errors))
+            start_all([(self.cns[h.name], None) for h in todo], prefix=prefix)
         return [self.cns[h.name] for h in self.hosts]
 
     def stop_cns(self) -> None:

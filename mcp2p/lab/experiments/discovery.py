@@ -30,10 +30,8 @@ import math
 import os
 import random
 import shutil
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -45,8 +43,17 @@ from mcp2p.core.sapinterval import (
     equilibrium_phase,
 )
 from mcp2p.lab import sim
-from mcp2p.lab.daemons import Daemon
-from mcp2p.lab.experiment import Context, Param, ReportOut, Section, fmt_spread, md_table, spread
+from mcp2p.lab.daemons import Daemon, start_all
+from mcp2p.lab.experiment import (
+    Context,
+    Param,
+    ReportOut,
+    Section,
+    fmt_spread,
+    md_table,
+    median,
+    spread,
+)
 from mcp2p.lab.netns import Host, LabError, Network, Router, counter_delta
 
 NAME = "discovery"
@@ -186,7 +193,7 @@ class _Lab:
             pairs.append((Daemon(h, self.root / h.name, **sections), f"sharing {files} files"))
         searcher = Daemon(self.s, self.root / "s", **sections)
         pairs.append((searcher, "sharing 0 files"))
-        _start_all(pairs)
+        start_all(pairs, timeout=READY_TIMEOUT)
         self.daemons = [d for d, _ in pairs]
         return searcher
 
@@ -196,34 +203,13 @@ class _Lab:
             (Daemon(h, self.root / h.name, **sections), f"sharing {files} files")
             for h in self.sharers
         ]
-        _start_all(pairs)
+        start_all(pairs, timeout=READY_TIMEOUT)
         self.daemons = [d for d, _ in pairs]
 
     def stop(self) -> None:
         for d in self.daemons:
             d.stop()
         self.daemons = []
-
-
-def _start_all(daemons: list[tuple[Daemon, str | None]]) -> None:
-    """Start daemons in parallel; each waits for its API and ``ready`` text."""
-    errors: list[BaseException] = []
-
-    def one(d: Daemon, ready: str | None) -> None:
-        try:
-            d.start(ready=ready)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=pair) for pair in daemons]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(READY_TIMEOUT)
-    if errors or any(t.is_alive() for t in threads):
-        for d, _ in daemons:
-            d.stop()
-        raise LabError(f"daemons did not start: {errors[0] if errors else 'timeout'}")
 
 
 # --------------------------------------------------------------------------
@@ -510,11 +496,6 @@ def _fmt_time(x: float) -> str:
     return f"{1000 * x:.0f} ms"
 
 
-def _median(xs: list[float]) -> float:
-    vals = [x for x in xs if x is not None and math.isfinite(x)]
-    return statistics.median(vals) if vals else math.nan
-
-
 def query_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     schedule = tuple(data["ring_schedule"])
@@ -733,10 +714,10 @@ def _plot_time(
 ) -> str:
     fig, ax = out.figure()
     if qrows:
-        ax.plot([r["total"] for r in qrows], [_median(r["times"]) for r in qrows], "o-",
+        ax.plot([r["total"] for r in qrows], [median(r["times"]) for r in qrows], "o-",
                 label="query, emulated")  # fmt: skip
     if srows:
-        ax.plot([r["total"] for r in srows], [_median(r["times_rfc"]) for r in srows], "s-",
+        ax.plot([r["total"] for r in srows], [median(r["times_rfc"]) for r in srows], "s-",
                 label="SAP, emulated (RFC-scaled)")  # fmt: skip
     for kind in sorted({s["kind"] for s in data.get("sim", [])}):
         pts = sorted(
@@ -744,9 +725,9 @@ def _plot_time(
             key=lambda xs: xs[0],
         )
         xs = [x for x, _ in pts]
-        ax.plot(xs, [_median(s["query"]["rare"]["times"]) for _, s in pts], "^:",
+        ax.plot(xs, [median(s["query"]["rare"]["times"]) for _, s in pts], "^:",
                 label=f"query rare, sim {kind}")  # fmt: skip
-        ax.plot(xs, [_median(s["sap"]["times"]) for _, s in pts], "v:",
+        ax.plot(xs, [median(s["sap"]["times"]) for _, s in pts], "v:",
                 label=f"SAP, sim {kind}")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -763,7 +744,7 @@ def _plot_bytes(
     fig, (ax, bx) = out.figure(1, 2, figsize=(11, 4))
     if srows:
         ax.plot([r["total"] for r in srows],
-                [_median([b / r["k"] for b in r["link_bpm"]]) for r in srows], "s-",
+                [median([b / r["k"] for b in r["link_bpm"]]) for r in srows], "s-",
                 label="SAP (RFC-scaled), median link")  # fmt: skip
     if qrows:
         ax.plot([r["total"] for r in qrows], [max(r["idle_max"], 1.0) for r in qrows], "o-",
@@ -800,8 +781,8 @@ def _conclusion(
     data: dict[str, Any], qrows: list[dict[str, Any]], srows: list[dict[str, Any]]
 ) -> str:
     parts = []
-    qt = [_median(r["times"]) for r in qrows if r["times"]]
-    st = [(r, _median(r["times_rfc"])) for r in srows if r["times"]]
+    qt = [median(r["times"]) for r in qrows if r["times"]]
+    st = [(r, median(r["times_rfc"])) for r in srows if r["times"]]
     if qt:
         idle_q = [r["idle_queries"] for r in qrows if r["idle_queries"] is not None]
         parts.append(
@@ -831,7 +812,7 @@ def _conclusion(
                 else " (all within the 300 s minimum interval)"
             )
             + ", while the median link carried "
-            + _range([_median([b / r["k"] for b in r["link_bpm"]]) for r, _ in st], " B/min")
+            + _range([median([b / r["k"] for b in r["link_bpm"]]) for r, _ in st], " B/min")
             + f" of SAP (RFC-scaled; the cap is {60 * 4000 / 8:.0f} B/min plus headers)"
         )
     head = ("".join(parts) if parts else "No emulated point succeeded") + "."
@@ -840,7 +821,7 @@ def _conclusion(
     if sims:
         big = max(sims, key=lambda s: (s["peers"], s["files_per_node"]))
         q = big["query"]["rare"]
-        sap_t = _median(big["sap"]["times"])
+        sap_t = median(big["sap"]["times"])
         qbpm = q["bytes_per_min_link"]
         cross = (
             big["sap"]["bytes_per_min_link"] / qbpm * data["sim_params"]["searches_per_node_hour"]
@@ -848,12 +829,12 @@ def _conclusion(
             else math.inf
         )
         slower = sum(
-            1 for x in sims if _median(x["sap"]["times"]) > _median(x["query"]["rare"]["times"])
+            1 for x in sims if median(x["sap"]["times"]) > median(x["query"]["rare"]["times"])
         )
         parts.append(
             f"In the simulation at {big['peers']:,} nodes x {big['files_per_node']:,} files "
             f"({big['kind']}), the query found even a single-copy file in "
-            f"{_fmt_time(_median(q['times']))} ({100 * q['found']:.0f}% found), and its bytes "
+            f"{_fmt_time(median(q['times']))} ({100 * q['found']:.0f}% found), and its bytes "
             f"per link pass SAP's {_fmt_bytes(big['sap']['bytes_per_min_link'])}/min once each "
             f"node searches for rare files more than {cross:.2g} times an hour, while SAP "
             f"needed {_fmt_time(sap_t)} to hear a given file; SAP was slower to find than the "

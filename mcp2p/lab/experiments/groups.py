@@ -33,14 +33,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mcp2p.lab.daemons import Daemon
-from mcp2p.lab.experiment import Context, Param, ReportOut, Section, fmt_spread, md_table, spread
+from mcp2p.lab.daemons import Daemon, start_all
+from mcp2p.lab.experiment import (
+    Context,
+    Param,
+    ReportOut,
+    Section,
+    fmt_spread,
+    md_table,
+    median,
+    spread,
+)
 from mcp2p.lab.netns import Host, LabError, Network, Switch, counter_delta
 
 NAME = "groups"
@@ -266,27 +274,6 @@ def _snooping(sw: Switch) -> float:
     return time.monotonic() + 1.5
 
 
-def _start_all(daemons: list[tuple[Daemon, str | None]]) -> None:
-    """Start daemons in parallel (each waits for its API and ``ready`` text)."""
-    errors: list[BaseException] = []
-
-    def one(d: Daemon, ready: str | None) -> None:
-        try:
-            d.start(ready=ready)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=pair) for pair in daemons]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(SN_READY + 30)
-    if errors:
-        for d, _ in daemons:
-            d.stop()
-        raise LabError(f"daemons did not start: {errors[0]}")
-
-
 class _Lab:
     def __init__(self, net: Network, root: Path, p: dict[str, Any]) -> None:
         self.net = net
@@ -336,7 +323,7 @@ class _Lab:
             Daemon(h, self.root / h.name, discovery=self._discovery(), fetching={"sources": "1"})
             for h in self.cn_hosts
         ]
-        _start_all([(d, None) for d in self.cns])
+        start_all([(d, None) for d in self.cns], timeout=SN_READY + 30)
 
     def start_sns(self, mode: str) -> None:
         self.stop_sns()
@@ -361,7 +348,7 @@ class _Lab:
             self.sns.append(d)
             pairs.append((d, f"sharing {n} files"))
         self.mode = mode
-        _start_all(pairs)
+        start_all(pairs, timeout=SN_READY + 30)
 
     def stop_sns(self) -> None:
         """SIGTERM every SN at once, SIGKILL what still runs 3 s later (an SN
@@ -919,10 +906,6 @@ def _plot(data: dict[str, Any], rows: list[dict[str, Any]], out: ReportOut) -> s
     return out.save(fig, "unwanted")
 
 
-def _med(values: list[float]) -> float:
-    return spread(values)[0]
-
-
 def _conclusion(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "No run finished, so this experiment answers nothing."
@@ -948,9 +931,9 @@ def _conclusion(rows: list[dict[str, Any]]) -> str:
         first = "No SSM run finished"
     if not asm:
         return first + "."
-    worst = max(asm, key=lambda r: (_med(r["unwanted_all"]), r["sessions"]))
-    if _med(worst["collisions"]) > 0:
-        got, model = _med(worst["collisions"]), _med(worst["model_overlap"])
+    worst = max(asm, key=lambda r: (median(r["unwanted_all"]), r["sessions"]))
+    if median(worst["collisions"]) > 0:
+        got, model = median(worst["collisions"]), median(worst["model_overlap"])
         if abs(got - model) <= max(2.0, 0.25 * model):
             how = "about as often as the birthday model predicts"
         else:
@@ -958,9 +941,9 @@ def _conclusion(rows: list[dict[str, Any]]) -> str:
             how += " the birthday model predicts"
         first += (
             f", while ASM sessions collided {how} (worst, "
-            f"{worst['mode']} at S={worst['sessions']}: {_med(worst['collisions']):.0f} "
-            f"colliding sessions, model {_med(worst['model_overlap']):.0f} on the measured "
-            f"overlaps) and put a median {_med(worst['unwanted_all']):.0f} unwanted data "
+            f"{worst['mode']} at S={worst['sessions']}: {median(worst['collisions']):.0f} "
+            f"colliding sessions, model {median(worst['model_overlap']):.0f} on the measured "
+            f"overlaps) and put a median {median(worst['unwanted_all']):.0f} unwanted data "
             f"packets per run on hosts."
         )
     else:
@@ -972,7 +955,7 @@ def _conclusion(rows: list[dict[str, Any]]) -> str:
         parts.append(f"{moves / coll:.0f} session moves per colliding session")
     base = {r["sessions"]: r for r in ssm}
     costs = [
-        (_med(r["completion_median"]) - _med(base[r["sessions"]]["completion_median"]), r)
+        (median(r["completion_median"]) - median(base[r["sessions"]]["completion_median"]), r)
         for r in asm
         if r["sessions"] in base
     ]
@@ -1031,7 +1014,7 @@ def _notes(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
         )
     ssm = {r["sessions"]: r for r in rows if r["mode"] == "ssm"}
     calm = [
-        abs(_med(r["completion_median"]) - _med(ssm[r["sessions"]]["completion_median"]))
+        abs(median(r["completion_median"]) - median(ssm[r["sessions"]]["completion_median"]))
         for r in asm
         if r["sessions"] in ssm and max(r["moves"], default=0) == 0
     ]

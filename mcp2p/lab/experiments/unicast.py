@@ -41,7 +41,16 @@ import statistics
 import time
 from typing import Any
 
-from mcp2p.lab.experiment import Context, Param, ReportOut, Section, fmt_spread, md_table, spread
+from mcp2p.lab.experiment import (
+    Context,
+    Param,
+    ReportOut,
+    Section,
+    fmt_spread,
+    md_table,
+    median,
+    spread,
+)
 from mcp2p.lab.netns import LabError, Network
 from mcp2p.lab.peers import missing_tools, run_peer
 from mcp2p.lab.transfer import FetchResult, StarLab
@@ -200,11 +209,6 @@ def _slowest(runs: list[dict[str, Any]]) -> list[float]:
     return [float(r["slowest"]) for r in runs if r.get("ok") and r.get("slowest") is not None]
 
 
-def _median(values: list[float]) -> float:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    return float(statistics.median(vals)) if vals else math.nan
-
-
 def _goodputs(runs: list[dict[str, Any]]) -> list[float]:
     """Per CN and run, Mbit/s (the runs that verified)."""
     return [8 * g for r in runs if r.get("ok") for g in r.get("goodput_mb_s", [])]
@@ -235,8 +239,8 @@ def _wins(
     (or ``other`` failed there); None: never."""
     first = None
     for n in sorted(ns, reverse=True):
-        mc = _median(_slowest(pts.get((loss, n, "mcp2p-multicast"), [])))
-        ot = _median(_slowest(pts.get((loss, n, other), [])))
+        mc = median(_slowest(pts.get((loss, n, "mcp2p-multicast"), [])))
+        ot = median(_slowest(pts.get((loss, n, other), [])))
         failed_other = bool(pts.get((loss, n, other))) and math.isnan(ot)
         if not math.isnan(mc) and (mc < (1 - WIN_MARGIN) * ot or failed_other):
             first = n
@@ -373,10 +377,10 @@ def _conclusion(
     hl_n: int,
 ) -> str:
     def med(tool: str) -> float:
-        return _median(_slowest(pts.get((hl_loss, hl_n, tool), [])))
+        return median(_slowest(pts.get((hl_loss, hl_n, tool), [])))
 
     def sn(tool: str) -> str:
-        v = _median([r["sn_ratio"] for r in pts.get((hl_loss, hl_n, tool), []) if r.get("ok")])
+        v = median([r["sn_ratio"] for r in pts.get((hl_loss, hl_n, tool), []) if r.get("ok")])
         return "-" if math.isnan(v) else f"{v:.2f}x"
 
     parts = []
