@@ -7,24 +7,20 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from mcp2p.commands import MCP2P, TWISTD
 from tests.nodes import free_udp_port, make_node_dir, node_ini
-
-BIN = Path(sys.executable).parent
-TWISTD = str(BIN / "twistd")
-MCP2P = str(BIN / "mcp2p")
 
 
 def start_daemon(root: Path, ini: str) -> subprocess.Popen[bytes]:
     (root / "node.ini").write_text(ini)
     log = open(root / "twistd.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [TWISTD, "--pidfile=", "-n", "mcp2p", "--config", str(root / "node.ini")],
+        [*TWISTD, "--pidfile=", "-n", "mcp2p", "--config", str(root / "node.ini")],
         cwd=root,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -50,7 +46,7 @@ def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
 
 def mcp2p(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [MCP2P, *args],
+        [*MCP2P, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -141,7 +137,7 @@ def test_daemon_answers_search_from_another_process_and_stops_on_sigterm(tmp_pat
 def test_bad_config_stops_the_daemon_with_one_line(tmp_path: Path, ini: str, needle: str) -> None:
     (tmp_path / "bad.ini").write_text(ini)
     out = subprocess.run(
-        [TWISTD, "--pidfile=", "-n", "mcp2p", "--config", str(tmp_path / "bad.ini")],
+        [*TWISTD, "--pidfile=", "-n", "mcp2p", "--config", str(tmp_path / "bad.ini")],
         cwd=tmp_path,
         capture_output=True,
         text=True,

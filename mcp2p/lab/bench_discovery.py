@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-BIN = Path(sys.executable).parent
+from mcp2p.commands import twistd_node
 
 
 def node_ini(root: Path, interface: str, **discovery: str) -> str:
@@ -64,14 +64,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
             (sn / "share" / "bench.iso").write_bytes(os.urandom(4096))
             (sn / "node.ini").write_text(node_ini(sn, b.addr(), methods="query"))
             proc = b.popen(
-                [
-                    str(BIN / "twistd"),
-                    "--pidfile=",
-                    "-n",
-                    "mcp2p",
-                    "--config",
-                    str(sn / "node.ini"),
-                ],
+                twistd_node(str(sn / "node.ini")),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -123,12 +116,7 @@ def rss(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         proc = subprocess.Popen(
             [
-                str(BIN / "twistd"),
-                "--pidfile=",
-                "-n",
-                "mcp2p",
-                "--config",
-                str(root / "node.ini"),
+                *twistd_node(str(root / "node.ini")),
                 "--set",
                 "sap.port=29875",
             ],

@@ -25,11 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mcp2p.commands import MCP2P, twistd_node
 from mcp2p.lab.netns import Host, LabError
 
 __all__ = ["Daemon", "ini_text", "node_sections", "start_all"]
 
-BIN = Path(sys.executable).parent
 START_TIMEOUT = 60.0
 
 _API_SNIPPET = r"""
@@ -96,15 +96,7 @@ class Daemon:
         port_file.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = self.host.popen(
-                [
-                    *(prefix or []),
-                    str(BIN / "twistd"),
-                    "--pidfile=",
-                    "-n",
-                    "mcp2p",
-                    "--config",
-                    str(self.ini),
-                ],
+                [*(prefix or []), *twistd_node(str(self.ini))],
                 cwd=self.root,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -166,7 +158,7 @@ class Daemon:
         """``mcp2p --config INI ARGS`` in the host's namespace (it talks to
         this daemon through the API, as a user's CLI would)."""
         return self.host.run(
-            [str(BIN / "mcp2p"), "--config", str(self.ini), *args],
+            [*MCP2P, "--config", str(self.ini), *args],
             capture_output=True,
             text=True,
             timeout=timeout,

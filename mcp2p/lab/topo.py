@@ -94,6 +94,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcp2p.commands import MCP2P, twistd_node
 from mcp2p.config import parse_rate
 from mcp2p.lab.netns import (
     LabError,
@@ -912,14 +913,13 @@ def _read_marker(tdir: Path) -> dict[str, Any] | None:
 def _start_daemons(nodes: dict[str, Node], topology: Topology, tdir: Path) -> dict[str, int]:
     """``twistd -n mcp2p`` per host, logs in DIR/HOST/twistd.log; waits until
     each API answers (its port file appears)."""
-    twistd = str(Path(sys.executable).parent / "twistd")
     procs: dict[str, subprocess.Popen[Any]] = {}
     for h in topology.hosts:
         root = tdir / h
         (root / "state" / "api.port").unlink(missing_ok=True)
         with open(root / "twistd.log", "ab") as log:
             procs[h] = nodes[h].popen(
-                [twistd, "--pidfile=", "-n", "mcp2p", "--config", str(root / "node.ini")],
+                twistd_node(str(root / "node.ini")),
                 cwd=root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
     deadline = time.monotonic() + DAEMON_TIMEOUT
@@ -986,16 +986,15 @@ def _up(t: Topology, spec: str, tdir: Path, daemons: bool) -> int:
         pid = f"  twistd pid {info['daemon_pid']}" if info["daemon_pid"] else ""
         print(f"  {h:<{width}}  {info['ip4']:<15} {info['ip6']:<22} {info['ns']}{pid}")
     first = t.hosts[0]
-    mcp2p = Path(sys.executable).parent / "mcp2p"
+    mcp2p = " ".join(MCP2P)
     print(f"daemon inis: {tdir}/HOST/node.ini (share: {tdir}/HOST/share)")
     if daemons:
         print(f"daemon logs: {tdir}/HOST/twistd.log")
     print(f"enter a host:  ip netns exec {hosts[first]['ns']} bash")
     if not daemons:
-        twistd = Path(sys.executable).parent / "twistd"
         print(
             f"run a daemon:  ip netns exec {hosts[first]['ns']} "
-            f"{twistd} -n mcp2p --config {hosts[first]['ini']}"
+            f"{' '.join(twistd_node(str(hosts[first]['ini'])))}"
         )
     enter = f"ip netns exec {hosts[first]['ns']}"
     print(f"use the CLI:   {enter} {mcp2p} --config {hosts[first]['ini']} status")

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcp2p.commands import twistd_node
 from mcp2p.lab.daemons import Daemon, ini_text, node_sections, start_all
 from mcp2p.lab.netns import Host, LabError, Link, Network, Switch, counter_delta
 
@@ -62,7 +63,6 @@ __all__ = [
     "median",
 ]
 
-BIN = Path(sys.executable).parent
 FILE_NAME = "data.bin"
 START_TIMEOUT = 60.0  # seconds for the SN to start and index its file
 READY_TIMEOUT = 60.0  # seconds for the CN processes to import and wait
@@ -352,15 +352,7 @@ class StarLab:
         log_path = self.sn_dir / "twistd.log"
         with open(log_path, "wb") as log:
             proc = self.sn.popen(
-                [
-                    *(prefix or []),
-                    str(BIN / "twistd"),
-                    "--pidfile=",
-                    "-n",
-                    "mcp2p",
-                    "--config",
-                    str(ini),
-                ],
+                [*(prefix or []), *twistd_node(str(ini))],
                 cwd=self.sn_dir,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from mcp2p.commands import twistd_node
 from mcp2p.lab.netns import Host, Network, missing_requirements
 from tests.nodes import make_node_dir, node_ini
 
@@ -26,7 +27,6 @@ if _reason:
 
 pytestmark = pytest.mark.netns
 
-BIN = Path(sys.executable).parent
 GROUPS = ("239.0.0.0/8", "ff05::/16", "ff15::/16")
 QUERY_ONLY = {"methods": "query"}
 
@@ -35,7 +35,7 @@ def start_sn(host: Host, root: Path, ini: str) -> subprocess.Popen[Any]:
     (root / "node.ini").write_text(ini)
     log = open(root / "twistd.log", "wb")  # noqa: SIM115
     proc = host.popen(
-        [str(BIN / "twistd"), "--pidfile=", "-n", "mcp2p", "--config", str(root / "node.ini")],
+        twistd_node(str(root / "node.ini")),
         cwd=root,
         stdout=log,
         stderr=subprocess.STDOUT,

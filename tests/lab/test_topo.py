@@ -463,7 +463,7 @@ def test_topo_up_with_daemons(tmp_path: Path) -> None:
         marker = json.loads((tdir / "network.json").read_text())
         procs = marker["processes"]
         assert sorted(str(p["node"]) for p in procs) == ["cn1", "sn"]
-        assert all("twistd" in " ".join(p["argv"]) for p in procs)
+        assert all("mcp2p.twistd --pidfile= -n mcp2p" in " ".join(p["argv"]) for p in procs)
         for h in ("sn", "cn1"):
             assert (tdir / h / "state" / "api.port").exists()
         assert all(_alive_as(int(p["pid"]), p["start"]) for p in procs), procs
