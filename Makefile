@@ -7,10 +7,13 @@ CONFIG ?= etc/mcp2p.ini
 # Debian packages the network tests use; installed when we are root and they are missing.
 DEBS := smcroute tshark nftables iproute2 ethtool iputils-ping udpcast uftp
 
-.PHONY: install run test lint bench lab system-deps clean
+.PHONY: install run test lint bench lab system-deps clean install-system check-tracked
 
+# The virtualenv is made here, on this machine, at this path: it is never tracked
+# (its scripts name their interpreter by absolute path).
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,lab]' --config-settings editable_mode=compat
@@ -35,22 +38,43 @@ system-deps:
 	  fi; \
 	fi
 
-test: install system-deps
+test: install system-deps check-tracked
 	$(BIN)/python -m pytest -q
+
+# Fails with one line when git tracks a virtualenv, build output or caches.
+check-tracked:
+	@bash .ci/check-tracked
 
 lint: install
 	$(BIN)/ruff check mcp2p tests twisted
 	$(BIN)/ruff format --check mcp2p tests twisted
 	$(BIN)/mypy mcp2p
 
+# make bench: about 45 minutes on 2 cores (the transfer matrix is 40 of them).
+# make bench QUICK=1: about 4 minutes (smaller files, fewer receivers).
 BENCH_DIR ?= /tmp/mcp2p-bench
+QUICK ?= 0
+ifeq ($(filter-out 0,$(QUICK)),)
+BENCH_SIZE := 1GiB
+BENCH_FILES := 10000
+BENCH_REPEAT := 20
+BENCH_TRANSFER :=
+BENCH_SAYS := the full benchmark: about 45 minutes on 2 cores (make bench QUICK=1: about 4)
+else
+BENCH_SIZE := 128MiB
+BENCH_FILES := 1000
+BENCH_REPEAT := 5
+BENCH_TRANSFER := --quick
+BENCH_SAYS := the quick benchmark: about 4 minutes on 2 cores
+endif
 bench: install
-	$(BIN)/python -m mcp2p.lab.bench_catalog --dir $(BENCH_DIR) --size 1GiB --clean
-	$(BIN)/python -m mcp2p.lab.bench_catalog --dir $(BENCH_DIR) --files 10000 --clean
-	$(BIN)/python -m mcp2p.lab.bench_discovery rss --files 10000
-	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m mcp2p.lab.bench_discovery latency --repeat 20; \
+	@echo "make bench: $(BENCH_SAYS)"
+	$(BIN)/python -m mcp2p.lab.bench_catalog --dir $(BENCH_DIR) --size $(BENCH_SIZE) --clean
+	$(BIN)/python -m mcp2p.lab.bench_catalog --dir $(BENCH_DIR) --files $(BENCH_FILES) --clean
+	$(BIN)/python -m mcp2p.lab.bench_discovery rss --files $(BENCH_FILES)
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m mcp2p.lab.bench_discovery latency --repeat $(BENCH_REPEAT); \
 	else echo "search latency needs root (network namespaces): skipped"; fi
-	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m mcp2p.lab.bench_transfer --json bench-transfer.json; \
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m mcp2p.lab.bench_transfer $(BENCH_TRANSFER) --json bench-transfer.json; \
 	else echo "transfer benchmark needs root (network namespaces): skipped"; fi
 
 # The lab (issue 5): all four experiments on real daemons in namespaces,
@@ -59,6 +83,27 @@ LAB_OUT ?= lab-report
 lab: install system-deps
 	@if [ "$$(id -u)" != 0 ]; then echo "make lab needs root (network namespaces)"; exit 2; fi
 	$(BIN)/python -m mcp2p.lab all --out $(LAB_OUT) $(if $(filter-out 0,$(QUICK)),--quick,)
+
+# A system service (root): mcp2p installed (not editable) into $(PREFIX), the
+# mcp2p user, /etc/mcp2p/mcp2p.ini when missing, the systemd unit. Run it again to
+# upgrade; the config and /var/lib/mcp2p are kept.
+PREFIX ?= /opt/mcp2p
+SYSTEMD_DIR ?= /etc/systemd/system
+install-system:
+	@if [ "$$(id -u)" != 0 ]; then echo "make install-system needs root"; exit 2; fi
+	$(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/python -m pip install -q --upgrade pip
+	$(PREFIX)/bin/python -m pip install -q --upgrade .
+	$(PREFIX)/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	id -u mcp2p >/dev/null 2>&1 || useradd --system --home-dir /var/lib/mcp2p --no-create-home \
+	  --shell /usr/sbin/nologin --user-group mcp2p
+	install -d -m 0755 /etc/mcp2p
+	[ -e /etc/mcp2p/mcp2p.ini ] || $(PREFIX)/bin/mcp2p config --example > /etc/mcp2p/mcp2p.ini
+	sed 's|/opt/mcp2p/|$(PREFIX)/|g' etc/mcp2p.service > $(SYSTEMD_DIR)/mcp2p.service
+	ln -sf $(PREFIX)/bin/mcp2p /usr/local/bin/mcp2p
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; \
+	  echo "installed: systemctl enable --now mcp2p; journalctl -u mcp2p -f"; \
+	else echo "installed; systemd is not running here, so nothing was started"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info state share downloads lab-report
