@@ -14,14 +14,15 @@ Common header (6 bytes)::
     1     type: 1 = QUERY, 2 = OFFER
     1     flags (bits not listed below must be 0)
 
-QUERY (flags bit 0: by content id, else by pattern)::
+QUERY (flags bit 0: by content id; bit 1: by content id prefix; neither:
+by pattern; both: invalid)::
 
     size          field
     8             request_id
     1             hop_limit (1..255)
     1             answers_wanted (1..255)
     8             rate, bit/s (0 = no preference)
-    32 | 1+n      content_id | pattern (u8 length + UTF-8)
+    32 | 1+n | 1+h  content_id | pattern (u8 length + UTF-8) | prefix (see below)
     1 [+a+2]      reply_to: address (see below), then u16 port if family != 0
     1 + 8*w       wanted: u8 count w (<= 64), then w x (u32 start, u32 end)
     1 + 16*k      known: u8 count k (<= 64), then k node ids
@@ -51,9 +52,17 @@ File entry::
     8             rate, bit/s
     2             control_port
 
+A content id prefix is its length in hex digits, u8 ``d`` (8..63), then
+the ``ceil(d/2)`` bytes holding those digits, most significant first;
+for odd ``d`` the last byte's low nibble is 0. An SN answers it with the
+files whose content id starts with those digits, as ``git`` resolves an
+abbreviated object name: a CN that printed 16 digits can fetch with them
+without asking for every file a node has.
+
 An address is a family byte (0 = none, 4, 6) followed by 0, 4 or 16
 bytes.  A pattern query with no reply address, wanted map or known
-answers is 28 bytes plus the pattern's UTF-8.  An encoded OFFER is never
+answers is 28 bytes plus the pattern's UTF-8 (a prefix query: 28 bytes
+plus ceil(d/2)).  An encoded OFFER is never
 larger than ``MAX_DATAGRAM`` (encode raises ValueError, decode
 ProtocolError); ``offer_overhead`` and ``file_offer_size`` let the
 responder pack entries without encoding repeatedly.  A QUERY has no size
@@ -63,6 +72,7 @@ limit beyond its field limits.
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any, NoReturn, Union
@@ -87,6 +97,9 @@ MAX_KNOWN = 64
 MAX_PADDING = 1200
 MAX_FILES = 255
 MAX_BLOCK_INDEX = 0xFFFFFFFF
+MIN_PREFIX_DIGITS = 8
+MAX_PREFIX_DIGITS = 2 * CONTENT_ID_LEN - 1
+_PREFIX = re.compile(f"[0-9a-f]{{{MIN_PREFIX_DIGITS},{MAX_PREFIX_DIGITS}}}")
 
 _MAGIC = b"M2P"
 _VERSION = 1
@@ -95,6 +108,7 @@ _T_OFFER = 2
 _HEADER = struct.Struct("!3sBBB")
 
 _Q_BY_CONTENT_ID = 0x01
+_Q_BY_PREFIX = 0x02
 _O_TRUNCATED = 0x01
 _O_MORE = 0x02
 
@@ -125,13 +139,31 @@ def _check_tuple(field: str, value: object, most: int) -> None:
         raise ValueError(f"{field} has {len(value)} entries, at most {most} allowed")
 
 
+def _check_prefix(prefix: object) -> None:
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        raise ValueError(
+            f"content_id_prefix must be {MIN_PREFIX_DIGITS}-{MAX_PREFIX_DIGITS} "
+            f"lowercase hex digits, got {prefix!r}"
+        )
+
+
+def prefix_matches(prefix: str, content_id: bytes) -> bool:
+    """Whether ``content_id`` starts with the hex digits ``prefix`` (lowercase)."""
+    whole = len(prefix) // 2
+    if not content_id.startswith(bytes.fromhex(prefix[: 2 * whole])):
+        return False
+    return len(prefix) % 2 == 0 or content_id[whole : whole + 1].hex()[:1] == prefix[-1]
+
+
 @dataclass(frozen=True)
 class Query:
     """One ring of an expanding-ring search; every ring reuses the request id.
 
-    ``reply_to`` None means "answer on the query group"; ``known`` lists SNs
-    the CN already heard, which stay silent; ``padding`` zero bytes enlarge
-    the datagram and so the unicast reply an SN may send (anti-amplification).
+    Exactly one of ``content_id``, ``pattern`` and ``content_id_prefix``
+    (lowercase hex, 8-63 digits) is set. ``reply_to`` None means "answer on
+    the query group"; ``known`` lists SNs the CN already heard, which stay
+    silent; ``padding`` zero bytes enlarge the datagram and so the unicast
+    reply an SN may send (anti-amplification).
     """
 
     request_id: bytes
@@ -144,14 +176,18 @@ class Query:
     wanted: tuple[tuple[int, int], ...] = ()
     known: tuple[bytes, ...] = ()
     padding: int = 0
+    content_id_prefix: str | None = None
 
     def __post_init__(self) -> None:
         _check_bytes("request_id", self.request_id, REQUEST_ID_LEN)
         _check_int("hop_limit", self.hop_limit, 1, 255)
-        if (self.content_id is None) == (self.pattern is None):
-            raise ValueError("exactly one of content_id and pattern must be set")
+        given = (self.content_id, self.pattern, self.content_id_prefix)
+        if sum(x is not None for x in given) != 1:
+            raise ValueError("exactly one of content_id, pattern and content_id_prefix must be set")
         if self.content_id is not None:
             _check_bytes("content_id", self.content_id, CONTENT_ID_LEN)
+        elif self.content_id_prefix is not None:
+            _check_prefix(self.content_id_prefix)
         else:
             if not isinstance(self.pattern, str):
                 raise ValueError("pattern must be str")
@@ -263,13 +299,20 @@ def _put_string(out: list[bytes], text: str) -> None:
 
 
 def _encode_query(q: Query) -> bytes:
-    flags = _Q_BY_CONTENT_ID if q.content_id is not None else 0
+    flags = 0
+    if q.content_id is not None:
+        flags = _Q_BY_CONTENT_ID
+    elif q.content_id_prefix is not None:
+        flags = _Q_BY_PREFIX
     out = [
         _HEADER.pack(_MAGIC, _VERSION, _T_QUERY, flags),
         _QUERY_FIXED.pack(q.request_id, q.hop_limit, q.answers_wanted, q.rate),
     ]
     if q.content_id is not None:
         out.append(q.content_id)
+    elif q.content_id_prefix is not None:
+        digits = q.content_id_prefix
+        out.append(bytes([len(digits)]) + bytes.fromhex(digits + "0" * (len(digits) % 2)))
     else:
         assert q.pattern is not None
         _put_string(out, q.pattern)
@@ -380,13 +423,18 @@ def _bad(cls: type, e: ValueError) -> NoReturn:
 
 
 def _decode_query(r: _Reader, flags: int) -> Query:
-    if flags & ~_Q_BY_CONTENT_ID:
+    if flags & ~(_Q_BY_CONTENT_ID | _Q_BY_PREFIX):
         raise ProtocolError(f"unknown QUERY flags {flags:#04x}")
+    if flags == _Q_BY_CONTENT_ID | _Q_BY_PREFIX:
+        raise ProtocolError("QUERY flags say both content id and content id prefix")
     request_id, hop_limit, answers_wanted, rate = r.unpack(_QUERY_FIXED)
     content_id: bytes | None = None
     pattern: str | None = None
+    prefix: str | None = None
     if flags & _Q_BY_CONTENT_ID:
         content_id = r.take(CONTENT_ID_LEN)
+    elif flags & _Q_BY_PREFIX:
+        prefix = _read_prefix(r)
     else:
         pattern = r.string("pattern")
     reply_to = None
@@ -410,9 +458,22 @@ def _decode_query(r: _Reader, flags: int) -> Query:
             wanted=wanted,
             known=known,
             padding=len(padding),
+            content_id_prefix=prefix,
         )
     except ValueError as e:
         _bad(Query, e)
+
+
+def _read_prefix(r: _Reader) -> str:
+    digits = r.u8()
+    if not MIN_PREFIX_DIGITS <= digits <= MAX_PREFIX_DIGITS:
+        raise ProtocolError(
+            f"content id prefix of {digits} digits, not {MIN_PREFIX_DIGITS}-{MAX_PREFIX_DIGITS}"
+        )
+    text = r.take((digits + 1) // 2).hex()
+    if text[digits:] not in ("", "0"):
+        raise ProtocolError("content id prefix has a non-zero pad nibble")
+    return text[:digits]
 
 
 def _decode_file(r: _Reader) -> FileOffer:

@@ -12,12 +12,15 @@ from hypothesis import strategies as st
 from mcp2p.errors import ProtocolError
 from mcp2p.wire.query import (
     MAX_DATAGRAM,
+    MAX_PREFIX_DIGITS,
+    MIN_PREFIX_DIGITS,
     Offer,
     Query,
     decode,
     encode,
     file_offer_size,
     offer_overhead,
+    prefix_matches,
 )
 from mcp2p.wire.types import (
     CONTENT_ID_LEN,
@@ -91,14 +94,18 @@ def wanted_maps(draw: st.DrawFn) -> tuple[tuple[int, int], ...]:
     return tuple(zip(points[::2], points[1::2], strict=True))
 
 
+prefixes = st.text("0123456789abcdef", min_size=MIN_PREFIX_DIGITS, max_size=MAX_PREFIX_DIGITS)
+
+
 @st.composite
 def queries(draw: st.DrawFn) -> Query:
-    by_id = draw(st.booleans())
+    by = draw(st.sampled_from(["id", "pattern", "prefix"]))
     return Query(
         request_id=draw(request_ids),
         hop_limit=draw(hops),
-        content_id=draw(content_ids) if by_id else None,
-        pattern=None if by_id else draw(patterns),
+        content_id=draw(content_ids) if by == "id" else None,
+        pattern=draw(patterns) if by == "pattern" else None,
+        content_id_prefix=draw(prefixes) if by == "prefix" else None,
         answers_wanted=draw(st.integers(1, 255)),
         rate=draw(rates),
         reply_to=draw(st.none() | st.tuples(unicast, ports)),
@@ -225,7 +232,8 @@ def test_arbitrary_bytes_raise_only_protocol_error(data: bytes) -> None:
 
 @given(st.binary(max_size=200))
 def test_arbitrary_bodies_after_valid_header(body: bytes) -> None:
-    for header in (b"M2P\x01\x01\x00", b"M2P\x01\x01\x01", b"M2P\x01\x02\x00"):
+    headers = (b"M2P\x01\x01\x00", b"M2P\x01\x01\x01", b"M2P\x01\x01\x02", b"M2P\x01\x02\x00")
+    for header in headers:
         try:
             msg = decode(header + body)
         except ProtocolError:
@@ -420,3 +428,71 @@ def test_offer_validation(changes: dict) -> None:
 def test_encode_rejects_other_types() -> None:
     with pytest.raises(TypeError):
         encode(FILE)  # type: ignore[arg-type]
+
+
+# -- content id prefixes ----------------------------------------------------------
+
+PREFIX_QUERY = Query(
+    request_id=RID, hop_limit=2, content_id=None, pattern=None, content_id_prefix="0123456789a"
+)
+
+
+def test_prefix_query_layout() -> None:
+    data = encode(PREFIX_QUERY)
+    assert data[5] == 0x02
+    # u8 digit count, then the digits packed two per byte, the odd one's pad nibble 0
+    assert data[24:31] == bytes([11]) + bytes.fromhex("0123456789a0")
+    assert len(data) == 28 + 6
+    assert decode(data) == PREFIX_QUERY
+
+
+@given(prefixes)
+def test_prefix_round_trip_and_size(prefix: str) -> None:
+    q = dataclasses.replace(PREFIX_QUERY, content_id_prefix=prefix)
+    data = encode(q)
+    assert len(data) == 28 + (len(prefix) + 1) // 2
+    assert decode(data) == q
+
+
+def test_prefix_pad_nibble_must_be_zero() -> None:
+    data = bytearray(encode(PREFIX_QUERY))
+    data[30] |= 0x01
+    _raises_protocol_error(bytes(data))
+
+
+@pytest.mark.parametrize("digits", [0, 1, 7, 64, 255])
+def test_prefix_digit_count_out_of_range(digits: int) -> None:
+    data = encode(PREFIX_QUERY)
+    body = bytes([digits]) + b"\x11" * ((digits + 1) // 2)
+    _raises_protocol_error(data[:24] + body + data[31:])
+
+
+def test_prefix_and_content_id_flags_together() -> None:
+    data = encode(PREFIX_QUERY)
+    _raises_protocol_error(data[:5] + b"\x03" + data[6:])
+    _raises_protocol_error(data[:5] + b"\x06" + data[6:])
+
+
+@pytest.mark.parametrize(
+    "bad", ["0123456", "0" * 64, "0123456789ABCDEF", "0123456789abcdeg", " 01234567", b"01234567"]
+)
+def test_prefix_validation(bad: object) -> None:
+    with pytest.raises(ValueError):
+        dataclasses.replace(PREFIX_QUERY, content_id_prefix=bad)
+
+
+def test_exactly_one_selector() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        dataclasses.replace(PREFIX_QUERY, pattern="*")
+    with pytest.raises(ValueError, match="exactly one"):
+        dataclasses.replace(PREFIX_QUERY, content_id=b"c" * 32)
+    with pytest.raises(ValueError, match="exactly one"):
+        dataclasses.replace(PREFIX_QUERY, content_id_prefix=None)
+
+
+@given(content_ids, st.integers(MIN_PREFIX_DIGITS, MAX_PREFIX_DIGITS))
+def test_prefix_matches_is_hex_startswith(content_id: bytes, digits: int) -> None:
+    own = content_id.hex()[:digits]
+    assert prefix_matches(own, content_id)
+    other = own[:-1] + "0123456789abcdef"[("0123456789abcdef".index(own[-1]) + 1) % 16]
+    assert not prefix_matches(other, content_id)
