@@ -44,6 +44,7 @@ from zope.interface import implementer
 
 from mcp2p.core.merkle import CHUNK, HASH_LEN, merkle_root, piece_count, piece_hashes
 from mcp2p.interfaces import ICatalog
+from mcp2p.wire.query import prefix_matches
 from mcp2p.wire.types import check_name
 
 STORE_NAME = "catalog.sqlite"
@@ -569,6 +570,10 @@ class Catalog:
         """Entries whose name matches a shell pattern, case-insensitively, by path."""
         regex = _compile(pattern)
         return [e for e in self._entries if regex.match(e.name)]
+
+    def match_prefix(self, prefix: str) -> list[CatalogEntry]:
+        """Entries whose content id starts with the lowercase hex digits ``prefix``."""
+        return [e for cid, e in self._by_id.items() if prefix_matches(prefix, cid)]
 
     def entries(self) -> list[CatalogEntry]:
         return list(self._entries)

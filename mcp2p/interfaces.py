@@ -51,6 +51,9 @@ class ICatalog(Interface):
     def match(pattern: str) -> list[Any]:
         """CatalogEntries whose name matches the fnmatch ``pattern`` (no case)."""
 
+    def match_prefix(prefix: str) -> list[Any]:
+        """CatalogEntries whose content id starts with the lowercase hex ``prefix``."""
+
     def entries() -> list[Any]:
         """Every CatalogEntry."""
 

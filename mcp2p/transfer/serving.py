@@ -387,6 +387,8 @@ class ServingService(Service):
         if query.content_id is not None:
             entry = self.catalog.get(query.content_id)
             return [] if entry is None else [self.offer_for(entry)]
+        if query.content_id_prefix is not None:
+            return [self.offer_for(e) for e in self.catalog.match_prefix(query.content_id_prefix)]
         assert query.pattern is not None
         return [self.offer_for(e) for e in self.catalog.match(query.pattern)]
 
