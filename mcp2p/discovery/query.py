@@ -275,7 +275,9 @@ class QueryNode:
                 request=message.request_id.hex(),
                 host=addr[0],
                 hops=message.hop_limit,
-                what=message.pattern or (message.content_id or b"").hex(),
+                what=message.pattern
+                or message.content_id_prefix
+                or (message.content_id or b"").hex(),
             )
             for action in self.responder.query(message, addr, size, now):
                 self._schedule(action, via.family)
@@ -338,8 +340,14 @@ class QueryNode:
         reply_mode: str | None = None,
         rate: int = 0,
         exclude: tuple[bytes, ...] = (),
+        content_id_prefix: str | None = None,
     ) -> defer.Deferred[SearchResult]:
-        """Run an expanding-ring search; the Deferred fires with a SearchResult."""
+        """Run an expanding-ring search; the Deferred fires with a SearchResult.
+
+        Give one of ``pattern``, ``content_id`` and ``content_id_prefix``
+        (8-63 lowercase hex digits: SNs answer with the files whose id starts
+        with them; ValueError otherwise, as for a bad pattern).
+        """
         mode = reply_mode or self.d.reply_mode
         if mode == "multicast" and not self.group_ports:
             raise ValueError("multicast replies need the group sockets: start(listen_group=True)")
@@ -350,6 +358,7 @@ class QueryNode:
             hop_limit=1,
             content_id=content_id,
             pattern=pattern,
+            content_id_prefix=content_id_prefix,
             answers_wanted=min(answers, 255),
             rate=rate,
             reply_to=None,
@@ -357,7 +366,8 @@ class QueryNode:
         ring = RingSearch(
             schedule or self.d.ring_schedule, timeout or self.d.ring_timeout, answers, exclude
         )
-        pad = self.d.query_padding if (mode == "unicast" and pattern is not None) else 0
+        # Pattern and prefix queries may match several files: room for their offers.
+        pad = self.d.query_padding if (mode == "unicast" and content_id is None) else 0
         search = _Search(self, ring, query, pad)
         search.mode = mode
         self.searches[query.request_id] = search
@@ -377,6 +387,7 @@ class QueryNode:
                 hop_limit=action.hop_limit,
                 content_id=search.query.content_id,
                 pattern=search.query.pattern,
+                content_id_prefix=search.query.content_id_prefix,
                 answers_wanted=search.query.answers_wanted,
                 rate=search.query.rate,
                 reply_to=reply_to,

@@ -3,6 +3,7 @@ reply delays, suppression, malformed datagrams."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import random
@@ -12,7 +13,7 @@ import pytest
 
 from mcp2p.config import config_from_string
 from mcp2p.discovery.query import QueryNode, SearchResult
-from mcp2p.wire.query import Offer, Query, decode, encode
+from mcp2p.wire.query import Offer, Query, decode, encode, prefix_matches
 from mcp2p.wire.types import FileOffer
 from tests.fakenet import FakeNetwork
 
@@ -47,6 +48,8 @@ def server(
 
         if q.content_id is not None:
             return [f for f in files if f.content_id == q.content_id]
+        if q.content_id_prefix is not None:
+            return [f for f in files if prefix_matches(q.content_id_prefix, f.content_id)]
         return [f for f in files if fnmatch.fnmatch(f.name, q.pattern)]
 
     node_id = os.urandom(16)
@@ -253,3 +256,33 @@ def test_stop_leaves_no_delayed_calls_and_closes_ports() -> None:
     assert net.ports == []
     assert errors and errors[0].check(Exception)
     assert decode  # the module under test decodes what it sends
+
+
+def test_content_id_prefix_search_finds_only_the_matching_files() -> None:
+    net = FakeNetwork()
+    d = discovery(answers_wanted="2", ring_schedule="1, 2")
+    wanted = dataclasses.replace(offer("a.iso", 1), content_id=bytes.fromhex("ab" * 32))
+    near = dataclasses.replace(offer("b.iso", 2), content_id=bytes.fromhex("abababac" + "00" * 28))
+    server(net, "10.0.1.1", 0, [wanted, near, offer("c.iso", 3)], d, 1)
+    server(net, "10.0.1.2", 1, [dataclasses.replace(wanted, name="a-copy.iso")], d, 2)
+    cn = client(net, d)
+    result = run_search(net, cn, content_id_prefix="ababababa")
+    assert result.reason == "enough"
+    found = {(s.distance, f.name) for s in result.servers for f in s.files.values()}
+    assert found == {(1, "a.iso"), (2, "a-copy.iso")}
+    queries = [decode(data) for host, data, _, _ in net.sent if host == "10.0.0.100"]
+    assert {q.content_id_prefix for q in queries} == {"ababababa"}  # type: ignore[union-attr]
+    # Padded like a pattern query: room for the offers of several matching files.
+    sent = [data for host, data, _, _ in net.sent if host == "10.0.0.100"]
+    assert all(len(data) >= d.query_padding for data in sent)
+
+
+def test_bad_content_id_prefix_is_a_value_error_before_anything_is_sent() -> None:
+    net = FakeNetwork()
+    d = discovery()
+    cn = client(net, d)
+    with pytest.raises(ValueError, match="content_id_prefix"):
+        cn.search(content_id_prefix="ABCDEF01")
+    with pytest.raises(ValueError, match="exactly one"):
+        cn.search(pattern="*", content_id_prefix="abcdef01")
+    assert net.sent == []
