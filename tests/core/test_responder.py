@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import ipaddress
 import itertools
@@ -523,3 +524,34 @@ def test_over_many_runs_few_extra_answers() -> None:
     assert min(counts) >= 3
     assert sum(counts) / len(counts) <= 3.5
     assert max(counts) <= 5
+
+
+# -- content id prefixes ----------------------------------------------------------
+
+
+def test_a_prefix_query_is_answered_with_what_the_catalog_matches() -> None:
+    from mcp2p.wire.query import prefix_matches
+
+    files = [file_offer(i) for i in (0x10, 0x11, 0x20)]
+    prefix = files[0].content_id.hex()[:63]  # all but the last digit: 0x10 and 0x11
+
+    def lookup(query: Query) -> Sequence[FileOffer]:
+        assert query.content_id_prefix is not None
+        return [f for f in files if prefix_matches(query.content_id_prefix, f.content_id)]
+
+    r = Responder(ME, MY_KEY, lookup, random.Random(0), DELAY_MIN, DELAY_MAX, 1000.0, 1000)
+    query = Query(
+        request_id=rid(1),
+        hop_limit=1,
+        content_id=None,
+        pattern=None,
+        content_id_prefix=prefix,
+        reply_to=(ipaddress.ip_address("0.0.0.0"), 40001),
+        padding=400,
+    )
+    [schedule] = hear(r, query)
+    [offer] = offers_of(r.due(schedule.key, 1.0))
+    assert [f.content_id for f in offer.files] == [files[0].content_id, files[1].content_id]
+    miss = dataclasses.replace(query, request_id=rid(2), content_id_prefix="f" * 8)
+    assert hear(r, miss) == []
+    assert r.counters["no_match"] == 1
