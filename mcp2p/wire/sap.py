@@ -3,7 +3,8 @@
 Pure: no Twisted, no I/O.  ``decode_sap`` turns any bytes into a
 ``SAPPacket`` or raises ``ProtocolError``.  Encrypted (E) and compressed (C)
 packets are refused: mcp2p never sends them and RFC 2974 does not recommend
-them.  Authentication data is skipped by its length, not verified.
+them.  Authentication data is skipped by its length, not verified.  The
+payload type may be present or absent (then the payload starts ``v=0``).
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ class SAPPacket:
 
 
 def _check_payload_type(payload_type: str) -> None:
-    # A MIME type is printable ASCII without NUL; "" means "field omitted" is not
-    # representable (we always send the type), so require at least one character.
+    # A MIME type is printable ASCII without NUL.  An omitted field decodes as
+    # application/sdp (the payload starts "v=0"), so "" is never a type.
     if not 1 <= len(payload_type) <= MAX_PAYLOAD_TYPE_LEN:
         raise ValueError(f"payload_type must be 1-{MAX_PAYLOAD_TYPE_LEN} characters")
     if not all(0x21 <= ord(c) <= 0x7E for c in payload_type):
@@ -68,17 +69,26 @@ def _check_payload_type(payload_type: str) -> None:
 
 
 def encode_sap(p: SAPPacket) -> bytes:
-    """The datagram for ``p``: no authentication data, payload type always present."""
+    """The datagram for ``p``, without authentication data.
+
+    The optional payload type field is left out exactly when RFC 2974
+    section 6 lets every listener notice: an ``application/sdp`` payload that
+    starts with ``v=0`` (not a MIME type).  Any other payload keeps it.  Sent,
+    the field made Wireshark note "Invalid SDP line (no '=' delimiter)" on
+    every packet: its SAP dissector skips the type only while building a
+    tree, so each tree-less pass (``tshark -z expert``, statistics, the GUI's
+    first pass) handed SDP ``application/sdp<NUL>v=0`` as the first line.
+    """
     flags = (_VERSION << 5) | (_FLAG_T if p.delete else 0)
     if p.origin.version == 6:
         flags |= _FLAG_A
+    implicit = p.payload_type == SDP_PAYLOAD_TYPE and p.payload.startswith(b"v=0")
     return b"".join(
         (
             bytes((flags, 0)),
             p.msg_id_hash.to_bytes(2, "big"),
             p.origin.packed,
-            p.payload_type.encode("ascii"),
-            b"\x00",
+            b"" if implicit else p.payload_type.encode("ascii") + b"\x00",
             p.payload,
         )
     )

@@ -22,8 +22,8 @@ needs travels in ``a=x-mcp2p-*`` attributes.  Example (IPv4, SSM)::
     ...
 
 IPv6 groups have no TTL in ``c=``; their hop limit travels in
-``a=x-mcp2p-hop-limit``.  A SAP deletion carries only the ``o=`` line
-(RFC 2974 section 6): ``encode_deletion``/``decode_deletion``.
+``a=x-mcp2p-hop-limit``.  A SAP deletion carries only ``v=0`` and the
+``o=`` line (RFC 2974 section 6): ``encode_deletion``/``decode_deletion``.
 """
 
 from __future__ import annotations
@@ -176,8 +176,15 @@ def encode_sdp(a: Announcement) -> bytes:
 
 
 def encode_deletion(a: Announcement) -> bytes:
-    """RFC 2974 deletion payload: the single ``o=`` line of the announcement."""
-    return (_origin_line(a.offer.session_id, a.version, a.origin) + "\r\n").encode("ascii")
+    """RFC 2974 deletion payload: the ``o=`` line of the announcement, after ``v=0``.
+
+    RFC 2974 section 6 makes it the single ``o=`` line; the ``v=0`` before
+    it (every SDP's first line, RFC 8866 section 5) lets the SAP header omit
+    the payload type as for announcements, so Wireshark decodes it without
+    a note, and a listener that looks for the ``o=`` line finds the same one.
+    """
+    lines = ("v=0", _origin_line(a.offer.session_id, a.version, a.origin))
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
 # -- decoding ---------------------------------------------------------------

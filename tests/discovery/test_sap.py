@@ -583,21 +583,9 @@ def _write_pcap(path: Path, frames: list[bytes]) -> None:
             f.write(frame)
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark (Wireshark) is not installed")
-def test_wireshark_decodes_our_packets_cleanly(tmp_path: Path) -> None:
-    v4 = make_announcement(1)
-    v6 = replace(make_announcement(2, v6=True), offer=make_offer(2, v6=True, name='é "x" 5%'))
-    asm = make_announcement(3, ssm=False)
-    frames = [
-        _frame(ORIGIN, V4("239.255.255.255"), sap(v4, 0x1234)),
-        _frame(v6.origin, V6("ff15::2:7ffe"), sap(v6, 0x4321)),
-        _frame(ORIGIN, V4("239.255.255.255"), sap(asm, 0x1111)),
-        _frame(ORIGIN, V4("239.255.255.255"), sap(v4, 0x1234, delete=True)),
-    ]
-    pcap = tmp_path / "sap.pcap"
-    _write_pcap(pcap, frames)
+def _tshark(pcap: Path, *args: str) -> str:
     result = subprocess.run(
-        ["tshark", "-n", "-r", str(pcap), "-V"]
+        ["tshark", "-n", "-r", str(pcap), *args]
         + ["-o", "ip.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE"],
         capture_output=True,
         encoding="utf-8",
@@ -606,13 +594,81 @@ def test_wireshark_decodes_our_packets_cleanly(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert len(re.findall(r"^Session Announcement Protocol$", out, re.M)) == 4
-    assert len(re.findall(r"^Session Description Protocol$", out, re.M)) == 4
-    assert "Message Type: Deletion" in out
+    return result.stdout
+
+
+def _expert_infos(pcap: Path) -> list[tuple[str, str, str]]:
+    """(severity, protocol, summary) of every expert info tshark raises.
+
+    Two passes, one without a tree and one with: Wireshark's SAP dissector
+    skips the payload type only when it builds a tree, so a problem can
+    show in one pass and not the other.
+    """
+    found = []
+    for args in (("-q",), ("-V",)):
+        severity = ""
+        for line in _tshark(pcap, *args, "-z", "expert").splitlines():
+            if m := re.fullmatch(r"(\w+) \(\d+\)", line):
+                severity = m.group(1)
+            elif severity and (m := re.fullmatch(r"\s+\d+\s+\S+\s+(\S+)\s+(.+)", line)):
+                found.append((severity, m.group(1), m.group(2)))
+    return found
+
+
+TSHARK = pytest.mark.skipif(
+    shutil.which("tshark") is None, reason="tshark (Wireshark) is not installed"
+)
+
+
+@TSHARK
+def test_wireshark_decodes_our_packets_cleanly(tmp_path: Path) -> None:
+    """What an announcer sends, then its deletions, decode with no expert info."""
+    clock = Clock()
+    wire = Wire(clock)
+    ann = announcer(clock, wire, min_interval=300.0)
+    v6 = replace(make_announcement(2, v6=True), offer=make_offer(2, v6=True, name='é "x" 5%'))
+    ann.set_announcements([make_announcement(1), v6, make_announcement(3, ssm=False)])
+    ann.start()
+    run_until(clock, 10.0)
+    ann.stop()
+    packets = [decode_sap(d) for _, d in wire.sent]
+    assert [p.delete for p in packets] == [False] * 3 + [True] * 3
+    groups = {4: V4("239.255.255.255"), 6: V6("ff15::2:7ffe")}
+    frames = [
+        _frame(p.origin, groups[p.origin.version], d)
+        for p, (_, d) in zip(packets, wire.sent, strict=True)
+    ]
+    pcap = tmp_path / "sap.pcap"
+    _write_pcap(pcap, frames)
+
+    assert _expert_infos(pcap) == []
+    out = _tshark(pcap, "-V")
+    assert len(re.findall(r"^Session Announcement Protocol$", out, re.M)) == 6
+    assert len(re.findall(r"^Session Description Protocol$", out, re.M)) == 6
+    assert len(re.findall(r"Session Description Protocol Version \(v\): 0$", out, re.M)) == 6
+    assert len(re.findall(r"Message Type: Deletion$", out, re.M)) == 3
+    # Each deletion's o= line, decoded, names its announcement's session.
+    for a in (make_announcement(1), v6):
+        origin = f"Owner/Creator, Session Id (o): - {a.offer.session_id} {a.version} IN"
+        assert out.count(origin) == 2, origin
     assert "Connection Address: 232.1.0.1" in out
     assert "Connection Address: ff3e::8000:2" in out
     assert "source-filter: incl IN IP6 ff3e::8000:2 2001:db8::10" in out
     assert "Media Port: 7712" in out
-    for bad in ("Malformed", "Expert Info (Warning", "Expert Info (Error", "[Bad"):
+    assert "x-mcp2p-content-id" in out
+    for bad in ("Malformed", "Expert Info", "[Bad"):
         assert bad not in out, [line for line in out.splitlines() if bad in line]
+
+
+@TSHARK
+def test_wireshark_notes_a_payload_type_before_sdp(tmp_path: Path) -> None:
+    """The control: the layout mcp2p used to send (and others send) gets a note."""
+    data = encode_sap(SAPPacket(False, 9, ORIGIN, encode_sdp(make_announcement(1))))
+    header, sdp = data[:8], data[8:]
+    assert sdp.startswith(b"v=0")
+    pcap = tmp_path / "typed.pcap"
+    typed = header + b"application/sdp\x00" + sdp
+    _write_pcap(pcap, [_frame(ORIGIN, V4("239.255.255.255"), typed)])
+    assert _expert_infos(pcap) == [
+        ("Notes", "SDP", "Invalid SDP line (no '=' delimiter)")  # in the pass without a tree
+    ]

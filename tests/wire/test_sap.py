@@ -54,18 +54,37 @@ def test_corrupted_packets_raise_only_protocol_error(p: SAPPacket, i: int, b: in
 
 
 def test_layout_ipv4_announcement() -> None:
+    # The SDP follows the header: its "v=0" says the payload type was omitted.
     p = SAPPacket(False, 0xBEEF, V4("192.0.2.10"), SDP)
     data = encode_sap(p)
     assert data[:8] == bytes([0x20, 0, 0xBE, 0xEF, 192, 0, 2, 10])
-    assert data[8:24] == b"application/sdp\x00"
-    assert data[24:] == SDP
+    assert data[8:] == SDP
 
 
 def test_layout_ipv6_deletion() -> None:
-    p = SAPPacket(True, 1, V6("2001:db8::1"), b"o=- 1 1 IN IP6 2001:db8::1\r\n")
+    p = SAPPacket(True, 1, V6("2001:db8::1"), b"v=0\r\no=- 1 1 IN IP6 2001:db8::1\r\n")
     data = encode_sap(p)
     assert data[0] == 0x20 | 0x10 | 0x04  # V=1, A (IPv6), T (deletion)
     assert data[4:20] == V6("2001:db8::1").packed
+    assert data[20:] == p.payload
+    assert decode_sap(data) == p
+
+
+@pytest.mark.parametrize(
+    ("payload", "payload_type"),
+    [
+        (b"o=- 1 1 IN IP4 192.0.2.1\r\n", "application/sdp"),  # RFC 2974 deletion
+        (b"", "application/sdp"),
+        (b" v=0\r\n", "application/sdp"),
+        (SDP, "application/x-sdp-like"),
+    ],
+)
+def test_payload_type_is_sent_unless_the_payload_starts_v0(
+    payload: bytes, payload_type: str
+) -> None:
+    p = SAPPacket(True, 7, V4("192.0.2.1"), payload, payload_type)
+    data = encode_sap(p)
+    assert data[8:] == payload_type.encode() + b"\x00" + payload
     assert decode_sap(data) == p
 
 
@@ -74,6 +93,13 @@ def test_payload_type_may_be_omitted_before_sdp() -> None:
     p = decode_sap(data)
     assert p.payload_type == "application/sdp"
     assert p.payload == SDP
+
+
+def test_payload_type_present_before_sdp_is_accepted() -> None:
+    # What other announcers send (and mcp2p did): the same packet either way.
+    header = bytes([0x20, 0, 0, 7]) + V4("192.0.2.1").packed
+    with_type = decode_sap(header + b"application/sdp\x00" + SDP)
+    assert with_type == decode_sap(header + SDP) == SAPPacket(False, 7, V4("192.0.2.1"), SDP)
 
 
 def test_authentication_data_is_skipped_by_its_length() -> None:

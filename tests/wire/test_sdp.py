@@ -143,9 +143,11 @@ def test_lf_line_ends_accepted(a: Announcement) -> None:
 @given(announcements())
 def test_deletion_round_trip(a: Announcement) -> None:
     data = encode_deletion(a)
-    assert data.startswith(b"o=") and data.count(b"\r\n") == 1
+    assert data.startswith(b"v=0\r\no=") and data.count(b"\r\n") == 2
     expected = SessionOrigin(a.offer.session_id, a.version, a.origin)
     assert decode_deletion(data) == expected
+    # RFC 2974's form, the o= line alone (other announcers), names it too.
+    assert decode_deletion(data.removeprefix(b"v=0\r\n")) == expected
     # A deletion carrying the whole description names the same session.
     assert decode_deletion(encode_sdp(a)) == expected
 
