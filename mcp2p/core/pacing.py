@@ -32,6 +32,20 @@ class TokenBucket:
         self._refill(now)
         return self.tokens
 
+    def set_rate(self, now: float, rate: float, burst: float) -> None:
+        """From ``now`` on: ``rate`` tokens per second, at most ``burst`` saved.
+
+        What was earned before ``now`` was earned at the old rate; tokens above
+        the new ``burst`` are dropped, so a pacer slowed from a fast rate cannot
+        spend the old rate's large burst at the new, small one.
+        """
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self._refill(now)
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = min(self.tokens, self.burst)
+
     def empty_until(self, when: float) -> None:
         """No tokens now, and none added before ``when``; from then on the
         bucket fills at ``rate`` again."""

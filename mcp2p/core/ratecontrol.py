@@ -27,13 +27,17 @@ round-trips, and a CN that stalls for want of CPU reports a whole period
 lost, so one step is gentler), and then holds one period, because the
 next period's reports still tell of the rate before the cut (one decrease per
 feedback delay, RFC 5348 4.4). When no receiver saw congestion the rate
-rises by INCREASE_PERCENT_OF_MAX of the maximum. The baseline in place of
+rises by INCREASE_PERCENT_OF_MAX of the ceiling. The baseline in place of
 TFRC's loss event rate and its throughput equation: on a LAN the round-trip
 time in that equation is tiny and unmeasured here, and the equation's rate
 for 1% loss would be far above any link anyway.
 
-Rates are integers in bit/s, always within [minimum, maximum]. Pure: no
-Twisted, no clock; the caller decides how long a period is.
+The *ceiling* is the most the session may send: the users' ``--rate``
+(DESIGN.md 5.6: a ceiling the SN honours), within [minimum, maximum]; the
+caller sets it whenever its subscribers change. Rates are integers in bit/s,
+always within [minimum, ceiling]: adaptation never probes above the ceiling,
+and a lower ceiling takes effect at once. Pure: no Twisted, no clock; the
+caller decides how long a period is.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ BASELINE_CAP = 0.10  # more loss than this is never taken for random loss
 MARGIN = 0.01  # loss this far above the baseline (and Z sd) is congestion
 Z = 3.0  # standard deviations of the period's sample
 MIN_SAMPLE = 50  # packets a period needs for its loss to count towards a baseline
-INCREASE_PERCENT_OF_MAX = 5  # new rate = old + 5% of the maximum
+INCREASE_PERCENT_OF_MAX = 5  # new rate = old + 5% of the ceiling
 MAX_CUT_PERCENT = 75  # one cut leaves at least 75% of the rate
 
 
@@ -77,7 +81,9 @@ def congested(lost: int, received: int, baseline: float) -> bool:
 
 
 class RateController:
-    def __init__(self, initial: int, minimum: int, maximum: int) -> None:
+    def __init__(
+        self, initial: int, minimum: int, maximum: int, ceiling: int | None = None
+    ) -> None:
         _check_rate("initial", initial)
         _check_rate("minimum", minimum)
         _check_rate("maximum", maximum)
@@ -88,7 +94,9 @@ class RateController:
         self.minimum = minimum
         self.maximum = maximum
         self._rate = initial
-        self._step = max(1, maximum * INCREASE_PERCENT_OF_MAX // 100)
+        self._ceiling = maximum
+        self._step = 1
+        self.ceiling = maximum if ceiling is None else ceiling
         self._history: dict[Hashable, deque[float]] = {}  # receiver -> recent losses
         self._hold = False  # the period after a cut neither cuts nor raises
         self.limiting: Hashable | None = None  # the receiver of the last cut
@@ -97,6 +105,22 @@ class RateController:
     def rate(self) -> int:
         """The current rate in bit/s."""
         return self._rate
+
+    @property
+    def ceiling(self) -> int:
+        """The most the rate may be, in bit/s: within [minimum, maximum]."""
+        return self._ceiling
+
+    @ceiling.setter
+    def ceiling(self, value: int) -> None:
+        """Bound the rate by ``value`` from now on, clamped to [minimum,
+        maximum] (a ceiling below the minimum gives the minimum). A lower
+        ceiling cuts the rate at once; a higher one lets it rise again by the
+        usual steps, which are a share of the ceiling."""
+        _check_rate("ceiling", value)
+        self._ceiling = min(max(value, self.minimum), self.maximum)
+        self._step = max(1, self._ceiling * INCREASE_PERCENT_OF_MAX // 100)
+        self._rate = min(self._rate, self._ceiling)
 
     def baseline(self, receiver: Hashable) -> float:
         """``receiver``'s random loss as far as known (0 for a new one)."""
@@ -141,7 +165,7 @@ class RateController:
             self._rate = max(floor, min(self._rate, int(slowest)))
             self._hold = True
         else:
-            self._rate = min(self.maximum, self._rate + self._step)
+            self._rate = min(self._ceiling, self._rate + self._step)
         return self._rate
 
     def report(self, lost: int, received: int) -> int:

@@ -119,3 +119,70 @@ def test_empty_until_gives_no_tokens_before_then_and_fills_after() -> None:
     assert b.available(0.5) == 0
     assert b.available(1.0) == 0
     assert b.available(1.5) == 500
+
+
+def test_set_rate_counts_what_was_earned_at_the_old_rate() -> None:
+    bucket = TokenBucket(rate=10, burst=100, now=0.0)
+    bucket.take(0.0, 100)
+    bucket.set_rate(2.0, rate=1000, burst=100)  # 2 s at 10/s: 20 tokens, not 2000
+    assert bucket.available(2.0) == pytest.approx(20)
+    assert bucket.available(2.01) == pytest.approx(30)
+
+
+def test_set_rate_drops_tokens_above_the_new_burst() -> None:
+    # Slowed from a fast rate: the fast rate's full bucket must not be spent at the slow one.
+    bucket = TokenBucket(rate=1_000_000, burst=100_000, now=0.0)
+    bucket.set_rate(0.0, rate=1000, burst=50)
+    assert bucket.available(0.0) == 50
+    assert bucket.available(10.0) == 50
+
+
+def test_set_rate_during_empty_until_keeps_the_bucket_empty() -> None:
+    bucket = TokenBucket(rate=1000, burst=5000, now=0.0)
+    bucket.empty_until(1.0)
+    bucket.set_rate(0.5, rate=100, burst=50)
+    assert bucket.available(0.9) == 0
+    assert bucket.available(1.1) == pytest.approx(10)
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0, 1), (-5, 10), (10, 0.5)])
+def test_set_rate_validates(rate: float, burst: float) -> None:
+    bucket = TokenBucket(rate=10, burst=10, now=0.0)
+    with pytest.raises(ValueError):
+        bucket.set_rate(1.0, rate, burst)
+    assert (bucket.rate, bucket.burst) == (10, 10)
+
+
+@given(
+    st.lists(st.floats(0.01, 1000), min_size=1, max_size=20),
+    st.lists(st.floats(0, 0.05), min_size=1, max_size=400),
+    st.integers(0, 2**32),
+)
+def test_a_pacer_never_sends_more_than_one_burst_above_its_rates(
+    rates: list[float], ticks: list[float], seed: int
+) -> None:
+    """A session's pacing loop: at each tick take whole packets while there are
+    tokens; now and then the rate changes (burst = 20 ms of it, at least 2
+    packets, as the session sizes it). What it took never exceeds one burst plus
+    the integral of its rates."""
+    import random
+
+    rng = random.Random(seed)
+    packet = 1.0
+
+    def burst(rate: float) -> float:
+        return max(rate * 0.02, 2 * packet)
+
+    bucket = TokenBucket(rates[0], burst(rates[0]), now=0.0)
+    now = allowed = taken = 0.0
+    largest = burst(rates[0])
+    for dt in ticks:
+        allowed += bucket.rate * dt
+        now += dt
+        if rng.random() < 0.1:
+            rate = rng.choice(rates)
+            bucket.set_rate(now, rate, burst(rate))
+            largest = max(largest, burst(rate))
+        while bucket.take(now, packet):
+            taken += packet
+        assert taken <= allowed + largest + 1e-6

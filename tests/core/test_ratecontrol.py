@@ -188,3 +188,81 @@ def test_a_link_too_slow_brings_the_rate_to_its_rate_within_a_few_seconds(
     later = rates[6:]  # after 3 s: around the link's rate, probing just above it
     assert max(later) <= link * 1.12
     assert sum(later) / len(later) >= 0.85 * link
+
+
+def test_no_loss_never_raises_the_rate_past_the_ceiling() -> None:
+    # The bug users saw: --rate 2M, and the rate rose by 5% of 1G every period.
+    c = RateController(2 * MBIT, 1 * MBIT, 1000 * MBIT, ceiling=2 * MBIT)
+    assert [c.report(0, 1000) for _ in range(20)] == [2 * MBIT] * 20
+
+
+def test_increases_are_a_share_of_the_ceiling() -> None:
+    c = RateController(5 * MBIT, 1 * MBIT, 1000 * MBIT, ceiling=10 * MBIT)
+    assert c.report(0, 1000) == 5_500_000  # 5% of the 10M ceiling, not of the 1G maximum
+    c.ceiling = 1000 * MBIT
+    assert c.report(0, 1000) == 55_500_000
+
+
+def test_a_lower_ceiling_cuts_at_once_and_a_higher_one_lets_the_rate_climb_back() -> None:
+    c = controller(80 * MBIT)
+    c.ceiling = 20 * MBIT
+    assert c.rate == 20 * MBIT
+    assert c.report(0, 1000) == 20 * MBIT
+    c.ceiling = 100 * MBIT
+    assert c.rate == 20 * MBIT  # not at once: the receivers never took more than 20M
+    assert [c.report(0, 1000) for _ in range(17)][-1] == 100 * MBIT
+
+
+def test_the_ceiling_is_clamped_to_minimum_and_maximum() -> None:
+    c = controller()
+    c.ceiling = 1000
+    assert c.ceiling == c.rate == 1 * MBIT  # below the minimum: the minimum
+    assert c.report(1000, 0) == 1 * MBIT
+    c.ceiling = 10**12
+    assert c.ceiling == 100 * MBIT
+
+
+def test_a_cut_below_the_ceiling_recovers_up_to_the_ceiling_only() -> None:
+    c = RateController(10 * MBIT, 1 * MBIT, 1000 * MBIT, ceiling=10 * MBIT)
+    assert c.report(500, 500) == 7_500_000
+    rates = [c.report(0, 1000) for _ in range(10)]
+    assert rates[0] == 7_500_000  # the hold after a cut
+    assert max(rates) == rates[-1] == 10 * MBIT
+
+
+@pytest.mark.parametrize("ceiling", [0, -1, 2.5, True, None])
+def test_ceiling_validates(ceiling: object) -> None:
+    c = controller()
+    with pytest.raises(ValueError):
+        c.ceiling = ceiling  # type: ignore[assignment]
+    assert c.ceiling == 100 * MBIT
+
+
+@given(
+    st.integers(1, 10**6),
+    st.integers(0, 10**6),
+    st.integers(0, 10**6),
+    st.lists(
+        st.one_of(
+            st.integers(1, 3 * 10**6),  # a new ceiling (any: clamped)
+            st.dictionaries(
+                st.integers(0, 8),
+                st.tuples(st.integers(0, 5000), st.integers(0, 5000)),
+                max_size=8,
+            ),
+        ),
+        max_size=60,
+    ),
+)
+def test_the_rate_never_exceeds_the_ceiling(
+    minimum: int, extra: int, more: int, steps: list[int | dict[int, tuple[int, int]]]
+) -> None:
+    maximum = minimum + extra + more
+    c = RateController(minimum + extra, minimum, maximum)
+    for step in steps:
+        if isinstance(step, int):
+            c.ceiling = step
+            assert c.ceiling == min(max(step, minimum), maximum)
+        else:
+            c.period(step)
+        assert minimum <= c.rate <= c.ceiling <= maximum
