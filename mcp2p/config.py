@@ -277,6 +277,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "plugins_dir": Option(
             _path, "plugins", "drop-in directory searched for extra Twisted plugins"
         ),
+        "log_level": Option(
+            _choice("debug", "info", "warn", "error", "critical"),
+            "info",
+            "lowest level of the events written to the log",
+        ),
     },
     "share": {
         "paths": Option(_paths, "share", "directories shared (comma or newline separated)"),

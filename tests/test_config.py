@@ -83,6 +83,7 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
     assert config.serving.dscp == 8  # cs1
     assert config.fetching.download_dir == tmp_path.resolve() / "downloads"
     assert config.api.port == 7780
+    assert config.node.log_level == "info"
 
 
 def test_default_base_dir_is_the_working_directory(
@@ -196,6 +197,10 @@ BAD_VALUES = [
     ("node", "interface", "::1"),
     ("node", "interface6", "a-very-long-interface-name"),
     ("node", "interface6", "eth 0"),
+    ("node", "log_level", "verbose"),
+    ("node", "log_level", "warning"),
+    ("node", "log_level", ""),
+    ("node", "log_level", "info, debug"),
     ("share", "piece_length", "3M"),
     ("share", "piece_length", "8K"),
     ("share", "piece_length", "512M"),
@@ -236,6 +241,22 @@ BAD_VALUES = [
     ("fetching", "sources", "65"),
     ("api", "port", "http"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "level"),
+    [("debug", "debug"), ("info", "info"), (" WARN ", "warn"), ("Error", "error")]
+    + [("critical", "critical")],
+)
+def test_log_level(raw: str, level: str) -> None:
+    assert parse(one_option("node", "log_level", raw)).node.log_level == level
+
+
+def test_bad_log_level_says_what_is_allowed() -> None:
+    message = error_of(one_option("node", "log_level", "loud"))
+    assert message == (
+        f"{SOURCE}: [node] log_level = 'loud': expected one of debug, info, warn, error, critical"
+    )
 
 
 @pytest.mark.parametrize(("section", "key", "value"), BAD_VALUES)
