@@ -239,6 +239,20 @@ class _JSON(resource.Resource):
         return server.NOT_DONE_YET
 
 
+class APISite(server.Site):
+    """Each request is a debug event, not an access-log line: with no logPath,
+    Site writes one through twisted.python.log at info (noisy=False does not
+    stop it), and ``mcp2p get`` polls four times a second."""
+
+    def log(self, request: Any) -> None:
+        _log.debug(
+            "API {method} {uri!r}: {code}",
+            method=request.method.decode("ascii", "replace"),
+            uri=request.uri.decode("ascii", "replace"),
+            code=request.code,
+        )
+
+
 class APIService(Service):
     name = "api"  # type: ignore[assignment]
 
@@ -248,7 +262,7 @@ class APIService(Service):
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        site = server.Site(_JSON(self.node))
+        site = APISite(_JSON(self.node))
         site.displayTracebacks = False
         site.noisy = False
         from mcp2p.app import listen_or_exit
