@@ -103,11 +103,16 @@ class _Datagrams(DatagramProtocol):
             message = decode(data)
         except ProtocolError as e:
             self.node.counters["malformed"] += 1
-            _log.info(
-                "dropped malformed datagram from {host}:{port} on the {kind} socket: {error}",
+            malformed = self.node.counters["malformed"]
+            # Warn on the 1st, 2nd, 4th, 8th... drop so a flood cannot fill the log.
+            log = _log.warn if malformed & (malformed - 1) == 0 else _log.debug
+            log(
+                "dropped malformed datagram from {host}:{port} on the {kind} socket"
+                " ({malformed} so far): {error}",
                 host=addr[0],
                 port=addr[1],
                 kind=self.kind,
+                malformed=malformed,
                 error=str(e),
             )
             return
@@ -295,8 +300,20 @@ class QueryNode:
         def fire() -> None:
             self.replies.pop(action.key, None)
             assert self.responder is not None
-            for send in self.responder.due(action.key, self.clock.seconds()):
+            sends = self.responder.due(action.key, self.clock.seconds())
+            for send in sends:
                 self._send_offer(send, family)
+            if sends:
+                to = sends[0].to
+                _log.info(
+                    "offer for query {request} sent to {to} (hop limit {hops}): "
+                    "{datagrams} datagrams, {nbytes} bytes",
+                    request=action.key[0].hex(),
+                    to="the group" if to is None else f"{to[0]}:{to[1]}",
+                    hops=action.key[1],
+                    datagrams=len(sends),
+                    nbytes=sum(len(send.data) for send in sends),
+                )
 
         self.replies[action.key] = self.clock.callLater(action.delay, fire)
 
@@ -311,11 +328,6 @@ class QueryNode:
                     self._write(port, send.data, (str(g), self.d.query_port))
         else:
             self._write(port, send.data, send.to)
-        _log.debug(
-            "offer sent to {to} ({nbytes} bytes)",
-            to="group" if send.to is None else f"{send.to[0]}:{send.to[1]}",
-            nbytes=len(send.data),
-        )
 
     def _write(self, port: Any, data: bytes, to: tuple[str, int]) -> None:
         try:
