@@ -27,20 +27,40 @@ class Node:
 
 
 def listen_or_exit(listen: Any, option: str) -> Any:
-    """Run ``listen()``; a port that cannot be had stops the daemon with one line."""
+    """Run ``listen()``; a port that cannot be had stops the daemon with one line (exit 2).
+
+    Only EADDRINUSE means another program has the port; EADDRNOTAVAIL means
+    the address is not on this host, i.e. a wrong ``[node] interface``.
+    """
+    import errno
     import sys
 
     from twisted.internet.error import CannotListenError
 
+    from mcp2p import multicast
+
     try:
         return listen()
     except CannotListenError as e:
+        code = getattr(e.socketError, "errno", None)
         reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
-        print(
-            f"mcp2p: cannot listen on {e.interface or '*'}:{e.port} ({reason}): "
-            f"another program has it; change {option}",
-            file=sys.stderr,
-        )
+        where = f"{e.interface or '*'}:{e.port}"
+        if code == errno.EADDRINUSE:
+            advice = f"another program has it; change {option}"
+        elif code == errno.EADDRNOTAVAIL:
+            advice = multicast.not_on_host(e.interface)
+        elif code == errno.EACCES:
+            advice = f"ports below 1024 need privileges; change {option}"
+        else:
+            advice = f"check {option} and [node] interface"
+        line = f"mcp2p: cannot listen on {where} ({reason}): {advice}"
+        # twistd has replaced sys.stderr by its log: the line goes to the real
+        # stderr (one line for whoever started the daemon) and to the log.
+        print(line, file=sys.__stderr__ or sys.stderr, flush=True)
+        if sys.stderr is not sys.__stderr__:
+            from twisted.logger import Logger
+
+            Logger(namespace="mcp2p.app").error("{line}", line=line)
         raise SystemExit(2) from None
 
 
@@ -74,6 +94,7 @@ def build(config: Config, reactor: Any = None) -> MultiService:
         list(config.share.paths),
         config.share.piece_length,
         config.share.rescan_interval,
+        watch=True,
     )
     top = MultiService()
     node.serving = ServingService(node, catalog)

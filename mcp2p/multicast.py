@@ -9,6 +9,7 @@ altogether. These helpers set the socket options on ``port.getHandle()``
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -16,6 +17,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IListeningPort
 
+from mcp2p.errors import ConfigError
 from mcp2p.wire.types import IPAddress
 
 # Linux values missing from Python 3.11's socket module.
@@ -47,6 +49,49 @@ def set_buffers(lport: Any, receive: int = 0, send: int = 0) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
+SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
+
+
+class InterfaceError(ConfigError):
+    """``[node] interface`` (or ``interface6``) names nothing this host has."""
+
+
+def host_addresses() -> list[tuple[str, str]]:
+    """(interface name, IPv4 address) of each interface that has one (Linux)."""
+    import fcntl
+
+    found = []
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for name in names:
+            try:
+                req = struct.pack("256s", name.encode()[:15])
+                reply = fcntl.ioctl(s.fileno(), SIOCGIFADDR, req)
+            except OSError:
+                continue  # no IPv4 address
+            found.append((name, socket.inet_ntoa(reply[20:24])))
+    return found
+
+
+def not_on_host(address: str) -> str:
+    """One line: ``address`` is not on this host, which has these addresses."""
+    have = ", ".join(f"{addr} ({name})" for name, addr in host_addresses()) or "none readable"
+    return (
+        f"[node] interface = {address} is not an address of this host; "
+        f"set it to one this host has: {have}"
+    )
+
+
+def interface_error(error: OSError, address: str) -> OSError:
+    """An InterfaceError for errors that mean "no such local address", else ``error``."""
+    if error.errno in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.EINVAL):
+        return InterfaceError(not_on_host(address))
+    return error
+
+
 def interface_index(name: str) -> int:
     """The index of a network interface by name (ValueError if there is none)."""
     try:
@@ -70,17 +115,32 @@ def listen(
     (each gets a copy of every multicast datagram). The socket receives only
     the groups joined on it (IP_MULTICAST_ALL off), and its own multicast is
     looped back so nodes on one host hear each other.
+    An interface this host does not have raises InterfaceError (a
+    ConfigError: one line naming ``[node] interface``), with no port left open.
     """
     bind = "" if family == socket.AF_INET else "::"
     lport = reactor.listenMulticast(port, protocol, interface=bind, listenMultiple=multiple)
     sock = lport.getHandle()
-    if family == socket.AF_INET:
-        sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
-    else:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, interface_index(interface))
+    try:
+        if family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            try:
+                sock.setsockopt(
+                    socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface)
+                )
+            except OSError as e:
+                raise interface_error(e, interface) from None
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
+            try:
+                index = interface_index(interface)
+            except ValueError as e:
+                raise InterfaceError(f"[node] interface6: {e}") from None
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+    except BaseException:
+        lport.stopListening()
+        raise
     return lport
 
 
@@ -89,7 +149,10 @@ def _membership(lport: IListeningPort, group: IPAddress, interface: str, add: bo
     if group.version == 4:
         mreq = socket.inet_aton(str(group)) + socket.inet_aton(interface)
         option = socket.IP_ADD_MEMBERSHIP if add else socket.IP_DROP_MEMBERSHIP
-        sock.setsockopt(socket.IPPROTO_IP, option, mreq)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, option, mreq)
+        except OSError as e:
+            raise (interface_error(e, interface) if add else e) from None
     else:
         mreq = group.packed + struct.pack("@I", interface_index(interface))
         option = socket.IPV6_JOIN_GROUP if add else socket.IPV6_LEAVE_GROUP
