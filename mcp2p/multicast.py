@@ -85,7 +85,7 @@ def not_on_host(address: str) -> str:
     )
 
 
-def interface_error(error: OSError, address: str) -> OSError:
+def interface_error(error: OSError, address: str) -> Exception:
     """An InterfaceError for errors that mean "no such local address", else ``error``."""
     if error.errno in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.EINVAL):
         return InterfaceError(not_on_host(address))
