@@ -23,6 +23,8 @@ hashes it again.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import fnmatch
 import functools
@@ -30,6 +32,7 @@ import os
 import re
 import sqlite3
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -315,15 +318,24 @@ class _ScanResult:
     hashed: int = 0
     removed: int = 0
     seconds: float = 0.0
+    full: bool = True  # a full scan, not an update of some paths
+
+
+_StatKey = tuple[int, int, int, int, int]
 
 
 class _Scanner:
-    """One scan per call to ``scan``, in a worker thread; never two at once.
+    """One job per call to ``scan`` or ``update``, in a worker thread; never two at once.
 
-    Keeps between scans: the store, each indexed path's entry and ctime
+    Keeps between jobs: the store, each indexed path's entry and ctime
     (``_known``), the paths whose hash is not yet trusted (``_racy``), and
     the paths already warned about, so a bad file is logged once, not on
     every rescan.
+
+    ``scan`` walks every share; ``update`` looks only at the paths and
+    directory trees the watcher saw change. Both skip the paths in
+    ``writing`` (open for writing, as far as the watcher knows) and, given
+    a ``_WatchJob``, watch each directory they walk before listing it.
     """
 
     def __init__(self, store_path: Path, share_dirs: Iterable[Path], piece_length: int) -> None:
@@ -341,70 +353,97 @@ class _Scanner:
             self._store.close()
             self._store = None
 
-    def scan(self, cancel: threading.Event) -> _ScanResult:
+    def _open(self) -> tuple[CatalogStore, dict[str, tuple[CatalogEntry, int]]]:
+        if self._store is None:
+            self.store_path.parent.mkdir(parents=True, exist_ok=True)
+            self._store = CatalogStore(self.store_path)
+        if self._known is None:
+            self._known = {entry.path: (entry, ctime) for entry, ctime in self._store.load()}
+        return self._store, self._known
+
+    def _index(
+        self,
+        path: str,
+        key: _StatKey,
+        old: tuple[CatalogEntry, int] | None,
+        check: Callable[[], None],
+        problems: dict[str, tuple[str, str]],
+    ) -> tuple[tuple[CatalogEntry, int] | None, bool]:
+        """One file's ``(entry, ctime)`` (None if it cannot be had) and whether it was hashed.
+
+        Reuses ``old`` while its stat key and piece length hold and it is
+        trusted; adds the path to ``self._racy`` or takes it out.
+        """
+        if (
+            old is not None
+            and path not in self._racy
+            and old[0].piece_length == self.piece_length
+            and (old[0].size, old[0].mtime_ns, old[1], old[0].inode, old[0].device) == key
+        ):
+            return old, False
+        hash_started = time.time_ns()
+        try:
+            cid, leaves, st = hash_file(path, self.piece_length, check)
+        except FileNotFoundError:
+            return None, False  # removed since the walk: gone, nothing to say
+        except FileChangedError:
+            problems[path] = ("info", "changed while being hashed; will retry")
+            return None, False
+        except OSError as e:
+            problems[path] = ("warn", f"cannot read it: {e.strerror or e}")
+            return None, False
+        entry = CatalogEntry(
+            content_id=cid,
+            path=path,
+            name=os.path.basename(path),
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            inode=st.st_ino,
+            device=st.st_dev,
+            piece_length=self.piece_length,
+            piece_hashes=leaves,
+        )
+        if old is not None and old[0] == entry:
+            entry = old[0]  # same object: observers see no change
+        if max(st.st_mtime_ns, st.st_ctime_ns) >= hash_started - RACY_WINDOW_NS:
+            self._racy.add(path)
+        else:
+            self._racy.discard(path)
+        return (entry, st.st_ctime_ns), True
+
+    def scan(
+        self,
+        cancel: threading.Event,
+        watch: _WatchJob | None = None,
+        writing: frozenset[str] = frozenset(),
+    ) -> _ScanResult:
         started = time.monotonic()
 
         def check() -> None:
             if cancel.is_set():
                 raise ScanCancelled()
 
-        if self._store is None:
-            self.store_path.parent.mkdir(parents=True, exist_ok=True)
-            self._store = CatalogStore(self.store_path)
-        store = self._store
-        if self._known is None:
-            self._known = {entry.path: (entry, ctime) for entry, ctime in store.load()}
-        known = self._known
+        store, known = self._open()
         problems: dict[str, tuple[str, str]] = {}  # path -> (log level, reason)
         current: dict[str, tuple[CatalogEntry, int]] = {}
-        racy: set[str] = set()
         pending: list[tuple[CatalogEntry, int]] = []
         last_flush = time.monotonic()
         hashed = 0
         try:
             # Files are handled as the walk finds them: no list of every
             # file's stat is built (and left fragmenting the heap).
-            for path, key in self._walk(check, problems):
+            for path, key in self._walk(self._roots(problems), check, problems, watch):
                 check()
-                old = known.get(path)
-                if (
-                    old is not None
-                    and path not in self._racy
-                    and old[0].piece_length == self.piece_length
-                    and (old[0].size, old[0].mtime_ns, old[1], old[0].inode, old[0].device) == key
-                ):
-                    current[path] = old
+                if path in writing:
                     continue
-                hash_started = time.time_ns()
-                try:
-                    cid, leaves, st = hash_file(path, self.piece_length, check)
-                except FileNotFoundError:
-                    continue  # removed since the walk: gone, nothing to say
-                except FileChangedError:
-                    problems[path] = ("info", "changed while being hashed; will retry")
+                row, fresh = self._index(path, key, known.get(path), check, problems)
+                if row is None:
                     continue
-                except OSError as e:
-                    problems[path] = ("warn", f"cannot read it: {e.strerror or e}")
-                    continue
-                hashed += 1
-                entry = CatalogEntry(
-                    content_id=cid,
-                    path=path,
-                    name=os.path.basename(path),
-                    size=st.st_size,
-                    mtime_ns=st.st_mtime_ns,
-                    inode=st.st_ino,
-                    device=st.st_dev,
-                    piece_length=self.piece_length,
-                    piece_hashes=leaves,
-                )
-                if old is not None and old[0] == entry:
-                    entry = old[0]  # same object: observers see no change
-                current[path] = (entry, st.st_ctime_ns)
-                if max(st.st_mtime_ns, st.st_ctime_ns) >= hash_started - RACY_WINDOW_NS:
-                    racy.add(path)
-                else:
-                    pending.append(current[path])
+                current[path] = row
+                if fresh:
+                    hashed += 1
+                    if path not in self._racy:
+                        pending.append(row)
                 if len(pending) >= _FLUSH_ENTRIES or time.monotonic() - last_flush > _FLUSH_SECONDS:
                     store.put(pending)
                     pending = []
@@ -415,11 +454,93 @@ class _Scanner:
             return _ScanResult(cancelled=True)
         store.put(pending)
         removed = known.keys() - current.keys()
+        self._racy &= current.keys()
         # Racy rows are dropped too: a stale row must not outlive a restart.
-        store.delete(removed | racy)
+        store.delete(removed | self._racy)
         self._known = current
-        self._racy = racy
-        self._report(problems)
+        self._report(problems, replace=True)
+        return self._result(started, hashed, len(removed))
+
+    def update(
+        self,
+        files: Iterable[str],
+        trees: Iterable[str],
+        cancel: threading.Event,
+        watch: _WatchJob | None = None,
+        writing: frozenset[str] = frozenset(),
+    ) -> _ScanResult:
+        """Bring ``files`` and everything under ``trees`` up to date, nothing else."""
+        started = time.monotonic()
+
+        def check() -> None:
+            if cancel.is_set():
+                raise ScanCancelled()
+
+        store, known = self._open()
+        problems: dict[str, tuple[str, str]] = {}
+        roots = self.roots()
+        trees = sorted(set(trees))
+        # A tree inside another one is walked with it.
+        trees = [t for i, t in enumerate(trees) if not any(_under(t, u) for u in trees[:i])]
+        under = tuple(t + os.sep for t in trees)
+        stale = {p for p in known if p in trees or p.startswith(under)}
+        found: dict[str, tuple[CatalogEntry, int] | None] = {}
+        fresh_paths: set[str] = set()
+        try:
+            walk_roots = [t for t in trees if self._inside(t, roots, directory=True)]
+            for path, key in self._walk(walk_roots, check, problems, watch):
+                if path not in writing:
+                    row, fresh = self._index(path, key, known.get(path), check, problems)
+                    found[path] = row
+                    if fresh:
+                        fresh_paths.add(path)
+            for path in set(files) - found.keys():
+                check()
+                found[path] = None
+                if path in writing or not self._inside(path, roots, directory=False):
+                    continue
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    problems[path] = ("warn", f"cannot stat it: {e.strerror or e}")
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    if not stat.S_ISDIR(st.st_mode):
+                        reason = "symlink, not followed" if stat.S_ISLNK(st.st_mode) else None
+                        problems[path] = ("info", reason or "not a regular file")
+                    continue
+                try:
+                    check_name(os.path.basename(path))
+                except ValueError as e:
+                    problems[path] = ("warn", f"name rejected: {e}")
+                    continue
+                row, fresh = self._index(path, _stat_key(st), known.get(path), check, problems)
+                found[path] = row
+                if fresh:
+                    fresh_paths.add(path)
+        except ScanCancelled:
+            return _ScanResult(cancelled=True, full=False)
+        removed = set()
+        for path in stale | found.keys():
+            row = found.get(path)
+            if row is None:
+                if known.pop(path, None) is not None:
+                    removed.add(path)
+                self._racy.discard(path)
+            else:
+                known[path] = row
+        store.put(known[p] for p in fresh_paths - self._racy if p in known)
+        store.delete(removed | (self._racy & fresh_paths))
+        self._report(problems, replace=False)
+        result = self._result(started, len(fresh_paths), len(removed))
+        result.full = False
+        return result
+
+    def _result(self, started: float, hashed: int, removed: int) -> _ScanResult:
+        assert self._known is not None
+        current = self._known
         entries = tuple(current[p][0] for p in sorted(current))
         changed = len(entries) != len(self._entries) or any(
             a is not b for a, b in zip(entries, self._entries, strict=True)
@@ -433,42 +554,83 @@ class _Scanner:
             entries=entries,
             by_id=by_id,
             hashed=hashed,
-            removed=len(removed),
+            removed=removed,
             seconds=time.monotonic() - started,
         )
 
-    def _walk(
-        self, check: Callable[[], None], problems: dict[str, tuple[str, str]]
-    ) -> Iterator[tuple[str, tuple[int, int, int, int, int]]]:
-        """Regular files under the shares: absolute path and stat key, each once.
+    def roots(self) -> list[str]:
+        return self._roots({})
 
-        Follows no symlink (a link is followed when it is opened, so no
-        check made before can keep it inside the share), descends each
-        directory once (bind mounts), and skips names ``check_name``
-        rejects and paths SQLite cannot hold (not UTF-8).
-        """
-        seen_dirs: set[tuple[int, int]] = set()
-        stack = []
+    def _roots(self, problems: dict[str, tuple[str, str]]) -> list[str]:
+        """The shares as real paths, each usable one once."""
+        roots = []
         for share in self.share_dirs:
             root = os.path.realpath(share)
             try:
                 root.encode("utf-8")
-                st = os.stat(root)
+                os.stat(root)
             except (OSError, UnicodeEncodeError) as e:
                 problems[root] = ("warn", f"share directory unusable: {e}")
                 continue
-            if (st.st_dev, st.st_ino) not in seen_dirs:
+            if root not in roots:
+                roots.append(root)
+        return roots
+
+    @staticmethod
+    def _inside(path: str, roots: list[str], directory: bool) -> bool:
+        """Whether ``path`` (a directory, or a file's directory) is a real path in a share.
+
+        The paths the watcher reports were real when their directory was
+        watched; a directory since swapped for a symlink must not lead out.
+        """
+        where = path if directory else os.path.dirname(path)
+        try:
+            path.encode("utf-8")
+            if os.path.realpath(where) != where:
+                return False
+        except (OSError, UnicodeEncodeError):
+            return False
+        return any(where == r or _under(where, r) for r in roots)
+
+    def _walk(
+        self,
+        roots: list[str],
+        check: Callable[[], None],
+        problems: dict[str, tuple[str, str]],
+        watch: _WatchJob | None,
+    ) -> Iterator[tuple[str, _StatKey]]:
+        """Regular files under ``roots``: absolute path and stat key, each once.
+
+        Follows no symlink (a link is followed when it is opened, so no
+        check made before can keep it inside the share), descends each
+        directory once (bind mounts), and skips names ``check_name``
+        rejects and paths SQLite cannot hold (not UTF-8). Each directory
+        is watched before it is listed, so nothing made in it after the
+        listing goes unseen.
+        """
+        seen_dirs: set[tuple[int, int]] = set()
+        stack = []
+        for root in roots:
+            try:
+                st = os.stat(root, follow_symlinks=False)
+            except OSError:
+                continue  # a tree gone since its event; _roots reports a share
+            if stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) not in seen_dirs:
                 seen_dirs.add((st.st_dev, st.st_ino))
                 stack.append(root)
         while stack:
             check()
             directory = stack.pop()
+            if watch is not None:
+                watch(directory)
             try:
                 with os.scandir(directory) as it:
                     for de in it:
                         found = self._visit(de, stack, seen_dirs, problems)
                         if found is not None:
                             yield found
+            except FileNotFoundError:
+                pass  # removed since it was found; its parent's event says so
             except OSError as e:
                 problems[directory] = ("warn", f"cannot list it: {e.strerror or e}")
 
@@ -507,11 +669,377 @@ class _Scanner:
             problems[de.path] = ("warn", f"cannot stat it: {e.strerror or e}")
         return None
 
-    def _report(self, problems: dict[str, tuple[str, str]]) -> None:
+    def _report(self, problems: dict[str, tuple[str, str]], replace: bool) -> None:
+        """Log each problem not logged before; a full scan (``replace``) forgets fixed ones."""
         for path in sorted(problems.keys() - self._warned):
             level, reason = problems[path]
             getattr(_log, level)("catalog skipped {path}: {reason}", path=path, reason=reason)
-        self._warned = set(problems)
+        if replace:
+            self._warned = set(problems)
+        else:
+            self._warned |= problems.keys()
+
+
+def _under(path: str, directory: str) -> bool:
+    return path.startswith(directory + os.sep)
+
+
+# Watching the shares with inotify(7). Constants are Linux's (as in
+# twisted.internet.inotify), defined here so that importing this module
+# never needs inotify.
+_IN_MODIFY = 0x2
+_IN_ATTRIB = 0x4
+_IN_CLOSE_WRITE = 0x8
+_IN_MOVED_FROM = 0x40
+_IN_MOVED_TO = 0x80
+_IN_CREATE = 0x100
+_IN_DELETE = 0x200
+_IN_DELETE_SELF = 0x400
+_IN_MOVE_SELF = 0x800
+_IN_Q_OVERFLOW = 0x4000
+_IN_IGNORED = 0x8000
+_IN_ONLYDIR = 0x01000000
+_IN_DONT_FOLLOW = 0x02000000
+_IN_ISDIR = 0x40000000
+_DIR_MASK = (
+    _IN_MODIFY
+    | _IN_ATTRIB
+    | _IN_CLOSE_WRITE
+    | _IN_MOVED_FROM
+    | _IN_MOVED_TO
+    | _IN_CREATE
+    | _IN_DELETE
+    | _IN_DELETE_SELF
+    | _IN_MOVE_SELF
+    | _IN_ONLYDIR
+    | _IN_DONT_FOLLOW
+)
+_EVENT = struct.Struct("=iIII")  # wd, mask, cookie, length of the name
+
+
+class _InotifyCalls:
+    """inotify(7) through ctypes, with errno.
+
+    Twisted's own ``_inotify`` loads libc without ``use_errno``, so a full
+    watch table (ENOSPC) looks like a directory that vanished (ENOENT);
+    this one tells them apart. Raises ``OSError`` if inotify is missing.
+    """
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name, use_errno=True)
+        for function in ("inotify_init1", "inotify_add_watch", "inotify_rm_watch"):
+            if not hasattr(libc, function):
+                raise OSError(errno.ENOSYS, f"libc has no {function}")
+        libc.inotify_init1.argtypes = [ctypes.c_int]
+        libc.inotify_init1.restype = ctypes.c_int
+        libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        libc.inotify_add_watch.restype = ctypes.c_int
+        libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.inotify_rm_watch.restype = ctypes.c_int
+        self._libc = libc
+
+    def _error(self, call: str, path: str | None = None) -> OSError:
+        code = ctypes.get_errno()
+        return OSError(code, f"{call}: {os.strerror(code)}", path)
+
+    def init(self) -> int:
+        fd: int = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise self._error("inotify_init1")
+        return fd
+
+    def add(self, fd: int, path: str, mask: int) -> int:
+        """Watch a directory; the same directory twice gives the same wd. Any thread."""
+        wd: int = self._libc.inotify_add_watch(fd, os.fsencode(path), mask)
+        if wd < 0:
+            raise self._error("inotify_add_watch", path)
+        return wd
+
+    def remove(self, fd: int, wd: int) -> None:
+        self._libc.inotify_rm_watch(fd, wd)  # EINVAL if the kernel dropped it already
+
+
+class _WatchJob:
+    """The watches one catalog job adds as it walks, in its thread.
+
+    Read back on the reactor thread once the job's Deferred fires. Stops
+    at the first error other than a directory gone or unreadable (which
+    the walk reports): usually the per-user watch limit.
+    """
+
+    def __init__(self, calls: _InotifyCalls, fd: int) -> None:
+        self.calls = calls
+        self.fd = fd
+        self.added: list[tuple[int, str]] = []
+        self.error: OSError | None = None
+
+    def __call__(self, directory: str) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.added.append((self.calls.add(self.fd, directory, _DIR_MASK), directory))
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+                self.error = e
+
+
+@dataclass(slots=True)
+class _PathState:
+    due: float  # when to look at it, unless it is being written
+    first: float  # when it was first seen changed
+    writing: bool = False
+    dropped: bool = False  # being written, and taken once to leave the index
+
+
+class _Pending:
+    """What the watcher saw change, coalesced per path, until a job takes it.
+
+    Pure bookkeeping on times given by the caller. A file is looked at
+    ``SETTLE`` s after its last close or move (or ``MAX_DELAY`` s after its
+    first event, if events keep coming); one written to and not closed is
+    left alone until it is closed, or quiet for ``WRITE_QUIET`` s (a
+    truncate by path never closes); one created but not yet written (a hard
+    link; a writer about to start) waits ``CREATE_QUIET`` s. A file being
+    written is also taken once at once, so that the job drops what the
+    index had for it (its old hash no longer holds). More than
+    ``LIMIT`` paths and the lot is dropped for a full rescan (``full``).
+    """
+
+    SETTLE = 0.2
+    MAX_DELAY = 5.0
+    CREATE_QUIET = 2.0
+    WRITE_QUIET = 10.0
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self.paths: dict[str, _PathState] = {}
+        self.trees: dict[str, float] = {}
+        self.full = False
+
+    def __len__(self) -> int:
+        return len(self.paths) + len(self.trees)
+
+    def _state(self, path: str, now: float, due: float) -> _PathState | None:
+        st = self.paths.get(path)
+        if st is None:
+            if self.full:
+                return None  # a full rescan comes: it will see this
+            if len(self) >= self.LIMIT:
+                self.overflow()
+                return None
+            st = self.paths[path] = _PathState(due=due, first=now)
+        return st
+
+    def closed(self, path: str, now: float) -> None:
+        """Closed after writing, moved in, or its metadata changed."""
+        st = self._state(path, now, now + self.SETTLE)
+        if st is not None:
+            st.writing = st.dropped = False
+            st.due = min(now + self.SETTLE, st.first + self.MAX_DELAY)
+
+    def attributes(self, path: str, now: float) -> None:
+        st = self._state(path, now, now + self.SETTLE)
+        if st is not None and not st.writing:
+            st.due = min(now + self.SETTLE, st.first + self.MAX_DELAY)
+
+    def modified(self, path: str, now: float) -> None:
+        st = self._state(path, now, now + self.WRITE_QUIET)
+        if st is not None:
+            st.writing = True
+            st.due = now + self.WRITE_QUIET
+
+    def created(self, path: str, now: float) -> None:
+        st = self._state(path, now, now + self.CREATE_QUIET)
+        if st is not None and not st.writing:
+            st.due = max(st.due, now + self.CREATE_QUIET)
+
+    def removed(self, path: str, now: float) -> None:
+        st = self._state(path, now, now)
+        if st is not None:
+            st.writing = False
+            st.due = now
+
+    def tree(self, path: str, now: float) -> None:
+        """A directory appeared, went or moved: everything under it is looked at."""
+        if self.full:
+            return
+        if path not in self.trees and len(self) >= self.LIMIT:
+            self.overflow()
+            return
+        self.trees[path] = now + self.SETTLE
+
+    def overflow(self) -> None:
+        self.paths.clear()
+        self.trees.clear()
+        self.full = True
+
+    def writing(self) -> frozenset[str]:
+        return frozenset(p for p, st in self.paths.items() if st.writing)
+
+    def next_due(self) -> float | None:
+        dues = [st.first if st.writing and not st.dropped else st.due for st in self.paths.values()]
+        dues += self.trees.values()
+        return min(dues) if dues else None
+
+    def take(self, now: float) -> tuple[list[str], list[str]]:
+        """The files and trees due by ``now``, no longer pending, and files to drop.
+
+        A file being written is in the list once (and stays pending): the
+        job, told it is being written, drops it from the index.
+        """
+        files = []
+        for p, st in list(self.paths.items()):
+            if st.due <= now:
+                del self.paths[p]
+                files.append(p)
+            elif st.writing and not st.dropped:
+                st.dropped = True
+                files.append(p)
+        trees = [t for t, due in self.trees.items() if due <= now]
+        for t in trees:
+            del self.trees[t]
+        return files, trees
+
+
+class _ShareWatcher:
+    """Turns inotify events on the shares' directories into ``_Pending`` changes.
+
+    Reactor thread. Directories are watched by the catalog's jobs as they
+    walk (``_WatchJob``); ``merge`` learns their watch descriptors when a
+    job ends. Events for a descriptor not yet learnt, while a job runs, are
+    held (at most ``HOLD`` of them) and replayed by ``merge``.
+
+    Built on ``twisted.internet.inotify.INotify`` for the descriptor and its
+    reactor plumbing, but reads events itself: Twisted's reader drops queue
+    overflows (wd -1), closes the whole inotify descriptor when any watched
+    directory is deleted, and maps watches by path, which a renamed
+    directory makes wrong.
+    """
+
+    HOLD = 4096
+
+    def __init__(
+        self, reactor: Any, pending: _Pending, roots: Callable[[], list[str]], changed: Any
+    ) -> None:
+        from twisted.internet.inotify import INotify
+
+        calls = _InotifyCalls()
+        watcher = self
+
+        class Reader(INotify):
+            _inotify = calls  # type: ignore[assignment]  # __init__ calls _inotify.init()
+
+            def _doRead(self, data: bytes) -> None:  # noqa: N802
+                buf = self._buffer + data
+                events = []
+                offset = 0
+                while len(buf) - offset >= _EVENT.size:
+                    wd, mask, _cookie, size = _EVENT.unpack_from(buf, offset)
+                    end = offset + _EVENT.size + size
+                    if end > len(buf):
+                        break
+                    events.append((wd, mask, buf[offset + _EVENT.size : end].rstrip(b"\0")))
+                    offset = end
+                self._buffer = buf[offset:]
+                watcher.events(events)
+
+        self.calls = calls
+        self._reader = Reader(reactor)
+        self._reactor = reactor
+        self._pending = pending
+        self._roots = roots
+        self._changed = changed  # called after events added something to pending
+        self._paths: dict[int, str] = {}  # wd -> directory
+        self._held: list[tuple[int, int, bytes]] = []
+        self._dropped: set[int] = set()  # removed by us; their last events still come
+        self.busy = False  # a job that may add watches is running
+
+    @property
+    def fd(self) -> int:
+        return int(self._reader.fileno())
+
+    def start(self) -> None:
+        self._reader.startReading()
+
+    def pause(self) -> None:
+        self._reader.stopReading()
+
+    def close(self) -> None:
+        self._reader.stopReading()
+        fd, self._reader._fd = self._reader._fd, -1
+        if fd >= 0:
+            os.close(fd)
+        self._paths.clear()
+        self._held.clear()
+
+    def job(self) -> _WatchJob:
+        return _WatchJob(self.calls, self.fd)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def merge(self, added: list[tuple[int, str]]) -> None:
+        for wd, path in added:
+            self._paths[wd] = path
+            self._dropped.discard(wd)
+        held, self._held = self._held, []
+        if held:
+            self.events(held)
+
+    def events(self, events: list[tuple[int, int, bytes]]) -> None:
+        now = self._reactor.seconds()
+        pending = self._pending
+        for wd, mask, name in events:
+            if mask & _IN_Q_OVERFLOW:
+                pending.overflow()
+                continue
+            directory = self._paths.get(wd)
+            if mask & _IN_IGNORED:
+                self._paths.pop(wd, None)
+                self._dropped.discard(wd)
+                continue
+            if directory is None:
+                if self.busy and wd not in self._dropped:
+                    if len(self._held) < self.HOLD:
+                        self._held.append((wd, mask, name))
+                    else:
+                        pending.overflow()
+                continue
+            if not name:  # the watched directory itself
+                if mask & (_IN_DELETE_SELF | _IN_MOVE_SELF):
+                    self._unwatch(directory)
+                    if directory in self._roots():
+                        pending.tree(directory, now)
+                continue
+            try:
+                path = os.path.join(directory, name.decode("utf-8"))
+            except UnicodeDecodeError:
+                continue  # not UTF-8: never indexed (the scan says why)
+            if mask & _IN_ISDIR:
+                if mask & _IN_MOVED_FROM:
+                    self._unwatch(path)
+                if mask & (_IN_CREATE | _IN_MOVED_TO | _IN_MOVED_FROM | _IN_DELETE):
+                    pending.tree(path, now)
+            elif mask & (_IN_DELETE | _IN_MOVED_FROM):
+                pending.removed(path, now)
+            elif mask & (_IN_CLOSE_WRITE | _IN_MOVED_TO):
+                pending.closed(path, now)
+            elif mask & _IN_MODIFY:
+                pending.modified(path, now)
+            elif mask & _IN_ATTRIB:
+                pending.attributes(path, now)
+            elif mask & _IN_CREATE:
+                pending.created(path, now)
+        self._changed()
+
+    def _unwatch(self, directory: str) -> None:
+        """Stop watching a directory that left (its watch would report old paths)."""
+        for wd, path in list(self._paths.items()):
+            if path == directory or _under(path, directory):
+                del self._paths[wd]
+                self._dropped.add(wd)
+                self.calls.remove(self.fd, wd)
 
 
 @functools.lru_cache(maxsize=128)
@@ -528,6 +1056,15 @@ class Catalog:
     never overlap. Scans run in ``threadpool`` (the reactor's by default);
     the reactor thread only swaps in each finished index, so look-ups never
     block and always see one whole scan.
+
+    With ``watch``, the shares' directories are also watched with inotify
+    (Linux): a file closed after writing, moved in, changed or removed is
+    indexed (or dropped) a fraction of a second after it settles, by a job
+    that looks at those paths only (``_Pending`` says when). A file open
+    for writing is not indexed until it is closed. Where inotify is
+    missing, or the watch limit is hit, this is logged once and the
+    periodic rescan is all there is; it stays the safety net in any case.
+    Jobs, scans and updates alike, run one at a time.
     """
 
     _log = Logger()
@@ -540,6 +1077,7 @@ class Catalog:
         piece_length: int,
         rescan_interval: float,
         threadpool: Any = None,
+        watch: bool = False,
     ) -> None:
         if piece_length < 1:
             raise ValueError(f"piece_length must be >= 1, got {piece_length}")
@@ -560,6 +1098,12 @@ class Catalog:
         self._this_scan: list[Deferred[None]] = []  # fire when the running scan ends
         self._next_scan: list[Deferred[None]] = []  # fire when the next scan ends
         self._idle: list[Deferred[None]] = []  # fire when no scan runs (stop)
+        self._watch = watch
+        self._watcher: _ShareWatcher | None = None
+        self._pending = _Pending()
+        self._job: _WatchJob | None = None  # watches the running job adds
+        self._full = False  # the running job is a full scan
+        self._kick_call: Any = None
 
     # Look-ups (reactor thread)
 
@@ -602,6 +1146,8 @@ class Catalog:
             raise RuntimeError("catalog already started")
         self._running = True
         self._cancel.clear()
+        if self._watch:
+            self._start_watching()
         d: Deferred[None] = Deferred()
         self._next_scan.append(d)
         self._begin()
@@ -617,6 +1163,11 @@ class Catalog:
             self._begin()
         return d
 
+    @property
+    def watching(self) -> bool:
+        """Whether changes are picked up as they happen (else only by the rescan)."""
+        return self._watcher is not None
+
     def stop(self) -> Deferred[None]:
         """Stop rescanning, abort a scan in progress, close the store.
 
@@ -624,9 +1175,10 @@ class Catalog:
         scheduled.
         """
         self._running = False
-        if self._delayed is not None and self._delayed.active():
-            self._delayed.cancel()
-        self._delayed = None
+        for call in (self._delayed, self._kick_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._delayed = self._kick_call = None
         self._cancel.set()
         waiters, self._next_scan = self._next_scan, []
         for w in waiters:
@@ -636,20 +1188,117 @@ class Catalog:
             self._idle.append(d)
         else:
             d = succeed(None)
+        watcher, self._watcher = self._watcher, None
+        self._pending = _Pending()
+        if watcher is not None:
+            watcher.pause()
+            d.addCallback(lambda _: watcher.close())
         d.addCallback(lambda _: deferToThreadPool(self._reactor, self._pool(), self._scanner.close))
         return d
+
+    def _start_watching(self) -> None:
+        try:
+            self._watcher = _ShareWatcher(
+                self._reactor, self._pending, self._scanner.roots, self._changed
+            )
+        except (ImportError, OSError) as e:
+            self._log.warn(
+                "cannot watch the shared directories ({error}): new and changed files"
+                " are found by the rescan every {interval}s",
+                error=str(e),
+                interval=self.rescan_interval,
+            )
+            return
+        self._watcher.start()
+
+    def _stop_watching(self, error: OSError) -> None:
+        """Give up watching (the watch limit, most likely): the rescan carries on alone."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is None:
+            return
+        self._log.warn(
+            "cannot watch {path} ({error}); no longer watching the shared directories:"
+            " new and changed files are found by the rescan every {interval}s"
+            " (raise fs.inotify.max_user_watches to watch {dirs}+ directories)",
+            path=error.filename,
+            error=error.strerror or str(error),
+            interval=self.rescan_interval,
+            dirs=len(watcher),
+        )
+        watcher.close()
+        self._pending = _Pending()
+
+    def _changed(self) -> None:
+        """The watcher added to ``_pending``: look again within ``SETTLE`` s (now on overflow)."""
+        if not self._running:
+            return
+        if self._pending.full and self._scanning is None:
+            self._begin()
+        elif self._kick_call is None or not self._kick_call.active():
+            self._kick_call = self._reactor.callLater(_Pending.SETTLE, self._kick)
+        elif self._kick_call.getTime() > self._reactor.seconds() + _Pending.SETTLE:
+            self._kick_call.reset(_Pending.SETTLE)  # was waiting for a writer
 
     def _pool(self) -> Any:
         return self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()
 
     def _begin(self) -> None:
+        """A full scan, now."""
         if self._delayed is not None and self._delayed.active():
             self._delayed.cancel()
         self._delayed = None
         self._this_scan, self._next_scan = self._next_scan, []
-        d = deferToThreadPool(self._reactor, self._pool(), self._scanner.scan, self._cancel)
+        # The walk sees every change made before it; only the files being
+        # written stay pending (to be skipped, and looked at once closed).
+        pending = self._pending
+        pending.full = False
+        pending.trees.clear()
+        for path in [p for p, st in pending.paths.items() if not st.writing]:
+            del pending.paths[path]
+        self._full = True
+        self._run(self._scanner.scan, self._cancel)
+
+    def _update(self, files: list[str], trees: list[str]) -> None:
+        """Look at the paths the watcher saw change, now."""
+        self._full = False
+        self._run(self._scanner.update, files, trees, self._cancel)
+
+    def _run(self, job: Callable[..., _ScanResult], *args: Any) -> None:
+        watcher = self._watcher
+        self._job = None if watcher is None else watcher.job()
+        if watcher is not None:
+            watcher.busy = True
+        d = deferToThreadPool(
+            self._reactor, self._pool(), job, *args, self._job, self._pending.writing()
+        )
         self._scanning = d
         d.addCallbacks(self._scanned, self._failed)
+
+    def _periodic(self) -> None:
+        self._delayed = None
+        if self._scanning is None:
+            self._begin()
+        else:
+            self._pending.full = True  # after the job in progress
+
+    def _kick(self) -> None:
+        """Start an update for whatever is due, or come back when something is."""
+        if self._kick_call is not None and self._kick_call.active():
+            self._kick_call.cancel()
+        self._kick_call = None
+        if not self._running or self._scanning is not None:
+            return  # _finished kicks again
+        if self._pending.full:
+            self._begin()
+            return
+        now = self._reactor.seconds()
+        files, trees = self._pending.take(now)
+        if files or trees:
+            self._update(files, trees)
+            return
+        due = self._pending.next_due()
+        if due is not None:
+            self._kick_call = self._reactor.callLater(max(0.0, due - now), self._kick)
 
     def _scanned(self, result: _ScanResult) -> None:
         if not result.cancelled:
@@ -661,14 +1310,24 @@ class Catalog:
                         callback(list(result.entries))
                     except Exception:
                         self._log.failure("catalog observer {callback!r} failed", callback=callback)
-            self._log.info(
-                "catalog scan done: {files} files, {hashed} hashed, {removed} removed"
-                " in {seconds}s",
-                files=len(result.entries),
-                hashed=result.hashed,
-                removed=result.removed,
-                seconds=round(result.seconds, 3),
-            )
+            if result.full:
+                self._log.info(
+                    "catalog scan done: {files} files, {hashed} hashed, {removed} removed"
+                    " in {seconds}s",
+                    files=len(result.entries),
+                    hashed=result.hashed,
+                    removed=result.removed,
+                    seconds=round(result.seconds, 3),
+                )
+            elif result.hashed or result.removed:
+                self._log.info(
+                    "catalog updated: {files} files, {hashed} hashed, {removed} removed"
+                    " in {seconds}s",
+                    files=len(result.entries),
+                    hashed=result.hashed,
+                    removed=result.removed,
+                    seconds=round(result.seconds, 3),
+                )
         self._finished(None)
 
     def _failed(self, failure: Any) -> None:
@@ -678,13 +1337,22 @@ class Catalog:
 
     def _finished(self, failure: Any) -> None:
         self._scanning = None
+        job, self._job = self._job, None
+        watcher = self._watcher
+        if watcher is not None and job is not None:
+            watcher.busy = False
+            watcher.merge(job.added)
+            if job.error is not None:
+                self._stop_watching(job.error)
         waiters, self._this_scan = self._this_scan, []
         idle, self._idle = self._idle, []
         if self._running:
-            if self._next_scan:
+            if self._next_scan or self._pending.full:
                 self._begin()
             else:
-                self._delayed = self._reactor.callLater(self.rescan_interval, self._begin)
+                if self._full:
+                    self._delayed = self._reactor.callLater(self.rescan_interval, self._periodic)
+                self._kick()
         for w in waiters:
             if failure is None:
                 w.callback(None)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -569,3 +571,268 @@ def test_store_schema_is_versioned(tmp_path: Path) -> None:
     store = CatalogStore(tmp_path / STORE_NAME)  # unknown version: rebuilt, empty
     assert store.load() == []
     store.close()
+
+
+# Watching the shares with inotify.
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+
+
+async def until(condition: Any, timeout: float = 3.0) -> float:
+    """Seconds until ``condition()`` holds; fails the test after ``timeout``."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not true within {timeout}s: {condition}")
+        await task.deferLater(reactor(), 0.01, lambda: None)
+    return time.monotonic() - started
+
+
+async def sleep(seconds: float) -> None:
+    await task.deferLater(reactor(), seconds, lambda: None)
+
+
+def watched(tmp_path: Path, share: Path, interval: float = 3600.0) -> Catalog:
+    return Catalog(reactor(), tmp_path / "state", [share], PIECE, interval, watch=True)
+
+
+@linux_only
+@pytest_twisted.ensureDeferred
+async def test_watch_follows_new_changed_moved_and_removed_files(
+    tmp_path: Path, share: Path, hashed: list[str]
+) -> None:
+    write(share / "old", b"already here")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    cat = watched(tmp_path, share)
+    try:
+        await cat.start()
+        assert cat.watching and len(cat) == 1
+        hashed.clear()
+
+        new = os.urandom(3 * PIECE + 7)
+        (share / "new.bin").write_bytes(new)
+        assert await until(lambda: cat.get(expected_id(new)) is not None) < 1.0
+
+        # A directory made after the start, and one inside it: watched too.
+        (share / "a" / "b").mkdir(parents=True)
+        (share / "a" / "b" / "deep").write_bytes(b"deep")
+        assert await until(lambda: cat.get(expected_id(b"deep")) is not None) < 1.0
+
+        # Rewritten in place: the new content id replaces the old.
+        (share / "new.bin").write_bytes(b"changed")
+        await until(lambda: cat.get(expected_id(b"changed")) is not None)
+        assert cat.get(expected_id(new)) is None
+        assert by_name(cat)["new.bin"].content_id == expected_id(b"changed")
+
+        # Moved in, moved out, removed; a whole tree moved in and removed.
+        (outside / "moved").write_bytes(b"moved in")
+        (outside / "tree" / "sub").mkdir(parents=True)
+        (outside / "tree" / "sub" / "t1").write_bytes(b"t1")
+        os.rename(outside / "moved", share / "moved")
+        os.rename(outside / "tree", share / "tree")
+        await until(lambda: {"moved", "t1"} <= set(by_name(cat)))
+        os.rename(share / "moved", outside / "moved")
+        (share / "old").unlink()
+        await until(lambda: not {"moved", "old"} & set(by_name(cat)))
+        (share / "tree" / "sub" / "t2").write_bytes(b"t2")  # the moved tree is watched
+        await until(lambda: "t2" in by_name(cat))
+        os.rename(share / "tree", outside / "tree2")
+        await until(lambda: not {"t1", "t2"} & set(by_name(cat)))
+        (outside / "tree2" / "sub" / "t3").write_bytes(b"t3")  # no longer ours
+        await sleep(0.5)
+        assert set(by_name(cat)) == {"new.bin", "deep"}
+        assert str((outside / "tree2" / "sub" / "t3").resolve()) not in hashed
+    finally:
+        await cat.stop()
+    # What the watcher indexed was stored like a scan's: nothing to rehash.
+    hashed.clear()
+    again = make(tmp_path, share)
+    try:
+        await again.start()
+        assert set(by_name(again)) == {"new.bin", "deep"} and hashed == []
+    finally:
+        await again.stop()
+
+
+@linux_only
+@pytest_twisted.ensureDeferred
+async def test_watch_does_not_index_a_file_half_written(tmp_path: Path, share: Path) -> None:
+    first, second = os.urandom(5 * PIECE), os.urandom(3 * PIECE)
+    cat = watched(tmp_path, share)
+    seen: list[set[bytes]] = []
+    cat.subscribe(lambda entries: seen.append({e.content_id for e in entries}))
+    try:
+        await cat.start()
+        with open(share / "growing", "wb") as f:
+            f.write(first)
+            f.flush()
+            await sleep(1.0)  # well past the settle time, still open
+            assert len(cat) == 0
+            f.write(second)
+        await until(lambda: len(cat) == 1)
+        assert cat.entries()[0].content_id == expected_id(first + second)
+        assert all(expected_id(first) not in ids for ids in seen)
+        # The rescan also leaves a file being written alone.
+        with open(share / "growing", "ab") as f:
+            f.write(b"more")
+            f.flush()
+            await until(lambda: len(cat) == 0)  # no longer what it was
+            await cat.rescan()
+            assert len(cat) == 0
+        await until(lambda: len(cat) == 1)
+        assert cat.entries()[0].content_id == expected_id(first + second + b"more")
+    finally:
+        await cat.stop()
+
+
+@linux_only
+@pytest_twisted.ensureDeferred
+async def test_watch_follows_no_symlink(tmp_path: Path, share: Path, hashed: list[str]) -> None:
+    outside = tmp_path / "outside"
+    write(outside / "secret", b"secret")
+    cat = watched(tmp_path, share)
+    try:
+        await cat.start()
+        (share / "link").symlink_to(outside / "secret")
+        (share / "dirlink").symlink_to(outside)
+        await sleep(0.5)
+        (outside / "later").write_bytes(b"later")  # under a linked directory
+        (share / "real").write_bytes(b"real")
+        await until(lambda: "real" in by_name(cat))
+        await sleep(0.3)
+        assert set(by_name(cat)) == {"real"}
+        assert not [p for p in hashed if "outside" in p]
+    finally:
+        await cat.stop()
+
+
+@linux_only
+@pytest_twisted.ensureDeferred
+async def test_watch_coalesces_a_flood(
+    tmp_path: Path, share: Path, hashed: list[str], events: list[dict[str, Any]]
+) -> None:
+    cat = watched(tmp_path, share)
+    try:
+        await cat.start()
+        for i in range(300):
+            (share / f"f{i}").write_bytes(b"x%d" % i)
+            (share / f"f{i}").write_bytes(b"y%d" % i)  # twice: one hash
+        await until(lambda: len(cat) == 300, timeout=10)
+        assert cat.get(expected_id(b"y7")) is not None
+        await sleep(0.3)
+        assert len(hashed) == 300
+        updates = [m for m in messages(events) if m.startswith("catalog updated")]
+        assert 1 <= len(updates) <= 20, updates
+    finally:
+        await cat.stop()
+
+
+@linux_only
+@pytest_twisted.ensureDeferred
+async def test_queue_overflow_means_a_full_rescan(
+    tmp_path: Path, share: Path, events: list[dict[str, Any]]
+) -> None:
+    cat = watched(tmp_path, share)
+    try:
+        await cat.start()
+        write(share / "unseen", b"unseen")  # as if its event were lost
+        watcher = cat._watcher
+        assert watcher is not None
+        watcher.events([(-1, 0x4000, b"")])  # IN_Q_OVERFLOW
+        await until(lambda: "unseen" in by_name(cat))
+        assert sum(m.startswith("catalog scan done") for m in messages(events)) == 2
+    finally:
+        await cat.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_inotify_the_rescan_finds_new_files(
+    tmp_path: Path, share: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable(self: Any) -> None:
+        raise OSError(errno.ENOSYS, "libc has no inotify_init1")
+
+    monkeypatch.setattr(catalog_module._InotifyCalls, "__init__", unavailable)
+    cat = watched(tmp_path, share, interval=0.3)
+    try:
+        await cat.start()
+        assert not cat.watching
+        (share / "late").write_bytes(b"late")
+        await until(lambda: "late" in by_name(cat))
+        await sleep(0.4)  # more rescans: the warning is not repeated
+        warnings = [m for m in messages(events) if m.startswith("cannot watch")]
+        assert len(warnings) == 1 and "rescan every 0.3s" in warnings[0]
+    finally:
+        await cat.stop()
+
+
+@linux_only
+@pytest_twisted.ensureDeferred
+async def test_watch_limit_falls_back_to_the_rescan(
+    tmp_path: Path, share: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(5):
+        write(share / f"d{i}" / "f", b"%d" % i)
+    real_add = catalog_module._InotifyCalls.add
+    calls = []
+
+    def limited(self: Any, fd: int, path: str, mask: int) -> int:
+        calls.append(path)
+        if len(calls) > 3:  # as the kernel does past fs.inotify.max_user_watches
+            raise OSError(errno.ENOSPC, "inotify_add_watch: No space left on device", path)
+        return real_add(self, fd, path, mask)
+
+    monkeypatch.setattr(catalog_module._InotifyCalls, "add", limited)
+    cat = watched(tmp_path, share, interval=0.3)
+    try:
+        await cat.start()
+        assert len(cat) == 5 and not cat.watching
+        (share / "late").write_bytes(b"late")
+        await until(lambda: "late" in by_name(cat))
+        await sleep(0.4)
+        warnings = [m for m in messages(events) if m.startswith("cannot watch")]
+        assert len(warnings) == 1 and "max_user_watches" in warnings[0]
+        assert len(calls) == 4  # no more tries after the limit
+    finally:
+        await cat.stop()
+
+
+def test_pending_coalesces_per_path_and_waits_for_writers() -> None:
+    p = catalog_module._Pending()
+    p.created("/s/a", 0.0)
+    p.modified("/s/a", 0.01)
+    p.modified("/s/a", 0.5)
+    assert p.take(0.6) == (["/s/a"], [])  # once, to drop what the index had
+    assert p.take(1.0) == ([], []) and p.writing() == {"/s/a"}
+    p.closed("/s/a", 1.0)
+    assert p.take(1.1) == ([], []) and p.writing() == frozenset()
+    assert p.take(1.0 + p.SETTLE) == (["/s/a"], [])
+    # A file written to and never closed (truncated by path) is looked at after a while.
+    p.modified("/s/b", 2.0)
+    assert p.take(2.0) == (["/s/b"], [])
+    assert p.take(2.0 + p.WRITE_QUIET - 0.01) == ([], [])
+    assert p.take(2.0 + p.WRITE_QUIET) == (["/s/b"], [])
+    # Events that keep coming do not put a file off for ever.
+    for i in range(100):
+        now = 10.0 + i * 0.1
+        p.attributes("/s/c", now)
+        files, _ = p.take(now)
+        if files:
+            break
+    assert files == ["/s/c"] and now <= 10.0 + p.MAX_DELAY
+    # A hard link (created, never written) is looked at once quiet.
+    p.created("/s/d", 20.0)
+    assert p.take(20.0 + p.SETTLE) == ([], [])
+    assert p.take(20.0 + p.CREATE_QUIET) == (["/s/d"], [])
+
+
+def test_pending_is_bounded() -> None:
+    p = catalog_module._Pending()
+    for i in range(p.LIMIT):
+        p.closed(f"/s/{i}", 0.0)
+    assert len(p) == p.LIMIT and not p.full
+    p.tree("/s/dir", 0.0)
+    assert p.full and len(p) == 0
+    p.closed("/s/x", 1.0)
+    assert len(p) == 0  # a full rescan comes: nothing more to remember
