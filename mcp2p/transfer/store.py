@@ -21,6 +21,52 @@ Blocks of pieces not yet verified are not recorded: after a crash they are
 wanted again. Recording them would cost a write per packet, and they are
 at most the pieces in flight.
 
+A hostile local user may write in the download directory (a /tmp-like
+directory, sticky or not) and plant symlinks, hard links or FIFOs under the
+names we use; the daemon may run as root. The rules, each one tested:
+
+- The download directory is opened once (``open``) and every later
+  operation is relative to that directory fd (``dir_fd=``). The path given
+  (configured by the owner, or the ``out_dir`` of a request) is resolved by
+  the kernel once, at open, symlinks included: legitimate symlinked
+  directories are common (``~/Downloads`` -> ``/data/dl``), and refusing a
+  symlink as the last component only would not stop a swapped parent
+  anyway. Nothing created afterwards is ever followed, and a directory
+  moved or replaced by a symlink after open keeps receiving the file (the
+  fd holds the original; ``finalize`` returns where it really is). A
+  missing directory is a ``StoreError``: a request never makes the daemon
+  create directories (the configured one is created at daemon start).
+- New files (the part file, the progress temp file) are created with
+  ``O_CREAT|O_EXCL|O_NOFOLLOW`` after unlinking the name (the name only:
+  unlinking a symlink or a hard link never touches its target's content).
+- The part file is reopened on resume with ``O_NOFOLLOW|O_NONBLOCK`` (a
+  FIFO there neither blocks nor is used) and kept only if ``fstat`` shows a
+  regular file owned by our euid with one link and the expected size;
+  anything else is started over under a fresh file.
+- The final name is made with ``link(part, final)`` then ``unlink(part)``:
+  ``link`` fails with EEXIST if anything, even a dangling symlink, has that
+  name, so nothing is ever replaced or written through, and the next
+  ``<stem> (n)<suffix>`` is tried. Chosen over ``renameat2(RENAME_NOREPLACE)``
+  because it is plain ``os`` (no ctypes) and works on NFS, which has no
+  RENAME_NOREPLACE; a crash between the link and the unlink leaves a part
+  file with two links, which the next run starts over and ``finalize`` then
+  finds identical to the delivered file. File systems without hard links
+  (FAT, some FUSE) fall back to ``renameat2(RENAME_NOREPLACE)`` through
+  ctypes; with neither, ``finalize`` fails and leaves the verified part
+  file, rather than risk replacing a file. Before linking, the part name is
+  checked to still hold our inode, so a part file swapped behind our back
+  is never delivered.
+- Files are created with mode 0o644 (so 0o644 & ~umask): a download made
+  for another local user (``out_dir`` in their directory) is readable by
+  them under the usual umask 022; the daemon's umask may restrict it
+  further (077 gives 0o600), and no umask makes it group- or
+  world-writable, which would let others change a verified file.
+  Progress files are the daemon's own: 0o600, in a ``transfers`` directory
+  created 0o700, opened with ``O_NOFOLLOW`` and required to be ours.
+- An existing file counts as "identical, keep it" only if it is a regular
+  file we own, not world-writable: a copy planted by someone else could be
+  changed by them after we hand its path out.
+
 Synchronous and free of Twisted except for the logger; the owner calls
 ``flush_due``/``flush`` from a timer if it wants marks flushed when no
 piece completes for a while. ``finalize`` hashes the whole file (about
@@ -31,10 +77,13 @@ may run it in a thread, as it touches only this object's files.
 from __future__ import annotations
 
 import base64
+import ctypes
 import errno
+import functools
 import itertools
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,7 +104,20 @@ FLUSH_SECONDS = 0.5
 # Give up looking for a free "<stem> (n)<suffix>" after this many.
 MAX_COLLISIONS = 1000
 
+# New part files and the final file (through the link): see the module docstring.
+FILE_MODE = 0o644
+PROGRESS_MODE = 0o600
+TRANSFERS = "transfers"
+
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# Reopening a name someone else may have planted: never through a symlink,
+# and a FIFO there must not block the open (fstat then refuses it).
+_REOPEN = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# link() errors meaning "this file system has no hard links" (vfat says EPERM).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+RENAME_NOREPLACE = 1  # <linux/fs.h>
 # bytearray of 0/1 <-> bytes of "0"/"1", for packing the bitmap in C speed.
 _TO_DIGITS = bytes.maketrans(b"\x00\x01", b"01")
 _FROM_DIGITS = bytes.maketrans(b"01", b"\x00\x01")
@@ -109,6 +171,8 @@ def _store_error(exc: OSError, verb: str, path: Path) -> StoreError:
     """One line naming the file; "disk full" when that is the cause."""
     if exc.errno in _DISK_FULL:
         message = f"disk full: cannot {verb} {path} ({os.strerror(exc.errno)})"
+    elif exc.errno == errno.ELOOP:
+        message = f"cannot {verb} {path}: it is a symbolic link"
     else:
         message = f"cannot {verb} {path}: {exc.strerror or exc}"
     return StoreError(exc.errno, message, str(path))
@@ -136,16 +200,86 @@ def collision_name(name: str, n: int) -> str:
     return _fit_name(stem, MAX_NAME_BYTES - len(extra.encode("utf-8"))) + extra
 
 
-def _temp_of(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
+def _temp_of(name: str) -> str:
+    return name + ".tmp"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+@functools.cache
+def _renameat2() -> Any:
+    """libc's ``renameat2`` (glibc >= 2.28), or None."""
     try:
-        os.fsync(fd)
-    finally:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    function.argtypes.append(ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
+
+
+def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> None:
+    """``renameat2(..., RENAME_NOREPLACE)``: ``FileExistsError`` if ``dst`` exists (even
+    as a dangling symlink); ENOSYS or EINVAL where the kernel, libc or file system
+    cannot."""
+    function = _renameat2()
+    if function is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    encoded = os.fsencode(src), os.fsencode(dst)
+    if function(src_dir_fd, encoded[0], dst_dir_fd, encoded[1], RENAME_NOREPLACE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), dst)
+
+
+def _open_download_dir(path: Path) -> int:
+    """The download directory as an fd; never created here (see the module docstring)."""
+    try:
+        return os.open(path, _OPEN_DIR)
+    except FileNotFoundError as exc:
+        raise StoreError(
+            errno.ENOENT, f"download directory {path} does not exist", str(path)
+        ) from exc
+    except NotADirectoryError as exc:
+        raise StoreError(
+            errno.ENOTDIR, f"download directory {path} is not a directory", str(path)
+        ) from exc
+    except OSError as exc:
+        raise _store_error(exc, "open download directory", path) from exc
+
+
+def _open_progress_dir(state_dir: Path) -> int:
+    """``<state_dir>/transfers`` as an fd: made 0o700 if missing, never a symlink, ours."""
+    path = state_dir / TRANSFERS
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)  # the daemon's own, from its config
+        state_fd = os.open(state_dir, _OPEN_DIR)
+        try:
+            try:
+                os.mkdir(TRANSFERS, 0o700, dir_fd=state_fd)
+            except FileExistsError:
+                pass
+            fd = os.open(TRANSFERS, _OPEN_DIR | os.O_NOFOLLOW, dir_fd=state_fd)
+        finally:
+            os.close(state_fd)
+    except OSError as exc:
+        raise _store_error(exc, "open", path) from exc
+    owner = os.fstat(fd).st_uid
+    if owner != os.geteuid():
         os.close(fd)
+        raise StoreError(errno.EPERM, f"{path} belongs to uid {owner}, not to us", str(path))
+    return fd
+
+
+def _not_our_part(info: os.stat_result, size: int) -> str | None:
+    """Why the file at the part name cannot be resumed, or None."""
+    if not stat.S_ISREG(info.st_mode):
+        return "the part file is not a regular file"
+    if info.st_uid != os.geteuid():
+        return f"the part file belongs to uid {info.st_uid}"
+    if info.st_nlink != 1:
+        return f"the part file has {info.st_nlink} links"
+    if info.st_size != size:
+        return f"the part file has {info.st_size} bytes, expected {size}"
+    return None
 
 
 def encode_bitmap(bits: bytearray) -> str:
@@ -166,6 +300,29 @@ def decode_bitmap(text: str, count: int) -> bytearray:
     return bytearray(digits.encode("ascii").translate(_FROM_DIGITS))
 
 
+@dataclass(slots=True)
+class _Files:
+    """Where a download's files are: directory fds and the names in them."""
+
+    download_dir: Path
+    dir_fd: int
+    part: str
+    final: str
+    progress_dir: Path
+    progress_fd: int
+    progress: str
+
+    @property
+    def progress_path(self) -> Path:
+        return self.progress_dir / self.progress
+
+    def close(self) -> None:
+        for fd in (self.dir_fd, self.progress_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.dir_fd = self.progress_fd = -1
+
+
 class PartialFile:
     """One download in progress; see the module docstring for the guarantees.
 
@@ -181,19 +338,22 @@ class PartialFile:
     def __init__(
         self,
         manifest: ManifestLike,
-        part_path: Path,
-        final_path: Path,
-        progress_path: Path,
+        files: _Files,
         fd: int,
         verified: bytearray,
         clock: Callable[[], float],
     ) -> None:
         self.manifest = manifest
         self.layout = layout = Layout(manifest.size, manifest.piece_length, manifest.block_length)
-        self.part_path = part_path
-        self.final_path = final_path
-        self.progress_path = progress_path
+        self._files = files
+        # Paths for messages and the caller; the files are reached through the fds.
+        self.part_path = files.download_dir / files.part
+        self.final_path = files.download_dir / files.final
+        self.progress_path = files.progress_path
         self._fd = fd
+        info = os.fstat(fd)
+        self._inode = (info.st_dev, info.st_ino)
+        self._hard_links = True
         self._clock = clock
         self._size = layout.size
         self._piece_length = layout.piece_length
@@ -260,34 +420,44 @@ class PartialFile:
         if merkle_root(list(manifest.piece_hashes)) != manifest.content_id:
             raise ValueError("manifest piece hashes do not match its content id")
         download_dir = Path(download_dir)
-        final_path = download_dir / name
-        part_path = download_dir / part_name(name, manifest.content_id)
+        final = name
+        part = part_name(name, manifest.content_id)
         # check_name forbids "/", "." and "..", so this holds; keep it so it stays so.
-        if final_path.parent != download_dir or part_path.parent != download_dir:
+        if (download_dir / final).parent != download_dir or "/" in part:
             raise ValueError(f"name {name!r} leaves the download directory")
-        transfers = Path(state_dir) / "transfers"
-        transfers.mkdir(parents=True, exist_ok=True)
-        download_dir.mkdir(parents=True, exist_ok=True)
-        progress_path = transfers / f"{manifest.content_id.hex()}.json"
+        dir_fd = _open_download_dir(download_dir)
+        try:
+            progress_fd = _open_progress_dir(Path(state_dir))
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        files = _Files(
+            download_dir,
+            dir_fd,
+            part,
+            final,
+            Path(state_dir) / TRANSFERS,
+            progress_fd,
+            f"{manifest.content_id.hex()}.json",
+        )
+        try:
+            return cls._open_files(files, manifest, layout, clock)
+        except BaseException:
+            files.close()
+            raise
 
-        verified, written, why = cls._load_progress(progress_path, manifest, layout.pieces)
+    @classmethod
+    def _open_files(
+        cls, files: _Files, manifest: ManifestLike, layout: Layout, clock: Callable[[], float]
+    ) -> PartialFile:
+        name = files.final
+        verified, written, why = cls._load_progress(files, manifest, layout.pieces)
+        fd = -1
         if verified is not None:
-            try:
-                actual = part_path.stat().st_size
-            except FileNotFoundError:
-                why = "the part file is missing"
-            except OSError as exc:
-                why = f"the part file cannot be read ({exc.strerror})"
-            else:
-                if actual != manifest.size:
-                    why = f"the part file has {actual} bytes, expected {manifest.size}"
+            fd, why = cls._reopen_part(files, manifest.size)
             if why is not None:
                 verified = None
         if verified is not None:
-            try:
-                fd = os.open(part_path, os.O_RDWR)
-            except OSError as exc:
-                raise _store_error(exc, "open", part_path) from exc
             cls._log.info(
                 "resuming {name}: {verified} of {pieces} pieces verified",
                 name=name,
@@ -299,19 +469,15 @@ class PartialFile:
                 cls._log.warn("starting {name} over: {why}", name=name, why=why)
             verified = bytearray(layout.pieces)
             # Old marks go first, durably, so they never describe new bytes.
-            cls._write_progress(progress_path, manifest, verified)
-            try:
-                fd = os.open(part_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            except OSError as exc:
-                raise _store_error(exc, "create", part_path) from exc
-            try:
-                os.ftruncate(fd, manifest.size)
-            except OSError as exc:
-                os.close(fd)
-                raise _store_error(exc, "allocate", part_path) from exc
+            cls._write_progress(files, manifest, verified)
+            fd = cls._create_part(files, manifest.size)
         if verified is None or why is not None:
             written = None
-        partial = cls(manifest, part_path, final_path, progress_path, fd, verified, clock)
+        try:
+            partial = cls(manifest, files, fd, verified, clock)
+        except BaseException:
+            os.close(fd)
+            raise
         if written is not None:
             partial._keep_written(written)
         if (
@@ -324,16 +490,72 @@ class PartialFile:
         return partial
 
     @staticmethod
+    def _reopen_part(files: _Files, size: int) -> tuple[int, str | None]:
+        """(fd, None) for our own intact part file, else (-1, why not)."""
+        try:
+            fd = os.open(files.part, os.O_RDWR | _REOPEN, dir_fd=files.dir_fd)
+        except FileNotFoundError:
+            return -1, "the part file is missing"
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return -1, "the part file is a symbolic link"
+            return -1, f"the part file cannot be opened ({exc.strerror})"
+        try:
+            why = _not_our_part(os.fstat(fd), size)
+            if why is None:
+                os.set_blocking(fd, True)
+                return fd, None
+        except OSError as exc:
+            why = f"the part file cannot be read ({exc.strerror})"
+        os.close(fd)
+        return -1, why
+
+    @staticmethod
+    def _create_part(files: _Files, size: int) -> int:
+        """A new, empty part file of ``size`` bytes; whatever had its name is unlinked
+        first (the name only: a symlink's or hard link's target is untouched)."""
+        path = files.download_dir / files.part
+        try:
+            os.unlink(files.part, dir_fd=files.dir_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _store_error(exc, "remove", path) from exc
+        try:
+            fd = os.open(files.part, os.O_RDWR | _CREATE, FILE_MODE, dir_fd=files.dir_fd)
+        except OSError as exc:
+            raise _store_error(exc, "create", path) from exc
+        try:
+            os.ftruncate(fd, size)
+        except OSError as exc:
+            os.close(fd)
+            raise _store_error(exc, "allocate", path) from exc
+        return fd
+
+    @staticmethod
     def _load_progress(
-        path: Path, manifest: ManifestLike, pieces: int
+        files: _Files, manifest: ManifestLike, pieces: int
     ) -> tuple[bytearray | None, bytearray | None, str | None]:
         """(verified pieces, written blocks or None, None), or (None, None, why not)."""
         try:
-            raw = path.read_bytes()
+            fd = os.open(files.progress, os.O_RDONLY | _REOPEN, dir_fd=files.progress_fd)
         except FileNotFoundError:
             return None, None, None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return None, None, "progress file unreadable (a symbolic link)"
             return None, None, f"progress file unreadable ({exc.strerror})"
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None, None, "progress file unreadable (not a regular file)"
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            raw = b"".join(chunks)
+        except OSError as exc:
+            return None, None, f"progress file unreadable ({exc.strerror})"
+        finally:
+            os.close(fd)
         try:
             state = json.loads(raw)
             if not isinstance(state, dict):
@@ -358,7 +580,10 @@ class PartialFile:
 
     @staticmethod
     def _write_progress(
-        path: Path, manifest: ManifestLike, verified: bytearray, written: bytearray | None = None
+        files: _Files,
+        manifest: ManifestLike,
+        verified: bytearray,
+        written: bytearray | None = None,
     ) -> None:
         """Replace the progress file atomically and durably.
 
@@ -377,9 +602,13 @@ class PartialFile:
         if written is not None:
             state["written"] = encode_bitmap(written)
         data = json.dumps(state, separators=(",", ":")).encode("utf-8")
-        tmp = _temp_of(path)
+        directory, tmp = files.progress_fd, _temp_of(files.progress)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.unlink(tmp, dir_fd=directory)  # a crash's leftover
+            except FileNotFoundError:
+                pass
+            fd = os.open(tmp, os.O_WRONLY | _CREATE, PROGRESS_MODE, dir_fd=directory)
             try:
                 view = memoryview(data)
                 while view:
@@ -387,10 +616,10 @@ class PartialFile:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            os.replace(tmp, files.progress, src_dir_fd=directory, dst_dir_fd=directory)
+            os.fsync(directory)
         except OSError as exc:
-            raise _store_error(exc, "write", path) from exc
+            raise _store_error(exc, "write", files.progress_path) from exc
 
     # -- the per-packet path -----------------------------------------------
 
@@ -524,7 +753,7 @@ class PartialFile:
             os.fdatasync(self._fd)
         except OSError as exc:
             raise _store_error(exc, "sync", self.part_path) from exc
-        self._write_progress(self.progress_path, self.manifest, self._verified, self._written)
+        self._write_progress(self._files, self.manifest, self._verified, self._written)
         self._unflushed = 0
         self._dirty_blocks = 0
         self._last_flush = self._clock()
@@ -622,7 +851,8 @@ class PartialFile:
             raise _store_error(exc, "sync", self.part_path) from exc
         final = self._move_into_place()
         self._close_fd()
-        self._remove(self.progress_path, _temp_of(self.progress_path))
+        self._remove_progress()
+        self._files.close()
         self._log.info("{name} complete at {path}", name=self.manifest.name, path=final)
         return final
 
@@ -640,67 +870,164 @@ class PartialFile:
 
         return piece_hashes(read, self._size, self._piece_length)
 
-    def _same_content(self, path: Path) -> bool:
-        """Is ``path`` a regular file holding exactly our content?"""
+    def _same_content(self, name: str) -> bool:
+        """Is ``name`` a regular file of ours, not world-writable, holding exactly our
+        content? A copy someone else owns could change after we hand out its path."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(name, os.O_RDONLY | _REOPEN, dir_fd=self._dir_fd)
         except OSError:
             return False
         try:
             info = os.fstat(fd)
-            if not (info.st_mode & 0o170000 == 0o100000 and info.st_size == self._size):
+            if not (
+                stat.S_ISREG(info.st_mode)
+                and info.st_size == self._size
+                and info.st_uid == os.geteuid()
+                and not info.st_mode & stat.S_IWOTH
+            ):
                 return False
             try:
-                return merkle_root(self._hash_file(fd, path)) == self.manifest.content_id
+                return (
+                    merkle_root(self._hash_file(fd, self.download_dir / name))
+                    == self.manifest.content_id
+                )
             except (OSError, EOFError):
                 return False
         finally:
             os.close(fd)
 
     def _move_into_place(self) -> Path:
-        """Link the verified part under a free final name (never overwriting), drop the part."""
-        directory = self.part_path.parent
-        name = self.final_path.name
+        """Give the verified part a free final name, never replacing anything, drop the part."""
+        name = self._files.final
         for n in range(MAX_COLLISIONS + 1):
-            target = directory / (name if n == 0 else collision_name(name, n))
-            assert target.parent == directory
-            if os.path.lexists(target):
+            target = name if n == 0 else collision_name(name, n)
+            assert "/" not in target
+            try:
+                self._place(target)
+            except FileExistsError:
+                # Taken, even by a dangling symlink: ours already, or the next name.
                 if self._same_content(target):
                     self._unlink_part()
-                    return target
+                    return self.download_dir_now() / target
                 continue
-            try:
-                os.link(self.part_path, target, follow_symlinks=False)
-            except FileExistsError:
-                continue  # created meanwhile by someone else: try the next name
-            except OSError as exc:
-                if exc.errno in _DISK_FULL:
-                    raise _store_error(exc, "link", target) from exc
-                # No hard links here (some FUSE, FAT): a rename after the check above.
-                try:
-                    os.rename(self.part_path, target)
-                except OSError as exc2:
-                    raise _store_error(exc2, "rename", target) from exc2
-                self._sync_dir(directory)
-                return target
-            self._unlink_part()
-            return target
+            return self.download_dir_now() / target
         raise StoreError(
-            errno.EEXIST, f"no free name for {name} in {directory}", str(self.final_path)
+            errno.EEXIST, f"no free name for {name} in {self.download_dir}", str(self.final_path)
         )
+
+    def _place(self, target: str) -> None:
+        """Make ``target`` name the part file: ``FileExistsError`` if anything has that name."""
+        self._check_part_name()
+        directory = self._dir_fd
+        path = self.download_dir / target
+        if self._hard_links:
+            try:
+                os.link(
+                    self._files.part,
+                    target,
+                    src_dir_fd=directory,
+                    dst_dir_fd=directory,
+                    follow_symlinks=False,
+                )
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise _store_error(exc, "link", path) from exc
+                self._hard_links = False
+                self._log.info(
+                    "no hard links in {directory}: renaming without replacing",
+                    directory=self.download_dir,
+                )
+            else:
+                self._unlink_part()
+                return
+        try:
+            rename_noreplace(directory, self._files.part, directory, target)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOSYS, errno.EINVAL):
+                raise StoreError(
+                    exc.errno,
+                    f"cannot deliver {self.part_path} as {path}: this file system has neither "
+                    "hard links nor renameat2(RENAME_NOREPLACE), so the move could replace a "
+                    "file; the verified file stays at the part name",
+                    str(path),
+                ) from exc
+            raise _store_error(exc, "rename", path) from exc
+        self._sync_dir()
+
+    def _part_is_ours(self) -> bool:
+        """Does the part name still hold the inode we wrote?"""
+        try:
+            info = os.stat(self._files.part, dir_fd=self._dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return (info.st_dev, info.st_ino) == self._inode
+
+    def _check_part_name(self) -> None:
+        try:
+            ours = self._part_is_ours()
+        except OSError as exc:
+            raise _store_error(exc, "check", self.part_path) from exc
+        if not ours:
+            raise StoreError(
+                errno.EIO,
+                f"{self.part_path} was removed or replaced by someone else: not delivering it",
+                str(self.part_path),
+            )
 
     def _unlink_part(self) -> None:
         try:
-            self.part_path.unlink()
+            if self._part_is_ours():
+                os.unlink(self._files.part, dir_fd=self._dir_fd)
+            else:  # swapped since _check_part_name: not ours to remove
+                self._log.warn("{path} is no longer our part file: left", path=self.part_path)
         except OSError as exc:
             raise _store_error(exc, "remove", self.part_path) from exc
-        self._sync_dir(self.part_path.parent)
+        self._sync_dir()
 
-    def _sync_dir(self, directory: Path) -> None:
+    def _sync_dir(self) -> None:
         try:
-            _fsync_dir(directory)
+            os.fsync(self._dir_fd)
         except OSError as exc:
-            raise _store_error(exc, "sync", directory) from exc
+            raise _store_error(exc, "sync", self.download_dir) from exc
+
+    @property
+    def _dir_fd(self) -> int:
+        return self._files.dir_fd
+
+    @property
+    def _progress_fd(self) -> int:
+        return self._files.progress_fd
+
+    @property
+    def download_dir(self) -> Path:
+        """The download directory as given to ``open``."""
+        return self._files.download_dir
+
+    def download_dir_now(self) -> Path:
+        """Where the directory we hold is now: the path given to ``open``, unless it was
+        moved or replaced since (then its real path, from /proc/self/fd)."""
+        given = self._files.download_dir
+        try:
+            now, ours = os.stat(given), os.fstat(self._dir_fd)
+            if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
+                return given
+        except OSError:
+            pass
+        try:
+            real = Path(os.readlink(f"/proc/self/fd/{self._dir_fd}"))
+        except OSError:
+            real = given
+        self._log.warn(
+            "download directory {given} was moved or replaced since the download started;"
+            " the file is in {real}",
+            given=given,
+            real=real,
+        )
+        return real
 
     def close(self) -> None:
         """Record progress and close; ``open`` resumes from here."""
@@ -711,21 +1038,35 @@ class PartialFile:
                 self.flush()
         finally:
             self._close_fd()
+            self._files.close()
 
     def abort(self, remove: bool) -> None:
-        """Stop: keep the files for a later resume, or remove them (``remove``)."""
+        """Stop: keep the files for a later resume, or remove them (``remove``; nothing
+        to do once closed: the directories are closed too)."""
         if not remove:
             self.close()
             return
+        closed = self._closed
         self._close_fd()
-        # Progress first: a part file without progress is started over, never trusted.
-        self._remove(self.progress_path, _temp_of(self.progress_path), self.part_path)
-
-    def _remove(self, *paths: Path) -> None:
-        for path in paths:
+        if not closed:
+            # Progress first: a part file without progress is started over, never trusted.
+            self._remove_progress()
             try:
-                path.unlink(missing_ok=True)
+                if self._part_is_ours():
+                    os.unlink(self._files.part, dir_fd=self._dir_fd)
             except OSError as exc:
+                self._log.warn("cannot remove {path}: {why}", path=self.part_path, why=exc.strerror)
+        self._files.close()
+
+    def _remove_progress(self) -> None:
+        directory = self._progress_fd
+        for name in (self._files.progress, _temp_of(self._files.progress)):
+            try:
+                os.unlink(name, dir_fd=directory)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                path = self._files.progress_dir / name
                 self._log.warn("cannot remove {path}: {why}", path=path, why=exc.strerror)
 
     def _close_fd(self) -> None:

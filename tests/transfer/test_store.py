@@ -81,10 +81,14 @@ def crash(partial: PartialFile) -> None:
     os.close(partial._fd)
     partial._fd = -1
     partial._closed = True
+    partial._files.close()
 
 
 @pytest.fixture
 def dirs(tmp_path: Path) -> Dirs:
+    """The download directory exists (the daemon makes its own at start); the state
+    directory is made by the store."""
+    (tmp_path / "downloads").mkdir()
     return tmp_path / "downloads", tmp_path / "state"
 
 
@@ -109,6 +113,7 @@ def test_random_order_completes_to_identical_bytes(size: int, seed: int) -> None
     manifest = make_manifest(data)
     with tempfile.TemporaryDirectory() as tmp:
         downloads, state = Path(tmp, "dl"), Path(tmp, "state")
+        downloads.mkdir()
         partial = PartialFile.open(downloads, state, manifest)
         order = list(range(manifest.layout.blocks))
         rng.shuffle(order)
@@ -139,6 +144,7 @@ def test_blocks_in_permutation() -> None:
     @given(st.permutations(range(manifest.layout.blocks)))
     def run(order: list[int]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "dl").mkdir()
             partial = PartialFile.open(Path(tmp, "dl"), Path(tmp, "st"), manifest)
             for index in order:
                 partial.write_block(index, block_of(manifest, data, index))
@@ -348,9 +354,9 @@ class PowerModel:
 
             return call
 
-        def replace(src, dst) -> None:
+        def replace(src, dst, **dir_fds) -> None:
             tick()
-            real["replace"](src, dst)
+            real["replace"](src, dst, **dir_fds)
 
         monkeypatch.setattr(os, "pwrite", pwrite)
         monkeypatch.setattr(os, "fdatasync", sync("fdatasync"))
@@ -372,6 +378,7 @@ def test_crash_at_every_point_never_yields_a_wrong_file(
     crash_at = 1
     while True:
         downloads, state = tmp_path / f"dl{crash_at}", tmp_path / f"st{crash_at}"
+        downloads.mkdir()
         with monkeypatch.context() as patch:
             model = PowerModel(patch, manifest.size, crash_at)
             partial = None
@@ -595,7 +602,6 @@ def test_full_disk_on_allocate_and_sync(dirs: Dirs, monkeypatch: pytest.MonkeyPa
 
 def test_existing_different_file_gets_a_numbered_name(dirs: Dirs) -> None:
     downloads, _ = dirs
-    downloads.mkdir()
     (downloads / "report.tar.gz").write_bytes(b"somebody else's")
     (downloads / "report.tar (1).gz").write_bytes(b"and another")
     data = random.Random(19).randbytes(3 * PIECE)
@@ -611,7 +617,6 @@ def test_existing_different_file_gets_a_numbered_name(dirs: Dirs) -> None:
 
 def test_existing_identical_file_is_kept_and_part_removed(dirs: Dirs) -> None:
     downloads, state = dirs
-    downloads.mkdir()
     data = random.Random(20).randbytes(3 * PIECE)
     (downloads / "same.bin").write_bytes(data)
     manifest = make_manifest(data, name="same.bin")
@@ -624,7 +629,6 @@ def test_existing_identical_file_is_kept_and_part_removed(dirs: Dirs) -> None:
 
 def test_a_directory_or_symlink_under_the_name_is_left_alone(dirs: Dirs) -> None:
     downloads, _ = dirs
-    downloads.mkdir()
     data = random.Random(21).randbytes(PIECE)
     target = downloads / "elsewhere"
     target.write_bytes(data)
@@ -644,7 +648,6 @@ def test_long_names_fit(dirs: Dirs) -> None:
     assert len(collision_name(name, 12).encode()) <= 255
     assert collision_name(name, 12).endswith(" (12).txt")
     downloads, _ = dirs
-    downloads.mkdir()
     (downloads / name).write_bytes(b"other")
     partial = PartialFile.open(*dirs, manifest)
     partial.write_block(0, data)
@@ -683,6 +686,7 @@ def measure(tmp: Path, size: int = 50 * 10**6, block: int = 1400) -> tuple[float
     """(write_block calls per second, seconds to finalize) for a ``size``-byte file."""
     data = os.urandom(size)
     manifest = make_manifest(data, piece_length=1 << 20, block_length=block)
+    (tmp / "dl").mkdir(exist_ok=True)
     partial = PartialFile.open(tmp / "dl", tmp / "st", manifest)
     blocks = [block_of(manifest, data, i) for i in range(manifest.layout.blocks)]
     start = time.perf_counter()
