@@ -4,10 +4,11 @@ Used by the ``mcp2p`` command, scripts and (later) the status page.
 
 - ``GET /api/status``: node id, services, counters.
 - ``GET /api/catalog``: the files shared here.
-- ``POST /api/search``: ``{"method": "query"|"sap", "pattern": "*.iso"}`` or
-  ``{"content_id": HEX}``, optional ``answers``, ``max_hops``, ``timeout``,
-  ``reply_mode``; answers with the search result.
-- ``POST /api/fetch``: ``{"target": NAME_OR_CONTENT_ID, "out_dir": ABSOLUTE_PATH}``,
+- ``POST /api/search``: ``{"method": "query"|"sap", "pattern": "*.iso"}``,
+  ``{"content_id": HEX}`` or (method query) ``{"content_id_prefix": 8-63 HEX}``,
+  optional ``answers``, ``max_hops``, ``timeout``, ``reply_mode``; answers
+  with the search result.
+- ``POST /api/fetch``: ``{"target": NAME_OR_CONTENT_ID_OR_PREFIX, "out_dir": ABSOLUTE_PATH}``,
   optional ``mode``, ``rate`` (bit/s), ``sources``, ``code``; answers ``{"id": N}``.
 - ``GET /api/transfers/N?since=K``: events of transfer N from the K-th on,
   its state and result. ``DELETE /api/transfers/N`` cancels it (it resumes
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 from twisted.application.service import Service
@@ -50,13 +52,25 @@ def search_options(body: dict[str, Any], schedule: tuple[int, ...]) -> tuple[str
     if method not in ("query", "sap"):
         raise BadRequest("method must be 'query' or 'sap'")
     pattern, cid = body.get("pattern"), body.get("content_id")
-    if (pattern is None) == (cid is None):
-        raise BadRequest("give exactly one of pattern and content_id")
+    prefix = body.get("content_id_prefix")
+    if sum(x is not None for x in (pattern, cid, prefix)) != 1:
+        raise BadRequest("give exactly one of pattern, content_id and content_id_prefix")
     kwargs: dict[str, Any] = {"pattern": None, "content_id": None}
     if pattern is not None:
         if not isinstance(pattern, str) or not pattern or len(pattern.encode()) > 255:
             raise BadRequest("pattern must be a string of 1-255 bytes")
+        if "\x00" in pattern:
+            raise BadRequest("pattern must not contain NUL")
         kwargs["pattern"] = pattern
+    elif prefix is not None:
+        if not isinstance(prefix, str) or not re.fullmatch(r"[0-9a-fA-F]{8,63}", prefix):
+            raise BadRequest("content_id_prefix must be 8-63 hex digits")
+        if method != "query":
+            raise BadRequest(
+                "content_id_prefix needs method 'query' (the SAP directory is searched "
+                "by pattern or whole content id)"
+            )
+        kwargs["content_id_prefix"] = prefix.lower()
     else:
         try:
             raw = bytes.fromhex(cid) if isinstance(cid, str) else b""
@@ -96,7 +110,11 @@ def fetch_options(body: dict[str, Any]) -> dict[str, Any]:
 
     target = body.get("target")
     if not isinstance(target, str) or not target or len(target.encode()) > 255:
-        raise BadRequest("target must be a file name or a content id")
+        raise BadRequest(
+            "target must be a file name or a content id (or 8-63 of its hex digits), 1-255 bytes"
+        )
+    if "\x00" in target:
+        raise BadRequest("target must not contain NUL")
     out: dict[str, Any] = {}
     out_dir = body.get("out_dir")
     if out_dir is not None:

@@ -2,8 +2,9 @@
 
 ``Fetch.run()`` is the CN's whole transfer (DESIGN.md 5.1-5.8):
 
-1. search for the content id (or resolve a name to the content id most
-   SNs offer under it); candidates sorted nearest first, then by rate;
+1. search for the content id (or resolve a content id prefix or a name to
+   one content id, see `Fetch._find`); candidates sorted nearest first,
+   then by rate;
 2. open the TLS control channel to the first candidate, checking its key
    against the node id of its OFFER; download and verify the signed
    manifest (signature by that key, Merkle root = content id);
@@ -26,7 +27,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -48,6 +49,7 @@ from mcp2p.transfer.control import (
 from mcp2p.transfer.receiver import Receiver
 from mcp2p.trust.keys import node_id_of
 from mcp2p.wire.manifest import Manifest, decode_manifest, verify_manifest
+from mcp2p.wire.query import prefix_matches
 from mcp2p.wire.types import FileOffer
 
 _log = Logger()
@@ -62,6 +64,18 @@ MAX_RESUBSCRIBES = 3  # per SN, when its session ends while we still miss blocks
 
 class FetchError(Exception):
     """The fetch cannot finish; the message says why, in one line."""
+
+
+class NotFound(FetchError):
+    """No node offers what the target names (event ``not_found`` says so too)."""
+
+
+class Ambiguous(FetchError):
+    """A content id prefix matches several files (event ``ambiguous`` lists them)."""
+
+
+FULL_ID = re.compile(r"[0-9a-fA-F]{64}")
+ID_PREFIX = re.compile(r"[0-9a-fA-F]{8,63}")
 
 
 @dataclass
@@ -196,12 +210,25 @@ class Fetch:
             _log.failure("progress observer failed")
 
     async def _find(self) -> bytes:
-        if re.fullmatch(r"[0-9a-fA-F]{64}", self.target):
+        """The content id the target names, with ``self.candidates`` offering it.
+
+        Precedence: 64 hex digits are a content id, nothing else. 8-63 hex
+        digits are first a content id prefix (as git abbreviates object
+        names): one QUERY asks SNs for the files whose id starts with them;
+        one matching id is the answer, several are ``Ambiguous``. Only when
+        no node offers such an id are they tried as a file name. Anything
+        else is a file name (exact; the content id most nodes offer under it).
+        """
+        content_id: bytes | None = None
+        result: Any = None
+        if FULL_ID.fullmatch(self.target):
             content_id = bytes.fromhex(self.target)
             result = await self.search(
                 pattern=None, content_id=content_id, answers=self.max_sources
             )
-        else:
+        elif ID_PREFIX.fullmatch(self.target):
+            content_id, result = await self._resolve_prefix(self.target.lower())
+        if content_id is None:
             result = await self.search(
                 pattern=self.target, content_id=None, answers=self.max_sources
             )
@@ -211,7 +238,10 @@ class Fetch:
                     if f.name == self.target:
                         votes[f.content_id] = votes.get(f.content_id, 0) + 1
             if not votes:
-                raise FetchError(f"no node answered with a file named {self.target!r}")
+                what = f"a file named {self.target!r}"
+                if ID_PREFIX.fullmatch(self.target):
+                    what = f"a file whose content id starts with {self.target.lower()}, nor " + what
+                self._not_found(f"no node offers {what}")
             content_id = max(votes, key=lambda c: (votes[c], c))
         found = [
             Source(s, s.files[content_id], mode=self.mode)
@@ -219,11 +249,47 @@ class Fetch:
             if content_id in s.files and node_id_of(s.public_key) == s.node_id
         ]
         if not found:
-            raise FetchError(f"no node offers content {content_id.hex()}")
+            self._not_found(f"no node offers content {content_id.hex()}")
         found.sort(key=lambda c: (c.server.distance or 255, -c.offer.rate))
         self.candidates = found
         self.event("found", content_id=content_id.hex(), sources=[c.to_json() for c in found])
         return content_id
+
+    async def _resolve_prefix(self, prefix: str) -> tuple[bytes | None, Any]:
+        """The one content id starting with ``prefix`` that nodes offer, or None."""
+        result = await self.search(
+            pattern=None, content_id=None, content_id_prefix=prefix, answers=self.max_sources
+        )
+        matches: dict[bytes, tuple[FileOffer, list[str]]] = {}
+        for server in result.servers:
+            if node_id_of(server.public_key) != server.node_id:
+                continue
+            for f in server.files.values():
+                if prefix_matches(prefix, f.content_id):  # an SN's answer is only a claim
+                    matches.setdefault(f.content_id, (f, []))[1].append(server.node_id.hex())
+        if len(matches) > 1:
+            candidates = [
+                {
+                    "content_id": cid.hex(),
+                    "size": f.size,
+                    "name": f.name,
+                    "nodes": sorted(nodes),
+                }
+                for cid, (f, nodes) in sorted(matches.items(), key=lambda m: m[1][0].name)
+            ]
+            self.event("ambiguous", prefix=prefix, candidates=candidates)
+            raise Ambiguous(
+                f"content id prefix {prefix} is ambiguous: {len(matches)} files match; "
+                "give more digits"
+            )
+        if not matches:
+            return None, result
+        [content_id] = matches
+        return content_id, result
+
+    def _not_found(self, message: str) -> NoReturn:
+        self.event("not_found", target=self.target, error=message)
+        raise NotFound(message)
 
     async def _connect(self, source: Source) -> ControlClient:
         from twisted.internet.endpoints import HostnameEndpoint
