@@ -1,26 +1,79 @@
 """The ``mcp2p`` command: talks to the local daemon's API, or works in-process.
 
-``mcp2p search PATTERN`` asks the daemon when one answers on its API port
+``mcp2p search WHAT`` asks the daemon when one answers on its API port
 (the daemon then searches the network from its own node); otherwise it
-runs the expanding-ring search itself, as a client-only node.
+runs the expanding-ring search itself, as a client-only node. ``mcp2p get``
+likewise fetches through the daemon or in this process.
+
+WHAT is read as: 64 hex digits, a content id; 8-63 hex digits, a content
+id prefix (as git abbreviates object names: SNs answer with the files whose
+id starts with those digits), and only when no node offers such an id, a
+file name; anything else, a file name (``get``: exact) or a name pattern
+(``search``: fnmatch, no case). ``get`` refuses an ambiguous prefix and
+lists the candidates.
+
+Every usage error is one line ``mcp2p: ...`` on stderr and exit code 2,
+found by argparse before any network work; the other exit codes are
+``EXIT_CODES``, shown by ``mcp2p --help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
 
 from mcp2p import __version__
 from mcp2p.config import CONFIG_ENV, Config, find_config, load_config, parse_override
 from mcp2p.errors import ConfigError
 
+EXIT_OK = 0
 EXIT_NOT_FOUND = 1
-EXIT_ERROR = 2
+EXIT_USAGE = 2
+EXIT_AMBIGUOUS = 3
+EXIT_DAEMON = 4
+EXIT_FAILED = 5
+EXIT_INTERRUPTED = 130
+EXIT_ERROR = EXIT_DAEMON  # the name mcp2p.lab uses for "no daemon answered"
+
+EXIT_CODES = """exit codes:
+  0    done: files found, file fetched, status shown
+  1    not found: no node offers what was asked for
+  2    usage error: a bad option, value or config file (one line on stderr)
+  3    ambiguous: a content id prefix matches several files (they are listed)
+  4    the daemon refused the request, stopped answering, or none answers (status)
+  5    the search or the transfer failed (the reason is on stderr)
+  130  interrupted (Ctrl-C); get resumes where it stopped when run again"""
+
+FULL_ID = re.compile(r"[0-9a-fA-F]{64}")
+ID_PREFIX = re.compile(r"[0-9a-fA-F]{8,63}")
+MAX_WHAT_BYTES = 255
+
+# (section, key) of the example config's paths, and an installed node's values.
+EXAMPLE_PATHS = {
+    ("node", "state_dir"): ("--state-dir", "/var/lib/mcp2p"),
+    ("share", "paths"): ("--share", "/var/lib/mcp2p/share"),
+    ("fetching", "download_dir"): ("--download-dir", "/var/lib/mcp2p/downloads"),
+    ("node", "plugins_dir"): ("--plugins-dir", "/etc/mcp2p/plugins"),
+}
+
+
+class CliError(Exception):
+    """Ends the command with ``mcp2p: message`` on stderr and ``code``."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- the daemon's API -----------------------------------------------------------
 
 
 def api_url(config: Config) -> str | None:
@@ -36,7 +89,11 @@ def api_url(config: Config) -> str | None:
 def call_daemon(
     config: Config, path: str, body: Any = None, timeout: float = 60, method: str | None = None
 ) -> Any:
-    """The daemon's JSON answer, or None when no daemon listens."""
+    """The daemon's JSON answer, or None when no daemon listens.
+
+    A refusal raises CliError: exit 2 for a request the daemon found invalid
+    (HTTP 400), else 4.
+    """
     base = api_url(config)
     if base is None:
         return None
@@ -46,52 +103,154 @@ def call_daemon(
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
+            raw = resp.read()
     except urllib.error.HTTPError as e:
         try:
             message = json.loads(e.read()).get("error", str(e))
-        except ValueError:
+        except (ValueError, AttributeError, OSError):
             message = str(e)
-        raise SystemExit(f"mcp2p: the daemon refused the request: {message}") from None
+        code = EXIT_USAGE if e.code == 400 else EXIT_DAEMON
+        raise CliError(f"the daemon refused the request: {message}", code) from None
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise CliError(
+            f"{base} answered, but not as an mcp2p daemon ([api] port)", EXIT_DAEMON
+        ) from None
 
 
-def search_in_process(config: Config, body: dict[str, Any], wait: float) -> dict[str, Any]:
-    """Run the search with a client-only node in this process."""
-    from twisted.internet import defer, task
+# -- search ---------------------------------------------------------------------
 
-    from mcp2p.api.service import search_options
+Keep = Callable[[dict[str, Any]], bool]
 
-    out: dict[str, Any] = {}
 
-    async def run(reactor: Any) -> None:
-        method, kwargs = search_options(body, config.discovery.ring_schedule)
-        if method == "query":
-            from mcp2p.discovery.query import QueryNode
+def _prefix_keep(prefix: str) -> Keep:
+    return lambda f: str(f["content_id"]).startswith(prefix)
 
-            node = QueryNode(
-                reactor, config.discovery, str(config.node.interface), config.node.interface6
+
+def search_attempts(what: str, method: str) -> list[tuple[dict[str, Any], Keep | None]]:
+    """The searches ``mcp2p search WHAT`` tries in turn, each with a filter of its files."""
+    if FULL_ID.fullmatch(what):
+        return [({"method": method, "content_id": what.lower()}, None)]
+    if not ID_PREFIX.fullmatch(what):
+        return [({"method": method, "pattern": what}, None)]
+    prefix = what.lower()
+    if method == "sap":
+        # The SAP directory is already here: list it once, keep ids then names.
+        import fnmatch
+
+        folded = what.casefold()
+
+        def by_id_or_name(f: dict[str, Any]) -> bool:
+            return str(f["content_id"]).startswith(prefix) or fnmatch.fnmatchcase(
+                str(f["name"]).casefold(), folded
             )
-            multicast_replies = kwargs.get("reply_mode", config.discovery.reply_mode) != "unicast"
-            node.start(listen_group=multicast_replies)
-            try:
-                result = await node.search(**kwargs)
-            finally:
-                await node.stop()
-        else:
-            result = await sap_listen(reactor, config, kwargs, wait)
-        out.update(result.to_json())
 
-    def main(reactor: Any) -> Any:
-        return defer.ensureDeferred(run(reactor))
+        return [({"method": "sap", "pattern": "*"}, by_id_or_name)]
+    # An SN's offer is only a claim: keep what really starts with the prefix.
+    return [
+        ({"method": "query", "content_id_prefix": prefix}, _prefix_keep(prefix)),
+        ({"method": "query", "pattern": what}, None),
+    ]
+
+
+def keep_files(result: dict[str, Any], keep: Keep | None) -> dict[str, Any]:
+    if keep is None:
+        return result
+    servers = []
+    for s in result["servers"]:
+        files = [f for f in s["files"] if keep(f)]
+        if files:
+            servers.append({**s, "files": files})
+    return {**result, "servers": servers}
+
+
+def count_files(result: dict[str, Any]) -> int:
+    return sum(len(s["files"]) for s in result["servers"])
+
+
+def search_in_process(
+    config: Config,
+    attempts: list[tuple[dict[str, Any], Keep | None]],
+    wait: float,
+) -> dict[str, Any]:
+    """Run the searches in turn with a client-only node in this process.
+
+    The first one that finds a file ends it (the reactor runs once: every
+    attempt is made in the same run).
+    """
+
+    from mcp2p.api.service import BadRequest, search_options
 
     try:
-        task.react(main)
-    except SystemExit as e:
-        if e.code:
-            raise
+        planned = [
+            (search_options(body, config.discovery.ring_schedule), keep) for body, keep in attempts
+        ]
+    except BadRequest as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+    out: dict[str, Any] = {}
+    errors: list[Exception] = []
+
+    async def run(reactor: Any) -> None:
+        try:
+            for (method, kwargs), keep in planned:
+                if method == "query":
+                    from mcp2p.discovery.query import QueryNode
+
+                    node = QueryNode(
+                        reactor,
+                        config.discovery,
+                        str(config.node.interface),
+                        config.node.interface6,
+                    )
+                    mode = kwargs.get("reply_mode", config.discovery.reply_mode)
+                    try:
+                        node.start(listen_group=mode != "unicast")
+                        result = await node.search(**kwargs)
+                    finally:
+                        await node.stop()
+                else:
+                    result = await sap_listen(reactor, config, kwargs, wait)
+                out.clear()
+                out.update(keep_files(result.to_json(), keep))
+                if count_files(out):
+                    break
+        except Exception as e:  # noqa: BLE001 - reported in one line below
+            errors.append(e)
+
+    _react(run)
+    if errors:
+        raise _failure(errors[0], "search")
+    if not out:
+        raise CliError("interrupted", EXIT_INTERRUPTED)
     return out
+
+
+def _react(run: Callable[[Any], Any]) -> None:
+    """Run ``run(reactor)`` to completion (or Ctrl-C) in this process's one reactor run."""
+    from twisted.internet import defer, task
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise CliError(f"stopped with code {e.code}", EXIT_FAILED) from None
+
+
+def _failure(error: Exception, what: str) -> CliError:
+    from twisted.internet.error import CannotListenError
+
+    if isinstance(error, ConfigError):  # e.g. multicast.InterfaceError
+        return CliError(str(error), EXIT_USAGE)
+    if isinstance(error, CannotListenError):
+        reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+        return CliError(
+            f"{what} failed: cannot listen on {error.interface or '*'}:{error.port} ({reason})",
+            EXIT_FAILED,
+        )
+    return CliError(f"{what} failed: {error}", EXIT_FAILED)
 
 
 async def sap_listen(reactor: Any, config: Config, kwargs: dict[str, Any], wait: float) -> Any:
@@ -136,7 +295,7 @@ def human_size(n: int) -> str:
     return str(n)
 
 
-def print_result(result: dict[str, Any], as_json: bool) -> int:
+def print_result(result: dict[str, Any], as_json: bool, what: str = "") -> int:
     rows = []
     for s in result["servers"]:
         for f in s["files"]:
@@ -174,40 +333,88 @@ def print_result(result: dict[str, Any], as_json: bool) -> int:
             + f"; {result['elapsed']:.2f} s ({result['reason']})",
             file=sys.stderr,
         )
-    return 0 if rows else EXIT_NOT_FOUND
+        ids = {f["content_id"] for _, f in rows}
+        if (
+            ID_PREFIX.fullmatch(what)
+            and len(ids) > 1
+            and all(i.startswith(what.lower()) for i in ids)
+        ):
+            print(
+                f"mcp2p: {len(ids)} files have a content id starting with {what.lower()}; "
+                "give mcp2p get more digits (--json shows whole ids)",
+                file=sys.stderr,
+            )
+        if not rows and what:
+            print(f"mcp2p: not found: {not_found_text(what)}", file=sys.stderr)
+    return EXIT_OK if rows else EXIT_NOT_FOUND
+
+
+def not_found_text(what: str) -> str:
+    if FULL_ID.fullmatch(what):
+        return f"no node offers content id {what.lower()}"
+    if ID_PREFIX.fullmatch(what):
+        return (
+            f"no node offers a file whose content id starts with {what.lower()}, "
+            f"nor one named {what!r}"
+        )
+    return f"no node offers a file matching {what!r}"
 
 
 def cmd_search(config: Config, args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"method": args.method}
-    if re.fullmatch(r"[0-9a-fA-F]{64}", args.what):
-        body["content_id"] = args.what.lower()
-    else:
-        body["pattern"] = args.what
+    attempts = search_attempts(args.what, args.method)
     if args.method == "query":
-        for key in ("answers", "max_hops", "timeout", "reply_mode"):
-            if getattr(args, key) is not None:
-                body[key] = getattr(args, key)
-    result = None if args.no_daemon else call_daemon(config, "/api/search", body)
+        for body, _ in attempts:
+            for key in ("answers", "max_hops", "timeout", "reply_mode"):
+                if getattr(args, key) is not None:
+                    body[key] = getattr(args, key)
+    result = None
+    if not args.no_daemon:
+        for body, keep in attempts:
+            answer = call_daemon(config, "/api/search", body)
+            if answer is None:  # no daemon: search from here
+                break
+            result = keep_files(answer, keep)
+            if count_files(result):
+                break
     if result is None:
-        result = search_in_process(config, body, args.wait)
-    return print_result(result, args.json)
+        result = search_in_process(config, attempts, args.wait)
+    return print_result(result, args.json, args.what)
 
 
 class Progress:
-    """Prints fetch events: a one-line progress bar on a terminal, or JSON lines."""
+    """Prints fetch events: a one-line progress bar on a terminal, or JSON lines.
 
-    def __init__(self, as_json: bool, stream: Any = None) -> None:
+    Failures go to stderr as ``mcp2p: ...`` (with the candidates of an
+    ambiguous prefix); ``exit_code()`` maps the events seen to the exit code.
+    """
+
+    def __init__(self, as_json: bool, stream: Any = None, errors: Any = None) -> None:
         self.as_json = as_json
         self.stream = stream or sys.stdout
+        self.errors = errors or sys.stderr
         self.name = ""
         self.tty = self.stream.isatty()
         self.last_len = 0
+        self.outcome = ""  # done, not_found, ambiguous, failed
+        self.candidates: list[dict[str, Any]] = []
+
+    def exit_code(self) -> int:
+        return {
+            "done": EXIT_OK,
+            "not_found": EXIT_NOT_FOUND,
+            "ambiguous": EXIT_AMBIGUOUS,
+            "usage": EXIT_USAGE,
+        }.get(self.outcome, EXIT_FAILED)
 
     def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind in ("done", "not_found", "ambiguous") or (kind == "failed" and not self.outcome):
+            self.outcome = str(kind)
+        if kind == "ambiguous":
+            self.candidates = list(event.get("candidates", []))
         if self.as_json:
             print(json.dumps(event), file=self.stream, flush=True)
             return
-        kind = event.get("event")
         if kind == "manifest":
             self.name = event["name"]
             self._line(
@@ -237,7 +444,17 @@ class Progress:
                 f"done: {event['path']} ({event['elapsed']:.1f} s, {rate:.1f} MB/s)", final=True
             )
         elif kind == "failed":
-            self._line(f"failed: {event['error']}", final=True)
+            if self.tty and self.last_len:
+                self._line("", final=True)
+            print(f"mcp2p: {event['error']}", file=self.errors, flush=True)
+            for c in self.candidates:
+                nodes = ", ".join(n[:12] for n in c["nodes"])
+                print(
+                    f"  {c['content_id']}  {human_size(c['size']):>10}  {c['name']}  "
+                    f"(nodes {nodes})",
+                    file=self.errors,
+                    flush=True,
+                )
 
     def _line(self, text: str, final: bool) -> None:
         if self.tty:
@@ -250,19 +467,10 @@ class Progress:
 
 
 def fetch_body(args: argparse.Namespace) -> dict[str, Any]:
-    from pathlib import Path
-
-    body: dict[str, Any] = {"target": args.what, "out_dir": str(Path(args.output).resolve())}
-    for key in ("mode", "sources", "code"):
+    body: dict[str, Any] = {"target": args.what, "out_dir": str(args.output)}
+    for key in ("mode", "sources", "code", "rate"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
-    if args.rate is not None:
-        from mcp2p.config import parse_rate
-
-        try:
-            body["rate"] = parse_rate(args.rate)
-        except ValueError as e:
-            raise SystemExit(f"mcp2p: --rate {args.rate!r}: expected {e}") from None
     return body
 
 
@@ -279,81 +487,212 @@ def cmd_get(config: Config, args: argparse.Namespace) -> int:
         while True:
             state = call_daemon(config, f"/api/transfers/{tid}?since={since}", timeout=10)
             if state is None:
-                print("mcp2p: the daemon stopped answering", file=sys.stderr)
-                return EXIT_ERROR
+                raise CliError("the daemon stopped answering", EXIT_DAEMON)
             for event in state["events"]:
                 show(event)
             since = state["next"]
             if state["state"] != "running":
-                return 0 if state["state"] == "done" else EXIT_ERROR
+                return EXIT_OK if state["state"] == "done" else show.exit_code()
             time.sleep(0.25)
     except KeyboardInterrupt:
         call_daemon(config, f"/api/transfers/{tid}", method="DELETE", timeout=5)
-        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
-        return 130
+        print("\nmcp2p: interrupted: run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def get_in_process(config: Config, body: dict[str, Any], show: Progress) -> int:
-    from pathlib import Path
+    from mcp2p.api.service import BadRequest, fetch_options
 
-    from twisted.internet import defer, task
-
-    from mcp2p.api.service import fetch_options
-    from mcp2p.discovery.query import QueryNode
-    from mcp2p.transfer.fetch import Fetch
-    from mcp2p.trust.keys import load_or_create
-
+    try:
+        options = fetch_options(body)
+    except BadRequest as e:
+        raise CliError(str(e), EXIT_USAGE) from None
     outcome: dict[str, Any] = {}
 
     async def run(reactor: Any) -> None:
-        options = fetch_options(body)
-        identity = load_or_create(config.node.state_dir)
-        node = QueryNode(
-            reactor, config.discovery, str(config.node.interface), config.node.interface6
-        )
-        node.start(listen_group=config.discovery.reply_mode == "multicast")
-        out_dir = options.pop("out_dir", Path(body["out_dir"]))
-        fetch = Fetch(
-            reactor,
-            config,
-            identity,
-            node.search,
-            body["target"],
-            out_dir,
-            on_event=show,
-            **options,
-        )
-        try:
-            outcome["path"] = await fetch.run()
-        except Exception as e:  # noqa: BLE001 - reported as one line
-            show({"event": "failed", "error": str(e)})
-            outcome["error"] = str(e)
-        finally:
-            await node.stop()
+        from mcp2p.discovery.query import QueryNode
+        from mcp2p.transfer.fetch import Fetch, FetchError
+        from mcp2p.trust.keys import load_or_create
 
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return EXIT_ERROR
-    return 0 if "path" in outcome else EXIT_ERROR
+        node = None
+        try:
+            identity = load_or_create(config.node.state_dir)
+            node = QueryNode(
+                reactor, config.discovery, str(config.node.interface), config.node.interface6
+            )
+            node.start(listen_group=config.discovery.reply_mode == "multicast")
+            out_dir = options.pop("out_dir", Path(body["out_dir"]))
+            fetch = Fetch(
+                reactor,
+                config,
+                identity,
+                node.search,
+                body["target"],
+                out_dir,
+                on_event=show,
+                **options,
+            )
+            outcome["path"] = await fetch.run()
+        except FetchError as e:
+            outcome["error"] = str(e)
+            show({"event": "failed", "error": str(e)})
+        except Exception as e:  # noqa: BLE001 - reported as one line
+            failure = _failure(e, "fetch")
+            outcome["error"] = str(failure)
+            if failure.code == EXIT_USAGE:
+                show.outcome = "usage"
+            show({"event": "failed", "error": str(failure)})
+        finally:
+            if node is not None:
+                await node.stop()
+
+    _react(run)
+    if "path" in outcome:
+        return EXIT_OK
+    if "error" in outcome:
+        return show.exit_code()
+    print("\nmcp2p: interrupted: run the same command again to resume", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     status = call_daemon(config, "/api/status", timeout=5)
     if status is None:
-        print(f"mcp2p: no daemon answers at {api_url(config)}", file=sys.stderr)
-        return EXIT_ERROR
+        raise CliError(f"no daemon answers at {api_url(config)}", EXIT_DAEMON)
     print(json.dumps(status, indent=2))
-    return 0
+    return EXIT_OK
+
+
+# -- config ---------------------------------------------------------------------
+
+
+def example_config(values: dict[tuple[str, str], str] | None = None) -> str:
+    """The example config shipped in the package; ``values`` replace (section, key)'s value.
+
+    Every other line, comments included, stays as it is.
+    """
+    from importlib import resources
+
+    text = resources.files("mcp2p").joinpath("data", "mcp2p.ini").read_text(encoding="utf-8")
+    if not values:
+        return text
+    out: list[str] = []
+    section = ""
+    replaced: set[tuple[str, str]] = set()
+    skipping = False  # the continuation lines of a replaced value
+    for line in text.splitlines(keepends=True):
+        if skipping and line.strip() and line[0] in " \t" and not line.lstrip().startswith("#"):
+            continue
+        skipping = False
+        header = re.fullmatch(r"\s*\[([^\]]+)\]\s*", line)
+        if header:
+            section = header.group(1).strip()
+        else:
+            option = re.fullmatch(r"([A-Za-z0-9_]+)(\s*[=:]\s*).*?(\r?\n?)", line, re.DOTALL)
+            if option and (section, option.group(1)) in values:
+                key = (section, option.group(1))
+                line = option.group(1) + option.group(2) + values[key] + (option.group(3) or "\n")
+                replaced.add(key)
+                skipping = True
+        out.append(line)
+    missing = sorted(set(values) - replaced)
+    if missing:
+        raise CliError(
+            "the example config lacks " + ", ".join(f"[{s}] {k}" for s, k in missing),
+            EXIT_FAILED,
+        )
+    return "".join(out)
+
+
+def cmd_config(config: Config | None, args: argparse.Namespace) -> int:
+    values = None
+    if not args.raw:
+        values = {
+            key: getattr(args, flag[2:].replace("-", "_"))
+            for key, (flag, _) in EXAMPLE_PATHS.items()
+        }
+    sys.stdout.write(example_config(values))
+    return EXIT_OK
+
+
+# -- argument parsing -------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line ``mcp2p: ...`` and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"mcp2p: {message} (see {self.prog} --help)\n")
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
+        return value
+
+    return parse
+
+
+def seconds_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{raw} is not in {low:g}..{high:g} seconds")
+        return value
+
+    return parse
+
+
+def rate(raw: str) -> int:
+    from mcp2p.config import parse_rate
+
+    try:
+        return parse_rate(raw)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{raw!r}: expected {e}") from None
+
+
+def what(raw: str) -> str:
+    try:
+        size = len(raw.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not valid UTF-8") from None
+    if not raw.strip():
+        raise argparse.ArgumentTypeError("give a name, a name pattern or a content id, not nothing")
+    if size > MAX_WHAT_BYTES or "\x00" in raw:
+        raise argparse.ArgumentTypeError(f"at most {MAX_WHAT_BYTES} bytes and no NUL")
+    return raw
+
+
+def out_dir(raw: str) -> Path:
+    path = Path(raw).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{raw} is not a directory")
+    return path
+
+
+def absolute(raw: str) -> str:
+    if not Path(raw).is_absolute() or "\n" in raw:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not an absolute path")
+    return raw
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="mcp2p",
         description="Find and share files over multicast. The config is --config FILE, "
         f"else ${CONFIG_ENV}, else ./mcp2p.ini, else ./etc/mcp2p.ini, else "
         "/etc/mcp2p/mcp2p.ini.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"mcp2p {__version__}")
     p.add_argument("-c", "--config", help="the ini file to read")
@@ -364,13 +703,21 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one option of the ini file (repeatable)",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{search,get,status,config}")
+    p.set_defaults(needs_config=True)
     s = sub.add_parser(
         "search",
         help="find files on the network",
-        description="Find files by name pattern (fnmatch, case-insensitive) or content id.",
+        description="Find files by name pattern (fnmatch, case-insensitive), content id, or "
+        "content id prefix (8-63 hex digits; tried as a pattern too when no id matches).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("what", help="a name pattern such as '*.iso', or a 64-hex-digit content id")
+    s.add_argument(
+        "what",
+        type=what,
+        help="a name pattern such as '*.iso', a 64-hex-digit content id, or 8+ of its digits",
+    )
     s.add_argument(
         "--method",
         choices=("query", "sap"),
@@ -378,9 +725,11 @@ def parser() -> argparse.ArgumentParser:
         help="hop-limited query (default), or the SAP announcement directory",
     )
     s.add_argument("--json", action="store_true", help="print JSON lines, one per file and node")
-    s.add_argument("--answers", type=int, help="stop after this many nodes answered")
-    s.add_argument("--max-hops", type=int, help="largest hop limit to try")
-    s.add_argument("--timeout", type=float, help="seconds to wait per ring")
+    s.add_argument("--answers", type=int_in(1, 255), help="stop after this many nodes answered")
+    s.add_argument("--max-hops", type=int_in(1, 255), help="largest hop limit to try (1-255)")
+    s.add_argument(
+        "--timeout", type=seconds_in(0.05, 60), help="seconds to wait per ring (0.05-60)"
+    )
     s.add_argument(
         "--reply-mode",
         choices=("unicast", "multicast"),
@@ -391,27 +740,35 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--wait",
-        type=float,
+        type=seconds_in(0.1, 600),
         default=5.0,
-        help="without a daemon, seconds to listen for SAP announcements",
+        help="without a daemon, seconds to listen for SAP announcements (0.1-600)",
     )
     s.set_defaults(func=cmd_search)
     g = sub.add_parser(
         "get",
         help="fetch a file",
-        description="Find a file by name or content id, fetch it from the nodes that have it, "
-        "verify it and put it in the output directory. Interrupted, it resumes.",
+        description="Find a file by name, content id or content id prefix, fetch it from the "
+        "nodes that have it, verify it and put it in the output directory. Interrupted, it "
+        "resumes. 8-63 hex digits are a content id prefix first (an ambiguous one is refused "
+        "with the candidates), a file name only when no node offers such an id.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g.add_argument("what", help="a file name (exact) or a 64-hex-digit content id")
-    g.add_argument("-o", "--output", default=".", help="directory to put the file in")
+    g.add_argument(
+        "what",
+        type=what,
+        help="a file name (exact), a 64-hex-digit content id, or 8+ of its digits",
+    )
+    g.add_argument("-o", "--output", type=out_dir, default=".", help="directory to put the file in")
     g.add_argument("--json", action="store_true", help="print progress events as JSON lines")
     g.add_argument(
         "--mode",
         choices=("multicast", "unicast"),
         help="data by multicast (default from config) or unicast",
     )
-    g.add_argument("--rate", help="wanted rate in bit/s, e.g. 100M")
-    g.add_argument("--sources", type=int, help="SNs to use at once")
+    g.add_argument("--rate", type=rate, help="wanted rate in bit/s, at least 8000, e.g. 100M")
+    g.add_argument("--sources", type=int_in(1, 64), help="SNs to use at once (1-64)")
     g.add_argument("--code", choices=("plain", "raptorq"), help="block code")
     g.add_argument(
         "--no-daemon", action="store_true", help="fetch from this process even when a daemon runs"
@@ -419,18 +776,53 @@ def parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_get)
     st = sub.add_parser("status", help="show the local daemon's status")
     st.set_defaults(func=cmd_status)
+    c = sub.add_parser(
+        "config",
+        help="print the example configuration",
+        description="Print the example configuration shipped with mcp2p, every option with "
+        "its comment, its paths set for an installed node (or as shipped, with --raw). "
+        "Start from it: mcp2p config --example > /etc/mcp2p/mcp2p.ini",
+    )
+    c.add_argument("--example", action="store_true", required=True, help="print the example")
+    c.add_argument(
+        "--raw", action="store_true", help="print it unchanged (checkout-relative paths)"
+    )
+    for (section, key), (flag, default) in EXAMPLE_PATHS.items():
+        c.add_argument(
+            flag,
+            type=absolute,
+            default=default,
+            metavar="DIR",
+            help=f"[{section}] {key} (default {default})",
+        )
+    c.set_defaults(func=cmd_config, needs_config=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        overrides = [parse_override(item) for item in args.set]
-        config = load_config(find_config(args.config), overrides)
+        config = None
+        if args.needs_config:
+            overrides = [parse_override(item) for item in args.set]
+            config = load_config(find_config(args.config), overrides)
+        return int(args.func(config, args))
     except ConfigError as e:
         print(f"mcp2p: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    return int(args.func(config, args))
+        return EXIT_USAGE
+    except CliError as e:
+        print(f"mcp2p: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("\nmcp2p: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (mcp2p search ... | head): no traceback for that.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
