@@ -171,7 +171,10 @@ class ServingService(Service):
         layout = Layout(entry.size, entry.piece_length, self.block_length(entry))
         wanted_set = RangeSet.decode(wanted, limit=block_code.units(layout))
         s = self.node.config.serving
-        granted = min(max(rate or s.rate, s.min_rate), s.max_rate)
+        if rate < 0:
+            raise Refused(f"rate must be a bit/s count, or 0 for the SN's default, not {rate}")
+        ceiling = self.ceiling(rate)
+        granted = min(max(rate or s.rate, s.min_rate), s.max_rate)  # a new session's start
         if mode == "multicast":
             key = (content_id, block_code.name)
             session = self.sessions.get(key)
@@ -200,19 +203,32 @@ class ServingService(Service):
                 entry, layout, block_code, self._new_session_id(), (host, port), granted
             )
             self.unicast.add(session)
-        sub = Subscriber(self.next_subscription, client, session)
+        sub = Subscriber(self.next_subscription, client, session, ceiling=ceiling)
         self.next_subscription += 1
         self.subscriptions[sub.id] = sub
         self.counters["subscriptions"] += 1
         session.add(sub, wanted_set)
+        peer = (client.peer_node_id or b"").hex()[:12]
         _log.info(
-            "subscription {sub} from {peer}: {name} by {mode}, session {sid:08x}",
+            "subscription {sub} from {peer}: {name} by {mode}, session {sid:08x}, "
+            "at most {ceiling} bit/s, now {rate}",
             sub=sub.id,
-            peer=(client.peer_node_id or b"").hex()[:12],
+            peer=peer,
             name=entry.name,
             mode=mode,
             sid=session.session_id,
+            ceiling=ceiling,
+            rate=session.rates.rate,
         )
+        if 0 < rate < s.min_rate:
+            _log.info(
+                "subscription {sub} from {peer} asked for {rate} bit/s, below [serving] "
+                "min_rate: sending at up to {min_rate} bit/s (the reply's rate says so)",
+                sub=sub.id,
+                peer=peer,
+                rate=rate,
+                min_rate=s.min_rate,
+            )
         return {
             "subscription": sub.id,
             "session_id": session.session_id,
@@ -223,6 +239,20 @@ class ServingService(Service):
             "rate": int(session.rates.rate),
             "code": block_code.name,
         }
+
+    def ceiling(self, rate: int) -> int:
+        """The most a subscriber asking for ``rate`` bit/s (0: no wish) is sent.
+
+        A user's --rate is a ceiling the SN honours (DESIGN.md 5.6), within
+        [serving] max_rate. Below min_rate the SN grants min_rate rather than
+        refuse: a session slower than that is what the operator ruled out, and
+        the CN would rather have the file a little fast than not at all; the
+        reply's rate tells the CN, and the log says so.
+        """
+        s = self.node.config.serving
+        if rate == 0:
+            return int(s.max_rate)
+        return int(min(max(rate, s.min_rate), s.max_rate))
 
     def _new_session_id(self) -> int:
         used = {p[0] for p in self.plans.values()} | {

@@ -11,6 +11,12 @@ subscriber's TLS channel just before the burst leaves. Sending is
 optimistic: a unit sent is no longer needed by anyone; a CN's loss report
 puts back what it missed (DESIGN.md 5.5, 5.6).
 
+Rate: each subscriber's ``ceiling`` is the rate its user asked for (``--rate``,
+DESIGN.md 5.6), and the session never sends faster than the smallest ceiling
+among its current subscribers; loss reports adapt the rate below that. The
+token bucket holds only BURST_SECONDS of the rate (at least two packets), so
+even the first burst of a slow session stays near its rate.
+
 States: RUNNING (someone needs something), IDLE (nobody does: a grace
 timer runs), ENDED (grace over or stopped; every subscriber was told).
 """
@@ -43,6 +49,7 @@ SEQ_RING = 1 << 17  # sequence numbers remembered for loss reports (unit of each
 IP_UDP_OVERHEAD = 28
 RATE_PERIOD = 0.5  # seconds between two rate adaptations
 JOIN_GRACE = 1.0  # seconds after subscribing whose losses do not steer the rate
+BURST_SECONDS = 0.02  # the bucket saves this much of the rate: ten ticks, for a late reactor
 
 
 @dataclass
@@ -51,6 +58,7 @@ class Subscriber:
     client: Any  # ControlServer
     session: Session
     since: float = 0.0  # when it subscribed
+    ceiling: int = 0  # the most it wants sent, bit/s (its --rate); 0: the session's maximum
     reported_rate: int = 0
     lost: int = 0
     received: int = 0
@@ -94,7 +102,8 @@ class Session:
         self.seq = 0
         self.seq_units = array("l", bytes(8 * SEQ_RING))
         self.rates = RateController(rate, min_rate, max_rate)
-        self.bucket = TokenBucket(rate / 8, max(rate / 8 * 0.01, 65536), reactor.seconds())
+        self.packet_size = HEADER_LEN + layout.block_length + IP_UDP_OVERHEAD  # paced bytes
+        self.bucket = TokenBucket(rate / 8, self._burst(rate), reactor.seconds())
         self.grace = grace
         self.loss_window: dict[int, list[int]] = {}  # subscriber -> [lost, received]
         self.rate_at = reactor.seconds()
@@ -118,6 +127,7 @@ class Session:
     def add(self, sub: Subscriber, wanted: RangeSet) -> None:
         sub.since = self.reactor.seconds()
         self.subscribers[sub.id] = sub
+        self._set_ceiling()
         self.set_wanted(sub, wanted, replace=True)
         if not self.loop.running:
             if self.group:
@@ -168,6 +178,43 @@ class Session:
             self.scheduler.remove(sub_id)
         if not self.subscribers:
             self.end("no subscribers")
+        else:
+            self._set_ceiling()
+
+    def _set_ceiling(self) -> None:
+        """The session's ceiling: the smallest of its subscribers' ceilings.
+
+        A shared multicast session goes no faster than its slowest-asking
+        subscriber wants (one CN's --rate holds the others back, for now: the
+        project will move a far slower receiver to its own session, DESIGN.md
+        5.6); when that subscriber leaves, the ceiling rises and the rate
+        climbs back by the controller's usual steps (5% of the ceiling per
+        RATE_PERIOD: the others' paths never carried more than the old ceiling).
+        """
+        ceilings = [sub.ceiling or self.rates.maximum for sub in self.subscribers.values()]
+        ceiling = min(ceilings, default=self.rates.maximum)
+        if ceiling == self.rates.ceiling:
+            return
+        self.rates.ceiling = ceiling
+        self._pace()
+        if len(ceilings) > 1 or self.group:
+            _log.info(
+                "session {sid:08x}: ceiling {ceiling} bit/s for {subs} subscribers, rate {rate}",
+                sid=self.session_id,
+                ceiling=self.rates.ceiling,
+                subs=len(ceilings),
+                rate=self.rates.rate,
+            )
+
+    def _burst(self, rate: int) -> float:
+        """Bytes the bucket may save at ``rate`` bit/s: BURST_SECONDS of it, and
+        at least two packets (one packet more than a tick may need)."""
+        return max(rate / 8 * BURST_SECONDS, 2 * self.packet_size)
+
+    def _pace(self) -> None:
+        """Pace at the controller's rate from now on."""
+        rate = self.rates.rate
+        self.bucket.set_rate(self.reactor.seconds(), rate / 8, self._burst(rate))
 
     def report_loss(self, sub: Subscriber, lost: RangeSet, received: int) -> int:
         oldest = self.seq - len(self.seq_units)
@@ -195,8 +242,8 @@ class Session:
         receiver's report, and must slow down to the one that gets least."""
         if now - self.rate_at < RATE_PERIOD or not self.loss_window:
             return
-        rate = self.rates.period({sub: (w[0], w[1]) for sub, w in self.loss_window.items()})
-        self.bucket.rate = rate / 8
+        self.rates.period({sub: (w[0], w[1]) for sub, w in self.loss_window.items()})
+        self._pace()
         self.loss_window.clear()
         self.rate_at = now
 
@@ -216,7 +263,7 @@ class Session:
                 self.end("nothing wanted")
             return
         self.state = "RUNNING"
-        size = HEADER_LEN + self.layout.block_length + IP_UDP_OVERHEAD
+        size = self.packet_size
         budget = int(self.bucket.available(now) // size)
         if budget <= 0:
             return

@@ -1,0 +1,292 @@
+"""A user's --rate is a ceiling the SN honours (DESIGN.md 5.6), on a Clock.
+
+Sessions send on a recording UDP port; CNs report every REPORT_EVERY what
+they received and lose nothing, so the rate controller would raise the rate
+as far as it may. What left the port over any stretch of simulated time must
+stay within the ceiling times that time, plus one burst of the bucket.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from mcp2p.core.blockcode import code_by_name
+from mcp2p.core.layout import Layout
+from mcp2p.core.wanted import RangeSet
+from mcp2p.transfer.control import Refused
+from mcp2p.transfer.serving import ServingService
+from mcp2p.transfer.session import (
+    BURST_SECONDS,
+    IP_UDP_OVERHEAD,
+    JOIN_DELAY,
+    TICK,
+    Session,
+    Subscriber,
+)
+from mcp2p.wire.rtp import HEADER_LEN
+from tests.nodes import node_config
+
+MBIT = 1_000_000
+SIZE = 64 << 20  # sparse: a carousel this long never runs out within a test
+PIECE = 1 << 20
+BLOCK = 1400
+REPORT_EVERY = 0.1  # the receiver's report interval
+
+
+class Port:
+    """A UDP port that records what was written, and when."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.sent: list[tuple[float, int]] = []  # (time, bytes on the wire)
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((self.clock.seconds(), len(data) + IP_UDP_OVERHEAD))
+
+    def bits(self, start: float, end: float) -> int:
+        return 8 * sum(n for t, n in self.sent if start <= t < end)
+
+
+class _Peer:
+    host = "127.0.0.1"
+
+
+class _Transport:
+    def getPeer(self) -> _Peer:  # noqa: N802
+        return _Peer()
+
+
+class Client:
+    """The SN's end of one CN's control channel: what the session tells it."""
+
+    peer_node_id = b"\x01" * 32
+    transport = _Transport()
+
+    def __init__(self) -> None:
+        self.notices = 0
+        self.ended: list[str] = []
+
+    def send_notices(self, subscription: int, notices: list[tuple[int, bytes]]) -> None:
+        self.notices += len(notices)
+
+    def session_ended(self, subscription: int, reason: str) -> None:
+        self.ended.append(reason)
+
+    def session_moved(self, subscription: int, group: str) -> None:
+        pass
+
+
+def sparse_file(tmp_path: Path) -> Path:
+    path = tmp_path / "data.bin"
+    with path.open("wb") as f:
+        f.truncate(SIZE)
+    return path
+
+
+def burst_bits(rate: int) -> float:
+    """The most the session's bucket saves at ``rate``, in bits."""
+    return max(rate * BURST_SECONDS, 2 * 8 * (HEADER_LEN + BLOCK + IP_UDP_OVERHEAD))
+
+
+def run(clock: Clock, seconds: float, sessions: list[Session]) -> None:
+    """Advance ``seconds``; every REPORT_EVERY each subscriber reports no loss."""
+    per_report = round(REPORT_EVERY / TICK)
+    counted = {id(s): s.counters["packets"] for s in sessions}
+    for i in range(1, round(seconds / TICK) + 1):
+        clock.advance(TICK)
+        if i % per_report == 0:
+            for s in sessions:
+                packets = s.counters["packets"]
+                for sub in list(s.subscribers.values()):
+                    s.report_loss(sub, RangeSet(), packets - counted[id(s)])
+                counted[id(s)] = packets
+
+
+def make_session(
+    clock: Clock, tmp_path: Path, port: Port, rate: int, group: str = ""
+) -> tuple[Session, list[Session]]:
+    layout = Layout(SIZE, PIECE, BLOCK)
+    ended: list[Session] = []
+    session = Session(
+        clock,
+        session_id=0x1234,
+        layout=layout,
+        code=code_by_name("plain"),
+        path=str(sparse_file(tmp_path)),
+        destination=(group or "127.0.0.1", 7712),
+        port=port,
+        rate=rate,
+        min_rate=1 * MBIT,
+        max_rate=1000 * MBIT,
+        grace=5.0,
+        on_end=ended.append,
+        rng=random.Random(1),
+        group=group,
+    )
+    return session, ended
+
+
+def subscribe(session: Session, sub_id: int, ceiling: int) -> Subscriber:
+    sub = Subscriber(sub_id, Client(), session, ceiling=ceiling)
+    session.add(sub, RangeSet.full(session.units))
+    return sub
+
+
+def test_a_unicast_session_stays_within_its_subscribers_ceiling_for_ten_seconds(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    clock.advance(100.0)
+    port = Port(clock)
+    session, _ = make_session(clock, tmp_path, port, rate=2 * MBIT)
+    subscribe(session, 1, 2 * MBIT)
+    run(clock, 10.0, [session])
+    try:
+        # Before the fix the controller added 5% of max_rate (50M) each period.
+        assert session.rates.rate == 2 * MBIT
+        start = 100.0
+        for end in (100.05, 101.0, 102.0, 105.0, 110.0):
+            assert port.bits(start, end) <= 2 * MBIT * (end - start) + burst_bits(2 * MBIT)
+        assert port.bits(start, 110.0) >= 0.97 * 2 * MBIT * 10  # and it does send at that rate
+    finally:
+        session.end("test over")
+
+
+def test_the_first_burst_of_a_slow_session_is_small(tmp_path: Path) -> None:
+    # The bucket used to hold at least 64 KiB: a quarter second at 2 Mbit/s, all at once.
+    clock = Clock()
+    port = Port(clock)
+    session, _ = make_session(clock, tmp_path, port, rate=2 * MBIT)
+    subscribe(session, 1, 2 * MBIT)
+    clock.advance(TICK)
+    try:
+        assert 0 < port.bits(0, 1) <= burst_bits(2 * MBIT) + 2 * MBIT * TICK
+    finally:
+        session.end("test over")
+
+
+def test_a_shared_session_keeps_to_the_smallest_ceiling_and_rises_when_it_leaves(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    port = Port(clock)
+    session, _ = make_session(clock, tmp_path, port, rate=8 * MBIT, group="232.1.2.3")
+    subscribe(session, 1, 8 * MBIT)
+    subscribe(session, 2, 0)  # no --rate: the session's maximum
+    run(clock, 3.0, [session])
+    assert session.rates.rate == 8 * MBIT
+    slow = subscribe(session, 3, 2 * MBIT)
+    assert session.rates.rate == 2 * MBIT  # at once, not after a period
+    t = clock.seconds()
+    run(clock, 4.0, [session])
+    # The lower ceiling also shrank the bucket: the 8M burst is not spent at 2M.
+    assert port.bits(t, t + 4.0) <= 2 * MBIT * 4.0 + burst_bits(2 * MBIT)
+    session.remove(slow.id)
+    t = clock.seconds()
+    # Back up by 5% of the ceiling per RATE_PERIOD: 2M -> 8M in 15 periods.
+    run(clock, 8.5, [session])
+    try:
+        assert session.rates.rate == 8 * MBIT
+        assert port.bits(t, t + 8.5) <= 8 * MBIT * 8.5 + burst_bits(8 * MBIT)
+        assert port.bits(t + 7.5, t + 8.5) >= 0.97 * 8 * MBIT * 1.0
+    finally:
+        session.end("test over")
+    assert port.bits(0, JOIN_DELAY) == 0  # a multicast session waits for its first CN to join
+
+
+# -- ServingService: from a Subscribe's rate to the session's ceiling
+
+
+class Catalog:
+    def __init__(self, entry: Any) -> None:
+        self.entry = entry
+
+    def get(self, content_id: bytes) -> Any:
+        return self.entry if content_id == self.entry.content_id else None
+
+
+class Node:
+    def __init__(self, config: Any, reactor: Clock) -> None:
+        self.config = config
+        self.reactor = reactor
+
+
+@pytest.fixture
+def serving(tmp_path: Path) -> Any:
+    from mcp2p.catalog import CatalogEntry
+
+    clock = Clock()
+    config = node_config(tmp_path, 1, 1, serving={"min_rate": "1M", "max_rate": "500M"})
+    path = str(sparse_file(tmp_path))
+    entry = CatalogEntry(b"\x07" * 32, path, "data.bin", SIZE, 0, 0, 0, PIECE, ())
+    service = ServingService(Node(config, clock), Catalog(entry), random.Random(3))
+    service.data_port = Port(clock)
+    yield service, clock, entry.content_id
+    for session in list(service.sessions.values()) + list(service.unicast):
+        session.end("test over")
+
+
+def ask(service: ServingService, content_id: bytes, rate: int, mode: str = "unicast") -> Any:
+    units = Layout(SIZE, PIECE, BLOCK).blocks
+    return service.subscribe(
+        Client(),  # type: ignore[arg-type]
+        content_id,
+        mode,
+        4000 if mode == "unicast" else 0,
+        rate,
+        "plain",
+        RangeSet.full(units).encode(),
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("rate", "ceiling", "granted"),
+    [
+        (2 * MBIT, 2 * MBIT, 2 * MBIT),
+        (0, 500 * MBIT, 100 * MBIT),  # no wish: starts at [serving] rate, may rise to max_rate
+        (300_000, 1 * MBIT, 1 * MBIT),  # below min_rate: min_rate, and the reply says so
+        (10**12, 500 * MBIT, 500 * MBIT),  # above max_rate: max_rate
+    ],
+)
+def test_the_subscribers_ceiling_is_its_rate_within_min_and_max(
+    serving: Any, rate: int, ceiling: int, granted: int
+) -> None:
+    service, clock, content_id = serving
+    reply = ask(service, content_id, rate)
+    sub = service.subscriptions[reply["subscription"]]
+    assert sub.ceiling == ceiling
+    assert reply["rate"] == granted
+    run(clock, 2.0, [sub.session])
+    assert sub.session.rates.rate <= ceiling
+
+
+def test_a_negative_rate_is_refused(serving: Any) -> None:
+    service, _, content_id = serving
+    with pytest.raises(Refused, match="rate"):
+        ask(service, content_id, -1)
+    assert not service.subscriptions and not service.unicast
+
+
+def test_two_subscribers_of_one_multicast_session_and_their_rates(serving: Any) -> None:
+    service, clock, content_id = serving
+    port = service.data_port
+    first = ask(service, content_id, 8 * MBIT, "multicast")
+    session = service.subscriptions[first["subscription"]].session
+    run(clock, 2.0, [session])
+    second = ask(service, content_id, 2 * MBIT, "multicast")
+    assert second["session_id"] == first["session_id"]
+    assert second["rate"] == 2 * MBIT
+    t = clock.seconds()
+    run(clock, 3.0, [session])
+    assert port.bits(t, t + 3.0) <= 2 * MBIT * 3.0 + burst_bits(2 * MBIT)
+    sub = service.subscriptions[second["subscription"]]
+    service.unsubscribe(sub.client, sub.id)
+    assert session.rates.ceiling == 8 * MBIT
+    run(clock, 8.5, [session])
+    assert session.rates.rate == 8 * MBIT
