@@ -477,6 +477,13 @@ def fetch_body(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_get(config: Config, args: argparse.Namespace) -> int:
     import time
 
+    try:
+        # As the user who runs the command: the daemon does not make directories.
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(
+            f"-o {args.output}: cannot make the directory ({e.strerror})", EXIT_USAGE
+        ) from None
     body = fetch_body(args)
     show = Progress(args.json)
     started = None if args.no_daemon else call_daemon(config, "/api/fetch", body)
