@@ -257,7 +257,12 @@ def _open_progress_dir(state_dir: Path) -> int:
                 os.mkdir(TRANSFERS, 0o700, dir_fd=state_fd)
             except FileExistsError:
                 pass
-            fd = os.open(TRANSFERS, _OPEN_DIR | os.O_NOFOLLOW, dir_fd=state_fd)
+            try:
+                fd = os.open(TRANSFERS, _OPEN_DIR | os.O_NOFOLLOW, dir_fd=state_fd)
+            except NotADirectoryError:  # what O_DIRECTORY|O_NOFOLLOW says of a symlink
+                if stat.S_ISLNK(os.stat(TRANSFERS, dir_fd=state_fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP)) from None
+                raise
         finally:
             os.close(state_fd)
     except OSError as exc:

@@ -73,6 +73,7 @@ class Net:
             if on_event is not None:
                 on_event(e)
 
+        (self.tmp / "out").mkdir(exist_ok=True)  # the store makes no directories
         f = Fetch(
             reactor,
             config,

@@ -30,6 +30,7 @@ async def fetch(
     q = QueryNode(reactor, cn_config.discovery, "127.0.0.1")
     q.start(listen_group=False)
     events: list[dict[str, Any]] = []
+    (tmp_path / name / "out").mkdir(exist_ok=True)  # the store makes no directories
     try:
         f = Fetch(
             reactor,

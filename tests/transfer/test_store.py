@@ -750,3 +750,384 @@ def test_kept_blocks_that_are_wrong_fail_their_piece_and_are_fetched_again(dirs:
     for index in sorted(resumed.missing_blocks()):
         resumed.write_block(index, block_of(manifest, data, index))
     assert resumed.finalize().read_bytes() == data
+
+
+# -- a hostile local user who can write in the download directory ---------------
+#
+# Each attack plants something under a name the store uses, pointing at a file
+# the attacker must not be able to change: ``secret``, mode 0600 in a 0700
+# directory outside the download directory (root's, when the tests run as root).
+
+SECRET = b"root only: do not overwrite\n"
+NOBODY = 65534
+
+
+@dataclass
+class Secret:
+    path: Path
+    data: bytes
+
+    def untouched(self) -> bool:
+        info = self.path.stat()
+        return self.path.read_bytes() == self.data and info.st_mode & 0o7777 == 0o600
+
+
+def plant_secret(tmp_path: Path, size: int = len(SECRET)) -> Secret:
+    """A 0600 file of ``size`` bytes (the download's size tricks a size check)."""
+    vault = tmp_path / "vault"
+    vault.mkdir(mode=0o700, exist_ok=True)
+    data = (SECRET * (size // len(SECRET) + 1))[:size]
+    path = vault / "secret"
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return Secret(path, data)
+
+
+def the_part(dirs: Dirs, manifest: FakeManifest) -> Path:
+    return dirs[0] / part_name(manifest.name, manifest.content_id)
+
+
+def downloaded(dirs: Dirs, manifest: FakeManifest, data: bytes) -> Path:
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, range(manifest.layout.pieces))
+    return partial.finalize()
+
+
+def started(dirs: Dirs, manifest: FakeManifest, data: bytes) -> None:
+    """A download half done, closed: the next open resumes it."""
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, range(manifest.layout.pieces // 2))
+    partial.close()
+    assert PartialFile.open(*dirs, manifest).verified_pieces > 0  # it would resume
+    partial = PartialFile.open(*dirs, manifest)
+    partial.close()
+
+
+def log_lines() -> tuple[list[str], ILogObserver]:
+    messages: list[str] = []
+
+    @implementer(ILogObserver)
+    def observer(event: dict) -> None:
+        messages.append(formatEvent(event))
+
+    return messages, observer
+
+
+class Logged:
+    def __enter__(self) -> list[str]:
+        self.messages, self.observer = log_lines()
+        globalLogPublisher.addObserver(self.observer)
+        return self.messages
+
+    def __exit__(self, *exc_info) -> None:
+        globalLogPublisher.removeObserver(self.observer)
+
+
+class Blocked(Exception):
+    """Not an OSError: the store's ``except OSError`` must not swallow it."""
+
+
+class MustNotBlock:
+    """Fail (instead of hanging the suite) if the block takes over 5 s: a FIFO open."""
+
+    def __enter__(self) -> None:
+        def fire(signum, frame) -> None:
+            raise Blocked("blocked, on a FIFO?")
+
+        self.old = signal.signal(signal.SIGALRM, fire)
+        signal.setitimer(signal.ITIMER_REAL, 5)
+
+    def __exit__(self, *exc_info) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self.old)
+
+
+@pytest.fixture(params=["link", "renameat2"])
+def placing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways to make the final name: link+unlink, and renameat2(RENAME_NOREPLACE)
+    as on a file system without hard links (vfat answers link() with EPERM)."""
+    if request.param == "renameat2":
+
+        def no_hard_links(*args, **kw) -> None:
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_hard_links)
+    return request.param
+
+
+def test_symlink_at_the_final_name_is_not_followed(
+    dirs: Dirs, tmp_path: Path, placing: str
+) -> None:
+    data = random.Random(30).randbytes(3 * PIECE)
+    manifest = make_manifest(data)
+    secret = plant_secret(tmp_path, len(data))
+    (dirs[0] / "file.bin").symlink_to(secret.path)
+    final = downloaded(dirs, manifest, data)
+    assert final == dirs[0] / "file (1).bin" and final.read_bytes() == data
+    assert secret.untouched()
+    assert os.readlink(dirs[0] / "file.bin") == str(secret.path)
+    assert sorted(os.listdir(dirs[0])) == ["file (1).bin", "file.bin"]
+
+
+def test_dangling_symlink_at_the_final_name_is_not_followed(
+    dirs: Dirs, tmp_path: Path, placing: str
+) -> None:
+    data = random.Random(31).randbytes(2 * PIECE)
+    manifest = make_manifest(data)
+    nowhere = tmp_path / "vault" / "new-file"
+    (tmp_path / "vault").mkdir(mode=0o700)
+    (dirs[0] / "file.bin").symlink_to(nowhere)
+    final = downloaded(dirs, manifest, data)
+    assert final == dirs[0] / "file (1).bin" and final.read_bytes() == data
+    assert not os.path.lexists(nowhere)
+    assert os.listdir(tmp_path / "vault") == []
+
+
+def test_fifo_at_the_final_name_does_not_block(dirs: Dirs, placing: str) -> None:
+    data = random.Random(32).randbytes(PIECE)
+    manifest = make_manifest(data)
+    os.mkfifo(dirs[0] / "file.bin")
+    with MustNotBlock():
+        final = downloaded(dirs, manifest, data)
+    assert final == dirs[0] / "file (1).bin" and final.read_bytes() == data
+
+
+def test_symlink_at_the_part_name_before_open(dirs: Dirs, tmp_path: Path) -> None:
+    data = random.Random(33).randbytes(3 * PIECE)
+    manifest = make_manifest(data)
+    secret = plant_secret(tmp_path)
+    the_part(dirs, manifest).symlink_to(secret.path)
+    partial = PartialFile.open(*dirs, manifest)
+    assert secret.untouched()  # not truncated or grown through the link
+    assert not the_part(dirs, manifest).is_symlink()
+    write_pieces(partial, manifest, data, range(3))
+    assert partial.finalize().read_bytes() == data
+    assert secret.untouched()
+    assert os.listdir(dirs[0]) == ["file.bin"]
+
+
+def test_symlink_at_the_part_name_before_resume(dirs: Dirs, tmp_path: Path) -> None:
+    """The link points at a file of the download's size: a size check alone would
+    resume through it and write the blocks into the secret."""
+    data = random.Random(34).randbytes(4 * PIECE)
+    manifest = make_manifest(data)
+    started(dirs, manifest, data)
+    secret = plant_secret(tmp_path, len(data))
+    the_part(dirs, manifest).unlink()
+    the_part(dirs, manifest).symlink_to(secret.path)
+    with Logged() as messages:
+        partial = PartialFile.open(*dirs, manifest)
+    assert any("the part file is a symbolic link" in m for m in messages), messages
+    assert partial.verified_pieces == 0 and secret.untouched()
+    write_pieces(partial, manifest, data, range(4))
+    assert partial.finalize().read_bytes() == data
+    assert secret.untouched()
+
+
+def test_hard_link_at_the_part_name_is_not_resumed(dirs: Dirs, tmp_path: Path) -> None:
+    """Same owner, same size, so only the link count tells it from our part file."""
+    data = random.Random(35).randbytes(4 * PIECE)
+    manifest = make_manifest(data)
+    started(dirs, manifest, data)
+    secret = plant_secret(tmp_path, len(data))
+    the_part(dirs, manifest).unlink()
+    os.link(secret.path, the_part(dirs, manifest))
+    with Logged() as messages:
+        partial = PartialFile.open(*dirs, manifest)
+    assert any("the part file has 2 links" in m for m in messages), messages
+    assert secret.untouched() and secret.path.stat().st_nlink == 1  # only the name went
+    write_pieces(partial, manifest, data, range(4))
+    assert partial.finalize().read_bytes() == data
+    assert secret.untouched()
+
+
+@pytest.mark.parametrize("when", ["open", "resume"])
+def test_fifo_at_the_part_name_does_not_block(dirs: Dirs, when: str) -> None:
+    data = random.Random(36).randbytes(4 * PIECE)
+    manifest = make_manifest(data)
+    if when == "resume":
+        started(dirs, manifest, data)
+        the_part(dirs, manifest).unlink()
+    os.mkfifo(the_part(dirs, manifest))
+    with MustNotBlock(), Logged() as messages:
+        partial = PartialFile.open(*dirs, manifest)
+    if when == "resume":
+        assert any("the part file is not a regular file" in m for m in messages), messages
+    assert the_part(dirs, manifest).is_file()
+    write_pieces(partial, manifest, data, range(4))
+    assert partial.finalize().read_bytes() == data
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's file needs root")
+def test_part_file_of_another_user_is_not_resumed(dirs: Dirs) -> None:
+    data = random.Random(37).randbytes(4 * PIECE)
+    manifest = make_manifest(data)
+    started(dirs, manifest, data)
+    os.chown(the_part(dirs, manifest), NOBODY, NOBODY)
+    with Logged() as messages:
+        partial = PartialFile.open(*dirs, manifest)
+    assert any(f"the part file belongs to uid {NOBODY}" in m for m in messages), messages
+    assert the_part(dirs, manifest).stat().st_uid == 0
+    write_pieces(partial, manifest, data, range(4))
+    assert partial.finalize().read_bytes() == data
+
+
+def test_part_file_swapped_before_finalize_is_not_delivered(dirs: Dirs) -> None:
+    """In a directory without the sticky bit, another user can replace our part file."""
+    data = random.Random(38).randbytes(2 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, range(2))
+    part = the_part(dirs, manifest)
+    swap = dirs[0] / "swap"
+    swap.write_bytes(b"attacker's bytes")
+    swap.replace(part)
+    with pytest.raises(StoreError, match="removed or replaced by someone else"):
+        partial.finalize()
+    assert not (dirs[0] / "file.bin").exists()
+    assert part.read_bytes() == b"attacker's bytes"  # left as it is
+    partial.close()
+
+
+def test_directory_moved_and_replaced_by_a_symlink_keeps_the_original(
+    dirs: Dirs, tmp_path: Path
+) -> None:
+    downloads, _ = dirs
+    data = random.Random(39).randbytes(3 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, range(3))
+    moved, decoy = tmp_path / "moved", tmp_path / "vault"
+    decoy.mkdir(mode=0o700)
+    downloads.rename(moved)
+    downloads.symlink_to(decoy)
+    with Logged() as messages:
+        final = partial.finalize()
+    assert final == moved / "file.bin" and final.read_bytes() == data
+    assert os.listdir(decoy) == [] and os.listdir(moved) == ["file.bin"]
+    assert any("was moved or replaced" in m for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    "umask, part_mode", [(0o022, 0o644), (0o077, 0o600), (0o000, 0o644), (0o027, 0o640)]
+)
+def test_modes_follow_the_umask_and_are_never_writable_by_others(
+    tmp_path: Path, umask: int, part_mode: int
+) -> None:
+    downloads, state = tmp_path / "downloads", tmp_path / "state"
+    downloads.mkdir()
+    data = random.Random(40).randbytes(2 * PIECE)
+    manifest = make_manifest(data)
+    old = os.umask(umask)
+    try:
+        partial = PartialFile.open(downloads, state, manifest)
+        write_pieces(partial, manifest, data, [0])
+        partial.flush()
+        assert the_part((downloads, state), manifest).stat().st_mode & 0o7777 == part_mode
+        progress = state / "transfers" / f"{manifest.content_id.hex()}.json"
+        assert progress.stat().st_mode & 0o7777 == 0o600 & ~umask
+        assert (state / "transfers").stat().st_mode & 0o7777 == 0o700 & ~umask
+        write_pieces(partial, manifest, data, [1])
+        final = partial.finalize()
+    finally:
+        os.umask(old)
+    assert final.stat().st_mode & 0o7777 == part_mode
+
+
+def test_missing_download_directory_is_an_error_and_not_created(tmp_path: Path) -> None:
+    vault = tmp_path / "vault"
+    vault.mkdir(mode=0o700)
+    manifest = make_manifest(b"abc")
+    with pytest.raises(StoreError, match="download directory .*/vault/a/b does not exist") as info:
+        PartialFile.open(vault / "a" / "b", tmp_path / "state", manifest)
+    assert info.value.errno == errno.ENOENT and "\n" not in str(info.value)
+    assert os.listdir(vault) == []
+    (vault / "file").write_bytes(b"")
+    with pytest.raises(StoreError, match="download directory .* is not a directory"):
+        PartialFile.open(vault / "file", tmp_path / "state", manifest)
+
+
+def test_symlinked_download_directory_is_resolved_once(tmp_path: Path) -> None:
+    """The path given may be a symlink (the owner's ``~/Downloads -> /data/dl``)."""
+    real = tmp_path / "data"
+    real.mkdir()
+    (tmp_path / "Downloads").symlink_to(real)
+    data = random.Random(41).randbytes(PIECE)
+    manifest = make_manifest(data)
+    final = downloaded((tmp_path / "Downloads", tmp_path / "state"), manifest, data)
+    assert final == tmp_path / "Downloads" / "file.bin"
+    assert (real / "file.bin").read_bytes() == data
+
+
+def test_symlinks_in_the_state_directory_are_not_followed(dirs: Dirs, tmp_path: Path) -> None:
+    downloads, state = dirs
+    data = random.Random(42).randbytes(2 * PIECE)
+    manifest = make_manifest(data)
+    secret = plant_secret(tmp_path)
+    # The progress file (and its temp file) as symlinks: replaced, never written through.
+    transfers = state / "transfers"
+    transfers.mkdir(parents=True)
+    progress = transfers / f"{manifest.content_id.hex()}.json"
+    progress.symlink_to(secret.path)
+    (transfers / (progress.name + ".tmp")).symlink_to(secret.path)
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, [0])
+    partial.close()
+    assert secret.untouched() and not progress.is_symlink()
+    assert PartialFile.open(*dirs, manifest).verified_pieces == 1
+    # The transfers directory itself as a symlink: refused.
+    other = tmp_path / "other-state"
+    other.mkdir()
+    (other / "transfers").symlink_to(secret.path.parent)
+    with pytest.raises(StoreError, match="transfers: it is a symbolic link"):
+        PartialFile.open(downloads, other, manifest)
+    assert os.listdir(secret.path.parent) == ["secret"]
+
+
+def test_identical_file_someone_else_can_change_is_not_taken_as_ours(dirs: Dirs) -> None:
+    downloads, _ = dirs
+    data = random.Random(43).randbytes(2 * PIECE)
+    manifest = make_manifest(data)
+    planted = downloads / "file.bin"
+    planted.write_bytes(data)
+    planted.chmod(0o666)
+    if os.geteuid() == 0:
+        os.chown(planted, NOBODY, NOBODY)
+    final = downloaded(dirs, manifest, data)
+    assert final == downloads / "file (1).bin" and final.read_bytes() == data
+
+
+def test_without_hard_links_or_renameat2_the_part_file_stays(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random.Random(44).randbytes(2 * PIECE)
+    manifest = make_manifest(data)
+
+    def refuse(*args, **kw) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def no_renameat2(*args) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "link", refuse)
+    monkeypatch.setattr(store, "rename_noreplace", no_renameat2)
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, range(2))
+    with pytest.raises(StoreError, match="neither hard links nor renameat2"):
+        partial.finalize()
+    assert os.listdir(dirs[0]) == [the_part(dirs, manifest).name]
+    assert the_part(dirs, manifest).read_bytes() == data
+    partial.close()
+
+
+def test_rename_noreplace_refuses_any_existing_name(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            store.rename_noreplace(fd, "a", fd, "dangling")
+        store.rename_noreplace(fd, "a", fd, "b")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "b").read_bytes() == b"a" and (tmp_path / "dangling").is_symlink()
