@@ -23,7 +23,7 @@ def test_fetch_killed_half_way_resumes_and_fetches_less_than_60_percent(tmp_path
     cn.mkdir()
     (cn / "mcp2p.ini").write_text(node_ini(cn, qport, sport, discovery={"answers_wanted": "1"}))
     out = tmp_path / "out"
-    command = [MCP2P, "get", "movie.mkv", "-o", str(out), "--json", "--no-daemon"]
+    command = [*MCP2P, "get", "movie.mkv", "-o", str(out), "--json", "--no-daemon"]
     env = {**os.environ, "MCP2P_CONFIG": ""}
     try:
         first = subprocess.Popen(command, cwd=cn, stdout=subprocess.PIPE, text=True, env=env)
