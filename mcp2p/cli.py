@@ -77,12 +77,17 @@ class CliError(Exception):
 
 
 def api_url(config: Config) -> str | None:
-    port = config.api.port
-    if port == 0:
-        try:
-            port = int((config.node.state_dir / "api.port").read_text().strip())
-        except (OSError, ValueError):
-            return None
+    """The running daemon's API: the port it wrote to its state directory, else [api] port.
+
+    The file wins because the daemon may have been started with another port
+    (``--set api.port=0``) than the config file says.
+    """
+    try:
+        port = int((config.node.state_dir / "api.port").read_text().strip())
+    except (OSError, ValueError):
+        port = config.api.port
+    if not 0 < port < 65536:
+        return None
     return f"http://127.0.0.1:{port}"
 
 
