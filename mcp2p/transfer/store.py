@@ -11,10 +11,10 @@ fsync, rename, fsync of the directory). Marks are batched (at most
 ``FLUSH_PIECES`` pieces or ``FLUSH_SECONDS`` between flushes, and always at
 close; finalize removes the file), so a ``kill -9`` loses at most the unflushed marks, whose
 pieces are fetched again; it can never make unverified bytes count as good.
-Starting over (no usable progress, or a missing or wrong-sized part file)
-first replaces the progress file with an empty one, so old marks never
+Starting over (no usable progress, or a part file missing, wrong-sized
+or not ours: see below) first replaces the progress file with an empty one, so old marks never
 apply to new bytes. ``finalize`` hashes the whole file once more before
-the rename (see there), so even a part file changed behind our back
+it gets its final name (see there), so even a part file changed behind our back
 between runs is caught.
 
 Blocks of pieces not yet verified are not recorded: after a crash they are
@@ -55,7 +55,9 @@ names we use; the daemon may run as root. The rules, each one tested:
   ctypes; with neither, ``finalize`` fails and leaves the verified part
   file, rather than risk replacing a file. Before linking, the part name is
   checked to still hold our inode, so a part file swapped behind our back
-  is never delivered.
+  is not delivered (a window remains between that check and the link, in a
+  directory without the sticky bit, where that user could as well replace
+  the delivered file afterwards: nothing of ours is written through).
 - Files are created with mode 0o644 (so 0o644 & ~umask): a download made
   for another local user (``out_dir`` in their directory) is readable by
   them under the usual umask 022; the daemon's umask may restrict it
@@ -478,20 +480,24 @@ class PartialFile:
             fd = cls._create_part(files, manifest.size)
         if verified is None or why is not None:
             written = None
+        partial = None
         try:
             partial = cls(manifest, files, fd, verified, clock)
+            if written is not None:
+                partial._keep_written(written)
+            if (
+                manifest.size == 0
+                and not partial.complete
+                and manifest.piece_hashes[0] == hash_piece(b"")
+            ):
+                # The empty file's one piece needs no block: it is verified already.
+                partial._piece_verified(0)
         except BaseException:
-            os.close(fd)
+            if partial is None:
+                os.close(fd)
+            else:
+                partial._close_fd()
             raise
-        if written is not None:
-            partial._keep_written(written)
-        if (
-            manifest.size == 0
-            and not partial.complete
-            and manifest.piece_hashes[0] == hash_piece(b"")
-        ):
-            # The empty file's one piece needs no block: it is verified already.
-            partial._piece_verified(0)
         return partial
 
     @staticmethod
@@ -823,8 +829,10 @@ class PartialFile:
         between runs and costs one read of the file (about 2-3 GB/s from
         the page cache), small beside the download. A piece that fails is
         wanted again and ``VerifyError`` is raised. An existing file of the
-        same name is never overwritten: identical content means the part
-        is dropped; different content means ``<stem> (n)<suffix>``.
+        same name (even a dangling symlink) is never replaced or followed:
+        identical content in a regular file of ours means the part is
+        dropped; anything else means ``<stem> (n)<suffix>``. The path
+        returned is where the file really is (see ``download_dir_now``).
         """
         if self._closed:
             raise ValueError(f"{self.part_path} is closed")
