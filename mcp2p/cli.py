@@ -187,6 +187,8 @@ def search_in_process(
     attempt is made in the same run).
     """
 
+    from twisted.internet import defer
+
     from mcp2p.api.service import BadRequest, search_options
 
     try:
@@ -222,6 +224,8 @@ def search_in_process(
                 out.update(keep_files(result.to_json(), keep))
                 if count_files(out):
                     break
+        except defer.CancelledError:
+            out.clear()  # interrupted
         except Exception as e:  # noqa: BLE001 - reported in one line below
             errors.append(e)
 
@@ -234,11 +238,26 @@ def search_in_process(
 
 
 def _react(run: Callable[[Any], Any]) -> None:
-    """Run ``run(reactor)`` to completion (or Ctrl-C) in this process's one reactor run."""
+    """Run ``run(reactor)`` to completion (or Ctrl-C) in this process's one reactor run.
+
+    Ctrl-C stops the reactor: ``run`` is cancelled (CancelledError at its
+    await) before the reactor shuts down, so it closes its sockets and
+    leaves no coroutine behind to fail at exit.
+    """
     from twisted.internet import defer, task
 
+    def main(reactor: Any) -> Any:
+        d = defer.ensureDeferred(run(reactor))
+
+        def cancel() -> None:
+            if not d.called:
+                d.cancel()
+
+        reactor.addSystemEventTrigger("before", "shutdown", cancel)
+        return d.addErrback(lambda f: f.trap(defer.CancelledError))
+
     try:
-        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+        task.react(main)
     except SystemExit as e:
         if e.code not in (0, None):
             raise CliError(f"stopped with code {e.code}", EXIT_FAILED) from None
@@ -513,6 +532,8 @@ def cmd_get(config: Config, args: argparse.Namespace) -> int:
 
 
 def get_in_process(config: Config, body: dict[str, Any], show: Progress) -> int:
+    from twisted.internet import defer
+
     from mcp2p.api.service import BadRequest, fetch_options
 
     try:
@@ -545,6 +566,8 @@ def get_in_process(config: Config, body: dict[str, Any], show: Progress) -> int:
                 **options,
             )
             outcome["path"] = await fetch.run()
+        except defer.CancelledError:
+            pass  # interrupted
         except FetchError as e:
             outcome["error"] = str(e)
             show({"event": "failed", "error": str(e)})

@@ -427,3 +427,26 @@ def test_get_by_the_16_digits_search_prints(tmp_path: Path) -> None:
         assert via.returncode == 1 and "Traceback" not in via.stderr
     finally:
         stop_daemon(proc)
+
+
+@pytest.mark.parametrize("argv", [["get", "nothing.iso"], ["search", "nothing"]])
+def test_ctrl_c_is_exit_130_without_a_traceback(tmp_path: Path, argv: list[str]) -> None:
+    import signal
+
+    root = tmp_path / "cn"
+    ini = quiet_ini(root)
+    slow = ini.read_text().replace("ring_timeout = 0.2", "ring_timeout = 5")
+    ini.write_text(slow)
+    proc = subprocess.Popen(
+        [*MCP2P, "-c", str(ini), *argv, "--no-daemon"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.5)  # imported and searching: the first ring alone lasts 5 s
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "mcp2p: interrupted" in err
