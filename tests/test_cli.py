@@ -401,11 +401,12 @@ def test_an_offer_that_does_not_match_the_prefix_is_ignored(tmp_path: Path) -> N
 def test_get_by_the_16_digits_search_prints(tmp_path: Path) -> None:
     qport, sport = free_udp_port(), free_udp_port()
     sn_dir = make_node_dir(tmp_path / "sn", {"debian-13.iso": 200_000, "notes.txt": b"hi\n"})
-    proc = start_daemon(sn_dir, node_ini(sn_dir, qport, sport))
+    rings = {"ring_schedule": "1, 2"}
+    proc = start_daemon(sn_dir, node_ini(sn_dir, qport, sport, discovery=rings))
     try:
         cn = tmp_path / "cn"
         cn.mkdir()
-        (cn / "mcp2p.ini").write_text(node_ini(cn, qport, sport))
+        (cn / "mcp2p.ini").write_text(node_ini(cn, qport, sport, discovery=rings))
         listed = run_cli("search", "*.iso", "--no-daemon", cwd=cn)
         assert listed.returncode == 0, listed.stderr
         short = listed.stdout.splitlines()[1].split()[0]
@@ -425,6 +426,21 @@ def test_get_by_the_16_digits_search_prints(tmp_path: Path) -> None:
         assert f"content id starts with {short}" in own.stderr
         via = run_cli("-c", str(sn_dir / "node.ini"), "search", short, "--max-hops", "1", cwd=cn)
         assert via.returncode == 1 and "Traceback" not in via.stderr
+        # A CN daemon resolves the prefix for search and get (the API path).
+        cn_daemon = start_daemon(cn, (cn / "mcp2p.ini").read_text())
+        try:
+            found = run_cli("search", short, "--json", cwd=cn)
+            assert found.returncode == 0, found.stderr
+            assert json.loads(found.stdout)["content_id"] == line["content_id"]
+            fetched = run_cli("get", short, "-o", str(cn / "via"), "--json", cwd=cn)
+            assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+            events = [json.loads(x)["event"] for x in fetched.stdout.splitlines()]
+            assert events[0] == "found" and events[-1] == "done"
+            assert (cn / "via" / "debian-13.iso").stat().st_size == 200_000
+            status = json.loads(run_cli("status", cwd=cn).stdout)
+            assert status["discovery"]["query"]["searches"] == 2
+        finally:
+            stop_daemon(cn_daemon)
     finally:
         stop_daemon(proc)
 
