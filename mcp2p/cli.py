@@ -653,6 +653,15 @@ def cmd_config(config: Config | None, args: argparse.Namespace) -> int:
 # -- argument parsing -------------------------------------------------------------
 
 
+class _Help(argparse.HelpFormatter):
+    """Wraps descriptions as usual but keeps the exit code table as it is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("exit codes:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line ``mcp2p: ...`` and exit code 2."""
 
@@ -727,7 +736,7 @@ def parser() -> argparse.ArgumentParser:
         f"else ${CONFIG_ENV}, else ./mcp2p.ini, else ./etc/mcp2p.ini, else "
         "/etc/mcp2p/mcp2p.ini.",
         epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("--version", action="version", version=f"mcp2p {__version__}")
     p.add_argument("-c", "--config", help="the ini file to read")
@@ -746,7 +755,7 @@ def parser() -> argparse.ArgumentParser:
         description="Find files by name pattern (fnmatch, case-insensitive), content id, or "
         "content id prefix (8-63 hex digits; tried as a pattern too when no id matches).",
         epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Help,
     )
     s.add_argument(
         "what",
@@ -788,7 +797,7 @@ def parser() -> argparse.ArgumentParser:
         "resumes. 8-63 hex digits are a content id prefix first (an ambiguous one is refused "
         "with the candidates), a file name only when no node offers such an id.",
         epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Help,
     )
     g.add_argument(
         "what",
