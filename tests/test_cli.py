@@ -466,3 +466,35 @@ def test_ctrl_c_is_exit_130_without_a_traceback(tmp_path: Path, argv: list[str])
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "mcp2p: interrupted" in err
+
+
+# -- the API's validation of prefixes -------------------------------------------------
+
+
+def test_api_search_options_take_a_content_id_prefix() -> None:
+    from mcp2p.api.service import BadRequest, search_options
+
+    method, kwargs = search_options({"content_id_prefix": "ABCDEF0123"}, (1, 2))
+    assert method == "query" and kwargs["content_id_prefix"] == "abcdef0123"
+    assert kwargs["pattern"] is None and kwargs["content_id"] is None
+    for bad in (
+        {"content_id_prefix": "abcdef0"},  # 7 digits
+        {"content_id_prefix": "a" * 64},  # a whole id is content_id
+        {"content_id_prefix": "abcdefgh"},
+        {"content_id_prefix": 12345678},
+        {"content_id_prefix": "abcdef01", "pattern": "*"},
+        {"content_id_prefix": "abcdef01", "method": "sap"},
+        {"pattern": "a\x00b"},
+        {},
+    ):
+        with pytest.raises(BadRequest):
+            search_options(bad, (1, 2))
+
+
+def test_api_fetch_options_refuse_what_no_node_could_have() -> None:
+    from mcp2p.api.service import BadRequest, fetch_options
+
+    assert fetch_options({"target": "abcdef01"}) == {}
+    for bad in ({"target": ""}, {"target": "x" * 256}, {"target": "a\x00"}, {"target": 7}):
+        with pytest.raises(BadRequest):
+            fetch_options(bad)
