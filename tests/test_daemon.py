@@ -13,7 +13,22 @@ from pathlib import Path
 import pytest
 
 from mcp2p.commands import MCP2P, TWISTD
+from mcp2p.core.sapinterval import JITTER_HIGH, announcement_interval
 from tests.nodes import free_udp_port, make_node_dir, node_ini
+
+SAP_LIMIT = 64_000  # bit/s: enough that min_interval (1 s), not the limit, sets the interval
+
+
+def sap_listen_time(ads: int, ad_size: int = 1000) -> float:
+    """How long a cold SAP listener needs to hear each of ``ads`` announcements.
+
+    Each repeats within 4/3 of the RFC 2974 interval, max(min_interval,
+    8*ads*size/limit): at the default 4000 bit/s, two 700-byte ads repeat
+    every 2.7 s, up to 3.6 s apart, and a 2.5 s listen missed one about
+    one time in ten.  Twice the longest gap, so that a timer late on a
+    loaded machine still falls inside.
+    """
+    return 2 * JITTER_HIGH * announcement_interval(ad_size, ads, SAP_LIMIT, min_interval=1.0)
 
 
 def start_daemon(root: Path, ini: str) -> subprocess.Popen[bytes]:
@@ -58,7 +73,7 @@ def mcp2p(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_daemon_answers_search_from_another_process_and_stops_on_sigterm(tmp_path: Path) -> None:
     qport, sport = free_udp_port(), free_udp_port()
     sn = make_node_dir(tmp_path / "sn", {"debian-13.iso": 300_000, "readme.txt": b"hi\n"})
-    proc = start_daemon(sn, node_ini(sn, qport, sport))
+    proc = start_daemon(sn, node_ini(sn, qport, sport, sap={"bandwidth_limit": str(SAP_LIMIT)}))
     try:
         cn = tmp_path / "cn"
         cn.mkdir()
@@ -94,8 +109,10 @@ def test_daemon_answers_search_from_another_process_and_stops_on_sigterm(tmp_pat
         assert state["shared_files"] == 2
         assert state["discovery"]["query"]["malformed"] == len(garbage)
         assert state["discovery"]["sap"]["dropped"] == len(garbage)
-        # The SAP directory, from a process without a daemon: it listens a while.
-        sap = mcp2p("search", "*.iso", "--method", "sap", "--wait", "2.5", "--json", cwd=cn)
+        # The SAP directory, from a process without a daemon: it listens a while,
+        # and hears each announcement at its next repeat.
+        wait = f"{sap_listen_time(ads=2):.2f}"
+        sap = mcp2p("search", "*.iso", "--method", "sap", "--wait", wait, "--json", cwd=cn)
         assert sap.returncode == 0, sap.stderr
         [heard] = [json.loads(x) for x in sap.stdout.splitlines()]
         assert heard["content_id"] == line["content_id"] and heard["distance"] is None
