@@ -402,7 +402,20 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
                 break
     if result is None:
         result = search_in_process(config, attempts, args.wait)
+        if args.method == "sap" and not count_files(result):
+            print(sap_hint(config, args.wait), file=sys.stderr)
     return print_result(result, args.json, args.what)
+
+
+def sap_hint(config: Config, wait: float) -> str:
+    """Why a daemon-less SAP search may hear nothing: RFC 2974 spaces the
+    repeats of one announcement at least [sap] min_interval apart."""
+    return (
+        f"mcp2p: no daemon runs here, so this search only heard the SAP group for "
+        f"{wait:g} s, and nodes repeat each announcement every {config.sap.min_interval:g} s "
+        "or more ([sap] min_interval); a running daemon keeps the directory of what it "
+        "heard (start one with make run or twistd mcp2p), or use the query (the default method)"
+    )
 
 
 class Progress:

@@ -146,6 +146,18 @@ def test_get_with_nothing_on_the_network_is_not_found_in_bounded_time(tmp_path: 
     )
 
 
+def test_a_short_daemonless_sap_search_says_why_it_heard_nothing(tmp_path: Path) -> None:
+    ini = quiet_ini(tmp_path / "cn")
+    out = run_cli(
+        "-c", str(ini), "search", "*", "--method", "sap", "--no-daemon", "--wait", "0.3",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "every 1 s or more ([sap] min_interval)" in out.stderr
+    assert "a running daemon keeps the directory" in out.stderr
+
+
 def test_status_without_a_daemon_is_exit_4(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
