@@ -7,7 +7,7 @@ CONFIG ?= etc/mcp2p.ini
 # Debian packages the network tests use; installed when we are root and they are missing.
 DEBS := smcroute tshark nftables iproute2 ethtool iputils-ping udpcast uftp
 
-.PHONY: install run test lint bench lab system-deps clean install-system check-tracked
+.PHONY: install run demo test lint bench lab system-deps clean install-system check-tracked
 
 # The virtualenv is made here, on this machine, at this path: it is never tracked
 # (its scripts name their interpreter by absolute path).
@@ -25,6 +25,11 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/twistd --pidfile= -n mcp2p --config $(CONFIG)
+
+# Two nodes on loopback, a file shared by one and fetched by the other; both keep
+# running (Ctrl-C stops them) so that the commands it prints can be tried.
+demo: install
+	$(BIN)/python -m mcp2p.demo
 
 system-deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -106,4 +111,4 @@ install-system:
 	else echo "installed; systemd is not running here, so nothing was started"; fi
 
 clean:
-	rm -rf $(VENV) build *.egg-info state share downloads lab-report
+	rm -rf $(VENV) build *.egg-info state share downloads lab-report demo
