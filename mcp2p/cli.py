@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from mcp2p.core.display import display_name, display_path, display_text
 from mcp2p import __version__
 from mcp2p.config import CONFIG_ENV, Config, find_config, load_config, parse_override
 from mcp2p.errors import ConfigError
@@ -344,7 +345,7 @@ def print_result(result: dict[str, Any], as_json: bool, what: str = "") -> int:
             hops = "-" if s["distance"] is None else str(s["distance"])
             print(
                 f"{f['content_id'][:16]}  {human_size(f['size']):>10}  {hops:>4}  "
-                f"{s['node_id'][:12]}  {s['address']:<15}  {f['name']}"
+                f"{s['node_id'][:12]}  {s['address']:<15}  {display_name(str(f['name']))}"
             )
         rings = ", ".join(str(h) for h in result.get("hop_limits", []))
         print(
@@ -453,7 +454,7 @@ class Progress:
             print(json.dumps(event), file=self.stream, flush=True)
             return
         if kind == "manifest":
-            self.name = event["name"]
+            self.name = display_name(str(event["name"]))
             self._line(
                 f"{self.name}: {human_size(event['size'])}, {event['pieces']} pieces, "
                 f"{event['verified']} already verified",
@@ -474,20 +475,23 @@ class Progress:
                 final=not self.tty,
             )
         elif kind == "source_dropped":
-            self._line(f"dropped {event['source']['node']}: {event['reason']}", final=True)
+            reason = display_text(str(event["reason"]))
+            self._line(f"dropped {event['source']['node']}: {reason}", final=True)
         elif kind == "done":
             rate = event["bytes"] / max(event["elapsed"], 1e-9) / 1e6
             self._line(
-                f"done: {event['path']} ({event['elapsed']:.1f} s, {rate:.1f} MB/s)", final=True
+                f"done: {display_path(event['path'])} ({event['elapsed']:.1f} s, {rate:.1f} MB/s)",
+                final=True,
             )
         elif kind == "failed":
             if self.tty and self.last_len:
                 self._line("", final=True)
-            print(f"mcp2p: {event['error']}", file=self.errors, flush=True)
+            print(f"mcp2p: {display_text(str(event['error']))}", file=self.errors, flush=True)
             for c in self.candidates:
                 nodes = ", ".join(n[:12] for n in c["nodes"])
                 print(
-                    f"  {c['content_id']}  {human_size(c['size']):>10}  {c['name']}  "
+                    f"  {c['content_id']}  {human_size(c['size']):>10}  "
+                    f"{display_name(str(c['name']))}  "
                     f"(nodes {nodes})",
                     file=self.errors,
                     flush=True,

@@ -23,6 +23,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from mcp2p import multicast
+from mcp2p.core.display import display_text
 from mcp2p.core.responder import AMPLIFICATION, Responder, Schedule, Send
 from mcp2p.core.ring import ArmTimer, Finished, RingSearch, SendQuery, ServerRecord
 from mcp2p.errors import ProtocolError
@@ -280,9 +281,11 @@ class QueryNode:
                 request=message.request_id.hex(),
                 host=addr[0],
                 hops=message.hop_limit,
-                what=message.pattern
-                or message.content_id_prefix
-                or (message.content_id or b"").hex(),
+                what=display_text(
+                    message.pattern
+                    or message.content_id_prefix
+                    or (message.content_id or b"").hex()
+                ),
             )
             for action in self.responder.query(message, addr, size, now):
                 self._schedule(action, via.family)

@@ -33,6 +33,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from mcp2p import multicast
+from mcp2p.core.display import display_text
 from mcp2p.core.layout import Layout
 from mcp2p.core.ring import ServerRecord
 from mcp2p.core.wanted import RangeSet
@@ -340,7 +341,11 @@ class Fetch:
                 return source
             except Exception as e:  # noqa: BLE001 - try the next candidate
                 errors.append(f"{source.name}: {e}")
-                _log.warn("manifest from {node} refused: {error}", node=source.name, error=str(e))
+                _log.warn(
+                    "manifest from {node} refused: {error}",
+                    node=source.name,
+                    error=display_text(str(e)),
+                )
                 self._drop(source, "manifest failed")
         raise FetchError("no usable manifest: " + "; ".join(errors))
 
@@ -375,7 +380,7 @@ class Fetch:
                 _log.warn(
                     "subscribing to {node} failed: {error}",
                     node=source.name,
-                    error=failure.getErrorMessage(),
+                    error=display_text(failure.getErrorMessage()),
                 )
                 self._drop(source, f"subscribe failed: {failure.getErrorMessage()}")
         if not any(s.state == "active" for s in self.sources):
@@ -675,7 +680,7 @@ class Fetch:
         if source.state == "dropped":
             return
         source.state = "dropped"
-        _log.info("source {node} dropped: {reason}", node=source.name, reason=reason)
+        _log.info("source {node} dropped: {reason}", node=source.name, reason=display_text(reason))
         self.event("source_dropped", source=source.to_json(), reason=reason)
         if source.port is not None:
             port, source.port = source.port, None

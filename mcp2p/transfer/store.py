@@ -94,6 +94,7 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from mcp2p.core.display import display_name, display_path
 from mcp2p.core.layout import Layout
 from mcp2p.core.merkle import hash_piece, merkle_root, piece_hashes
 from mcp2p.wire.types import MAX_NAME_BYTES, check_name
@@ -467,13 +468,13 @@ class PartialFile:
         if verified is not None:
             cls._log.info(
                 "resuming {name}: {verified} of {pieces} pieces verified",
-                name=name,
+                name=display_name(name),
                 verified=sum(verified),
                 pieces=layout.pieces,
             )
         else:
             if why is not None:
-                cls._log.warn("starting {name} over: {why}", name=name, why=why)
+                cls._log.warn("starting {name} over: {why}", name=display_name(name), why=why)
             verified = bytearray(layout.pieces)
             # Old marks go first, durably, so they never describe new bytes.
             cls._write_progress(files, manifest, verified)
@@ -866,7 +867,11 @@ class PartialFile:
         self._close_fd()
         self._remove_progress()
         self._files.close()
-        self._log.info("{name} complete at {path}", name=self.manifest.name, path=final)
+        self._log.info(
+            "{name} complete at {path}",
+            name=display_name(self.manifest.name),
+            path=display_path(final),
+        )
         return final
 
     def _hash_file(self, fd: int, path: Path) -> list[bytes]:
