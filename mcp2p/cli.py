@@ -61,7 +61,7 @@ MAX_WHAT_BYTES = 255
 EXAMPLE_PATHS = {
     ("node", "state_dir"): ("--state-dir", "/var/lib/mcp2p"),
     ("share", "paths"): ("--share", "/var/lib/mcp2p/share"),
-    ("fetching", "download_dir"): ("--download-dir", "/var/lib/mcp2p/downloads"),
+    ("fetching", "download_dirs"): ("--download-dir", "/var/lib/mcp2p/downloads"),
     ("node", "plugins_dir"): ("--plugins-dir", "/etc/mcp2p/plugins"),
 }
 
@@ -508,7 +508,11 @@ class Progress:
 
 
 def fetch_body(args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"target": args.what, "out_dir": str(args.output)}
+    """The /api/fetch body; no out_dir without -o (the daemon then uses its first
+    download dir)."""
+    body: dict[str, Any] = {"target": args.what}
+    if args.output is not None:
+        body["out_dir"] = str(args.output)
     for key in ("mode", "sources", "code", "rate"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
@@ -518,17 +522,20 @@ def fetch_body(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_get(config: Config, args: argparse.Namespace) -> int:
     import time
 
-    try:
-        # As the user who runs the command: the daemon does not make directories.
-        args.output.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CliError(
-            f"-o {args.output}: cannot make the directory ({e.strerror})", EXIT_USAGE
-        ) from None
+    if args.output is not None:
+        try:
+            # As the user who runs the command: the daemon does not make directories.
+            args.output.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CliError(
+                f"-o {args.output}: cannot make the directory ({e.strerror})", EXIT_USAGE
+            ) from None
     body = fetch_body(args)
     show = Progress(args.json)
     started = None if args.no_daemon else call_daemon(config, "/api/fetch", body)
     if started is None:
+        if "out_dir" not in body:  # this process writes as the user: here
+            body["out_dir"] = str(Path.cwd())
         return get_in_process(config, body, show)
     tid, since = started["id"], 0
     try:
@@ -821,7 +828,16 @@ def parser() -> argparse.ArgumentParser:
         type=what,
         help="a file name (exact), a 64-hex-digit content id, or 8+ of its digits",
     )
-    g.add_argument("-o", "--output", type=out_dir, default=".", help="directory to put the file in")
+    g.add_argument(
+        "-o",
+        "--output",
+        type=out_dir,
+        metavar="DIR",
+        help="directory to put the file in (made if missing). Through the daemon it must be "
+        "one of the daemon's [fetching] download_dirs or inside one, and the default is the "
+        "first of them; with --no-daemon (or no daemon running) the default is the current "
+        "directory",
+    )
     g.add_argument("--json", action="store_true", help="print progress events as JSON lines")
     g.add_argument(
         "--mode",

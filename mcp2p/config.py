@@ -137,6 +137,27 @@ def _paths(raw: str, base: Path) -> tuple[Path, ...]:
     return tuple(_path(item, base) for item in items if item.strip())
 
 
+def _download_dirs(raw: str, base: Path) -> tuple[Path, ...]:
+    dirs = _paths(raw, base)
+    if not dirs:
+        raise ValueError(
+            "a list of directories (comma or newline separated; the first is the default "
+            "output directory, relative paths are relative to the config file's directory)"
+        )
+    return tuple(dict.fromkeys(dirs))
+
+
+# Keys that were renamed: (section, old key) -> what to write instead. Refused
+# with that line rather than read silently (see the [fetching] download_dirs notes).
+RENAMED = {
+    ("fetching", "download_dir"): (
+        "download_dirs (a list of the directories fetched files may go to; the first is "
+        "the default output directory): rename the key, and list there every directory "
+        "a fetch through the daemon may write to"
+    ),
+}
+
+
 def _ipv4_address(raw: str, base: Path) -> ipaddress.IPv4Address:
     try:
         addr = ipaddress.IPv4Address(raw.strip())
@@ -363,7 +384,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
         ),
     },
     "fetching": {
-        "download_dir": Option(_path, "downloads", "where fetched files are put"),
+        "download_dirs": Option(
+            _download_dirs,
+            "downloads",
+            "directories fetched files may go to (the first: the default)",
+        ),
         "sources": Option(_int_range(1, 64), "2", "SNs a fetch uses at once"),
         "mode": Option(
             _choice("multicast", "unicast"), "multicast", "how data is asked for by default"
@@ -464,6 +489,10 @@ def config_from_string(
             allowed = ", ".join(f"[{s}]" for s in SCHEMA) + ", [plugin:NAME]"
             raise ConfigError(f"{source}: unknown section [{name}]: expected one of {allowed}")
         for key, value in parser[name].items():
+            if (name, key) in RENAMED:
+                raise ConfigError(
+                    f"{source}: [{name}] {key} is no longer read: use {RENAMED[(name, key)]}"
+                )
             if key not in SCHEMA[name]:
                 raise ConfigError(
                     f"{source}: [{name}] unknown key {key!r} = {value!r}: expected one of "
@@ -472,6 +501,10 @@ def config_from_string(
             raw.setdefault(name, {})[key] = value
             origin[(name, key)] = source
     for section, key, value in overrides:
+        if (section, key) in RENAMED:
+            raise ConfigError(
+                f"command line: {section}.{key} is no longer read: use {RENAMED[(section, key)]}"
+            )
         if section not in SCHEMA or key not in SCHEMA[section]:
             raise ConfigError(f"command line: unknown option {section}.{key}")
         raw.setdefault(section, {})[key] = value

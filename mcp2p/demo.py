@@ -77,7 +77,7 @@ def node_ini(root: Path, query_port: int, sap_port: int) -> str:
         "[serving]\n"
         "control_port = 0\n"
         "[fetching]\n"
-        f"download_dir = {root / 'downloads'}\n"
+        f"download_dirs = {root / 'downloads'}\n"
         "[api]\n"
         "port = 0\n"
     )
@@ -287,7 +287,8 @@ def demo(directory: Path, once: bool) -> int:
         py = [*MCP2P, "--config", str(b.ini)]
         print("\nBoth nodes keep running. Try, in another terminal:")
         print(f"  {shown([*py, 'search', '*'])}          # what the network shares")
-        print(f"  {shown([*py, 'get', SAMPLE, '-o', '.'])}")
+        into = shown([str(got.parent)])
+        print(f"  {shown([*py, 'get', SAMPLE])}   # into B's first download dir, {into}")
         print(f"  {shown([*py, 'status'])}")
         print(f"  cp SOMEFILE {shown([str(a.root / 'share')])}/   # node A shares it at once")
         print(f"  {shown([*MCP2P, '--config', str(a.ini), 'status'])}")

@@ -33,7 +33,7 @@ def node_ini(root: Path, query_port: int, sap_port: int, **sections: dict[str, s
         "discovery": {"query_port": str(query_port), "ring_timeout": "0.25"},
         "sap": {"port": str(sap_port), "min_interval": "1", "group": "239.255.77.78"},
         "serving": {"control_port": "0"},
-        "fetching": {"download_dir": str(root / "downloads")},
+        "fetching": {"download_dirs": str(root / "downloads")},
         "api": {"port": "0"},
     }
     for name, options in sections.items():

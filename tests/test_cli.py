@@ -227,7 +227,7 @@ def test_config_example_is_the_packaged_ini_with_installed_paths(
     config = config_from_string(text, "/nonexistent-base")
     assert config.node.state_dir == Path("/var/lib/mcp2p")
     assert list(config.share.paths) == [Path("/var/lib/mcp2p/share")]
-    assert config.fetching.download_dir == Path("/var/lib/mcp2p/downloads")
+    assert config.fetching.download_dirs == (Path("/var/lib/mcp2p/downloads"),)
     assert config.node.plugins_dir == Path("/etc/mcp2p/plugins")
     shipped = (REPO / "etc" / "mcp2p.ini").read_text()
 
@@ -250,7 +250,7 @@ def test_config_example_options_and_raw(capsys: pytest.CaptureFixture[str]) -> N
     config = config_from_string(capsys.readouterr().out, "/")
     assert config.node.state_dir == Path("/srv/m/state")
     assert list(config.share.paths) == [Path("/srv/m/share")]
-    assert config.fetching.download_dir == Path("/srv/m/dl")
+    assert config.fetching.download_dirs == (Path("/srv/m/dl"),)
     assert config.node.plugins_dir == Path("/srv/m/plugins")
     assert cli.main(["config", "--example", "--raw"]) == 0
     assert capsys.readouterr().out == (REPO / "etc" / "mcp2p.ini").read_text()
@@ -433,7 +433,7 @@ def test_get_by_the_16_digits_search_prints(tmp_path: Path) -> None:
             sn_dir / "share" / "debian-13.iso"
         ).read_bytes()
         # Through a daemon: the SN's own never answers itself, so not found (exit 1).
-        own = run_cli("-c", str(sn_dir / "node.ini"), "get", short, "-o", str(cn), cwd=cn)
+        own = run_cli("-c", str(sn_dir / "node.ini"), "get", short, cwd=cn)
         assert own.returncode == 1, own.stdout + own.stderr
         assert f"content id starts with {short}" in own.stderr
         via = run_cli("-c", str(sn_dir / "node.ini"), "search", short, "--max-hops", "1", cwd=cn)
@@ -444,11 +444,12 @@ def test_get_by_the_16_digits_search_prints(tmp_path: Path) -> None:
             found = run_cli("search", short, "--json", cwd=cn)
             assert found.returncode == 0, found.stderr
             assert json.loads(found.stdout)["content_id"] == line["content_id"]
-            fetched = run_cli("get", short, "-o", str(cn / "via"), "--json", cwd=cn)
+            via_dir = cn / "downloads" / "via"  # the daemon writes only in its download_dirs
+            fetched = run_cli("get", short, "-o", str(via_dir), "--json", cwd=cn)
             assert fetched.returncode == 0, fetched.stdout + fetched.stderr
             events = [json.loads(x)["event"] for x in fetched.stdout.splitlines()]
             assert events[0] == "found" and events[-1] == "done"
-            assert (cn / "via" / "debian-13.iso").stat().st_size == 200_000
+            assert (via_dir / "debian-13.iso").stat().st_size == 200_000
             status = json.loads(run_cli("status", cwd=cn).stdout)
             assert status["discovery"]["query"]["searches"] == 2
         finally:

@@ -30,7 +30,7 @@ SHIPPED = REPO / "etc" / "mcp2p.ini"
 SOURCE = "test.ini"
 ALL_OPTIONS = [(section, key) for section, options in SCHEMA.items() for key in options]
 PATH_OPTIONS = {("node", "state_dir"), ("node", "plugins_dir"), ("share", "paths")}
-PATH_OPTIONS |= {("fetching", "download_dir")}
+PATH_OPTIONS |= {("fetching", "download_dirs")}
 
 
 def parse(text: str, **kwargs: object) -> Config:
@@ -81,7 +81,7 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
     )
     assert config.serving.rate == 100_000_000
     assert config.serving.dscp == 8  # cs1
-    assert config.fetching.download_dir == tmp_path.resolve() / "downloads"
+    assert config.fetching.download_dirs == (tmp_path.resolve() / "downloads",)
     assert config.api.port == 7780
     assert config.node.log_level == "info"
 
@@ -121,7 +121,7 @@ def test_shipped_file_parses() -> None:
     # Its paths point at the top of the checkout, as its header says.
     assert config.node.state_dir.resolve() == REPO / "state"
     assert config.share.paths[0].resolve() == REPO / "share"
-    assert config.fetching.download_dir.resolve() == REPO / "downloads"
+    assert [d.resolve() for d in config.fetching.download_dirs] == [REPO / "downloads"]
 
 
 def _shipped_raw() -> configparser.ConfigParser:
@@ -317,7 +317,7 @@ def test_relative_paths_resolve_against_the_file(
     ini.write_text(
         "[node]\nstate_dir = ../state\nplugins_dir = /opt/plugins\n"
         "[share]\npaths = music, ../video\n  /srv/files\n"
-        "[fetching]\ndownload_dir = ~/dl\n",
+        "[fetching]\ndownload_dirs = ~/dl\n",
         encoding="utf-8",
     )
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -333,7 +333,7 @@ def test_relative_paths_resolve_against_the_file(
         tmp_path / "video",
         Path("/srv/files"),
     ]
-    assert config.fetching.download_dir == tmp_path / "home" / "dl"
+    assert config.fetching.download_dirs == (tmp_path / "home" / "dl",)
 
 
 def test_default_paths_are_relative_to_the_file(tmp_path: Path) -> None:

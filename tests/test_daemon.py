@@ -124,10 +124,11 @@ def test_daemon_answers_search_from_another_process_and_stops_on_sigterm(tmp_pat
             cn_state = json.loads(mcp2p("status", cwd=cn).stdout)
             assert cn_state["discovery"]["query"]["searches"] == 1
             # The daemon fetches too: mcp2p get follows its progress through the API.
-            got = mcp2p("get", "debian-13.iso", "-o", str(tmp_path / "got"), "--json", cwd=cn)
+            # Without -o, into the daemon's first [fetching] download_dirs entry.
+            got = mcp2p("get", "debian-13.iso", "--json", cwd=cn)
             assert got.returncode == 0, got.stdout + got.stderr
             assert json.loads(got.stdout.splitlines()[-1])["event"] == "done"
-            assert (tmp_path / "got" / "debian-13.iso").read_bytes() == (
+            assert (cn / "downloads" / "debian-13.iso").read_bytes() == (
                 sn / "share" / "debian-13.iso"
             ).read_bytes()
         finally:

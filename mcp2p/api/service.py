@@ -10,6 +10,9 @@ Used by the ``mcp2p`` command, scripts and (later) the status page.
   with the search result.
 - ``POST /api/fetch``: ``{"target": NAME_OR_CONTENT_ID_OR_PREFIX, "out_dir": ABSOLUTE_PATH}``,
   optional ``mode``, ``rate`` (bit/s), ``sources``, ``code``; answers ``{"id": N}``.
+  ``out_dir`` (default: the first of ``[fetching] download_dirs``) must be an
+  existing directory that, symlinks resolved, is one of the download dirs or
+  inside one; else 400 naming them.
 - ``GET /api/transfers/N?since=K``: events of transfer N from the K-th on,
   its state and result. ``DELETE /api/transfers/N`` cancels it (it resumes
   when fetched again).
@@ -118,8 +121,12 @@ def fetch_options(body: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     out_dir = body.get("out_dir")
     if out_dir is not None:
+        # Where the daemon may write is checked by FetchingService.fetch against
+        # [fetching] download_dirs; without out_dir the first of them is used.
         if not isinstance(out_dir, str) or not Path(out_dir).is_absolute():
             raise BadRequest("out_dir must be an absolute path")
+        if "\x00" in out_dir:
+            raise BadRequest("out_dir must not contain NUL")
         out["out_dir"] = Path(out_dir)
     mode = body.get("mode")
     if mode is not None:
@@ -204,7 +211,12 @@ class _JSON(resource.Resource):
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object")
         kwargs = fetch_options(body)
-        transfer = self.node.fetching.fetch(body["target"], **kwargs)
+        from mcp2p.transfer.downloads import OutDirRefused
+
+        try:
+            transfer = self.node.fetching.fetch(body["target"], **kwargs)
+        except OutDirRefused as e:
+            raise BadRequest(str(e)) from None
         return {"id": transfer.id}
 
     def transfer(self, request: Any, path: bytes) -> bytes:

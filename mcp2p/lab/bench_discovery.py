@@ -35,7 +35,7 @@ def node_ini(root: Path, interface: str, **discovery: str) -> str:
         "[discovery]",
         *(f"{k} = {v}" for k, v in discovery.items()),
         "[fetching]",
-        f"download_dir = {root / 'downloads'}",
+        f"download_dirs = {root / 'downloads'}",
         "[api]",
         "port = 0",
     ]

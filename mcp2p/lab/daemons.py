@@ -63,7 +63,7 @@ def node_sections(
         "share": {"paths": str(root / "share")},
         "discovery": {"methods": "query"},
         "serving": {},
-        "fetching": {"download_dir": str(root / "downloads")},
+        "fetching": {"download_dirs": str(root / "downloads")},
         "api": {"port": "0"},
     }
     for name, options in overrides.items():

@@ -383,11 +383,16 @@ class StarLab:
 
     def cn_sections(self, stall_timeout: float) -> dict[str, dict[str, str]]:
         """What a CN daemon's ini says beyond `node_sections`' defaults: its
-        share directory stays empty and downloads go to per-fetch out dirs,
-        so a CN never serves what it fetched to the other CNs."""
+        share directory stays empty and downloads go to per-fetch out dirs
+        under ``root`` (so the daemon may write there: [fetching]
+        download_dirs), so a CN never serves what it fetched to the other CNs."""
         return {
             "discovery": {"methods": "query", "answers_wanted": "1"},
-            "fetching": {"stall_timeout": str(stall_timeout), "sources": "1"},
+            "fetching": {
+                "stall_timeout": str(stall_timeout),
+                "sources": "1",
+                "download_dirs": str(self.root),
+            },
         }
 
     def start_cns(

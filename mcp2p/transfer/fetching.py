@@ -15,6 +15,8 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mcp2p.core.display import display_name, display_text
+from mcp2p.transfer.downloads import OutDir, open_out_dir
 from mcp2p.transfer.fetch import Fetch
 
 _log = Logger()
@@ -46,6 +48,14 @@ class Transfer:
         return self.events[start:], total
 
 
+def _shown_paths(event: dict[str, Any], directory: OutDir) -> dict[str, Any]:
+    """The event with the store's /proc/self/fd path replaced by the real one."""
+    for key in ("path", "error"):
+        if isinstance(event.get(key), str):
+            event[key] = directory.shown(event[key])
+    return event
+
+
 class FetchingService(Service):
     name = "fetching"  # type: ignore[assignment]
 
@@ -55,7 +65,9 @@ class FetchingService(Service):
         self.ids = itertools.count(1)
 
     def startService(self) -> None:  # noqa: N802
-        self.node.config.fetching.download_dir.mkdir(parents=True, exist_ok=True)
+        # The owner's directories, from the config: made here, never by a request.
+        for directory in self.node.config.fetching.download_dirs:
+            directory.mkdir(parents=True, exist_ok=True)
         super().startService()
 
     def stopService(self) -> Any:  # noqa: N802
@@ -71,27 +83,46 @@ class FetchingService(Service):
         return self.node.discovery.search("query", **kw)
 
     def fetch(self, target: str, out_dir: Path | None = None, **options: Any) -> Transfer:
+        """Start fetching ``target`` into ``out_dir`` (default: the first download dir).
+
+        Raises OutDirRefused (before anything starts) when ``out_dir`` is not
+        inside ``[fetching] download_dirs`` (see mcp2p.transfer.downloads).
+        """
+        allowed = self.node.config.fetching.download_dirs
+        directory = open_out_dir(out_dir or allowed[0], allowed)
         transfer = Transfer(next(self.ids), target)
+        try:
+            fetch = Fetch(
+                self.node.reactor,
+                self.node.config,
+                self.node.identity,
+                self.search,
+                target,
+                directory.store_path,
+                on_event=lambda event: transfer.add(_shown_paths(event, directory)),
+                **options,
+            )
+        except BaseException:
+            directory.close()
+            raise
         self.transfers[transfer.id] = transfer
-        fetch = Fetch(
-            self.node.reactor,
-            self.node.config,
-            self.node.identity,
-            self.search,
-            target,
-            out_dir or self.node.config.fetching.download_dir,
-            on_event=transfer.add,
-            **options,
-        )
         d = defer.ensureDeferred(fetch.run())
 
         def done(path: Path) -> None:
-            transfer.state, transfer.result = "done", str(path)
+            result = directory.shown(str(path))
+            directory.close()
+            transfer.state, transfer.result = "done", result
 
         def failed(f: Any) -> None:
-            transfer.state, transfer.result = "failed", f.getErrorMessage()
-            transfer.add({"event": "failed", "error": f.getErrorMessage()})
-            _log.info("fetch {target} failed: {error}", target=target, error=f.getErrorMessage())
+            error = directory.shown(f.getErrorMessage())
+            directory.close()
+            transfer.state, transfer.result = "failed", error
+            transfer.add({"event": "failed", "error": error})
+            _log.info(
+                "fetch {target} failed: {error}",
+                target=display_name(target),
+                error=display_text(error),
+            )
 
         d.addCallbacks(done, failed)
         transfer.deferred = d

@@ -218,7 +218,7 @@ def test_daemon_ini_is_a_valid_mcp2p_config(tmp_path: Path) -> None:
     assert str(config.node.interface) == t.plan().address("cn4")
     assert Path(config.node.state_dir) == tmp_path / "cn4" / "state"
     assert config.api.port == 0
-    assert Path(config.fetching.download_dir) == tmp_path / "cn4" / "downloads"
+    assert config.fetching.download_dirs == (tmp_path / "cn4" / "downloads",)
     assert [Path(p) for p in config.share.paths] == [tmp_path / "cn4" / "share"]
     config_from_string(daemon_ini(star(2), "sn", tmp_path / "sn"), "sn.ini", tmp_path)
 
