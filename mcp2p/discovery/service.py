@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from twisted.application.service import Service
@@ -12,6 +13,8 @@ from twisted.plugin import getPlugins
 from mcp2p.interfaces import IDiscoveryMethod, IDiscoveryMethodPlugin
 
 _log = Logger()
+
+MAX_PEERS = 64  # nodes remembered from search results, the most recently heard
 
 
 def find_method_plugins() -> dict[str, Any]:
@@ -34,6 +37,8 @@ class DiscoveryService(Service):
             if name not in plugins:
                 raise ValueError(f"no discovery plugin named {name!r} (have {sorted(plugins)})")
             self.methods[name] = plugins[name].make(node)
+        # node id -> what the latest search that found it said (for the status page)
+        self.peers: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -50,7 +55,25 @@ class DiscoveryService(Service):
     def search(self, method: str, **kwargs: Any) -> defer.Deferred[Any]:
         if method not in self.methods:
             return defer.fail(ValueError(f"discovery method {method!r} is not enabled here"))
-        return self.methods[method].search(**kwargs)
+        d = self.methods[method].search(**kwargs)
+        return d.addCallback(self._remember, method)
+
+    def _remember(self, result: Any, method: str) -> Any:
+        now = self.node.reactor.seconds()
+        for server in getattr(result, "servers", ()):
+            self.peers.pop(server.node_id, None)
+            self.peers[server.node_id] = {
+                "node_id": server.node_id.hex(),
+                "address": server.address,
+                "distance": server.distance,
+                "rtt": server.rtt,
+                "files": len(server.files),
+                "method": method,
+                "seen": now,
+            }
+        while len(self.peers) > MAX_PEERS:
+            self.peers.popitem(last=False)
+        return result
 
     def stats(self) -> dict[str, Any]:
         return {name: m.stats() for name, m in self.methods.items()}

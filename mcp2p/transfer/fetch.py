@@ -203,6 +203,24 @@ class Fetch:
         finally:
             await self._close()
 
+    def totals(self) -> dict[str, float]:
+        """Every counter of this transfer, its receivers' summed (the longest
+        forged hold: their maximum), the store's as ``store_...``."""
+        out: dict[str, float] = dict(self.counters)
+        for source in self.sources:
+            if source.receiver is None:
+                continue
+            for key, value in source.receiver.counters.items():
+                if key == "forged_hold_max":
+                    out[key] = max(out.get(key, 0.0), value)
+                else:
+                    out[key] = out.get(key, 0) + value
+        if self.store is not None:
+            for key, value in self.store.counters.items():
+                out["store_" + key] = value
+            out["bytes_verified"] = self.store.bytes_verified
+        return out
+
     def event(self, kind: str, **fields: Any) -> None:
         fields["event"] = kind
         try:

@@ -33,9 +33,13 @@ class Transfer:
         self.state = "running"
         self.result: str | None = None
         self.deferred: defer.Deferred[Any] | None = None
+        self.fetch: Fetch | None = None  # while it runs; then ``final`` keeps its counters
+        self.final: dict[str, float] = {}
+        self.last: dict[str, dict[str, Any]] = {}  # the latest event of each kind
 
     def add(self, event: dict[str, Any]) -> None:
         self.events.append(event)
+        self.last[str(event.get("event"))] = event
         if len(self.events) > MAX_EVENTS:
             # Keep the first few (what was found) and the latest.
             drop = len(self.events) - MAX_EVENTS
@@ -46,6 +50,33 @@ class Transfer:
         total = self.first_index + len(self.events)
         start = max(0, index - self.first_index)
         return self.events[start:], total
+
+    def counters(self) -> dict[str, float]:
+        """Packets, losses, forgeries, bad pieces... so far (see `Fetch.totals`)."""
+        return self.fetch.totals() if self.fetch is not None else self.final
+
+    def summary(self) -> dict[str, Any]:
+        """What the status page and ``GET /api/transfers`` show of it."""
+        manifest = self.last.get("manifest", {})
+        progress = self.last.get("progress", {})
+        done = self.last.get("done")
+        total = manifest.get("size", progress.get("total"))
+        nbytes = progress.get("bytes", 0)
+        if done is not None:
+            nbytes = done.get("bytes", total)
+        return {
+            "id": self.id,
+            "target": self.target,
+            "state": self.state,
+            "result": self.result,
+            "name": manifest.get("name"),
+            "content_id": manifest.get("content_id", self.last.get("found", {}).get("content_id")),
+            "bytes": nbytes,
+            "total": total,
+            "rate": progress.get("rate", 0.0) if self.state == "running" else 0.0,
+            "eta": progress.get("eta") if self.state == "running" else None,
+            "sources": progress.get("sources", []),
+        }
 
 
 def _shown_paths(event: dict[str, Any], directory: OutDir) -> dict[str, Any]:
@@ -106,16 +137,22 @@ class FetchingService(Service):
             directory.close()
             raise
         self.transfers[transfer.id] = transfer
+        transfer.fetch = fetch
         d = defer.ensureDeferred(fetch.run())
+
+        def finished() -> None:
+            # Keep the counts, not the Fetch (its receivers, decoder and store).
+            transfer.final, transfer.fetch = fetch.totals(), None
+            directory.close()
 
         def done(path: Path) -> None:
             result = directory.shown(str(path))
-            directory.close()
+            finished()
             transfer.state, transfer.result = "done", result
 
         def failed(f: Any) -> None:
             error = directory.shown(f.getErrorMessage())
-            directory.close()
+            finished()
             transfer.state, transfer.result = "failed", error
             transfer.add({"event": "failed", "error": error})
             _log.info(

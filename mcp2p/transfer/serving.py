@@ -67,6 +67,8 @@ class ServingService(Service):
             "move_failed": 0,
         }
         self.monitors: dict[Session, Any] = {}
+        self.contents: dict[Session, Any] = {}  # the catalog entry each live session streams
+        self.ended: dict[str, int] = {}  # the sums of the ended sessions' counters
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -276,7 +278,7 @@ class ServingService(Service):
     ) -> Session:
         s = self.node.config.serving
         self.counters["sessions"] += 1
-        return Session(
+        session = Session(
             self.node.reactor,
             session_id=session_id,
             layout=layout,
@@ -294,6 +296,8 @@ class ServingService(Service):
             source=source,
             scheduler=s.scheduler,
         )
+        self.contents[session] = entry
+        return session
 
     def _monitor(self, session: Session) -> None:
         """Listen on an ASM session's group for other sessions (DESIGN.md 5.7)."""
@@ -337,6 +341,9 @@ class ServingService(Service):
         session.move(str(group))
 
     def _session_ended(self, session: Session) -> None:
+        self.contents.pop(session, None)
+        for name, count in session.counters.items():
+            self.ended[name] = self.ended.get(name, 0) + count
         port = self.monitors.pop(session, None)
         if port is not None:
             port.stopListening()
@@ -421,6 +428,21 @@ class ServingService(Service):
             return [self.offer_for(e) for e in self.catalog.match_prefix(query.content_id_prefix)]
         assert query.pattern is not None
         return [self.offer_for(e) for e in self.catalog.match(query.pattern)]
+
+    def live_sessions(self) -> list[Session]:
+        """The sessions not yet ended, multicast first."""
+        return [x for x in self.sessions.values() if x.state != "ENDED"] + [
+            x for x in self.unicast if x.state != "ENDED"
+        ]
+
+    def session_totals(self) -> dict[str, int]:
+        """Each session counter (packets, bytes, send errors...) summed over
+        every session this node ran, ended or live."""
+        out = dict(self.ended)
+        for session in self.live_sessions():
+            for key, value in session.counters.items():
+                out[key] = out.get(key, 0) + value
+        return out
 
     def offers(self) -> list[FileOffer]:
         return [self.offer_for(e) for e in self.catalog.entries()]
