@@ -17,6 +17,9 @@ Used by the ``mcp2p`` command, scripts and (later) the status page.
   its state and result. ``DELETE /api/transfers/N`` cancels it (it resumes
   when fetched again).
 
+- ``GET /`` (the status page), ``/api/overview``, ``/api/transfers``,
+  ``/metrics``: see `mcp2p.api.statuspage`.
+
 Requests whose Host header is not a loopback name are refused (a web page
 in a browser on this host must not drive the daemon by DNS rebinding).
 """
@@ -34,6 +37,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from mcp2p import __version__
+from mcp2p.api.statuspage import StatusPage
 from mcp2p.discovery.query import file_json
 
 _log = Logger()
@@ -157,6 +161,8 @@ class _JSON(resource.Resource):
     def __init__(self, node: Any) -> None:
         super().__init__()
         self.node = node
+        self.page = StatusPage(node)
+        self.refused: dict[int, int] = {}  # HTTP status >= 400 -> requests answered so
 
     def render(self, request: Any) -> Any:
         host = (request.getHeader(b"host") or b"").rsplit(b":", 1)[0]
@@ -174,11 +180,17 @@ class _JSON(resource.Resource):
                 return self._reply(request, 200, self.fetch(request))
             if path.startswith(b"/api/transfers/"):
                 return self.transfer(request, path)
+            if request.method == b"GET":
+                page = self.page.route(request, path)
+                if page is not None:
+                    return page
         except BadRequest as e:
             return self._reply(request, 400, {"error": str(e)})
         return self._reply(request, 404, {"error": "no such endpoint"})
 
     def _reply(self, request: Any, code: int, body: Any) -> bytes:
+        if code >= 400:
+            self.refused[code] = self.refused.get(code, 0) + 1
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(body).encode() + b"\n"
@@ -289,10 +301,12 @@ class APIService(Service):
     def __init__(self, node: Any) -> None:
         self.node = node
         self.port: Any = None
+        self.resource: _JSON | None = None
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        site = APISite(_JSON(self.node))
+        self.resource = _JSON(self.node)
+        site = APISite(self.resource)
         site.displayTracebacks = False
         site.noisy = False
         from mcp2p.app import listen_or_exit

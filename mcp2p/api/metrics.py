@@ -1,0 +1,303 @@
+"""``GET /metrics``: the node's counters in the Prometheus text format.
+
+Nothing is counted twice: a custom collector reads the live counters the
+services already keep (discovery methods' ``stats()``, the serving service
+and its sessions, each transfer's receivers and store, the API's refusals)
+at scrape time, on a registry of this node's own (never the process-global
+one, which holds the Python process metrics and would mix two nodes of one
+process). Label sets are bounded: the ``MAX_SESSIONS`` busiest live sessions
+and the ``MAX_TRANSFERS`` most recent transfers get series of their own;
+node-wide totals cover all of them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from mcp2p import __version__
+
+MAX_SESSIONS = 32
+MAX_TRANSFERS = 16
+CONTENT_PREFIX = 16  # hex digits of a content id in a label
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Discovery stats that are levels, not counts.
+DISCOVERY_GAUGES = {
+    "directory": "SAP announcements of other nodes in the directory",
+    "announcements": "SAP announcements this node sends",
+}
+DISCOVERY_HELP = {
+    "received": "datagrams received",
+    "malformed": "datagrams dropped as malformed",
+    "dropped": "SAP packets dropped (malformed, unsupported or unauthenticated)",
+    "stray": "queries heard on a socket that does not answer them",
+    "offers_received": "OFFER datagrams received",
+    "searches": "searches started",
+    "queries": "QUERY datagrams handled by the responder",
+    "known_silent": "queries not answered: the asker already knows us",
+    "no_match": "queries not answered: nothing shared matches",
+    "suppressed": "answers suppressed: another node answered first",
+    "rate_limited": "answers refused by the answer rate limit",
+    "truncated": "answers cut to the amplification budget",
+    "offers_sent": "file offers sent",
+    "duplicate": "duplicate queries ignored",
+    "foreign": "SAP packets of other (non-mcp2p) sessions",
+    "own": "SAP packets of our own heard back",
+    "deletions": "SAP deletions received",
+    "sent_packets": "SAP announcement packets sent",
+    "sent_bytes": "SAP announcement bytes sent",
+    "deletions_sent": "SAP deletions sent",
+    "send_errors": "SAP packets that could not be sent",
+}
+SERVING_HELP = {
+    "connections": "control channels opened by CNs (TLS peer verified)",
+    "rejected": "control channels rejected",
+    "bad_commands": "control commands refused as malformed or invalid",
+    "subscriptions": "subscriptions granted",
+    "sessions": "sessions started",
+    "collisions": "ASM group collisions heard (another session on our group)",
+    "move_failed": "collisions where no free group was left to move to",
+}
+SESSION_HELP = {
+    "packets": "data packets sent",
+    "bytes": "data bytes sent (RTP header and payload)",
+    "send_errors": "sends that failed",
+    "would_block": "packets lost to a full send buffer",
+    "loss_reported": "packets CNs reported lost",
+    "moves": "moves to another group after a collision",
+}
+TRANSFER_HELP = {
+    "packets": "data packets received",
+    "accepted": "data packets authenticated by a Sent notice and accepted",
+    "malformed": "data packets dropped as malformed",
+    "foreign": "data packets of another session (SSRC) dropped",
+    "forged": "data packets whose digest matched no notice (forged or corrupted)",
+    "unannounced": "packets held until dropped, no notice ever came for them",
+    "duplicate": "duplicate data packets",
+    "lost": "data packets lost (announced, never arrived)",
+    "late": "data packets that arrived after being reported lost",
+    "notices": "Sent notices received on the control channel",
+    "bad_blocks": "blocks that failed to decode or write",
+    "bad_pieces": "pieces that failed their hash",
+    "pieces": "pieces verified",
+    "store_written": "blocks written to the partial file",
+    "store_duplicates": "blocks already held",
+    "store_bad_pieces": "pieces the store found bad",
+}
+# Transfer counters exported under another name, or as gauges.
+TRANSFER_RENAMED = {"forged_hold_sum": "forged_hold_seconds"}
+TRANSFER_GAUGES = {
+    "forged_hold_max": ("forged_hold_max_seconds", "longest a forged packet was held"),
+    "bytes_verified": ("verified_bytes", "bytes in verified pieces"),
+}
+
+_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def metric_key(key: str) -> str | None:
+    """``key`` as a metric name part, or None when it cannot be one (a plugin's odd stat)."""
+    key = re.sub(r"[^a-z0-9_]", "_", key.lower())
+    return key if _NAME.fullmatch(key) else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def fetch_totals(counters: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Transfer counters (see `Fetch.totals`) summed over transfers; levels left out."""
+    out: dict[str, float] = {}
+    for c in counters:
+        for key, value in c.items():
+            if key not in TRANSFER_GAUGES:
+                out[key] = out.get(key, 0) + value
+    return out
+
+
+class NodeCollector(Collector):
+    """Yields every counter of ``node`` (an `mcp2p.app.Node`) at scrape time."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # names are not known before a scrape (plugins' stats)
+
+    def collect(self) -> Iterator[Metric]:
+        n = self.node
+        info = GaugeMetricFamily(
+            "mcp2p_node_info", "this node (always 1)", labels=["node_id", "version"]
+        )
+        info.add_metric([n.identity.node_id.hex(), __version__], 1)
+        yield info
+        if n.serving is not None:
+            yield from self._shares(n.serving)
+            yield from self._serving(n.serving)
+        if n.discovery is not None:
+            yield from self._discovery(n.discovery)
+        if n.fetching is not None:
+            yield from self._fetching(n.fetching)
+        errors = getattr(getattr(n.api, "resource", None), "refused", None)
+        if errors is not None:
+            family = CounterMetricFamily(
+                "mcp2p_api_errors",
+                "API requests answered with an error, by HTTP status",
+                labels=["code"],
+            )
+            for code, count in sorted(errors.items()):
+                family.add_metric([str(code)], count)
+            yield family
+        refusals = getattr(getattr(n.api, "refusals", None), "counts", None)
+        if refusals is not None:
+            family = CounterMetricFamily(
+                "mcp2p_api_refused",
+                "API requests refused by the access checks, by reason",
+                labels=["reason"],
+            )
+            for reason, count in sorted(refusals.items()):
+                family.add_metric([reason], count)
+            yield family
+
+    def _shares(self, serving: Any) -> Iterator[Metric]:
+        entries = serving.catalog.entries()
+        yield GaugeMetricFamily("mcp2p_shared_files", "files shared", value=len(entries))
+        yield GaugeMetricFamily(
+            "mcp2p_shared_bytes", "bytes shared", value=sum(e.size for e in entries)
+        )
+
+    def _discovery(self, discovery: Any) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for method, stats in sorted(discovery.stats().items()):
+            for raw, value in sorted(stats.items()):
+                key, number = metric_key(raw), _number(value)
+                if key is None or number is None:
+                    continue
+                family = families.get(key)
+                if family is None:
+                    name = "mcp2p_discovery_" + key
+                    if raw in DISCOVERY_GAUGES:
+                        family = GaugeMetricFamily(name, DISCOVERY_GAUGES[raw], labels=["method"])
+                    else:
+                        doc = DISCOVERY_HELP.get(raw, f"discovery counter {raw}")
+                        family = CounterMetricFamily(name, doc, labels=["method"])
+                    families[key] = family
+                family.add_metric([method], number)  # type: ignore[attr-defined]
+        yield from families.values()
+        yield GaugeMetricFamily(
+            "mcp2p_peers",
+            "other nodes remembered from recent search results",
+            value=len(getattr(discovery, "peers", ())),
+        )
+
+    def _serving(self, serving: Any) -> Iterator[Metric]:
+        for key, doc in SERVING_HELP.items():
+            yield CounterMetricFamily(
+                "mcp2p_serving_" + key, doc, value=serving.counters.get(key, 0)
+            )
+        totals = serving.session_totals()
+        for key, doc in SESSION_HELP.items():
+            yield CounterMetricFamily(
+                f"mcp2p_sessions_{key}",
+                doc + ", all sessions",
+                value=totals.get(key, 0),
+            )
+        live = serving.live_sessions()
+        yield GaugeMetricFamily("mcp2p_sessions_live", "sessions not yet ended", value=len(live))
+        yield GaugeMetricFamily(
+            "mcp2p_subscriptions_live", "current subscriptions", value=len(serving.subscriptions)
+        )
+        live.sort(key=lambda s: -s.counters["bytes"])
+        labels = ["session", "content", "mode"]
+        per = {
+            key: CounterMetricFamily(f"mcp2p_session_{key}", doc, labels=labels)
+            for key, doc in SESSION_HELP.items()
+        }
+        rate = GaugeMetricFamily(
+            "mcp2p_session_rate_bits_per_second", "the session's sending rate", labels=labels
+        )
+        subscribers = GaugeMetricFamily(
+            "mcp2p_session_subscribers", "subscribers of the session", labels=labels
+        )
+        for session in live[:MAX_SESSIONS]:
+            entry = serving.contents.get(session)
+            content = entry.content_id.hex()[:CONTENT_PREFIX] if entry is not None else ""
+            values = [
+                f"{session.session_id:08x}",
+                content,
+                "multicast" if session.group else "unicast",
+            ]
+            for key, family in per.items():
+                family.add_metric(values, session.counters.get(key, 0))
+            rate.add_metric(values, session.rates.rate)
+            subscribers.add_metric(values, len(session.subscribers))
+        yield from per.values()
+        yield rate
+        yield subscribers
+
+    def _fetching(self, fetching: Any) -> Iterator[Metric]:
+        transfers = list(fetching.transfers.values())
+        states = GaugeMetricFamily("mcp2p_transfers", "transfers by state", labels=["state"])
+        for state in ("running", "done", "failed"):
+            states.add_metric([state], sum(1 for t in transfers if t.state == state))
+        yield states
+        counters = {id(t): t.counters() for t in transfers}
+        totals = fetch_totals(counters.values())
+        for key, doc in TRANSFER_HELP.items():
+            yield CounterMetricFamily(
+                f"mcp2p_fetch_{key}", doc + ", all transfers", value=totals.get(key, 0)
+            )
+        recent = sorted(transfers, key=lambda t: t.id)[-MAX_TRANSFERS:]
+        labels = ["transfer", "content"]
+        per: dict[str, Metric] = {
+            key: CounterMetricFamily(f"mcp2p_transfer_{key}", doc, labels=labels)
+            for key, doc in TRANSFER_HELP.items()
+        }
+        per["forged_hold_sum"] = CounterMetricFamily(
+            "mcp2p_transfer_forged_hold_seconds",
+            "seconds forged packets were held before a notice exposed them",
+            labels=labels,
+        )
+        for key, (name, doc) in TRANSFER_GAUGES.items():
+            per[key] = GaugeMetricFamily(f"mcp2p_transfer_{name}", doc, labels=labels)
+        progress = GaugeMetricFamily(
+            "mcp2p_transfer_bytes", "bytes held (verified or written)", labels=labels
+        )
+        size = GaugeMetricFamily("mcp2p_transfer_size_bytes", "the file's size", labels=labels)
+        rate = GaugeMetricFamily(
+            "mcp2p_transfer_rate_bytes_per_second", "receiving rate, last 5 s", labels=labels
+        )
+        for transfer in recent:
+            summary = transfer.summary()
+            values = [str(transfer.id), (summary["content_id"] or "")[:CONTENT_PREFIX]]
+            c = counters[id(transfer)]
+            for key, family in per.items():
+                family.add_metric(values, c.get(key, 0))  # type: ignore[attr-defined]
+            progress.add_metric(values, summary["bytes"] or 0)
+            if summary["total"] is not None:
+                size.add_metric(values, summary["total"])
+            rate.add_metric(values, summary["rate"] or 0.0)
+        yield from per.values()
+        yield progress
+        yield size
+        yield rate
+
+
+def registry_for(node: Any) -> CollectorRegistry:
+    """A registry of this node's own, holding only its collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
