@@ -42,7 +42,7 @@ def test_metrics_after_a_loopback_fetch(tmp_path: Path) -> None:
         )
         assert cn.json(f"/api/transfers/{tid}")["state"] == "done"
         # A refused request is counted, whatever refused it.
-        refused_code, _, _ = cn.request("/api/status", host="127.0.0.1:evil")
+        refused_code, _, _ = cn.request("/api/status", host=f"evil.example:{cn.port}")
         assert refused_code == 403
         answers = {}
         for name, node in (("sn", sn), ("cn", cn)):
