@@ -24,15 +24,13 @@ import json
 import math
 import re
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mcp2p.core.display import display_name, display_path, display_text
 from mcp2p import __version__
 from mcp2p.config import CONFIG_ENV, Config, find_config, load_config, parse_override
+from mcp2p.core.display import display_name, display_path, display_text
 from mcp2p.errors import ConfigError
 
 EXIT_OK = 0
@@ -49,7 +47,7 @@ EXIT_CODES = """exit codes:
   1    not found: no node offers what was asked for
   2    usage error: a bad option, value or config file (one line on stderr)
   3    ambiguous: a content id prefix matches several files (they are listed)
-  4    the daemon refused the request, stopped answering, or none answers (status)
+  4    the daemon refused the request, its API token is unreadable, or no daemon answers
   5    the search or the transfer failed (the reason is on stderr)
   130  interrupted (Ctrl-C); get resumes where it stopped when run again"""
 
@@ -78,18 +76,14 @@ class CliError(Exception):
 
 
 def api_url(config: Config) -> str | None:
-    """The running daemon's API: the port it wrote to its state directory, else [api] port.
+    """Where the running daemon's API is asked: ``[api] unix_socket`` when it
+    exists, else http://127.0.0.1:PORT, PORT the one the daemon wrote to its
+    state directory (it may have been started with another port than the
+    config file says, ``--set api.port=0``), else ``[api] port``."""
+    from mcp2p.api.client import ApiClient
 
-    The file wins because the daemon may have been started with another port
-    (``--set api.port=0``) than the config file says.
-    """
-    try:
-        port = int((config.node.state_dir / "api.port").read_text().strip())
-    except (OSError, ValueError):
-        port = config.api.port
-    if not 0 < port < 65536:
-        return None
-    return f"http://127.0.0.1:{port}"
+    client = ApiClient.for_config(config)
+    return client.where if client is not None else None
 
 
 def call_daemon(
@@ -97,34 +91,34 @@ def call_daemon(
 ) -> Any:
     """The daemon's JSON answer, or None when no daemon listens.
 
-    A refusal raises CliError: exit 2 for a request the daemon found invalid
-    (HTTP 400), else 4.
+    Over TCP the request carries the token of ``STATE_DIR/api.token``. A
+    refusal raises CliError: exit 2 for a request the daemon found invalid
+    (HTTP 400), else 4; so does a token this user cannot read.
     """
-    base = api_url(config)
-    if base is None:
-        return None
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        base + path, data=data, headers={"content-type": "application/json"}, method=method
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read()).get("error", str(e))
-        except (ValueError, AttributeError, OSError):
-            message = str(e)
-        code = EXIT_USAGE if e.code == 400 else EXIT_DAEMON
-        raise CliError(f"the daemon refused the request: {message}", code) from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+    from mcp2p.api.client import ApiClient, NoDaemon, NotADaemon, Refused, TokenUnreadable
+
+    client = ApiClient.for_config(config)
+    if client is None:
         return None
     try:
-        return json.loads(raw)
-    except ValueError:
+        return client.call(method or ("GET" if body is None else "POST"), path, body, timeout)
+    except NoDaemon:
+        return None
+    except TokenUnreadable as e:
         raise CliError(
-            f"{base} answered, but not as an mcp2p daemon ([api] port)", EXIT_DAEMON
+            f"{e}: run as the daemon's user, or use [api] unix_socket", EXIT_DAEMON
         ) from None
+    except Refused as e:
+        if e.status == 401:
+            raise CliError(
+                f"the daemon refused the API token in {client.token_path} (HTTP 401): it is "
+                "wrong or stale; is this the daemon's config, and its state directory?",
+                EXIT_DAEMON,
+            ) from None
+        code = EXIT_USAGE if e.status == 400 else EXIT_DAEMON
+        raise CliError(f"the daemon refused the request: {e.message}", code) from None
+    except NotADaemon as e:
+        raise CliError(str(e), EXIT_DAEMON) from None
 
 
 # -- search ---------------------------------------------------------------------
@@ -618,6 +612,21 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     status = call_daemon(config, "/api/status", timeout=5)
     if status is None:
         raise CliError(f"no daemon answers at {api_url(config)}", EXIT_DAEMON)
+    if args.url:
+        # The browser's way in (over TCP, even when this command used the socket):
+        # the page trades the token for a cookie and drops it from the address.
+        from mcp2p.api.client import ApiClient, TokenUnreadable
+
+        client = ApiClient.for_config(config, tcp=True)
+        if client is None:
+            raise CliError("the daemon's API port is unknown ([api] port = 0)", EXIT_DAEMON)
+        try:
+            print(client.login_url())
+        except TokenUnreadable as e:
+            raise CliError(
+                f"{e}: run as the daemon's user, or use [api] unix_socket", EXIT_DAEMON
+            ) from None
+        return EXIT_OK
     print(json.dumps(status, indent=2))
     return EXIT_OK
 
@@ -852,6 +861,11 @@ def parser() -> argparse.ArgumentParser:
     )
     g.set_defaults(func=cmd_get)
     st = sub.add_parser("status", help="show the local daemon's status")
+    st.add_argument(
+        "--url",
+        action="store_true",
+        help="print the status page's address with the login token, to open in a browser",
+    )
     st.set_defaults(func=cmd_status)
     c = sub.add_parser(
         "config",

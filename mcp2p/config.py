@@ -274,6 +274,18 @@ def _api_port(raw: str, base: Path) -> int:
     return _int_range(0, 65535)(raw, base)
 
 
+UNIX_PATH_MAX = 107  # bytes of sockaddr_un.sun_path, less the terminating NUL
+
+
+def _unix_socket(raw: str, base: Path) -> Path | None:
+    if not raw.strip():
+        return None
+    path = _path(raw, base)
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise ValueError(f"a Unix socket path of at most {UNIX_PATH_MAX} bytes (or empty: none)")
+    return path
+
+
 # -- the schema: section -> key -> (parser, default, one-line help)
 
 Parser = Callable[[str, Path], Any]
@@ -403,6 +415,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
     },
     "api": {
         "port": Option(_api_port, "7780", "local HTTP API port on 127.0.0.1 (0: any free)"),
+        "unix_socket": Option(
+            _unix_socket,
+            "",
+            "path of a Unix socket serving the API too, without the token (empty: none)",
+        ),
     },
 }
 

@@ -195,8 +195,10 @@ def run_daemon(root: Path, *args: str, requests: int = 20) -> list[str]:
                 raise AssertionError("daemon did not start:\n" + log_path.read_text())
             time.sleep(0.05)
         url = f"http://127.0.0.1:{int(port_file.read_text())}/api/status"
+        token = (root / "state" / "api.token").read_text().strip()
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
         for _ in range(requests):
-            with urllib.request.urlopen(url, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:
                 assert response.status == 200
     finally:
         proc.send_signal(signal.SIGTERM)

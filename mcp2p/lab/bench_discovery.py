@@ -18,10 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mcp2p.api.client import ApiClient
 from mcp2p.commands import twistd_node
 
 
@@ -126,9 +126,9 @@ def rss(args: argparse.Namespace) -> dict[str, Any]:
         try:
             port = wait_api(root, proc)
             while True:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status") as r:
-                    if json.loads(r.read())["shared_files"] == args.files:
-                        break
+                status = ApiClient(root / "state", port=port).call("GET", "/api/status")
+                if status["shared_files"] == args.files:
+                    break
                 if time.monotonic() - started > 300:
                     raise RuntimeError("catalog scan did not finish in 300 s")
                 time.sleep(0.2)

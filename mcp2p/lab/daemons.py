@@ -33,15 +33,15 @@ __all__ = ["Daemon", "ini_text", "node_sections", "start_all"]
 START_TIMEOUT = 60.0
 
 _API_SNIPPET = r"""
-import json, sys, urllib.request, urllib.error
-port, method, path, body, timeout = sys.argv[1:6]
-req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-    data=body.encode() if body else None, headers={"Content-Type": "application/json"})
+import json, sys
+from mcp2p.api.client import ApiClient, ApiError
+state, port, method, path, body, timeout = sys.argv[1:7]
 try:
-    with urllib.request.urlopen(req, timeout=float(timeout)) as r:
-        sys.stdout.write(r.read().decode())
-except urllib.error.HTTPError as e:
-    sys.stdout.write(e.read().decode()); sys.exit(3)
+    reply = ApiClient(state, port=int(port)).call(
+        method, path, json.loads(body) if body else None, timeout=float(timeout))
+except ApiError as e:
+    sys.stdout.write(json.dumps({"error": str(e)})); sys.exit(3)
+sys.stdout.write(json.dumps(reply))
 """
 
 
@@ -133,6 +133,7 @@ class Daemon:
                 sys.executable,
                 "-c",
                 _API_SNIPPET,
+                str(self.root / "state"),
                 str(self.port),
                 method,
                 path,

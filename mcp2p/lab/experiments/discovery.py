@@ -88,8 +88,11 @@ READY_TIMEOUT = 120.0
 # name until all are there or the deadline passes; prints one JSON line with
 # the time each was first seen. Bounded in time.
 _POLLER = r"""
-import json, sys, time, urllib.request
-port, names, deadline = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+import json, sys, time
+from mcp2p.api.client import ApiClient, ApiError
+state, port = sys.argv[1], int(sys.argv[2])
+names, deadline = json.loads(sys.argv[3]), float(sys.argv[4])
+client = ApiClient(state, port=port)
 seen = {}
 polls = 0
 while time.time() < deadline and len(seen) < len(names):
@@ -97,15 +100,12 @@ while time.time() < deadline and len(seen) < len(names):
         if name in seen:
             continue
         polls += 1
-        body = json.dumps({"method": "sap", "pattern": name}).encode()
         try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/search", data=body,
-                method="POST", headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=5) as r:
-                result = json.loads(r.read())
+            result = client.call("POST", "/api/search", {"method": "sap", "pattern": name},
+                                 timeout=5)
             if any(f["name"] == name for s in result["servers"] for f in s["files"]):
                 seen[name] = time.time()
-        except (OSError, ValueError, KeyError):
+        except (ApiError, OSError, ValueError, KeyError, TypeError):
             pass
     time.sleep(0.1)
 print(json.dumps({"seen": seen, "polls": polls}))
@@ -333,8 +333,8 @@ def _sap_point(ctx: Context, lab: _Lab, files: int, p: dict[str, Any]) -> dict[s
             ready = time.time()
             assert searcher.port is not None
             cp = lab.s.run(
-                [sys.executable, "-c", _POLLER, str(searcher.port), json.dumps(targets),
-                 str(ready + p["sap_timeout"])],
+                [sys.executable, "-c", _POLLER, str(searcher.root / "state"), str(searcher.port),
+                 json.dumps(targets), str(ready + p["sap_timeout"])],
                 timeout=p["sap_timeout"] + 30,
             )  # fmt: skip
             try:

@@ -101,7 +101,9 @@ FETCH_FIELDS = [
 # the deadline; writes one JSON file. Bounded in time; cancels what is left.
 _DRIVER = r"""
 import http.client, json, sys, time
-port, names_file, out_dir, go_at, deadline, out_file = sys.argv[1:7]
+from mcp2p.api.client import ApiClient, ApiError
+state, port, names_file, out_dir, go_at, deadline, out_file = sys.argv[1:8]
+client = ApiClient(state, port=int(port))
 names = json.load(open(names_file))
 go_at, deadline = float(go_at), float(deadline)
 conn = None
@@ -110,13 +112,13 @@ def call(method, path, body=None):
     for attempt in range(4):
         try:
             if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=20)
+                conn = client.connection(timeout=20)
             conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                         headers={"Content-Type": "application/json"})
+                         headers=client.headers())
             r = conn.getresponse()
             data = r.read()
             return r.status, (json.loads(data) if data.strip() else None)
-        except (OSError, http.client.HTTPException, ValueError):
+        except (OSError, http.client.HTTPException, ValueError, ApiError):
             if conn is not None:
                 conn.close()
             conn = None
@@ -412,8 +414,8 @@ class _Lab:
             procs.append(
                 d.host.popen(
                     [
-                        sys.executable, "-c", _DRIVER, str(d.port), str(names_file),
-                        str(out_dir), repr(go), repr(deadline), str(out_file),
+                        sys.executable, "-c", _DRIVER, str(d.root / "state"), str(d.port),
+                        str(names_file), str(out_dir), repr(go), repr(deadline), str(out_file),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
