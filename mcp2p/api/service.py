@@ -20,23 +20,58 @@ Used by the ``mcp2p`` command, scripts and (later) the status page.
 - ``GET /`` (the status page), ``/api/overview``, ``/api/transfers``,
   ``/metrics``: see `mcp2p.api.statuspage`.
 
-Requests whose Host header is not a loopback name are refused (a web page
-in a browser on this host must not drive the daemon by DNS rebinding).
+Who may call (Jupyter's token and Transmission's RPC are the models), checked
+in this order for every path, the status page's included; each refusal is
+counted (``api.refused`` in the status) and logged in summary:
+
+1. Host: exactly ``127.0.0.1:PORT``, ``localhost:PORT`` or ``[::1]:PORT``
+   with the port listened on, else 403 (a web page must not reach the daemon
+   through DNS rebinding or a name that merely starts like a loopback one).
+   Without a port only when PORT is 80, where HTTP clients leave it out.
+2. ``OPTIONS`` (a CORS preflight): 405, never an ``Access-Control-*`` header,
+   so no cross-origin request that needs one is ever sent.
+3. Every other method than GET and HEAD needs ``Content-Type:
+   application/json`` (charset=utf-8 allowed), else 415: an HTML form or a
+   "simple" fetch() can only send text/plain, form-urlencoded or multipart.
+4. The token: ``Authorization: Bearer TOKEN``, TOKEN the content of
+   ``STATE_DIR/api.token`` (0600, new at each start), else the browser
+   session cookie; else 401 with ``WWW-Authenticate: Bearer``. A request
+   that changes state with the cookie also needs ``X-MCP2P: 1`` (403
+   otherwise): a custom header, which a cross-origin page cannot send
+   without the preflight refused above.
+
+``GET /?token=TOKEN`` logs a browser in: it sets ``mcp2p_session`` (a random
+value of this run, not the token; HttpOnly, SameSite=Strict) and redirects to
+``/``, leaving the token out of the address bar and history.
+
+``[api] unix_socket`` serves the same API on a Unix socket of mode 0660
+without steps 1 and 4: whoever can connect to it was let through by the
+file system (its directory's permissions and group), no browser can open
+one, and no DNS name leads to it; the content type rule still holds.
 """
 
 from __future__ import annotations
 
+import errno
+import hmac
 import json
 import os
 import re
+import secrets
+import socket
+import stat
+import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
 from twisted.web import resource, server
 
 from mcp2p import __version__
+from mcp2p.api.client import TOKEN_FILE
 from mcp2p.api.statuspage import StatusPage
 from mcp2p.discovery.query import file_json
 
@@ -44,7 +79,25 @@ _log = Logger()
 
 PORT_FILE = "api.port"
 MAX_BODY = 64 * 1024
-LOOPBACK_HOSTS = {b"127.0.0.1", b"localhost", b"[::1]"}
+LOOPBACK_HOSTS = (b"127.0.0.1", b"localhost", b"[::1]")
+COOKIE = b"mcp2p_session"
+BROWSER_HEADER = b"x-mcp2p"
+SAFE_METHODS = (b"GET", b"HEAD")
+JSON_TYPES = (b"application/json", b"application/json;charset=utf-8")
+REFUSAL_LOG_INTERVAL = 60.0  # seconds: refusals are logged at most once per interval
+# Every answer, refusals included (the status page sets its own on top).
+SECURITY_HEADERS = (
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+)
+REFUSALS = ("host", "preflight", "content_type", "token", "browser_header")
+NO_TOKEN = (
+    "missing or wrong API token: send Authorization: Bearer TOKEN (TOKEN in the daemon's "
+    "state directory, api.token), or log in at the address mcp2p status --url prints"
+)
 
 
 class BadRequest(Exception):
@@ -155,19 +208,192 @@ def fetch_options(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def write_token(state_dir: Path) -> str:
+    """A new random token in ``state_dir/api.token``, mode 0600, put in place by
+    rename: the temporary file is made with O_CREAT|O_EXCL|O_NOFOLLOW (nothing
+    planted at its random name is followed or reused) and the rename replaces
+    whatever was at the final name, a symlink included, without following it."""
+    token = secrets.token_urlsafe(32)
+    final = state_dir / TOKEN_FILE
+    tmp = state_dir / f".{TOKEN_FILE}.{secrets.token_hex(8)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, f"{token}\n".encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return token
+
+
+def _exit_line(line: str) -> None:
+    """Stop the daemon with one line on the real stderr and in the log (exit 2)."""
+    print(line, file=sys.__stderr__ or sys.stderr, flush=True)
+    if sys.stderr is not sys.__stderr__:
+        _log.error("{line}", line=line)
+    raise SystemExit(2)
+
+
+def clear_unix_socket(path: Path) -> None:
+    """Make room for the socket at ``path``: remove a stale socket (nothing
+    accepts on it), refuse anything else (a live socket, a file, a symlink)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, "something that is not a socket is there; not replaced")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        path.unlink()  # a socket left by a daemon that died
+        return
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "another program accepts connections on it")
+
+
+class Refusals:
+    """Refused requests counted by reason and logged in summary: the first of a
+    quiet interval at once (whoever just got a 401 finds why), the others as
+    one line per interval, however many come."""
+
+    def __init__(self, reactor: Any, interval: float = REFUSAL_LOG_INTERVAL) -> None:
+        self.reactor = reactor
+        self.interval = interval
+        self.counts = dict.fromkeys(REFUSALS, 0)
+        self._pending: dict[str, int] = {}
+        self._call: Any = None
+
+    def add(self, reason: str, message: str) -> None:
+        self.counts[reason] += 1
+        if self._call is None:
+            _log.warn(
+                "refused an API request ({reason}: {message}); further refusals are "
+                "summed up every {interval:.0f} s",
+                reason=reason,
+                message=message,
+                interval=self.interval,
+            )
+            self._call = self.reactor.callLater(self.interval, self._flush)
+        else:
+            self._pending[reason] = self._pending.get(reason, 0) + 1
+
+    def _flush(self) -> None:
+        self._call = None
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        _log.warn(
+            "refused {total} API requests in the last {interval:.0f} s ({detail})",
+            total=sum(pending.values()),
+            interval=self.interval,
+            detail=", ".join(f"{k} {v}" for k, v in sorted(pending.items())),
+        )
+        self._call = self.reactor.callLater(self.interval, self._flush)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+class Access:
+    """The checks of the module docstring, in order; the token and the browser
+    session value live here (the session value only in memory)."""
+
+    def __init__(self, token: str, refusals: Refusals) -> None:
+        self.token = token.encode()
+        self.session = secrets.token_urlsafe(32).encode()
+        self.refusals = refusals
+
+    def is_login(self, request: Any) -> bool:
+        return (
+            request.method == b"GET"
+            and request.path.rstrip(b"/") == b""
+            and b"token" in request.args
+        )
+
+    def check(self, request: Any) -> tuple[int, str, str] | None:
+        """None when ``request`` may go on, else (HTTP code, reason, message)."""
+        local = isinstance(request.getHost(), UNIXAddress)
+        if not local and not self._host_ok(request):
+            return 403, "host", "the Host header must be 127.0.0.1, localhost or [::1] and the port"
+        method = request.method
+        if method == b"OPTIONS":
+            return 405, "preflight", "no cross-origin requests (CORS preflight refused)"
+        changes = method not in SAFE_METHODS
+        if changes:
+            raw = request.requestHeaders.getRawHeaders(b"content-type") or []
+            kind = b"".join(raw[0].split()).lower() if len(raw) == 1 else b""
+            if kind not in JSON_TYPES:
+                return 415, "content_type", "requests that change state must be application/json"
+        if local:
+            return None
+        if self.is_login(request):
+            if not hmac.compare_digest(request.args[b"token"][0], self.token):
+                return 401, "token", "wrong token in the login address: see mcp2p status --url"
+            return None
+        if self._bearer_ok(request):
+            return None
+        cookie = request.getCookie(COOKIE)
+        if cookie is None or not hmac.compare_digest(cookie, self.session):
+            return 401, "token", NO_TOKEN
+        if changes and request.getHeader(BROWSER_HEADER) != b"1":
+            return 403, "browser_header", "requests that change state need the X-MCP2P: 1 header"
+        return None
+
+    def _host_ok(self, request: Any) -> bool:
+        raw = request.requestHeaders.getRawHeaders(b"host") or []
+        if len(raw) != 1:
+            return False
+        port = str(request.getHost().port).encode()
+        allowed = {name + b":" + port for name in LOOPBACK_HOSTS}
+        if port == b"80":  # HTTP clients leave the default port out of Host
+            allowed.update(LOOPBACK_HOSTS)
+        return raw[0].lower() in allowed
+
+    def _bearer_ok(self, request: Any) -> bool:
+        raw = request.requestHeaders.getRawHeaders(b"authorization") or []
+        if len(raw) != 1:
+            return False
+        scheme, _, value = raw[0].strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), self.token)
+
+
 class _JSON(resource.Resource):
     isLeaf = True
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Any, access: Access) -> None:
         super().__init__()
         self.node = node
+        self.access = access
         self.page = StatusPage(node)
         self.refused: dict[int, int] = {}  # HTTP status >= 400 -> requests answered so
 
     def render(self, request: Any) -> Any:
-        host = (request.getHeader(b"host") or b"").rsplit(b":", 1)[0]
-        if host not in LOOPBACK_HOSTS:
-            return self._reply(request, 403, {"error": "only loopback Host names are served"})
+        for name, value in SECURITY_HEADERS:
+            request.setHeader(name, value)
+        refused = self.access.check(request)
+        if refused is not None:
+            code, reason, message = refused
+            self.access.refusals.add(reason, message)
+            if code == 401:
+                request.setHeader(b"www-authenticate", b'Bearer realm="mcp2p"')
+            elif code == 405:
+                request.setHeader(b"allow", b"GET, HEAD, POST, DELETE")
+            return self._reply(request, code, {"error": message})
+        if self.access.is_login(request):
+            return self.login(request)
         path = request.path.rstrip(b"/")
         try:
             if request.method == b"GET" and path == b"/api/status":
@@ -195,6 +421,15 @@ class _JSON(resource.Resource):
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(body).encode() + b"\n"
 
+    def login(self, request: Any) -> bytes:
+        """Trade the token in the address for the session cookie, and send the
+        browser to ``/`` without it."""
+        request.addCookie(COOKIE, self.access.session, path=b"/", httpOnly=True, sameSite="strict")
+        request.setResponseCode(303)
+        request.setHeader(b"location", b"/")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"logged in: see /\n"
+
     def status(self) -> dict[str, Any]:
         n = self.node
         return {
@@ -204,6 +439,7 @@ class _JSON(resource.Resource):
             "interface": str(n.config.node.interface),
             "shared_files": len(n.serving.catalog),
             "discovery": n.discovery.stats(),
+            "api": {"refused": dict(self.access.refusals.counts)},
         }
 
     def catalog(self) -> dict[str, Any]:
@@ -301,22 +537,46 @@ class APIService(Service):
     def __init__(self, node: Any) -> None:
         self.node = node
         self.port: Any = None
+        self.unix_port: Any = None
         self.resource: _JSON | None = None
+        self.refusals = Refusals(node.reactor)
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        self.resource = _JSON(self.node)
+        state_dir = self.node.config.node.state_dir
+        # A new token at each start rather than one kept across restarts: a
+        # token that leaked (a copied URL, a backup of the state directory)
+        # dies with the daemon, and nothing has to check an old file's owner
+        # and mode. Clients read the file at each call, so they follow.
+        try:
+            token = write_token(state_dir)
+        except OSError as e:
+            _exit_line(
+                f"mcp2p: cannot write the API token {state_dir / TOKEN_FILE} "
+                f"({(e.strerror or str(e)).lower()}): check [node] state_dir"
+            )
+        self.resource = _JSON(self.node, Access(token, self.refusals))
         site = APISite(self.resource)
         site.displayTracebacks = False
         site.noisy = False
         from mcp2p.app import listen_or_exit
 
+        sock_path = self.node.config.api.unix_socket
+        if sock_path is not None:
+            self._clear_unix(sock_path)
         self.port = listen_or_exit(
             lambda: self.node.reactor.listenTCP(
                 self.node.config.api.port, site, interface="127.0.0.1"
             ),
             "[api] port",
         )
+        if sock_path is not None:
+            try:
+                self.unix_port = self._listen_unix(sock_path, site)
+            except SystemExit:
+                port, self.port = self.port, None
+                port.stopListening()
+                raise
         actual = self.port.getHost().port
         path = self.node.config.node.state_dir / PORT_FILE
         tmp = path.with_suffix(".tmp")
@@ -324,11 +584,38 @@ class APIService(Service):
         os.replace(tmp, path)
         _log.info("local API on http://127.0.0.1:{port}/api/status", port=actual)
 
+    @staticmethod
+    def _clear_unix(path: Path) -> None:
+        try:
+            clear_unix_socket(path)
+        except OSError as e:
+            _exit_line(f"mcp2p: cannot listen on {path} ({e.strerror}): check [api] unix_socket")
+
+    def _listen_unix(self, path: Path, site: Any) -> Any:
+        """Listen on ``path`` too, mode 0660 (set before listen(): no connection is
+        accepted while the file still has the umask's mode)."""
+        from twisted.internet.error import CannotListenError
+
+        try:
+            port = self.node.reactor.listenUNIX(str(path), site, mode=0o660)
+        except CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            _exit_line(
+                f"mcp2p: cannot listen on {path} ({reason.lower()}): check [api] unix_socket"
+            )
+        _log.info("local API also on the Unix socket {path}", path=str(path))
+        return port
+
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
-        port, self.port = self.port, None
-        try:
-            (self.node.config.node.state_dir / PORT_FILE).unlink()
-        except OSError:
-            pass
-        return defer.maybeDeferred(port.stopListening) if port is not None else None
+        self.refusals.stop()
+        ports = [p for p in (self.port, self.unix_port) if p is not None]
+        self.port = self.unix_port = None
+        for name in (PORT_FILE, TOKEN_FILE):
+            try:
+                (self.node.config.node.state_dir / name).unlink()
+            except OSError:
+                pass
+        if not ports:
+            return None
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
