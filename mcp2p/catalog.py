@@ -42,7 +42,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from mcp2p.core.merkle import CHUNK, HASH_LEN, merkle_root, piece_count, piece_hashes
@@ -1311,7 +1311,10 @@ class Catalog:
                     except Exception:
                         self._log.failure("catalog observer {callback!r} failed", callback=callback)
             if result.full:
-                self._log.info(
+                # A rescan that found nothing new is routine: debug, not a line a minute.
+                quiet = not (result.changed or result.hashed or result.removed)
+                self._log.emit(
+                    LogLevel.debug if quiet else LogLevel.info,
                     "catalog scan done: {files} files, {hashed} hashed, {removed} removed"
                     " in {seconds}s",
                     files=len(result.entries),
