@@ -15,10 +15,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# Twisted caches what a plugin directory holds (dropin.cache) beside it: build the
+# caches of twistd's drop-ins and of mcp2p's own plugin package while we may write there.
+DROPIN_CACHES := import mcp2p.plugins; from twisted.plugin import IPlugin, getPlugins; \
+  list(getPlugins(IPlugin)); list(getPlugins(IPlugin, mcp2p.plugins))
+
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,lab]' --config-settings editable_mode=compat
 	@# twistd finds the drop-in through dropin.cache: build it now, as root may not later.
-	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	$(BIN)/python -c "$(DROPIN_CACHES)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -94,14 +99,20 @@ lab: install system-deps
 # upgrade; the config and /var/lib/mcp2p are kept.
 PREFIX ?= /opt/mcp2p
 SYSTEMD_DIR ?= /etc/systemd/system
+# The service's user must be able to read the interpreter: the distribution's, not
+# one under root's home (pyenv and the like).
+SYSTEM_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) $(PYTHON))
 install-system:
 	@if [ "$$(id -u)" != 0 ]; then echo "make install-system needs root"; exit 2; fi
-	$(PYTHON) -m venv $(PREFIX)
+	$(SYSTEM_PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/python -m pip install -q --upgrade pip
 	$(PREFIX)/bin/python -m pip install -q --upgrade .
-	$(PREFIX)/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	$(PREFIX)/bin/python -I -c "$(DROPIN_CACHES)"
 	id -u mcp2p >/dev/null 2>&1 || useradd --system --home-dir /var/lib/mcp2p --no-create-home \
 	  --shell /usr/sbin/nologin --user-group mcp2p
+	@runuser -u mcp2p -- $(PREFIX)/bin/python -c pass 2>/dev/null || { echo "make install-system: \
+	the mcp2p user cannot run $(PREFIX)/bin/python (made from $(SYSTEM_PYTHON)); \
+	give a system interpreter: make install-system SYSTEM_PYTHON=/usr/bin/python3.11"; exit 2; }
 	install -d -m 0755 /etc/mcp2p
 	[ -e /etc/mcp2p/mcp2p.ini ] || $(PREFIX)/bin/mcp2p config --example > /etc/mcp2p/mcp2p.ini
 	sed 's|/opt/mcp2p/|$(PREFIX)/|g' etc/mcp2p.service > $(SYSTEMD_DIR)/mcp2p.service
