@@ -321,8 +321,19 @@ class _Lab:
         }
 
     def start_cns(self) -> None:
+        # Each run's files go to base/runs/TAG/cnJ (see run()): the CN daemons may
+        # write there ([fetching] download_dirs), besides their own downloads.
+        runs = self.root.parent / "runs"
         self.cns = [
-            Daemon(h, self.root / h.name, discovery=self._discovery(), fetching={"sources": "1"})
+            Daemon(
+                h,
+                self.root / h.name,
+                discovery=self._discovery(),
+                fetching={
+                    "sources": "1",
+                    "download_dirs": f"{self.root / h.name / 'downloads'}, {runs}",
+                },
+            )
             for h in self.cn_hosts
         ]
         start_all([(d, None) for d in self.cns], timeout=SN_READY + 30)
