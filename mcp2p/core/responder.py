@@ -4,10 +4,22 @@ For each QUERY heard: match it against the catalog, stay silent when the
 query lists this node as known, delay the answer at random (RFC 6762
 style reply-implosion control), cancel it if OFFERs overheard on the group
 already gave the CN enough answers, and pack the files into OFFER
-datagrams within a byte budget: to a unicast address at most
-``AMPLIFICATION`` times the query's own size (no amplification towards a
-spoofed source), to the group at most ``MAX_GROUP_DATAGRAMS`` full
-datagrams. A token bucket caps the offers per second.
+datagrams within a byte budget.
+
+No amplification (issue 12). Toward a unicast address the reply is at most
+the query's own size until the querier proved it receives there: that
+small reply carries a cookie (``cookie``: HMAC-SHA256 of the address and
+a ``COOKIE_WINDOW`` time window under this node's secret, as DNS cookies,
+RFC 7873); a query that names it, under our node id, gets the whole reply
+(at most ``MAX_GROUP_DATAGRAMS`` full datagrams). A spoofed query thus
+sends its victim at most its own size per SN answering it. To the group
+the reply is at most ``GROUP_FACTOR`` times the query's size, sent with
+the query's hop limit capped at ``max_hop_limit`` (the largest ring).
+
+Bounded work: a token bucket per source address (a bounded table of
+them) and then a global one are taken before the catalog is looked up, so
+a flood from one source costs a few look-ups per second and leaves the
+global budget to the others; a token bucket caps the offers per second.
 
 Each pending reply is keyed by (request id, hop limit); states of a key:
 - PENDING: scheduled, its delay not yet over.
@@ -18,12 +30,18 @@ Each pending reply is keyed by (request id, hop limit); states of a key:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
+import os
 import random
+import struct
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mcp2p.core.pacing import TokenBucket
 from mcp2p.wire.query import (
+    COOKIE_LEN,
     MAX_DATAGRAM,
     Offer,
     Query,
@@ -33,8 +51,14 @@ from mcp2p.wire.query import (
 )
 from mcp2p.wire.types import FileOffer
 
-AMPLIFICATION = 3
-MAX_GROUP_DATAGRAMS = 8
+AMPLIFICATION = 1  # unvalidated unicast reply bytes per query byte
+GROUP_FACTOR = 3  # group reply bytes per query byte
+MAX_GROUP_DATAGRAMS = 8  # the most datagrams of one reply (validated or to the group)
+COOKIE_WINDOW = 300.0  # a cookie is accepted in its window and the next one
+SOURCE_RATE = 10.0  # queries per second looked up for one source address
+SOURCE_BURST = 30
+MAX_SOURCES = 1024  # source buckets kept (least recently used dropped)
+LOOKUP_FACTOR = 4  # global look-ups per second: this times answer_rate
 MEMORY = 30.0
 MANY_ANSWERS = 8  # a query wanting more answers than this stretches the delay
 REANSWER_AFTER = 0.4  # a ring that still does not list us this long after we answered: lost
@@ -44,7 +68,7 @@ REANSWER_AFTER = 0.4  # a ring that still does not list us this long after we an
 class Schedule:
     """Answer after ``delay`` seconds by calling ``Responder.due(key)``."""
 
-    key: tuple[bytes, int]
+    key: tuple[bytes, int, bool]  # request id, hop limit, address validated
     delay: float
 
 
@@ -64,6 +88,7 @@ class _Pending:
     query_size: int
     files: list[FileOffer]
     overheard: set[bytes]
+    validated: bool = False
 
 
 class Responder:
@@ -79,6 +104,12 @@ class Responder:
         delay_max: float,
         answer_rate: float,
         answer_burst: int,
+        *,
+        secret: bytes | None = None,
+        max_hop_limit: int = 255,
+        source_rate: float = SOURCE_RATE,
+        source_burst: int = SOURCE_BURST,
+        max_sources: int = MAX_SOURCES,
     ) -> None:
         self.node_id = node_id
         self.public_key = public_key
@@ -87,9 +118,19 @@ class Responder:
         self.delay_min = delay_min
         self.delay_max = delay_max
         self.bucket = TokenBucket(rate=answer_rate, burst=answer_burst)
-        self.pending: dict[tuple[bytes, int], _Pending] = {}
-        self.answered: dict[bytes, float] = {}  # request id -> when we last answered it
-        self.done: dict[tuple[bytes, int], float] = {}  # key -> when it was settled
+        self.lookups = TokenBucket(
+            rate=answer_rate * LOOKUP_FACTOR, burst=answer_burst * LOOKUP_FACTOR
+        )
+        self.secret = os.urandom(32) if secret is None else secret
+        self.max_hop_limit = max_hop_limit
+        self.source_rate = source_rate
+        self.source_burst = source_burst
+        self.max_sources = max_sources
+        self.sources: OrderedDict[str, TokenBucket] = OrderedDict()
+        self.pending: dict[tuple[bytes, int, bool], _Pending] = {}
+        # request id -> (when we last answered it, whether that answer was whole)
+        self.answered: dict[bytes, tuple[float, bool]] = {}
+        self.done: dict[tuple[bytes, int, bool], float] = {}  # key -> when it was settled
         self.counters = {
             "queries": 0,
             "known_silent": 0,
@@ -99,32 +140,77 @@ class Responder:
             "truncated": 0,
             "offers_sent": 0,
             "duplicate": 0,
+            "source_limited": 0,
+            "lookup_limited": 0,
+            "cookies_sent": 0,
+            "validated": 0,
+            "bad_cookie": 0,
+            "too_small": 0,
         }
+
+    # -- address validation
+
+    def cookie(self, host: str, now: float, window: int | None = None) -> bytes:
+        """The cookie for ``host`` in the current (or given) time window."""
+        if window is None:
+            window = int(now // COOKIE_WINDOW)
+        msg = struct.pack("!Q", window) + host.encode("ascii", "replace")
+        return hmac.new(self.secret, msg, hashlib.sha256).digest()[:COOKIE_LEN]
+
+    def validated(self, query: Query, host: str, now: float) -> bool:
+        """Whether ``query`` carries a cookie we gave ``host`` in this window or the last."""
+        for node_id, cookie in query.cookies:
+            if node_id != self.node_id:
+                continue
+            window = int(now // COOKIE_WINDOW)
+            for w in (window, window - 1):
+                if hmac.compare_digest(cookie, self.cookie(host, now, w)):
+                    return True
+            self.counters["bad_cookie"] += 1
+        return False
+
+    def _source_allows(self, host: str, now: float) -> bool:
+        bucket = self.sources.get(host)
+        if bucket is None:
+            bucket = TokenBucket(rate=self.source_rate, burst=self.source_burst)
+            self.sources[host] = bucket
+            while len(self.sources) > self.max_sources:
+                self.sources.popitem(last=False)
+        else:
+            self.sources.move_to_end(host)
+        return bucket.take(now)
 
     def query(self, query: Query, source: tuple[str, int], size: int, now: float) -> list[Schedule]:
         """A QUERY of ``size`` bytes arrived from ``source``."""
         self._forget(now)
         self.counters["queries"] += 1
-        key = (query.request_id, query.hop_limit)
+        if self.node_id in query.known:
+            self.counters["known_silent"] += 1
+            return []
+        # Fairness first: one source's flood spends its own bucket, not the others'.
+        if not self._source_allows(source[0], now):
+            self.counters["source_limited"] += 1
+            return []
+        validated = query.reply_to is not None and self.validated(query, source[0], now)
+        key = (query.request_id, query.hop_limit, validated)
         if key in self.pending or key in self.done:
             self.counters["duplicate"] += 1
             return []
-        if self.node_id in query.known:
-            self.counters["known_silent"] += 1
-            self.done[key] = now
-            return []
         last = self.answered.get(query.request_id)
-        if last is not None and now - last < REANSWER_AFTER:
+        if last is not None and now - last[0] < REANSWER_AFTER and (last[1] or not validated):
             # Our answer to an earlier ring is probably still on its way.
             self.counters["duplicate"] += 1
             self.done[key] = now
+            return []
+        if not self.lookups.take(now):
+            self.counters["lookup_limited"] += 1
             return []
         files = list(self.lookup(query))
         if not files:
             self.counters["no_match"] += 1
             self.done[key] = now
             return []
-        self.pending[key] = _Pending(query, source, size, files, set())
+        self.pending[key] = _Pending(query, source, size, files, set(), validated)
         return [Schedule(key, self._delay(query))]
 
     def _delay(self, query: Query) -> float:
@@ -137,11 +223,11 @@ class Responder:
         """Another SN's OFFER seen on the group: enough of them make ours redundant."""
         if offer.node_id == self.node_id:
             return
-        for (request_id, _hop), pending in self.pending.items():
+        for (request_id, _hop, _valid), pending in self.pending.items():
             if request_id == offer.request_id and offer.files:
                 pending.overheard.add(offer.node_id)
 
-    def due(self, key: tuple[bytes, int], now: float) -> list[Send]:
+    def due(self, key: tuple[bytes, int, bool], now: float) -> list[Send]:
         """The delay of ``key`` is over: the datagrams to send, if any."""
         pending = self.pending.pop(key, None)
         if pending is None:
@@ -154,23 +240,43 @@ class Responder:
         if not self.bucket.take(now):
             self.counters["rate_limited"] += 1
             return []
+        cookie = None
+        full = MAX_DATAGRAM * MAX_GROUP_DATAGRAMS
         if query.reply_to is None:
-            budget = MAX_DATAGRAM * MAX_GROUP_DATAGRAMS
+            budget = min(full, GROUP_FACTOR * pending.query_size)
             to = None
         else:
-            budget = AMPLIFICATION * pending.query_size
             # Reply to where the query came from, never to an address it names.
             to = (pending.source[0], query.reply_to[1])
+            if pending.validated:
+                budget = full
+                self.counters["validated"] += 1
+            else:
+                budget = AMPLIFICATION * pending.query_size
+                cookie = self.cookie(pending.source[0], now)
         offers = pack(
-            query.request_id, self.node_id, self.public_key, query.hop_limit, pending.files, budget
+            query.request_id,
+            self.node_id,
+            self.public_key,
+            query.hop_limit,
+            pending.files,
+            budget,
+            cookie,
         )
-        if offers and offers[-1].truncated:
+        if not offers:
+            self.counters["too_small"] += 1
+            return []
+        if offers[-1].truncated:
             self.counters["truncated"] += 1
-        self.answered[query.request_id] = now
+        if cookie is not None:
+            self.counters["cookies_sent"] += 1
+        whole = cookie is None or not offers[-1].truncated
+        self.answered[query.request_id] = (now, whole)
         self.counters["offers_sent"] += len(offers)
-        return [Send(encode(o), to, query.hop_limit) for o in offers]
+        hop_limit = min(query.hop_limit, self.max_hop_limit)
+        return [Send(encode(o), to, hop_limit) for o in offers]
 
-    def cancel_all(self) -> list[tuple[bytes, int]]:
+    def cancel_all(self) -> list[tuple[bytes, int, bool]]:
         keys = list(self.pending)
         self.pending.clear()
         return keys
@@ -178,7 +284,7 @@ class Responder:
     def _forget(self, now: float) -> None:
         if len(self.done) > 256 or len(self.answered) > 256:
             self.done = {k: t for k, t in self.done.items() if now - t < MEMORY}
-            self.answered = {k: t for k, t in self.answered.items() if now - t < MEMORY}
+            self.answered = {k: t for k, t in self.answered.items() if now - t[0] < MEMORY}
 
 
 def pack(
@@ -188,14 +294,18 @@ def pack(
     hop_limit: int,
     files: Sequence[FileOffer],
     budget: int,
+    cookie: bytes | None = None,
 ) -> list[Offer]:
     """Files into OFFERs of at most MAX_DATAGRAM bytes each and ``budget`` bytes in all.
 
     The last OFFER says ``truncated`` when some files did not fit, and every
-    other one says ``more``. Nothing is sent when even an empty OFFER exceeds
-    the budget.
+    other one says ``more``; ``cookie`` (if any) ends the last one. Nothing
+    is sent when even an empty OFFER exceeds the budget.
     """
     overhead = offer_overhead()
+    if cookie is not None:
+        # Room for the cookie in whichever datagram ends up last.
+        overhead += COOKIE_LEN
     offers: list[Offer] = []
     batch: list[FileOffer] = []
     size = overhead
@@ -222,5 +332,7 @@ def pack(
             offers[-1] = dataclasses.replace(offers[-1], truncated=True)
         elif overhead <= budget:
             offers.append(Offer(request_id, node_id, public_key, hop_limit, (), True))
+    if cookie is not None and offers:
+        offers[-1] = dataclasses.replace(offers[-1], cookie=cookie)
     # Every datagram but the last says more follow, so the CN waits for the whole reply.
     return [dataclasses.replace(o, more=True) for o in offers[:-1]] + offers[-1:]

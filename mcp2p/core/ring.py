@@ -8,22 +8,35 @@ DelayedCalls. States:
 - IDLE: made, nothing sent yet.
 - RINGING: ring ``index`` sent with hop limit ``schedule[index]``, timer armed.
 - DONE: enough answers, schedule exhausted, or cancelled; every later event is ignored.
+
+Address validation (issue 12): an SN answers a querier it cannot yet tell
+receives at its address with a reply no larger than the query, ending in a
+cookie. When that reply was cut short (``truncated``), the search asks
+that SN again at once, on the same ring, with the cookie (a follow-up:
+``SendQuery.follow_up``), and waits for the whole reply before counting
+the SN as answered; a ring whose follow-ups are still unanswered when it
+times out is given one more timeout. Every query carries the cookies the
+search holds (those handed in at start, from earlier searches, and those
+received), so an SN that validated us before answers in full at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mcp2p.wire.query import Offer
+from mcp2p.wire.query import MAX_COOKIES, Offer
 from mcp2p.wire.types import FileOffer
 
 MAX_KNOWN = 64
+MAX_FOLLOWUPS = 2  # follow-ups with a cookie per SN and search
 
 
 @dataclass(frozen=True)
 class SendQuery:
     hop_limit: int
     known: tuple[bytes, ...]
+    cookies: tuple[tuple[bytes, bytes], ...] = ()
+    follow_up: bool = False  # the same ring again, for SNs that gave us a cookie
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,8 @@ class ServerRecord:
     files: dict[bytes, FileOffer] = field(default_factory=dict)
     truncated: bool = False
     complete: bool = False  # its last reply datagram (without ``more``) arrived
+    awaiting: bool = False  # its reply was cut short for want of a cookie: asked again
+    followups: int = 0
 
 
 class RingSearch:
@@ -62,6 +77,7 @@ class RingSearch:
         timeout: float,
         enough: int,
         exclude: tuple[bytes, ...] = (),
+        cookies: dict[bytes, bytes] | None = None,
     ) -> None:
         if not schedule or any(b <= a for a, b in zip(schedule, schedule[1:], strict=False)):
             raise ValueError("schedule must be a non-empty increasing list of hop limits")
@@ -77,6 +93,10 @@ class RingSearch:
         self.queries_sent = 0
         self.reason = ""
         self.exclude = tuple(exclude)[:MAX_KNOWN]  # nodes that must stay silent
+        self.cookies: dict[bytes, bytes] = dict(cookies or {})  # node id -> its cookie for us
+        self.new_cookies: dict[bytes, bytes] = {}  # received during this search
+        self.followups_sent = 0
+        self.extended: set[int] = set()  # rings given one more timeout for follow-ups
 
     @property
     def hop_limit(self) -> int:
@@ -94,8 +114,21 @@ class RingSearch:
             return self._finish("exhausted")
         self.sent_at[self.hop_limit] = now
         self.queries_sent += 1
-        known = (self.exclude + tuple(self.servers))[:MAX_KNOWN]
-        return [SendQuery(self.hop_limit, known), ArmTimer(self.timeout)]
+        known = self._known()
+        return [SendQuery(self.hop_limit, known, self._cookies(known)), ArmTimer(self.timeout)]
+
+    def _known(self) -> tuple[bytes, ...]:
+        """SNs that must stay silent: excluded, or whose whole reply we have."""
+        heard = tuple(n for n, r in self.servers.items() if not r.awaiting)
+        return (self.exclude + heard)[:MAX_KNOWN]
+
+    def _cookies(self, known: tuple[bytes, ...]) -> tuple[tuple[bytes, bytes], ...]:
+        """The cookies worth sending: SNs we wait for first, then the most recent."""
+        silent = set(known)
+        waiting = [n for n, r in self.servers.items() if r.awaiting and n in self.cookies]
+        others = [n for n in reversed(self.cookies) if n not in silent and n not in waiting]
+        chosen = (waiting + others)[:MAX_COOKIES]
+        return tuple((n, self.cookies[n]) for n in chosen)
 
     def offer(self, offer: Offer, address: str, now: float) -> list[Action]:
         """An OFFER arrived from ``address``; returns Finished once enough SNs answered."""
@@ -116,15 +149,32 @@ class RingSearch:
             record.distance, record.rtt, record.address = offer.hop_limit, now - sent, address
         for f in offer.files:
             record.files[f.content_id] = f
+        actions: list[Action] = []
+        if offer.cookie is not None:
+            self.cookies.pop(offer.node_id, None)
+            self.cookies[offer.node_id] = self.new_cookies[offer.node_id] = offer.cookie
+        elif record.awaiting:
+            # The reply to our follow-up: the cut-short one's flag no longer holds.
+            record.awaiting = record.truncated = False
         record.truncated = record.truncated or offer.truncated
-        record.complete = record.complete or not offer.more
+        if offer.cookie is not None and offer.truncated and record.followups < MAX_FOLLOWUPS:
+            record.awaiting = True
+            record.followups += 1
+            self.followups_sent += 1
+            known = self._known()
+            actions.append(SendQuery(offer.hop_limit, known, self._cookies(known), True))
+        record.complete = record.complete or (not offer.more and not record.awaiting)
         if sum(r.complete for r in self.servers.values()) >= self.enough:
             return self._finish("enough")
-        return []
+        return actions
 
     def ring_timeout(self, now: float) -> list[Action]:
         if self.state != "RINGING":
             return []
+        if self.index not in self.extended and any(r.awaiting for r in self.servers.values()):
+            # Follow-ups sent late in the ring: one more timeout for their replies.
+            self.extended.add(self.index)
+            return [ArmTimer(self.timeout)]
         # A reply whose last datagram was lost still counts once its ring is over.
         for record in self.servers.values():
             record.complete = True

@@ -5,6 +5,11 @@ query group (where QUERYs, and OFFERs in multicast-reply mode, arrive) and
 an ephemeral unicast socket (queries leave from it, unicast OFFERs come
 back to it). The protocols only translate: decode, feed the core, turn its
 actions into writes and DelayedCalls.
+
+The node keeps the cookies SNs gave it (``cookies``, by node id, for
+``COOKIE_WINDOW`` seconds, at most ``MAX_COOKIE_CACHE``) and hands them to
+each search, so an SN that validated this node's address answers its next
+searches in full at once (``mcp2p.core.ring`` does the follow-ups).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import ipaddress
 import os
 import random
 import socket
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,18 +30,34 @@ from twisted.logger import Logger
 
 from mcp2p import multicast
 from mcp2p.core.display import display_text
-from mcp2p.core.responder import AMPLIFICATION, Responder, Schedule, Send
+from mcp2p.core.responder import COOKIE_WINDOW, GROUP_FACTOR, Responder, Schedule, Send
 from mcp2p.core.ring import ArmTimer, Finished, RingSearch, SendQuery, ServerRecord
 from mcp2p.errors import ProtocolError
-from mcp2p.wire.query import Offer, Query, decode, encode, offer_overhead
+from mcp2p.wire.query import (
+    COOKIE_LEN,
+    MAX_PADDING,
+    NODE_ID_LEN,
+    Offer,
+    Query,
+    decode,
+    encode,
+    offer_overhead,
+)
 from mcp2p.wire.types import FileOffer, IPAddress
 
 _log = Logger()
 
-# The largest single-file OFFER (255-byte name, IPv6 group and source), divided
-# by the responder's amplification factor: a unicast-reply query is padded to
-# this size so that any one file fits in the reply budget.
-ONE_OFFER_QUERY = -(-(offer_overhead() + 73 + 255 + 24) // AMPLIFICATION)
+# The largest one-file OFFER (255-byte name, IPv6 group and source), with its
+# cookie: a unicast-reply query is padded to this size, so that an SN that
+# has not validated our address yet (it answers with at most the query's
+# size) still sends any one file at once: a search by content id never
+# needs a follow-up.
+_LARGEST_ENTRY = 32 + 1 + 255 + 24 + 17 + 17 + 12
+ONE_OFFER_QUERY = offer_overhead() + _LARGEST_ENTRY + COOKIE_LEN
+# A multicast-reply query: the group reply is at most GROUP_FACTOR times it.
+ONE_OFFER_GROUP_QUERY = -(-(offer_overhead() + _LARGEST_ENTRY) // GROUP_FACTOR)
+MAX_COOKIE_CACHE = 64
+_COOKIE_ENTRY = NODE_ID_LEN + COOKIE_LEN
 
 
 @dataclass
@@ -139,7 +161,10 @@ class _Search:
     def apply(self, actions: Sequence[Any]) -> None:
         for action in actions:
             if isinstance(action, SendQuery):
-                self.hop_limits.append(action.hop_limit)
+                if action.follow_up:
+                    self.node.counters["followups"] += 1
+                else:
+                    self.hop_limits.append(action.hop_limit)
                 self.query_bytes += self.node.send_query(self, action)
             elif isinstance(action, ArmTimer):
                 self.timer = self.node.clock.callLater(action.delay, self.on_timer)
@@ -155,6 +180,7 @@ class _Search:
             self.timer.cancel()
         self.timer = None
         self.node.searches.pop(self.query.request_id, None)
+        self.node.keep_cookies(self.ring.new_cookies)
         result = SearchResult(
             servers=sorted(self.ring.servers.values(), key=lambda s: (s.distance, s.rtt)),
             reason=reason,
@@ -209,6 +235,9 @@ class QueryNode:
                 discovery.reply_delay_max,
                 discovery.answer_rate,
                 discovery.answer_burst,
+                max_hop_limit=max(discovery.ring_schedule),
+                source_rate=getattr(discovery, "source_rate", 10.0),
+                source_burst=getattr(discovery, "source_burst", 30),
             )
         self.groups: list[IPAddress] = [
             g for g in discovery.query_groups if g.version == 4 or interface6
@@ -216,13 +245,16 @@ class QueryNode:
         self.group_ports: dict[int, Any] = {}
         self.unicast_ports: dict[int, Any] = {}
         self.searches: dict[bytes, _Search] = {}
-        self.replies: dict[tuple[bytes, int], Any] = {}
+        self.replies: dict[tuple[bytes, int, bool], Any] = {}
+        # node id -> (its cookie for our address, when it came)
+        self.cookies: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self.counters = {
             "received": 0,
             "malformed": 0,
             "offers_received": 0,
             "stray": 0,
             "searches": 0,
+            "followups": 0,
         }
 
     # -- life cycle
@@ -379,15 +411,35 @@ class QueryNode:
             reply_to=None,
         )
         ring = RingSearch(
-            schedule or self.d.ring_schedule, timeout or self.d.ring_timeout, answers, exclude
+            schedule or self.d.ring_schedule,
+            timeout or self.d.ring_timeout,
+            answers,
+            exclude,
+            cookies=self._live_cookies() if mode == "unicast" else None,
         )
         # Pattern and prefix queries may match several files: room for their offers.
-        pad = self.d.query_padding if (mode == "unicast" and content_id is None) else 0
+        pad = self.d.query_padding if content_id is None else 0
         search = _Search(self, ring, query, pad)
         search.mode = mode
         self.searches[query.request_id] = search
         search.apply(ring.start(self.clock.seconds()))
         return search.deferred
+
+    def _live_cookies(self) -> dict[bytes, bytes]:
+        now = self.clock.seconds()
+        for node_id, (_cookie, when) in list(self.cookies.items()):
+            if now - when >= COOKIE_WINDOW:
+                del self.cookies[node_id]
+        return {node_id: cookie for node_id, (cookie, _when) in self.cookies.items()}
+
+    def keep_cookies(self, cookies: dict[bytes, bytes]) -> None:
+        """Remember cookies SNs gave us, the most recent MAX_COOKIE_CACHE."""
+        now = self.clock.seconds()
+        for node_id, cookie in cookies.items():
+            self.cookies.pop(node_id, None)
+            self.cookies[node_id] = (cookie, now)
+        while len(self.cookies) > MAX_COOKIE_CACHE:
+            self.cookies.popitem(last=False)
 
     def send_query(self, search: _Search, action: SendQuery) -> int:
         sent = 0
@@ -407,13 +459,14 @@ class QueryNode:
                 rate=search.query.rate,
                 reply_to=reply_to,
                 known=action.known,
-                padding=search.pad,
+                cookies=action.cookies if reply_to is not None else (),
             )
+            bare = len(encode(q))
+            # Cookies already enlarge the query: they count towards its padding.
+            target = bare + max(0, search.pad - _COOKIE_ENTRY * len(q.cookies))
+            target = max(target, ONE_OFFER_QUERY if reply_to is not None else ONE_OFFER_GROUP_QUERY)
+            q = dataclasses.replace(q, padding=min(MAX_PADDING, target - bare))
             data = encode(q)
-            if reply_to is not None and len(data) < ONE_OFFER_QUERY:
-                # Enough bytes that the 3x reply budget holds one full-size offer.
-                q = dataclasses.replace(q, padding=q.padding + ONE_OFFER_QUERY - len(data))
-                data = encode(q)
             multicast.set_hop_limit(uport, family, action.hop_limit)
             for g in self.groups:
                 if multicast.family_of(g) == family:

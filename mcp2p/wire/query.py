@@ -26,16 +26,19 @@ by pattern; both: invalid)::
     1 [+a+2]      reply_to: address (see below), then u16 port if family != 0
     1 + 8*w       wanted: u8 count w (<= 64), then w x (u32 start, u32 end)
     1 + 16*k      known: u8 count k (<= 64), then k node ids
+    1 + 24*c      cookies: u8 count c (<= 16), then c x (node id, 8-byte cookie)
     p             padding: p zero bytes (<= 1200), up to the end of the datagram
 
-OFFER (flags bit 0: truncated, bit 1: more datagrams of this reply follow)::
+OFFER (flags bit 0: truncated, bit 1: more datagrams of this reply follow,
+bit 2: a cookie ends the datagram)::
 
     size          field
     8             request_id
     16            node_id
     32            public_key (raw Ed25519)
     1             hop_limit (1..255)
-    1             u8 count of file entries, then the entries, then nothing
+    1             u8 count of file entries, then the entries
+    8             cookie, present exactly when flags bit 2 is set; then nothing
 
 File entry::
 
@@ -59,9 +62,18 @@ files whose content id starts with those digits, as ``git`` resolves an
 abbreviated object name: a CN that printed 16 digits can fetch with them
 without asking for every file a node has.
 
+Cookies (address validation, as DNS cookies, RFC 7873, and QUIC's
+tokens): an SN answers a unicast-reply QUERY with at most as many bytes
+as the QUERY had, unless the QUERY carries a cookie that this SN gave to
+the query's source address: an 8-byte tag (HMAC of the address and a time
+window under the SN's secret) that the SN puts in a reply it truncated
+for want of one. Only a querier that receives at the address learns it.
+A QUERY lists the cookies it holds under the node id of the SN that gave
+each; node ids do not repeat there; an SN reads only its own entry.
+
 An address is a family byte (0 = none, 4, 6) followed by 0, 4 or 16
 bytes.  A pattern query with no reply address, wanted map or known
-answers is 28 bytes plus the pattern's UTF-8 (a prefix query: 28 bytes
+answers is 29 bytes plus the pattern's UTF-8 (a prefix query: 29 bytes
 plus ceil(d/2)).  An encoded OFFER is never
 larger than ``MAX_DATAGRAM`` (encode raises ValueError, decode
 ProtocolError); ``offer_overhead`` and ``file_offer_size`` let the
@@ -94,6 +106,8 @@ MAX_DATAGRAM = 1400
 MAX_PATTERN_BYTES = 255
 MAX_WANTED_RANGES = 64
 MAX_KNOWN = 64
+MAX_COOKIES = 16
+COOKIE_LEN = 8
 MAX_PADDING = 1200
 MAX_FILES = 255
 MAX_BLOCK_INDEX = 0xFFFFFFFF
@@ -111,6 +125,7 @@ _Q_BY_CONTENT_ID = 0x01
 _Q_BY_PREFIX = 0x02
 _O_TRUNCATED = 0x01
 _O_MORE = 0x02
+_O_COOKIE = 0x04
 
 _QUERY_FIXED = struct.Struct("!8sBBQ")  # request_id, hop_limit, answers_wanted, rate
 _OFFER_FIXED = struct.Struct("!8s16s32sBB")  # request_id, node_id, public_key, hop, count
@@ -162,8 +177,10 @@ class Query:
     Exactly one of ``content_id``, ``pattern`` and ``content_id_prefix``
     (lowercase hex, 8-63 digits) is set. ``reply_to`` None means "answer on
     the query group"; ``known`` lists SNs the CN already heard, which stay
-    silent; ``padding`` zero bytes enlarge the datagram and so the unicast
-    reply an SN may send (anti-amplification).
+    silent; ``cookies`` are (node id, cookie) pairs, each proving to that SN
+    that the querier receives at its address (a full reply, not one capped
+    at the query's size); ``padding`` zero bytes enlarge the datagram and
+    so the reply an SN may send before that (anti-amplification).
     """
 
     request_id: bytes
@@ -177,6 +194,7 @@ class Query:
     known: tuple[bytes, ...] = ()
     padding: int = 0
     content_id_prefix: str | None = None
+    cookies: tuple[tuple[bytes, bytes], ...] = ()
 
     def __post_init__(self) -> None:
         _check_bytes("request_id", self.request_id, REQUEST_ID_LEN)
@@ -223,6 +241,14 @@ class Query:
             _check_bytes("known node id", node_id, NODE_ID_LEN)
         if len(set(self.known)) != len(self.known):
             raise ValueError("known node ids must not repeat")
+        _check_tuple("cookies", self.cookies, MAX_COOKIES)
+        for pair in self.cookies:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise ValueError(f"cookie {pair!r} must be a (node id, cookie) tuple")
+            _check_bytes("cookie node id", pair[0], NODE_ID_LEN)
+            _check_bytes("cookie", pair[1], COOKIE_LEN)
+        if len({node for node, _ in self.cookies}) != len(self.cookies):
+            raise ValueError("cookie node ids must not repeat")
         _check_int("padding", self.padding, 0, MAX_PADDING)
 
 
@@ -237,6 +263,7 @@ class Offer:
     files: tuple[FileOffer, ...]
     truncated: bool = False
     more: bool = False  # another datagram of the same reply follows
+    cookie: bytes | None = None  # given to a querier whose address is not validated yet
 
     def __post_init__(self) -> None:
         _check_bytes("request_id", self.request_id, REQUEST_ID_LEN)
@@ -251,6 +278,8 @@ class Offer:
             raise ValueError("truncated must be a bool")
         if not isinstance(self.more, bool):
             raise ValueError("more must be a bool")
+        if self.cookie is not None:
+            _check_bytes("cookie", self.cookie, COOKIE_LEN)
 
 
 Message = Union[Query, Offer]
@@ -325,6 +354,8 @@ def _encode_query(q: Query) -> bytes:
     out.extend(_RANGE.pack(start, end) for start, end in q.wanted)
     out.append(bytes([len(q.known)]))
     out.extend(q.known)
+    out.append(bytes([len(q.cookies)]))
+    out.extend(node + cookie for node, cookie in q.cookies)
     out.append(bytes(q.padding))
     return b"".join(out)
 
@@ -340,12 +371,16 @@ def _encode_file(out: list[bytes], f: FileOffer) -> None:
 
 def _encode_offer(o: Offer) -> bytes:
     flags = (_O_TRUNCATED if o.truncated else 0) | (_O_MORE if o.more else 0)
+    if o.cookie is not None:
+        flags |= _O_COOKIE
     out = [
         _HEADER.pack(_MAGIC, _VERSION, _T_OFFER, flags),
         _OFFER_FIXED.pack(o.request_id, o.node_id, o.public_key, o.hop_limit, len(o.files)),
     ]
     for f in o.files:
         _encode_file(out, f)
+    if o.cookie is not None:
+        out.append(o.cookie)
     data = b"".join(out)
     if len(data) > MAX_DATAGRAM:
         raise ValueError(f"offer is {len(data)} bytes, more than {MAX_DATAGRAM}")
@@ -443,6 +478,7 @@ def _decode_query(r: _Reader, flags: int) -> Query:
         reply_to = (address, r.u16())
     wanted = tuple(r.unpack(_RANGE) for _ in range(r.u8()))
     known = tuple(r.take(NODE_ID_LEN) for _ in range(r.u8()))
+    cookies = tuple((r.take(NODE_ID_LEN), r.take(COOKIE_LEN)) for _ in range(r.u8()))
     padding = r.rest()
     if any(padding):
         raise ProtocolError("QUERY has non-zero trailing bytes")
@@ -459,6 +495,7 @@ def _decode_query(r: _Reader, flags: int) -> Query:
             known=known,
             padding=len(padding),
             content_id_prefix=prefix,
+            cookies=cookies,
         )
     except ValueError as e:
         _bad(Query, e)
@@ -504,10 +541,11 @@ def _decode_file(r: _Reader) -> FileOffer:
 def _decode_offer(r: _Reader, flags: int, length: int) -> Offer:
     if length > MAX_DATAGRAM:
         raise ProtocolError(f"OFFER is {length} bytes, more than {MAX_DATAGRAM}")
-    if flags & ~(_O_TRUNCATED | _O_MORE):
+    if flags & ~(_O_TRUNCATED | _O_MORE | _O_COOKIE):
         raise ProtocolError(f"unknown OFFER flags {flags:#04x}")
     request_id, node_id, public_key, hop_limit, count = r.unpack(_OFFER_FIXED)
     files = tuple(_decode_file(r) for _ in range(count))
+    cookie = r.take(COOKIE_LEN) if flags & _O_COOKIE else None
     if r.rest():
         raise ProtocolError("OFFER has trailing bytes")
     try:
@@ -519,6 +557,7 @@ def _decode_offer(r: _Reader, flags: int, length: int) -> Offer:
             files=files,
             truncated=bool(flags & _O_TRUNCATED),
             more=bool(flags & _O_MORE),
+            cookie=cookie,
         )
     except ValueError as e:
         _bad(Offer, e)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from mcp2p.core.responder import (
     AMPLIFICATION,
+    GROUP_FACTOR,
     MAX_GROUP_DATAGRAMS,
     MEMORY,
     REANSWER_AFTER,
@@ -24,6 +25,7 @@ from mcp2p.core.responder import (
     pack,
 )
 from mcp2p.wire.query import (
+    COOKIE_LEN,
     MAX_DATAGRAM,
     Offer,
     Query,
@@ -90,6 +92,9 @@ def responder(
     rate: float = 1000.0,
     burst: int = 1000,
     node_id: bytes = ME,
+    source_rate: float = 1000.0,
+    source_burst: int = 1000,
+    max_hop_limit: int = 255,
 ) -> Responder:
     seen: list[Query] = []
 
@@ -97,7 +102,19 @@ def responder(
         seen.append(query)
         return files
 
-    r = Responder(node_id, MY_KEY, lookup, random.Random(seed), DELAY_MIN, DELAY_MAX, rate, burst)
+    r = Responder(
+        node_id,
+        MY_KEY,
+        lookup,
+        random.Random(seed),
+        DELAY_MIN,
+        DELAY_MAX,
+        rate,
+        burst,
+        source_rate=source_rate,
+        source_burst=source_burst,
+        max_hop_limit=max_hop_limit,
+    )
     r.seen = seen  # type: ignore[attr-defined]
     return r
 
@@ -123,7 +140,7 @@ def test_one_reply_is_scheduled_within_the_window() -> None:
     query = make_query()
     [schedule] = hear(r, query)
     assert isinstance(schedule, Schedule)
-    assert schedule.key == (query.request_id, query.hop_limit)
+    assert schedule.key == (query.request_id, query.hop_limit, False)
     assert DELAY_MIN <= schedule.delay <= DELAY_MAX
     assert r.seen == [query]  # type: ignore[attr-defined]
     assert r.counters["queries"] == 1
@@ -213,7 +230,7 @@ def test_cancel_all() -> None:
 
 
 def test_due_for_an_unknown_key() -> None:
-    assert responder().due((rid(9), 1), 1.0) == []
+    assert responder().due((rid(9), 1, False), 1.0) == []
 
 
 # -- unicast replies --------------------------------------------------------------------
@@ -232,15 +249,17 @@ def test_unicast_reply_goes_to_the_query_source(reply_to: tuple[str, int]) -> No
     assert sends[0].to == ("192.0.2.10", 40001)
     assert sends[0].hop_limit == 4
     [offer] = offers_of(sends)
-    assert offer == Offer(rid(1), ME, MY_KEY, 4, (file_offer(1), file_offer(2)))
+    # The address is not validated yet: the reply carries a cookie for it.
+    cookie = r.cookie("192.0.2.10", schedule.delay)
+    assert offer == Offer(rid(1), ME, MY_KEY, 4, (file_offer(1), file_offer(2)), cookie=cookie)
     assert r.counters["offers_sent"] == 1
-    assert r.answered == {rid(1): schedule.delay}
+    assert r.answered == {rid(1): (schedule.delay, True)}
 
 
 def test_small_unicast_query_gets_a_truncated_reply() -> None:
     files = [file_offer(i, name="x" * 200) for i in range(10)]
     r = responder(files=files)
-    query = make_query(padding=0)
+    query = make_query(padding=60)
     size = len(encode(query))
     [schedule] = hear(r, query)
     sends = r.due(schedule.key, 0.1)
@@ -298,6 +317,9 @@ def test_unicast_reply_is_never_amplified(
     assert sum(map(len, datagrams)) <= AMPLIFICATION * size
     assert all(s.to == (CN[0], 4000) for s in sends)
     offers = offers_of(sends)
+    if size < offer_overhead() + COOKIE_LEN:
+        assert offers == [] and r.counters["too_small"] == 1
+        return
     carried = _check_packing(offers, datagrams, files)
     if carried < len(files):
         assert offers and offers[-1].truncated
@@ -355,8 +377,9 @@ def test_multicast_reply_packing(files: list[FileOffer]) -> None:
     sends = r.due(schedule.key, schedule.delay)
     datagrams = [s.data for s in sends]
     assert len(datagrams) <= MAX_GROUP_DATAGRAMS
-    assert sum(map(len, datagrams)) <= MAX_GROUP_DATAGRAMS * MAX_DATAGRAM
-    assert _check_packing(offers_of(sends), datagrams, files) == len(files)  # 40 files fit
+    size = len(encode(make_query(multicast=True, padding=0)))
+    assert sum(map(len, datagrams)) <= GROUP_FACTOR * size
+    _check_packing(offers_of(sends), datagrams, files)
 
 
 # -- rate limit ---------------------------------------------------------------------------

@@ -187,6 +187,8 @@ def test_multicast_replies_let_other_servers_suppress_duplicates() -> None:
 
 
 def test_unicast_reply_goes_to_the_query_source_within_the_budget() -> None:
+    """The first reply is at most the query's size and carries a cookie; the CN
+    asks again with it at once and gets the rest (8 datagrams at most)."""
     net = FakeNetwork()
     d = discovery(answers_wanted="1", ring_schedule="1", query_padding="0")
     many = [offer(f"file-{i:03d}-" + "x" * 80 + ".iso", i) for i in range(40)]
@@ -197,9 +199,15 @@ def test_unicast_reply_goes_to_the_query_source_within_the_budget() -> None:
     queries = [s for s in net.sent if s[0] == "10.0.0.100"]
     replies = [s for s in net.sent if s[0] == "10.0.1.1"]
     assert all(addr[0] == "10.0.0.100" for _, _, addr, _ in replies)
-    assert sum(len(data) for _, data, _, _ in replies) <= 3 * len(queries[0][1])
-    assert result.servers[0].truncated
-    assert 0 < len(result.servers[0].files) < 41
+    first = decode(replies[0][1])
+    assert isinstance(first, Offer) and first.cookie is not None and first.truncated
+    assert len(replies[0][1]) <= len(queries[0][1])
+    follow_up = decode(queries[1][1])
+    assert isinstance(follow_up, Query) and follow_up.cookies[0][1] == first.cookie
+    assert cn.counters["followups"] == 1
+    assert len(replies) == 1 + 6  # the whole reply, in 6 datagrams (8 at most)
+    assert len(result.servers[0].files) == 41
+    assert not result.servers[0].truncated
 
 
 def test_padding_buys_a_larger_reply() -> None:

@@ -112,6 +112,15 @@ def queries(draw: st.DrawFn) -> Query:
         wanted=draw(wanted_maps()),
         known=tuple(draw(st.lists(node_ids, max_size=64, unique=True))),
         padding=draw(st.integers(0, 1200)),
+        cookies=tuple(
+            draw(
+                st.lists(
+                    st.tuples(node_ids, st.binary(min_size=8, max_size=8)),
+                    max_size=16,
+                    unique_by=lambda c: c[0],
+                )
+            )
+        ),
     )
 
 
@@ -126,6 +135,7 @@ def offers(max_files: int = 5) -> st.SearchStrategy[Offer]:
         files=st.lists(file_offers(), max_size=max_files).map(tuple),
         truncated=st.booleans(),
         more=st.booleans(),
+        cookie=st.none() | st.binary(min_size=8, max_size=8),
     )
 
 
@@ -185,9 +195,9 @@ def test_fixed_examples_round_trip() -> None:
 
 def test_pattern_query_is_compact() -> None:
     q = Query(request_id=RID, hop_limit=1, content_id=None, pattern="*.iso")
-    assert len(encode(q)) == 28 + 5
+    assert len(encode(q)) == 29 + 5
     q = Query(request_id=RID, hop_limit=1, content_id=b"c" * 32, pattern=None)
-    assert len(encode(q)) == 28 + 31
+    assert len(encode(q)) == 29 + 31
 
 
 @given(st.lists(file_offers(), max_size=12))
@@ -328,7 +338,7 @@ def test_adjacent_or_empty_wanted_ranges() -> None:
 def test_65_known_ids() -> None:
     q = dataclasses.replace(QUERY, known=tuple(bytes([i]) * 16 for i in range(64)))
     data = encode(q)
-    count = len(data) - 64 * 16 - 1
+    count = len(data) - 64 * 16 - 2  # the known count, then 64 ids, then 0 cookies
     assert data[count] == 64
     _raises_protocol_error(data[:count] + b"\x41" + data[count + 1 :] + b"\xff" * 16)
 
@@ -442,7 +452,7 @@ def test_prefix_query_layout() -> None:
     assert data[5] == 0x02
     # u8 digit count, then the digits packed two per byte, the odd one's pad nibble 0
     assert data[24:31] == bytes([11]) + bytes.fromhex("0123456789a0")
-    assert len(data) == 28 + 6
+    assert len(data) == 29 + 6
     assert decode(data) == PREFIX_QUERY
 
 
@@ -450,7 +460,7 @@ def test_prefix_query_layout() -> None:
 def test_prefix_round_trip_and_size(prefix: str) -> None:
     q = dataclasses.replace(PREFIX_QUERY, content_id_prefix=prefix)
     data = encode(q)
-    assert len(data) == 28 + (len(prefix) + 1) // 2
+    assert len(data) == 29 + (len(prefix) + 1) // 2
     assert decode(data) == q
 
 
@@ -496,3 +506,34 @@ def test_prefix_matches_is_hex_startswith(content_id: bytes, digits: int) -> Non
     assert prefix_matches(own, content_id)
     other = own[:-1] + "0123456789abcdef"[("0123456789abcdef".index(own[-1]) + 1) % 16]
     assert not prefix_matches(other, content_id)
+
+
+# -- cookies (issue 12: address validation) -----------------------------------
+
+
+def test_cookie_layout() -> None:
+    """After the known ids: u8 count, then (node id, 8-byte cookie) pairs; then padding."""
+    pairs = ((b"\x01" * 16, b"c" * 8), (b"\x02" * 16, b"d" * 8))
+    q = dataclasses.replace(QUERY, cookies=pairs, padding=3)
+    data = encode(q)
+    tail = bytes([2]) + b"\x01" * 16 + b"c" * 8 + b"\x02" * 16 + b"d" * 8 + bytes(3)
+    assert data.endswith(tail)
+    assert decode(data) == q
+    # a cookie count running past the datagram, and a repeated node id, are refused
+    _raises_protocol_error(data[: -len(tail)] + bytes([3]) + tail[1:])
+    same = ((b"\x01" * 16, b"c" * 8), (b"\x01" * 16, b"d" * 8))
+    with pytest.raises(ValueError):
+        dataclasses.replace(QUERY, cookies=same)
+    with pytest.raises(ValueError):
+        dataclasses.replace(QUERY, cookies=((b"\x01" * 16, b"short"),))
+    with pytest.raises(ValueError):
+        dataclasses.replace(QUERY, cookies=tuple((bytes([i]) * 16, b"c" * 8) for i in range(17)))
+
+
+def test_offer_cookie_ends_the_datagram() -> None:
+    plain = encode(OFFER)
+    with_cookie = encode(dataclasses.replace(OFFER, cookie=b"k" * 8))
+    assert with_cookie == plain[:5] + bytes([plain[5] | 0x04]) + plain[6:] + b"k" * 8
+    assert decode(with_cookie) == dataclasses.replace(OFFER, cookie=b"k" * 8)
+    _raises_protocol_error(with_cookie[:-1])  # flag set, cookie short
+    _raises_protocol_error(plain + b"k" * 8)  # cookie bytes without the flag
