@@ -9,34 +9,35 @@ one CN wants, and a block nobody wants never goes out.
 Sending is optimistic: ``sent`` counts a symbol as received by everyone
 who needed it; receivers report losses and ``add_need`` puts them back.
 
-Weights live in a Fenwick (binary indexed) tree, an ``array('q')`` padded
-to a power of two, so that a draw is one descent of the tree. Each
+Weights are kept as levels: for each weight w >= 1, the ``RangeSet`` of
+the units whose weight is w (units nobody needs are in none). Each
 subscriber's needs are a ``RangeSet`` of units needed once plus a dict of
-units needed more than once (each unit in at most one of them), so a
-plain-code subscriber wanting a whole file costs a few ints, not one per
-block.
+units needed more than once (each unit in at most one of them). So the
+state is ranges, not per-unit entries: memory follows what is wanted and
+how fragmented it is, not the file's size (a subscriber wanting the whole
+of a 4 GiB file costs a few ints), and nothing is ever expanded unit by
+unit: a subscription, a wanted-map update or a departure is set algebra
+over the levels.
 
-Costs, with U units, S subscribers and r ranges in a subscriber's set:
+Costs, with L levels (distinct weights: at most the number of
+subscribers for the plain code), r ranges in a level or a subscriber's
+set, S subscribers:
 
-- ``choose``: O(log U).
-- ``sent``: O(S log r + log U).
-- ``add_need``: O(log r + log U).
-- ``set_need``/``remove``: O(r + r' + k log U) for k units whose need
-  changes, or O(U) when k log U is larger than about 2U (the tree is then
-  rebuilt in one pass instead of k point updates).
-- ``weight``: O(log U); ``total_weight``: O(1).
+- ``choose``: O(L + log r) (``mostwanted``, ``demand``, ``uniform``:
+  a bisection in one level; ``sequential``: one per level).
+- ``sent``, ``add_need``: O(S log r + L log r).
+- ``take(n)``: n x (choose + sent); ``mostwanted`` hands out whole runs of
+  its top level at once when nobody needs a unit twice: O(S log r) a run.
+- ``set_need``/``remove``/``add_needs``: O(L (r + r')) set algebra, plus
+  O(log r) per unit needed more than once.
+- ``weight``: O(L log r); ``total_weight``, ``needed_units``: O(1).
 
-Memory: 8 bytes per unit (the tree) plus the subscribers' needs.
-
-Two other policies, for comparison (`[serving] scheduler`; the lab's
-control experiment): ``UniformScheduler`` draws uniformly among the units
-anyone still needs, ``SequentialScheduler`` goes round them in unit order
-and wraps (a carousel, as udpcast or FLUTE send). Both keep the same needs
-and weights (so the session's bookkeeping is the same) plus, per unit, its
-weight and a second Fenwick tree of "someone needs it" (0/1): a uniform
-draw or the next needed unit at or after a cursor is one descent of it,
-O(log U); keeping it costs O(log U) more per weight change that crosses 0.
-Memory: 16 bytes more per unit.
+Policies (`[serving] scheduler`; the lab's control experiment):
+``demand`` draws a unit with probability weight / total (a level by its
+share of the total, then a member of it by rank), ``uniform`` draws
+uniformly among the units anyone still needs, ``sequential`` goes round
+them in unit order and wraps (a carousel, as udpcast or FLUTE send), and
+``mostwanted`` (the default) goes round the units of the highest weight.
 
 Pure: no Twisted, no I/O; randomness from the ``random.Random`` given.
 """
@@ -44,9 +45,8 @@ Pure: no Twisted, no I/O; randomness from the ``random.Random`` given.
 from __future__ import annotations
 
 import random
-from array import array
-from collections.abc import Hashable, KeysView
-from operator import add
+from collections import Counter
+from collections.abc import Hashable, Iterable, KeysView
 
 from zope.interface import implementer
 
@@ -81,12 +81,9 @@ class DemandScheduler:
         if not isinstance(units, int) or units < 0:
             raise ValueError(f"units must be a non-negative integer, got {units!r}")
         self._units = units
-        size = 1
-        while size < units:
-            size <<= 1
-        self._size = size  # tree positions 1..size; units map to 1..units
-        self._tree = array("q", bytes(8 * (size + 1)))
-        self._total = 0
+        self._levels: dict[int, RangeSet] = {}  # weight (>= 1) -> the units of that weight
+        self._total = 0  # sum of all weights
+        self._nlive = 0  # units of weight >= 1
         self._needs: dict[Hashable, _Need] = {}
         self._randrange = rng.randrange
 
@@ -100,6 +97,11 @@ class DemandScheduler:
     def total_weight(self) -> int:
         """Sum of every subscriber's remaining needs: 0 means nothing to send."""
         return self._total
+
+    @property
+    def needed_units(self) -> int:
+        """How many units anyone still needs."""
+        return self._nlive
 
     @property
     def subscribers(self) -> KeysView[Hashable]:
@@ -120,10 +122,22 @@ class DemandScheduler:
         counts.update(need.many)
         return counts
 
+    def needed_by(self, subscriber: Hashable) -> RangeSet:
+        """The units ``subscriber`` needs at least once, as ranges (never
+        expanded unit by unit); KeyError for an unknown subscriber."""
+        need = self._needs[subscriber]
+        if not need.many:
+            return need.ones.copy()
+        return need.ones.union(RangeSet.from_indices(need.many))
+
     def weight(self, unit: int) -> int:
         """The sum of all subscribers' needs for ``unit``."""
         self._check_unit(unit)
-        return self._prefix(unit + 1) - self._prefix(unit)
+        return self._weight(unit)
+
+    def level_sizes(self) -> dict[int, int]:
+        """Weight -> how many units have it (weights >= 1 only)."""
+        return {w: len(level) for w, level in self._levels.items()}
 
     # -- choosing and sending (the hot path: keep it lean)
 
@@ -133,18 +147,25 @@ class DemandScheduler:
         if total <= 0:
             return None
         r = self._randrange(total)
-        tree = self._tree
-        pos = 0
-        step = self._size >> 1
-        # Find the largest pos whose prefix sum is <= r: unit pos has weight > 0.
-        while step:
-            nxt = pos + step
-            w = tree[nxt]
-            if w <= r:
-                pos = nxt
-                r -= w
-            step >>= 1
-        return pos
+        for w, level in self._levels.items():
+            span = w * len(level)
+            if r < span:
+                return level.nth(r // w)
+            r -= span
+        raise AssertionError("weights do not add up to the total")
+
+    def take(self, count: int) -> list[int]:
+        """Up to ``count`` units, each chosen and counted as sent in turn
+        (``choose`` then ``sent``); fewer when nothing more is needed."""
+        out: list[int] = []
+        choose, sent = self.choose, self.sent
+        for _ in range(count):
+            unit = choose()
+            if unit is None:
+                break
+            sent(unit)
+            out.append(unit)
+        return out
 
     def sent(self, unit: int) -> int:
         """One symbol of ``unit`` went out: every need for it drops by one.
@@ -168,13 +189,8 @@ class DemandScheduler:
             if need.ones.discard(unit):
                 k += 1
         if k:
-            self._total -= k
-            tree = self._tree
-            size = self._size
-            i = unit + 1
-            while i <= size:
-                tree[i] -= k
-                i += i & -i
+            w = self._weight(unit)
+            self._move(unit, w, w - k)
         return k
 
     # -- changing needs
@@ -197,8 +213,32 @@ class DemandScheduler:
             need.ones.add(unit)
         else:
             need.many[unit] = after
-        self._add(unit, count)
-        self._total += count
+        w = self._weight(unit)
+        self._move(unit, w, w + count)
+
+    def add_needs(self, subscriber: Hashable, units: Iterable[int]) -> None:
+        """``add_need(subscriber, u)`` for each ``u`` of ``units`` (a unit named
+        twice is needed twice more), in bulk: the units it did not need join
+        its ranges and the weights in one pass of set algebra."""
+        counts = Counter(units)
+        if not counts:
+            return
+        for unit in (min(counts), max(counts)):
+            self._check_unit(unit)
+        need = self._needs.get(subscriber)
+        if need is None:
+            need = self._needs[subscriber] = _Need(RangeSet(), {}, False)
+        ones, many = need.ones, need.many
+        fresh = []
+        for unit, count in counts.items():
+            if count == 1 and unit not in many and unit not in ones:
+                fresh.append(unit)
+            else:
+                self.add_need(subscriber, unit, count)
+        if fresh:
+            new = RangeSet.from_indices(fresh)
+            ones.update(new)
+            self._shift(new, 1)
 
     def set_need(self, subscriber: Hashable, need: dict[int, int] | RangeSet) -> None:
         """Replace everything ``subscriber`` needs.
@@ -227,10 +267,7 @@ class DemandScheduler:
             raise TypeError(f"need must be a dict or a RangeSet, not {type(need).__name__}")
         old = self._needs.get(subscriber)
         self._needs[subscriber] = new
-        if old is not None:
-            self._apply(old, new)
-        else:
-            self._apply(_Need(RangeSet(), {}, False), new)
+        self._apply(old or _Need(RangeSet(), {}, False), new)
 
     def remove(self, subscriber: Hashable) -> None:
         """Forget ``subscriber`` and its needs; KeyError if unknown."""
@@ -243,169 +280,104 @@ class DemandScheduler:
         if not isinstance(unit, int) or not 0 <= unit < self._units:
             raise ValueError(f"unit {unit!r} is outside 0..{self._units - 1}")
 
-    def _prefix(self, i: int) -> int:
-        """Sum of the weights of units 0..i-1."""
-        tree = self._tree
-        total = 0
-        while i > 0:
-            total += tree[i]
-            i &= i - 1
-        return total
+    def _weight(self, unit: int) -> int:
+        for w, level in self._levels.items():
+            if unit in level:
+                return w
+        return 0
 
-    def _add(self, unit: int, delta: int) -> None:
-        tree = self._tree
-        size = self._size
-        i = unit + 1
-        while i <= size:
-            tree[i] += delta
-            i += i & -i
+    def _move(self, unit: int, before: int, after: int) -> None:
+        """``unit``'s weight goes from ``before`` to ``after``."""
+        if before == after:
+            return
+        levels = self._levels
+        if before:
+            level = levels[before]
+            level.discard(unit)
+            if not level:
+                del levels[before]
+        else:
+            self._nlive += 1
+        if after:
+            level = levels.get(after)
+            if level is None:
+                levels[after] = RangeSet([(unit, unit + 1)])
+            else:
+                level.add(unit)
+        else:
+            self._nlive -= 1
+        self._total += after - before
+
+    def _shift(self, units: RangeSet, delta: int) -> None:
+        """Add ``delta`` (+1 or -1) to the weight of each of ``units`` (for -1,
+        each has weight >= 1). Set algebra over the levels: O(ranges), never
+        unit by unit."""
+        if not units:
+            return
+        out: dict[int, RangeSet] = {}
+
+        def put(w: int, part: RangeSet) -> None:
+            if part and w > 0:
+                have = out.get(w)
+                out[w] = part if have is None else have.union(part)
+
+        covered = 0
+        dropped = 0
+        for w, level in self._levels.items():
+            moved = level.intersection(units)
+            if not moved:
+                put(w, level)
+                continue
+            covered += len(moved)
+            if w + delta == 0:
+                dropped += len(moved)
+            put(w, level.difference(moved))
+            put(w + delta, moved)
+        if delta > 0 and covered < len(units):
+            zero = units
+            for level in self._levels.values():
+                zero = zero.difference(level)
+            put(delta, zero)
+            self._nlive += len(zero)
+        elif delta < 0 and covered != len(units):
+            raise AssertionError("a weight would drop below zero")
+        self._nlive -= dropped
+        self._total += delta * len(units)
+        self._levels = out
 
     def _apply(self, old: _Need, new: _Need) -> None:
-        """Change the tree from ``old``'s contribution to ``new``'s."""
-        plus = new.ones.difference(old.ones)
-        minus = old.ones.difference(new.ones)
+        """Change the weights from ``old``'s contribution to ``new``'s: the
+        increases first, so that no weight goes below zero on the way."""
         points: dict[int, int] = {}
         for unit, count in old.many.items():
             points[unit] = points.get(unit, 0) - count
         for unit, count in new.many.items():
             points[unit] = points.get(unit, 0) + count
-        changed = len(plus) + len(minus) + len(points)
-        if not changed:
-            return
-        self._total += len(plus) - len(minus) + sum(points.values())
-        if changed * self._size.bit_length() > 2 * self._size:
-            # Many changes: build a tree of the deltas in O(U) and add it in.
-            delta = array("q", bytes(8 * (self._size + 1)))
-            one = array("q", [1])
-            minus_one = array("q", [-1])
-            for a, b in plus.ranges():
-                delta[a + 1 : b + 1] = one * (b - a)
-            for a, b in minus.ranges():
-                delta[a + 1 : b + 1] = minus_one * (b - a)
-            for unit, d in points.items():
-                delta[unit + 1] += d
-            n = self._size
-            for i in range(1, n + 1):
-                j = i + (i & -i)
-                if j <= n:
-                    delta[j] += delta[i]
-            self._tree = array("q", map(add, self._tree, delta))
-            return
-        for a, b in plus.ranges():
-            for unit in range(a, b):
-                self._add(unit, 1)
-        for a, b in minus.ranges():
-            for unit in range(a, b):
-                self._add(unit, -1)
-        for unit, d in points.items():
+        self._shift(new.ones.difference(old.ones), 1)
+        for unit, d in sorted(points.items(), key=lambda item: -item[1]):
             if d:
-                self._add(unit, d)
+                w = self._weight(unit)
+                self._move(unit, w, w + d)
+        self._shift(old.ones.difference(new.ones), -1)
 
 
-class _LiveScheduler(DemandScheduler):
-    """The demand bookkeeping plus which units anyone needs at all.
-
-    ``_w`` is each unit's weight; ``_live`` a Fenwick tree of 0/1 (weight
-    > 0) over the same positions as the weight tree, ``_nlive`` its sum.
-    Every weight change goes through `_add` or `sent` (kept here) or the
-    bulk rebuild of `DemandScheduler._apply` (then both are rebuilt, O(U)).
-    """
-
-    def __init__(self, units: int, rng: random.Random) -> None:
-        super().__init__(units, rng)
-        self._w = array("q", bytes(8 * units))
-        self._live = array("q", bytes(8 * (self._size + 1)))
-        self._nlive = 0
-
-    def _flip(self, unit: int, delta: int) -> None:
-        live = self._live
-        size = self._size
-        i = unit + 1
-        while i <= size:
-            live[i] += delta
-            i += i & -i
-        self._nlive += delta
-
-    def _add(self, unit: int, delta: int) -> None:
-        super()._add(unit, delta)
-        before = self._w[unit]
-        after = before + delta
-        self._w[unit] = after
-        if (before > 0) != (after > 0):
-            self._flip(unit, 1 if after > 0 else -1)
-
-    def sent(self, unit: int) -> int:
-        k = super().sent(unit)
-        if k:
-            before = self._w[unit]
-            self._w[unit] = before - k
-            if before > 0 >= before - k:
-                self._flip(unit, -1)
-        return k
-
-    def _apply(self, old: _Need, new: _Need) -> None:
-        tree = self._tree
-        super()._apply(old, new)
-        if self._tree is not tree:  # the bulk path: rebuild from the new tree
-            self._rebuild()
-
-    def _rebuild(self) -> None:
-        n = self._size
-        w = array("q", self._tree)
-        for i in range(n, 0, -1):  # undo the Fenwick build: weights per position
-            j = i + (i & -i)
-            if j <= n:
-                w[j] -= w[i]
-        self._w = w[1 : self._units + 1]
-        live = array("q", (1 if x > 0 else 0 for x in w))
-        live[0] = 0
-        self._nlive = sum(live)
-        for i in range(1, n + 1):
-            j = i + (i & -i)
-            if j <= n:
-                live[j] += live[i]
-        self._live = live
-
-    def _nth_live(self, r: int) -> int:
-        """The unit that is the ``r``-th (from 0) of those anyone needs."""
-        live = self._live
-        pos = 0
-        step = self._size >> 1
-        while step:
-            nxt = pos + step
-            c = live[nxt]
-            if c <= r:
-                pos = nxt
-                r -= c
-            step >>= 1
-        return pos
-
-    def _live_before(self, unit: int) -> int:
-        """How many of units 0..unit-1 anyone needs."""
-        live = self._live
-        total = 0
-        i = unit
-        while i > 0:
-            total += live[i]
-            i &= i - 1
-        return total
-
-    @property
-    def needed_units(self) -> int:
-        """How many units anyone still needs."""
-        return self._nlive
-
-
-class UniformScheduler(_LiveScheduler):
+class UniformScheduler(DemandScheduler):
     """Uniform random choice among the units anyone still needs."""
 
     def choose(self) -> int | None:
-        if self._nlive <= 0:
+        nlive = self._nlive
+        if nlive <= 0:
             return None
-        return self._nth_live(self._randrange(self._nlive))
+        r = self._randrange(nlive)
+        for level in self._levels.values():
+            n = len(level)
+            if r < n:
+                return level.nth(r)
+            r -= n
+        raise AssertionError("levels do not add up to the needed units")
 
 
-class SequentialScheduler(_LiveScheduler):
+class SequentialScheduler(DemandScheduler):
     """Round-robin in unit order over the needed units, wrapping (a carousel)."""
 
     def __init__(self, units: int, rng: random.Random) -> None:
@@ -413,95 +385,72 @@ class SequentialScheduler(_LiveScheduler):
         self._cursor = 0  # the next unit to look at
 
     def choose(self) -> int | None:
-        nlive = self._nlive
-        if nlive <= 0:
+        if self._nlive <= 0:
             return None
-        r = self._live_before(self._cursor) if self._cursor < self._units else nlive
-        if r >= nlive:
-            r = 0  # nothing needed at or after the cursor: wrap
-        unit = self._nth_live(r)
-        self._cursor = unit + 1
-        return unit
+        best = None
+        for level in self._levels.values():
+            run = level.next_run(self._cursor)
+            if run is not None and (best is None or run[0] < best):
+                best = run[0]
+        if best is None:  # nothing needed at or after the cursor: wrap
+            best = min(level.first() or 0 for level in self._levels.values())
+        self._cursor = best + 1
+        return best
 
 
-class MostWantedScheduler(_LiveScheduler):
+class MostWantedScheduler(DemandScheduler):
     """The paper's "most wanted most often", made deterministic: a carousel
     in unit order over the units with the highest weight (the most CNs
     need them), so a late joiner's and an early CN's common needs go first
     and a unit only some CNs need waits until nothing is wanted more.
 
-    ``_max`` is a max segment tree over the weights (leaves at
-    ``size .. 2*size-1``): the next unit at or after the cursor whose weight
-    is the maximum is found in O(log U), and every weight change costs
-    O(log U) as in the other trees. (A unit needed several times, a
-    fountain code's piece, is visited once per round like the others.)
+    The units of the highest weight are one level's RangeSet: the next one
+    at or after the cursor is a bisection in it, O(log r). (A unit needed
+    several times, a fountain code's piece, is visited once per round like
+    the others.) ``take`` hands out whole runs of that level at once while
+    no subscriber needs any unit twice (the plain code): each unit of the
+    run then drops to weight 0, so the run leaves every subscriber's ranges
+    and the level with one range removal each.
     """
 
     def __init__(self, units: int, rng: random.Random) -> None:
         super().__init__(units, rng)
-        self._max = array("q", bytes(8 * 2 * self._size))
         self._cursor = 0
 
-    def _set(self, unit: int, value: int) -> None:
-        m = self._max
-        i = unit + self._size
-        m[i] = value
-        i >>= 1
-        while i:
-            a, b = m[2 * i], m[2 * i + 1]
-            v = a if a >= b else b
-            if m[i] == v:
-                break  # unchanged here, so above too
-            m[i] = v
-            i >>= 1
-
-    def _add(self, unit: int, delta: int) -> None:
-        super()._add(unit, delta)
-        self._set(unit, self._w[unit])
-
-    def sent(self, unit: int) -> int:
-        k = super().sent(unit)
-        if k:
-            self._set(unit, self._w[unit])
-        return k
-
-    def _rebuild(self) -> None:
-        super()._rebuild()
-        size = self._size
-        m = array("q", bytes(8 * 2 * size))
-        m[size : size + self._units] = self._w
-        for i in range(size - 1, 0, -1):
-            a, b = m[2 * i], m[2 * i + 1]
-            m[i] = a if a >= b else b
-        self._max = m
-
-    def _first_at_least(self, start: int, target: int) -> int | None:
-        """The first unit >= ``start`` whose weight is >= ``target``."""
-        m = self._max
-        size = self._size
-        i = start + size
-        while True:
-            if m[i] >= target:
-                while i < size:  # down to the leftmost such leaf
-                    i = 2 * i if m[2 * i] >= target else 2 * i + 1
-                return i - size
-            while i & 1:  # a right child: up until we are a left one
-                i >>= 1
-            if i == 0:
-                return None
-            i += 1  # the subtree just right of everything seen
-
     def choose(self) -> int | None:
-        if self._nlive <= 0:
+        if not self._levels:
             return None
-        target = self._max[1]
+        level = self._levels[max(self._levels)]
         start = self._cursor if self._cursor < self._units else 0
-        unit = self._first_at_least(start, target)
-        if unit is None:
-            unit = self._first_at_least(0, target)
-        assert unit is not None
-        self._cursor = unit + 1
-        return unit
+        run = level.next_run(start) or level.next_run(0)
+        assert run is not None
+        self._cursor = run[0] + 1
+        return run[0]
+
+    def take(self, count: int) -> list[int]:
+        out: list[int] = []
+        needs = self._needs.values()
+        levels = self._levels
+        while len(out) < count and levels:
+            if any(need.many for need in needs):
+                out += super().take(count - len(out))
+                break
+            top = max(levels)
+            level = levels[top]
+            start = self._cursor if self._cursor < self._units else 0
+            run = level.next_run(start) or level.next_run(0)
+            assert run is not None
+            a, b = run[0], min(run[1], run[0] + count - len(out))
+            for need in needs:
+                need.ones.remove_range(a, b)
+            level.remove_range(a, b)
+            if not level:
+                del levels[top]
+            self._total -= top * (b - a)
+            self._nlive -= b - a
+            self._cursor = b
+            out += range(a, b)
+        return out
 
 
 SCHEDULERS: dict[str, type[DemandScheduler]] = {

@@ -385,6 +385,27 @@ class RangeSet:
     def last(self) -> int | None:
         return self._chunks[-1][-1] - 1 if self._chunks else None
 
+    def next_run(self, x: int) -> tuple[int, int] | None:
+        """``(a, b)``: ``a`` the first member >= ``x`` and ``[a, b)`` the members
+        from it on that follow each other (the rest of its range); None if no
+        member is >= ``x``. O(log r)."""
+        chunks = self._chunks
+        if not chunks:
+            return None
+        c = bisect_right(self._firsts, x) - 1
+        if c < 0:
+            c = 0
+        chunk = chunks[c]
+        k = bisect_right(chunk, x)
+        if k & 1:
+            return x, chunk[k]
+        if k < len(chunk):
+            return chunk[k], chunk[k + 1]
+        if c + 1 < len(chunks):
+            after = chunks[c + 1]
+            return after[0], after[1]
+        return None
+
     # -- ranges
 
     def add_range(self, a: int, b: int) -> None:
@@ -508,7 +529,14 @@ class RangeSet:
     def _locate_random(self, rng: random.Random) -> int:
         if not self._len:
             raise KeyError("pick from an empty RangeSet")
-        r = rng.randrange(self._len)
+        return self.nth(rng.randrange(self._len))
+
+    def nth(self, r: int) -> int:
+        """The member of rank ``r`` (0 is the smallest); IndexError if there is none.
+
+        O(log r) after the first call (a Fenwick tree over chunk sizes)."""
+        if not 0 <= r < self._len:
+            raise IndexError(f"rank {r} outside 0..{self._len - 1}")
         c = 0
         if len(self._counts) > 1:
             fen = self._fen if self._fen is not None else self._build_fen()

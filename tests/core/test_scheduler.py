@@ -33,14 +33,12 @@ def weights_of(s: DemandScheduler) -> list[int]:
 
 
 def check_tree(s: DemandScheduler, naive: list[int]) -> None:
-    """Every prefix sum of the tree equals the naive one."""
-    running = 0
-    for u in range(s.units + 1):
-        assert s._prefix(u) == running
-        if u < s.units:
-            running += naive[u]
+    """Every weight, the total and the levels equal the naive model's."""
     assert s.total_weight == sum(naive)
     assert weights_of(s) == naive
+    assert s.needed_units == sum(1 for w in naive if w > 0)
+    levels = Counter(w for w in naive if w > 0)
+    assert s.level_sizes() == dict(levels)
 
 
 def chi2(counts: Counter[int | None], weights: dict[int, int], draws: int) -> float:
@@ -219,15 +217,15 @@ def test_constructor_validates() -> None:
     assert DemandScheduler(0, random.Random()).choose() is None
 
 
-def test_big_set_need_uses_one_rebuild() -> None:
-    """A whole-file subscription rebuilds the tree instead of 100k point updates."""
+def test_big_set_need_is_range_algebra() -> None:
+    """A whole-file subscription is set algebra over ranges, not 100k point updates."""
     s = scheduler(100_000)
     s.set_need("a", RangeSet.full(100_000))
     s.set_need("b", RangeSet([(0, 50_000)]))
     assert s.total_weight == 150_000
     for u in (0, 1, 49_999, 50_000, 99_999):
         assert s.weight(u) == (2 if u < 50_000 else 1)
-    assert s._prefix(50_000) == 100_000
+    assert s.level_sizes() == {2: 50_000, 1: 50_000}
     s.remove("a")
     assert s.total_weight == 50_000 and s.weight(70_000) == 0 and s.weight(3) == 1
 
@@ -261,20 +259,6 @@ def scenarios(draw: st.DrawFn) -> tuple[int, list[tuple]]:
         )
     )
     return units, ops
-
-
-def check_live(s: DemandScheduler, naive: list[int]) -> None:
-    """A uniform or sequential scheduler's per-unit weights and 0/1 tree."""
-    if not isinstance(s, UniformScheduler | SequentialScheduler | MostWantedScheduler):
-        return
-    assert list(s._w) == naive
-    if isinstance(s, MostWantedScheduler):
-        assert list(s._max[s._size : s._size + s.units]) == naive
-        assert s._max[1] == max(naive, default=0)
-    needed = [1 if w > 0 else 0 for w in naive]
-    assert s.needed_units == sum(needed)
-    for u in range(s.units + 1):
-        assert s._live_before(u) == sum(needed[:u])
 
 
 @given(name=st.sampled_from(list(SCHEDULERS)), scenario=scenarios(), seed=st.integers(0, 1000))
@@ -317,7 +301,6 @@ def test_tree_matches_a_naive_model(
                         del mine[unit]
         naive = [sum(m.get(u, 0) for m in model.values()) for u in range(units)]
         check_tree(s, naive)
-        check_live(s, naive)
         assert set(s.subscribers) == set(model)
         for sub, mine in model.items():
             got = s.need_of(sub)
@@ -401,7 +384,7 @@ def test_sequential_sends_ahead_of_the_cursor_first() -> None:
 
 
 @pytest.mark.parametrize("name", ["uniform", "sequential"])
-def test_big_set_need_rebuilds_the_live_tree(name: str) -> None:
+def test_big_set_need_then_small_ones(name: str) -> None:
     s = scheduler(1000, name=name)
     assert isinstance(s, UniformScheduler | SequentialScheduler)
     s.set_need("a", RangeSet([(0, 1000)]))  # bulk path
