@@ -23,8 +23,10 @@ timer runs), ENDED (grace over or stopped; every subscriber was told).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,12 +35,13 @@ from typing import Any
 from twisted.internet import task
 from twisted.logger import Logger
 
+from mcp2p.core.blockcode import PlainCode
 from mcp2p.core.layout import Layout
 from mcp2p.core.pacing import TokenBucket
 from mcp2p.core.ratecontrol import RateController
 from mcp2p.core.scheduler import make_scheduler
 from mcp2p.core.wanted import RangeSet
-from mcp2p.wire.rtp import HEADER_LEN, pack_header, packet_digest
+from mcp2p.wire.rtp import HEADER_LEN, pack_header, packet_digests
 
 _log = Logger()
 
@@ -50,6 +53,14 @@ IP_UDP_OVERHEAD = 28
 RATE_PERIOD = 0.5  # seconds between two rate adaptations
 JOIN_GRACE = 1.0  # seconds after subscribing whose losses do not steer the rate
 BURST_SECONDS = 0.02  # the bucket saves this much of the rate: ten ticks, for a late reactor
+SOL_UDP = 17
+UDP_SEGMENT = 103  # Linux: one sendmsg, many datagrams of one size (GSO)
+GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
+GSO_MAX_BYTES = 65000  # a GSO buffer is one UDP datagram to the stack: under 64 KiB
+# sendmsg with UDP_SEGMENT fails with these where GSO cannot be used (no kernel
+# support, a segment over the MTU, a device without checksum offload): write
+# datagram by datagram from then on.
+GSO_UNSUPPORTED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EIO, errno.EMSGSIZE}
 
 
 @dataclass
@@ -98,9 +109,15 @@ class Session:
         self.encoder = code.encoder(layout, self._read)
         self.units = code.units(layout)
         self.scheduler = make_scheduler(scheduler, self.units, rng)  # [serving] scheduler
-        self.symbols_sent = array("l", bytes(8 * self.units))  # per unit: n of the next symbol
+        # The plain code sends a block as it is, whatever its symbol number: no
+        # counter per unit (it would cost 8 bytes per block of the file), and a
+        # run of blocks is read with one pread. Other codes count the next
+        # symbol of each unit (a piece: few units).
+        self.plain = isinstance(code, PlainCode)
+        self.symbols_sent = array("q") if self.plain else array("q", bytes(8 * self.units))
         self.seq = 0
-        self.seq_units = array("l", bytes(8 * SEQ_RING))
+        self.seq_units = array("I" if self.units <= 0xFFFFFFFF else "q", [0]) * SEQ_RING
+        self.gso: Any = _gso_socket(port)  # None: one write per datagram
         self.rates = RateController(rate, min_rate, max_rate)
         self.packet_size = HEADER_LEN + layout.block_length + IP_UDP_OVERHEAD  # paced bytes
         self.bucket = TokenBucket(rate / 8, self._burst(rate), reactor.seconds())
@@ -120,6 +137,8 @@ class Session:
             "would_block": 0,
             "loss_reported": 0,
             "moves": 0,
+            "gso_sends": 0,
+            "gso_fallbacks": 0,
         }
 
     # -- subscribers
@@ -146,21 +165,21 @@ class Session:
         unit is needed in full again (a piece that failed verification).
         Losses come back through ``report_loss``, not through this.
         """
+        last = wanted.last()
+        if last is not None and last >= self.units:
+            raise ValueError(f"unit {last} is outside 0..{self.units - 1}")
         known = sub.id in self.scheduler.subscribers
-        current = self.scheduler.need_of(sub.id) if known else None
         one_symbol = self.units == self.layout.blocks
         if one_symbol:
-            if isinstance(current, RangeSet):
-                mine = current
-            else:  # a unit lost twice is needed twice: still one set member
-                mine = RangeSet.from_indices(u for u, c in (current or {}).items() if c > 0)
-            if current is None:
+            # Ranges only (a unit lost twice is needed twice: still one member).
+            if not known:
                 new: Any = wanted.copy()
             elif replace:
-                new = mine.intersection(wanted)
+                new = self.scheduler.needed_by(sub.id).intersection(wanted)
             else:
-                new = mine.union(wanted)
+                new = self.scheduler.needed_by(sub.id).union(wanted)
         else:
+            current = self.scheduler.need_of(sub.id) if known else None
             counts = current if isinstance(current, dict) else {}
             if replace and current is not None:
                 new = {u: c for u, c in counts.items() if u in wanted and c > 0}
@@ -217,12 +236,22 @@ class Session:
         self.bucket.set_rate(self.reactor.seconds(), rate / 8, self._burst(rate))
 
     def report_loss(self, sub: Subscriber, lost: RangeSet, received: int) -> int:
-        oldest = self.seq - len(self.seq_units)
-        count = 0
-        for seq in lost:
-            if oldest <= seq < self.seq:
-                self.scheduler.add_need(sub.id, self.seq_units[seq % len(self.seq_units)])
-                count += 1
+        # Only what we sent and still remember: clipped as ranges first, so a
+        # report naming 2^32 sequence numbers costs no more than an honest one.
+        ring = self.seq_units
+        size = len(ring)
+        window = lost.intersection(RangeSet([(max(0, self.seq - size), self.seq)]))
+        units: list[int] = []
+        for a, b in window.ranges():
+            i, j = a % size, b % size
+            if i < j:
+                units += ring[i:j]
+            else:  # the range wraps round the ring
+                units += ring[i:]
+                units += ring[:j]
+        count = len(units)
+        if count:
+            self.scheduler.add_needs(sub.id, units)
         self.counters["loss_reported"] += count
         now = self.reactor.seconds()
         if now - sub.since < JOIN_GRACE:
@@ -267,46 +296,136 @@ class Session:
         budget = int(self.bucket.available(now) // size)
         if budget <= 0:
             return
-        packets: list[bytes] = []
-        notices: list[tuple[int, bytes]] = []
-        ring = len(self.seq_units)
-        for _ in range(min(budget, MAX_BURST)):
-            unit = self.scheduler.choose()
-            if unit is None:
-                break
-            n = self.symbols_sent[unit]
-            self.symbols_sent[unit] = n + 1
-            piece, symbol, payload = self.encoder.symbol(unit, n)
-            seq = self.seq
-            self.seq = seq + 1
-            packet = pack_header(seq & 0xFFFF, seq & 0xFFFFFFFF, self.session_id, piece, symbol)
-            packet += payload
-            self.seq_units[seq % ring] = unit
-            notices.append((seq & 0xFFFFFFFF, packet_digest(packet)))
-            packets.append(packet)
-            self.scheduler.sent(unit)
-        if not packets:
+        units = self.scheduler.take(min(budget, MAX_BURST))
+        if not units:
             return
-        self.bucket.take(now, len(packets) * size)
+        count = len(units)
+        self.bucket.take(now, count * size)
+        seq0 = self.seq
+        self.seq = seq0 + count
+        ring = self.seq_units
+        i = seq0 % len(ring)
+        if i + count <= len(ring):
+            ring[i : i + count] = array(ring.typecode, units)
+        else:
+            for k, unit in enumerate(units):
+                ring[(seq0 + k) % len(ring)] = unit
+        symbols = self._plain_symbols(units) if self.plain else self._symbols(units)
+        sid = self.session_id
+        packets = [
+            pack_header(seq & 0xFFFF, seq & 0xFFFFFFFF, sid, piece, symbol) + payload
+            for seq, (piece, symbol, payload) in enumerate(symbols, seq0)
+        ]
+        notices = [
+            (seq & 0xFFFFFFFF, digest) for seq, digest in enumerate(packet_digests(packets), seq0)
+        ]
         for sub in list(self.subscribers.values()):
             sub.client.send_notices(sub.id, notices)
-        for i, packet in enumerate(packets):
+        self._send(packets)
+
+    def _symbols(self, units: list[int]) -> list[tuple[int, int, bytes]]:
+        """Each unit's next symbol from the block code's encoder."""
+        counts = self.symbols_sent
+        symbol = self.encoder.symbol
+        out = []
+        for unit in units:
+            n = counts[unit]
+            counts[unit] = n + 1
+            out.append(symbol(unit, n))
+        return out
+
+    def _plain_symbols(self, units: list[int]) -> list[tuple[int, int, bytes]]:
+        """The plain code's symbols (piece, block in piece, the block) of
+        ``units``: each run of consecutive blocks (contiguous in the file,
+        also across pieces) is read with one pread."""
+        layout = self.layout
+        bpp = layout.blocks_per_piece
+        pl, bl = layout.piece_length, layout.block_length
+        size = layout.size
+        out: list[tuple[int, int, bytes]] = []
+        n = len(units)
+        k = 0
+        while k < n:
+            first = units[k]
+            j = k + 1
+            while j < n and units[j] == units[j - 1] + 1:
+                j += 1
+            piece, block = divmod(first, bpp)
+            start = piece * pl + block * bl
+            lp, lb = divmod(units[j - 1], bpp)
+            end = min(lp * pl + (lb + 1) * bl, (lp + 1) * pl, size)
+            data = os.pread(self.fd, max(0, end - start), start)
+            if len(data) != max(0, end - start):
+                raise ValueError(
+                    f"read {len(data)} of {end - start} bytes at {start}: file changed?"
+                )
+            for unit in units[k:j]:
+                piece, block = divmod(unit, bpp)
+                offset = piece * pl + block * bl
+                stop = min(offset + bl, (piece + 1) * pl, size)
+                out.append((piece, block, data[offset - start : stop - start]))
+            k = j
+        return out
+
+    def _send(self, packets: list[bytes]) -> None:
+        """Send ``packets`` in order: by GSO (one sendmsg for each run of
+        datagrams of one size, a shorter one may end it) where the socket
+        takes it, else one write each. A full send buffer (EAGAIN) ends the
+        burst: the rest is lost, reported lost, and the bucket is emptied."""
+        n = len(packets)
+        i = 0
+        while i < n:
+            sent = 0
             try:
-                self.port.write(packet, self.destination)
+                if self.gso is not None:
+                    sent = self._send_gso(packets, i)
+                else:
+                    self.port.write(packets[i], self.destination)
+                    sent = 1
             except BlockingIOError:
-                # The send buffer is full: the rest of this burst is lost and
-                # will be reported lost; give the tokens back and slow down.
-                self.counters["would_block"] += len(packets) - i
+                self.counters["would_block"] += n - i
                 self.bucket.tokens = 0
-                break
+                return
             except OSError as e:
+                if self.gso is not None and e.errno in GSO_UNSUPPORTED:
+                    _log.info(
+                        "session {sid:08x}: no UDP GSO here ({error}): one write per datagram",
+                        sid=self.session_id,
+                        error=str(e),
+                    )
+                    self.counters["gso_fallbacks"] += 1
+                    self.gso = None
+                    continue
                 self.counters["send_errors"] += 1
                 _log.warn(
                     "session {sid:08x}: send failed: {error}", sid=self.session_id, error=str(e)
                 )
-                break
-            self.counters["packets"] += 1
-            self.counters["bytes"] += len(packet)
+                return
+            self.counters["packets"] += sent
+            self.counters["bytes"] += sum(len(p) for p in packets[i : i + sent])
+            i += sent
+
+    def _send_gso(self, packets: list[bytes], i: int) -> int:
+        """One sendmsg of packets[i:...] of one segment size; how many it sent."""
+        seg = len(packets[i])
+        n = len(packets)
+        most = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // max(seg, 1))
+        j = i + 1
+        while j < n and j - i < most and len(packets[j]) == seg:
+            j += 1
+        if j < n and j - i < most and len(packets[j]) < seg:
+            j += 1  # a shorter datagram may end the run
+        if j - i == 1:
+            self.gso.sendto(packets[i], self.destination)
+            return 1
+        self.gso.sendmsg(
+            [b"".join(packets[i:j])],
+            [(SOL_UDP, UDP_SEGMENT, seg.to_bytes(2, "little"))],
+            0,
+            self.destination,
+        )
+        self.counters["gso_sends"] += 1
+        return j - i
 
     def move(self, group: str) -> None:
         """Send on ``group`` from now on (ASM: another session was heard on ours)."""
@@ -349,6 +468,18 @@ class Session:
             nbytes=self.counters["bytes"],
         )
         self.on_end(self)
+
+
+def _gso_socket(port: Any) -> Any:
+    """The port's socket if it can take UDP GSO sends (a real one: it has
+    ``sendmsg`` and Linux's option), else None: one write per datagram."""
+    handle = getattr(port, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if sock is None or not hasattr(sock, "sendmsg") or not hasattr(sock, "sendto"):
+        return None
+    if getattr(sock, "type", None) != socket.SOCK_DGRAM or not sys.platform.startswith("linux"):
+        return None
+    return sock
 
 
 def set_dscp(port: Any, family: int, dscp: int) -> None:

@@ -27,6 +27,7 @@ Pure: no Twisted, no I/O.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import blake3
@@ -114,3 +115,9 @@ def decode_packet(data: bytes) -> DataPacket:
 def packet_digest(data: bytes) -> bytes:
     """The first 8 bytes of BLAKE3 of the whole datagram (headers and payload)."""
     return blake3.blake3(data).digest(DIGEST_LEN)
+
+
+def packet_digests(packets: Iterable[bytes]) -> list[bytes]:
+    """``packet_digest`` of each of a burst's datagrams, in one pass (the sender's)."""
+    b3 = blake3.blake3
+    return [b3(p).digest(DIGEST_LEN) for p in packets]
