@@ -23,6 +23,7 @@ hashes it again.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import ctypes.util
 import errno
@@ -1047,6 +1048,27 @@ def _compile(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern), re.IGNORECASE)
 
 
+# What one look-up may cost, whatever the catalog's size (issue 12): a query
+# answers with at most a few hundred files, and a pattern examines at most
+# MATCH_SCAN names from where its literal prefix starts in the sorted index.
+MATCH_LIMIT = 256
+MATCH_SCAN = 1024
+_LITERAL = re.compile(r"[^*?\[]*")
+
+
+class _LookupIndex:
+    """Names and content ids sorted once per catalog change, for bisecting."""
+
+    def __init__(self, entries: tuple[CatalogEntry, ...]) -> None:
+        self.entries = entries
+        by_name = sorted(entries, key=lambda e: e.name.lower())
+        self.names = [e.name.lower() for e in by_name]
+        self.by_name = by_name
+        by_id = sorted(entries, key=lambda e: e.content_id)
+        self.ids = [e.content_id for e in by_id]
+        self.by_id = by_id
+
+
 @implementer(ICatalog)
 class Catalog:
     """The shared files, indexed in memory on the reactor thread.
@@ -1090,6 +1112,7 @@ class Catalog:
         self._scanner = _Scanner(Path(state_dir) / STORE_NAME, share_dirs, piece_length)
         self._entries: tuple[CatalogEntry, ...] = ()
         self._by_id: dict[bytes, CatalogEntry] = {}
+        self._lookup_index: _LookupIndex | None = None
         self._observers: list[Callable[[list[CatalogEntry]], object]] = []
         self._running = False
         self._cancel = threading.Event()
@@ -1110,14 +1133,56 @@ class Catalog:
     def get(self, content_id: bytes) -> CatalogEntry | None:
         return self._by_id.get(content_id)
 
-    def match(self, pattern: str) -> list[CatalogEntry]:
-        """Entries whose name matches a shell pattern, case-insensitively, by path."""
-        regex = _compile(pattern)
-        return [e for e in self._entries if regex.match(e.name)]
+    def _index(self) -> _LookupIndex:
+        index = self._lookup_index
+        if index is None or index.entries is not self._entries:
+            index = self._lookup_index = _LookupIndex(self._entries)
+        return index
 
-    def match_prefix(self, prefix: str) -> list[CatalogEntry]:
-        """Entries whose content id starts with the lowercase hex digits ``prefix``."""
-        return [e for cid, e in self._by_id.items() if prefix_matches(prefix, cid)]
+    def match(
+        self, pattern: str, limit: int = MATCH_LIMIT, scan: int = MATCH_SCAN
+    ) -> list[CatalogEntry]:
+        """Entries whose name matches a shell pattern, case-insensitively, by name.
+
+        Bounded whatever the catalog's size: at most ``limit`` entries, found
+        among at most ``scan`` names from where the pattern's literal prefix
+        starts in the sorted names (an exact name or ``ubuntu*`` is found by
+        bisection; ``*x*`` looks at the first ``scan`` names only).
+        """
+        regex = _compile(pattern)
+        index = self._index()
+        m = _LITERAL.match(pattern)
+        literal = m.group().lower() if m else ""
+        if not literal.isascii():
+            literal = ""  # case folding beyond ASCII: no safe prefix, bounded scan
+        start = bisect.bisect_left(index.names, literal)
+        found = []
+        for i in range(start, min(len(index.names), start + scan)):
+            if not index.names[i].startswith(literal):
+                break
+            entry = index.by_name[i]
+            if regex.match(entry.name):
+                found.append(entry)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def match_prefix(self, prefix: str, limit: int = MATCH_LIMIT) -> list[CatalogEntry]:
+        """Entries whose content id starts with the lowercase hex digits ``prefix``
+        (at most ``limit``, found by bisection)."""
+        index = self._index()
+        whole = bytes.fromhex(prefix[: len(prefix) // 2 * 2])
+        found: list[CatalogEntry] = []
+        for i in range(bisect.bisect_left(index.ids, whole), len(index.ids)):
+            if not index.ids[i].startswith(whole):
+                break
+            if not prefix_matches(prefix, index.ids[i]):
+                continue
+            if not found or found[-1].content_id != index.ids[i]:
+                found.append(index.by_id[i])
+            if len(found) >= limit:
+                break
+        return found
 
     def entries(self) -> list[CatalogEntry]:
         return list(self._entries)
