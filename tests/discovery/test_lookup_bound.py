@@ -10,7 +10,9 @@ from mcp2p.catalog import MATCH_LIMIT, MATCH_SCAN, Catalog, CatalogEntry
 
 
 def catalog_of(n: int, tmp: Path) -> Catalog:
-    cat = Catalog(reactor=None, state_dir=tmp, share_dirs=[], piece_length=1 << 20, rescan_interval=60)
+    cat = Catalog(
+        reactor=None, state_dir=tmp, share_dirs=[], piece_length=1 << 20, rescan_interval=60
+    )
     entries = tuple(
         CatalogEntry(
             content_id=hashlib.sha256(str(i).encode()).digest(),
