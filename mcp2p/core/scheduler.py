@@ -292,9 +292,9 @@ class DemandScheduler:
             return
         levels = self._levels
         if before:
-            level = levels[before]
-            level.discard(unit)
-            if not level:
+            old = levels[before]
+            old.discard(unit)
+            if not old:
                 del levels[before]
         else:
             self._nlive += 1

@@ -193,7 +193,7 @@ def client_main(spec: dict[str, Any]) -> None:
         )
         client = await endpoint.connect(Factory.forProtocol(ControlClient))
         # The datagrams are never read: stop reading so the kernel drops them.
-        port = reactor.listenUDP(0, Unread(), interface="127.0.0.1")
+        port = reactor.listenUDP(0, Unread(), interface="127.0.0.1")  # type: ignore[attr-defined]
         port.stopReading()
         port.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         return client, port
@@ -366,7 +366,7 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+    port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
 
     class Client:
         def send_notices(self, subscription: int, notices: Any) -> None:

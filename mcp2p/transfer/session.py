@@ -240,9 +240,9 @@ class Session:
         # report naming 2^32 sequence numbers costs no more than an honest one.
         ring = self.seq_units
         size = len(ring)
-        window = lost.intersection(RangeSet([(max(0, self.seq - size), self.seq)]))
+        remembered = lost.intersection(RangeSet([(max(0, self.seq - size), self.seq)]))
         units: list[int] = []
-        for a, b in window.ranges():
+        for a, b in remembered.ranges():
             i, j = a % size, b % size
             if i < j:
                 units += ring[i:j]

@@ -15,7 +15,6 @@ from zope.interface.verify import verifyObject
 from mcp2p.core.scheduler import (
     SCHEDULERS,
     DemandScheduler,
-    MostWantedScheduler,
     SequentialScheduler,
     UniformScheduler,
     make_scheduler,
@@ -482,3 +481,117 @@ def test_most_wanted_goes_round_units_needed_several_times() -> None:
         got.append(unit)
         s.sent(unit)
     assert got == [0, 1, 0, 1, 2, 0, 1]
+
+
+# -- take, add_needs, and memory that follows what is wanted --------------------
+
+
+@given(
+    name=st.sampled_from(list(SCHEDULERS)),
+    units=st.integers(1, 120),
+    wants=st.lists(st.sets(st.integers(0, 119), max_size=80), min_size=1, max_size=3),
+    twice=st.sets(st.integers(0, 119), max_size=5),
+    count=st.integers(1, 300),
+    seed=st.integers(0, 100),
+)
+@settings(max_examples=200)
+def test_take_is_choose_then_sent_in_turn(
+    name: str, units: int, wants: list[set[int]], twice: set[int], count: int, seed: int
+) -> None:
+    """The batched take (runs of the top level for mostwanted) hands out what
+    choose and sent one by one would, and never a unit nobody needs."""
+    a, b = scheduler(units, seed, name), scheduler(units, seed, name)
+    for s in (a, b):
+        for i, want in enumerate(wants):
+            s.set_need(i, RangeSet.from_indices(u for u in want if u < units))
+        for u in sorted(twice):
+            if u < units:
+                s.add_need(0, u)
+    needed = {u for u in range(units) if a.weight(u) > 0}
+    got = a.take(count)
+    expected = []
+    for _ in range(count):
+        unit = b.choose()
+        if unit is None:
+            break
+        b.sent(unit)
+        expected.append(unit)
+    assert got == expected
+    assert set(got) <= needed
+    assert weights_of(a) == weights_of(b) and a.total_weight == b.total_weight
+
+
+def test_take_hands_out_a_run_without_touching_each_unit() -> None:
+    s = scheduler(3_000_000, name="mostwanted")
+    s.set_need("a", RangeSet.full(3_000_000))
+    s.set_need("b", RangeSet([(0, 10)]))
+    assert s.take(5) == [0, 1, 2, 3, 4]  # wanted by both first
+    assert s.take(8) == [5, 6, 7, 8, 9, 10, 11, 12]  # then a run across the change of level
+    assert s.total_weight == 3_000_000 - 13
+    assert s.need_of("a") == RangeSet([(13, 3_000_000)]) and s.need_of("b") == RangeSet()
+
+
+@given(
+    name=st.sampled_from(list(SCHEDULERS)),
+    units=st.integers(1, 60),
+    want=st.sets(st.integers(0, 59), max_size=40),
+    lost=st.lists(st.integers(0, 59), max_size=60),
+)
+@settings(max_examples=150)
+def test_add_needs_is_add_need_for_each(
+    name: str, units: int, want: set[int], lost: list[int]
+) -> None:
+    lost = [u for u in lost if u < units]
+    a, b = scheduler(units, 1, name), scheduler(units, 1, name)
+    for s in (a, b):
+        s.set_need("x", RangeSet.from_indices(u for u in want if u < units))
+    a.add_needs("x", lost)
+    for u in lost:
+        b.add_need("x", u)
+    assert weights_of(a) == weights_of(b) and a.level_sizes() == b.level_sizes()
+    assert a.need_of("x") == b.need_of("x") or dict.fromkeys(a.need_of("x"), 1) == b.need_of("x")
+
+
+def test_add_needs_validates_before_changing_anything() -> None:
+    s = scheduler(10)
+    with pytest.raises(ValueError):
+        s.add_needs("x", [3, 10])
+    assert s.total_weight == 0 and "x" not in s.subscribers
+
+
+UNITS_4GIB = -(-(4 << 30) // 1400)  # blocks of a 4 GiB file at the default block length
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_the_state_of_a_4gib_session_is_tiny(name: str) -> None:
+    """Memory follows what is wanted: nothing, or a whole 4 GiB file, or that
+    file after a carousel round with scattered losses."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        s = scheduler(UNITS_4GIB, name=name)
+        empty = tracemalloc.get_traced_memory()[0]
+        assert empty < 4096
+        s.set_need("a", RangeSet.full(UNITS_4GIB))
+        got = s.take(2000)
+        assert len(got) == 2000
+        s.add_needs("a", got[::100])  # 20 scattered losses
+        del got
+        current, peak = tracemalloc.get_traced_memory()
+        # Was 8 bytes per unit and more (tens of MB). A carousel leaves a few
+        # ranges; random draws leave 2000 holes, each a range of its own.
+        limit = 64 * 1024 if name in ("mostwanted", "sequential") else 1 << 20
+        assert current < limit and peak < 4 * limit
+    finally:
+        tracemalloc.stop()
+
+
+def test_hostile_needs_are_refused_before_anything_is_expanded() -> None:
+    s = scheduler(1000)
+    with pytest.raises(ValueError):
+        s.set_need("a", RangeSet([(0, 1 << 62)]))  # refused from its last member alone
+    assert s.total_weight == 0
+    s.set_need("a", RangeSet([(0, 1000)]))
+    s.set_need("a", RangeSet([(i, i + 1) for i in range(0, 1000, 2)]))
+    assert s.total_weight == 500 and s.level_sizes() == {1: 500}

@@ -408,3 +408,21 @@ def test_round_trip_big_fragmented(seed: int) -> None:
     rng = random.Random(seed)
     rs = RangeSet.from_indices(rng.sample(range(100_000), 3000))
     assert RangeSet.decode(rs.encode(), limit=100_000) == rs
+
+
+@given(members=st.sets(st.integers(0, 300), max_size=120), x=st.integers(0, 320))
+def test_next_run_and_nth_against_a_sorted_list(members: set[int], x: int) -> None:
+    s = RangeSet.from_indices(members)
+    ordered = sorted(members)
+    after = [m for m in ordered if m >= x]
+    run = s.next_run(x)
+    if not after:
+        assert run is None
+    else:
+        a, b = run
+        assert a == after[0] and b > a
+        assert all(u in members for u in range(a, b)) and b not in members
+    for r, m in enumerate(ordered):
+        assert s.nth(r) == m
+    with pytest.raises(IndexError):
+        s.nth(len(ordered))
