@@ -394,6 +394,48 @@ SCHEMA: dict[str, dict[str, Option]] = {
             "mostwanted",
             "how a session chooses the next block",
         ),
+        "handshake_timeout": Option(
+            _float_range(1, 600), "15", "seconds from TCP connect to a verified TLS peer"
+        ),
+        "idle_timeout": Option(
+            _float_range(1, 86400), "120", "seconds a control channel may stay silent"
+        ),
+        "connections_per_address": Option(
+            _int_range(1, 100000), "16", "control channels open at once from one address"
+        ),
+        "max_connections": Option(
+            _int_range(0, 1000000),
+            "0",
+            "control channels open at once (0: half the open-file limit)",
+        ),
+        "max_box": Option(
+            _size(1 << 16, 1 << 24), "128K", "largest AMP box a peer may send, bytes"
+        ),
+        "max_queued": Option(
+            _size(1 << 16, 1 << 30),
+            "8M",
+            "reply bytes queued for a peer that does not read before it is disconnected",
+        ),
+        "write_timeout": Option(
+            _float_range(0.1, 3600), "10", "seconds a peer may leave its replies unread"
+        ),
+        "report_timeout": Option(
+            _float_range(0.1, 3600),
+            "15",
+            "seconds a subscriber may send neither loss reports nor wanted updates",
+        ),
+        "max_wanted_ranges": Option(
+            _int_range(1, 10**7), "65536", "ranges a subscriber's wanted map may hold"
+        ),
+        "subscriptions_per_node": Option(
+            _int_range(1, 100000), "8", "subscriptions one node id may hold at once"
+        ),
+        "slow_loss": Option(
+            _float_range(0.01, 1), "0.25", "loss that marks a multicast subscriber as slow"
+        ),
+        "slow_window": Option(
+            _float_range(0.5, 600), "5", "seconds of loss reports a slow subscriber is judged on"
+        ),
     },
     "fetching": {
         "download_dirs": Option(
