@@ -25,9 +25,13 @@ Three ways to use it, from least to most help:
    between TLS and the application: the application protocol's
    ``connectionMade`` runs only after the peer is verified, so
    ``peer_identity(self.transport)`` always works there; a handshake that
-   does not finish within ``handshake_timeout`` is aborted; every rejection
-   is logged once with its reason. ``tls_server_factory`` assembles it for a
-   server endpoint::
+   does not finish within ``handshake_timeout`` is aborted; rejections are
+   counted and logged in summary (the 1st, 2nd, 4th, 8th... with the count).
+   ``tls_server_factory`` assembles it for a server endpoint, under a
+   ``LimitingFactory``: at most ``per_address`` connections from one source
+   address and ``max_connections`` in all (by default half the process's
+   open-file limit, so files, sessions and the API keep room); a connection
+   over either cap is closed at accept, before any TLS work::
 
        port = await TCP4ServerEndpoint(reactor, 0, interface=iface).listen(
            tls_server_factory(identity, Factory.forProtocol(ControlServer), reactor))
@@ -44,6 +48,7 @@ Three ways to use it, from least to most help:
 from __future__ import annotations
 
 import datetime
+import resource
 import weakref
 from typing import Any, cast
 
@@ -337,10 +342,18 @@ class VerifyingProtocol(ProtocolWrapper):
                 self._rejected = reason.value
             rejected = self._rejected
             why: Any = rejected if rejected is not None else reason.value
-            _log.warn(
-                "control connection with {address} closed before the peer was verified: {why}",
+            self.factory.rejections += 1
+            n = self.factory.rejections
+            if self.factory.counters is not None:
+                self.factory.counters["rejected"] = self.factory.counters.get("rejected", 0) + 1
+            # The 1st, 2nd, 4th, 8th...: a flood of connections writes a few lines.
+            log = _log.warn if n & (n - 1) == 0 else _log.debug
+            log(
+                "control connection with {address} closed before the peer was verified: {why}"
+                " ({count} so far)",
                 address=_address(self.transport),
                 why=why,
+                count=n,
             )
             self._failure = Failure(rejected) if rejected is not None else reason
             waiters, self._waiters = self._waiters, []
@@ -366,11 +379,88 @@ class VerifyingFactory(WrappingFactory["VerifyingProtocol"]):
         *,
         clock: IReactorTime | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        counters: dict[str, int] | None = None,
     ) -> None:
         super().__init__(wrapped_factory)
         self.expected_node_id = expected_node_id
         self.clock = clock
         self.handshake_timeout = handshake_timeout
+        self.counters = counters  # "rejected" counts connections closed unverified
+        self.rejections = 0
+
+
+def default_max_connections() -> int:
+    """Half the process's open-file limit (at least 16): the rest stays for
+    shared files, sessions, discovery sockets and the API."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        soft = 1 << 16
+    return max(16, soft // 2)
+
+
+class _Counted(ProtocolWrapper):
+    host = ""
+
+
+class LimitingFactory(WrappingFactory):
+    """Accept at most ``per_address`` connections from one source address and
+    ``max_connections`` in all; over a cap, ``buildProtocol`` returns None and
+    the reactor closes the socket at once. Refusals go to ``counters``
+    ("refused_address", "refused_full") and to the log in summary."""
+
+    protocol = _Counted
+
+    def __init__(
+        self,
+        wrapped_factory: IProtocolFactory,
+        per_address: int,
+        max_connections: int,
+        counters: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__(wrapped_factory)
+        self.per_address = per_address
+        self.max_connections = max_connections
+        self.counters = counters if counters is not None else {}
+        self.counters.setdefault("refused_address", 0)
+        self.counters.setdefault("refused_full", 0)
+        self.by_address: dict[str, int] = {}
+        self.open = 0
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
+        host = str(getattr(addr, "host", addr))
+        if self.by_address.get(host, 0) >= self.per_address:
+            self._refuse("refused_address", host, f"{self.per_address} from that address")
+            return None
+        if self.open >= self.max_connections:
+            self._refuse("refused_full", host, f"{self.max_connections} in all")
+            return None
+        p: Any = super().buildProtocol(addr)
+        if p is not None:
+            p.host = host
+            self.by_address[host] = self.by_address.get(host, 0) + 1
+            self.open += 1
+        return p
+
+    def unregisterProtocol(self, p: Any) -> None:  # noqa: N802
+        super().unregisterProtocol(p)
+        host = getattr(p, "host", "")
+        if host in self.by_address:
+            self.open -= 1
+            self.by_address[host] -= 1
+            if not self.by_address[host]:
+                del self.by_address[host]
+
+    def _refuse(self, key: str, host: str, limit: str) -> None:
+        self.counters[key] = n = self.counters.get(key, 0) + 1
+        log = _log.warn if n & (n - 1) == 0 else _log.debug
+        log(
+            "refused a control connection from {host}: at most {limit} "
+            "({count} refused so far, counted in {key})",
+            host=host,
+            limit=limit,
+            count=n,
+            key=key,
+        )
 
 
 def tls_server_factory(
@@ -379,10 +469,18 @@ def tls_server_factory(
     clock: IReactorTime,
     *,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    per_address: int = 16,
+    max_connections: int = 0,
+    counters: dict[str, int] | None = None,
 ) -> IProtocolFactory:
-    """A factory for any stream server endpoint: TLS as ``identity``, then verification."""
-    verifying = VerifyingFactory(factory, None, clock=clock, handshake_timeout=handshake_timeout)
-    return TLSMemoryBIOFactory(server_context(identity), False, verifying)
+    """A factory for any stream server endpoint: caps per address and in all
+    (``max_connections`` 0: ``default_max_connections()``), TLS as
+    ``identity``, then verification."""
+    verifying = VerifyingFactory(
+        factory, None, clock=clock, handshake_timeout=handshake_timeout, counters=counters
+    )
+    tls = TLSMemoryBIOFactory(server_context(identity), False, verifying)
+    return LimitingFactory(tls, per_address, max_connections or default_max_connections(), counters)
 
 
 @implementer(IStreamClientEndpoint)
