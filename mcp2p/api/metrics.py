@@ -65,6 +65,16 @@ SERVING_HELP = {
     "sessions": "sessions started",
     "collisions": "ASM group collisions heard (another session on our group)",
     "move_failed": "collisions where no free group was left to move to",
+    "refused_address": "control connections refused: [serving] connections_per_address",
+    "refused_full": "control connections refused: [serving] max_connections",
+    "box_too_large": "control channels closed for a box over [serving] max_box",
+    "write_stalled": "control channels closed for leaving their replies unread",
+    "idle_closed": "control channels closed after [serving] idle_timeout",
+    "refused_node": "subscriptions refused: [serving] subscriptions_per_node",
+    "refused_ranges": "wanted maps refused: [serving] max_wanted_ranges",
+    "refused_loss": "loss reports refused for naming packets never sent",
+    "silent_dropped": "subscriptions ended after [serving] report_timeout without a report",
+    "slow_moved": "subscribers moved out of a shared session for being far slower",
 }
 SESSION_HELP = {
     "packets": "data packets sent",

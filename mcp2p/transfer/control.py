@@ -10,16 +10,29 @@ SessionEnded.
 (an object with the methods of ``ServingSide`` below); ``ControlClient``
 hands notices to the receiver registered for a subscription. A peer that
 sends garbage or too much is disconnected and counted.
+
+Budgets per channel (``ChannelLimits``, from [serving]): a box larger than
+``max_box`` bytes or with more than ``MAX_KEYS`` keys closes the channel
+before it is buffered further; replies go out with back-pressure (the
+server is the transport's streaming producer: once the transport holds
+more than its buffer, no further request is read, so pipelined requests
+wait in the peer's socket, not in our memory); a peer that leaves its
+replies unread for ``write_timeout`` seconds, or lets more than
+``max_queued`` bytes pile up meanwhile (notices keep coming), is
+disconnected; a channel silent for ``idle_timeout`` seconds is closed.
+Each refusal is counted and logged in summary (``Summary``).
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.protocols.policies import TimeoutMixin
 
 from mcp2p.errors import ProtocolError
 
@@ -28,6 +41,43 @@ _log = Logger()
 CHUNK = 60000  # bytes per AMP value, under AMP's 64 KiB limit
 NOTICE = struct.Struct("!I8s")  # extended sequence number, packet digest
 MAX_NOTICES = CHUNK // NOTICE.size
+MAX_KEYS = 32  # keys in one box; the largest command (Subscribe) has 9 with AMP's own
+
+
+@dataclass(frozen=True)
+class ChannelLimits:
+    """What one peer may cost the SN on its control channel ([serving] options)."""
+
+    max_box: int = 128 << 10  # bytes of one box, keys and values
+    max_queued: int = 8 << 20  # bytes written while the transport's buffer was full
+    write_timeout: float = 10.0  # seconds the transport's buffer may stay full
+    idle_timeout: float = 120.0  # seconds without a byte from the peer
+
+    @classmethod
+    def from_config(cls, serving: Any) -> ChannelLimits:
+        return cls(
+            max_box=serving.max_box,
+            max_queued=serving.max_queued,
+            write_timeout=serving.write_timeout,
+            idle_timeout=serving.idle_timeout,
+        )
+
+
+class Summary:
+    """Refusals of one kind counted, and logged on the 1st, 2nd, 4th, 8th...
+
+    so a flood of them writes a few lines, each saying how many so far.
+    """
+
+    def __init__(self, counters: dict[str, int], key: str) -> None:
+        self.counters = counters
+        self.key = key
+        counters.setdefault(key, 0)
+
+    def __call__(self, format: str, **fields: Any) -> None:
+        self.counters[self.key] = n = self.counters.get(self.key, 0) + 1
+        log = _log.warn if n & (n - 1) == 0 else _log.debug
+        log(format + " ({count} so far, counted in {key})", count=n, key=self.key, **fields)
 
 
 class NotShared(Exception):
@@ -168,15 +218,34 @@ class ServingSide(Protocol):
     def disconnected(self, client: ControlServer) -> None: ...
 
 
-class ControlServer(amp.AMP):
-    """The SN's end of one control channel."""
+class ControlServer(amp.AMP, TimeoutMixin):
+    """The SN's end of one control channel, within its ``ChannelLimits``."""
 
-    def __init__(self, side: ServingSide, counters: dict[str, int]) -> None:
+    def __init__(
+        self,
+        side: ServingSide,
+        counters: dict[str, int],
+        limits: ChannelLimits | None = None,
+        clock: Any = None,
+    ) -> None:
         super().__init__()
         self.side = side
         self.counters = counters
+        self.limits = limits or ChannelLimits()
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.callLater = clock.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock
         self.peer_node_id: bytes | None = None
         self.peer_public_key: bytes | None = None
+        self.box_bytes = 0  # of the box being received
+        self.box_keys = 0
+        self.write_paused = False  # the transport's buffer is full
+        self.queued = 0  # bytes written since it filled
+        self._stall: Any = None  # the write_timeout call
+        self._closing = False
+        for key in ("box_too_large", "write_stalled", "idle_closed"):
+            counters.setdefault(key, 0)
 
     def connectionMade(self) -> None:  # noqa: N802
         # Runs only once the TLS peer proved its key (mcp2p.trust.tls.VerifyingFactory).
@@ -185,6 +254,112 @@ class ControlServer(amp.AMP):
         super().connectionMade()
         self.counters["connections"] += 1
         self.peer_node_id, self.peer_public_key = peer_identity(self.transport)
+        # Back-pressure: the transport pauses us when its buffer fills.
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.setTimeout(self.limits.idle_timeout)
+
+    # -- budgets
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._closing:
+            return
+        if data:
+            self.resetTimeout()
+        super().dataReceived(data)
+
+    def stringReceived(self, string: bytes) -> None:  # noqa: N802
+        if self._closing:
+            return
+        self.box_bytes += len(string) + 2
+        self.box_keys += self.state != "value"
+        if self.box_bytes > self.limits.max_box or self.box_keys > MAX_KEYS + 1:
+            Summary(self.counters, "box_too_large")(
+                "control peer {peer} sent a box over {limit} bytes or {keys} keys: closed",
+                peer=self._peer(),
+                limit=self.limits.max_box,
+                keys=MAX_KEYS,
+            )
+            self._close()
+            return
+        super().stringReceived(string)
+        if self.state == "init":  # the box is complete
+            self.box_bytes = self.box_keys = 0
+
+    def lengthLimitExceeded(self, length: int) -> None:  # noqa: N802
+        Summary(self.counters, "box_too_large")(
+            "control peer {peer} sent a key or value of {length} bytes: closed",
+            peer=self._peer(),
+            length=length,
+        )
+        self._close()
+
+    def unhandledError(self, failure: Any) -> None:  # noqa: N802
+        _log.failure("control channel with {peer} failed", failure, peer=self._peer())
+        self._close()
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        """The transport holds more than its buffer: read no more requests."""
+        super().pauseProducing()
+        if not self.write_paused:
+            self.write_paused = True
+            self.queued = 0
+            self._stall = self.clock.callLater(self.limits.write_timeout, self._stalled)
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.write_paused = False
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+        if not self._closing:
+            super().resumeProducing()
+
+    def sendBox(self, box: Any) -> None:  # noqa: N802
+        if self._closing:
+            return
+        if self.write_paused:
+            self.queued += len(box.serialize())
+            if self.queued > self.limits.max_queued:
+                self._stalled()
+                return
+        super().sendBox(box)
+
+    def _stalled(self) -> None:
+        self._stall = None
+        Summary(self.counters, "write_stalled")(
+            "control peer {peer} left its replies unread ({queued} bytes queued past the "
+            "buffer, at most {limit}, for at most {timeout}s): closed",
+            peer=self._peer(),
+            queued=self.queued,
+            limit=self.limits.max_queued,
+            timeout=self.limits.write_timeout,
+        )
+        self._close()
+
+    def timeoutConnection(self) -> None:  # noqa: N802
+        Summary(self.counters, "idle_closed")(
+            "control peer {peer} silent for {timeout}s: closed",
+            peer=self._peer(),
+            timeout=self.limits.idle_timeout,
+        )
+        self._close()
+
+    def _close(self) -> None:
+        """Drop the peer now: nothing more is read from it nor queued for it."""
+        if self._closing:
+            return
+        self._closing = True
+        self.paused = True  # the box parser stops in the middle of a read
+        self._currentBox = None
+        self._unprocessed = b""
+        transport: Any = self.transport
+        if transport is None:
+            return
+        transport.unregisterProducer()  # TLS would wait for it before closing
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            transport.loseConnection()
 
     @GetManifest.responder
     def get_manifest(self, content_id: bytes, offset: int) -> dict[str, Any]:
@@ -242,6 +417,11 @@ class ControlServer(amp.AMP):
             return "?"
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self._closing = True
+        self.setTimeout(None)
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
         super().connectionLost(reason)
         self.side.disconnected(self)
 

@@ -11,6 +11,21 @@ this class is its ``ServingSide``: manifests, subscriptions, wanted-map
 updates, loss reports. One multicast session per (content, block code) is
 shared by all its multicast subscribers; each unicast subscriber gets its
 own session.
+
+Budgets per peer ([serving], issue 12): a node id holds at most
+``subscriptions_per_node`` subscriptions; a wanted map is checked against
+the content's unit count when decoded and may hold at most
+``max_wanted_ranges`` ranges sent since its last replacement; a loss report
+names only packets this session sent and still remembers (others are a
+lie: refused), so nothing is expanded beyond the session's sequence ring; a
+subscriber that sends neither loss reports nor wanted updates for
+``report_timeout`` seconds is unsubscribed. A multicast subscriber whose
+loss over ``slow_window`` is at least ``slow_loss`` and four times the
+other subscribers' (median) is moved out of the shared session (DESIGN.md
+5.6): its subscription ends with ``MOVED``, and its node's next multicast
+subscription to that content gets a session of its own on another group,
+so one slow receiver (or a liar) cannot hold the others back. Each refusal
+is counted and logged in summary.
 """
 
 from __future__ import annotations
@@ -18,11 +33,13 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
+import statistics
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -31,7 +48,14 @@ from mcp2p.core.groups import random_group
 from mcp2p.core.layout import Layout
 from mcp2p.core.wanted import RangeSet
 from mcp2p.errors import ProtocolError
-from mcp2p.transfer.control import ControlServer, NotShared, Refused, UnknownSubscription
+from mcp2p.transfer.control import (
+    ChannelLimits,
+    ControlServer,
+    NotShared,
+    Refused,
+    Summary,
+    UnknownSubscription,
+)
 from mcp2p.transfer.session import Session, Subscriber, set_dscp
 from mcp2p.wire.manifest import encode_manifest, sign_manifest
 from mcp2p.wire.query import Query
@@ -39,6 +63,13 @@ from mcp2p.wire.types import FileOffer
 
 _log = Logger()
 MOVE_TRIES = 64  # random draws for a free ASM group before giving up on a move
+MOVED = "moved: far slower than the other receivers; subscribe again for a session of its own"
+SLOW_MIN_SAMPLE = 50  # packets a subscriber's window needs to be judged
+SLOW_FACTOR = 4  # a slow subscriber loses this many times the others' median loss
+SLOW_HOLD = 600.0  # seconds a node moved out stays on sessions of its own for that content
+SLOW_NODES = 1024  # (node, content) pairs remembered as slow, the oldest forgotten first
+_VARINT_MORE = bytes(range(0x80, 0x100))  # varint bytes that are not a varint's last
+MAX_RECEIVED = 1 << 32  # packets one loss report may say were received
 
 
 class ServingService(Service):
@@ -65,7 +96,23 @@ class ServingService(Service):
             "sessions": 0,
             "collisions": 0,
             "move_failed": 0,
+            "refused_address": 0,
+            "refused_full": 0,
+            "box_too_large": 0,
+            "write_stalled": 0,
+            "idle_closed": 0,
+            "refused_node": 0,
+            "refused_ranges": 0,
+            "refused_loss": 0,
+            "silent_dropped": 0,
+            "slow_moved": 0,
         }
+        self.solo: set[Session] = set()  # multicast sessions of one moved-out subscriber
+        self.heard: dict[int, float] = {}  # subscription -> last report or wanted update
+        self.wanted_ranges: dict[int, int] = {}  # subscription -> ranges since a replacement
+        self.loss: dict[Session, tuple[float, dict[int, list[int]]]] = {}  # slow_window stats
+        self.slow: OrderedDict[tuple[bytes, bytes], float] = OrderedDict()  # -> until
+        self.checker: task.LoopingCall | None = None
         self.monitors: dict[Session, Any] = {}
         self.contents: dict[Session, Any] = {}  # the catalog entry each live session streams
         self.ended: dict[str, int] = {}  # the sums of the ended sessions' counters
@@ -78,13 +125,24 @@ class ServingService(Service):
 
         from mcp2p.trust.tls import tls_server_factory
 
-        factory = Factory.forProtocol(lambda: ControlServer(self, self.counters))
+        limits = ChannelLimits.from_config(s)
+        factory = Factory.forProtocol(
+            lambda: ControlServer(self, self.counters, limits, self.node.reactor)
+        )
         from mcp2p.app import listen_or_exit
 
         self.control_port = listen_or_exit(
             lambda: self.node.reactor.listenTCP(
                 s.control_port,
-                tls_server_factory(self.node.identity, factory, self.node.reactor),
+                tls_server_factory(
+                    self.node.identity,
+                    factory,
+                    self.node.reactor,
+                    handshake_timeout=s.handshake_timeout,
+                    per_address=s.connections_per_address,
+                    max_connections=s.max_connections,
+                    counters=self.counters,
+                ),
                 interface=iface,
             ),
             "[serving] control_port",
@@ -111,7 +169,9 @@ class ServingService(Service):
 
     def stopService(self) -> defer.Deferred[Any]:  # noqa: N802
         super().stopService()
-        for session in list(self.sessions.values()) + list(self.unicast):
+        if self.checker is not None and self.checker.running:
+            self.checker.stop()
+        for session in list(self.sessions.values()) + list(self.unicast) + list(self.solo):
             session.end("node stopping")
         ports = [p for p in (self.control_port, self.data_port) if p is not None]
         self.control_port = self.data_port = None
@@ -170,17 +230,49 @@ class ServingService(Service):
             raise Refused(f"mode must be multicast or unicast, not {mode!r}")
         if mode == "unicast" and not 1 <= port <= 65535:
             raise Refused("unicast mode needs the CN's UDP port")
+        s = self.node.config.serving
+        node_id = client.peer_node_id or b""
+        held = sum(1 for x in self.subscriptions.values() if x.client.peer_node_id == node_id)
+        if held >= s.subscriptions_per_node:
+            Summary(self.counters, "refused_node")(
+                "node {node} asked for more than [serving] subscriptions_per_node = {limit} "
+                "subscriptions: refused",
+                node=node_id.hex()[:12],
+                limit=s.subscriptions_per_node,
+            )
+            raise Refused(f"this node already holds {held} subscriptions here, the most allowed")
         layout = Layout(entry.size, entry.piece_length, self.block_length(entry))
         wanted_set = RangeSet.decode(wanted, limit=block_code.units(layout))
-        s = self.node.config.serving
+        ranges = self._count_ranges(wanted, 0)
         if rate < 0:
             raise Refused(f"rate must be a bit/s count, or 0 for the SN's default, not {rate}")
         ceiling = self.ceiling(rate)
         granted = min(max(rate or s.rate, s.min_rate), s.max_rate)  # a new session's start
-        if mode == "multicast":
+        now = self.node.reactor.seconds()
+        session: Session
+        if mode == "multicast" and self.slow.get((node_id, content_id), 0.0) > now:
+            # Moved out of the shared session for being far slower: one of its own.
+            source = str(self.node.config.node.interface) if s.group_mode == "ssm" else ""
+            group = self._free_group(s.ssm_pool if source else s.asm_pool)
+            session = self._session(
+                entry,
+                layout,
+                block_code,
+                self._new_session_id(),
+                (group, s.data_port),
+                granted,
+                group,
+                source,
+            )
+            self.solo.add(session)
+            if not source:
+                self._monitor(session)
+        elif mode == "multicast":
             key = (content_id, block_code.name)
-            session = self.sessions.get(key)
-            if session is None or session.state == "ENDED":
+            shared = self.sessions.get(key)
+            if shared is not None and shared.state != "ENDED":
+                session = shared
+            else:
                 session_id, group = self._plan(content_id)
                 if block_code.name != "plain":
                     session_id = self._new_session_id()
@@ -209,7 +301,10 @@ class ServingService(Service):
         self.next_subscription += 1
         self.subscriptions[sub.id] = sub
         self.counters["subscriptions"] += 1
+        self.heard[sub.id] = now
+        self.wanted_ranges[sub.id] = ranges
         session.add(sub, wanted_set)
+        self._start_checker()
         peer = (client.peer_node_id or b"").hex()[:12]
         _log.info(
             "subscription {sub} from {peer}: {name} by {mode}, session {sid:08x}, "
@@ -258,7 +353,8 @@ class ServingService(Service):
 
     def _new_session_id(self) -> int:
         used = {p[0] for p in self.plans.values()} | {
-            x.session_id for x in list(self.sessions.values()) + list(self.unicast)
+            x.session_id
+            for x in list(self.sessions.values()) + list(self.unicast) + list(self.solo)
         }
         while True:
             sid = self.rng.getrandbits(32)
@@ -348,12 +444,19 @@ class ServingService(Service):
         if port is not None:
             port.stopListening()
         self.unicast.discard(session)
+        self.solo.discard(session)
+        self.loss.pop(session, None)
         for key, value in list(self.sessions.items()):
             if value is session:
                 del self.sessions[key]
         for sid, sub in list(self.subscriptions.items()):
             if sub.session is session:
-                del self.subscriptions[sid]
+                self._forget(sid)
+
+    def _forget(self, subscription: int) -> None:
+        self.subscriptions.pop(subscription, None)
+        self.heard.pop(subscription, None)
+        self.wanted_ranges.pop(subscription, None)
 
     def _subscription(self, client: ControlServer, subscription: int) -> Subscriber:
         sub = self.subscriptions.get(subscription)
@@ -366,25 +469,153 @@ class ServingService(Service):
     ) -> None:
         sub = self._subscription(client, subscription)
         units = sub.session.units
-        sub.session.set_wanted(sub, RangeSet.decode(wanted, limit=units), replace)
+        before = 0 if replace else self.wanted_ranges.get(sub.id, 0)
+        self._count_ranges(wanted, before)  # before decoding
+        wanted_set = RangeSet.decode(wanted, limit=units)  # O(bytes): at most 64 KiB
+        self.wanted_ranges[sub.id] = before + len(wanted_set.ranges())
+        self.heard[sub.id] = self.node.reactor.seconds()
+        sub.session.set_wanted(sub, wanted_set, replace)
+
+    def _count_ranges(self, wanted: bytes, before: int) -> int:
+        """``before`` plus the ranges encoded in ``wanted``, or ``Refused`` past
+        [serving] max_wanted_ranges: counted on the bytes, before decoding
+        (each range is two varints, and a varint ends in one byte < 0x80)."""
+        limit = self.node.config.serving.max_wanted_ranges
+        total = before + (len(wanted.translate(None, _VARINT_MORE)) + 1) // 2
+        if total > limit:
+            Summary(self.counters, "refused_ranges")(
+                "a wanted map of {total} ranges, over [serving] max_wanted_ranges = {limit}: "
+                "refused",
+                total=total,
+                limit=limit,
+            )
+            raise Refused(f"wanted map of {total} ranges, more than the {limit} allowed")
+        return total
 
     def report_loss(
         self, client: ControlServer, subscription: int, lost: bytes, received: int
     ) -> int:
         sub = self._subscription(client, subscription)
-        if received < 0:
-            raise ProtocolError("received must not be negative")
-        return sub.session.report_loss(sub, RangeSet.decode(lost, limit=1 << 32), received)
+        if not 0 <= received <= MAX_RECEIVED:
+            raise ProtocolError(f"received must be within 0..{MAX_RECEIVED}, not {received}")
+        session = sub.session
+        lost_set = RangeSet.decode(lost, limit=1 << 32)  # O(bytes): at most 64 KiB
+        last = lost_set.last()
+        if last is not None and session.seq <= 0xFFFFFFFF and last >= session.seq:
+            Summary(self.counters, "refused_loss")(
+                "a loss report names packet {last}, but session {sid:08x} sent only {sent}: "
+                "refused",
+                last=last,
+                sid=session.session_id,
+                sent=session.seq,
+            )
+            raise ProtocolError(f"loss report names packet {last}, never sent")
+        # Only what the session still remembers can be sent again: at most its ring.
+        oldest = max(0, session.seq - len(session.seq_units))
+        if lost_set and (lost_set.first() or 0) < oldest:
+            lost_set.remove_range(0, oldest)
+        self.heard[sub.id] = now = self.node.reactor.seconds()
+        rate = session.report_loss(sub, lost_set, received)
+        if session.group and sub.id in self.subscriptions:
+            self._judge(session, sub.id, len(lost_set), received, now)
+        return rate
+
+    # -- slow receivers and silent subscribers
+
+    def _judge(self, session: Session, sub_id: int, lost: int, received: int, now: float) -> None:
+        """Count ``sub_id``'s loss; at the end of each slow_window, move out a
+        subscriber far slower than the others (DESIGN.md 5.6)."""
+        s = self.node.config.serving
+        since, window = self.loss.get(session) or (now, {})
+        self.loss[session] = (since, window)
+        w = window.setdefault(sub_id, [0, 0])
+        w[0] += lost
+        w[1] += received
+        if now - since < s.slow_window:
+            return
+        del self.loss[session]
+        losses = {
+            k: v[0] / (v[0] + v[1])
+            for k, v in window.items()
+            if v[0] + v[1] >= SLOW_MIN_SAMPLE and k in session.subscribers
+        }
+        if len(losses) < 2:
+            return
+        for k, loss in losses.items():
+            others = statistics.median(v for o, v in losses.items() if o != k)
+            if loss >= s.slow_loss and loss >= SLOW_FACTOR * others:
+                self._move_out(session, session.subscribers[k], loss, others)
+
+    def _move_out(self, session: Session, sub: Subscriber, loss: float, others: float) -> None:
+        entry = self.contents.get(session)
+        node_id = sub.client.peer_node_id or b""
+        if entry is not None:
+            key = (node_id, entry.content_id)
+            self.slow.pop(key, None)
+            self.slow[key] = self.node.reactor.seconds() + SLOW_HOLD
+            while len(self.slow) > SLOW_NODES:
+                self.slow.popitem(last=False)
+        Summary(self.counters, "slow_moved")(
+            "subscription {sub} of node {node} lost {loss:.0%} of session {sid:08x}, the "
+            "others {others:.0%}: moved to a session of its own",
+            sub=sub.id,
+            node=node_id.hex()[:12],
+            loss=loss,
+            sid=session.session_id,
+            others=others,
+        )
+        self._end_subscription(sub, MOVED)
+
+    def _end_subscription(self, sub: Subscriber, reason: str) -> None:
+        self._forget(sub.id)
+        try:
+            sub.client.session_ended(sub.id, reason)
+        except Exception:  # noqa: BLE001 - a closed channel changes nothing here
+            pass
+        sub.session.remove(sub.id)
+
+    def _start_checker(self) -> None:
+        if self.checker is None:
+            self.checker = task.LoopingCall(self._check_silent)
+            self.checker.clock = self.node.reactor
+        if not self.checker.running:
+            timeout = self.node.config.serving.report_timeout
+            self.checker.start(min(1.0, timeout / 4), now=False)
+
+    def _check_silent(self) -> None:
+        """Unsubscribe whoever sent neither loss reports nor wanted updates
+        for [serving] report_timeout: it does not read, or is gone."""
+        timeout = self.node.config.serving.report_timeout
+        now = self.node.reactor.seconds()
+        for sid, sub in list(self.subscriptions.items()):
+            if now - self.heard.get(sid, now) > timeout:
+                Summary(self.counters, "silent_dropped")(
+                    "subscription {sub} of node {node} sent no report for {timeout}s: ended",
+                    sub=sid,
+                    node=(sub.client.peer_node_id or b"").hex()[:12],
+                    timeout=timeout,
+                )
+                self._end_subscription(sub, "no reports")
+        if not self.subscriptions and self.checker is not None and self.checker.running:
+            self.checker.stop()
+
+    def _free_group(self, pool: Any) -> str:
+        taken = {x.group for x in list(self.sessions.values()) + list(self.solo)}
+        for _ in range(MOVE_TRIES):
+            group = str(random_group(pool, 4, self.rng))
+            if group not in taken:
+                return group
+        raise Refused("no free multicast group left for a session of its own")
 
     def unsubscribe(self, client: ControlServer, subscription: int) -> None:
         sub = self._subscription(client, subscription)
-        del self.subscriptions[subscription]
+        self._forget(subscription)
         sub.session.remove(sub.id)
 
     def disconnected(self, client: ControlServer) -> None:
         for sid, sub in list(self.subscriptions.items()):
             if sub.client is client:
-                del self.subscriptions[sid]
+                self._forget(sid)
                 sub.session.remove(sub.id)
 
     def _plan(self, content_id: bytes) -> tuple[int, Any]:
@@ -432,7 +663,7 @@ class ServingService(Service):
     def live_sessions(self) -> list[Session]:
         """The sessions not yet ended, multicast first."""
         return [x for x in self.sessions.values() if x.state != "ENDED"] + [
-            x for x in self.unicast if x.state != "ENDED"
+            x for x in list(self.solo) + list(self.unicast) if x.state != "ENDED"
         ]
 
     def session_totals(self) -> dict[str, int]:
