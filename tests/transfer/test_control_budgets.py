@@ -315,7 +315,7 @@ def test_update_wanted_with_a_million_ranges_is_refused_before_expansion(
 def test_a_subscriber_that_neither_reads_nor_reports_is_dropped(tmp_path: Path, made: Any) -> None:
     """Today: a subscriber at rate 2^63 that never reads nor reports is
     streamed to at the session's rate for as long as its connection stays."""
-    service, clock, entry = make_serving(tmp_path, 64 << 20, max_rate="20M")
+    service, clock, entry = make_serving(tmp_path, 1 << 30, max_rate="20M")
     made.append(service)
     proto, transport = connect(service, clock, load_or_create(tmp_path / "cn"))
     proto.dataReceived(subscribe_box(entry, 1, rate=1 << 63))
