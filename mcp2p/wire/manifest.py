@@ -160,10 +160,15 @@ def encode_manifest(m: Manifest) -> bytes:
     return _body(m) + m.signature
 
 
-def decode_manifest(data: bytes) -> Manifest:
+def decode_manifest(
+    data: bytes, *, max_piece_length: int = MAX_PIECE_LENGTH, max_size: int = MAX_SIZE
+) -> Manifest:
     """The manifest in ``data``, or ProtocolError; never any other exception.
 
     Only the format is checked here; ``verify_manifest`` decides trust.
+    ``max_piece_length`` and ``max_size`` are the receiver's own limits (a CN's
+    ``[fetching] max_piece_length`` and ``max_file_size``): a manifest over them
+    is refused before its piece hashes are looked at.
     """
     data = bytes(data)
     end = len(data)
@@ -194,6 +199,10 @@ def decode_manifest(data: bytes) -> Manifest:
         pieces = Layout(size, piece_length, block_length).pieces
     except ValueError as e:
         raise ProtocolError(f"invalid Manifest: {e}") from e
+    if piece_length > max_piece_length:
+        raise ProtocolError(f"pieces of {piece_length} bytes, over the limit of {max_piece_length}")
+    if size > max_size:
+        raise ProtocolError(f"a file of {size} bytes, over the limit of {max_size}")
     if count != pieces:
         raise ProtocolError(f"{count} piece hashes for a layout of {pieces} pieces")
     hashes_end = offset + count * HASH_LEN
