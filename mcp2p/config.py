@@ -58,17 +58,17 @@ def _float_range(low: float, high: float) -> Callable[[str, Path], float]:
     return parse
 
 
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _RATE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
 
 def _size(low: int, high: int, power_of_two: bool = False) -> Callable[[str, Path], int]:
-    allowed = f"a size in bytes in [{low}, {high}] (suffix K, M or G allowed)"
+    allowed = f"a size in bytes in [{low}, {high}] (suffix K, M, G or T allowed)"
     if power_of_two:
         allowed = "a power of two " + allowed[2:]
 
     def parse(raw: str, base: Path) -> int:
-        m = re.fullmatch(r"\s*(\d+)\s*([kmgKMG]?)(i?[bB])?\s*", raw)
+        m = re.fullmatch(r"\s*(\d+)\s*([kmgtKMGT]?)(i?[bB])?\s*", raw)
         if not m:
             raise ValueError(allowed)
         value = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
@@ -453,6 +453,29 @@ SCHEMA: dict[str, dict[str, Option]] = {
         ),
         "bad_pieces": Option(
             _int_range(1, 1000), "3", "pieces failing verification before an SN is dropped"
+        ),
+        "max_piece_length": Option(
+            _size(1 << 10, 1 << 30), "16M", "largest piece accepted from an SN's manifest"
+        ),
+        "max_file_size": Option(
+            _size(0, 1 << 60), "1T", "largest file accepted from an SN's manifest"
+        ),
+        "max_in_flight": Option(
+            _size(1 << 20, 1 << 40),
+            "256M",
+            "bytes of unfinished pieces a fetch holds in memory at most",
+        ),
+        "max_unverified": Option(
+            _size(0, 1 << 60),
+            "0",
+            "bytes received without a piece verifying before a fetch gives up "
+            "(0: twice what is missing, at least 64M)",
+        ),
+        "max_subscriptions": Option(
+            _int_range(1, 10000), "32", "subscriptions a fetch makes before it gives up"
+        ),
+        "max_sources_tried": Option(
+            _int_range(1, 10000), "16", "SNs a fetch tries before it gives up"
         ),
     },
     "api": {

@@ -22,8 +22,10 @@ Progress is reported as events (dicts) to ``on_event``.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import socket
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,7 @@ from mcp2p.transfer.control import (
     UpdateWanted,
 )
 from mcp2p.transfer.receiver import Receiver
+from mcp2p.transfer.store import StoreError, part_name
 from mcp2p.trust.keys import node_id_of
 from mcp2p.wire.manifest import Manifest, decode_manifest, verify_manifest
 from mcp2p.wire.query import prefix_matches
@@ -61,6 +64,7 @@ RCVBUF = 16 << 20  # bytes of receive buffer asked for per data socket
 
 
 MAX_RESUBSCRIBES = 3  # per SN, when its session ends while we still miss blocks
+MIN_UNVERIFIED = 64 << 20  # [fetching] max_unverified = 0: at least this many bytes
 
 
 class FetchError(Exception):
@@ -97,6 +101,7 @@ class Source:
     blocks: int = 0
     resubscribes: int = 0  # in a row, without a block delivered in between
     blocks_at_resubscribe: int = 0
+    refused: bool = False  # dropped for data that failed verification
 
     @property
     def name(self) -> str:
@@ -159,6 +164,12 @@ class Fetch:
         self.counters = {"bad_blocks": 0, "bad_pieces": 0, "pieces": 0}
         self.searching = False
         self.researches = 0
+        # Bounds on what a fetch spends ([fetching] max_subscriptions, max_sources_tried,
+        # max_unverified): SNs whose data never verifies cannot keep it going for ever.
+        self.subscriptions = 0
+        self.tried: set[bytes] = set()  # node ids connected to
+        self.unverified_mark = (0, 0)  # (bytes verified, bytes received) at the last progress
+        self.last_drop = ""
 
     # -- the whole transfer
 
@@ -169,8 +180,11 @@ class Fetch:
             assert self.manifest is not None
             from mcp2p.transfer.store import PartialFile
 
+            self._check_space()
             self.store = PartialFile.open(self.out_dir, self.config.node.state_dir, self.manifest)
-            self.decoder = self.code.decoder(self.manifest.layout)
+            # The plain code's blocks go straight to the store (which keeps one
+            # byte per block): a decoder would only keep a second such map.
+            self.decoder = None if self.per_block else self.code.decoder(self.manifest.layout)
             self.event(
                 "manifest",
                 name=self.manifest.name,
@@ -201,6 +215,8 @@ class Fetch:
             )
             return Path(path)
         finally:
+            if self.done.called:
+                self.done.addErrback(lambda f: None)  # failed before run() awaited it
             await self._close()
 
     def totals(self) -> dict[str, float]:
@@ -323,8 +339,9 @@ class Fetch:
             self.identity,
             source.server.node_id,
         )
+        self.tried.add(source.server.node_id)
         try:
-            client = await endpoint.connect(Factory.forProtocol(ControlClient))
+            client = await self._timed(endpoint.connect(Factory.forProtocol(ControlClient)))
         except Exception as e:
             raise FetchError(f"cannot reach {source.name} at {host}: {e}") from None
         source.client = client
@@ -334,15 +351,19 @@ class Fetch:
         return client
 
     async def _manifest(self, content_id: bytes) -> Source:
-        errors = []
+        errors: list[str] = []
+        f = self.config.fetching
         while self.candidates:
+            why = self._over_tried(self.candidates[0])
+            if why:
+                raise FetchError(why + ": " + "; ".join(errors[-3:]))
             source = self.candidates.pop(0)
             try:
                 client = await self._connect(source)
                 data = b""
                 while True:
-                    part = await client.callRemote(
-                        GetManifest, content_id=content_id, offset=len(data)
+                    part = await self._timed(
+                        client.callRemote(GetManifest, content_id=content_id, offset=len(data))
                     )
                     if (
                         part["total"] > MAX_MANIFEST
@@ -353,7 +374,9 @@ class Fetch:
                     data += part["data"]
                     if len(data) >= part["total"]:
                         break
-                manifest = decode_manifest(data)
+                manifest = decode_manifest(
+                    data, max_piece_length=f.max_piece_length, max_size=f.max_file_size
+                )
                 verify_manifest(manifest, content_id, source.server.public_key)
                 self.manifest = manifest
                 return source
@@ -366,6 +389,64 @@ class Fetch:
                 )
                 self._drop(source, "manifest failed")
         raise FetchError("no usable manifest: " + "; ".join(errors))
+
+    def _timed(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """``d``, failed with a TimeoutError if an SN leaves it unanswered too long."""
+        timeout = max(10.0, 4 * self.config.fetching.stall_timeout)
+        return d.addTimeout(timeout, self.reactor)
+
+    def _check_space(self) -> None:
+        """Fail with "disk full" before allocating anything when the download
+        directory cannot hold the bytes still missing (what a part file of
+        ours already holds counts as there)."""
+        m = self.manifest
+        assert m is not None
+        held = 0
+        try:
+            st = os.stat(self.out_dir / part_name(m.name, m.content_id), follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                held = min(m.size, st.st_blocks * 512)
+        except (OSError, ValueError):
+            pass
+        need = m.size - held
+        try:
+            vfs = os.statvfs(self.out_dir)
+        except OSError:
+            return  # the store says what is wrong with the directory
+        free = vfs.f_bavail * vfs.f_frsize
+        if need > free:
+            raise FetchError(
+                f"disk full: {m.name!r} needs {need} bytes in {self.out_dir}, {free} free"
+            )
+
+    def _over_tried(self, source: Source) -> str:
+        """Why trying ``source`` would break [fetching] max_sources_tried, or ""."""
+        limit = self.config.fetching.max_sources_tried
+        if source.server.node_id in self.tried or len(self.tried) < limit:
+            return ""
+        return f"gave up after trying {len(self.tried)} SNs ([fetching] max_sources_tried)"
+
+    def _over_subscribed(self) -> str:
+        """Why one more subscription would break [fetching] max_subscriptions, or ""."""
+        if self.subscriptions < self.config.fetching.max_subscriptions:
+            return ""
+        last = f"; last: {self.last_drop}" if self.last_drop else ""
+        return (
+            f"gave up after {self.subscriptions} subscriptions without finishing "
+            f"([fetching] max_subscriptions){last}"
+        )
+
+    def _fail(self, error: Exception) -> None:
+        """End the fetch with ``error`` (its message is the one line users see):
+        every source is dropped so that nothing more is written."""
+        if self.done.called:
+            return
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        for source in self.sources:
+            if source.state in ("active", "connected"):
+                self._drop(source, "the fetch failed")
+        self.done.errback(error)
 
     def _missing(self) -> RangeSet:
         if self.per_block:
@@ -405,6 +486,10 @@ class Fetch:
             raise FetchError("no SN accepted the subscription")
 
     async def _subscribe(self, source: Source, share: RangeSet) -> None:
+        why = self._over_subscribed() or self._over_tried(source)
+        if why:
+            raise FetchError(why)
+        self.subscriptions += 1
         if source.client is None:
             await self._connect(source)
         assert source.client is not None and self.manifest is not None
@@ -423,15 +508,17 @@ class Fetch:
             port = source.port.getHost().port
         chunks = wanted_chunks(share, replace=False)
         more = len(chunks) > 1  # too big for one value: sent by UpdateWanted below
-        reply = await source.client.callRemote(
-            Subscribe,
-            content_id=self.manifest.content_id,
-            mode=source.mode,
-            port=port,
-            rate=self.rate,
-            code=self.code.name,
-            wanted=b"" if more else chunks[0],
-            more=more,
+        reply = await self._timed(
+            source.client.callRemote(
+                Subscribe,
+                content_id=self.manifest.content_id,
+                mode=source.mode,
+                port=port,
+                rate=self.rate,
+                code=self.code.name,
+                wanted=b"" if more else chunks[0],
+                more=more,
+            )
         )
         source.subscription = reply["subscription"]
         source.rate = reply["rate"]
@@ -439,8 +526,10 @@ class Fetch:
         source.client.handlers[source.subscription] = _Handler(self, source)
         if more:
             for chunk in chunks:
-                await source.client.callRemote(
-                    UpdateWanted, subscription=source.subscription, wanted=chunk, replace=False
+                await self._timed(
+                    source.client.callRemote(
+                        UpdateWanted, subscription=source.subscription, wanted=chunk, replace=False
+                    )
                 )
         if source.mode == "multicast":
             source.port = self._join(receiver, reply["group"], reply["source"], reply["port"])
@@ -458,6 +547,8 @@ class Fetch:
         share are still missing means it ended before our loss reports
         arrived (optimistic sending marks what it sent as delivered): ask
         the same SN again, a few times, before giving its share away."""
+        if self.done.called:
+            return
         still = source.share.intersection(self._missing())
         if source.blocks > source.blocks_at_resubscribe:
             source.resubscribes = 0
@@ -466,6 +557,7 @@ class Fetch:
             and still
             and source.client is not None
             and source.resubscribes < MAX_RESUBSCRIBES
+            and not self._over_subscribed()
         ):
             source.resubscribes += 1
             source.blocks_at_resubscribe = source.blocks
@@ -545,6 +637,9 @@ class Fetch:
         except ValueError:
             self.counters["bad_blocks"] += 1
             return
+        except StoreError as e:  # a full disk: the fetch ends, in one line
+            self._fail(FetchError(str(e)))
+            return
         source.blocks += 1
         source.last_progress = self.reactor.seconds()
         self.contributors.setdefault(piece, set()).add(source.name)
@@ -562,7 +657,11 @@ class Fetch:
     def _bad_piece(self, piece: int) -> None:
         """A piece failed its hash: every SN that sent blocks of it is counted
         against; one that reaches the limit is dropped, and the unverified
-        pieces it touched are thrown away. Those pieces are wanted again."""
+        pieces it touched are thrown away. Those pieces are wanted again.
+
+        An SN that alone sent the piece is proven wrong: it is dropped at
+        once, so nothing more of it is written. A piece shared with an SN
+        already refused is blamed on that one only."""
         self.counters["bad_pieces"] += 1
         names = self.contributors.pop(piece, set())
         _log.warn(
@@ -571,12 +670,20 @@ class Fetch:
             nodes=", ".join(sorted(names)) or "?",
         )
         again = {piece: names}
+        refused = {s.name for s in self.sources if s.refused}
+        blamed = names & refused or names
         for source in self.sources:
-            if source.name not in names or source.state == "dropped":
+            if source.name not in blamed or source.state == "dropped":
                 continue
             source.bad_pieces += 1
-            if source.bad_pieces >= self.config.fetching.bad_pieces:
-                self._drop(source, f"{source.bad_pieces} pieces failed verification")
+            if len(blamed) == 1 or source.bad_pieces >= self.config.fetching.bad_pieces:
+                source.refused = True
+                self._drop(
+                    source,
+                    f"{source.bad_pieces} pieces failed verification"
+                    if source.bad_pieces > 1
+                    else f"piece {piece} failed verification",
+                )
                 for other, senders in list(self.contributors.items()):
                     if source.name in senders:
                         again[other] = self.contributors.pop(other)
@@ -619,11 +726,15 @@ class Fetch:
         d.addCallback(lambda r: setattr(source, "rate", r["rate"]))
         d.addErrback(lambda f: None)
 
-    def _send_wanted(self, source: Source, units: RangeSet, replace: bool) -> None:
+    def _send_wanted(
+        self, source: Source, units: RangeSet, replace: bool, nudge: bool = False
+    ) -> None:
         if source.client is None or source.state != "active":
             return
-        if not replace and units:
+        if not replace and units and not nudge:
             # New work: its stall clock starts now, not at its last delivery.
+            # (A nudge asks again for old work: it must not restart the clock,
+            # or a silent SN, nudged every stall_timeout / 2, is never dropped.)
             source.last_progress = max(source.last_progress, self.reactor.seconds())
         for chunk in wanted_chunks(units, replace):
             d = source.client.callRemote(
@@ -637,7 +748,17 @@ class Fetch:
         return [s for s in self.sources if s.state == "active"]
 
     def _tick(self) -> None:
+        try:
+            self._supervise()
+        except StoreError as e:  # a full disk while flushing: the fetch ends, in one line
+            self._fail(FetchError(str(e)))
+
+    def _supervise(self) -> None:
         now = self.reactor.seconds()
+        why = self._over_budget()
+        if why:
+            self._fail(FetchError(why))
+            return
         missing = self._missing()
         stall = self.config.fetching.stall_timeout
         for source in self._active():
@@ -651,7 +772,7 @@ class Fetch:
                 # The SN may believe it sent all this (a loss we never learned of):
                 # ask for it again before giving up on the SN.
                 source.nudged_at = now
-                self._send_wanted(source, source.share, replace=False)
+                self._send_wanted(source, source.share, replace=False, nudge=True)
         if any(s.share for s in self.sources if s.state == "dropped") or (
             missing and not any(s.share for s in self._active())
         ):
@@ -660,6 +781,34 @@ class Fetch:
             self._send_wanted(source, source.share, replace=True)
         self.store.flush_due() and self.store.flush()
         self._progress(now)
+
+    def _over_budget(self) -> str:
+        """Why the fetch must stop now, or "": too many bytes received without a
+        piece verifying ([fetching] max_unverified), or too many held in memory
+        in pieces not yet decoded ([fetching] max_in_flight)."""
+        f = self.config.fetching
+        in_flight = int(getattr(self.decoder, "pending_bytes", 0))
+        if in_flight > f.max_in_flight:
+            return (
+                f"gave up: {in_flight} bytes held in unfinished pieces "
+                f"([fetching] max_in_flight is {f.max_in_flight})"
+            )
+        if not self.per_block:
+            return ""  # a block code's pieces are verified before they are written
+        counters = self.store.counters
+        received = (counters["written"] + counters["duplicates"]) * self.layout.block_length
+        verified = self.store.bytes_verified
+        if verified > self.unverified_mark[0] or received < self.unverified_mark[1]:
+            self.unverified_mark = (verified, received)
+        limit = f.max_unverified or max(MIN_UNVERIFIED, 2 * (self.layout.size - verified))
+        wasted = received - self.unverified_mark[1]
+        if wasted > limit:
+            return (
+                f"gave up: {wasted} bytes received without a piece verifying "
+                f"([fetching] max_unverified: {limit})"
+                + (f"; last: {self.last_drop}" if self.last_drop else "")
+            )
+        return ""
 
     def _received_bytes(self) -> int:
         """Bytes held: verified pieces, plus blocks written (or symbols pending)
@@ -698,6 +847,7 @@ class Fetch:
         if source.state == "dropped":
             return
         source.state = "dropped"
+        self.last_drop = f"{source.name} {reason}"
         _log.info("source {node} dropped: {reason}", node=source.name, reason=display_text(reason))
         self.event("source_dropped", source=source.to_json(), reason=reason)
         if source.port is not None:
@@ -710,6 +860,8 @@ class Fetch:
 
     def _redistribute(self) -> None:
         """Give the shares of dropped SNs to the active ones, or to new candidates."""
+        if self.done.called:
+            return
         orphaned = RangeSet()
         for s in self.sources:
             if s.state == "dropped" and s.share:
@@ -725,6 +877,12 @@ class Fetch:
         active = self._active()
         if not active:
             if self.searching:
+                return
+            why = self._over_subscribed() or (
+                self._over_tried(self.candidates[0]) if self.candidates else ""
+            )
+            if why:
+                self._fail(FetchError(why))
                 return
             if not self.candidates:
                 self.searching = True
@@ -766,7 +924,8 @@ class Fetch:
         if self.done.called:
             return
         if not self.candidates:
-            self.done.errback(FetchError("every SN failed and no other node offers the content"))
+            last = f" (last: {self.last_drop})" if self.last_drop else ""
+            self._fail(FetchError(f"every SN failed{last} and no other node offers the content"))
             return
         self._redistribute()
 
@@ -789,7 +948,10 @@ class Fetch:
                     client.transport.loseConnection()
                 await client.lost
         if self.store is not None:
-            self.store.close()
+            try:
+                self.store.close()
+            except StoreError as e:  # a full disk: the fetch's own error says so already
+                _log.warn("progress not recorded: {error}", error=display_text(str(e)))
 
 
 class _Handler:
