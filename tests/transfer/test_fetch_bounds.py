@@ -41,10 +41,24 @@ async def ends(d: Any, deadline: float = DEADLINE) -> Any:
 @pytest.fixture
 def liars(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every SN of the test sends random bytes under its true manifest (as one
-    whose disk went bad would): every piece it sends fails verification."""
+    whose disk went bad would): every piece it sends fails verification. The
+    session's file descriptor is swapped for one of random bytes of the same
+    size, so whichever way the session reads, it reads those."""
     from mcp2p.transfer.session import Session
 
-    monkeypatch.setattr(Session, "_read", lambda self, offset, length: os.urandom(length))
+    init = Session.__init__
+
+    def lying_init(self: Any, *args: Any, **kw: Any) -> None:
+        init(self, *args, **kw)
+        size = os.fstat(self.fd).st_size
+        fake = os.memfd_create("mcp2p-liar")
+        try:
+            os.write(fake, os.urandom(size))
+            os.dup2(fake, self.fd)
+        finally:
+            os.close(fake)
+
+    monkeypatch.setattr(Session, "__init__", lying_init)
 
 
 # -- an SN offering a 1 TiB file with 1 GiB pieces ---------------------------------
