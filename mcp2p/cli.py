@@ -287,6 +287,8 @@ async def sap_listen(reactor: Any, config: Config, kwargs: dict[str, Any], wait:
         floor=config.sap.cache_timeout,
         bandwidth_limit_bps=config.sap.bandwidth_limit,
         min_interval=config.sap.min_interval,
+        max_per_source=config.sap.max_per_source,
+        max_entries=config.sap.max_entries,
     )
     protocol = SAPProtocol(directory, reactor, b"", str(config.sap.group))
     iface = str(config.node.interface)

@@ -354,7 +354,15 @@ SCHEMA: dict[str, dict[str, Option]] = {
         ),
         "answer_burst": Option(_int_range(1, 10000), "20", "offers an SN may send in a burst"),
         "query_padding": Option(
-            _int_range(0, 1200), "400", "zero bytes a CN adds to unicast-reply queries"
+            _int_range(0, 1200), "400", "zero bytes a CN adds to pattern queries"
+        ),
+        "source_rate": Option(
+            _float_range(0.1, 10000),
+            "10",
+            "queries per second an SN looks up for one source address, sustained",
+        ),
+        "source_burst": Option(
+            _int_range(1, 10000), "30", "queries an SN looks up for one source in a burst"
         ),
     },
     "sap": {
@@ -371,6 +379,10 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "cache_timeout": Option(
             _float_range(1, 10**7), "3600", "shortest time an unrefreshed entry is kept"
         ),
+        "max_per_source": Option(
+            _int_range(1, 10**6), "256", "directory entries one source address may hold"
+        ),
+        "max_entries": Option(_int_range(1, 10**7), "16384", "directory entries in all"),
     },
     "serving": {
         "group_mode": Option(_choice("ssm", "asm"), "ssm", "SSM (source-specific) or ASM groups"),

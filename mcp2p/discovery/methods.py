@@ -75,6 +75,8 @@ class SAPMethod:
             floor=c.cache_timeout,
             bandwidth_limit_bps=c.bandwidth_limit,
             min_interval=c.min_interval,
+            max_per_source=c.max_per_source,
+            max_entries=c.max_entries,
         )
         self.protocol = SAPProtocol(self.directory, node.reactor, node.identity.node_id, scope)
         self.announcer = SAPAnnouncer(
@@ -83,6 +85,7 @@ class SAPMethod:
             random.Random(),
             node_id=node.identity.node_id,
             public_key=node.identity.public_key,
+            private_key=node.identity.private_key,
             origin=ipaddress.ip_address(self.interface),
             ttl=c.ttl,
             bandwidth_limit_bps=c.bandwidth_limit,

@@ -236,8 +236,8 @@ class QueryNode:
                 discovery.answer_rate,
                 discovery.answer_burst,
                 max_hop_limit=max(discovery.ring_schedule),
-                source_rate=getattr(discovery, "source_rate", 10.0),
-                source_burst=getattr(discovery, "source_burst", 30),
+                source_rate=discovery.source_rate,
+                source_burst=discovery.source_burst,
             )
         self.groups: list[IPAddress] = [
             g for g in discovery.query_groups if g.version == 4 or interface6
@@ -255,6 +255,7 @@ class QueryNode:
             "stray": 0,
             "searches": 0,
             "followups": 0,
+            "send_errors": 0,
         }
 
     # -- life cycle
@@ -368,10 +369,15 @@ class QueryNode:
         try:
             port.write(data, to)
         except OSError as e:  # EAGAIN, unreachable: a lost datagram, not a crash
-            _log.warn(
-                "could not send {nbytes} bytes to {to}: {error}",
+            self.counters["send_errors"] += 1
+            failed = self.counters["send_errors"]
+            # Warn on the 1st, 2nd, 4th, 8th... failure: replies go where queries say.
+            log = _log.warn if failed & (failed - 1) == 0 else _log.debug
+            log(
+                "could not send {nbytes} bytes to {to} ({failed} so far): {error}",
                 nbytes=len(data),
                 to=to,
+                failed=failed,
                 error=str(e),
             )
 

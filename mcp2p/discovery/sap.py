@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -33,7 +34,15 @@ from mcp2p.core.sapinterval import (
     jittered,
 )
 from mcp2p.errors import ProtocolError
-from mcp2p.wire.sap import SDP_PAYLOAD_TYPE, SAPPacket, decode_sap, encode_sap
+from mcp2p.trust.keys import node_id_of
+from mcp2p.wire.sap import (
+    SDP_PAYLOAD_TYPE,
+    SAPPacket,
+    decode_sap,
+    encode_sap,
+    sign_sap,
+    verify_sap,
+)
 from mcp2p.wire.sdp import (
     MAX_VERSION,
     Announcement,
@@ -46,12 +55,15 @@ from mcp2p.wire.sdp import (
 from mcp2p.wire.types import FileOffer, IPAddress
 
 DEFAULT_SCOPE = ""
+DEFAULT_MAX_PER_SOURCE = 256  # directory entries one source address may hold
+DEFAULT_MAX_ENTRIES = 16384
 UDP_IP_OVERHEAD = {4: 20 + 8, 6: 40 + 8}  # header bytes per datagram, no options
 
-# A directory key: ("sdp", origin, session id) for an mcp2p announcement, whose
-# SDP o= line identifies it (RFC 2974 section 5); ("sap", origin, msg id hash)
-# for any other announcement heard, kept only to count the scope's ads.
-_Key = tuple[str, IPAddress, Any]
+# A directory key: (node id, session id). The node id is bound to the key that
+# signed the announcement (mcp2p.trust.keys.node_id_of), so no other node can
+# replace an entry; a deletion names the o= line's (origin, session id), which
+# ``_by_session`` maps back to the entries it may concern.
+_Key = tuple[bytes, int]
 
 
 @dataclass
@@ -62,20 +74,27 @@ class _Heard:
 
 @dataclass
 class _Entry:
-    announcement: Announcement | None  # None: a foreign ad, counted not searched
+    announcement: Announcement
     size: int
     msg_id_hash: int | None
+    source: str  # the address the datagrams came from (bounded entries per source)
     scopes: dict[str, _Heard] = field(default_factory=dict)
 
 
 class SAPDirectory:
-    """The CN's cache of announcements heard, with RFC 2974 implicit timeouts.
+    """The CN's cache of validated announcements, with RFC 2974 implicit timeouts.
 
     An entry not heard again for ``cache_timeout(interval, floor)`` is
     dropped by ``expire``, where the interval is the larger of the gap seen
     between its repeats and the one the RFC rule predicts for its size and
     the number of ads in its scope.  The owner calls ``expire`` now and then
     (a ``LoopingCall`` every minute is plenty).
+
+    Only what ``SAPProtocol`` validated (signed by the node that it names)
+    is recorded, so only that counts towards a scope's interval; a source
+    address holds at most ``max_per_source`` entries and the directory at
+    most ``max_entries``: what would go beyond is refused and counted in
+    ``refused``, so a flood cannot silence the honest announcers (issue 12).
     """
 
     def __init__(
@@ -83,15 +102,22 @@ class SAPDirectory:
         floor: float = DEFAULT_CACHE_FLOOR,
         bandwidth_limit_bps: float = DEFAULT_BANDWIDTH_LIMIT_BPS,
         min_interval: float = DEFAULT_MIN_INTERVAL,
+        max_per_source: int = DEFAULT_MAX_PER_SOURCE,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         self._floor = floor
         self._limit = bandwidth_limit_bps
         self._min_interval = min_interval
+        self.max_per_source = max_per_source
+        self.max_entries = max_entries
         self._entries: dict[_Key, _Entry] = {}
-        self._by_hash: dict[tuple[IPAddress, int], _Key] = {}
+        self._by_session: dict[tuple[IPAddress, int], set[_Key]] = {}
+        self._by_hash: dict[tuple[IPAddress, int], set[_Key]] = {}
+        self._per_source: dict[str, int] = {}
+        self.refused = 0
 
     def __len__(self) -> int:
-        return sum(1 for e in self._entries.values() if e.announcement is not None)
+        return len(self._entries)
 
     def heard(
         self,
@@ -100,63 +126,72 @@ class SAPDirectory:
         scope: str = DEFAULT_SCOPE,
         size: int = 0,
         msg_id_hash: int | None = None,
+        source: str = "",
     ) -> bool:
-        """Record an announcement; True when it is new or its description changed."""
-        key: _Key = ("sdp", announcement.origin, announcement.offer.session_id)
+        """Record an announcement; True when it is new or its description changed.
+
+        A new entry beyond ``max_per_source`` for ``source`` (or beyond
+        ``max_entries``) is refused: False, counted in ``refused``.
+        """
+        key: _Key = (announcement.node_id, announcement.offer.session_id)
         entry = self._entries.get(key)
-        changed = entry is None or entry.announcement != announcement
         if entry is None:
-            entry = self._entries[key] = _Entry(announcement, size, None)
+            if (
+                self._per_source.get(source, 0) >= self.max_per_source
+                or len(self._entries) >= self.max_entries
+            ):
+                self.refused += 1
+                return False
+            entry = self._entries[key] = _Entry(announcement, size, None, source)
+            self._per_source[source] = self._per_source.get(source, 0) + 1
+            changed = True
+        else:
+            changed = entry.announcement != announcement
+            self._unindex(key, entry)
         entry.announcement = announcement
         entry.size = size
-        self._set_hash(key, entry, announcement.origin, msg_id_hash)
+        entry.msg_id_hash = msg_id_hash
+        self._index(key, entry)
         self._touch(entry, scope, now)
         return changed
 
-    def heard_foreign(
-        self,
-        origin: IPAddress,
-        msg_id_hash: int | bytes,
-        now: float,
-        scope: str = DEFAULT_SCOPE,
-        size: int = 0,
-    ) -> None:
-        """Count an announcement that is not ours: it shares the scope's bandwidth.
+    def candidates(self, session: SessionOrigin) -> list[Announcement]:
+        """The announcements a deletion naming ``session`` may concern."""
+        keys = self._by_session.get((session.origin, session.session_id), ())
+        return [self._entries[k].announcement for k in keys]
 
-        ``msg_id_hash`` is the SAP header's; for SAPv0's hash 0 pass a digest
-        of the payload instead (RFC 2974 section 3.1).
-        """
-        key: _Key = ("sap", origin, msg_id_hash)
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _Entry(None, size, None)
-        entry.size = size
-        self._touch(entry, scope, now)
+    def candidates_by_hash(self, origin: IPAddress, msg_id_hash: int) -> list[Announcement]:
+        """The announcements a deletion known only by its SAP header may concern."""
+        return [self._entries[k].announcement for k in self._by_hash.get((origin, msg_id_hash), ())]
 
-    def deleted(self, session: SessionOrigin) -> Announcement | None:
-        """Apply a deletion naming ``session``; the removed announcement, if any.
+    def deleted(self, session: SessionOrigin, node_id: bytes | None = None) -> Announcement | None:
+        """Apply a deletion naming ``session`` (of ``node_id`` only, if given);
+        the removed announcement, if any.
 
         A deletion of an older version than the one cached (a late, reordered
         packet) is ignored.
         """
-        key: _Key = ("sdp", session.origin, session.session_id)
-        entry = self._entries.get(key)
-        if entry is None or entry.announcement is None:
-            return None
-        if entry.announcement.version > session.version:
-            return None
-        self._remove(key)
-        return entry.announcement
+        removed = None
+        for key in list(self._by_session.get((session.origin, session.session_id), ())):
+            a = self._entries[key].announcement
+            if node_id is not None and a.node_id != node_id:
+                continue
+            if a.version > session.version:
+                continue
+            self._remove(key)
+            removed = removed or a
+        return removed
 
-    def deleted_by_hash(self, origin: IPAddress, msg_id_hash: int) -> bool:
+    def deleted_by_hash(
+        self, origin: IPAddress, msg_id_hash: int, node_id: bytes | None = None
+    ) -> bool:
         """Apply a deletion known only by its SAP header; True if something went."""
-        key = self._by_hash.get((origin, msg_id_hash))
-        if key is None:
-            key = ("sap", origin, msg_id_hash)
-        if key not in self._entries:
-            return False
-        self._remove(key)
-        return True
+        gone = False
+        for key in list(self._by_hash.get((origin, msg_id_hash), ())):
+            if node_id is None or key[0] == node_id:
+                self._remove(key)
+                gone = True
+        return gone
 
     def expire(self, now: float) -> list[Announcement]:
         """Drop what timed out in every scope; the announcements dropped."""
@@ -171,8 +206,7 @@ class SAPDirectory:
                     del entry.scopes[scope]
             if not entry.scopes:
                 self._remove(key)
-                if entry.announcement is not None:
-                    dropped.append(entry.announcement)
+                dropped.append(entry.announcement)
         return dropped
 
     def search(
@@ -183,8 +217,6 @@ class SAPDirectory:
         found = []
         for entry in self._entries.values():
             a = entry.announcement
-            if a is None:
-                continue
             if content_id is not None and a.offer.content_id != content_id:
                 continue
             if folded is not None and not fnmatch.fnmatchcase(a.offer.name.casefold(), folded):
@@ -194,7 +226,7 @@ class SAPDirectory:
         return found
 
     def ads_in_scope(self, scope: str = DEFAULT_SCOPE) -> int:
-        """How many distinct announcements (ours excluded) are live in ``scope``."""
+        """How many validated announcements (ours excluded) are live in ``scope``."""
         return sum(1 for e in self._entries.values() if scope in e.scopes)
 
     def _scope_counts(self) -> dict[str, int]:
@@ -213,19 +245,32 @@ class SAPDirectory:
                 heard.gap = now - heard.last
             heard.last = max(heard.last, now)
 
-    def _set_hash(
-        self, key: _Key, entry: _Entry, origin: IPAddress, msg_id_hash: int | None
-    ) -> None:
+    def _index(self, key: _Key, entry: _Entry) -> None:
+        a = entry.announcement
+        self._by_session.setdefault((a.origin, a.offer.session_id), set()).add(key)
         if entry.msg_id_hash is not None:
-            self._by_hash.pop((origin, entry.msg_id_hash), None)
-        entry.msg_id_hash = msg_id_hash
-        if msg_id_hash is not None:
-            self._by_hash[(origin, msg_id_hash)] = key
+            self._by_hash.setdefault((a.origin, entry.msg_id_hash), set()).add(key)
+
+    def _unindex(self, key: _Key, entry: _Entry) -> None:
+        a = entry.announcement
+        for table, ident in (
+            (self._by_session, (a.origin, a.offer.session_id)),
+            (self._by_hash, (a.origin, entry.msg_id_hash)),
+        ):
+            keys = table.get(ident)  # type: ignore[arg-type]
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del table[ident]  # type: ignore[arg-type]
 
     def _remove(self, key: _Key) -> None:
         entry = self._entries.pop(key)
-        if entry.msg_id_hash is not None:
-            self._by_hash.pop((key[1], entry.msg_id_hash), None)
+        self._unindex(key, entry)
+        left = self._per_source.get(entry.source, 1) - 1
+        if left:
+            self._per_source[entry.source] = left
+        else:
+            self._per_source.pop(entry.source, None)
 
 
 def msg_id_hash(session_id: int, version: int) -> int:
@@ -257,7 +302,9 @@ class SAPAnnouncer:
     interval is RFC 2974's for its size and the number of ads in the scope
     (ours plus the others in ``directory``), reconsidered when the timer
     fires.  Removing an announcement, and ``stop()``, send a deletion packet
-    (T=1) for each one that was sent.
+    (T=1) for each one that was sent.  With ``private_key`` (the node's),
+    every packet carries its Ed25519 signature (``mcp2p.wire.sap.sign_sap``):
+    listeners drop unsigned ones.
 
     New announcements go out promptly but paced.  A batch added at once
     gets one slot each at the bandwidth limit (``8*size/limit`` seconds) and
@@ -285,6 +332,7 @@ class SAPAnnouncer:
         directory: SAPDirectory | None = None,
         scope: str = DEFAULT_SCOPE,
         first_delay: float = 1.0,
+        private_key: Ed25519PrivateKey | None = None,
     ) -> None:
         # Validates the limits now rather than at the first timer.
         announcement_interval(1, 1, bandwidth_limit_bps, min_interval)
@@ -300,6 +348,7 @@ class SAPAnnouncer:
         self._directory = directory
         self._scope = scope
         self._first_delay = first_delay
+        self._key = private_key
         self._ads: dict[int, _Ad] = {}  # by session id
         self._hashes: set[int] = set()  # the msg id hashes of _ads
         self._running = False
@@ -409,7 +458,7 @@ class SAPAnnouncer:
         h = msg_id_hash(a.offer.session_id, a.version)
         while h in self._hashes or h in avoid:  # unique per announcer (RFC 2974 s. 6)
             h = h % 0xFFFF + 1
-        packet = encode_sap(SAPPacket(False, h, a.origin, encode_sdp(a)))
+        packet = self._encode(SAPPacket(False, h, a.origin, encode_sdp(a)))
         ad = self._ads[a.offer.session_id] = _Ad(a, h, packet)
         self._hashes.add(h)
         return ad
@@ -465,15 +514,22 @@ class SAPAnnouncer:
 
     def _send_deletion(self, ad: _Ad) -> None:
         a = ad.announcement
-        self._transmit(encode_sap(SAPPacket(True, ad.msg_id_hash, a.origin, encode_deletion(a))))
+        self._transmit(self._encode(SAPPacket(True, ad.msg_id_hash, a.origin, encode_deletion(a))))
         self.deletions_sent += 1
+
+    def _encode(self, packet: SAPPacket) -> bytes:
+        if self._key is not None:
+            packet = sign_sap(packet, self._key)
+        return encode_sap(packet)
 
     def _transmit(self, data: bytes) -> None:
         try:
             self._send(data)
         except OSError as e:
             self.send_errors += 1
-            self._log.warn("SAP send failed: {error}", error=e)
+            failed = self.send_errors
+            log = self._log.warn if failed & (failed - 1) == 0 else self._log.debug
+            log("SAP send failed ({failed} so far): {error}", failed=failed, error=e)
             return
         self.sent_packets += 1
         self.sent_bytes += len(data)
@@ -488,9 +544,15 @@ class SAPAnnouncer:
 class SAPProtocol(DatagramProtocol):
     """Decodes SAP + SDP datagrams from one SAP group into ``directory``.
 
-    Malformed datagrams are counted in ``dropped`` and logged, never raised;
-    valid SAP announcements that are not mcp2p's are counted in ``foreign``
-    and still reach the directory, because they share the scope's bandwidth.
+    An mcp2p announcement is recorded only when its node id is the one its
+    public key makes and its SAP authentication data is that key's
+    signature; a deletion only removes the entries whose key signed it.
+    Anything else is dropped and counted in ``forged`` (issue 12).
+    Malformed datagrams are counted in ``dropped``; valid SAP announcements
+    that are not mcp2p's are counted in ``foreign`` and not kept: unsigned,
+    anyone could forge any number of them, so they do not lengthen the
+    scope's interval.  Each kind of drop is logged on its 1st, 2nd, 4th,
+    8th... occurrence, never raised.
     """
 
     _log = Logger()
@@ -512,6 +574,7 @@ class SAPProtocol(DatagramProtocol):
         self.foreign = 0
         self.own = 0
         self.deletions = 0
+        self.forged = 0
 
     def sender(self, group: str, port: int) -> Callable[[bytes], None]:
         """A ``send`` for ``SAPAnnouncer`` that writes to ``group``:``port``."""
@@ -529,10 +592,12 @@ class SAPProtocol(DatagramProtocol):
             "foreign": self.foreign,
             "own": self.own,
             "deletions": self.deletions,
+            "forged": self.forged,
+            "refused": self.directory.refused,
             "directory": len(self.directory),
         }
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
         self.received += 1
         now = self._clock.seconds()
         try:
@@ -543,14 +608,7 @@ class SAPProtocol(DatagramProtocol):
         is_sdp = packet.payload_type.lower() == SDP_PAYLOAD_TYPE
         if packet.delete:
             self.deletions += 1
-            session = None
-            if is_sdp:
-                try:
-                    session = decode_deletion(packet.payload)
-                except ProtocolError:
-                    pass
-            if session is None or self.directory.deleted(session) is None:
-                self.directory.deleted_by_hash(packet.origin, packet.msg_id_hash)
+            self._deletion(packet, is_sdp, addr)
             return
         try:
             if not is_sdp:
@@ -559,23 +617,51 @@ class SAPProtocol(DatagramProtocol):
             if announcement.origin != packet.origin:
                 raise ProtocolError("SAP originating source differs from the SDP o= address")
         except ProtocolError as e:
-            self._not_ours(packet, len(datagram), addr, e, now)
+            self._not_ours(packet, addr, e)
             return
         if announcement.node_id == self._node_id:
             self.own += 1
             return
+        if node_id_of(announcement.public_key) != announcement.node_id:
+            self._forged(addr, "announcement's node id is not its public key's")
+            return
+        if not verify_sap(packet, announcement.public_key):
+            self._forged(addr, "announcement not signed by the key it names")
+            return
+        host = str(addr[0]) if isinstance(addr, tuple) and addr else str(addr)
         self.directory.heard(
-            announcement, now, self.scope, size=len(datagram), msg_id_hash=packet.msg_id_hash
+            announcement,
+            now,
+            self.scope,
+            size=len(datagram),
+            msg_id_hash=packet.msg_id_hash,
+            source=host,
         )
 
-    def _not_ours(
-        self, packet: SAPPacket, size: int, addr: Any, error: ProtocolError, now: float
-    ) -> None:
-        # Valid SAP either way, so it counts against the scope's bandwidth.
-        ident: int | bytes = packet.msg_id_hash
-        if ident == 0:  # SAPv0: the whole payload identifies the announcement
-            ident = hashlib.blake2s(packet.payload, digest_size=8).digest()
-        self.directory.heard_foreign(packet.origin, ident, now, self.scope, size)
+    def _deletion(self, packet: SAPPacket, is_sdp: bool, addr: Any) -> None:
+        session = None
+        if is_sdp:
+            try:
+                session = decode_deletion(packet.payload)
+            except ProtocolError:
+                pass
+        if session is not None:
+            candidates = self.directory.candidates(session)
+        else:
+            candidates = self.directory.candidates_by_hash(packet.origin, packet.msg_id_hash)
+        if not candidates:
+            return  # nothing of ours to delete: a foreign or an unknown session
+        signers = {a.node_id for a in candidates if verify_sap(packet, a.public_key)}
+        if not signers:
+            self._forged(addr, "deletion not signed by the announcing node")
+            return
+        for node_id in signers:
+            if session is not None:
+                self.directory.deleted(session, node_id)
+            else:
+                self.directory.deleted_by_hash(packet.origin, packet.msg_id_hash, node_id)
+
+    def _not_ours(self, packet: SAPPacket, addr: Any, error: ProtocolError) -> None:
         if b"a=x-mcp2p-" in packet.payload:
             self._drop(addr, error)  # meant to be ours, but broken
         else:
@@ -590,4 +676,14 @@ class SAPProtocol(DatagramProtocol):
             addr=addr,
             dropped=self.dropped,
             error=str(error),
+        )
+
+    def _forged(self, addr: Any, why: str) -> None:
+        self.forged += 1
+        log = self._log.warn if self.forged & (self.forged - 1) == 0 else self._log.debug
+        log(
+            "dropped forged SAP datagram from {addr} ({forged} so far): {why}",
+            addr=addr,
+            forged=self.forged,
+            why=why,
         )

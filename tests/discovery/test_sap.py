@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger
 
@@ -25,7 +27,8 @@ from mcp2p.discovery.sap import (
     SAPProtocol,
     msg_id_hash,
 )
-from mcp2p.wire.sap import SAPPacket, decode_sap, encode_sap
+from mcp2p.trust.keys import node_id_of
+from mcp2p.wire.sap import SAPPacket, decode_sap, encode_sap, sign_sap
 from mcp2p.wire.sdp import (
     Announcement,
     SessionOrigin,
@@ -41,6 +44,15 @@ V6 = ipaddress.IPv6Address
 LIMIT = 4000
 ORIGIN = V4("192.0.2.10")
 OTHER = V4("198.51.100.7")
+
+
+def _raw(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+THEIR_KEY = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)
+THEIR_PUBLIC = _raw(THEIR_KEY)
+THEIR_ID = node_id_of(THEIR_PUBLIC)
 
 
 class Wire:
@@ -75,7 +87,7 @@ def announcer(clock: Clock, wire: Wire, seed: int = 1, **kw: Any) -> SAPAnnounce
 
 
 def theirs(i: int, origin: V4 = OTHER) -> Announcement:
-    return replace(make_announcement(i), node_id=b"\x33" * 16, origin=origin)
+    return replace(make_announcement(i), node_id=THEIR_ID, public_key=THEIR_PUBLIC, origin=origin)
 
 
 def run_until(clock: Clock, end: float) -> None:
@@ -377,7 +389,8 @@ def test_directory_search() -> None:
     d = SAPDirectory()
     d.heard(replace(theirs(1), offer=make_offer(1, name="Ubuntu-24.04.ISO")), 0.0)
     d.heard(replace(theirs(2), offer=make_offer(2, name="notes.txt")), 0.0)
-    d.heard(replace(theirs(3, V4("203.0.113.1")), offer=make_offer(1, name="ubuntu.iso")), 0.0)
+    third = replace(theirs(3, V4("203.0.113.1")), node_id=b"\x44" * 16)
+    d.heard(replace(third, offer=make_offer(1, name="ubuntu.iso")), 0.0)
     assert len(d) == 3
     assert [a.offer.name for a in d.search("ubuntu*.iso")] == ["Ubuntu-24.04.ISO", "ubuntu.iso"]
     assert [a.offer.name for a in d.search("*.TXT")] == ["notes.txt"]
@@ -387,7 +400,7 @@ def test_directory_search() -> None:
     assert d.search("ubuntu*", content_id=make_offer(2).content_id) == []
 
 
-def test_directory_replaces_by_origin_and_session() -> None:
+def test_directory_replaces_by_node_and_session() -> None:
     d = SAPDirectory()
     a = theirs(1)
     assert d.heard(a, 0.0) is True
@@ -411,10 +424,11 @@ def test_directory_deletion_respects_versions() -> None:
 def test_directory_deletion_by_hash() -> None:
     d = SAPDirectory()
     d.heard(theirs(1), 0.0, msg_id_hash=77)
-    d.heard_foreign(OTHER, 78, 0.0)
+    d.heard(theirs(2), 0.0, msg_id_hash=78)
     assert d.ads_in_scope() == 2
+    assert d.deleted_by_hash(OTHER, 77, node_id=b"\x44" * 16) is False  # another node's
     assert d.deleted_by_hash(OTHER, 77) is True
-    assert d.deleted_by_hash(OTHER, 78) is True
+    assert d.deleted_by_hash(OTHER, 78, node_id=THEIR_ID) is True
     assert d.deleted_by_hash(OTHER, 79) is False
     assert d.ads_in_scope() == 0
 
@@ -423,7 +437,6 @@ def test_directory_expiry() -> None:
     d = SAPDirectory(floor=3600.0)
     quiet, chatty, slow = theirs(1), theirs(2), theirs(3)
     d.heard(quiet, 0.0)
-    d.heard_foreign(OTHER, 5, 0.0)
     for t in (0.0, 300.0, 600.0):
         d.heard(chatty, t)
     # slow repeats every 1000 s: ten intervals, 10000 s, beat the hour.
@@ -431,7 +444,7 @@ def test_directory_expiry() -> None:
     d.heard(slow, 1000.0)
     assert d.expire(3600.0) == []
     assert sorted(a.offer.session_id for a in d.expire(3600.1)) == [quiet.offer.session_id]
-    assert d.ads_in_scope() == 2  # the foreign ad went too
+    assert d.ads_in_scope() == 2
     assert d.expire(4200.1) == [chatty]
     assert d.expire(11000.0) == []
     assert d.expire(11000.1) == [slow]
@@ -439,14 +452,30 @@ def test_directory_expiry() -> None:
 
 
 def test_directory_predicts_long_intervals_in_a_crowded_scope() -> None:
-    d = SAPDirectory(floor=60.0, min_interval=1.0)
+    d = SAPDirectory(floor=60.0, min_interval=1.0, max_per_source=2000)
     for i in range(1000):
-        d.heard_foreign(OTHER, i, 0.0, size=700)
+        d.heard(theirs(i + 2), 0.0, size=700, source="198.51.100.7")
     a = theirs(1)
     d.heard(a, 0.0, size=700)
     # 1001 ads of 700 bytes at 4000 bit/s: a 1401 s interval, kept ten times.
-    assert d.expire(10000.0) == []
-    assert d.expire(14100.0) == [a]
+    assert [x for x in d.expire(10000.0) if x == a] == []
+    assert a in d.expire(14100.0)
+
+
+def test_directory_bounds_entries_per_source() -> None:
+    d = SAPDirectory(max_per_source=3, max_entries=5)
+    for i in range(10):
+        d.heard(theirs(i), 0.0, source="203.0.113.66")
+    assert len(d) == 3 and d.refused == 7
+    assert d.heard(theirs(3), 1.0, source="203.0.113.66") is False  # still full
+    assert d.heard(theirs(0), 1.0, source="203.0.113.66") is False  # a repeat: kept, unchanged
+    d.heard(theirs(20), 0.0, source="192.0.2.7")
+    d.heard(theirs(21), 0.0, source="192.0.2.7")
+    assert d.heard(theirs(22), 0.0, source="192.0.2.8") is False  # max_entries
+    assert len(d) == 5
+    assert d.deleted_by_hash(OTHER, 1) is False
+    d.deleted(SessionOrigin(theirs(0).offer.session_id, theirs(0).version, OTHER))
+    assert d.heard(theirs(5), 2.0, source="203.0.113.66") is True  # room again
 
 
 def test_directory_counts_per_scope() -> None:
@@ -478,9 +507,12 @@ def protocol(clock: Clock | None = None) -> tuple[SAPProtocol, list[dict[str, An
     return proto, events
 
 
-def sap(a: Announcement, h: int = 9, delete: bool = False) -> bytes:
+def sap(
+    a: Announcement, h: int = 9, delete: bool = False, key: Ed25519PrivateKey | None = THEIR_KEY
+) -> bytes:
     payload = encode_deletion(a) if delete else encode_sdp(a)
-    return encode_sap(SAPPacket(delete, h, a.origin, payload))
+    packet = SAPPacket(delete, h, a.origin, payload)
+    return encode_sap(packet if key is None else sign_sap(packet, key))
 
 
 def test_protocol_feeds_the_directory() -> None:
@@ -528,7 +560,8 @@ def test_protocol_log_does_not_flood() -> None:
     assert proto.dropped == 100 and len(warnings) == 7  # 1, 2, 4, ..., 64
 
 
-def test_protocol_counts_foreign_announcements_for_the_scope() -> None:
+def test_protocol_counts_foreign_announcements_but_keeps_none() -> None:
+    """Unsigned, anyone could forge them: counted, and not in the scope's interval."""
     proto, events = protocol()
     vlc = (
         b"v=0\r\no=- 3724394400 3724394405 IN IP4 198.51.100.7\r\ns=Radio\r\n"
@@ -538,10 +571,10 @@ def test_protocol_counts_foreign_announcements_for_the_scope() -> None:
     proto.datagramReceived(encode_sap(SAPPacket(False, 0, OTHER, vlc)), ("x", 1))  # SAPv0 hash
     proto.datagramReceived(encode_sap(SAPPacket(False, 5, OTHER, b"<x/>", "text/xml")), ("x", 1))
     assert proto.foreign == 3 and proto.dropped == 0 and events == []
-    assert proto.directory.ads_in_scope("g") == 3 and len(proto.directory) == 0
+    assert proto.directory.ads_in_scope("g") == 0 and len(proto.directory) == 0
     deletion = b"o=- 3724394400 3724394405 IN IP4 198.51.100.7\r\n"
     proto.datagramReceived(encode_sap(SAPPacket(True, 4, OTHER, deletion)), ("x", 1))
-    assert proto.directory.ads_in_scope("g") == 2
+    assert proto.forged == 0 and proto.deletions == 1
 
 
 def test_protocol_sender_writes_to_the_group() -> None:
@@ -560,10 +593,11 @@ def test_announcer_to_protocol_end_to_end() -> None:
         clock,
         lambda data: listener.datagramReceived(data, ("192.0.2.10", 9875)),
         random.Random(3),
-        node_id=b"\x11" * 16,
-        public_key=b"\x22" * 32,
+        node_id=THEIR_ID,
+        public_key=THEIR_PUBLIC,
         origin=ORIGIN,
         min_interval=1.0,
+        private_key=THEIR_KEY,
     )
     offers = [make_offer(i, name=f'file {i} "q" 100%.bin') for i in range(20)]
     ann.set_offers(offers)
@@ -574,7 +608,7 @@ def test_announcer_to_protocol_end_to_end() -> None:
     ann.set_offers(offers[1:])
     assert offers[0] not in {a.offer for a in listener.directory.search()}
     ann.stop()
-    assert len(listener.directory) == 0 and listener.dropped == 0
+    assert len(listener.directory) == 0 and listener.dropped == 0 and listener.forged == 0
     assert clock.getDelayedCalls() == []
 
 
@@ -667,7 +701,7 @@ def test_wireshark_decodes_our_packets_cleanly(tmp_path: Path) -> None:
     """What an announcer sends, then its deletions, decode with no expert info."""
     clock = Clock()
     wire = Wire(clock)
-    ann = announcer(clock, wire, min_interval=300.0)
+    ann = announcer(clock, wire, min_interval=300.0, private_key=THEIR_KEY)
     v6 = replace(make_announcement(2, v6=True), offer=make_offer(2, v6=True, name='é "x" 5%'))
     ann.set_announcements([make_announcement(1), v6, make_announcement(3, ssm=False)])
     ann.start()
@@ -675,6 +709,7 @@ def test_wireshark_decodes_our_packets_cleanly(tmp_path: Path) -> None:
     ann.stop()
     packets = [decode_sap(d) for _, d in wire.sent]
     assert [p.delete for p in packets] == [False] * 3 + [True] * 3
+    assert all(len(p.auth) == 68 for p in packets)  # signed: RFC 2974 authentication data
     groups = {4: V4("239.255.255.255"), 6: V6("ff15::2:7ffe")}
     frames = [
         _frame(p.origin, groups[p.origin.version], d)
@@ -689,6 +724,7 @@ def test_wireshark_decodes_our_packets_cleanly(tmp_path: Path) -> None:
     assert len(re.findall(r"^Session Description Protocol$", out, re.M)) == 6
     assert len(re.findall(r"Session Description Protocol Version \(v\): 0$", out, re.M)) == 6
     assert len(re.findall(r"Message Type: Deletion$", out, re.M)) == 3
+    assert len(re.findall(r"Authentication Type: Unknown \(2\)$", out, re.M)) == 6
     # Each deletion's o= line, decoded, names its announcement's session.
     for a in (make_announcement(1), v6):
         origin = f"Owner/Creator, Session Id (o): - {a.offer.session_id} {a.version} IN"
