@@ -67,6 +67,11 @@ MAX_RESUBSCRIBES = 3  # per SN, when its session ends while we still miss blocks
 MIN_UNVERIFIED = 64 << 20  # [fetching] max_unverified = 0: at least this many bytes
 
 
+# Reasons (prefixes) for which an SN's end of our session asks for a new
+# subscription to the same SN (see ServingService: "moved: ...", "no reports").
+RESUBSCRIBE_ON = ("nothing wanted", "moved:", "no reports")
+
+
 class FetchError(Exception):
     """The fetch cannot finish; the message says why, in one line."""
 
@@ -545,15 +550,18 @@ class Fetch:
     def _session_ended(self, source: Source, reason: str) -> None:
         """The SN ended our session. "nothing wanted" while blocks of our
         share are still missing means it ended before our loss reports
-        arrived (optimistic sending marks what it sent as delivered): ask
-        the same SN again, a few times, before giving its share away."""
+        arrived (optimistic sending marks what it sent as delivered); "moved"
+        means the SN took us out of a shared session because we were far
+        slower than the rest (a new subscription gets a session of our own);
+        "no reports" that our reports did not reach it. Each time: ask the
+        same SN again, a few times, before giving its share away."""
         if self.done.called:
             return
         still = source.share.intersection(self._missing())
         if source.blocks > source.blocks_at_resubscribe:
             source.resubscribes = 0
         if (
-            reason == "nothing wanted"
+            reason.startswith(RESUBSCRIBE_ON)
             and still
             and source.client is not None
             and source.resubscribes < MAX_RESUBSCRIBES

@@ -408,3 +408,40 @@ async def test_a_session_that_ends_before_our_loss_reports_is_asked_for_again(
     again = [e for e in events if e["event"] == "resubscribe"]
     assert again and again[0]["reason"] == "nothing wanted"
     assert not [e for e in events if e["event"] == "source_dropped"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cn_moved_out_of_a_shared_session_subscribes_again(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The SN moves a far slower receiver out of a shared session (it ends the
+    subscription with serving.MOVED): the CN subscribes to the same SN again,
+    for a session of its own, instead of dropping its only source."""
+    from twisted.internet import reactor
+
+    from mcp2p.transfer import serving as serving_mod
+
+    moved: list[int] = []
+    original = serving_mod.ServingService.subscribe
+
+    def subscribe(self: Any, *args: Any, **kwargs: Any) -> Any:
+        reply = original(self, *args, **kwargs)
+        if not moved:
+            sub = self.subscriptions[max(self.subscriptions)]
+            moved.append(sub.id)
+            reactor.callLater(0.02, self._end_subscription, sub, serving_mod.MOVED)
+        return reply
+
+    monkeypatch.setattr(serving_mod.ServingService, "subscribe", subscribe)
+    net = Net(tmp_path)
+    data = os.urandom(2_000_000)
+    await net.sn("sn", data, rate="8M")
+    try:
+        path, events, f = await net.fetch()
+    finally:
+        await net.close()
+    assert moved
+    assert path.read_bytes() == data
+    again = [e for e in events if e["event"] == "resubscribe"]
+    assert again and again[0]["reason"] == serving_mod.MOVED
+    assert not [e for e in events if e["event"] == "source_dropped"]
