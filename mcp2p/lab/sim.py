@@ -66,6 +66,7 @@ Where this differs from the emulation (and so from reality):
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import ipaddress
 import math
 import random
@@ -83,7 +84,7 @@ from mcp2p.core.sapinterval import (
     jittered,
 )
 from mcp2p.wire.query import Offer, Query, encode
-from mcp2p.wire.sap import SAPPacket, encode_sap
+from mcp2p.wire.sap import AUTH_LEN, SAPPacket, encode_sap
 from mcp2p.wire.sdp import Announcement, encode_sdp
 from mcp2p.wire.types import FileOffer
 
@@ -218,7 +219,10 @@ def _file_offer(name: str = "file-0000001.dat", i: int = 1) -> FileOffer:
 
 def query_sizes(name: str = "file-0000001.dat") -> tuple[int, int]:
     """(query, one-file offer) bytes on a link, as a daemon sends them in
-    unicast-reply mode for a pattern (padding rules of `QueryNode.send_query`)."""
+    unicast-reply mode for a pattern (padding rules of `QueryNode.send_query`:
+    at least `ONE_OFFER_QUERY`, so that an SN that has not validated the
+    searcher's address yet still answers one file at once; that first
+    offer ends with the SN's 8-byte cookie)."""
     from mcp2p.discovery.query import ONE_OFFER_QUERY  # the daemon's padding floor
 
     q = Query(
@@ -228,22 +232,11 @@ def query_sizes(name: str = "file-0000001.dat") -> tuple[int, int]:
         pattern=name,
         answers_wanted=1,
         reply_to=(ipaddress.ip_address("0.0.0.0"), 40000),
-        padding=QUERY_PADDING,
     )
-    data = encode(q)
-    if len(data) < ONE_OFFER_QUERY:
-        data = encode(
-            Query(
-                request_id=q.request_id,
-                hop_limit=1,
-                content_id=None,
-                pattern=name,
-                answers_wanted=1,
-                reply_to=q.reply_to,
-                padding=QUERY_PADDING + ONE_OFFER_QUERY - len(data),
-            )
-        )
-    offer = Offer(b"\0" * 8, b"\1" * 16, b"\2" * 32, 1, (_file_offer(name),))
+    bare = len(encode(q))
+    padding = max(bare + QUERY_PADDING, ONE_OFFER_QUERY) - bare
+    data = encode(dataclasses.replace(q, padding=padding))
+    offer = Offer(b"\0" * 8, b"\1" * 16, b"\2" * 32, 1, (_file_offer(name),), cookie=b"\3" * 8)
     return (
         len(data) + UDP_IP4 + ETH_OVERHEAD,
         len(encode(offer)) + UDP_IP4 + ETH_OVERHEAD,
@@ -251,7 +244,9 @@ def query_sizes(name: str = "file-0000001.dat") -> tuple[int, int]:
 
 
 def sap_ad_size(name: str = "file-0000001.dat") -> int:
-    """One SAP/SDP announcement with IP and UDP headers (what RFC 2974's limit counts)."""
+    """One signed SAP/SDP announcement with IP and UDP headers (what RFC 2974's
+    limit counts): the node's Ed25519 signature adds 68 bytes of
+    authentication data."""
     a = Announcement(
         offer=_file_offer(name),
         node_id=b"\1" * 16,
@@ -260,8 +255,8 @@ def sap_ad_size(name: str = "file-0000001.dat") -> int:
         ttl=15,
         version=1_700_000_000,
     )
-    packet = encode_sap(SAPPacket(False, 1, a.origin, encode_sdp(a)))
-    return len(packet) + UDP_IP4
+    packet = SAPPacket(False, 1, a.origin, encode_sdp(a), auth=bytes(AUTH_LEN))
+    return len(encode_sap(packet)) + UDP_IP4
 
 
 def search_time(
