@@ -154,7 +154,7 @@ class Responder:
         """The cookie for ``host`` in the current (or given) time window."""
         if window is None:
             window = int(now // COOKIE_WINDOW)
-        msg = struct.pack("!Q", window) + host.encode("ascii", "replace")
+        msg = struct.pack("!q", window) + host.encode("ascii", "replace")
         return hmac.new(self.secret, msg, hashlib.sha256).digest()[:COOKIE_LEN]
 
     def validated(self, query: Query, host: str, now: float) -> bool:

@@ -578,3 +578,79 @@ def test_a_prefix_query_is_answered_with_what_the_catalog_matches() -> None:
     miss = dataclasses.replace(query, request_id=rid(2), content_id_prefix="f" * 8)
     assert hear(r, miss) == []
     assert r.counters["no_match"] == 1
+
+
+# -- issue 12: address validation, hop limits, per-source fairness ------------------
+
+
+def _with_cookie(query: Query, node_id: bytes, cookie: bytes) -> Query:
+    return dataclasses.replace(query, cookies=((node_id, cookie),))
+
+
+def test_a_valid_cookie_gets_the_whole_reply() -> None:
+    files = [file_offer(i, name="n" * 100) for i in range(30)]
+    r = responder(files=files)
+    query = make_query(request=1)
+    size = len(encode(query))
+    [first] = hear(r, query, 0.0)
+    small = offers_of(r.due(first.key, 0.1))
+    assert sum(len(encode(o)) for o in small) <= size
+    assert small[-1].truncated and small[-1].cookie == r.cookie(CN[0], 0.1)
+    # The same ring again with the cookie: another key, answered in full at once.
+    again = _with_cookie(query, ME, small[-1].cookie)
+    [second] = hear(r, again, 0.2)
+    assert second.key == (rid(1), 1, True)
+    whole = offers_of(r.due(second.key, 0.3))
+    assert [f for o in whole for f in o.files] == files
+    assert all(o.cookie is None for o in whole)
+    assert r.counters["validated"] == 1 and r.counters["cookies_sent"] == 1
+
+
+def test_a_cookie_is_bound_to_the_address_the_node_and_the_time() -> None:
+    files = [file_offer(i, name="n" * 100) for i in range(30)]
+    r = responder(files=files)
+    cookie = r.cookie(CN[0], 0.0)
+    other = responder(files=files, node_id=OTHER)
+    assert other.cookie(CN[0], 0.0) != cookie  # each node has its own secret
+
+    def budget(query: Query, source: tuple[str, int], now: float) -> int:
+        [s] = r.query(query, source, len(encode(query)), now)
+        return sum(len(x.data) for x in r.due(s.key, now))
+
+    size = len(encode(make_query()))
+    # another address (a spoofer replaying a victim's cookie), another node id
+    assert budget(_with_cookie(make_query(request=2), ME, cookie), ("192.0.2.99", 1), 1) <= size
+    assert budget(_with_cookie(make_query(request=3), OTHER, cookie), CN, 1) <= size
+    # valid in its window and the next, not after
+    assert budget(_with_cookie(make_query(request=4), ME, cookie), CN, 599.0) > size
+    assert budget(_with_cookie(make_query(request=5), ME, cookie), CN, 600.0) <= size
+    assert r.counters["bad_cookie"] == 2
+
+
+def test_group_replies_are_capped_in_hop_limit_and_size() -> None:
+    files = [file_offer(i) for i in range(200)]
+    r = responder(files=files, max_hop_limit=32)
+    query = make_query(hop=255, multicast=True, padding=0)
+    [s] = hear(r, query)
+    sends = r.due(s.key, s.delay)
+    assert {x.hop_limit for x in sends} == {32}
+    assert offers_of(sends)[0].hop_limit == 255  # the ring it answers, as the CN knows it
+    assert sum(len(x.data) for x in sends) <= GROUP_FACTOR * len(encode(query))
+
+
+def test_one_source_cannot_use_up_the_others_answers() -> None:
+    r = responder(rate=20.0, burst=20, source_rate=10.0, source_burst=30)
+    flood = [hear(r, make_query(request=i), 0.0, source=("203.0.113.66", 1)) for i in range(1000)]
+    assert sum(map(len, flood)) == 30
+    assert r.counters["source_limited"] == 970
+    assert len(r.seen) == 30  # type: ignore[attr-defined]  # no look-up for the rest
+    [honest] = hear(r, make_query(request=5000), 0.0)
+    assert r.due(honest.key, 0.1)
+
+
+def test_the_source_table_is_bounded() -> None:
+    r = responder()
+    r.max_sources = 100
+    for i in range(1000):
+        hear(r, make_query(request=i), 0.0, source=(f"10.0.{i // 256}.{i % 256}", 1))
+    assert len(r.sources) == 100

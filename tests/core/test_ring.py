@@ -429,3 +429,37 @@ def test_incomplete_reply_counts_when_its_ring_is_over() -> None:
     search.offer(offer(1, 1, more=True), "10.0.0.1", 0.05)  # the rest was lost
     assert search.ring_timeout(0.3) == [Finished("enough")]
     assert search.queries_sent == 1
+
+
+# -- issue 12: follow-ups with a cookie -------------------------------------------
+
+
+def test_a_reply_cut_short_for_a_cookie_is_asked_again_at_once() -> None:
+    ring = RingSearch((1, 2, 4), TIMEOUT, 2, cookies={node(9): b"k" * 8})
+    [send, _timer] = ring.start(0.0)
+    assert isinstance(send, SendQuery) and send.cookies == ((node(9), b"k" * 8),)
+    # SN 1 answers small, with a cookie: a follow-up on the same ring, not counted yet.
+    actions = ring.offer(offer(1, 1, truncated=True, cookie=b"c" * 8), "192.0.2.1", 0.05)
+    [follow] = actions
+    assert isinstance(follow, SendQuery) and follow.follow_up and follow.hop_limit == 1
+    assert node(1) not in follow.known
+    assert follow.cookies[0] == (node(1), b"c" * 8)
+    assert not ring.servers[node(1)].complete
+    # Its whole reply (no cookie) completes it and clears the cut-short flag.
+    ring.offer(offer(1, 1, files=(0, 1, 2)), "192.0.2.1", 0.1)
+    record = ring.servers[node(1)]
+    assert record.complete and not record.truncated and not record.awaiting
+    assert len(record.files) == 3
+    assert ring.new_cookies == {node(1): b"c" * 8}
+
+
+def test_follow_ups_are_bounded_and_a_late_one_extends_the_ring_once() -> None:
+    ring = RingSearch((1, 2), TIMEOUT, 1)
+    ring.start(0.0)
+    sends = []
+    for t in (0.1, 0.2, 0.25):
+        sends += ring.offer(offer(1, 1, truncated=True, cookie=b"c" * 8), "a", t)
+    assert len(sends) == 2  # MAX_FOLLOWUPS
+    assert ring.ring_timeout(0.3) == [ArmTimer(TIMEOUT)]  # still waiting: once more
+    assert ring.ring_timeout(0.6) == [Finished("enough")]  # then it counts as it is
+    assert ring.servers[node(1)].truncated
