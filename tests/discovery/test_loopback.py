@@ -69,3 +69,40 @@ async def test_ten_responders_on_loopback_spread_answers_and_respect_known_answe
     assert len(arrivals) == 10
     assert result.hop_limits == [1]
     assert all(n.responder.counters["offers_sent"] == 1 for n in responders)  # type: ignore
+
+
+@pytest_twisted.ensureDeferred
+async def test_cookies_on_loopback_two_sns_with_many_files() -> None:
+    """Issue 12 on real sockets: two SNs on one address, 40 files each with long
+    names; the first search gets small replies with cookies and follows up
+    at once, the second sends the cookies and gets everything first time."""
+    d = discovery(free_udp_port(), answers_wanted="2", ring_schedule="1, 2", ring_timeout="0.3")
+    sns = []
+    for i in range(2):
+        files = [offer(f"sn{i}-file-{j:03d}-" + "x" * 60 + ".iso", j) for j in range(40)]
+
+        def lookup(q: Query, files: list[Any] = files) -> list[Any]:
+            return [f for f in files if q.pattern and fnmatch.fnmatch(f.name, q.pattern)]
+
+        node_id = os.urandom(16)
+        n = QueryNode(
+            reactor, d, "127.0.0.1", node_id=node_id, public_key=node_id * 2, lookup=lookup
+        )
+        n.start()
+        sns.append(n)
+    cn = QueryNode(reactor, d, "127.0.0.1")
+    cn.start(listen_group=False)
+    try:
+        first = await cn.search(pattern="sn*")
+        followups = cn.counters["followups"]
+        second = await cn.search(pattern="sn*")
+    finally:
+        await cn.stop()
+        for n in sns:
+            await n.stop()
+    for result in (first, second):
+        assert sorted(len(s.files) for s in result.servers) == [40, 40]
+        assert not any(s.truncated for s in result.servers)
+        assert result.hop_limits == [1]
+    assert followups == 2 and cn.counters["followups"] == 2
+    assert all(n.responder.counters["validated"] == 2 for n in sns)  # type: ignore[union-attr]
