@@ -1067,6 +1067,10 @@ class _LookupIndex:
         by_id = sorted(entries, key=lambda e: e.content_id)
         self.ids = [e.content_id for e in by_id]
         self.by_id = by_id
+        # Names reversed, for patterns whose literal part is a suffix ("*.iso").
+        by_rname = sorted(entries, key=lambda e: e.name.lower()[::-1])
+        self.rnames = [e.name.lower()[::-1] for e in by_rname]
+        self.by_rname = by_rname
 
 
 @implementer(ICatalog)
@@ -1146,8 +1150,9 @@ class Catalog:
 
         Bounded whatever the catalog's size: at most ``limit`` entries, found
         among at most ``scan`` names from where the pattern's literal prefix
-        starts in the sorted names (an exact name or ``ubuntu*`` is found by
-        bisection; ``*x*`` looks at the first ``scan`` names only).
+        starts in the sorted names, or its literal suffix in the sorted reversed
+        names (an exact name, ``ubuntu*`` and ``*.iso`` are found by bisection;
+        ``*x*`` looks at the first ``scan`` names only).
         """
         regex = _compile(pattern)
         index = self._index()
@@ -1155,16 +1160,25 @@ class Catalog:
         literal = m.group().lower() if m else ""
         if not literal.isascii():
             literal = ""  # case folding beyond ASCII: no safe prefix, bounded scan
-        start = bisect.bisect_left(index.names, literal)
+        names, by_name = index.names, index.by_name
+        if not literal:
+            # No literal prefix: a literal suffix ("*.iso") bisects the reversed names.
+            m = _LITERAL.match(pattern[::-1])
+            suffix = m.group().lower() if m else ""
+            if suffix and suffix.isascii():
+                literal, names, by_name = suffix, index.rnames, index.by_rname
+        start = bisect.bisect_left(names, literal)
         found = []
-        for i in range(start, min(len(index.names), start + scan)):
-            if not index.names[i].startswith(literal):
+        for i in range(start, min(len(names), start + scan)):
+            if not names[i].startswith(literal):
                 break
-            entry = index.by_name[i]
+            entry = by_name[i]
             if regex.match(entry.name):
                 found.append(entry)
                 if len(found) >= limit:
                     break
+        if names is index.rnames:
+            found.sort(key=lambda e: e.name.lower())
         return found
 
     def match_prefix(self, prefix: str, limit: int = MATCH_LIMIT) -> list[CatalogEntry]:

@@ -60,3 +60,28 @@ def test_lookup_cost_does_not_grow_with_the_catalog(tmp_path: Path) -> None:
     cid = large.match("file-017000.dat")[0].content_id
     assert [e.content_id for e in large.match_prefix(cid.hex()[:9])] == [cid]
     assert [e.content_id for e in large.match_prefix(cid.hex()[:10])] == [cid]
+
+
+def test_a_literal_suffix_is_found_by_bisection_wherever_it_sorts(tmp_path: Path) -> None:
+    """``*.iso`` among 20,000 other names: the .iso files sort far past the first
+    MATCH_SCAN names, and the reversed-name index still finds every one."""
+    cat = catalog_of(20_000, tmp_path)
+    extra = tuple(
+        CatalogEntry(
+            content_id=hashlib.sha256(f"iso{i}".encode()).digest(),
+            path=f"/share/zz-{i}.ISO",
+            name=f"zz-{i}.ISO",
+            size=1000,
+            mtime_ns=0,
+            inode=100_000 + i,
+            device=1,
+            piece_length=1 << 20,
+            piece_hashes=(),
+        )
+        for i in range(5)
+    )
+    cat._entries = cat._entries + extra
+    cat._by_id = {e.content_id: e for e in cat._entries}
+    assert [e.name for e in cat.match("*.iso")] == [f"zz-{i}.ISO" for i in range(5)]
+    assert [e.name for e in cat.match("*-3.iso")] == ["zz-3.ISO"]
+    assert len(cat.match("*.dat")) == MATCH_LIMIT
