@@ -24,6 +24,7 @@ class Node:
     discovery: Any = None
     fetching: Any = None
     api: Any = None
+    keys: Any = None  # the key server, when [keys] serve = yes
 
 
 def listen_or_exit(listen: Any, option: str) -> Any:
@@ -103,5 +104,10 @@ def build(config: Config, reactor: Any = None) -> MultiService:
     node.api = APIService(node)
     for service in (node.serving, node.discovery, node.fetching, node.api):
         service.setServiceParent(top)
+    if config.keys.serve:
+        from mcp2p.trust.keyserver import KeyService
+
+        node.keys = KeyService(node)
+        node.keys.setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
     return top

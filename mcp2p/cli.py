@@ -633,6 +633,95 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- keys -----------------------------------------------------------------------
+
+
+def cmd_keys(config: Config, args: argparse.Namespace) -> int:
+    """``mcp2p keys publish|lookup|revoke``: talk HKP to ``[keys] servers``."""
+    import time
+
+    from mcp2p.trust import keyclient, records
+
+    client_servers = config.keys.servers
+    if not client_servers:
+        raise CliError("no key server configured: set [keys] servers = ADDRESS[:PORT]", EXIT_USAGE)
+    result: dict[str, Any] = {}
+
+    async def run(reactor: Any) -> None:
+        client = keyclient.client_for(config, reactor)
+        try:
+            if args.action == "lookup":
+                answer = await client.fetch(args.node_id)
+                result["answer"] = answer
+            else:
+                result["posted"] = await client.publish(result["record"])
+        except keyclient.LookupFailed as e:
+            result["failed"] = str(e)
+
+    if args.action in ("publish", "revoke"):
+        from mcp2p.trust.keys import KEY_FILE, load_or_create
+
+        key_file = config.node.state_dir / KEY_FILE
+        if not key_file.exists():
+            raise CliError(f"no node key at {key_file}: start the daemon once to make it", 1)
+        try:
+            identity = load_or_create(config.node.state_dir)
+        except (OSError, ValueError) as e:
+            raise CliError(f"cannot read {key_file}: {e}", EXIT_FAILED) from None
+        now = int(time.time())
+        try:
+            if args.action == "revoke":
+                result["record"] = records.make_revocation(identity, now)
+            else:
+                result["record"] = records.make_record(
+                    identity, now, lifetime=int(args.days * 86400), labels=args.label
+                )
+        except ValueError as e:
+            raise CliError(f"cannot make the record: {e}", EXIT_USAGE) from None
+    _react(run)
+    if "failed" in result:
+        raise CliError(f"no key server answered: {result['failed']}", EXIT_FAILED)
+    if args.action == "lookup":
+        answer = result["answer"]
+        record = answer.record
+        if record is None:
+            print(f"no record for {args.node_id.hex()} (server {answer.server or '?'})")
+            return EXIT_NOT_FOUND
+        state = "valid"
+        if record.revoked or record.expired(time.time()):
+            state = "revoked" if record.revoked else "expired"
+        print(
+            json.dumps(
+                {
+                    "node_id": record.node_id.hex(),
+                    "key": record.public_key.hex(),
+                    "labels": list(record.labels),
+                    "issued": record.issued,
+                    "expires": record.expires,
+                    "state": state,
+                    "server": answer.server,
+                    "endpoint": str(answer.endpoint),
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK if state == "valid" else EXIT_NOT_FOUND
+    endpoint, code, text = result["posted"]
+    if code != 200:
+        raise CliError(f"{endpoint} refused the record (HTTP {code}): {text}", EXIT_FAILED)
+    print(f"{endpoint}: {text}")
+    return EXIT_OK
+
+
+def node_id_arg(raw: str) -> bytes:
+    from mcp2p.trust.records import parse_node_id
+
+    try:
+        return parse_node_id(raw)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 # -- config ---------------------------------------------------------------------
 
 
@@ -782,7 +871,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one option of the ini file (repeatable)",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{search,get,status,config}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{search,get,status,keys,config}")
     p.set_defaults(needs_config=True)
     s = sub.add_parser(
         "search",
@@ -869,6 +958,27 @@ def parser() -> argparse.ArgumentParser:
         help="print the status page's address with the login token, to open in a browser",
     )
     st.set_defaults(func=cmd_status)
+    k = sub.add_parser(
+        "keys",
+        help="publish, look up or revoke key records on the key servers",
+        description="Talk to the key servers of [keys] servers (HKP): publish this node's "
+        "signed key record (from its state directory's node.key), look up a node's record, "
+        "or revoke this node's key (final: no later record replaces a revocation).",
+        epilog=EXIT_CODES,
+        formatter_class=_Help,
+    )
+    ksub = k.add_subparsers(dest="action", required=True, metavar="{publish,lookup,revoke}")
+    kp = ksub.add_parser("publish", help="publish this node's key record")
+    kp.add_argument(
+        "--label", action="append", default=[], help="a label in the record (repeatable, max 8)"
+    )
+    kp.add_argument(
+        "--days", type=int_in(1, 731), default=365, help="validity in days (1-731)"
+    )
+    kl = ksub.add_parser("lookup", help="look up a node's key record")
+    kl.add_argument("node_id", type=node_id_arg, metavar="NODEID", help="32 hex digits")
+    ksub.add_parser("revoke", help="revoke this node's key (final)")
+    k.set_defaults(func=cmd_keys)
     c = sub.add_parser(
         "config",
         help="print the example configuration",

@@ -286,6 +286,31 @@ def _unix_socket(raw: str, base: Path) -> Path | None:
     return path
 
 
+def _endpoint(default_port: int | None) -> Callable[[str, Path], Any]:
+    """``ADDRESS[:PORT]`` (empty: None when there is no default port)."""
+
+    def parse(raw: str, base: Path) -> Any:
+        from mcp2p.trust.keyclient import parse_endpoint
+
+        if not raw.strip() and default_port is None:
+            return None
+        return parse_endpoint(raw, default_port)
+
+    return parse
+
+
+def _endpoints(default_port: int | None) -> Callable[[str, Path], tuple[Any, ...]]:
+    def parse(raw: str, base: Path) -> tuple[Any, ...]:
+        from mcp2p.trust.keyclient import parse_endpoint
+
+        items = [parse_endpoint(item, default_port) for item in _list(raw)]
+        if len(set(items)) != len(items):
+            raise ValueError("a list of distinct addresses")
+        return tuple(items)
+
+    return parse
+
+
 # -- the schema: section -> key -> (parser, default, one-line help)
 
 Parser = Callable[[str, Path], Any]
@@ -490,7 +515,32 @@ SCHEMA: dict[str, dict[str, Option]] = {
             _int_range(1, 10000), "16", "SNs a fetch tries before it gives up"
         ),
     },
-    "api": {
+    "keys": {
+        "serve": Option(_bool, "no", "be a key server (needs listen)"),
+        "listen": Option(
+            _endpoint(None), "", "ADDRESS:PORT the key server answers HKP on (empty: none)"
+        ),
+        "peers": Option(
+            _endpoints(None), "", "other key servers replicated with (ADDRESS:PORT list)"
+        ),
+        "servers": Option(
+            _endpoints(11371), "", "where key look-ups go: ADDRESS[:PORT] list (the anycast one)"
+        ),
+        "replication_interval": Option(
+            _float_range(0.1, 86400), "30", "seconds between anti-entropy rounds with each peer"
+        ),
+        "max_per_round": Option(
+            _int_range(1, 10**6), "1024", "records taken from one peer per round at most"
+        ),
+        "max_records": Option(_int_range(1, 10**7), "100000", "records a key server holds"),
+        "add_rate": Option(
+            _float_range(0.001, 10000), "1", "records per second one address may add, sustained"
+        ),
+        "add_burst": Option(_int_range(1, 10000), "10", "records one address may add in a burst"),
+        "lookup_timeout": Option(
+            _float_range(0.1, 600), "5", "seconds a look-up or replication request may take"
+        ),
+    },    "api": {
         "port": Option(_api_port, "7780", "local HTTP API port on 127.0.0.1 (0: any free)"),
         "unix_socket": Option(
             _unix_socket,
@@ -546,6 +596,10 @@ class Config:
     @property
     def fetching(self) -> Any:
         return self.sections["fetching"]
+
+    @property
+    def keys(self) -> Any:
+        return self.sections["keys"]
 
     @property
     def api(self) -> Any:

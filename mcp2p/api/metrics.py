@@ -75,6 +75,16 @@ SERVING_HELP = {
     "refused_loss": "loss reports refused for naming packets never sent",
     "silent_dropped": "subscriptions ended after [serving] report_timeout without a report",
     "slow_moved": "subscribers moved out of a shared session for being far slower",
+    "refused_subscriber": "subscriptions refused: [serving] subscribers or [trust] policy",
+}
+TRUST_HELP = {
+    "key_changed": "nodes refused: another node's address, or another key, in known_nodes",
+    "untrusted": "nodes refused as not trusted ([trust] policy pinned, or the key servers)",
+    "recorded": "nodes recorded in known_nodes by trust on first use",
+    "known_nodes_bad_lines": "known_nodes lines skipped as malformed",
+    "known_nodes_errors": "reads of known_nodes that found it unusable",
+    "lookups": "key server look-ups made for the trust policy",
+    "lookup_failed": "key server look-ups that failed",
 }
 SESSION_HELP = {
     "packets": "data packets sent",
@@ -101,6 +111,14 @@ TRANSFER_HELP = {
     "store_written": "blocks written to the partial file",
     "store_duplicates": "blocks already held",
     "store_bad_pieces": "pieces the store found bad",
+}
+KEYS_HELP = {
+    "accepted": "key records stored from clients' POSTs",
+    "replicated": "key records stored from peers' anti-entropy",
+    "pruned": "expired key records dropped",
+    "lookups": "HKP look-ups answered",
+    "rounds": "anti-entropy rounds run",
+    "peer_errors": "anti-entropy exchanges with a peer that failed",
 }
 # Transfer counters exported under another name, or as gauges.
 TRANSFER_RENAMED = {"forged_hold_sum": "forged_hold_seconds"}
@@ -157,6 +175,12 @@ class NodeCollector(Collector):
             yield from self._discovery(n.discovery)
         if n.fetching is not None:
             yield from self._fetching(n.fetching)
+        trust = getattr(n, "trust", None)
+        if trust is not None:
+            for key, doc in TRUST_HELP.items():
+                yield CounterMetricFamily("mcp2p_trust_" + key, doc, value=trust.counters[key])
+        if getattr(n, "keys", None) is not None:
+            yield from self._keys(n.keys)
         errors = getattr(getattr(n.api, "resource", None), "refused", None)
         if errors is not None:
             family = CounterMetricFamily(
@@ -177,6 +201,18 @@ class NodeCollector(Collector):
             for reason, count in sorted(refusals.items()):
                 family.add_metric([reason], count)
             yield family
+
+    def _keys(self, keys: Any) -> Iterator[Metric]:
+        yield GaugeMetricFamily("mcp2p_keys_records", "key records held", value=len(keys.store))
+        for key, doc in KEYS_HELP.items():
+            value = keys.counters.get(key, keys.store.counters.get(key, 0))
+            yield CounterMetricFamily("mcp2p_keys_" + key, doc, value=value)
+        family = CounterMetricFamily(
+            "mcp2p_keys_rejected", "key records refused, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(keys.store.rejected.items()):
+            family.add_metric([reason], count)
+        yield family
 
     def _shares(self, serving: Any) -> Iterator[Metric]:
         entries = serving.catalog.entries()
