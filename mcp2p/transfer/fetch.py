@@ -49,7 +49,7 @@ from mcp2p.transfer.control import (
     Unsubscribe,
     UpdateWanted,
 )
-from mcp2p.transfer.receiver import Receiver
+from mcp2p.transfer.receiver import Items, Receiver, read_in_batches
 from mcp2p.transfer.store import StoreError, part_name
 from mcp2p.trust.keys import node_id_of
 from mcp2p.wire.manifest import Manifest, decode_manifest, verify_manifest
@@ -504,12 +504,14 @@ class Fetch:
             0,
             lambda piece, symbol, payload: self._deliver(source, piece, symbol, payload),
             lambda lost, received: self._report(source, lost, received),
+            deliver_many=lambda items: self._deliver_many(source, items),
         )
         source.receiver = receiver
         port = 0
         if source.mode == "unicast":
             source.port = self.reactor.listenUDP(0, receiver, interface=self.interface)
             multicast.set_buffers(source.port, receive=RCVBUF)
+            read_in_batches(source.port, receiver)
             port = source.port.getHost().port
         chunks = wanted_chunks(share, replace=False)
         more = len(chunks) > 1  # too big for one value: sent by UpdateWanted below
@@ -621,6 +623,7 @@ class Fetch:
         sock = lport.getHandle()
         sock.setsockopt(socket.IPPROTO_IP, multicast.IP_MULTICAST_ALL, 0)
         multicast.set_buffers(lport, receive=RCVBUF)
+        read_in_batches(lport, receiver)
         if source:
             multicast.join_source(lport, g, ipaddress.ip_address(source), self.interface)
         else:
@@ -654,6 +657,46 @@ class Fetch:
         for event in events:
             if event is None:
                 continue
+            if event.ok:
+                self.counters["pieces"] += 1
+                self.contributors.pop(event.piece, None)
+            else:
+                self._bad_piece(event.piece)
+        if self.store.complete and not self.done.called:
+            self.done.callback(None)
+
+    def _deliver_many(self, source: Source, items: Items) -> None:
+        """The authenticated packets of one batch (payloads are views into the
+        reader's buffer, valid during this call): with the plain code, written
+        to the store together; else one by one through ``_deliver``."""
+        if source.state != "active":
+            return
+        deliver = self._deliver
+        if not self.per_block or getattr(deliver, "__func__", None) is not Fetch._deliver:
+            for piece, symbol, payload in items:  # a block code keeps its symbols: copied
+                deliver(source, piece, symbol, bytes(payload))
+                if source.state != "active":
+                    return
+            return
+        try:
+            events, bad = self.store.write_blocks(items)
+        except StoreError as e:  # a full disk: the fetch ends, in one line
+            self._fail(FetchError(str(e)))
+            return
+        if bad:
+            self.counters["bad_blocks"] += bad
+        if len(items) > bad:
+            source.blocks += len(items) - bad
+            source.last_progress = self.reactor.seconds()
+            name = source.name
+            contributors = self.contributors
+            for piece in {item[0] for item in items}:
+                senders = contributors.get(piece)
+                if senders is None:
+                    contributors[piece] = {name}
+                else:
+                    senders.add(name)
+        for event in events:
             if event.ok:
                 self.counters["pieces"] += 1
                 self.contributors.pop(event.piece, None)

@@ -4,8 +4,18 @@ Blocks go with ``os.pwrite`` to a sparse file ``.<name>.<cid16>.part`` in
 the download directory; the progress (the bitmap of *verified* pieces) goes
 to ``<state_dir>/transfers/<content id hex>.json``.
 
+A piece's blocks are gathered in one buffer in memory and the piece is
+hashed there when its last block comes: a piece that verifies is written
+with one ``pwrite``, one that does not never touches the disk. At most
+``BUFFER_BYTES`` of buffers are held (a window of pieces in flight); when a
+new piece needs one beyond that, the buffer touched longest ago is spilled:
+its blocks are written where they belong and the piece goes on on disk
+(read back into a buffer when its next block comes, or read back and
+hashed on disk when it completes there). Pieces larger than a quarter of
+the window are assembled on disk, block by block, as before.
+
 Crash safety rests on one ordering: a piece is marked verified in the
-progress file only after its bytes were written, read back, hashed, and
+progress file only after its bytes were hashed, written and
 ``fdatasync``'ed; the progress file is replaced atomically (temp file,
 fsync, rename, fsync of the directory). Marks are batched (at most
 ``FLUSH_PIECES`` pieces or ``FLUSH_SECONDS`` between flushes, and always at
@@ -17,9 +27,10 @@ apply to new bytes. ``finalize`` hashes the whole file once more before
 it gets its final name (see there), so even a part file changed behind our back
 between runs is caught.
 
-Blocks of pieces not yet verified are not recorded: after a crash they are
-wanted again. Recording them would cost a write per packet, and they are
-at most the pieces in flight.
+Blocks of pieces not yet verified that are held in memory are not
+recorded (the progress file's ``written`` map marks only blocks on disk):
+after a crash they are wanted again, at most the window. ``close`` spills
+them first, so a clean stop keeps them.
 
 A hostile local user may write in the download directory (a /tmp-like
 directory, sticky or not) and plant symlinks, hard links or FIFOs under the
@@ -87,7 +98,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,6 +113,7 @@ from mcp2p.wire.types import MAX_NAME_BYTES, check_name
 Buffer = bytes | bytearray | memoryview
 
 PROGRESS_VERSION = 1
+BUFFER_BYTES = 32 << 20  # pieces in flight held in memory, at most (bytes)
 FLUSH_PIECES = 16
 FLUSH_SECONDS = 0.5
 # Give up looking for a free "<stem> (n)<suffix>" after this many.
@@ -383,6 +395,15 @@ class PartialFile:
         self._duplicates = 0
         self._bad_pieces = 0
         self._closed = False
+        # piece -> its buffer (blocks gathered in memory), oldest touched first
+        self._buffers: dict[int, bytearray] = {}
+        self._spare: list[bytearray] = []  # buffers to reuse (at most the window)
+        self._max_buffers = (
+            BUFFER_BYTES // self._piece_length if 4 * self._piece_length <= BUFFER_BYTES else 0
+        )
+        self._spilled = 0
+        self._last_piece = layout.pieces - 1
+        self._last_blocks = layout.blocks_in_piece(self._last_piece)
 
     def _keep_written(self, written: bytearray) -> None:
         """Take back the blocks a previous run wrote in unverified pieces; a piece
@@ -643,34 +664,121 @@ class PartialFile:
         """
         if not 0 <= index < self._nblocks:
             raise ValueError(f"block {index} is outside 0..{self._nblocks - 1}")
+        if self._fd < 0:
+            raise StoreError(errno.EBADF, f"{self.part_path} is closed", str(self.part_path))
         if self._written[index]:
             self._duplicates += 1
             return None
         piece, block = divmod(index, self._bpp)
-        offset = piece * self._piece_length + block * self._block_length
-        end = offset + self._block_length
-        piece_end = offset - block * self._block_length + self._piece_length
-        if end > piece_end:
-            end = piece_end
-        if end > self._size:
-            end = self._size
-        length = end - offset
+        start = block * self._block_length
+        end = start + self._block_length
+        if end > self._piece_length:
+            end = self._piece_length
+        base = piece * self._piece_length
+        if base + end > self._size:
+            end = self._size - base
+        length = end - start
         if len(data) != length:
             raise ValueError(f"block {index} must be {length} bytes, got {len(data)}")
-        try:
-            done = os.pwrite(self._fd, data, offset)
-        except OSError as exc:
-            raise _store_error(exc, "write", self.part_path) from exc
-        if done != length:
-            self._write_all(memoryview(data)[done:], offset + done)
+        buffer = self._buffers.get(piece)
+        if buffer is None:
+            buffer = self._buffer_for(piece)
+        if buffer is not None:
+            buffer[start:end] = data
+        else:
+            self._write_all(memoryview(data), base + start)
+            self._dirty_blocks += 1
         self._written[index] = 1
         self._written_blocks += 1
-        self._dirty_blocks += 1
         left = self._left[piece] - 1
         self._left[piece] = left
         if left:
             return None
         return self._check_piece(piece)
+
+    def write_blocks(
+        self, items: Iterable[tuple[int, int, Buffer]]
+    ) -> tuple[list[PieceEvent], int]:
+        """Store ``(piece, block in piece, data)`` blocks: the pieces they
+        completed, and how many were refused (no such block, wrong length)."""
+        events: list[PieceEvent] = []
+        bad = 0
+        bpp, last, last_blocks = self._bpp, self._last_piece, self._last_blocks
+        write = self.write_block
+        for piece, block, data in items:
+            if not (0 <= piece < last and 0 <= block < bpp) and not (
+                piece == last and 0 <= block < last_blocks
+            ):
+                bad += 1
+                continue
+            try:
+                event = write(piece * bpp + block, data)
+            except ValueError:
+                bad += 1
+                continue
+            if event is not None:
+                events.append(event)
+        return events, bad
+
+    def _buffer_for(self, piece: int) -> bytearray | None:
+        """A buffer for ``piece`` (its blocks on disk read in), or None: assemble
+        it on disk (a large piece, or no window)."""
+        if not self._max_buffers:
+            return None
+        while len(self._buffers) >= self._max_buffers:
+            self._spill(next(iter(self._buffers)))
+        buffer = self._spare.pop() if self._spare else bytearray(self._piece_length)
+        blocks = self.layout.piece_blocks(piece)
+        if self._written.find(1, blocks.start, blocks.stop) != -1:
+            size = self.layout.piece_size(piece)
+            offset = piece * self._piece_length
+            try:
+                got = os.preadv(self._fd, [memoryview(buffer)[:size]], offset)
+            except OSError as exc:
+                self._spare.append(buffer)
+                raise _store_error(exc, "read", self.part_path) from exc
+            if got != size:
+                self._spare.append(buffer)
+                raise StoreError(
+                    errno.EIO, f"{self.part_path} is shorter than expected", str(self.part_path)
+                )
+        self._buffers[piece] = buffer
+        return buffer
+
+    def _spill(self, piece: int) -> None:
+        """Write the blocks ``piece`` holds in memory to the part file; it goes on on disk."""
+        buffer = self._buffers.pop(piece)
+        blocks = self.layout.piece_blocks(piece)
+        written = self._written
+        view = memoryview(buffer)
+        base = piece * self._piece_length
+        size = self.layout.piece_size(piece)
+        start = written.find(1, blocks.start, blocks.stop)
+        while start != -1:
+            stop = written.find(0, start, blocks.stop)
+            if stop == -1:
+                stop = blocks.stop
+            a = (start - blocks.start) * self._block_length
+            b = min((stop - blocks.start) * self._block_length, size)
+            self._write_all(view[a:b], base + a)
+            self._dirty_blocks += stop - start
+            start = written.find(1, stop, blocks.stop)
+        self._spilled += 1
+        self._recycle(buffer)
+
+    def _recycle(self, buffer: bytearray) -> None:
+        if len(self._spare) + len(self._buffers) < self._max_buffers:
+            self._spare.append(buffer)
+
+    def _on_disk(self) -> bytearray:
+        """``_written`` without the blocks held only in memory."""
+        if not self._buffers:
+            return self._written
+        written = bytearray(self._written)
+        for piece in self._buffers:
+            blocks = self.layout.piece_blocks(piece)
+            written[blocks.start : blocks.stop] = bytes(len(blocks))
+        return written
 
     def write_piece(self, piece: int, data: Buffer) -> PieceEvent | None:
         """Store a whole piece (a block code's output), verified before it is written.
@@ -687,6 +795,9 @@ class PartialFile:
         if hash_piece(data) != self._hashes[piece]:
             self._bad_pieces += 1
             return PieceEvent(piece, False)
+        buffer = self._buffers.pop(piece, None)
+        if buffer is not None:
+            self._recycle(buffer)
         self._write_all(memoryview(data), piece * self._piece_length)
         blocks = self.layout.piece_blocks(piece)
         self._written_blocks += self._left[piece]
@@ -718,7 +829,23 @@ class PartialFile:
         """All blocks of ``piece`` are in: read it back and hash it."""
         offset = piece * self._piece_length
         size = min(self._piece_length, self._size - offset)
-        if hash_piece(self._read(offset, size)) == self._hashes[piece]:
+        buffer = self._buffers.pop(piece, None)
+        if buffer is not None:
+            # In memory: hashed there, written once if good, never if bad.
+            data = memoryview(buffer)[:size]
+            good = hash_piece(data) == self._hashes[piece]
+            try:
+                if good:
+                    self._write_all(data, offset)
+            except StoreError:
+                self._forget(piece)  # none of it is held: all wanted again
+                raise
+            finally:
+                data.release()
+                self._recycle(buffer)
+        else:
+            good = hash_piece(self._read(offset, size)) == self._hashes[piece]
+        if good:
             self._piece_verified(piece)
             return PieceEvent(piece, True)
         self._bad_pieces += 1
@@ -732,6 +859,9 @@ class PartialFile:
             self._forget(piece)
 
     def _forget(self, piece: int) -> None:
+        buffer = self._buffers.pop(piece, None)
+        if buffer is not None:
+            self._recycle(buffer)
         blocks = self.layout.piece_blocks(piece)
         self._written[blocks.start : blocks.stop] = bytes(len(blocks))
         self._left[piece] = len(blocks)
@@ -765,7 +895,7 @@ class PartialFile:
             os.fdatasync(self._fd)
         except OSError as exc:
             raise _store_error(exc, "sync", self.part_path) from exc
-        self._write_progress(self._files, self.manifest, self._verified, self._written)
+        self._write_progress(self._files, self.manifest, self._verified, self._on_disk())
         self._unflushed = 0
         self._dirty_blocks = 0
         self._last_flush = self._clock()
@@ -819,6 +949,11 @@ class PartialFile:
             "duplicates": self._duplicates,
             "bad_pieces": self._bad_pieces,
         }
+
+    @property
+    def buffered(self) -> tuple[int, int]:
+        """(pieces held in memory now, pieces spilled to disk so far)."""
+        return len(self._buffers), self._spilled
 
     # -- the end -----------------------------------------------------------
 
@@ -1052,7 +1187,11 @@ class PartialFile:
         if self._closed:
             return
         try:
-            if self._unflushed:
+            spilled = bool(self._buffers)
+            while self._buffers:  # blocks in memory go to disk, so a resume keeps them
+                self._spill(next(iter(self._buffers)))
+            self._spare.clear()
+            if self._unflushed or spilled:
                 self.flush()
         finally:
             self._close_fd()

@@ -52,6 +52,12 @@ assert _PACK.size == _UNPACK.size == HEADER_LEN
 
 _pack = _PACK.pack
 _unpack_from = _UNPACK.unpack_from
+# The receiver's batch path (``split_header``): the two constant bytes as one u16
+# and the reserved byte read, so one comparison each checks them.
+FIRST_TWO = _FIRST_TWO
+FAST_HEADER = struct.Struct("!HHIIBBII")
+assert FAST_HEADER.size == HEADER_LEN
+_fast_from = FAST_HEADER.unpack_from
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +118,21 @@ def decode_packet(data: bytes) -> DataPacket:
     return DataPacket(seq, timestamp, ssrc, piece, symbol, flags, bytes(data[HEADER_LEN:]))
 
 
-def packet_digest(data: bytes) -> bytes:
+def split_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int, int] | None:
+    """(timestamp, ssrc, piece, symbol) of a well-formed data packet, else None.
+
+    The receiver's per-packet check, with no object per packet beyond the
+    tuple: it accepts exactly what ``decode_packet`` accepts (``decode_packet``
+    says why a packet is refused)."""
+    if len(data) < HEADER_LEN or len(data) - HEADER_LEN > MAX_PAYLOAD:
+        return None
+    first_two, _seq, timestamp, ssrc, _flags, reserved, piece, symbol = _fast_from(data)
+    if first_two != _FIRST_TWO or reserved:
+        return None
+    return timestamp, ssrc, piece, symbol
+
+
+def packet_digest(data: bytes | bytearray | memoryview) -> bytes:
     """The first 8 bytes of BLAKE3 of the whole datagram (headers and payload)."""
     return blake3.blake3(data).digest(DIGEST_LEN)
 

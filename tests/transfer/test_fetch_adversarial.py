@@ -389,12 +389,12 @@ async def test_a_session_that_ends_before_our_loss_reports_is_asked_for_again(
     class LosesFirstSession(fetch_mod.Receiver):
         first: list[Any] = []
 
-        def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+        def datagrams(self, batch: Any) -> None:  # every read comes here
             if not LosesFirstSession.first:
                 LosesFirstSession.first.append(self)
             if LosesFirstSession.first[0] is self:
                 return  # every packet of the first session is lost
-            super().datagramReceived(data, addr)
+            super().datagrams(batch)
 
     monkeypatch.setattr(fetch_mod, "Receiver", LosesFirstSession)
     net = Net(tmp_path)

@@ -564,8 +564,11 @@ def test_full_disk_on_write_is_a_store_error(
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, "pwrite", full)
+    # Blocks gather in memory: the piece's one write, at its last block, fails.
+    for index in (4, 5, 6):
+        partial.write_block(index, block_of(manifest, data, index))
     with pytest.raises(StoreError) as info:
-        partial.write_block(4, block_of(manifest, data, 4))
+        partial.write_block(7, block_of(manifest, data, 7))
     message = str(info.value)
     assert "disk full" in message and ".file.bin." in message and "\n" not in message
     assert info.value.errno == code and isinstance(info.value, OSError)
@@ -705,8 +708,12 @@ def test_write_block_throughput(tmp_path: Path) -> None:
     assert rate > 20_000
 
 
-def test_flushed_blocks_of_unverified_pieces_survive_a_crash(dirs: Dirs) -> None:
-    # Random block order completes pieces late: what a run held must not be lost.
+def test_flushed_blocks_of_unverified_pieces_survive_a_crash(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Random block order completes pieces late: what a run held on disk must not be
+    # lost. (Pieces assembled on disk: no window of buffers, as for large pieces.)
+    monkeypatch.setattr(store, "BUFFER_BYTES", 0)
     data = random.Random(11).randbytes(10 * PIECE)
     manifest = make_manifest(data)
     clock = ManualClock()
@@ -726,7 +733,10 @@ def test_flushed_blocks_of_unverified_pieces_survive_a_crash(dirs: Dirs) -> None
     assert resumed.finalize().read_bytes() == data
 
 
-def test_kept_blocks_that_are_wrong_fail_their_piece_and_are_fetched_again(dirs: Dirs) -> None:
+def test_kept_blocks_that_are_wrong_fail_their_piece_and_are_fetched_again(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "BUFFER_BYTES", 0)  # pieces assembled on disk
     data = random.Random(12).randbytes(3 * PIECE)
     manifest = make_manifest(data)
     clock = ManualClock()
