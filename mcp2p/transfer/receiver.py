@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import socket
 import sys
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,7 +40,14 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from mcp2p.core.wanted import RangeSet
-from mcp2p.wire.rtp import HEADER_LEN, packet_digest, split_header
+from mcp2p.wire.rtp import (
+    FAST_HEADER,
+    FIRST_TWO,
+    HEADER_LEN,
+    MAX_PAYLOAD,
+    packet_digest,
+    split_header,
+)
 
 try:
     from blake3 import blake3 as _blake3
@@ -63,7 +71,8 @@ REPORT_EVERY = 0.1
 SOL_UDP = 17
 UDP_GRO = 104  # Linux: receive a GSO burst as one buffer, segment size in a cmsg
 ARENA = 2 << 20  # bytes of the batch buffer: one wakeup reads at most this much
-MAX_DATAGRAM = 65536  # room kept for one read (a GRO buffer is at most 64 KiB)
+ROOM = 65536  # room kept for one read (a GRO buffer is at most 64 KiB)
+MAX_DATAGRAM = HEADER_LEN + MAX_PAYLOAD  # the largest data packet
 _IGNORE = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED})
 
 
@@ -96,7 +105,7 @@ class Receiver(DatagramProtocol):
         # (that scan was half of a CN's CPU at 30k packets/s).
         self.overdue: OrderedDict[int, tuple[bytes, float]] = OrderedDict()  # reported lost
         # accepted a while ago (KEEP): a later copy is a duplicate or a forgery
-        self.accepted: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
+        self.accepted = Accepted()
         self.batches: deque[tuple[float, int]] = deque()  # (notice time, notices) in order
         self.late_since_report = 0  # late packets: received in the next report
         self.last_packet = clock.seconds()
@@ -115,6 +124,7 @@ class Receiver(DatagramProtocol):
             "lost": 0,
             "late": 0,
             "notices": 0,
+            "reads": 0,  # receive calls (a GRO buffer holds many packets)
         }
         self.loop = task.LoopingCall(self._housekeeping)
         self.loop.clock = clock
@@ -136,24 +146,35 @@ class Receiver(DatagramProtocol):
         counters = self.counters
         counters["packets"] += len(batch)
         ssrc = self.ssrc
-        accepted, expected, overdue = self.accepted, self.expected, self.overdue
+        expected, overdue = self.expected, self.overdue
+        accepted = self.accepted
+        seen, seen_at, seen_digests, mask = (
+            accepted.seqs,
+            accepted.times,
+            accepted.digests,
+            accepted.mask,
+        )
         digest_of = _digest
-        now = -1.0
         out: Items = []
         malformed = foreign = 0
         now = self.clock.seconds()
+        horizon = now - KEEP
+        unpack, first = FAST_HEADER.unpack_from, FIRST_TWO
         for data in batch:
-            header = split_header(data)
-            if header is None:
+            # split_header, inlined: this is the per-packet path
+            if not HEADER_LEN <= len(data) <= MAX_DATAGRAM:
                 malformed += 1
                 continue
-            seq, packet_ssrc, piece, symbol = header
+            first_two, _, seq, packet_ssrc, _, reserved, piece, symbol = unpack(data)
+            if first_two != first or reserved:
+                malformed += 1
+                continue
             if packet_ssrc != ssrc:
                 foreign += 1
                 continue
-            done = accepted.get(seq)
-            if done is not None:
-                if digest_of(data) == done[0]:
+            slot = seq & mask  # Accepted.get, inlined
+            if seen[slot] == seq and seen_at[slot] >= horizon:
+                if digest_of(data) == seen_digests[slot * 8 : slot * 8 + 8]:
                     counters["duplicate"] += 1
                 else:
                     self._forged(0.0)  # a copy of a packet we have, altered
@@ -180,8 +201,9 @@ class Receiver(DatagramProtocol):
                 counters["late"] += 1
                 counters["lost"] -= 1
                 self.late_since_report += 1
-            if len(accepted) < MAX_EXPECTED:
-                accepted[seq] = (digest, now)
+            seen[slot] = seq  # Accepted.put, inlined
+            seen_at[slot] = now
+            seen_digests[slot * 8 : slot * 8 + 8] = digest
             out.append((piece, symbol, data[HEADER_LEN:]))
         if malformed:
             counters["malformed"] += malformed
@@ -240,8 +262,7 @@ class Receiver(DatagramProtocol):
                 if genuine is not None:
                     # Checked by split_header when it was held.
                     _, _, piece, symbol = split_header(genuine)  # type: ignore[misc]
-                    if len(accepted) < MAX_EXPECTED:
-                        accepted[seq] = (digest, now)
+                    accepted.put(seq, digest, now)
                     out.append((piece, symbol, genuine[HEADER_LEN:]))
                     continue
             if len(expected) < MAX_EXPECTED:
@@ -265,7 +286,6 @@ class Receiver(DatagramProtocol):
             if len(overdue) < MAX_EXPECTED:
                 overdue[seq] = notice
         _expire(self.overdue, now - KEEP)
-        _expire(self.accepted, now - KEEP)
         settled = 0  # notices whose LOSS_AFTER ran out now: each lost or received
         while self.batches and now - self.batches[0][0] > LOSS_AFTER:
             settled += self.batches.popleft()[1]
@@ -316,6 +336,37 @@ if _blake3 is None:  # pragma: no cover
     _digest = packet_digest  # noqa: F811
 
 
+class Accepted:
+    """The digests of packets accepted in the last KEEP seconds, by sequence
+    number: fixed arrays (about 5 MB), no object per packet and nothing to
+    expire. A sequence number shares its slot with those ``MAX_EXPECTED``
+    apart; at over 131k packets/s the older one is forgotten early, and a
+    copy of it then waits for a notice like any unknown packet (and is
+    dropped as unannounced)."""
+
+    __slots__ = ("digests", "mask", "seqs", "times")
+
+    def __init__(self, size: int = MAX_EXPECTED) -> None:
+        assert size & (size - 1) == 0, "a power of two"
+        self.mask = size - 1
+        self.seqs = array("q", [-1]) * size
+        self.times = array("d", [0.0]) * size
+        self.digests = bytearray(8 * size)
+
+    def get(self, seq: int, now: float) -> bytes | None:
+        """The digest of ``seq`` if it was accepted in the last KEEP seconds."""
+        slot = seq & self.mask
+        if self.seqs[slot] == seq and self.times[slot] >= now - KEEP:
+            return bytes(self.digests[slot * 8 : slot * 8 + 8])
+        return None
+
+    def put(self, seq: int, digest: bytes, now: float) -> None:
+        slot = seq & self.mask
+        self.seqs[slot] = seq
+        self.times[slot] = now
+        self.digests[slot * 8 : slot * 8 + 8] = digest
+
+
 class BatchReader:
     """Reads every datagram waiting on a non-blocking UDP socket into one
     preallocated buffer (``ARENA`` bytes), as views, with one ``recvmsg_into``
@@ -347,13 +398,13 @@ class BatchReader:
         """Drain the socket (or fill the buffer); the datagrams go to ``sink``."""
         recv = self.sock.recvmsg_into
         view = self.view
-        limit = len(view) - MAX_DATAGRAM
+        limit = len(view) - ROOM
         ancillary = self.ancillary
         out: list[memoryview] = []
         position = 0
         while position <= limit:
             try:
-                n, anc, flags, _ = recv((view[position : position + MAX_DATAGRAM],), ancillary)
+                n, anc, flags, _ = recv((view[position : position + ROOM],), ancillary)
             except OSError as e:
                 if e.errno in _IGNORE:
                     break
@@ -370,8 +421,10 @@ class BatchReader:
             if segment >= n:
                 out.append(view[position:end])
             else:
-                for start in range(position, end, segment):
-                    out.append(view[start : min(start + segment, end)])
+                whole = end - (n % segment)
+                out += [view[i : i + segment] for i in range(position, whole, segment)]
+                if whole < end:
+                    out.append(view[whole:end])
             position = end
         if out and self.sink is not None:
             self.sink(out)
@@ -389,8 +442,11 @@ def read_in_batches(port: Any, receiver: Receiver) -> BatchReader | None:
     reader = BatchReader(sock, receiver.datagrams)
 
     def do_read() -> None:
-        reader.sink = port.protocol.datagrams  # a successor may have replaced it
+        protocol = port.protocol  # a successor may have replaced it
+        reader.sink = protocol.datagrams
+        before = reader.reads
         reader.read()
+        protocol.counters["reads"] += reader.reads - before
 
     port.doRead = do_read
     _log.debug(

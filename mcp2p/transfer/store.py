@@ -700,24 +700,55 @@ class PartialFile:
         self, items: Iterable[tuple[int, int, Buffer]]
     ) -> tuple[list[PieceEvent], int]:
         """Store ``(piece, block in piece, data)`` blocks: the pieces they
-        completed, and how many were refused (no such block, wrong length)."""
+        completed, and how many were refused (no such block, wrong length).
+
+        ``write_block`` for a batch, inlined (this is the per-packet path)."""
+        if self._fd < 0:
+            raise StoreError(errno.EBADF, f"{self.part_path} is closed", str(self.part_path))
         events: list[PieceEvent] = []
-        bad = 0
+        bad = duplicates = wrote = 0
         bpp, last, last_blocks = self._bpp, self._last_piece, self._last_blocks
-        write = self.write_block
+        block_length, piece_length, size = self._block_length, self._piece_length, self._size
+        written, left, buffers = self._written, self._left, self._buffers
         for piece, block, data in items:
             if not (0 <= piece < last and 0 <= block < bpp) and not (
                 piece == last and 0 <= block < last_blocks
             ):
                 bad += 1
                 continue
-            try:
-                event = write(piece * bpp + block, data)
-            except ValueError:
+            index = piece * bpp + block
+            if written[index]:
+                duplicates += 1
+                continue
+            start = block * block_length
+            end = start + block_length
+            if end > piece_length:
+                end = piece_length
+            base = piece * piece_length
+            if base + end > size:
+                end = size - base
+            if len(data) != end - start:
                 bad += 1
                 continue
-            if event is not None:
-                events.append(event)
+            buffer = buffers.get(piece)
+            if buffer is None:
+                buffer = self._buffer_for(piece)
+                if buffer is None:  # assembled on disk
+                    event = self.write_block(index, data)
+                    if event is not None:
+                        events.append(event)
+                    continue
+            buffer[start:end] = data
+            written[index] = 1
+            wrote += 1
+            remaining = left[piece] - 1
+            left[piece] = remaining
+            if not remaining:
+                self._written_blocks += wrote
+                wrote = 0
+                events.append(self._check_piece(piece))
+        self._written_blocks += wrote
+        self._duplicates += duplicates
         return events, bad
 
     def _buffer_for(self, piece: int) -> bytearray | None:

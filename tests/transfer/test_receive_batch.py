@@ -1,0 +1,328 @@
+"""The CN's batch receive path: header split, Receiver.datagrams on views,
+BatchReader on a real loopback socket (GRO), and the store's piece buffers."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from mcp2p.errors import ProtocolError
+from mcp2p.transfer import store
+from mcp2p.transfer.receiver import BatchReader, Receiver
+from mcp2p.transfer.store import PartialFile, StoreError
+from mcp2p.wire.rtp import HEADER_LEN, decode_packet, pack_header, packet_digest, split_header
+from tests.transfer.test_store import block_of, crash, make_manifest
+
+SSRC = 0x1234
+
+
+def packet(seq: int, payload: bytes = b"x" * 100, ssrc: int = SSRC, piece: int = 0) -> bytes:
+    return pack_header(seq & 0xFFFF, seq, ssrc, piece, seq) + payload
+
+
+def receiver(batched: bool = True) -> tuple[Receiver, list[Any]]:
+    got: list[Any] = []
+    r = Receiver(Clock(), SSRC, lambda p, s, d: got.append((p, s, bytes(d))), lambda *a: None)
+    if batched:
+        # Copy the views at once, as the store does: the buffer is reused afterwards.
+        r.deliver_many = lambda items: got.extend((p, s, bytes(d)) for p, s, d in items)
+    return r, got
+
+
+def arena(datagrams: list[bytes]) -> list[memoryview]:
+    """The datagrams as views into one buffer, as BatchReader hands them over."""
+    buffer = bytearray(b"".join(datagrams))
+    view, out, at = memoryview(buffer), [], 0
+    for d in datagrams:
+        out.append(view[at : at + len(d)])
+        at += len(d)
+    return out
+
+
+# -- header split -------------------------------------------------------------
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=64))
+def test_split_header_accepts_exactly_what_decode_packet_accepts(data: bytes) -> None:
+    try:
+        p = decode_packet(data)
+    except ProtocolError:
+        assert split_header(data) is None
+    else:
+        assert split_header(data) == (p.timestamp, p.ssrc, p.piece, p.symbol)
+        assert split_header(memoryview(bytearray(data))) == split_header(data)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.binary(max_size=80), max_size=20))
+def test_arbitrary_bytes_in_a_batch_are_counted_never_raise(batch: list[bytes]) -> None:
+    r, got = receiver()
+    r.datagrams(arena(batch))
+    c = r.counters
+    assert c["packets"] == len(batch)
+    held = sum(len(v) for v in r.held.values())
+    assert c["malformed"] + c["foreign"] + c["duplicate"] + held == len(batch)
+    assert got == []  # nothing was announced: nothing accepted
+
+
+# -- Receiver.datagrams --------------------------------------------------------
+
+
+def test_a_batch_in_any_order_with_duplicates_and_forgeries_delivers_each_genuine_block_once() -> (
+    None
+):
+    rng = random.Random(3)
+    genuine = [packet(i, bytes([i]) * 50) for i in range(40)]
+    forged = [g[:-1] + b"!" for g in genuine[::5]]
+    foreign = [packet(100, ssrc=SSRC + 1)]
+    r, got = receiver()
+    # Half the notices first, the rest after the packets (TLS lags UDP).
+    notices = [(i, packet_digest(g)) for i, g in enumerate(genuine)]
+    r.notices(notices[:20])
+    batch = genuine + genuine[:10] + forged + foreign + [b"\x80\x60short"]
+    rng.shuffle(batch)
+    for i in range(0, len(batch), 16):
+        r.datagrams(arena(batch[i : i + 16]))
+    r.notices(notices[20:])
+    assert sorted(got) == [(0, i, bytes([i]) * 50) for i in range(40)]
+    c = r.counters
+    assert c["accepted"] == 40 and c["foreign"] == 1 and c["malformed"] == 1
+    assert c["forged"] == len(forged)
+    assert r.held == {} and r.expected == {}
+
+
+def test_payloads_handed_on_are_views_of_the_batch_and_held_ones_are_copies() -> None:
+    views: list[Any] = []
+    r = Receiver(Clock(), SSRC, lambda *a: None, lambda *a: None)
+    r.deliver_many = lambda items: views.extend(d for _, _, d in items)
+    a, b = packet(1, b"A" * 10), packet(2, b"B" * 10)
+    r.notices([(1, packet_digest(a))])
+    batch = arena([a, b])
+    r.datagrams(batch)  # a is announced, b is held
+    assert isinstance(views[0], memoryview) and bytes(views[0]) == b"A" * 10
+    batch[1].obj[:] = bytes(len(batch[1].obj))  # the reader reuses its buffer
+    r.notices([(2, packet_digest(b))])
+    assert bytes(views[1]) == b"B" * 10  # held as its own copy
+
+
+def test_without_deliver_many_each_block_goes_to_deliver_as_bytes() -> None:
+    r, got = receiver(batched=False)
+    a = packet(5, b"hello")
+    r.notices([(5, packet_digest(a))])
+    r.datagrams(arena([a]))
+    assert got == [(0, 5, b"hello")]
+    assert type(got[0][2]) is bytes
+
+
+def test_a_late_packet_in_a_batch_is_accepted_and_no_longer_lost() -> None:
+    clock = Clock()
+    got: list[Any] = []
+    reports: list[Any] = []
+    r = Receiver(clock, SSRC, lambda *a: got.append(a), lambda lost, n: reports.append(n))
+    r.startProtocol()
+    a = packet(9)
+    r.notices([(9, packet_digest(a))])
+    clock.advance(0.5)  # LOSS_AFTER passed: reported lost
+    assert r.counters["lost"] == 1
+    r.datagrams(arena([a, a]))
+    assert (r.counters["lost"], r.counters["late"], r.counters["duplicate"]) == (0, 1, 1)
+    assert len(got) == 1
+    r.stopProtocol()
+
+
+# -- BatchReader on a real socket -------------------------------------------------
+
+
+def sockets() -> tuple[socket.socket, socket.socket, Any]:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    return rx, tx, rx.getsockname()
+
+
+def test_batch_reader_drains_every_waiting_datagram_in_order() -> None:
+    rx, tx, addr = sockets()
+    with rx, tx:
+        sent = [os.urandom(random.Random(i).randint(1, 1500)) for i in range(50)]
+        got: list[bytes] = []
+        reader = BatchReader(rx, lambda views: got.extend(bytes(v) for v in views))
+        for d in sent:
+            tx.sendto(d, addr)
+        assert reader.read() == 50
+        assert got == sent
+        assert reader.read() == 0  # nothing left: EAGAIN is the end of a read
+        assert reader.rcvbuf > 0
+
+
+def test_batch_reader_splits_a_gso_burst_by_its_segment_size() -> None:
+    rx, tx, addr = sockets()
+    with rx, tx:
+        reader = BatchReader(rx, None)
+        segments = [bytes([i]) * 1000 for i in range(7)] + [b"tail" * 10]
+        try:
+            tx.sendmsg([b"".join(segments)], [(17, 103, (1000).to_bytes(2, "little"))], 0, addr)
+        except OSError:
+            pytest.skip("no UDP GSO on this kernel")
+        got: list[bytes] = []
+        reader.sink = lambda views: got.extend(bytes(v) for v in views)
+        assert reader.read() == len(segments)
+        assert got == segments
+        if reader.gro:
+            assert reader.reads == 1  # the burst came whole
+
+
+def test_batch_reader_stops_before_its_buffer_overflows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp2p.transfer import receiver as rx_module
+
+    monkeypatch.setattr(rx_module, "ARENA", rx_module.ROOM + 3000)
+    rx, tx, addr = sockets()
+    with rx, tx:
+        got: list[bytes] = []
+        reader = BatchReader(rx, lambda views: got.extend(bytes(v) for v in views))
+        for i in range(5):
+            tx.sendto(bytes([i]) * 1400, addr)
+        first = reader.read()
+        assert 1 <= first < 5  # the buffer holds a few; the rest waits for the next read
+        while reader.read():
+            pass
+        assert got == [bytes([i]) * 1400 for i in range(5)]
+
+
+# -- the store's piece buffers ----------------------------------------------------
+
+BLOCK, PIECE = 16, 64  # as tests/transfer/test_store.py
+
+
+def open_store(tmp: str, data: bytes) -> tuple[PartialFile, Any]:
+    manifest = make_manifest(data)
+    Path(tmp, "dl").mkdir(exist_ok=True)
+    return PartialFile.open(Path(tmp, "dl"), Path(tmp, "st"), manifest), manifest
+
+
+def items_of(manifest: Any, data: bytes, indices: list[int]) -> list[tuple[int, int, bytes]]:
+    bpp = manifest.layout.blocks_per_piece
+    return [(i // bpp, i % bpp, block_of(manifest, data, i)) for i in indices]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.integers(1, 9 * PIECE),
+    seed=st.integers(0, 2**32),
+    window=st.integers(0, 4),
+    junk=st.lists(
+        st.tuples(st.integers(-2, 12), st.integers(-2, 6), st.binary(min_size=BLOCK + 1))
+    ),
+)
+def test_write_blocks_in_any_order_with_junk_completes_the_file(
+    size: int, seed: int, window: int, junk: list[tuple[int, int, bytes]]
+) -> None:
+    """Any order, duplicates, arbitrary (piece, block, bytes) mixed in, and a window
+    of 0 to 4 piece buffers (spilling whenever it is full): the file comes out whole
+    and each refused item is counted."""
+    rng = random.Random(seed)
+    data = rng.randbytes(size)
+    old = store.BUFFER_BYTES
+    store.BUFFER_BYTES = window * PIECE if window else 0
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            partial, manifest = open_store(tmp, data)
+            order = list(range(manifest.layout.blocks)) * 2
+            rng.shuffle(order)
+            items: list[Any] = items_of(manifest, data, order)
+            items += junk  # longer than any block, or no such block: each refused
+            rng.shuffle(items)
+            failed: set[int] = set()
+            refused = 0
+            for i in range(0, len(items), 7):
+                events, bad = partial.write_blocks(items[i : i + 7])
+                failed |= {e.piece for e in events if not e.ok}
+                refused += bad
+            layout = manifest.layout
+            nowhere = [
+                j
+                for j in junk
+                if not (0 <= j[0] < layout.pieces and 0 <= j[1] < layout.blocks_in_piece(j[0]))
+            ]
+            # a long copy of a block already held is counted a duplicate instead
+            assert not failed and len(nowhere) <= refused <= len(junk)
+            assert partial.complete
+            assert partial.finalize().read_bytes() == data
+    finally:
+        store.BUFFER_BYTES = old
+
+
+def test_a_bad_piece_in_memory_never_touches_the_disk(tmp_path: Path) -> None:
+    data = random.Random(4).randbytes(3 * PIECE)
+    partial, manifest = open_store(str(tmp_path), data)
+    blocks = list(manifest.layout.piece_blocks(1))
+    bad = [(1, b, block_of(manifest, data, i)) for b, i in enumerate(blocks)]
+    bad[2] = (1, 2, b"X" * BLOCK)
+    events, refused = partial.write_blocks(bad)
+    assert refused == 0 and [(e.piece, e.ok) for e in events] == [(1, False)]
+    part = next((tmp_path / "dl").glob(".*.part"))
+    assert part.read_bytes() == bytes(3 * PIECE)  # still all holes
+    assert set(blocks) <= partial.missing_blocks()  # wanted again
+    partial.close()
+
+
+def test_the_window_bounds_the_buffers_and_spills_the_oldest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "BUFFER_BYTES", 4 * PIECE)  # four pieces in memory
+    data = random.Random(5).randbytes(8 * PIECE)
+    partial, manifest = open_store(str(tmp_path), data)
+    bpp = manifest.layout.blocks_per_piece
+    # the first block of each of the 8 pieces: 4 buffered, the 4 oldest spilled
+    partial.write_blocks(items_of(manifest, data, [p * bpp for p in range(8)]))
+    assert partial.buffered == (4, 4)
+    part = next((tmp_path / "dl").glob(".*.part"))
+    on_disk = part.read_bytes()
+    for p in range(8):
+        spilled = on_disk[p * PIECE : p * PIECE + BLOCK] == data[p * PIECE : p * PIECE + BLOCK]
+        assert spilled == (p < 4)
+    # a spilled piece completes: read back into a buffer, verified, written whole
+    rest = [p * bpp + b for p in range(8) for b in range(1, bpp)]
+    events, _ = partial.write_blocks(items_of(manifest, data, rest))
+    assert sorted(e.piece for e in events if e.ok) == list(range(8))
+    assert partial.finalize().read_bytes() == data
+
+
+def test_blocks_in_memory_at_a_crash_are_wanted_again_and_a_clean_close_keeps_them(
+    tmp_path: Path,
+) -> None:
+    data = random.Random(6).randbytes(4 * PIECE)
+    partial, manifest = open_store(str(tmp_path), data)
+    held = [0, 1, 4, 5]  # half of pieces 0 and 1
+    partial.write_blocks(items_of(manifest, data, held))
+    partial.flush()
+    crash(partial)  # kill -9: the buffers are gone, and the progress never claimed them
+    resumed, _ = open_store(str(tmp_path), data)
+    assert set(held) <= resumed.missing_blocks()
+    resumed.write_blocks(items_of(manifest, data, held))
+    resumed.close()  # spilled to disk and recorded
+    again, _ = open_store(str(tmp_path), data)
+    assert not set(held) & again.missing_blocks()
+    others = [i for i in range(manifest.layout.blocks) if i not in held]
+    events, _ = again.write_blocks(items_of(manifest, data, others))
+    assert all(e.ok for e in events) and again.complete
+    assert again.finalize().read_bytes() == data
+
+
+def test_write_blocks_after_close_is_a_store_error(tmp_path: Path) -> None:
+    data = random.Random(7).randbytes(PIECE)
+    partial, manifest = open_store(str(tmp_path), data)
+    partial.close()
+    with pytest.raises(StoreError):
+        partial.write_blocks(items_of(manifest, data, [0]))
+    assert HEADER_LEN == 22
