@@ -1,0 +1,485 @@
+"""CPU per data packet: an mcp2p SN and CN beside UFTP's and udpcast's receivers.
+
+``python -m mcp2p.lab.bench_cpu [--size 200M] [--rate 400M] [--tools
+mcp2p,uftp,udpcast] [--mode multicast] [--quick] [--json FILE]`` (root)
+
+Two parts, printed as one table and written as JSON:
+
+1. **Real daemons and tools, side by side**: the lab's star with one CN
+   (`mcp2p.lab.transfer.StarLab`: two namespaces on a bridge, veths
+   unshaped), the same file sent by each tool in turn: an mcp2p SN to an
+   mcp2p CN (``twistd -n mcp2p`` each, the CN fetching through ``mcp2p
+   get``), then ``uftp`` -> ``uftpd`` and ``udp-sender`` ->
+   ``udp-receiver`` with the lab's own command lines (`mcp2p.lab.peers`),
+   all three with 1400-byte blocks and paced to ``--rate`` (default 400
+   Mbit/s, which every receiver keeps up with here, so the figure is work
+   per packet, not work on a loss storm). For each receiver (and the mcp2p
+   SN): the CPU it used (user+sys, ``/proc/PID/stat``, or ``wait4`` for a
+   receiver that exits) from the start to the file's arrival, divided by
+   the data packets: mcp2p's from its receivers' counters, the peers' as
+   file size / block size. mcp2p's figure includes its per-file work too
+   (search, manifest, TLS, notices, final hash of the file). Also each
+   process's peak RSS (VmHWM), and for mcp2p the packets per receive call.
+
+2. **Stages in process**: the CN's receive path taken apart on synthetic
+   packets of the same shape (1400-byte blocks, 1 MiB pieces), each stage
+   timed alone with ``time.process_time``, µs of CPU per packet:
+   ``recv_per_datagram`` (one ``recvfrom`` each, on a 127.0.0.1 socket),
+   ``recv_batch`` (the CN's `BatchReader`, datagrams sent one by one) and
+   ``recv_batch_gso_gro`` (sent as the SN does, GSO bursts, received whole
+   with UDP_GRO), ``rtp_decode`` (the full decoder; the receiver uses one
+   struct unpack), ``digest`` (the BLAKE3 packet digest every packet
+   needs), ``receiver_no_delivery`` (``Receiver.datagrams``: header,
+   notice match, digest), ``store_write_block`` (copy into the piece
+   buffer, hash and one write per piece), ``piece_hash`` (the hash alone)
+   and ``receiver_to_store`` (both together, batch read not included).
+
+Traffic stays inside the lab's namespaces (the stage split's sockets on
+127.0.0.1); every process is started here and killed by pid; every
+sender is bounded by the file and a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcp2p.lab.bench_transfer import parse_size
+from mcp2p.lab.transfer import file_digest
+
+BLOCK = 1400  # payload bytes per data packet, for every tool
+PIECE = 1 << 20
+TIMEOUT = 300.0  # seconds a single transfer may take
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+sys of a running process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM of a running process, in bytes (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Row:
+    tool: str
+    role: str
+    packets: int
+    cpu: float  # seconds
+    elapsed: float
+    rss: int = 0
+    ok: bool = True
+    note: str = ""
+
+    @property
+    def us_per_packet(self) -> float:
+        return self.cpu / self.packets * 1e6 if self.packets else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tool": self.tool,
+            "role": self.role,
+            "packets": self.packets,
+            "cpu_s": round(self.cpu, 3),
+            "us_per_packet": round(self.us_per_packet, 2),
+            "elapsed_s": round(self.elapsed, 3),
+            "peak_rss_mb": round(self.rss / 1e6, 1),
+            "ok": self.ok,
+            "note": self.note,
+        }
+
+
+# -- mcp2p ----------------------------------------------------------------
+
+
+def run_mcp2p(lab: Any, rate: int, mode: str) -> list[Row]:
+    """One fetch by the CN daemon from the SN daemon; CPU of both over it."""
+    if lab.sn_proc is None:
+        lab.start_sn(rate=str(rate), max_rate=str(max(rate, 10**9)))
+    [cn] = lab.start_cns()
+    assert lab.sn_proc is not None and cn.proc is not None
+    sn_pid, cn_pid = lab.sn_proc.pid, cn.proc.pid
+    sn0, cn0 = cpu_seconds(sn_pid), cpu_seconds(cn_pid)
+    result = lab.fetch(1, mode=mode, timeout=TIMEOUT)
+    [got] = result.cns
+    try:
+        sn_cpu, cn_cpu = cpu_seconds(sn_pid) - sn0, cpu_seconds(cn_pid) - cn0
+    except OSError:  # a daemon died (the lab restarts a failed CN's)
+        log = cn.log()[-1500:] + "\nSN: " + lab.sn_log()[-1500:]
+        return [Row("mcp2p", "CN", 0, 0.0, got.wall, ok=False, note=f"{got.error} {log}")]
+    received = sum(int(r.get("packets", 0)) for r in got.receivers)
+    accepted = sum(int(r.get("accepted", 0)) for r in got.receivers)
+    # The SN sent what the CN took in, plus what the path lost (none unshaped).
+    lost = sum(int(r.get("lost", 0)) for r in got.receivers)
+    note = "" if got.ok else (got.error or "failed")[:300]
+    reads = sum(int(r.get("reads", 0)) for r in got.receivers)
+    extra = f"{received / max(1, reads):.1f} packets per receive call" if accepted else ""
+    return [
+        Row("mcp2p", "SN", received + lost, sn_cpu, got.wall, peak_rss(sn_pid), got.ok, note),
+        Row("mcp2p", "CN", received, cn_cpu, got.wall, peak_rss(cn_pid), got.ok, note or extra),
+    ]
+
+
+# -- the peers ------------------------------------------------------------
+
+
+def run_peer(lab: Any, tool: str, rate: int) -> list[Row]:
+    """The peer's own commands (`mcp2p.lab.peers`), 1400-byte blocks, one CN;
+    the receiver's CPU from its start to the file's arrival (or its exit)."""
+    from mcp2p.lab import peers
+    from mcp2p.lab.transfer import FILE_NAME
+
+    host = lab.hosts[0]
+    source = lab.sn_dir / "share" / FILE_NAME
+    run_dir = lab.run_dir(tool + "-cpu")
+    plan = peers._PLANS[tool](lab, [host], source, run_dir, rate)
+    sender_cmd = list(plan.sender)
+    sender_cmd[1:1] = ["-b", str(BLOCK)] if tool == "uftp" else ["--blocksize", str(BLOCK)]
+    [receiver_cmd] = plan.receivers
+    [out] = plan.out_files
+    procs: list[subprocess.Popen[Any]] = []
+
+    def start(h: Any, cmd: list[str], log: str) -> subprocess.Popen[Any]:
+        with open(run_dir / log, "wb") as f:
+            proc = h.popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        procs.append(proc)
+        return proc
+
+    try:
+        if plan.receivers_at_go:  # udpcast: the sender waits for its receiver
+            sender = start(lab.sn, sender_cmd, "sender.log")
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            receiver = start(host, receiver_cmd, "receiver.log")
+            cpu0 = 0.0
+        else:  # uftp: the clients listen first
+            receiver = start(host, receiver_cmd, "receiver.log")
+            time.sleep(max(0.5, plan.settle))
+            cpu0 = cpu_seconds(receiver.pid)
+            t0 = time.monotonic()
+            sender = start(lab.sn, sender_cmd, "sender.log")
+        cpu, rss, usage = cpu0, 0, None
+        while time.monotonic() - t0 < TIMEOUT:
+            rss = max(rss, peak_rss(receiver.pid))
+            if plan.done_by_exit:
+                pid, status, usage = os.wait4(receiver.pid, os.WNOHANG)
+                if pid:
+                    receiver.returncode = os.waitstatus_to_exitcode(status)
+                    break
+            else:
+                if receiver.poll() is not None:
+                    break
+                cpu = cpu_seconds(receiver.pid)
+                if out.exists():
+                    break
+            time.sleep(0.005)
+        elapsed = time.monotonic() - t0
+        if usage is not None:
+            cpu = usage.ru_utime + usage.ru_stime
+        try:
+            sender.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        ok = out.exists() and file_digest(out) == lab.files[FILE_NAME][1]
+        packets = -(-lab.files[FILE_NAME][0] // BLOCK)
+        name = receiver_cmd[0]
+        return [Row(tool, f"receiver ({name})", packets, cpu - cpu0, elapsed, rss, ok)]
+    finally:
+        for proc in procs:
+            host.kill(proc)
+
+
+# -- stages in process ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Manifest:
+    content_id: bytes
+    name: str
+    size: int
+    piece_length: int
+    block_length: int
+    piece_hashes: tuple[bytes, ...]
+
+
+def _synthetic(pieces: int) -> tuple[bytes, _Manifest, list[bytes], list[tuple[int, bytes]]]:
+    from mcp2p.core.merkle import hash_piece, merkle_root
+    from mcp2p.wire.rtp import pack_header, packet_digest
+
+    size = pieces * PIECE
+    data = os.urandom(size)
+    hashes = tuple(hash_piece(data[i : i + PIECE]) for i in range(0, size, PIECE))
+    manifest = _Manifest(merkle_root(list(hashes)), "stages.bin", size, PIECE, BLOCK, hashes)
+    bpp = -(-PIECE // BLOCK)
+    datagrams, notices = [], []
+    seq = 0
+    for piece in range(pieces):
+        base = piece * PIECE
+        for block in range(bpp):
+            start = base + block * BLOCK
+            payload = data[start : min(start + BLOCK, base + PIECE)]
+            d = pack_header(seq & 0xFFFF, seq, 7, piece, block) + payload
+            datagrams.append(d)
+            notices.append((seq, packet_digest(d)))
+            seq += 1
+    return data, manifest, datagrams, notices
+
+
+def _timed(fn: Any, n: int) -> float:
+    t = time.process_time()
+    fn()
+    return (time.process_time() - t) / n * 1e6
+
+
+def _send_gso(sock: socket.socket, datagrams: list[bytes], addr: Any) -> None:
+    """Send as the SN does: runs of equal-sized datagrams in one GSO sendmsg."""
+    i = 0
+    while i < len(datagrams):
+        size = len(datagrams[i])
+        j = i + 1
+        while j < len(datagrams) and j - i < 40 and len(datagrams[j]) == size:
+            j += 1
+        if j < len(datagrams) and j - i < 40 and len(datagrams[j]) < size:
+            j += 1  # a shorter last segment is allowed
+        cmsg = [(17, 103, size.to_bytes(2, "little"))]  # SOL_UDP, UDP_SEGMENT
+        sock.sendmsg([b"".join(datagrams[i:j])], cmsg, 0, addr)
+        i = j
+
+
+def _recv_stage(datagrams: list[bytes], batch: bool, gso: bool = False) -> float:
+    """µs of CPU per datagram spent in the receive calls alone."""
+    from mcp2p.transfer import receiver as rx
+
+    rcv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    snd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rcv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        rcv.bind(("127.0.0.1", 0))
+        rcv.setblocking(False)
+        addr = rcv.getsockname()
+        reader = rx.BatchReader(rcv) if batch and hasattr(rx, "BatchReader") else None
+        spent, got = 0.0, 0
+        for i in range(0, len(datagrams), 256):
+            if gso:
+                _send_gso(snd, datagrams[i : i + 256], addr)
+            else:
+                for d in datagrams[i : i + 256]:
+                    snd.sendto(d, addr)
+            t = time.process_time()
+            if reader is not None:
+                while True:
+                    n = reader.read()
+                    if not n:
+                        break
+                    got += n
+            else:
+                while True:
+                    try:
+                        rcv.recvfrom(65536)
+                    except BlockingIOError:
+                        break
+                    got += 1
+            spent += time.process_time() - t
+        return spent / max(1, got) * 1e6
+    finally:
+        rcv.close()
+        snd.close()
+
+
+def stages(pieces: int) -> dict[str, float]:
+    """µs of CPU per packet of each stage of the CN's receive path."""
+    from twisted.internet.task import Clock
+
+    from mcp2p.core.merkle import hash_piece
+    from mcp2p.transfer import receiver as rx
+    from mcp2p.transfer.store import PartialFile
+    from mcp2p.wire.rtp import decode_packet, packet_digest
+
+    data, manifest, datagrams, notices = _synthetic(pieces)
+    n = len(datagrams)
+    out: dict[str, float] = {"packets": n}
+    out["recv_per_datagram"] = _recv_stage(datagrams, batch=False)
+    if hasattr(rx, "BatchReader"):
+        out["recv_batch"] = _recv_stage(datagrams, batch=True)
+        try:
+            out["recv_batch_gso_gro"] = _recv_stage(datagrams, batch=True, gso=True)
+        except OSError:  # no UDP GSO here
+            pass
+
+    def decode() -> None:
+        for d in datagrams:
+            decode_packet(d)
+
+    def digest() -> None:
+        for d in datagrams:
+            packet_digest(d)
+
+    out["rtp_decode"] = _timed(decode, n)
+    out["digest"] = _timed(digest, n)
+
+    def receiver(deliver: Any) -> Any:
+        clock = Clock()
+        r = rx.Receiver(clock, 7, deliver, lambda lost, received: None)
+        r.notices(notices)
+        return r
+
+    r = receiver(lambda piece, symbol, payload: None)
+
+    def receive() -> None:
+        feed(r)
+
+    def feed(r: Any) -> None:
+        if hasattr(r, "datagrams"):
+            for i in range(0, n, 64):
+                r.datagrams(datagrams[i : i + 64])
+        else:
+            for d in datagrams:
+                r.datagramReceived(d, ("127.0.0.1", 1))
+
+    out["receiver_no_delivery"] = _timed(receive, n)
+
+    with tempfile.TemporaryDirectory(prefix="mcp2p-bench-") as tmp:
+        root = Path(tmp)
+        (root / "dl").mkdir()
+        store = PartialFile.open(root / "dl", root / "state", manifest)
+        bpp = -(-PIECE // BLOCK)
+
+        def write() -> None:
+            view = memoryview(data)
+            for i in range(n):
+                piece, block = divmod(i, bpp)
+                start = piece * PIECE + block * BLOCK
+                store.write_block(i, view[start : min(start + BLOCK, (piece + 1) * PIECE)])
+
+        out["store_write_block"] = _timed(write, n)
+        assert store.complete
+        store.close()
+
+        def hashing() -> None:
+            view = memoryview(data)
+            for i in range(0, len(data), PIECE):
+                hash_piece(view[i : i + PIECE])
+
+        out["piece_hash"] = _timed(hashing, n)
+
+        (root / "dl2").mkdir()
+        store2 = PartialFile.open(root / "dl2", root / "state2", manifest)
+        layout = store2.layout
+
+        def deliver(piece: int, symbol: int, payload: bytes) -> None:
+            store2.write_block(layout.block_index(piece, symbol), payload)
+
+        r2 = receiver(deliver)
+        if hasattr(store2, "write_blocks") and hasattr(r2, "deliver_many"):
+            r2.deliver_many = lambda items: store2.write_blocks(items)
+
+        out["receiver_to_store"] = _timed(lambda: feed(r2), n)
+        assert store2.complete, "the in-process path did not complete the file"
+        store2.close()
+    return out
+
+
+# -- the whole bench ------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mcp2p.lab.bench_cpu", description=__doc__)
+    parser.add_argument("--size", default="200M", help="file size (default 200M)")
+    parser.add_argument("--rate", default="400M", help="sending rate, bit/s (default 400M)")
+    parser.add_argument("--tools", default="mcp2p,uftp,udpcast")
+    parser.add_argument("--mode", default="multicast", choices=("multicast", "unicast"))
+    parser.add_argument("--stage-pieces", type=int, default=32, help="MiB for the stage split")
+    parser.add_argument("--quick", action="store_true", help="8 MiB file, 4 MiB stages at most")
+    parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    from mcp2p.config import parse_rate
+
+    size = parse_size("8M" if args.quick else args.size)
+    pieces = min(4, args.stage_pieces) if args.quick else args.stage_pieces
+    rate = parse_rate(args.rate)
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    for tool in tools:
+        if tool not in ("mcp2p", "uftp", "udpcast"):
+            parser.error(f"unknown tool {tool!r}")
+    rows: list[Row] = []
+    from mcp2p.lab.netns import Network, missing_requirements
+    from mcp2p.lab.peers import missing_tools
+    from mcp2p.lab.transfer import StarLab
+
+    if os.geteuid() != 0 or missing_requirements(("ip",)):
+        parser.error("needs root and iproute2 (the daemons run in a namespace pair)")
+    with tempfile.TemporaryDirectory(prefix="mcp2p-cpu-", dir=args.dir) as tmp, Network() as net:
+        lab = StarLab(net, Path(tmp), cns=1)
+        lab.share(size)
+        for tool in tools:
+            print(f"bench_cpu: {tool} ...", file=sys.stderr, flush=True)
+            reason = None if tool == "mcp2p" else missing_tools(tool)
+            if reason:
+                rows.append(Row(tool, "receiver", 0, 0.0, 0.0, ok=False, note=reason))
+                continue
+            try:
+                if tool == "mcp2p":
+                    rows += run_mcp2p(lab, rate, args.mode)
+                else:
+                    rows += run_peer(lab, tool, rate)
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                rows.append(Row(tool, "?", 0, 0.0, 0.0, ok=False, note=str(e)[:300]))
+        lab.stop()
+    split = stages(pieces)
+    print(
+        f"CPU per data packet, {size / 2**20:.0f} MiB file, namespace pair, "
+        f"sent at {rate / 1e6:.0f} Mbit/s"
+    )
+    head = ("tool", "role", "packets", "cpu s", "µs/pkt", "time s", "peak RSS MB")
+    print("{:<9} {:<24} {:>9} {:>7} {:>8} {:>7} {:>11}  ok".format(*head))
+    for row in rows:
+        print(
+            f"{row.tool:<9} {row.role:<24} {row.packets:>9} {row.cpu:>7.2f} "
+            f"{row.us_per_packet:>8.2f} {row.elapsed:>7.2f} {row.rss / 1e6:>11.1f}  "
+            f"{'yes' if row.ok else 'NO'} {row.note}"
+        )
+    print(
+        f"\nCN receive path by stage (in process, {split['packets']:.0f} packets, "
+        "µs CPU per packet)"
+    )
+    for key, value in split.items():
+        if key != "packets":
+            print(f"  {key:<22} {value:7.2f}")
+    result = {
+        "size": size,
+        "rate": rate,
+        "block": BLOCK,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "rows": [r.to_json() for r in rows],
+        "stages_us_per_packet": {k: round(v, 3) for k, v in split.items()},
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if all(r.ok for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
