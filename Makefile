@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= etc/mcp2p.ini
 # Debian packages the network tests use; installed when we are root and they are missing.
-DEBS := smcroute tshark nftables iproute2 ethtool iputils-ping udpcast uftp chromium
+DEBS := smcroute tshark nftables iproute2 ethtool iputils-ping udpcast uftp chromium bird2
 
 .PHONY: install run demo test lint bench lab system-deps clean install-system check-tracked
 

@@ -294,7 +294,7 @@ def _endpoint(default_port: int | None) -> Callable[[str, Path], Any]:
 
         if not raw.strip() and default_port is None:
             return None
-        return parse_endpoint(raw, default_port)
+        return parse_endpoint(raw, default_port, any_address=True)
 
     return parse
 
@@ -518,7 +518,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "keys": {
         "serve": Option(_bool, "no", "be a key server (needs listen)"),
         "listen": Option(
-            _endpoint(None), "", "ADDRESS:PORT the key server answers HKP on (empty: none)"
+            _endpoint(None),
+            "",
+            "ADDRESS:PORT the key server answers HKP on (0.0.0.0: all; empty: none)",
         ),
         "peers": Option(
             _endpoints(None), "", "other key servers replicated with (ADDRESS:PORT list)"

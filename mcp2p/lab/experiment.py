@@ -46,7 +46,7 @@ __all__ = [
     "spread",
 ]
 
-EXPERIMENTS = ("unicast", "discovery", "groups", "control")  # report order
+EXPERIMENTS = ("unicast", "discovery", "groups", "control", "keys")  # report order
 SIZES = ("full", "quick", "smoke")
 T = TypeVar("T")
 

@@ -56,8 +56,12 @@ class Endpoint:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def parse_endpoint(text: str, default_port: int | None = HKP_PORT) -> Endpoint:
-    """``ADDRESS[:PORT]`` (IPv6 as ``[ADDR]:PORT``) as an Endpoint, or ValueError."""
+def parse_endpoint(
+    text: str, default_port: int | None = HKP_PORT, *, any_address: bool = False
+) -> Endpoint:
+    """``ADDRESS[:PORT]`` (IPv6 as ``[ADDR]:PORT``) as an Endpoint, or ValueError.
+
+    ``any_address`` allows 0.0.0.0 and :: (a server listening on every address)."""
     allowed = "ADDRESS:PORT (an IPv4 address, or [IPv6]:PORT)"
     if default_port is not None:
         allowed = f"ADDRESS[:PORT] (an IP address; port {default_port} if none is given)"
@@ -74,7 +78,7 @@ def parse_endpoint(text: str, default_port: int | None = HKP_PORT) -> Endpoint:
         addr = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(allowed) from None
-    if addr.is_multicast or addr.is_unspecified:
+    if addr.is_multicast or (addr.is_unspecified and not any_address):
         raise ValueError(allowed)
     if port_text is None:
         if default_port is None:

@@ -397,6 +397,7 @@ class _Summary(_Base):
     def render_GET(self, request: Any) -> bytes:  # noqa: N802
         self.service.counters["summaries"] += 1
         body = "\n".join(d.hex() for d in self.service.store.summary())
+        request.setHeader(b"X-Key-Records", str(len(self.service.store)).encode())
         return self.text(request, 200, body)
 
 
