@@ -32,7 +32,8 @@ Two parts, printed as one table and written as JSON:
    needs), ``receiver_no_delivery`` (``Receiver.datagrams``: header,
    notice match, digest), ``store_write_block`` (copy into the piece
    buffer, hash and one write per piece), ``piece_hash`` (the hash alone)
-   and ``receiver_to_store`` (both together, batch read not included).
+   and ``receiver_to_store`` (both together, batch read not included;
+   ``..._packets_first``: each packet before its notice, held and copied).
 
 Traffic stays inside the lab's namespaces (the stage split's sockets on
 127.0.0.1); every process is started here and killed by pid; every
@@ -398,6 +399,22 @@ def stages(pieces: int) -> dict[str, float]:
         out["receiver_to_store"] = _timed(lambda: feed(r2), n)
         assert store2.complete, "the in-process path did not complete the file"
         store2.close()
+
+        # The same, packets before their notices (TLS lags UDP): each is held
+        # (copied), then digested and handed on when its notice comes.
+        (root / "dl3").mkdir()
+        store3 = PartialFile.open(root / "dl3", root / "state3", manifest)
+        r3 = rx.Receiver(Clock(), 7, lambda *a: None, lambda lost, received: None)
+        r3.deliver_many = store3.write_blocks
+
+        def packets_first() -> None:
+            for i in range(0, n, 64):
+                r3.datagrams(datagrams[i : i + 64])
+                r3.notices(notices[i : i + 64])
+
+        out["receiver_to_store_packets_first"] = _timed(packets_first, n)
+        assert store3.complete
+        store3.close()
     return out
 
 

@@ -35,6 +35,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from blake3 import blake3 as _blake3
 from twisted.internet import task
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -45,14 +46,8 @@ from mcp2p.wire.rtp import (
     FIRST_TWO,
     HEADER_LEN,
     MAX_PAYLOAD,
-    packet_digest,
     split_header,
 )
-
-try:
-    from blake3 import blake3 as _blake3
-except ImportError:  # pragma: no cover - a dependency; packet_digest needs it too
-    _blake3 = None
 
 Buffer = bytes | bytearray | memoryview
 # (piece, symbol, payload) of accepted packets; payloads are views valid during the call
@@ -329,11 +324,7 @@ def _expire(entries: OrderedDict[int, tuple[bytes, float]], before: float) -> No
 
 def _digest(data: Buffer) -> bytes:
     """``packet_digest`` without its call: the per-packet path."""
-    return _blake3(data).digest(8)  # type: ignore[misc]
-
-
-if _blake3 is None:  # pragma: no cover
-    _digest = packet_digest  # noqa: F811
+    return _blake3(data).digest(8)
 
 
 class Accepted:
