@@ -191,6 +191,16 @@ def _groups(raw: str, base: Path) -> tuple[ipaddress.IPv4Address | ipaddress.IPv
     return tuple(out)
 
 
+def _subscribers(raw: str, base: Path) -> str | tuple[bytes, ...]:
+    allowed = "any, trusted, or a list of node ids (32 hex digits each, comma separated)"
+    items = _list(raw.lower())
+    if items in (["any"], ["trusted"]):
+        return items[0]
+    if not items or not all(re.fullmatch(r"[0-9a-f]{32}", item) for item in items):
+        raise ValueError(allowed)
+    return tuple(dict.fromkeys(bytes.fromhex(item) for item in items))
+
+
 def _group(raw: str, base: Path) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     groups = _groups(raw, base)
     if len(groups) != 1:
@@ -473,6 +483,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "slow_window": Option(
             _float_range(0.5, 600), "5", "seconds of loss reports a slow subscriber is judged on"
         ),
+        "subscribers": Option(
+            _subscribers, "any", "who may subscribe: any, trusted, or a list of node ids"
+        ),
     },
     "fetching": {
         "download_dirs": Option(
@@ -542,7 +555,15 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "lookup_timeout": Option(
             _float_range(0.1, 600), "5", "seconds a look-up or replication request may take"
         ),
-    },    "api": {
+    },
+    "trust": {
+        "policy": Option(
+            _choice("tofu", "pinned", "keyservers", "open"),
+            "tofu",
+            "whose offers are believed and who counts as trusted",
+        ),
+    },
+    "api": {
         "port": Option(_api_port, "7780", "local HTTP API port on 127.0.0.1 (0: any free)"),
         "unix_socket": Option(
             _unix_socket,
@@ -602,6 +623,10 @@ class Config:
     @property
     def keys(self) -> Any:
         return self.sections["keys"]
+
+    @property
+    def trust(self) -> Any:
+        return self.sections["trust"]
 
     @property
     def api(self) -> Any:
