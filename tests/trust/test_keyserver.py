@@ -245,3 +245,16 @@ async def test_replication_converges_and_catches_up(tmp_path: Path, servers: Any
     assert back.store.get(alice.node_id, time.time()) == newer
     assert back.store.summary() == ks[0].store.summary() == ks[1].store.summary()
     assert back.store.rejected["forged"] == 0
+
+
+def test_the_daemon_has_a_key_service_only_when_serving(tmp_path: Path) -> None:
+    from mcp2p.app import build
+
+    base = f"[node]\nstate_dir = {tmp_path}/state\n[share]\npaths = {tmp_path}/share\n"
+    top = build(config_from_string(base, base_dir=tmp_path), reactor=task.Clock())
+    assert top.node.keys is None  # type: ignore[attr-defined]
+    text = base + "[keys]\nserve = yes\nlisten = 127.0.0.1:11371\npeers = 127.0.0.2:11371\n"
+    top = build(config_from_string(text, base_dir=tmp_path), reactor=task.Clock())
+    service = top.getServiceNamed("keys")
+    assert service is top.node.keys  # type: ignore[attr-defined]
+    assert [str(p) for p in service.replicator.peers] == ["127.0.0.2:11371"]
