@@ -24,6 +24,7 @@ class Node:
     discovery: Any = None
     fetching: Any = None
     api: Any = None
+    trust: Any = None  # the TrustGate: [trust] policy over STATE/known_nodes
     keys: Any = None  # the key server, when [keys] serve = yes
 
 
@@ -83,12 +84,14 @@ def build(config: Config, reactor: Any = None) -> MultiService:
     from mcp2p.discovery.service import DiscoveryService
     from mcp2p.transfer.fetching import FetchingService
     from mcp2p.transfer.serving import ServingService
+    from mcp2p.trust.gate import TrustGate
 
     add_plugin_dir(config)
     config.node.state_dir.mkdir(parents=True, exist_ok=True)
     for path in config.share.paths:
         path.mkdir(parents=True, exist_ok=True)
     node = Node(reactor, config, load_or_create(config.node.state_dir))
+    node.trust = TrustGate.from_config(config, reactor)
     catalog = Catalog(
         reactor,
         config.node.state_dir,

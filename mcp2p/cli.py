@@ -10,7 +10,10 @@ id prefix (as git abbreviates object names: SNs answer with the files whose
 id starts with those digits), and only when no node offers such an id, a
 file name; anything else, a file name (``get``: exact) or a name pattern
 (``search``: fnmatch, no case). ``get`` refuses an ambiguous prefix and
-lists the candidates.
+lists the candidates. A name is a label, not a vote: when several content
+ids answer to it, ``get`` takes the one trusted nodes offer ([trust] policy),
+else lists the candidates and stops, unless ``--pick`` says how to choose.
+``mcp2p trust`` manages the state directory's known_nodes.
 
 Every usage error is one line ``mcp2p: ...`` on stderr and exit code 2,
 found by argparse before any network work; the other exit codes are
@@ -46,7 +49,8 @@ EXIT_CODES = """exit codes:
   0    done: files found, file fetched, status shown
   1    not found: no node offers what was asked for
   2    usage error: a bad option, value or config file (one line on stderr)
-  3    ambiguous: a content id prefix matches several files (they are listed)
+  3    ambiguous: a content id prefix, or a name trust does not settle, matches
+       several files (they are listed; give a content id or --pick)
   4    the daemon refused the request, its API token is unreadable, or no daemon answers
   5    the search or the transfer failed (the reason is on stderr)
   130  interrupted (Ctrl-C); get resumes where it stopped when run again"""
@@ -485,10 +489,14 @@ class Progress:
             print(f"mcp2p: {display_text(str(event['error']))}", file=self.errors, flush=True)
             for c in self.candidates:
                 nodes = ", ".join(n[:12] for n in c["nodes"])
+                more = ""
+                if "trust" in c:  # a name's candidates: who vouches, how near
+                    hops = "?" if c.get("hops") is None else c["hops"]
+                    more = f"; {c['trust']}, {c.get('trusted', 0)} trusted; {hops} hops"
                 print(
                     f"  {c['content_id']}  {human_size(c['size']):>10}  "
                     f"{display_name(str(c['name']))}  "
-                    f"(nodes {nodes})",
+                    f"(nodes {nodes}{more})",
                     file=self.errors,
                     flush=True,
                 )
@@ -509,8 +517,8 @@ def fetch_body(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {"target": args.what}
     if args.output is not None:
         body["out_dir"] = str(args.output)
-    for key in ("mode", "sources", "code", "rate"):
-        if getattr(args, key) is not None:
+    for key in ("mode", "sources", "code", "rate", "pick"):
+        if getattr(args, key, None) is not None:
             body[key] = getattr(args, key)
     return body
 
@@ -722,6 +730,122 @@ def node_id_arg(raw: str) -> bytes:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+# -- trust ----------------------------------------------------------------------
+
+
+def _when(t: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def cmd_trust(config: Config, args: argparse.Namespace) -> int:
+    """``mcp2p trust list|add|remove|show``: STATE/known_nodes, edited in place
+    (a running daemon reads it again at its next decision)."""
+    import time
+
+    from mcp2p.trust.known import KnownNodes, entry_to_json
+    from mcp2p.trust.policy import KnownError, forget, remember
+
+    known = KnownNodes(config.node.state_dir)
+    policy = config.trust.policy
+    if args.action == "show" and args.node is None:
+        from mcp2p.trust.keys import load_or_create
+
+        identity = load_or_create(config.node.state_dir)
+        node, key = identity.node_id.hex(), identity.public_key.hex()
+        print(json.dumps({"node_id": node, "key": key}, indent=2))
+        print(f"on another node: mcp2p trust add {node} {key}", file=sys.stderr)
+        return EXIT_OK
+    try:
+        state, bad = known.read()
+        if bad:
+            print(f"mcp2p: {known.path}: {bad} lines skipped (not entries)", file=sys.stderr)
+        if args.action == "list":
+            nodes = sorted(state.nodes.values(), key=lambda n: (n.first_seen, n.node_id))
+            if args.json:
+                for n in nodes:
+                    print(json.dumps(entry_to_json(n)))
+                return EXIT_OK
+            print(f"# {known.path}: {len(nodes)} nodes, [trust] policy = {policy}")
+            for n in nodes:
+                print(
+                    f"{n.node_id.hex()}  {n.origin:<8}  {_when(n.first_seen)}  "
+                    f"{n.address or '-':<21}  {display_text(n.label) or '-'}  "
+                    f"{len(n.names)} names"
+                )
+            return EXIT_OK
+        if args.action == "add":
+            from mcp2p.trust.keys import node_id_of
+
+            if node_id_of(args.key) != args.node_id:
+                raise CliError(
+                    f"that key's node id is {node_id_of(args.key).hex()}, not "
+                    f"{args.node_id.hex()}: check both (mcp2p trust show prints a node's own)",
+                    EXIT_USAGE,
+                )
+            now = time.time()
+            known.update(
+                lambda st: remember(
+                    st,
+                    args.node_id,
+                    args.key,
+                    now,
+                    address=args.address or "",
+                    label=args.label,
+                    origin="operator",
+                )
+            )
+            print(f"trusted {args.node_id.hex()} ({known.path}, [trust] policy = {policy})")
+            return EXIT_OK
+        matches = state.find(args.node)
+        if not matches:
+            print(f"mcp2p: no known node {args.node!r} in {known.path}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        if len(matches) > 1:
+            print(f"mcp2p: {args.node!r} names {len(matches)} known nodes:", file=sys.stderr)
+            for n in matches:
+                print(f"  {n.node_id.hex()}  {display_text(n.label)}", file=sys.stderr)
+            return EXIT_AMBIGUOUS
+        [entry] = matches
+        if args.action == "remove":
+            known.update(lambda st: forget(st, entry.node_id))
+            print(f"removed {entry.node_id.hex()} from {known.path}")
+            return EXIT_OK
+        shown = entry_to_json(entry)
+        shown["first_seen_at"], shown["last_seen_at"] = (
+            _when(entry.first_seen),
+            _when(entry.last_seen),
+        )
+        print(json.dumps(shown, indent=2))
+        return EXIT_OK
+    except KnownError as e:
+        raise CliError(str(e), EXIT_FAILED) from None
+
+
+def hex_bytes(length: int, what: str) -> Callable[[str], bytes]:
+    def parse(raw: str) -> bytes:
+        if not re.fullmatch(rf"[0-9a-fA-F]{{{2 * length}}}", raw.strip()):
+            raise argparse.ArgumentTypeError(f"{what} is {2 * length} hex digits")
+        return bytes.fromhex(raw.strip())
+
+    return parse
+
+
+def host_port(raw: str) -> str:
+    import ipaddress
+
+    m = re.fullmatch(r"\[?([0-9A-Fa-f:.]+)\]?:(\d{1,5})", raw.strip())
+    try:
+        host = ipaddress.ip_address(m.group(1)) if m else None
+    except ValueError:
+        host = None
+    if m is None or host is None or not 1 <= int(m.group(2)) <= 65535:
+        raise argparse.ArgumentTypeError(f"{raw!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:7713")
+    shown = f"[{host}]" if host.version == 6 else str(host)
+    return f"{shown}:{int(m.group(2))}"
+
+
 # -- config ---------------------------------------------------------------------
 
 
@@ -871,7 +995,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one option of the ini file (repeatable)",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{search,get,status,keys,config}")
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="{search,get,status,keys,trust,config}"
+    )
     p.set_defaults(needs_config=True)
     s = sub.add_parser(
         "search",
@@ -948,6 +1074,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--sources", type=int_in(1, 64), help="SNs to use at once (1-64)")
     g.add_argument("--code", choices=("plain", "raptorq"), help="block code")
     g.add_argument(
+        "--pick",
+        choices=("nearest", "most", "trusted"),
+        help="when the name stands for several files (different content ids) and trust does "
+        "not settle it: the one offered nearest, by most nodes, or by most trusted nodes "
+        "(without it the candidates are listed, exit 3)",
+    )
+    g.add_argument(
         "--no-daemon", action="store_true", help="fetch from this process even when a daemon runs"
     )
     g.set_defaults(func=cmd_get)
@@ -979,6 +1112,34 @@ def parser() -> argparse.ArgumentParser:
     kl.add_argument("node_id", type=node_id_arg, metavar="NODEID", help="32 hex digits")
     ksub.add_parser("revoke", help="revoke this node's key (final)")
     k.set_defaults(func=cmd_keys)
+    t = sub.add_parser(
+        "trust",
+        help="list, add, remove or show the nodes this node trusts",
+        description="Manage known_nodes in the state directory ([trust] policy decides what "
+        "it means: tofu records the SNs of each verified fetch there; pinned trusts only its "
+        "nodes). A running daemon reads the file again when it changes. `mcp2p trust show` "
+        "without NODE prints this node's own id and key, for `mcp2p trust add` elsewhere.",
+        epilog=EXIT_CODES,
+        formatter_class=_Help,
+    )
+    tsub = t.add_subparsers(dest="action", required=True, metavar="{list,add,remove,show}")
+    tl = tsub.add_parser("list", help="list the known nodes")
+    tl.add_argument("--json", action="store_true", help="one JSON object per node")
+    ta = tsub.add_parser("add", help="trust a node (its id and public key)")
+    ta.add_argument("node_id", type=hex_bytes(16, "a node id"), metavar="NODEID")
+    ta.add_argument("key", type=hex_bytes(32, "a public key"), metavar="PUBKEYHEX")
+    ta.add_argument("--label", help="a name for it (at most 64 printable characters)")
+    ta.add_argument(
+        "--address",
+        type=host_port,
+        help="ADDRESS:PORT of its control channel, pinned to it (another node answering "
+        "there is refused)",
+    )
+    tr = tsub.add_parser("remove", help="forget a node")
+    tr.add_argument("node", metavar="NODE", help="node id, 4+ of its first hex digits, or label")
+    ts = tsub.add_parser("show", help="show a known node, or without NODE this node's own key")
+    ts.add_argument("node", nargs="?", metavar="NODE", help="node id, its prefix, or label")
+    t.set_defaults(func=cmd_trust)
     c = sub.add_parser(
         "config",
         help="print the example configuration",

@@ -511,3 +511,158 @@ def test_api_fetch_options_refuse_what_no_node_could_have() -> None:
     for bad in ({"target": ""}, {"target": "x" * 256}, {"target": "a\x00"}, {"target": 7}):
         with pytest.raises(BadRequest):
             fetch_options(bad)
+
+
+# -- names are not votes; mcp2p trust (issue 14) -----------------------------------------
+
+
+def test_a_name_of_several_files_is_ambiguous_with_trust_and_hops_shown(tmp_path: Path) -> None:
+    net = FakeNetwork()
+    d = config_from_string("").discovery
+    sn(net, "10.0.1.1", 0, [offer(A, "file.bin", 10)], d)
+    for i in range(3):  # sybils: one file of their own under the same name
+        sn(net, f"10.0.2.{i}", 1 + i, [offer(C, "file.bin", 20)], d)
+    result, events = find(net, "file.bin", tmp_path)
+    assert isinstance(result.value, Ambiguous)
+    assert "name 'file.bin' is ambiguous: 2 different files" in str(result.value)
+    [ambiguous] = [e for e in events if e["event"] == "ambiguous"]
+    assert [c["content_id"] for c in ambiguous["candidates"]] == [C, A]  # most nodes first
+    assert all(c["trust"] == "unknown" for c in ambiguous["candidates"])
+    hops = [c["hops"] for c in ambiguous["candidates"]]
+    assert all(isinstance(h, int) and h >= 1 for h in hops)
+    show = cli.Progress(False, io.StringIO(), err := io.StringIO())
+    for event in [*events, {"event": "failed", "error": str(result.value)}]:
+        show(event)
+    lines = err.getvalue().splitlines()
+    assert "--pick" in lines[0]
+    assert C in lines[1] and f"unknown, 0 trusted; {hops[0]} hops" in lines[1] and A in lines[2]
+    assert show.exit_code() == cli.EXIT_AMBIGUOUS
+
+
+def test_a_trusted_node_settles_a_name_and_pick_chooses(tmp_path: Path) -> None:
+    from mcp2p.trust.known import KnownNodes
+    from mcp2p.trust.policy import remember
+
+    net = FakeNetwork()
+    d = config_from_string("").discovery
+    key = os.urandom(32)
+    real = QueryNode(
+        net.host("10.0.1.1", 0),
+        d,
+        "10.0.1.1",
+        node_id=node_id_of(key),
+        public_key=key,
+        lookup=lambda q: [offer(A, "file.bin", 10)],
+        rng=random.Random(0),
+    )
+    real.start()
+    for i in range(3):
+        sn(net, f"10.0.2.{i}", 1 + i, [offer(C, "file.bin", 20)], d)
+    KnownNodes(tmp_path / "state").update(
+        lambda s: remember(s, node_id_of(key), key, 1.0, origin="operator")
+    )
+    config = config_from_string(
+        f"[node]\nstate_dir = {tmp_path / 'state'}\n"
+        "[discovery]\nring_schedule = 1, 2, 3\nanswers_wanted = 4\n",
+        str(tmp_path),
+    )
+    cn = QueryNode(net.host("10.0.0.100", 0), config.discovery, "10.0.0.100")
+    cn.start(listen_group=False)
+    events: list[dict[str, Any]] = []
+    reactor = net.host("10.0.0.100", 0)
+    fetch = Fetch(reactor, config, None, cn.search, "file.bin", tmp_path, on_event=events.append)
+    results: list[Any] = []
+    defer.ensureDeferred(fetch._find()).addBoth(results.append)
+    net.run(10)
+    assert results == [bytes.fromhex(A)]
+    [found] = [e for e in events if e["event"] == "found"]
+    assert [s["node"] for s in found["sources"]] == [node_id_of(key).hex()[:12]]
+
+
+def test_pick_most_is_the_old_vote(tmp_path: Path) -> None:
+    net = FakeNetwork()
+    d = config_from_string("").discovery
+    sn(net, "10.0.1.1", 0, [offer(A, "file.bin", 10)], d)
+    for i in range(2):
+        sn(net, f"10.0.2.{i}", 1 + i, [offer(C, "file.bin", 20)], d)
+    config = config_from_string(
+        "[discovery]\nring_schedule = 1, 2, 3\nanswers_wanted = 3\n", str(tmp_path)
+    )
+    cn = QueryNode(net.host("10.0.0.100", 0), config.discovery, "10.0.0.100")
+    cn.start(listen_group=False)
+    reactor = net.host("10.0.0.100", 0)
+    fetch = Fetch(reactor, config, None, cn.search, "file.bin", tmp_path, pick="most")
+    results: list[Any] = []
+    defer.ensureDeferred(fetch._find()).addBoth(results.append)
+    net.run(10)
+    assert results == [bytes.fromhex(C)]
+    with pytest.raises(ValueError):
+        Fetch(reactor, config, None, cn.search, "file.bin", tmp_path, pick="first")
+
+
+def test_pick_goes_to_the_api_and_is_checked() -> None:
+    from mcp2p.api.service import BadRequest, fetch_options
+
+    args = cli.parser().parse_args(["get", "file.bin", "--pick", "nearest"])
+    assert cli.fetch_body(args) == {"target": "file.bin", "pick": "nearest"}
+    assert fetch_options(cli.fetch_body(args)) == {"pick": "nearest"}
+    assert "pick" not in cli.fetch_body(cli.parser().parse_args(["get", "file.bin"]))
+    with pytest.raises(BadRequest):
+        fetch_options({"target": "file.bin", "pick": "random"})
+
+
+def test_trust_add_list_show_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ini = quiet_ini(tmp_path / "node")
+    key = os.urandom(32)
+    node = node_id_of(key).hex()
+    base = ["--config", str(ini), "trust"]
+    assert cli.main([*base, "list"]) == cli.EXIT_OK
+    assert "0 nodes, [trust] policy = tofu" in capsys.readouterr().out
+    add = [*base, "add", node, key.hex(), "--label", "mirror", "--address", "127.0.0.1:7713"]
+    assert cli.main(add) == cli.EXIT_OK
+    known = tmp_path / "node" / "state" / "known_nodes"
+    assert oct(known.stat().st_mode & 0o777) == "0o600"
+    assert cli.main([*base, "list", "--json"]) == cli.EXIT_OK
+    [line] = capsys.readouterr().out.splitlines()[1:]
+    entry = json.loads(line)
+    assert entry["node"] == node and entry["label"] == "mirror" and entry["origin"] == "operator"
+    assert entry["address"] == "127.0.0.1:7713"
+    assert cli.main([*base, "show", "mirror"]) == cli.EXIT_OK
+    assert json.loads(capsys.readouterr().out)["key"] == key.hex()
+    assert cli.main([*base, "show", node[:8]]) == cli.EXIT_OK
+    capsys.readouterr()
+    assert cli.main([*base, "remove", "nobody"]) == cli.EXIT_NOT_FOUND
+    assert cli.main([*base, "remove", node[:8]]) == cli.EXIT_OK
+    capsys.readouterr()
+    assert cli.main([*base, "show", node]) == cli.EXIT_NOT_FOUND
+    # Without NODE, show prints this node's own id and key, ready for another's trust add.
+    assert cli.main([*base, "show"]) == cli.EXIT_OK
+    out = capsys.readouterr()
+    own = json.loads(out.out)
+    assert node_id_of(bytes.fromhex(own["key"])).hex() == own["node_id"]
+    assert f"mcp2p trust add {own['node_id']} {own['key']}" in out.err
+
+
+def test_trust_add_refuses_what_is_not_a_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ini = quiet_ini(tmp_path / "node")
+    key, other = os.urandom(32), os.urandom(32)
+    base = ["--config", str(ini), "trust", "add"]
+    assert cli.main([*base, node_id_of(other).hex(), key.hex()]) == cli.EXIT_USAGE
+    assert f"that key's node id is {node_id_of(key).hex()}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main([*base, "abcd", key.hex()])
+    assert e.value.code == cli.EXIT_USAGE
+    with pytest.raises(SystemExit):
+        cli.main([*base, node_id_of(key).hex(), key.hex(), "--address", "example.org:80"])
+    # A hostile known_nodes: reported in one line, never a traceback.
+    known = tmp_path / "node" / "state" / "known_nodes"
+    known.parent.mkdir(parents=True, exist_ok=True)
+    known.write_text("garbage\n")
+    known.chmod(0o600)
+    assert cli.main(["--config", str(ini), "trust", "list"]) == cli.EXIT_OK
+    assert "1 lines skipped" in capsys.readouterr().err
+    known.chmod(0o666)
+    assert cli.main(["--config", str(ini), "trust", "list"]) == cli.EXIT_FAILED
+    assert "writable by group or others" in capsys.readouterr().err

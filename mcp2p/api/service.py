@@ -205,6 +205,12 @@ def fetch_options(body: dict[str, Any]) -> dict[str, Any]:
         if code not in ("plain", "raptorq"):
             raise BadRequest("code must be 'plain' or 'raptorq'")
         out["code"] = code
+    pick = body.get("pick")
+    if pick is not None:
+        # How a name that several content ids answer to is resolved (mcp2p.trust.policy.choose).
+        if pick not in ("nearest", "most", "trusted"):
+            raise BadRequest("pick must be 'nearest', 'most' or 'trusted'")
+        out["pick"] = pick
     return out
 
 

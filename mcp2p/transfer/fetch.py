@@ -52,6 +52,7 @@ from mcp2p.transfer.control import (
 from mcp2p.transfer.receiver import Items, Receiver, read_in_batches
 from mcp2p.transfer.store import StoreError, part_name
 from mcp2p.trust.keys import node_id_of
+from mcp2p.trust.policy import PICKS, Candidate, Standing, choose
 from mcp2p.wire.manifest import Manifest, decode_manifest, verify_manifest
 from mcp2p.wire.query import prefix_matches
 from mcp2p.wire.types import FileOffer
@@ -81,7 +82,8 @@ class NotFound(FetchError):
 
 
 class Ambiguous(FetchError):
-    """A content id prefix matches several files (event ``ambiguous`` lists them)."""
+    """A content id prefix matches several files, or a name several content ids
+    that trust does not decide between (event ``ambiguous`` lists them)."""
 
 
 FULL_ID = re.compile(r"[0-9a-fA-F]{64}")
@@ -139,9 +141,12 @@ class Fetch:
         rate: int = 0,
         sources: int | None = None,
         code: str | None = None,
+        pick: str | None = None,
+        trust: Any = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         from mcp2p.core.blockcode import code_by_name
+        from mcp2p.trust.gate import TrustGate
 
         self.reactor = reactor
         self.config = config
@@ -155,6 +160,13 @@ class Fetch:
         self.max_sources = sources or f.sources
         self.code = code_by_name(code or f.code)
         self.on_event = on_event or (lambda e: None)
+        if pick is not None and pick not in PICKS:
+            raise ValueError(f"pick must be one of {', '.join(PICKS)}")
+        self.pick = pick
+        # The node's trust gate (one per daemon); a fetch without a daemon reads
+        # the same known_nodes through a gate of its own.
+        self.trust = trust if trust is not None else TrustGate.from_config(config, reactor)
+        self.standings: dict[bytes, Standing] = {}  # node id -> standing, per search answer
         self.interface = str(config.node.interface)
         self.sources: list[Source] = []
         self.candidates: list[Source] = []
@@ -209,6 +221,7 @@ class Fetch:
                 self.loop.start(TICK, now=False)
                 await self.done
             path = self.store.finalize()
+            self._record_use()
             self.event(
                 "done",
                 path=str(path),
@@ -257,7 +270,14 @@ class Fetch:
         names): one QUERY asks SNs for the files whose id starts with them;
         one matching id is the answer, several are ``Ambiguous``. Only when
         no node offers such an id are they tried as a file name. Anything
-        else is a file name (exact; the content id most nodes offer under it).
+        else is a file name (exact). A name is a label, not a vote: when
+        several content ids answer to it, the one trusted nodes offer is
+        taken, else ``Ambiguous`` lists them, unless ``pick`` says how to
+        choose (`mcp2p.trust.policy.choose`).
+
+        Offers of nodes the ``[trust] policy`` refuses (a key changed; under
+        ``pinned``, every node not in known_nodes) are dropped; trusted SNs
+        are tried first.
         """
         content_id: bytes | None = None
         result: Any = None
@@ -269,31 +289,115 @@ class Fetch:
         elif ID_PREFIX.fullmatch(self.target):
             content_id, result = await self._resolve_prefix(self.target.lower())
         if content_id is None:
-            result = await self.search(
-                pattern=self.target, content_id=None, answers=self.max_sources
-            )
-            votes: dict[bytes, int] = {}
-            for server in result.servers:
-                for f in server.files.values():
-                    if f.name == self.target:
-                        votes[f.content_id] = votes.get(f.content_id, 0) + 1
-            if not votes:
-                what = f"a file named {self.target!r}"
-                if ID_PREFIX.fullmatch(self.target):
-                    what = f"a file whose content id starts with {self.target.lower()}, nor " + what
-                self._not_found(f"no node offers {what}")
-            content_id = max(votes, key=lambda c: (votes[c], c))
+            # A name is resolved among every answer the search waits for, so
+            # the other files it stands for are seen, not only the nearest.
+            answers = max(self.max_sources, self.config.discovery.answers_wanted)
+            result = await self.search(pattern=self.target, content_id=None, answers=answers)
+            content_id = await self._resolve_name(result)
+        await self._judge(result.servers)
         found = [
             Source(s, s.files[content_id], mode=self.mode)
             for s in result.servers
-            if content_id in s.files and node_id_of(s.public_key) == s.node_id
+            if content_id in s.files and self._believed(s)
         ]
         if not found:
             self._not_found(f"no node offers content {content_id.hex()}")
-        found.sort(key=lambda c: (c.server.distance or 255, -c.offer.rate))
+        found.sort(key=self._rank)
         self.candidates = found
         self.event("found", content_id=content_id.hex(), sources=[c.to_json() for c in found])
         return content_id
+
+    async def _judge(self, servers: list[ServerRecord]) -> None:
+        """Each answering node's standing under the trust policy, in ``self.standings``
+        (the key servers, where the policy asks them, are asked all at once)."""
+        asked: dict[bytes, defer.Deferred[Standing]] = {}
+        for s in servers:
+            if s.node_id in self.standings or s.node_id in asked:
+                continue
+            if node_id_of(s.public_key) != s.node_id:
+                self.standings[s.node_id] = Standing.REFUSED
+                continue
+            address = _endpoint(s)
+            now = self.trust.standing_now(s.node_id, s.public_key, address)
+            if now is None:
+                asked[s.node_id] = self.trust.standing_of(s.node_id, s.public_key, address)
+            else:
+                self.standings[s.node_id] = now
+        for node_id, d in asked.items():
+            self.standings[node_id] = await d
+
+    def _believed(self, server: ServerRecord) -> bool:
+        return self.standings.get(server.node_id) not in (None, Standing.REFUSED)
+
+    def _rank(self, c: Source) -> tuple[int, int, int]:
+        """Trusted SNs first, then nearest, then fastest (DESIGN.md 5.1)."""
+        trusted = self.standings.get(c.server.node_id) is Standing.TRUSTED
+        return (not trusted, c.server.distance or 255, -c.offer.rate)
+
+    async def _resolve_name(self, result: Any) -> bytes:
+        """The content id the name ``self.target`` stands for among the offers of
+        ``result`` (nodes the policy refuses left out), or NotFound / Ambiguous."""
+        await self._judge(result.servers)
+        offers: dict[bytes, tuple[FileOffer, list[ServerRecord]]] = {}
+        for server in result.servers:
+            if not self._believed(server):
+                continue
+            for f in server.files.values():
+                if f.name == self.target:
+                    offers.setdefault(f.content_id, (f, []))[1].append(server)
+        if not offers:
+            what = f"a file named {self.target!r}"
+            if ID_PREFIX.fullmatch(self.target):
+                what = f"a file whose content id starts with {self.target.lower()}, nor " + what
+            self._not_found(f"no node offers {what}")
+        candidates = [
+            Candidate(
+                cid,
+                f.name,
+                f.size,
+                tuple(sorted(s.node_id for s in servers)),
+                sum(self.standings.get(s.node_id) is Standing.TRUSTED for s in servers),
+                min((s.distance for s in servers if s.distance is not None), default=None),
+            )
+            for cid, (f, servers) in offers.items()
+        ]
+        chosen = choose(candidates, self.pick)
+        if chosen is None:
+            shown = sorted(candidates, key=lambda c: (-c.trusted, -len(c.nodes), c.content_id))
+            self.event(
+                "ambiguous",
+                name=self.target,
+                candidates=[c.to_json() for c in shown],
+            )
+            trusted = sum(1 for c in candidates if c.trusted)
+            why = (
+                "trusted nodes offer several of them"
+                if trusted > 1
+                else "no trusted node offers any of them"
+            )
+            raise Ambiguous(
+                f"name {self.target!r} is ambiguous: {len(candidates)} different files "
+                f"({why}); give a content id, or --pick nearest|most|trusted"
+            )
+        if len(candidates) > 1:
+            _log.info(
+                "name {name} stands for {count} files: took {content_id} ({how})",
+                name=display_text(self.target),
+                count=len(candidates),
+                content_id=chosen.content_id.hex()[:16],
+                how=f"--pick {self.pick}" if self.pick else "the one trusted nodes offer",
+            )
+        return chosen.content_id
+
+    def _record_use(self) -> None:
+        """Trust on first use: the SNs whose data made a verified file are remembered."""
+        assert self.manifest is not None
+        used = [s for s in self.sources if not s.refused and (s.blocks > 0 or s is self.sources[0])]
+        self.trust.record_use(
+            [(s.server.node_id, s.server.public_key, _endpoint(s.server)) for s in used],
+            self.manifest.name,
+            self.manifest.content_id,
+        )
 
     async def _resolve_prefix(self, prefix: str) -> tuple[bytes | None, Any]:
         """The one content id starting with ``prefix`` that nodes offer, or None."""
@@ -301,8 +405,9 @@ class Fetch:
             pattern=None, content_id=None, content_id_prefix=prefix, answers=self.max_sources
         )
         matches: dict[bytes, tuple[FileOffer, list[str]]] = {}
+        await self._judge(result.servers)
         for server in result.servers:
-            if node_id_of(server.public_key) != server.node_id:
+            if not self._believed(server):
                 continue
             for f in server.files.values():
                 if prefix_matches(prefix, f.content_id):  # an SN's answer is only a claim
@@ -488,7 +593,8 @@ class Fetch:
                 )
                 self._drop(source, f"subscribe failed: {failure.getErrorMessage()}")
         if not any(s.state == "active" for s in self.sources):
-            raise FetchError("no SN accepted the subscription")
+            last = f" (last: {self.last_drop})" if self.last_drop else ""
+            raise FetchError(f"no SN accepted the subscription{last}")
 
     async def _subscribe(self, source: Source, share: RangeSet) -> None:
         why = self._over_subscribed() or self._over_tried(source)
@@ -962,12 +1068,14 @@ class Fetch:
         result = await self.search(
             pattern=None, content_id=self.manifest.content_id, answers=1, exclude=tuple(tried)
         )
+        await self._judge(result.servers)
         for server in result.servers:
             offer = server.files.get(self.manifest.content_id)
             if offer is None or server.node_id in tried:
                 continue
-            if node_id_of(server.public_key) == server.node_id:
+            if self._believed(server):
                 self.candidates.append(Source(server, offer, mode=self.mode))
+        self.candidates.sort(key=self._rank)
         self.event("searched", found=[c.to_json() for c in self.candidates])
 
     def _searched(self, result: Any) -> None:
@@ -1022,6 +1130,14 @@ class _Handler:
     def session_ended(self, reason: str) -> None:
         if self.source.share and self.source.state == "active":
             self.fetch._session_ended(self.source, reason)
+
+
+def _endpoint(server: ServerRecord) -> str:
+    """Where an SN's control channel answers, as trust on first use pins it."""
+    controls = {f.control_port for f in server.files.values()}
+    port = min(controls) if controls else 0
+    host = f"[{server.address}]" if ":" in server.address else server.address
+    return f"{host}:{port}" if port else ""
 
 
 def wanted_chunks(units: RangeSet, replace: bool) -> list[bytes]:

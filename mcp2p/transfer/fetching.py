@@ -131,6 +131,7 @@ class FetchingService(Service):
                 target,
                 directory.store_path,
                 on_event=lambda event: transfer.add(_shown_paths(event, directory)),
+                trust=getattr(self.node, "trust", None),
                 **options,
             )
         except BaseException:

@@ -26,6 +26,10 @@ other subscribers' (median) is moved out of the shared session (DESIGN.md
 subscription to that content gets a session of its own on another group,
 so one slow receiver (or a liar) cannot hold the others back. Each refusal
 is counted and logged in summary.
+
+Who may subscribe at all is ``[serving] subscribers`` under ``[trust]
+policy`` (`mcp2p.trust.policy.admit`), judged on the node id and key the CN
+proved over TLS: ``refused_subscriber`` counts the refusals.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ class ServingService(Service):
             "refused_loss": 0,
             "silent_dropped": 0,
             "slow_moved": 0,
+            "refused_subscriber": 0,
         }
         self.solo: set[Session] = set()  # multicast sessions of one moved-out subscriber
         self.heard: dict[int, float] = {}  # subscription -> last report or wanted update
@@ -206,7 +211,61 @@ class ServingService(Service):
     def block_length(self, entry: Any) -> int:
         return min(self.node.config.serving.block_length, entry.piece_length)
 
+    @property
+    def trust(self) -> Any:
+        """The node's TrustGate (one of our own when the node has none)."""
+        gate = getattr(self.node, "trust", None)
+        if gate is None:
+            from mcp2p.trust.gate import TrustGate
+
+            gate = self.node.trust = TrustGate.from_config(self.node.config, self.node.reactor)
+        return gate
+
     def subscribe(
+        self,
+        client: ControlServer,
+        content_id: bytes,
+        mode: str,
+        port: int,
+        rate: int,
+        code: str,
+        wanted: bytes,
+        more: bool,
+    ) -> Any:
+        """`_subscribe`'s answer once [serving] subscribers admits the CN: a dict,
+        or a Deferred of one when the key servers must be asked first."""
+        kw = dict(
+            content_id=content_id,
+            mode=mode,
+            port=port,
+            rate=rate,
+            code=code,
+            wanted=wanted,
+            more=more,
+        )
+        node_id, key = client.peer_node_id or b"", client.peer_public_key or b""
+        why = self.trust.admission(node_id, key)
+        if why is None:
+            d = self.trust.admission_of(node_id, key)
+            return d.addCallback(lambda why: self._admitted(why, client, kw))
+        return self._admitted(why, client, kw)
+
+    def _admitted(self, why: str, client: ControlServer, kw: dict[str, Any]) -> dict[str, Any]:
+        if why:
+            s = self.node.config.serving
+            listed = s.subscribers if isinstance(s.subscribers, str) else "a list"
+            Summary(self.counters, "refused_subscriber")(
+                "node {node} may not subscribe: {why} ([serving] subscribers = {subscribers}, "
+                "[trust] policy = {policy})",
+                node=(client.peer_node_id or b"").hex()[:12],
+                why=why,
+                subscribers=listed,
+                policy=self.node.config.trust.policy,
+            )
+            raise Refused(f"this node may not subscribe here: {why}")
+        return self._subscribe(client, **kw)
+
+    def _subscribe(
         self,
         client: ControlServer,
         content_id: bytes,
