@@ -56,31 +56,12 @@ from pathlib import Path
 from typing import Any
 
 from mcp2p.lab.bench_transfer import parse_size
+from mcp2p.lab.procstat import cpu_seconds, peak_rss
 from mcp2p.lab.transfer import file_digest
 
 BLOCK = 1400  # payload bytes per data packet, for every tool
 PIECE = 1 << 20
 TIMEOUT = 300.0  # seconds a single transfer may take
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """user+sys of a running process, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def peak_rss(pid: int) -> int:
-    """VmHWM of a running process, in bytes (0 if gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 @dataclass

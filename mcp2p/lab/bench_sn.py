@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import os
 import pstats
 import random
 import socket
@@ -43,8 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mcp2p.lab.procstat import cpu_seconds
+
 MBIT = 1_000_000
-TICKS_HZ = os.sysconf("SC_CLK_TCK")
 
 
 def parse_size(raw: str) -> int:
@@ -68,12 +68,6 @@ def rss_kib(pid: int) -> tuple[int, int]:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0])
     return fields["VmRSS"], fields["VmHWM"]
-
-
-def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS_HZ  # utime + stime
 
 
 class SN:

@@ -33,7 +33,17 @@ their stderr (and the sender's, in ``error``), never an exception; a
 missing executable raises `LabError` before anything starts.
 
 Multicast stays on the lab's veths: every tool is bound to the host's lab
-interface and uses groups in 239.77.0.0/16 (administratively scoped).
+interface and uses groups in 239.77.0.0/16 (administratively scoped), or
+on a family-6 star (``StarLab(family=6)``) ff15::4d:0/112 (site scope).
+Over IPv6 uftp and TCP run the same way on the hosts' IPv6 addresses;
+udpcast cannot (udp-sender and udp-receiver speak IPv4 only), and
+`unsupported` says so.
+
+The CPU each process used over the run (user+sys, `mcp2p.lab.procstat`:
+``/proc/PID/stat`` at the start signal, and ``wait4``'s rusage for a
+process that exits or ``/proc`` again for one still running at the end)
+is in the result: the sender's as ``sn_cpu``, each receiver's (``uftpd``
+client, ``udp-receiver``, TCP receiver) as its CN's ``cpu``.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from mcp2p.lab.netns import Host, LabError, counter_delta
+from mcp2p.lab.procstat import CpuMeter
 from mcp2p.lab.transfer import FILE_NAME, CNResult, FetchResult, StarLab, file_digest
 
 __all__ = [
@@ -59,6 +70,7 @@ __all__ = [
     "run_tcp",
     "run_udpcast",
     "run_uftp",
+    "unsupported",
 ]
 
 PEERS = ("udpcast", "uftp", "tcp")
@@ -71,6 +83,9 @@ RDV_GROUP = "239.77.0.1"  # udpcast rendez-vous
 UDPCAST_GROUP = "239.77.0.2"  # udpcast data
 UFTP_PUBLIC = "239.77.1.1"  # uftp announcements
 UFTP_PRIVATE = "239.77.1.2"  # uftp data
+UFTP_PUBLIC6 = "ff15::4d:1"  # the same on a family-6 star
+UFTP_PRIVATE6 = "ff15::4d:2"
+NO_IPV6 = {"udpcast": "udpcast has no IPv6 (udp-sender and udp-receiver speak IPv4 only)"}
 READY_TIMEOUT = 30.0
 SENDER_GRACE = 5.0  # seconds a sender may take to exit after the last CN is done
 TAIL = 1500  # characters of stderr kept in the JSON
@@ -95,7 +110,8 @@ import os, socket, sys, threading
 path, addr, port, n, wait, ready = sys.argv[1:7]
 port, n, wait = int(port), int(n), float(wait)
 size = os.path.getsize(path)
-srv = socket.create_server((addr, port), backlog=n)
+family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+srv = socket.create_server((addr, port), family=family, backlog=n)
 srv.settimeout(wait)
 open(ready, "w").close()
 errors = []
@@ -152,6 +168,11 @@ def missing_tools(tool: str) -> str | None:
     return f"{', '.join(gone)} not installed" if gone else None
 
 
+def unsupported(tool: str, family: int) -> str | None:
+    """Why ``tool`` cannot run on a star of this IP family, or None."""
+    return NO_IPV6.get(tool) if family == 6 else None
+
+
 def _tail(path: Path) -> str:
     try:
         return path.read_text(errors="replace")[-TAIL:].strip()
@@ -196,7 +217,7 @@ def _start(host: Host, cmd: list[str], log: Path, at_go: Path | None, ready: Pat
 def _run(
     lab: StarLab, tool: str, n: int, name: str, timeout: float, rate: int, plan_fn: Any
 ) -> FetchResult:
-    reason = missing_tools(tool)
+    reason = missing_tools(tool) or unsupported(tool, lab.family)
     if reason:
         raise LabError(f"{tool}: {reason}")
     if name not in lab.files:
@@ -220,6 +241,7 @@ def _run(
     links_after: dict[str, dict[str, int]] = {}
     sn_if = lab.sn.ifname(lab.switch)
     drops_before = {h.name: lab.drops(h) for h in hosts}
+    meter = CpuMeter()
     try:
         readies: list[Path] = []
         if not plan.sender_at_go:
@@ -234,9 +256,11 @@ def _run(
             readies.append(run_dir / "ready-sender")
             sender = _start(lab.sn, plan.sender, run_dir / "sender.log", go, readies[-1])
         assert sender is not None
+        for p in (sender, *receivers):
+            meter.add(p.proc)
         deadline = time.monotonic() + READY_TIMEOUT
         while not (all(r.exists() for r in readies) and plan.ready()):
-            dead = [p for p in (sender, *receivers) if p.proc.poll() is not None]
+            dead = [p for p in (sender, *receivers) if meter.poll(p.proc) is not None]
             if dead or time.monotonic() > deadline:
                 raise _Failed(
                     "not ready: "
@@ -246,6 +270,7 @@ def _run(
         time.sleep(plan.settle)
         links_before = lab.net.link_counters()
         before_sn = lab.sn.counters(sn_if)
+        meter.start()
         started = time.monotonic()
         go.touch()
         deadline = started + timeout
@@ -255,25 +280,26 @@ def _run(
             for host, rec, out in zip(hosts, receivers, plan.out_files, strict=True):
                 if host.name in done:
                     continue
-                if plan.done_by_exit and rec.proc.poll() is not None:
+                if plan.done_by_exit and meter.poll(rec.proc) is not None:
                     done[host.name] = now - started
                 elif not plan.done_by_exit and out.exists():
                     done[host.name] = now - started
-                elif rec.proc.poll() is not None:  # a uftpd that died
+                elif meter.poll(rec.proc) is not None:  # a uftpd that died
                     done[host.name] = float("nan")
-            if sender.proc.poll() is not None:
+            if meter.poll(sender.proc) is not None:
                 # A sender that exited leaves its receivers a moment to finish.
                 sender_exit = sender_exit or now
                 if now - sender_exit > 2.0:
                     break
             time.sleep(0.005)
         end = time.monotonic() + SENDER_GRACE
-        while sender.proc.poll() is None and time.monotonic() < end and len(done) == n:
+        while meter.poll(sender.proc) is None and time.monotonic() < end and len(done) == n:
             time.sleep(0.01)
         wall = time.monotonic() - started
+        meter.stop()
         after_sn = lab.sn.counters(sn_if)
         links_after = lab.net.link_counters()
-        if sender.proc.poll() not in (None, 0):
+        if meter.poll(sender.proc) not in (None, 0):
             error = f"sender exited {sender.proc.returncode}: {_tail(sender.log)}"
         elif len(done) < n or any(t != t for t in done.values()):
             error = f"not all CNs done after {wall:.0f} s; sender: {_tail(sender.log)[-500:]}"
@@ -282,7 +308,7 @@ def _run(
         wall = time.monotonic() - started
     finally:
         for p in (*receivers, *([sender] if sender else [])):
-            if p.proc.poll() is None:
+            if meter.poll(p.proc) is None:
                 p.host.kill(p.proc)
             p.out.close()
     drops = {h.name: lab.drops(h) - drops_before[h.name] for h in hosts}
@@ -298,7 +324,17 @@ def _run(
         elif not verified:
             cn_error = "delivered file differs from the source: " + _tail(rec.log)[-500:]
         event = {"event": "done", "elapsed": t, "path": str(out), "bytes": size} if t == t else None
-        results.append(CNResult(host.name, rec.proc.returncode, event, verified, t, cn_error))
+        results.append(
+            CNResult(
+                host.name,
+                rec.proc.returncode,
+                event,
+                verified,
+                t,
+                cn_error,
+                cpu=meter.seconds(rec.proc),
+            )
+        )
         out.unlink(missing_ok=True)
     delta = counter_delta(links_before, links_after) if links_after else {}
     return FetchResult(
@@ -313,6 +349,7 @@ def _run(
         link_bytes=sum(c["tx_bytes"] for c in delta.values()),
         link_delta=delta,
         error=error,
+        sn_cpu=meter.seconds(sender.proc) if sender is not None else None,
     )
 
 
@@ -380,6 +417,14 @@ def _udpcast_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path, 
 
 def _uftp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path, rate: int) -> _Plan:
     ids = [f"0x{0x77000001 + i:08x}" for i in range(len(hosts))]
+    public, private = UFTP_PUBLIC, UFTP_PRIVATE
+    if lab.family == 6:
+        public, private = UFTP_PUBLIC6, UFTP_PRIVATE6
+
+    def iface(host: Host) -> str:
+        # By name uftp takes the interface's IPv4 address: give the IPv6 one.
+        return lab.addr(host) if lab.family == 6 else host.ifname(lab.switch)
+
     outs, receivers = [], []
     for host, uid in zip(hosts, ids, strict=True):
         dest = run_dir / host.name
@@ -398,9 +443,9 @@ def _uftp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path, rat
                 "-U",
                 uid,
                 "-I",
-                host.ifname(lab.switch),
+                iface(host),
                 "-M",
-                UFTP_PUBLIC,
+                public,
                 "-p",
                 str(UFTP_PORT),
                 "-B",
@@ -414,11 +459,11 @@ def _uftp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path, rat
         "-R",
         str(max(1, rate // 1000)),
         "-I",
-        lab.sn.ifname(lab.switch),
+        iface(lab.sn),
         "-M",
-        UFTP_PUBLIC,
+        public,
         "-P",
-        UFTP_PRIVATE,
+        private,
         "-p",
         str(UFTP_PORT),
         "-H",
@@ -436,7 +481,7 @@ def _uftp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path, rat
 
 
 def _tcp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path, rate: int) -> _Plan:
-    addr = lab.sn.addr(lab.switch)
+    addr = lab.addr(lab.sn)
     ready = run_dir / "tcp-ready"
     sender = [
         sys.executable,

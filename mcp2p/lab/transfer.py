@@ -53,6 +53,7 @@ from typing import Any
 from mcp2p.commands import twistd_node
 from mcp2p.lab.daemons import Daemon, ini_text, node_sections, start_all
 from mcp2p.lab.netns import Host, LabError, Link, Network, Switch, counter_delta
+from mcp2p.lab.procstat import CpuMeter
 
 __all__ = [
     "CNResult",
@@ -64,6 +65,7 @@ __all__ = [
 ]
 
 FILE_NAME = "data.bin"
+QUERY_GROUP6 = "ff15::77"  # the query group of a family-6 star (the default's IPv6 one)
 START_TIMEOUT = 60.0  # seconds for the SN to start and index its file
 READY_TIMEOUT = 60.0  # seconds for the CN processes to import and wait
 
@@ -136,6 +138,8 @@ class CNResult:
     wall: float  # seconds from the start signal to the CLI's exit
     error: str = ""
     start: float = 0.0  # seconds after the start signal this CN began
+    cpu: float | None = None  # user+sys seconds of its daemon (or receiver) over the run
+    groups: list[str] = field(default_factory=list)  # multicast groups it was given
 
     @property
     def receivers(self) -> list[dict[str, Any]]:
@@ -172,10 +176,25 @@ class FetchResult:
     link_bytes: int = 0  # bytes sent on every link end of the network (sum of tx)
     link_delta: dict[str, dict[str, int]] = field(default_factory=dict)  # per link end
     error: str = ""  # what failed beside the CNs (a peer tool's sender, say)
+    sn_cpu: float | None = None  # user+sys seconds of the SN's daemon (or sender) over the run
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.cns)
+
+    @property
+    def cn_cpu(self) -> list[float | None]:
+        """Per CN: CPU seconds of its daemon (or receiver) over the run."""
+        return [c.cpu for c in self.cns]
+
+    @property
+    def cpu_cores(self) -> float | None:
+        """All the run's measured CPU (SN and CNs) over its wall time: how
+        many cores the tool kept busy (None: a process was not measured)."""
+        values = [self.sn_cpu, *self.cn_cpu]
+        if any(v is None for v in values) or not self.wall > 0:
+            return None
+        return sum(v for v in values if v is not None) / self.wall
 
     @property
     def sn_ratio(self) -> float:
@@ -228,6 +247,9 @@ class FetchResult:
             "link_ratio": self.link_ratio,
             "link_delta": self.link_delta,
             "error": self.error,
+            "sn_cpu_s": _round(self.sn_cpu),
+            "cn_cpu_s": [_round(c) for c in self.cn_cpu],
+            "cpu_cores": _round(self.cpu_cores),
             "cns": [
                 {
                     "name": c.name,
@@ -238,16 +260,26 @@ class FetchResult:
                     "error": c.error,
                     "store": c.store,
                     "receivers": c.receivers,
+                    "cpu_s": _round(c.cpu),
+                    "groups": c.groups,
                 }
                 for c in self.cns
             ],
         }
 
 
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 class StarLab:
     """One switch, the SN and ``cns`` CN hosts; see the module docstring.
 
     ``root`` is a directory this object may fill (file, state dirs, logs).
+    ``family`` 6 runs mcp2p over IPv6: every daemon gets ``[node]
+    interface6`` (its veth to the switch) and queries only the IPv6 query
+    group, so the CNs find the SN, and reach it, over IPv6 (the hosts'
+    fd77:: addresses); `addr` gives the peers the SN's address of that family.
     """
 
     def __init__(
@@ -258,9 +290,13 @@ class StarLab:
         *,
         rate: int | None = None,
         loss: float | None = None,
+        family: int = 4,
     ) -> None:
         if cns < 1:
             raise LabError("a star needs at least one CN")
+        if family not in (4, 6):
+            raise LabError("family is 4 or 6")
+        self.family = family
         self.net = net
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -299,6 +335,20 @@ class StarLab:
         self.loss = loss or None
         self.loss_proto = proto
 
+    def addr(self, host: Host) -> str:
+        """``host``'s address on the star in the lab's family."""
+        return host.addr(self.switch, family=self.family)
+
+    def family_sections(self, host: Host) -> dict[str, dict[str, str]]:
+        """What a daemon's ini adds for the lab's family: nothing for IPv4;
+        for IPv6 ``[node] interface6`` and only the IPv6 query group."""
+        if self.family == 4:
+            return {}
+        return {
+            "node": {"interface6": host.ifname(self.switch)},
+            "discovery": {"query_groups": QUERY_GROUP6},
+        }
+
     def run_dir(self, tag: str = "") -> Path:
         """A fresh directory for the next run (fetch or peer tool)."""
         self.runs += 1
@@ -331,6 +381,7 @@ class StarLab:
                 self.sn.addr(),
                 self.sn_dir,
                 serving={"rate": rate, "max_rate": max_rate or rate, "grace": "1", **serving},
+                **self.family_sections(self.sn),
             )
         )
 
@@ -381,12 +432,12 @@ class StarLab:
 
     # -- the CNs
 
-    def cn_sections(self, stall_timeout: float) -> dict[str, dict[str, str]]:
+    def cn_sections(self, stall_timeout: float, host: Host) -> dict[str, dict[str, str]]:
         """What a CN daemon's ini says beyond `node_sections`' defaults: its
         share directory stays empty and downloads go to per-fetch out dirs
         under ``root`` (so the daemon may write there: [fetching]
         download_dirs), so a CN never serves what it fetched to the other CNs."""
-        return {
+        sections = {
             "discovery": {"methods": "query", "answers_wanted": "1"},
             "fetching": {
                 "stall_timeout": str(stall_timeout),
@@ -394,6 +445,9 @@ class StarLab:
                 "download_dirs": str(self.root),
             },
         }
+        for name, options in self.family_sections(host).items():
+            sections.setdefault(name, {}).update(options)
+        return sections
 
     def start_cns(
         self, *, stall_timeout: float = 30, prefix: list[str] | None = None
@@ -412,7 +466,7 @@ class StarLab:
                 if old is not None:
                     old.stop()
                 self.cns[host.name] = Daemon(
-                    host, self.root / "cns" / host.name, **self.cn_sections(stall_timeout)
+                    host, self.root / "cns" / host.name, **self.cn_sections(stall_timeout, host)
                 )
             start_all([(self.cns[h.name], None) for h in todo], prefix=prefix)
         return [self.cns[h.name] for h in self.hosts]
@@ -519,6 +573,9 @@ class StarLab:
             links_before = self.net.link_counters()
             before = self.sn.counters(sn_if)
             drops_before = {h.name: self.drops(h) for h in hosts}
+            measured = [self.sn_proc, *(d.proc for d in daemons[: len(hosts)])]
+            meter = CpuMeter(p for p in measured if p is not None)
+            meter.start()
             started = time.monotonic()
             go.touch()
             walls: dict[str, float] = {}
@@ -537,6 +594,7 @@ class StarLab:
                         walls[host.name] = float("nan")
                 time.sleep(0.01)
             wall = time.monotonic() - started
+            meter.stop()
             after = self.sn.counters(sn_if)
             links_after = self.net.link_counters()
             drops = {h.name: self.drops(h) - drops_before[h.name] for h in hosts}
@@ -552,6 +610,7 @@ class StarLab:
             for (h, r, p, _, _), offset in zip(procs, offsets, strict=True)
         ]
         for result, daemon in zip(results, daemons, strict=False):
+            result.cpu = meter.seconds(daemon.proc) if daemon.proc is not None else None
             if not result.ok and daemon not in restart:
                 restart.append(daemon)  # whatever it still holds, start clean
         for daemon in restart:
@@ -571,6 +630,7 @@ class StarLab:
             drops=drops,
             link_bytes=sum(c["tx_bytes"] for c in delta.values()),
             link_delta=delta,
+            sn_cpu=meter.seconds(self.sn_proc) if self.sn_proc is not None else None,
         )
 
     @staticmethod
@@ -606,16 +666,22 @@ class StarLab:
             lines = (root / "events.jsonl").read_text(errors="replace").splitlines()
         except OSError:
             lines = []
-        for line in reversed(lines):
+        groups: list[str] = []
+        last = None
+        for line in lines:
             try:
                 event = json.loads(line)
             except ValueError:
                 continue
-            if event.get("event") == "done":
-                done = event
-            elif event.get("event") == "failed":
-                error = str(event.get("error", "failed"))
-            break
+            if not isinstance(event, dict):
+                continue
+            last = event
+            if event.get("event") == "subscribed" and event.get("group"):
+                groups.append(str(event["group"]))
+        if last is not None and last.get("event") == "done":
+            done = last
+        elif last is not None and last.get("event") == "failed":
+            error = str(last.get("error", "failed"))
         if done is None and not error:
             error = (root / "stderr.txt").read_text(errors="replace")[-1000:] or "no done event"
         if wall != wall and not error.startswith("timed out"):
@@ -626,4 +692,6 @@ class StarLab:
             verified = path.exists() and file_digest(path) == digest
             if not verified:
                 error = "delivered file differs from the source"
-        return CNResult(host.name, proc.returncode, done, verified, wall, error, start)
+        return CNResult(
+            host.name, proc.returncode, done, verified, wall, error, start, groups=groups
+        )

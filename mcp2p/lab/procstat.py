@@ -1,0 +1,103 @@
+"""CPU and memory of the lab's processes, read from /proc and ``wait4``.
+
+    meter = CpuMeter([sender, *receivers])   # Popen objects we started
+    meter.start()                            # at the start signal
+    ...  meter.poll(proc)                    # instead of proc.poll(): keeps rusage
+    meter.stop()                             # before killing what still runs
+    meter.seconds(proc)                      # user+sys over the span, or None
+
+A process that exits is reaped with ``os.wait4`` (by pid, never by group),
+so its CPU comes from its rusage; one still running is read from
+``/proc/PID/stat`` (utime + stime, in clock ticks). ``Popen.poll`` would
+reap it and lose the rusage, so code that measures a process asks the
+meter instead, which then sets ``returncode`` as Popen would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["CpuMeter", "cpu_seconds", "peak_rss"]
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+sys of a running (or not yet reaped) process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM of a running process, in bytes (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class CpuMeter:
+    """user+sys CPU seconds of some processes between `start` and `stop`."""
+
+    def __init__(self, procs: Iterable[subprocess.Popen[Any]] = ()) -> None:
+        self._procs: list[subprocess.Popen[Any]] = list(procs)
+        self._start: dict[int, float] = {}
+        self._end: dict[int, float] = {}
+        self._exited: dict[int, float] = {}  # pid -> CPU from rusage, once reaped
+
+    def add(self, proc: subprocess.Popen[Any]) -> None:
+        self._procs.append(proc)
+
+    def _read(self, proc: subprocess.Popen[Any]) -> float | None:
+        if proc.pid in self._exited:
+            return self._exited[proc.pid]
+        self.poll(proc)
+        if proc.pid in self._exited:
+            return self._exited[proc.pid]
+        try:
+            return cpu_seconds(proc.pid)
+        except (OSError, ValueError, IndexError):
+            return None  # reaped by someone else: its CPU is lost
+
+    def start(self) -> None:
+        """Read every process now (the start of the measured span)."""
+        for proc in self._procs:
+            value = self._read(proc)
+            if value is not None:
+                self._start[proc.pid] = value
+
+    def poll(self, proc: subprocess.Popen[Any]) -> int | None:
+        """`Popen.poll` that keeps the exited process's rusage."""
+        if proc.returncode is not None:
+            return proc.returncode
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            return proc.poll()
+        if not pid:
+            return None
+        self._exited[proc.pid] = usage.ru_utime + usage.ru_stime
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode
+
+    def stop(self) -> None:
+        """Read every process now (the end of the span); call it before
+        killing the ones still running."""
+        for proc in self._procs:
+            value = self._read(proc)
+            if value is not None:
+                self._end[proc.pid] = value
+
+    def seconds(self, proc: subprocess.Popen[Any]) -> float | None:
+        """CPU seconds ``proc`` used between `start` and `stop` (None: not read)."""
+        if proc.pid not in self._start or proc.pid not in self._end:
+            return None
+        return max(0.0, self._end[proc.pid] - self._start[proc.pid])
