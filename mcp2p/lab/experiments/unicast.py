@@ -26,16 +26,45 @@ verified. A run that fails or times out is recorded as failed, not raised;
 its timeout is 10 s + 4x its ideal time (one copy for the multicast tools,
 N copies for the unicast ones) at that loss.
 
+The headline point (the most CNs, at the loss nearest 1%) is also run with
+a larger file, ``headline_mib`` (64 MiB in the full lab), when that is
+larger than the grid's: an 8 MiB copy is over before the tools reach their
+steady state, so the grid compares start-up as much as throughput. Those
+runs are in ``headline_runs`` (same fields as ``runs``), and the report's
+headline table and conclusion come from them.
+
+CPU: for every run, the user+sys CPU seconds of the processes doing the
+work, from the start signal to the run's end (`mcp2p.lab.procstat`): for
+mcp2p the SN's daemon (``sn_cpu_s``) and each fetching CN's daemon
+(``cn_cpu_s``, and ``cns[].cpu_s``); for the peers the sender and each
+receiver. ``cpu_cores`` is all of it over the run's wall time: the cores
+the tool kept busy. The report marks a tool CPU-bound when one of its
+processes used 90% of a core over its transfer, or all of them 90% of the
+machine's cores.
+
+``family`` 6 runs the same experiment over IPv6: the star's veths carry
+their fd77:: addresses, every mcp2p daemon gets ``[node] interface6`` and
+queries ff15::77 only (`StarLab(family=6)`), uftp uses ff15::4d:1/2 and
+the hosts' IPv6 addresses, TCP connects over IPv6, and udpcast is skipped
+(it speaks IPv4 only). Before measuring, one CN searches for the file over
+IPv6: an SN that offers it on an IPv4 group, or no offer at all, stops the
+experiment with one line saying what is missing.
+
 Sizes, measured on the 2 shared cores of the dev machine (Nov 2026): full
-(N 1, 2, 4, 8; loss 0, 1, 5%; 8 MiB; 3 reps; 180 runs) 517-716 s, under
-its 14 minutes; quick (N 1, 4; loss 0, 1%; 4 MiB; 3 reps) 97 s; smoke
-(N 2; loss 1%; 2 MiB; 1 rep) 7 s. udpcast runs that lose their handshake
-wait out their timeout, so a bad draw adds about 13 s each.
+(N 1, 2, 4, 8; loss 0, 1, 5%; 8 MiB; 3 reps; 180 runs) 517-716 s for the
+grid, plus the 64 MiB headline at 8 CNs and 1% (15 runs; the unicast tools
+copy 8 x 64 MiB through one 100 Mbit/s link, about 45 s each at best):
+about 7 minutes more; quick (N 1, 4; loss 0, 1%; 4 MiB; 3 reps; headline
+from the grid) 97 s; smoke (N 2; loss 1%; 2 MiB; 1 rep) 7 s. udpcast runs
+that lose their handshake wait out their timeout, so a bad draw adds about
+13 s each.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
 import platform
 import statistics
 import time
@@ -52,8 +81,8 @@ from mcp2p.lab.experiment import (
     spread,
 )
 from mcp2p.lab.netns import LabError, Network
-from mcp2p.lab.peers import missing_tools, run_peer
-from mcp2p.lab.transfer import FetchResult, StarLab
+from mcp2p.lab.peers import missing_tools, run_peer, unsupported
+from mcp2p.lab.transfer import FILE_NAME, FetchResult, StarLab
 
 NAME = "unicast"
 TITLE = "Multicast or unicast"
@@ -67,6 +96,10 @@ PARAMS = {
     "losses": Param([0.0, 0.01, 0.05], [0.0, 0.01], [0.01], "loss into each CN (0.01 or 1%)"),
     "tools": Param(TOOLS, TOOLS, TOOLS, "mcp2p-multicast, mcp2p-unicast, udpcast, uftp, tcp"),
     "size_mib": Param(8, 4, 2, "file size, MiB"),
+    "headline_mib": Param(
+        64, 0, 0, "file size of the headline point (most CNs, loss nearest 1%), MiB; 0: size_mib"
+    ),
+    "family": Param(4, 4, 4, "IP family of the copies: 4 or 6 (mcp2p, uftp and tcp over IPv6)"),
     "link_mbit": Param(100, 100, 100, "rate of every link, Mbit/s"),
     "send_mbit": Param(95, 95, 95, "SN session rate and multicast peers' rate, Mbit/s"),
     "tcp_loss": Param(True, True, True, "drop TCP into the CNs too for the tcp peer"),
@@ -74,6 +107,8 @@ PARAMS = {
 MULTICAST_TOOLS = ("mcp2p-multicast", "udpcast", "uftp")
 WIN_MARGIN = 0.05  # "wins": a median at least 5% lower (less is noise on 2 shared cores)
 PAUSE = 0.2  # seconds between runs: an SN session ends after its last subscriber
+HEADLINE_FILE = "headline.bin"
+CPU_BOUND = 0.9  # of a core (one process) or of the machine's cores (all of a run's)
 
 
 def _timeout(tool: str, n: int, size: int, rate: float, loss: float) -> float:
@@ -84,6 +119,7 @@ def _timeout(tool: str, n: int, size: int, rate: float, loss: float) -> float:
 
 
 def _record(result: FetchResult, tool: str, n: int, loss: float, rep: int) -> dict[str, Any]:
+    """One run's JSON: `FetchResult.to_json` (with its CPU fields) and the point."""
     data = result.to_json()
     data.pop("link_delta", None)  # the total is enough; keeps the JSON small
     data.update(
@@ -97,42 +133,95 @@ def _record(result: FetchResult, tool: str, n: int, loss: float, rep: int) -> di
     return data
 
 
-def _failed(tool: str, n: int, loss: float, rep: int, error: str) -> dict[str, Any]:
+def _failed(tool: str, n: int, loss: float, rep: int, error: str, size: int) -> dict[str, Any]:
     return {
         "tool": tool,
         "cns_n": n,
         "loss": loss,
         "rep": rep,
+        "size": size,
         "ok": False,
         "slowest": None,
         "elapsed": [],
         "goodput_mb_s": [],
+        "sn_cpu_s": None,
+        "cn_cpu_s": [],
+        "cpu_cores": None,
         "failures": error[-2000:],
     }
 
 
 def _one(
-    lab: StarLab, tool: str, n: int, loss: float, rep: int, p: dict[str, Any]
+    lab: StarLab,
+    tool: str,
+    n: int,
+    loss: float,
+    rep: int,
+    p: dict[str, Any],
+    name: str = FILE_NAME,
 ) -> dict[str, Any]:
-    size = p["size"]
+    size = lab.files[name][0]
     timeout = _timeout(tool, n, size, p["send_mbit"] * 1e6, loss)
     try:
         if tool.startswith("mcp2p-"):
-            result = lab.fetch(n, mode=tool.split("-", 1)[1], code="plain", timeout=timeout)
+            mode = tool.split("-", 1)[1]
+            result = lab.fetch(n, name=name, mode=mode, code="plain", timeout=timeout)
         else:
             tcp_drop = tool == "tcp" and p["tcp_loss"] and loss > 0
             if tcp_drop:
                 lab.set_loss(loss, proto="tcp, udp")
             try:
-                result = run_peer(lab, tool, n, timeout=timeout, rate=int(p["send_mbit"] * 1e6))
+                result = run_peer(
+                    lab, tool, n, name=name, timeout=timeout, rate=int(p["send_mbit"] * 1e6)
+                )
             finally:
                 if tcp_drop:
                     lab.set_loss(loss)
     except LabError as e:
-        return _failed(tool, n, loss, rep, str(e))
+        return _failed(tool, n, loss, rep, str(e), size)
     finally:
         time.sleep(PAUSE)
     return _record(result, tool, n, loss, rep)
+
+
+def check_ipv6(lab: StarLab) -> None:
+    """Raise LabError with one line unless mcp2p offers the shared file on
+    an IPv6 group to a CN that searches over IPv6 (`StarLab(family=6)`)."""
+    import json
+
+    [daemon, *_] = lab.start_cns()
+    cp = daemon.cli("search", FILE_NAME, "--json", "--timeout", "0.5", "--max-hops", "2")
+    groups, addresses = [], []
+    for line in cp.stdout.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            groups += [str(f.get("group")) for f in entry.get("files", []) if isinstance(f, dict)]
+            groups += [str(entry["group"])] if entry.get("group") else []
+            addresses += [str(entry["address"])] if entry.get("address") else []
+    if not groups:
+        why = " ".join((cp.stderr or cp.stdout).split())[-200:] or f"exit {cp.returncode}"
+        raise LabError(
+            "--family 6: no SN answered an IPv6 search (ff15::77 with [node] interface6); "
+            f"mcp2p's IPv6 discovery did not work here: {why}"
+        )
+    v4 = sorted({g for g in groups if _version(g) != 6})
+    if v4:
+        raise LabError(
+            "--family 6: mcp2p's data sessions are IPv4 only: asked over IPv6 (from "
+            f"{', '.join(sorted(set(addresses))) or 'an IPv6 address'}) the SN offered group "
+            f"{', '.join(v4)}; needs IPv6 data sessions in the product "
+            "([node] interface6, ff3e::/32 SSM, ff15::/16 ASM; issue 14)"
+        )
+
+
+def _version(address: str) -> int:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).version
+    except ValueError:
+        return 0
 
 
 def run(
@@ -145,6 +234,8 @@ def run(
     link_mbit: int,
     send_mbit: int,
     tcp_loss: bool,
+    headline_mib: int = 0,
+    family: int = 4,
 ) -> dict[str, Any]:
     if not cns or min(cns) < 1 or max(cns) > 64:
         raise ValueError("cns: numbers of CNs between 1 and 64")
@@ -155,26 +246,50 @@ def run(
         raise ValueError(f"tools: unknown {unknown}; known: {', '.join(TOOLS)}")
     if size_mib < 1 or link_mbit < 1 or not 0 < send_mbit <= link_mbit:
         raise ValueError("size_mib >= 1, link_mbit >= 1, 0 < send_mbit <= link_mbit")
+    if headline_mib < 0:
+        raise ValueError("headline_mib: 0 (the grid's size) or more MiB")
+    if family not in (4, 6):
+        raise ValueError("family: 4 or 6")
     size = size_mib << 20
-    p = {"size": size, "send_mbit": send_mbit, "tcp_loss": tcp_loss}
-    skipped = {t: missing_tools(t) for t in tools if not t.startswith("mcp2p-")}
+    # The headline is run apart only when its file is larger than the grid's.
+    hl_size = headline_mib << 20 if headline_mib > size_mib else 0
+    hl_loss, hl_n = _headline_point(losses, cns)
+    p = {"send_mbit": send_mbit, "tcp_loss": tcp_loss}
+    skipped = {
+        t: missing_tools(t) or unsupported(t, family) for t in tools if not t.startswith("mcp2p-")
+    }
     skipped = {t: why for t, why in skipped.items() if why}
+    todo = [t for t in tools if t not in skipped]
     runs: list[dict[str, Any]] = []
+    headline_runs: list[dict[str, Any]] = []
     started = time.monotonic()
     with Network() as net:
-        lab = StarLab(net, ctx.subdir("star"), max(cns), rate=link_mbit * 1_000_000)
+        lab = StarLab(net, ctx.subdir("star"), max(cns), rate=link_mbit * 1_000_000, family=family)
         lab.share(size)
+        if hl_size:
+            lab.share(hl_size, name=HEADLINE_FILE)
         lab.start_sn(rate=f"{send_mbit}M")
         try:
+            if family == 6 and any(t.startswith("mcp2p-") for t in todo):
+                ctx.progress("IPv6: does mcp2p offer an IPv6 session?")
+                check_ipv6(lab)
             for loss in losses:
                 lab.set_loss(loss or None)
                 for n in sorted(cns):
                     for rep in range(1, ctx.reps + 1):
-                        for tool in tools:
-                            if tool in skipped:
-                                continue
+                        for tool in todo:
                             ctx.progress(f"loss {loss:.0%} N={n} {tool}", rep, ctx.reps)
                             runs.append(_one(lab, tool, n, loss, rep, p))
+            if hl_size:
+                lab.set_loss(hl_loss or None)
+                for rep in range(1, ctx.reps + 1):
+                    for tool in todo:
+                        ctx.progress(
+                            f"headline {headline_mib} MiB, loss {hl_loss:.0%} N={hl_n} {tool}",
+                            rep,
+                            ctx.reps,
+                        )
+                        headline_runs.append(_one(lab, tool, hl_n, hl_loss, rep, p, HEADLINE_FILE))
         finally:
             lab.stop()
     return {
@@ -187,12 +302,21 @@ def run(
             "send_mbit": send_mbit,
             "tcp_loss": tcp_loss,
             "reps": ctx.reps,
+            "headline_size": hl_size or size,
+            "family": family,
         },
         "skipped": skipped,
         "runs": runs,
+        "headline_runs": headline_runs,
         "seconds": time.monotonic() - started,
         "kernel": platform.release(),
+        "cores": os.cpu_count(),
     }
+
+
+def _headline_point(losses: list[float], cns: list[int]) -> tuple[float, int]:
+    """The headline: the most CNs, at the loss nearest 1%."""
+    return min(losses, key=lambda x: abs(x - 0.01)), max(cns)
 
 
 # -- report
@@ -214,6 +338,45 @@ def _goodputs(runs: list[dict[str, Any]]) -> list[float]:
     return [8 * g for r in runs if r.get("ok") for g in r.get("goodput_mb_s", [])]
 
 
+def _cn_cpu(runs: list[dict[str, Any]]) -> list[float]:
+    """Per CN and run, CPU seconds of its daemon or receiver (the runs that verified)."""
+    return [float(c) for r in runs if r.get("ok") for c in r.get("cn_cpu_s") or [] if c is not None]
+
+
+def _sn_cpu(runs: list[dict[str, Any]]) -> list[float]:
+    return [float(r["sn_cpu_s"]) for r in runs if r.get("ok") and r.get("sn_cpu_s") is not None]
+
+
+def _cores(runs: list[dict[str, Any]]) -> list[float]:
+    return [float(r["cpu_cores"]) for r in runs if r.get("ok") and r.get("cpu_cores") is not None]
+
+
+def _busiest(run: dict[str, Any]) -> float:
+    """The busiest process of a run, in cores: a CN's CPU over its own time,
+    or the SN's over the run's wall time (NaN: not measured)."""
+    loads = [
+        float(c) / float(e)
+        for c, e in zip(run.get("cn_cpu_s") or [], run.get("elapsed") or [], strict=False)
+        if c is not None and e is not None and e == e and e > 0
+    ]
+    if run.get("sn_cpu_s") is not None and run.get("wall"):
+        loads.append(float(run["sn_cpu_s"]) / float(run["wall"]))
+    return max(loads) if loads else math.nan
+
+
+def cpu_bound(runs: list[dict[str, Any]], cores: int) -> str:
+    """Why these runs were CPU-bound ("" if they were not): in the median
+    run one process used CPU_BOUND of a core, or all of them CPU_BOUND of
+    the machine's cores."""
+    busiest = median([_busiest(r) for r in runs if r.get("ok")])
+    together = median(_cores(runs))
+    if not math.isnan(together) and together >= CPU_BOUND * cores:
+        return f"its processes kept {together:.1f} of the {cores} cores busy"
+    if not math.isnan(busiest) and busiest >= CPU_BOUND:
+        return f"its busiest process used {busiest:.0%} of a core"
+    return ""
+
+
 def _row(tool: str, runs: list[dict[str, Any]], n: int | None = None) -> list[str]:
     ok = sum(1 for r in runs if r.get("ok"))
     row = [] if n is None else [str(n)]
@@ -224,11 +387,24 @@ def _row(tool: str, runs: list[dict[str, Any]], n: int | None = None) -> list[st
         fmt_spread(_goodputs(runs), 1),
         fmt_spread([r["sn_ratio"] for r in runs if r.get("ok")], 2),
         fmt_spread([r["link_ratio"] for r in runs if r.get("ok")], 2),
+        fmt_spread(_cn_cpu(runs), 2),
+        fmt_spread(_sn_cpu(runs), 2),
+        fmt_spread(_cores(runs), 2),
         f"{ok}/{len(runs)}",
     ]
 
 
-HEAD = ["tool", "slowest CN", "goodput/CN Mbit/s", "SN bytes/file", "all-link bytes/file", "ok"]
+HEAD = [
+    "tool",
+    "slowest CN",
+    "goodput/CN Mbit/s",
+    "SN bytes/file",
+    "all-link bytes/file",
+    "CPU s per CN",
+    "CPU s SN",
+    "cores busy",
+    "ok",
+]
 
 
 def _wins(
@@ -254,8 +430,18 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
     pts = _points(data)
     losses, ns, tools = prm["losses"], prm["cns"], [t for t in prm["tools"] if t]
     size_mib = prm["size"] / (1 << 20)
+    hl_loss, hl_n = _headline_point(losses, ns)
+    hl_mib = prm.get("headline_size", prm["size"]) / (1 << 20)
+    hl_runs: dict[str, list[dict[str, Any]]] = {}
+    for r in data.get("headline_runs") or []:
+        hl_runs.setdefault(r["tool"], []).append(r)
+    if not hl_runs:  # the headline is the grid's point
+        hl_runs = {t: pts.get((hl_loss, hl_n, t), []) for t in tools}
+    cores = int(data.get("cores") or 0)
+    family = int(prm.get("family", 4))
     setup = (
-        f"One star: a switch, one SN and up to {max(ns)} CNs, every link shaped to "
+        ("Over IPv6 (--family 6): " if family == 6 else "")
+        + f"One star: a switch, one SN and up to {max(ns)} CNs, every link shaped to "
         f"{prm['link_mbit']} Mbit/s both ways (tc tbf); a random file of {size_mib:g} MiB; "
         f"N = {', '.join(map(str, ns))} CNs fetch it at once; loss "
         f"{', '.join(f'{x:.0%}' for x in losses)} dropped by nftables on the way into each CN "
@@ -281,15 +467,30 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
         "data (mcp2p's control channel is TCP and is not); runs that failed or timed out "
         "count in the 'ok' column, not in the medians. "
         f"'Wins' below means a median slowest-CN time at least {WIN_MARGIN:.0%} lower. "
-        f"The whole matrix took {data.get('seconds', math.nan):.0f} s."
+        + (
+            f"The headline point ({hl_n} CNs, {hl_loss:.0%} loss) is run again with a "
+            f"{hl_mib:g} MiB file, large enough for every tool to reach its steady state. "
+            if hl_mib != size_mib
+            else ""
+        )
+        + "CPU: user+sys seconds of the processes doing the work, from the start signal to "
+        "the run's end (/proc/PID/stat and wait4): mcp2p's SN daemon and each fetching CN's "
+        "daemon, the peers' sender and receivers; 'cores busy' is all of it over the run's "
+        f"wall time (this machine has {cores or '?'} cores, shared by all the namespaces). "
+        + (
+            "Over IPv6 every address is the hosts' fd77:: one, the mcp2p daemons have "
+            "[node] interface6 and query ff15::77 only, uftp uses ff15::4d:1/2; udpcast has "
+            "no IPv6. "
+            if family == 6
+            else ""
+        )
+        + f"The whole matrix took {data.get('seconds', math.nan):.0f} s."
     )
     tables: list[str] = []
     # the headline: most CNs at the loss nearest 1%
-    hl_loss = min(losses, key=lambda x: abs(x - 0.01))
-    hl_n = max(ns)
     tables.append(
-        f"**Headline: {hl_n} CNs at {hl_loss:.0%} loss**\n\n"
-        + md_table(HEAD, [_row(t, pts.get((hl_loss, hl_n, t), [])) for t in tools])
+        f"**Headline: {hl_n} CNs at {hl_loss:.0%} loss, {hl_mib:g} MiB**\n\n"
+        + md_table(HEAD, [_row(t, hl_runs.get(t, [])) for t in tools])
     )
     for loss in losses:
         rows = [_row(t, pts.get((loss, n, t), []), n) for n in ns for t in tools]
@@ -342,7 +543,15 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
     axes[0][0].legend(fontsize=8)
     plots.append(out.save(fig, "bytes"))
 
-    conclusion = _conclusion(pts, losses, ns, hl_loss, hl_n)
+    conclusion = _conclusion(pts, losses, ns, hl_loss, hl_n, hl_runs, hl_mib)
+    bound = [(t, cpu_bound(hl_runs.get(t, []), cores or 2)) for t in tools]
+    bound = [(t, why) for t, why in bound if why]
+    conclusion += (
+        " CPU-bound at the headline: " + "; ".join(f"{t} ({why})" for t, why in bound) + "."
+        if bound
+        else " No tool was CPU-bound at the headline (no process near a full core, "
+        "the cores not all busy)."
+    )
     notes = []
     failed = [
         f"{t} at {x:.0%}, N={n}: {sum(1 for r in rs if not r.get('ok'))}/{len(rs)} failed "
@@ -350,6 +559,14 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
         for (x, n, t), rs in sorted(pts.items())
         if any(not r.get("ok") for r in rs)
     ]
+    if data.get("headline_runs"):
+        failed += [
+            f"{t} at the {hl_mib:g} MiB headline: "
+            f"{sum(1 for r in rs if not r.get('ok'))}/{len(rs)} failed "
+            f"({_last_words(next(r['failures'] for r in rs if not r.get('ok')))})"
+            for t, rs in hl_runs.items()
+            if any(not r.get("ok") for r in rs)
+        ]
     if failed:
         notes.append("Failed runs (not in the medians): " + "; ".join(failed))
     for tool, why in (data.get("skipped") or {}).items():
@@ -375,12 +592,14 @@ def _conclusion(
     ns: list[int],
     hl_loss: float,
     hl_n: int,
+    hl_runs: dict[str, list[dict[str, Any]]],
+    hl_mib: float,
 ) -> str:
     def med(tool: str) -> float:
-        return median(_slowest(pts.get((hl_loss, hl_n, tool), [])))
+        return median(_slowest(hl_runs.get(tool, [])))
 
     def sn(tool: str) -> str:
-        v = median([r["sn_ratio"] for r in pts.get((hl_loss, hl_n, tool), []) if r.get("ok")])
+        v = median([r["sn_ratio"] for r in hl_runs.get(tool, []) if r.get("ok")])
         return "-" if math.isnan(v) else f"{v:.2f}x"
 
     parts = []
@@ -392,7 +611,8 @@ def _conclusion(
     mc = med("mcp2p-multicast")
     if math.isnan(mc):
         return (
-            f"mcp2p multicast finished no run at {hl_n} CNs and {hl_loss:.0%} loss, so this run "
+            f"mcp2p multicast finished no run at {hl_n} CNs, {hl_loss:.0%} loss and {hl_mib:g} "
+            "MiB, so this run "
             "cannot say whether it wins; see the failed runs below."
         )
     first = (
@@ -406,7 +626,8 @@ def _conclusion(
         if not math.isnan(med(tool))
     ]
     sentence1 = (
-        f"{first}; at {hl_n} CNs and {hl_loss:.0%} loss it took {mc:.2f} s with the SN "
+        f"{first}; at {hl_n} CNs, {hl_loss:.0%} loss and {hl_mib:g} MiB it took {mc:.2f} s "
+        "with the SN "
         f"sending {sn('mcp2p-multicast')} the file, against "
         f"{' and '.join(detail) or 'no finished unicast run'}."
     )
