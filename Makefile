@@ -60,32 +60,54 @@ lint: install
 	$(BIN)/ruff format --check mcp2p tests twisted
 	$(BIN)/mypy mcp2p
 
-# make bench: about 45 minutes on 2 cores (the transfer matrix is 40 of them).
-# make bench QUICK=1: about 4 minutes (smaller files, fewer receivers).
+# make bench: about 50 minutes on 2 cores (the transfer matrix is 40 of them).
+# make bench QUICK=1: about 6 minutes (smaller files, fewer receivers; timed).
+# It ends with one short table of the headline figures (mcp2p.lab.bench_summary):
+# µs of CPU per packet (SN, CN, beside uftpd and udp-receiver), the unshaped
+# 1-CN goodput beside udpcast and UFTP, and the SN's RSS against file size and
+# sessions; their JSON goes to $(BENCH_JSON).
 BENCH_DIR ?= /tmp/mcp2p-bench
+BENCH_JSON ?= /tmp/mcp2p-bench-results
 QUICK ?= 0
 ifeq ($(filter-out 0,$(QUICK)),)
 BENCH_SIZE := 1GiB
 BENCH_FILES := 10000
 BENCH_REPEAT := 20
 BENCH_TRANSFER :=
-BENCH_SAYS := the full benchmark: about 45 minutes on 2 cores (make bench QUICK=1: about 4)
+BENCH_CPU :=
+BENCH_SN :=
+BENCH_UNSHAPED := --size-mib 100 --reps 3
+BENCH_SAYS := the full benchmark: about 50 minutes on 2 cores (make bench QUICK=1: about 6)
 else
 BENCH_SIZE := 128MiB
 BENCH_FILES := 1000
 BENCH_REPEAT := 5
 BENCH_TRANSFER := --quick
-BENCH_SAYS := the quick benchmark: about 4 minutes on 2 cores
+BENCH_CPU := --quick
+BENCH_SN := --sizes 256M,1G --sessions 1,5 --seconds 2 --cpu-size 1G
+BENCH_UNSHAPED := --size-mib 32 --reps 1
+BENCH_SAYS := the quick benchmark: about 6 minutes on 2 cores
 endif
-bench: install
+bench: install system-deps
 	@echo "make bench: $(BENCH_SAYS)"
+	@rm -rf $(BENCH_JSON) && mkdir -p $(BENCH_JSON)
 	$(BIN)/python -m mcp2p.lab.bench_catalog --dir $(BENCH_DIR) --size $(BENCH_SIZE) --clean
 	$(BIN)/python -m mcp2p.lab.bench_catalog --dir $(BENCH_DIR) --files $(BENCH_FILES) --clean
 	$(BIN)/python -m mcp2p.lab.bench_discovery rss --files $(BENCH_FILES)
+	$(BIN)/python -m mcp2p.lab.bench_sn $(BENCH_SN) --json $(BENCH_JSON)/bench-sn.json \
+	  || echo "bench_sn: FAILED"
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m mcp2p.lab.bench_discovery latency --repeat $(BENCH_REPEAT); \
 	else echo "search latency needs root (network namespaces): skipped"; fi
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m mcp2p.lab.bench_transfer $(BENCH_TRANSFER) --json bench-transfer.json; \
 	else echo "transfer benchmark needs root (network namespaces): skipped"; fi
+	@if [ "$$(id -u)" = 0 ]; then \
+	  $(BIN)/python -m mcp2p.lab.bench_cpu $(BENCH_CPU) --json $(BENCH_JSON)/bench-cpu.json \
+	    || echo "bench_cpu: FAILED (a row says why)"; \
+	  $(BIN)/python -m mcp2p.lab run unicast --cns 1 --losses 0 --link-mbit 2000 --send-mbit 2000 \
+	    --tools mcp2p-multicast,udpcast,uftp --headline-mib 0 $(BENCH_UNSHAPED) \
+	    --out $(BENCH_JSON)/unshaped || echo "unshaped 1-CN run: FAILED"; \
+	else echo "CPU per packet and the unshaped goodput need root (network namespaces): skipped"; fi
+	@$(BIN)/python -m mcp2p.lab.bench_summary $(BENCH_JSON)
 
 # The lab (issue 5): all four experiments on real daemons in namespaces,
 # written to $(LAB_OUT)/REPORT.md with plots and JSON. QUICK=1: the small version.

@@ -66,7 +66,15 @@ def test_every_experiment_runs_at_smoke_size_and_the_report_comes_from_its_json(
         assert "error" not in entry, entry.get("error")
         assert entry["data"], name
         assert json.loads((out / f"{name}.json").read_text())["data"] == entry["data"]
+    # experiment 1 keeps the fields scripts read, and has the CPU of every run
+    for run in results["experiments"]["unicast"]["data"]["runs"]:
+        for key in ("tool", "ok", "slowest", "elapsed", "sn_ratio", "sn_cpu_s", "cn_cpu_s"):
+            assert key in run, key
+        if run["ok"]:
+            assert run["sn_cpu_s"] is not None and len(run["cn_cpu_s"]) == run["cns_n"]
+            assert all(c is not None for c in run["cn_cpu_s"]), run
     report = (out / "REPORT.md").read_text()
+    assert "| CPU s per CN | CPU s SN | cores busy |" in report
     assert "This experiment failed" not in report
     assert "The report of this experiment failed" not in report
     assert report.count("### Conclusion") == len(EXPERIMENTS)
