@@ -46,9 +46,9 @@ machine's cores.
 their fd77:: addresses, every mcp2p daemon gets ``[node] interface6`` and
 queries ff15::77 only (`StarLab(family=6)`), uftp uses ff15::4d:1/2 and
 the hosts' IPv6 addresses, TCP connects over IPv6, and udpcast is skipped
-(it speaks IPv4 only). Before measuring, one CN searches for the file over
-IPv6: an SN that offers it on an IPv4 group, or no offer at all, stops the
-experiment with one line saying what is missing.
+(it speaks IPv4 only). Before measuring, one CN fetches a small file over
+IPv6 (1 MiB): a fetch that fails or is given an IPv4 group stops
+the experiment with one line saying what is missing.
 
 Sizes, measured on the 2 shared cores of the dev machine (Nov 2026): full
 (N 1, 2, 4, 8; loss 0, 1, 5%; 8 MiB; 3 reps; 180 runs) 517-716 s for the
@@ -108,6 +108,7 @@ MULTICAST_TOOLS = ("mcp2p-multicast", "udpcast", "uftp")
 WIN_MARGIN = 0.05  # "wins": a median at least 5% lower (less is noise on 2 shared cores)
 PAUSE = 0.2  # seconds between runs: an SN session ends after its last subscriber
 HEADLINE_FILE = "headline.bin"
+PROBE_FILE = "probe6.bin"  # the family-6 check's file
 CPU_BOUND = 0.9  # of a core (one process) or of the machine's cores (all of a run's)
 
 
@@ -185,36 +186,19 @@ def _one(
 
 
 def check_ipv6(lab: StarLab) -> None:
-    """Raise LabError with one line unless mcp2p offers the shared file on
-    an IPv6 group to a CN that searches over IPv6 (`StarLab(family=6)`)."""
-    import json
-
-    [daemon, *_] = lab.start_cns()
-    cp = daemon.cli("search", FILE_NAME, "--json", "--timeout", "0.5", "--max-hops", "2")
-    groups, addresses = [], []
-    for line in cp.stdout.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            groups += [str(f.get("group")) for f in entry.get("files", []) if isinstance(f, dict)]
-            groups += [str(entry["group"])] if entry.get("group") else []
-            addresses += [str(entry["address"])] if entry.get("address") else []
-    if not groups:
-        why = " ".join((cp.stderr or cp.stdout).split())[-200:] or f"exit {cp.returncode}"
-        raise LabError(
-            "--family 6: no SN answered an IPv6 search (ff15::77 with [node] interface6); "
-            f"mcp2p's IPv6 discovery did not work here: {why}"
-        )
-    v4 = sorted({g for g in groups if _version(g) != 6})
+    """Raise LabError with one line unless one CN of a `StarLab(family=6)`
+    fetches the small `PROBE_FILE` over IPv6 and is given an IPv6 group."""
+    result = lab.fetch(1, name=PROBE_FILE, mode="multicast", code="plain", timeout=30)
+    [cn] = result.cns
+    v4 = sorted({g for g in cn.groups if _version(g) != 6})
     if v4:
         raise LabError(
-            "--family 6: mcp2p's data sessions are IPv4 only: asked over IPv6 (from "
-            f"{', '.join(sorted(set(addresses))) or 'an IPv6 address'}) the SN offered group "
-            f"{', '.join(v4)}; needs IPv6 data sessions in the product "
-            "([node] interface6, ff3e::/32 SSM, ff15::/16 ASM; issue 14)"
+            f"--family 6: an IPv6 fetch was given IPv4 group {', '.join(v4)}: mcp2p's data "
+            "sessions are IPv4 only (needs IPv6 sessions for [node] interface6, issue 14)"
         )
+    if not result.ok or not cn.groups:
+        why = " ".join((cn.error or "no group").split())
+        raise LabError(f"--family 6: mcp2p cannot fetch over IPv6 here: {why[-300:]}")
 
 
 def _version(address: str) -> int:
@@ -268,10 +252,12 @@ def run(
         lab.share(size)
         if hl_size:
             lab.share(hl_size, name=HEADLINE_FILE)
+        if family == 6:
+            lab.share(1 << 20, name=PROBE_FILE)
         lab.start_sn(rate=f"{send_mbit}M")
         try:
             if family == 6 and any(t.startswith("mcp2p-") for t in todo):
-                ctx.progress("IPv6: does mcp2p offer an IPv6 session?")
+                ctx.progress("IPv6: does mcp2p fetch over IPv6?")
                 check_ipv6(lab)
             for loss in losses:
                 lab.set_loss(loss or None)
@@ -428,7 +414,9 @@ def _wins(
 def report(data: dict[str, Any], out: ReportOut) -> Section:
     prm = data["params"]
     pts = _points(data)
-    losses, ns, tools = prm["losses"], prm["cns"], [t for t in prm["tools"] if t]
+    skipped = data.get("skipped") or {}
+    losses, ns = prm["losses"], prm["cns"]
+    tools = [t for t in prm["tools"] if t and t not in skipped]
     size_mib = prm["size"] / (1 << 20)
     hl_loss, hl_n = _headline_point(losses, ns)
     hl_mib = prm.get("headline_size", prm["size"]) / (1 << 20)
@@ -569,7 +557,7 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
         ]
     if failed:
         notes.append("Failed runs (not in the medians): " + "; ".join(failed))
-    for tool, why in (data.get("skipped") or {}).items():
+    for tool, why in skipped.items():
         notes.append(f"{tool} was not run: {why}")
     return Section(setup, tables, plots, conclusion, notes)
 
