@@ -25,6 +25,11 @@ IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
 IP_ADD_SOURCE_MEMBERSHIP = getattr(socket, "IP_ADD_SOURCE_MEMBERSHIP", 39)
 IP_DROP_SOURCE_MEMBERSHIP = getattr(socket, "IP_DROP_SOURCE_MEMBERSHIP", 40)
 MCAST_JOIN_SOURCE_GROUP = getattr(socket, "MCAST_JOIN_SOURCE_GROUP", 46)
+MCAST_LEAVE_SOURCE_GROUP = getattr(socket, "MCAST_LEAVE_SOURCE_GROUP", 47)
+IPV6_MULTICAST_ALL = getattr(socket, "IPV6_MULTICAST_ALL", 29)
+IF_INET6 = "/proc/net/if_inet6"  # Linux: one line per IPv6 address of the host
+# if_inet6 flags that make an address unusable as a source (IFA_F_*)
+_UNUSABLE6 = 0x08 | 0x20 | 0x40  # DADFAILED, DEPRECATED, TENTATIVE
 
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -92,6 +97,47 @@ def interface_error(error: OSError, address: str) -> Exception:
     return error
 
 
+def parse_if_inet6(text: str, name: str) -> list[str]:
+    """The global-scope IPv6 addresses of interface ``name`` in the text of
+    ``/proc/net/if_inet6`` (address, index, prefix length, scope, flags, name
+    per line), usable ones (not tentative, deprecated or failed DAD), in order.
+    Link-local and host addresses are not: a session's source must be routable."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != 6 or fields[5] != name:
+            continue
+        raw, _index, _plen, scope, flags = fields[:5]
+        try:
+            if int(scope, 16) != 0 or int(flags, 16) & _UNUSABLE6 or len(raw) != 32:
+                continue
+            address = ipaddress.IPv6Address(int(raw, 16))
+        except ValueError:
+            continue
+        found.append(str(address))
+    return found
+
+
+def interface_address6(name: str, path: str = IF_INET6) -> str:
+    """This host's IPv6 address on interface ``name``: the first usable global
+    one (SSM sessions are sent from it and name it as their source; SAP
+    announces it as origin; the control channel listens on it).
+
+    InterfaceError (one line naming ``[node] interface6``) when there is none."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise InterfaceError(f"[node] interface6 = {name}: cannot read {path}: {e}") from None
+    found = parse_if_inet6(text, name)
+    if not found:
+        raise InterfaceError(
+            f"[node] interface6 = {name}: that interface has no usable global IPv6 address "
+            "(link-local ones cannot be a session's source); add one or clear interface6"
+        )
+    return found[0]
+
+
 def interface_index(name: str) -> int:
     """The index of a network interface by name (ValueError if there is none)."""
     try:
@@ -107,18 +153,21 @@ def listen(
     family: int,
     interface: str,
     multiple: bool = True,
+    bind: str = "",
 ) -> IListeningPort:
     """A UDP port for multicast of ``family``, sending out of ``interface``.
 
     ``interface`` is the IPv4 address of the interface for AF_INET, its name
-    for AF_INET6. ``multiple`` lets several daemons on one host share the port
+    for AF_INET6. ``bind`` is the local address to bind (default: any of the
+    family); an SN's IPv6 data port binds its own address, so that address is
+    the source of its SSM sessions. ``multiple`` lets several daemons on one host share the port
     (each gets a copy of every multicast datagram). The socket receives only
     the groups joined on it (IP_MULTICAST_ALL off), and its own multicast is
     looped back so nodes on one host hear each other.
     An interface this host does not have raises InterfaceError (a
     ConfigError: one line naming ``[node] interface``), with no port left open.
     """
-    bind = "" if family == socket.AF_INET else "::"
+    bind = bind or ("" if family == socket.AF_INET else "::")
     lport = reactor.listenMulticast(port, protocol, interface=bind, listenMultiple=multiple)
     sock = lport.getHandle()
     try:
@@ -132,16 +181,32 @@ def listen(
             except OSError as e:
                 raise interface_error(e, interface) from None
         else:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL, 0)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
-            try:
-                index = interface_index(interface)
-            except ValueError as e:
-                raise InterfaceError(f"[node] interface6: {e}") from None
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index6(interface))
     except BaseException:
         lport.stopListening()
         raise
     return lport
+
+
+def index6(interface: str) -> int:
+    """``interface_index`` as an InterfaceError naming ``[node] interface6``."""
+    try:
+        return interface_index(interface)
+    except ValueError as e:
+        raise InterfaceError(f"[node] interface6: {e}") from None
+
+
+def ipv6_mreq(group: IPAddress, index: int) -> bytes:
+    """struct ipv6_mreq: the group's 16 bytes, then the interface index (not
+    an address: what Twisted's joinGroup packs, hence its ENODEV)."""
+    return group.packed + struct.pack("@I", index)
+
+
+def ip_mreq_source(group: IPAddress, interface: str, source: IPAddress) -> bytes:
+    """struct ip_mreq_source, Linux order: group, interface, source (BSD differs)."""
+    return socket.inet_aton(str(group)) + socket.inet_aton(interface) + source.packed
 
 
 def _membership(lport: IListeningPort, group: IPAddress, interface: str, add: bool) -> None:
@@ -154,9 +219,8 @@ def _membership(lport: IListeningPort, group: IPAddress, interface: str, add: bo
         except OSError as e:
             raise (interface_error(e, interface) if add else e) from None
     else:
-        mreq = group.packed + struct.pack("@I", interface_index(interface))
         option = socket.IPV6_JOIN_GROUP if add else socket.IPV6_LEAVE_GROUP
-        sock.setsockopt(socket.IPPROTO_IPV6, option, mreq)
+        sock.setsockopt(socket.IPPROTO_IPV6, option, ipv6_mreq(group, index6(interface)))
 
 
 def join(lport: IListeningPort, group: IPAddress, interface: str) -> None:
@@ -171,25 +235,27 @@ def leave(lport: IListeningPort, group: IPAddress, interface: str) -> None:
 
 def join_source(lport: IListeningPort, group: IPAddress, source: IPAddress, interface: str) -> None:
     """Join the source-specific channel (source, group) (RFC 4607)."""
+    if group.version != source.version:
+        raise ValueError(f"source {source} and group {group} are of different IP versions")
     sock = lport.getHandle()  # type: ignore[attr-defined]
     if group.version == 4:
-        # struct ip_mreq_source, Linux order: group, interface, source.
-        mreq = (
-            socket.inet_aton(str(group))
-            + socket.inet_aton(interface)
-            + socket.inet_aton(str(source))
-        )
-        sock.setsockopt(socket.IPPROTO_IP, IP_ADD_SOURCE_MEMBERSHIP, mreq)
+        mreq = ip_mreq_source(group, interface, source)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_ADD_SOURCE_MEMBERSHIP, mreq)
+        except OSError as e:
+            raise interface_error(e, interface) from None
     else:
         sock.setsockopt(
             socket.IPPROTO_IPV6,
             MCAST_JOIN_SOURCE_GROUP,
-            _group_source_req(interface_index(interface), group, source),
+            group_source_req(index6(interface), group, source),
         )
 
 
-def _group_source_req(index: int, group: IPAddress, source: IPAddress) -> bytes:
-    """struct group_source_req for AF_INET6: u32 index, padding, two sockaddr_storage."""
+def group_source_req(index: int, group: IPAddress, source: IPAddress) -> bytes:
+    """struct group_source_req for AF_INET6 (Linux, 64-bit): u32 index, padding
+    to sockaddr_storage's 8-byte alignment, two sockaddr_storage of 128 bytes
+    holding a sockaddr_in6 each (264 bytes in all)."""
 
     def storage(addr: IPAddress) -> bytes:
         sin6 = struct.pack("!HHI16sI", socket.AF_INET6, 0, 0, addr.packed, 0)
@@ -207,6 +273,36 @@ def set_hop_limit(lport: IListeningPort, family: int, hops: int) -> None:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, hops)
     else:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+
+
+def listen_group(
+    reactor: Any,
+    protocol: Any,
+    group: IPAddress,
+    port: int,
+    interface: str,
+    source: IPAddress | None = None,
+) -> IListeningPort:
+    """A UDP port receiving only ``group``:``port`` (bound to the group, so
+    other groups on the port stay out), joined as the channel (source, group)
+    when ``source`` is given (SSM), else any-source. ``interface``: the IPv4
+    address for an IPv4 group, the interface name for an IPv6 one."""
+    family = family_of(group)
+    lport = reactor.listenMulticast(port, protocol, interface=str(group), listenMultiple=True)
+    try:
+        sock = lport.getHandle()
+        if family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL, 0)
+        if source is not None:
+            join_source(lport, group, source, interface)
+        else:
+            join(lport, group, interface)
+    except BaseException:
+        lport.stopListening()
+        raise
+    return lport
 
 
 def family_of(address: IPAddress | str) -> int:
