@@ -527,6 +527,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "max_sources_tried": Option(
             _int_range(1, 10000), "16", "SNs a fetch tries before it gives up"
         ),
+        "family": Option(
+            _choice("auto", "4", "6"),
+            "auto",
+            "IP version of the multicast sessions a fetch joins",
+        ),
     },
     "keys": {
         "serve": Option(_bool, "no", "be a key server (needs listen)"),

@@ -41,7 +41,7 @@ _log = Logger()
 CHUNK = 60000  # bytes per AMP value, under AMP's 64 KiB limit
 NOTICE = struct.Struct("!I8s")  # extended sequence number, packet digest
 MAX_NOTICES = CHUNK // NOTICE.size
-MAX_KEYS = 32  # keys in one box; the largest command (Subscribe) has 9 with AMP's own
+MAX_KEYS = 32  # keys in one box; the largest command (Subscribe) has 11 with AMP's own
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,8 @@ class Subscribe(amp.Command):
         (b"code", amp.Unicode()),  # block code plugin name
         (b"wanted", amp.String()),  # RangeSet of units, encoded
         (b"more", amp.Boolean()),  # more of the wanted set follows in UpdateWanted
+        # IP version (4 or 6) of the group the CN can receive multicast on; absent: 4.
+        (b"family", amp.Integer(optional=True)),
     ]
     response = [
         (b"subscription", amp.Integer()),
@@ -203,7 +205,8 @@ class ServingSide(Protocol):
         code: str,
         wanted: bytes,
         more: bool,
-    ) -> dict[str, Any]: ...
+        family: int | None = None,
+    ) -> Any: ...
 
     def update_wanted(
         self, client: ControlServer, subscription: int, wanted: bytes, replace: bool

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -168,6 +167,7 @@ class Fetch:
         self.trust = trust if trust is not None else TrustGate.from_config(config, reactor)
         self.standings: dict[bytes, Standing] = {}  # node id -> standing, per search answer
         self.interface = str(config.node.interface)
+        self.interface6 = str(config.node.interface6)
         self.sources: list[Source] = []
         self.candidates: list[Source] = []
         self.store: Any = None
@@ -614,8 +614,11 @@ class Fetch:
         )
         source.receiver = receiver
         port = 0
+        family = self._family(source)
         if source.mode == "unicast":
-            source.port = self.reactor.listenUDP(0, receiver, interface=self.interface)
+            # The SN sends to the address our control channel comes from: its family.
+            here = self._address6() if ":" in source.server.address else self.interface
+            source.port = self.reactor.listenUDP(0, receiver, interface=here)
             multicast.set_buffers(source.port, receive=RCVBUF)
             read_in_batches(source.port, receiver)
             port = source.port.getHost().port
@@ -631,6 +634,7 @@ class Fetch:
                 code=self.code.name,
                 wanted=b"" if more else chunks[0],
                 more=more,
+                family=family,
             )
         )
         source.subscription = reply["subscription"]
@@ -721,19 +725,34 @@ class Fetch:
         source.port = self._join(source.receiver, group, "", port)
         self.event("moved", source=source.to_json(), group=group)
 
+    def _family(self, source: Source) -> int:
+        """The IP version of the group to ask ``source`` for ([fetching] family):
+        auto is that of the address the SN was found at, when this node has
+        IPv6 ([node] interface6), else 4."""
+        wanted = self.config.fetching.family
+        if wanted == "6" or (wanted == "auto" and ":" in source.server.address):
+            if not self.interface6:
+                if wanted == "6":
+                    raise FetchError("[fetching] family = 6 needs [node] interface6")
+                return 4
+            return 6
+        return 4
+
+    def _address6(self) -> str:
+        """This node's IPv6 address on interface6 (any IPv6 address without it)."""
+        return multicast.interface_address6(self.interface6) if self.interface6 else "::"
+
     def _join(self, receiver: Receiver, group: str, source: str, port: int) -> Any:
         import ipaddress
 
         g = ipaddress.ip_address(group)
-        lport = self.reactor.listenMulticast(port, receiver, interface=group, listenMultiple=True)
-        sock = lport.getHandle()
-        sock.setsockopt(socket.IPPROTO_IP, multicast.IP_MULTICAST_ALL, 0)
+        if g.version == 6 and not self.interface6:
+            raise FetchError(f"the SN's session is on IPv6 group {g}: set [node] interface6")
+        interface = self.interface if g.version == 4 else self.interface6
+        src = ipaddress.ip_address(source) if source else None
+        lport = multicast.listen_group(self.reactor, receiver, g, port, interface, src)
         multicast.set_buffers(lport, receive=RCVBUF)
         read_in_batches(lport, receiver)
-        if source:
-            multicast.join_source(lport, g, ipaddress.ip_address(source), self.interface)
-        else:
-            multicast.join(lport, g, self.interface)
         return lport
 
     # -- data path

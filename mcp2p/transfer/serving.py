@@ -27,6 +27,17 @@ subscription to that content gets a session of its own on another group,
 so one slow receiver (or a liar) cannot hold the others back. Each refusal
 is counted and logged in summary.
 
+IPv6 (DESIGN.md 5.7): with ``[node] interface6`` set, the node also serves
+IPv6: its IPv6 address (the first global one of that interface) is the
+source of its IPv6 SSM sessions, its data goes out of a second data port
+bound to that address, and the control channel listens there too. A CN's
+Subscribe names the family it receives multicast on (absent: 4), and gets
+a session of that family: each content has a plan per family (the IPv6
+group from the ff3e::/32 or ff15::/16 part of the pool), and a shared
+session per (content, code, family). OFFERs by query carry the IPv4 plan
+(the group there is informational: the Subscribe reply is what a CN
+joins); SAP announcements on ``[sap] group6`` carry the IPv6 plan.
+
 Who may subscribe at all is ``[serving] subscribers`` under ``[trust]
 policy`` (`mcp2p.trust.policy.admit`), judged on the node id and key the CN
 proved over TLS: ``refused_subscriber`` counts the refusals.
@@ -84,9 +95,14 @@ class ServingService(Service):
         self.catalog = catalog
         self.rng = rng or random.Random()
         self.plans: dict[bytes, tuple[int, Any]] = {}
+        self.plans6: dict[bytes, tuple[int, Any]] = {}  # IPv6 plans, with interface6
+        self.address6 = ""  # this node's IPv6 address on interface6 ("": IPv4 only)
+        self.data_port6: Any = None
+        self.control_port6: Any = None
         self.ready: defer.Deferred[None] = defer.Deferred()
         self.manifests: dict[bytes, bytes] = {}
-        self.sessions: dict[tuple[bytes, str], Session] = {}  # multicast, by (content, code)
+        # multicast, by (content, code, IP version)
+        self.sessions: dict[tuple[bytes, str, int], Session] = {}
         self.unicast: set[Session] = set()
         self.subscriptions: dict[int, Subscriber] = {}
         self.next_subscription = 1
@@ -136,28 +152,35 @@ class ServingService(Service):
         )
         from mcp2p.app import listen_or_exit
 
+        tls = tls_server_factory(
+            self.node.identity,
+            factory,
+            self.node.reactor,
+            handshake_timeout=s.handshake_timeout,
+            per_address=s.connections_per_address,
+            max_connections=s.max_connections,
+            counters=self.counters,
+        )
         self.control_port = listen_or_exit(
-            lambda: self.node.reactor.listenTCP(
-                s.control_port,
-                tls_server_factory(
-                    self.node.identity,
-                    factory,
-                    self.node.reactor,
-                    handshake_timeout=s.handshake_timeout,
-                    per_address=s.connections_per_address,
-                    max_connections=s.max_connections,
-                    counters=self.counters,
-                ),
-                interface=iface,
-            ),
+            lambda: self.node.reactor.listenTCP(s.control_port, tls, interface=iface),
             "[serving] control_port",
         )
-        self.data_port = multicast.listen(
-            self.node.reactor, _Silent(), 0, socket.AF_INET, iface, multiple=False
-        )
-        multicast.set_hop_limit(self.data_port, socket.AF_INET, s.ttl)
-        multicast.set_buffers(self.data_port, send=4 << 20)
-        set_dscp(self.data_port, socket.AF_INET, s.dscp)
+        self.data_port = self._data_port(socket.AF_INET, iface, "")
+        interface6 = self.node.config.node.interface6
+        if interface6:
+            self.address6 = multicast.interface_address6(interface6)
+            # The same port number on IPv6, so an OFFER's control_port holds for both.
+            number = int(self.control_port.getHost().port)
+            self.control_port6 = listen_or_exit(
+                lambda: self.node.reactor.listenTCP(number, tls, interface=self.address6),
+                "[serving] control_port (IPv6)",
+            )
+            self.data_port6 = self._data_port(socket.AF_INET6, interface6, self.address6)
+            _log.info(
+                "serving IPv6 too: sessions from {address} on {interface}",
+                address=self.address6,
+                interface=interface6,
+            )
         d = self.catalog.start()
 
         def scanned(_: Any) -> None:
@@ -172,14 +195,29 @@ class ServingService(Service):
 
         d.addCallbacks(scanned, failed)
 
+    def _data_port(self, family: int, interface: str, bind: str) -> Any:
+        """The UDP port sessions of ``family`` send from (bound to ``bind``)."""
+        s = self.node.config.serving
+        port = multicast.listen(
+            self.node.reactor, _Silent(), 0, family, interface, multiple=False, bind=bind
+        )
+        multicast.set_hop_limit(port, family, s.ttl)
+        multicast.set_buffers(port, send=4 << 20)
+        set_dscp(port, family, s.dscp)
+        return port
+
     def stopService(self) -> defer.Deferred[Any]:  # noqa: N802
         super().stopService()
         if self.checker is not None and self.checker.running:
             self.checker.stop()
         for session in list(self.sessions.values()) + list(self.unicast) + list(self.solo):
             session.end("node stopping")
-        ports = [p for p in (self.control_port, self.data_port) if p is not None]
-        self.control_port = self.data_port = None
+        ports = [
+            p
+            for p in (self.control_port, self.data_port, self.control_port6, self.data_port6)
+            if p is not None
+        ]
+        self.control_port = self.data_port = self.control_port6 = self.data_port6 = None
         return defer.gatherResults(
             [defer.maybeDeferred(self.catalog.stop)]
             + [defer.maybeDeferred(p.stopListening) for p in ports],
@@ -231,6 +269,7 @@ class ServingService(Service):
         code: str,
         wanted: bytes,
         more: bool,
+        family: int | None = None,
     ) -> Any:
         """`_subscribe`'s answer once [serving] subscribers admits the CN: a dict,
         or a Deferred of one when the key servers must be asked first."""
@@ -242,6 +281,7 @@ class ServingService(Service):
             code=code,
             wanted=wanted,
             more=more,
+            family=family,
         )
         node_id, key = client.peer_node_id or b"", client.peer_public_key or b""
         why = self.trust.admission(node_id, key)
@@ -275,6 +315,7 @@ class ServingService(Service):
         code: str,
         wanted: bytes,
         more: bool,
+        family: int | None = None,
     ) -> dict[str, Any]:
         from mcp2p.core.blockcode import code_by_name
 
@@ -289,6 +330,7 @@ class ServingService(Service):
             raise Refused(f"mode must be multicast or unicast, not {mode!r}")
         if mode == "unicast" and not 1 <= port <= 65535:
             raise Refused("unicast mode needs the CN's UDP port")
+        version = self._family(family)
         s = self.node.config.serving
         node_id = client.peer_node_id or b""
         held = sum(1 for x in self.subscriptions.values() if x.client.peer_node_id == node_id)
@@ -311,8 +353,8 @@ class ServingService(Service):
         session: Session
         if mode == "multicast" and self.slow.get((node_id, content_id), 0.0) > now:
             # Moved out of the shared session for being far slower: one of its own.
-            source = str(self.node.config.node.interface) if s.group_mode == "ssm" else ""
-            group = self._free_group(s.ssm_pool if source else s.asm_pool)
+            source = self._source(version) if s.group_mode == "ssm" else ""
+            group = self._free_group(s.ssm_pool if source else s.asm_pool, version)
             session = self._session(
                 entry,
                 layout,
@@ -322,20 +364,21 @@ class ServingService(Service):
                 granted,
                 group,
                 source,
+                version,
             )
             self.solo.add(session)
             if not source:
                 self._monitor(session)
         elif mode == "multicast":
-            key = (content_id, block_code.name)
+            key = (content_id, block_code.name, version)
             shared = self.sessions.get(key)
             if shared is not None and shared.state != "ENDED":
                 session = shared
             else:
-                session_id, group = self._plan(content_id)
+                session_id, group = self._plan(content_id, version)
                 if block_code.name != "plain":
                     session_id = self._new_session_id()
-                source = str(self.node.config.node.interface) if s.group_mode == "ssm" else ""
+                source = self._source(version) if s.group_mode == "ssm" else ""
                 session = self._session(
                     entry,
                     layout,
@@ -345,6 +388,7 @@ class ServingService(Service):
                     granted,
                     str(group),
                     source,
+                    version,
                 )
                 self.sessions[key] = session
                 if not source:
@@ -352,8 +396,18 @@ class ServingService(Service):
         else:
             transport: Any = client.transport
             host = transport.getPeer().host
+            # Sent back to where the control channel came from, in its family.
+            peer_version = 6 if ":" in host else 4
+            if peer_version == 6 and self.data_port6 is None:
+                raise Refused("unicast over IPv6 needs [node] interface6 on this SN")
             session = self._session(
-                entry, layout, block_code, self._new_session_id(), (host, port), granted
+                entry,
+                layout,
+                block_code,
+                self._new_session_id(),
+                (host, port),
+                granted,
+                version=peer_version,
             )
             self.unicast.add(session)
         sub = Subscriber(self.next_subscription, client, session, ceiling=ceiling)
@@ -410,8 +464,22 @@ class ServingService(Service):
             return int(s.max_rate)
         return int(min(max(rate, s.min_rate), s.max_rate))
 
+    def _family(self, family: int | None) -> int:
+        """The IP version a Subscribe asks for (absent: 4), if this node serves it."""
+        if family in (None, 0, 4):
+            return 4
+        if family != 6:
+            raise Refused(f"family must be 4 or 6, not {family}")
+        if self.data_port6 is None:
+            raise Refused("this node serves IPv4 only (no [node] interface6)")
+        return 6
+
+    def _source(self, version: int) -> str:
+        """This node's address as the source of its SSM sessions of ``version``."""
+        return str(self.node.config.node.interface) if version == 4 else self.address6
+
     def _new_session_id(self) -> int:
-        used = {p[0] for p in self.plans.values()} | {
+        used = {p[0] for p in list(self.plans.values()) + list(self.plans6.values())} | {
             x.session_id
             for x in list(self.sessions.values()) + list(self.unicast) + list(self.solo)
         }
@@ -430,6 +498,7 @@ class ServingService(Service):
         rate: int,
         group: str = "",
         source: str = "",
+        version: int = 4,
     ) -> Session:
         s = self.node.config.serving
         self.counters["sessions"] += 1
@@ -440,7 +509,7 @@ class ServingService(Service):
             code=code,
             path=entry.path,
             destination=destination,
-            port=self.data_port,
+            port=self.data_port6 if version == 6 else self.data_port,
             rate=rate,
             min_rate=s.min_rate,
             max_rate=s.max_rate,
@@ -456,23 +525,33 @@ class ServingService(Service):
 
     def _monitor(self, session: Session) -> None:
         """Listen on an ASM session's group for other sessions (DESIGN.md 5.7)."""
-        iface = str(self.node.config.node.interface)
+        group = ipaddress.ip_address(session.group)
+        family = multicast.family_of(group)
+        iface = self._interface(group.version)
         port = multicast.listen(
             self.node.reactor,
             _Monitor(self, session),
             session.destination[1],
-            socket.AF_INET,
+            family,
             iface,
         )
-        multicast.join(port, ipaddress.ip_address(session.group), iface)
+        multicast.join(port, group, iface)
         self.monitors[session] = port
+
+    def _interface(self, version: int) -> str:
+        """What multicast joins name as the interface: the IPv4 address, or
+        the IPv6 interface's name."""
+        node = self.node.config.node
+        return str(node.interface) if version == 4 else str(node.interface6)
 
     def _move(self, session: Session) -> None:
         s = self.node.config.serving
-        iface = str(self.node.config.node.interface)
+        version = ipaddress.ip_address(session.group).version
+        node = self.node.config.node
+        iface = str(node.interface) if version == 4 else str(node.interface6)
         taken = {x.group for x in self.sessions.values()}
         for _ in range(MOVE_TRIES):
-            group = random_group(s.asm_pool, 4, self.rng)
+            group = random_group(s.asm_pool, version, self.rng)
             if str(group) not in taken:
                 break
         else:
@@ -658,10 +737,10 @@ class ServingService(Service):
         if not self.subscriptions and self.checker is not None and self.checker.running:
             self.checker.stop()
 
-    def _free_group(self, pool: Any) -> str:
+    def _free_group(self, pool: Any, version: int = 4) -> str:
         taken = {x.group for x in list(self.sessions.values()) + list(self.solo)}
         for _ in range(MOVE_TRIES):
-            group = str(random_group(pool, 4, self.rng))
+            group = str(random_group(pool, version, self.rng))
             if group not in taken:
                 return group
         raise Refused("no free multicast group left for a session of its own")
@@ -677,19 +756,25 @@ class ServingService(Service):
                 self._forget(sid)
                 sub.session.remove(sub.id)
 
-    def _plan(self, content_id: bytes) -> tuple[int, Any]:
-        plan = self.plans.get(content_id)
+    def _plan(self, content_id: bytes, version: int = 4) -> tuple[int, Any]:
+        plans = self.plans6 if version == 6 else self.plans
+        plan = plans.get(content_id)
         if plan is None:
             s = self.node.config.serving
             pool = s.ssm_pool if s.group_mode == "ssm" else s.asm_pool
-            plan = (self._new_session_id(), random_group(pool, 4, self.rng))
-            self.plans[content_id] = plan
+            try:
+                group = random_group(pool, version, self.rng)
+            except ValueError as e:  # the operator's pools leave out this family
+                raise Refused(str(e)) from None
+            plan = (self._new_session_id(), group)
+            plans[content_id] = plan
         return plan
 
-    def offer_for(self, entry: Any) -> FileOffer:
+    def offer_for(self, entry: Any, version: int = 4) -> FileOffer:
+        """The OFFER of ``entry``'s session of IP ``version`` (6 needs interface6)."""
         s = self.node.config.serving
-        session, group = self._plan(entry.content_id)
-        source = ipaddress.ip_address(self.node.config.node.interface)
+        session, group = self._plan(entry.content_id, version)
+        source = ipaddress.ip_address(self._source(version))
         return FileOffer(
             content_id=entry.content_id,
             name=entry.name,
@@ -734,8 +819,9 @@ class ServingService(Service):
                 out[key] = out.get(key, 0) + value
         return out
 
-    def offers(self) -> list[FileOffer]:
-        return [self.offer_for(e) for e in self.catalog.entries()]
+    def offers(self, version: int = 4) -> list[FileOffer]:
+        """Every shared file's offer, its session of IP ``version``."""
+        return [self.offer_for(e, version) for e in self.catalog.entries()]
 
 
 class _Monitor(DatagramProtocol):
