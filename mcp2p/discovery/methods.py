@@ -56,29 +56,22 @@ class QueryMethod:
         return out
 
 
-@implementer(IDiscoveryMethod)
-class SAPMethod:
-    """Announces the catalog on the IPv4 SAP group and searches what it heard."""
+class _Scope:
+    """One SAP group this node announces on and listens to, with its socket."""
 
-    name = "sap"
-    EXPIRE_EVERY = 60.0
+    def __init__(
+        self, method: SAPMethod, group: Any, family: int, interface: str, origin: str, version: int
+    ) -> None:
+        from mcp2p.discovery.sap import SAPAnnouncer, SAPProtocol
 
-    def __init__(self, node: Any) -> None:
-        from mcp2p.discovery.sap import SAPAnnouncer, SAPDirectory, SAPProtocol
-
-        self.node = node
+        node = method.node
         c = node.config.sap
-        self.interface = str(node.config.node.interface)
-        self.group = c.group
-        scope = str(c.group)
-        self.directory = SAPDirectory(
-            floor=c.cache_timeout,
-            bandwidth_limit_bps=c.bandwidth_limit,
-            min_interval=c.min_interval,
-            max_per_source=c.max_per_source,
-            max_entries=c.max_entries,
-        )
-        self.protocol = SAPProtocol(self.directory, node.reactor, node.identity.node_id, scope)
+        self.group = group
+        self.family = family
+        self.interface = interface
+        self.version = version  # IP version of the sessions announced here
+        scope = str(group)
+        self.protocol = SAPProtocol(method.directory, node.reactor, node.identity.node_id, scope)
         self.announcer = SAPAnnouncer(
             node.reactor,
             self.protocol.sender(scope, c.port),
@@ -86,13 +79,51 @@ class SAPMethod:
             node_id=node.identity.node_id,
             public_key=node.identity.public_key,
             private_key=node.identity.private_key,
-            origin=ipaddress.ip_address(self.interface),
+            origin=ipaddress.ip_address(origin),
             ttl=c.ttl,
             bandwidth_limit_bps=c.bandwidth_limit,
             min_interval=c.min_interval,
-            directory=self.directory,
+            directory=method.directory,
             scope=scope,
         )
+        self.port: Any = None
+
+
+@implementer(IDiscoveryMethod)
+class SAPMethod:
+    """Announces the catalog on the SAP groups and searches what it heard.
+
+    IPv4: ``[sap] group``. With ``[node] interface6`` also IPv6: ``[sap]
+    group6`` (RFC 2974's scope address, ff15::2:7ffe by default), announcing
+    the IPv6 sessions (their group, and this node's IPv6 address as source
+    and origin). Both scopes feed one directory.
+    """
+
+    name = "sap"
+    EXPIRE_EVERY = 60.0
+
+    def __init__(self, node: Any) -> None:
+        from mcp2p.discovery.sap import SAPDirectory
+
+        self.node = node
+        c = node.config.sap
+        self.interface = str(node.config.node.interface)
+        self.group = c.group
+        self.directory = SAPDirectory(
+            floor=c.cache_timeout,
+            bandwidth_limit_bps=c.bandwidth_limit,
+            min_interval=c.min_interval,
+            max_per_source=c.max_per_source,
+            max_entries=c.max_entries,
+        )
+        self.scopes = [_Scope(self, c.group, socket.AF_INET, self.interface, self.interface, 4)]
+        interface6 = node.config.node.interface6
+        if interface6:
+            address6 = multicast.interface_address6(interface6)
+            self.scopes.append(_Scope(self, c.group6, socket.AF_INET6, interface6, address6, 6))
+        # The IPv4 scope's, as before (tests and stats read them).
+        self.protocol = self.scopes[0].protocol
+        self.announcer = self.scopes[0].announcer
         self.port: Any = None
         self.expiry = task.LoopingCall(self._expire)
         self.expiry.clock = node.reactor
@@ -102,29 +133,50 @@ class SAPMethod:
 
     def start(self) -> None:
         c = self.node.config.sap
-        self.port = multicast.listen(
-            self.node.reactor, self.protocol, c.port, socket.AF_INET, self.interface
-        )
-        multicast.join(self.port, self.group, self.interface)
-        multicast.set_hop_limit(self.port, socket.AF_INET, c.ttl)
+        try:
+            for scope in self.scopes:
+                scope.port = multicast.listen(
+                    self.node.reactor, scope.protocol, c.port, scope.family, scope.interface
+                )
+                multicast.join(scope.port, scope.group, scope.interface)
+                multicast.set_hop_limit(scope.port, scope.family, c.ttl)
+        except BaseException:
+            for scope in self.scopes:
+                if scope.port is not None:
+                    scope.port.stopListening()
+                    scope.port = None
+            raise
+        self.port = self.scopes[0].port
         self.node.serving.catalog.subscribe(self._catalog_changed)
-        self.announcer.set_offers(self.node.serving.offers())
-        self.announcer.start()
+        for scope in self.scopes:
+            scope.announcer.set_offers(self._offers(scope))
+            scope.announcer.start()
         self.expiry.start(self.EXPIRE_EVERY, now=False)
+
+    def _offers(self, scope: _Scope) -> Any:
+        if scope.version == 4:
+            return self.node.serving.offers()
+        return self.node.serving.offers(6)
 
     def _catalog_changed(self, entries: Any) -> None:
         if self.port is not None:
-            self.announcer.set_offers(self.node.serving.offers())
+            for scope in self.scopes:
+                scope.announcer.set_offers(self._offers(scope))
 
     def stop(self) -> Any:
         if self.expiry.running:
             self.expiry.stop()
-        port, self.port = self.port, None
-        if port is None:
+        self.port = None
+        ports = [scope.port for scope in self.scopes if scope.port is not None]
+        if not ports:
             return None
-        self.announcer.stop()  # sends the deletions, so before the port closes
+        for scope in self.scopes:
+            scope.announcer.stop()  # sends the deletions, so before the port closes
+            scope.port = None
         self.node.serving.catalog.unsubscribe(self._catalog_changed)
-        return defer.maybeDeferred(port.stopListening)
+        return defer.gatherResults(
+            [defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True
+        )
 
     def search(self, pattern: str | None, content_id: bytes | None, **options: Any) -> Any:
         started = time.monotonic()
@@ -137,8 +189,12 @@ class SAPMethod:
         return defer.succeed(result)
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.protocol.stats())
-        out.update(self.announcer.stats())
+        out: dict[str, Any] = {}
+        for scope in self.scopes:
+            for key, value in {**scope.protocol.stats(), **scope.announcer.stats()}.items():
+                out[key] = out.get(key, 0) + value
+        # The directory is one for all scopes: counted once.
+        out.update(refused=self.directory.refused, directory=len(self.directory))
         return out
 
 
