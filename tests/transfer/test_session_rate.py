@@ -65,6 +65,7 @@ class Client:
     """The SN's end of one CN's control channel: what the session tells it."""
 
     peer_node_id = b"\x01" * 32
+    peer_public_key = b""
     transport = _Transport()
 
     def __init__(self) -> None:

@@ -120,7 +120,18 @@ def take(b):
     if len(udp) < 8 + 22 or struct.unpack("!H", udp[2:4])[0] != port:
         return
     seen += 1
-    latest = (b[16:20], udp[8:])
+    latest = (b[16:20], one(udp[8:]))
+
+def one(rtp):
+    # The SN sends bursts with UDP GSO: AF_PACKET may see a burst before it is
+    # split. Keep its first datagram: the next RTP header repeats byte 0 and
+    # the SSRC at the segment size.
+    if len(rtp) <= 1472:
+        return rtp
+    for k in range(24, min(len(rtp) - 12, 1473)):
+        if rtp[k] == rtp[0] and rtp[k + 8:k + 12] == rtp[8:12]:
+            return rtp[:k]
+    return rtp[:1472]
 
 def drain():
     sniff.setblocking(False)
