@@ -73,6 +73,7 @@ from twisted.web import resource, server
 from mcp2p import __version__
 from mcp2p.api.client import TOKEN_FILE
 from mcp2p.api.statuspage import StatusPage
+from mcp2p.atomicfile import write_atomic
 from mcp2p.discovery.query import file_json
 
 _log = Logger()
@@ -215,25 +216,10 @@ def fetch_options(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_token(state_dir: Path) -> str:
-    """A new random token in ``state_dir/api.token``, mode 0600, put in place by
-    rename: the temporary file is made with O_CREAT|O_EXCL|O_NOFOLLOW (nothing
-    planted at its random name is followed or reused) and the rename replaces
-    whatever was at the final name, a symlink included, without following it."""
+    """A new random token in ``state_dir/api.token``, mode 0600, put in place
+    atomically without following anything planted at its names."""
     token = secrets.token_urlsafe(32)
-    final = state_dir / TOKEN_FILE
-    tmp = state_dir / f".{TOKEN_FILE}.{secrets.token_hex(8)}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask
-            os.write(fd, f"{token}\n".encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(state_dir / TOKEN_FILE, f"{token}\n".encode(), 0o600)
     return token
 
 
@@ -584,10 +570,7 @@ class APIService(Service):
                 port.stopListening()
                 raise
         actual = self.port.getHost().port
-        path = self.node.config.node.state_dir / PORT_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(f"{actual}\n")
-        os.replace(tmp, path)
+        write_atomic(self.node.config.node.state_dir / PORT_FILE, f"{actual}\n".encode(), 0o644)
         _log.info("local API on http://127.0.0.1:{port}/api/status", port=actual)
 
     @staticmethod

@@ -105,6 +105,7 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from mcp2p.atomicfile import write_atomic
 from mcp2p.core.display import display_name, display_path
 from mcp2p.core.layout import Layout
 from mcp2p.core.merkle import hash_piece, merkle_root, piece_hashes
@@ -635,22 +636,14 @@ class PartialFile:
         if written is not None:
             state["written"] = encode_bitmap(written)
         data = json.dumps(state, separators=(",", ":")).encode("utf-8")
-        directory, tmp = files.progress_fd, _temp_of(files.progress)
         try:
-            try:
-                os.unlink(tmp, dir_fd=directory)  # a crash's leftover
-            except FileNotFoundError:
-                pass
-            fd = os.open(tmp, os.O_WRONLY | _CREATE, PROGRESS_MODE, dir_fd=directory)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, files.progress, src_dir_fd=directory, dst_dir_fd=directory)
-            os.fsync(directory)
+            write_atomic(
+                files.progress,
+                data,
+                PROGRESS_MODE,
+                dir_fd=files.progress_fd,
+                tmp_name=_temp_of(files.progress),
+            )
         except OSError as exc:
             raise _store_error(exc, "write", files.progress_path) from exc
 

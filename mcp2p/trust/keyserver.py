@@ -49,7 +49,6 @@ verified again.
 from __future__ import annotations
 
 import bisect
-import os
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
@@ -61,6 +60,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from mcp2p.atomicfile import write_atomic
 from mcp2p.core.pacing import TokenBucket
 from mcp2p.errors import ProtocolError
 from mcp2p.trust import records
@@ -243,19 +243,6 @@ class KeyStore:
             except ProtocolError:
                 refused += 1
         return kept, refused
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 # -- HTTP --------------------------------------------------------------------
@@ -646,7 +633,7 @@ class KeyService(Service):
         if self.store.version == self._saved_version:
             return
         try:
-            _write_atomic(self.path, self.store.dump())
+            write_atomic(self.path, self.store.dump())
             self._saved_version = self.store.version
         except OSError as e:
             _log.error("key server: cannot write {path}: {why}", path=str(self.path), why=e)

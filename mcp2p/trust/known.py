@@ -24,13 +24,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mcp2p.atomicfile import write_atomic
 from mcp2p.trust.policy import (
     MAX_NODES,
     KnownError,
@@ -231,27 +231,7 @@ class KnownNodes:
         return self.current()
 
     def _write(self, data: bytes) -> None:
-        tmp = self.dir / f".{FILE}.{secrets.token_hex(8)}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(tmp, flags, 0o600)
+            write_atomic(self.path, data, 0o600)  # replaces a symlink there, never follows it
         except OSError as e:
-            raise KnownError(f"{tmp}: cannot write ({e.strerror})") from None
-        try:
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)  # replaces a symlink there, never follows it
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise KnownError(f"{self.path}: cannot write ({e.strerror})") from None
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
