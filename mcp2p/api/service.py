@@ -551,7 +551,7 @@ class APIService(Service):
         site = APISite(self.resource)
         site.displayTracebacks = False
         site.noisy = False
-        from mcp2p.app import listen_or_exit
+        from mcp2p.listening import listen_or_exit
 
         sock_path = self.node.config.api.unix_socket
         if sock_path is not None:

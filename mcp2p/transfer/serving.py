@@ -150,7 +150,7 @@ class ServingService(Service):
         factory = Factory.forProtocol(
             lambda: ControlServer(self, self.counters, limits, self.node.reactor)
         )
-        from mcp2p.app import listen_or_exit
+        from mcp2p.listening import listen_or_exit
 
         tls = tls_server_factory(
             self.node.identity,

@@ -563,7 +563,7 @@ class KeyService(Service):
         site = KeySite(root_resource(self), timeout=30)
         site.displayTracebacks = False
         site.noisy = False
-        from mcp2p.app import listen_or_exit
+        from mcp2p.listening import listen_or_exit
 
         self.port = listen_or_exit(
             lambda: self.reactor.listenTCP(listen.port, site, interface=listen.host),
