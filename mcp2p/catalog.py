@@ -46,8 +46,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
-from mcp2p.core.merkle import CHUNK, HASH_LEN, merkle_root, piece_count, piece_hashes
 from mcp2p.interfaces import ICatalog
+from mcp2p.wire.merkle import CHUNK, HASH_LEN, merkle_root, piece_count, piece_hashes
 from mcp2p.wire.query import prefix_matches
 from mcp2p.wire.types import check_name
 

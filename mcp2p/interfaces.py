@@ -79,7 +79,7 @@ class IBlockCode(Interface):
     "raptorq" sends RFC 6330 symbols of a piece (unit = piece, need = the
     piece's source symbols plus a small overhead), any enough of which
     rebuild the piece. A code holds no per-file state: it makes an encoder
-    and decoders for a ``mcp2p.core.layout.Layout``, and may raise
+    and decoders for a ``mcp2p.wire.layout.Layout``, and may raise
     ``ValueError`` for a layout it cannot code.
     """
 

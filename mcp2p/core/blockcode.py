@@ -34,8 +34,8 @@ import raptorq
 from twisted.plugin import getPlugins
 from zope.interface import implementer
 
-from mcp2p.core.layout import Layout
 from mcp2p.interfaces import IBlockCode, IBlockCodePlugin, IBlockDecoder, IBlockEncoder
+from mcp2p.wire.layout import Layout
 
 Read = Callable[[int, int], bytes]
 

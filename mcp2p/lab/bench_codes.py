@@ -33,7 +33,7 @@ from typing import Any
 import raptorq
 
 from mcp2p.core.blockcode import PlainCode, RaptorQCode
-from mcp2p.core.layout import Layout
+from mcp2p.wire.layout import Layout
 
 
 def _mbps(nbytes: int, seconds: float) -> float:

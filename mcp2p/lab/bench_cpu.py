@@ -207,7 +207,7 @@ class _Manifest:
 
 
 def _synthetic(pieces: int) -> tuple[bytes, _Manifest, list[bytes], list[tuple[int, bytes]]]:
-    from mcp2p.core.merkle import hash_piece, merkle_root
+    from mcp2p.wire.merkle import hash_piece, merkle_root
     from mcp2p.wire.rtp import pack_header, packet_digest
 
     size = pieces * PIECE
@@ -294,9 +294,9 @@ def stages(pieces: int) -> dict[str, float]:
     """µs of CPU per packet of each stage of the CN's receive path."""
     from twisted.internet.task import Clock
 
-    from mcp2p.core.merkle import hash_piece
     from mcp2p.transfer import receiver as rx
     from mcp2p.transfer.store import PartialFile
+    from mcp2p.wire.merkle import hash_piece
     from mcp2p.wire.rtp import decode_packet, packet_digest
 
     data, manifest, datagrams, notices = _synthetic(pieces)

@@ -237,7 +237,7 @@ def client_main(spec: dict[str, Any]) -> None:
 def run_clients(sn: SN, name: str, count: int, rate: int, hold: float, root: Path) -> Any:
     """Start the subscribers (a child process); returns it once all are granted."""
     entry = sn.catalog[name]
-    from mcp2p.core.layout import Layout
+    from mcp2p.wire.layout import Layout
 
     units = Layout(entry["size"], entry["piece_length"], entry["block_length"]).blocks
     spec = {
@@ -356,10 +356,10 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
     from twisted.internet.task import Clock
 
     from mcp2p.core.blockcode import code_by_name
-    from mcp2p.core.layout import Layout
     from mcp2p.core.wanted import RangeSet
     from mcp2p.transfer.control import pack_notices
     from mcp2p.transfer.session import MAX_BURST, TICK, Session, Subscriber
+    from mcp2p.wire.layout import Layout
 
     path = tmp / "stages.bin"
     with open(path, "wb") as f:

@@ -35,7 +35,6 @@ from twisted.logger import Logger
 
 from mcp2p import multicast
 from mcp2p.core.display import display_text
-from mcp2p.core.layout import Layout
 from mcp2p.core.ring import ServerRecord
 from mcp2p.core.wanted import RangeSet
 from mcp2p.errors import ProtocolError
@@ -52,6 +51,7 @@ from mcp2p.transfer.receiver import Items, Receiver, read_in_batches
 from mcp2p.transfer.store import StoreError, part_name
 from mcp2p.trust.keys import node_id_of
 from mcp2p.trust.policy import PICKS, Candidate, Standing, choose
+from mcp2p.wire.layout import Layout
 from mcp2p.wire.manifest import Manifest, decode_manifest, verify_manifest
 from mcp2p.wire.query import prefix_matches
 from mcp2p.wire.types import FileOffer

@@ -60,7 +60,6 @@ from twisted.logger import Logger
 
 from mcp2p import multicast
 from mcp2p.core.groups import random_group
-from mcp2p.core.layout import Layout
 from mcp2p.core.wanted import RangeSet
 from mcp2p.errors import ProtocolError
 from mcp2p.transfer.control import (
@@ -72,6 +71,7 @@ from mcp2p.transfer.control import (
     UnknownSubscription,
 )
 from mcp2p.transfer.session import Session, Subscriber, set_dscp
+from mcp2p.wire.layout import Layout
 from mcp2p.wire.manifest import encode_manifest, sign_manifest
 from mcp2p.wire.query import Query
 from mcp2p.wire.types import FileOffer

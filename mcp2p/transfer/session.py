@@ -36,11 +36,11 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from mcp2p.core.blockcode import PlainCode
-from mcp2p.core.layout import Layout
 from mcp2p.core.pacing import TokenBucket
 from mcp2p.core.ratecontrol import RateController
 from mcp2p.core.scheduler import make_scheduler
 from mcp2p.core.wanted import RangeSet
+from mcp2p.wire.layout import Layout
 from mcp2p.wire.rtp import HEADER_LEN, pack_header, packet_digests
 
 _log = Logger()

@@ -107,8 +107,8 @@ from twisted.logger import Logger
 
 from mcp2p.atomicfile import write_atomic
 from mcp2p.core.display import display_name, display_path
-from mcp2p.core.layout import Layout
-from mcp2p.core.merkle import hash_piece, merkle_root, piece_hashes
+from mcp2p.wire.layout import Layout
+from mcp2p.wire.merkle import hash_piece, merkle_root, piece_hashes
 from mcp2p.wire.types import MAX_NAME_BYTES, check_name
 
 Buffer = bytes | bytearray | memoryview

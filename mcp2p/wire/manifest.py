@@ -16,7 +16,7 @@ inverse of ``encode_manifest``)::
     4      piece_length
     2      block_length
     4      piece count p (must equal the layout's, see ``Layout.pieces``)
-    32*p   piece hashes (BLAKE3 leaf hashes, ``mcp2p.core.merkle.hash_piece``)
+    32*p   piece hashes (BLAKE3 leaf hashes, ``mcp2p.wire.merkle.hash_piece``)
     32     public_key (raw Ed25519)
     64     signature
 
@@ -43,9 +43,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from mcp2p.core.layout import Layout
-from mcp2p.core.merkle import HASH_LEN, merkle_root
 from mcp2p.errors import ProtocolError
+from mcp2p.wire.layout import Layout
+from mcp2p.wire.merkle import HASH_LEN, merkle_root
 from mcp2p.wire.types import (
     CONTENT_ID_LEN,
     MAX_BLOCK_LENGTH,

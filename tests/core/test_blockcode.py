@@ -20,8 +20,8 @@ from mcp2p.core.blockcode import (
     RaptorQEncoder,
     code_by_name,
 )
-from mcp2p.core.layout import Layout
 from mcp2p.interfaces import IBlockCode, IBlockDecoder, IBlockEncoder
+from mcp2p.wire.layout import Layout
 
 BLOCK = 1400
 PIECE = 8 * BLOCK

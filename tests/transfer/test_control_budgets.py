@@ -21,7 +21,6 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols import amp
 
 from mcp2p.catalog import CatalogEntry
-from mcp2p.core.merkle import merkle_root
 from mcp2p.core.wanted import RangeSet
 from mcp2p.errors import ProtocolError
 from mcp2p.transfer.control import (
@@ -33,6 +32,7 @@ from mcp2p.transfer.serving import MOVED, ServingService
 from mcp2p.transfer.session import TICK
 from mcp2p.trust.keys import load_or_create
 from mcp2p.trust.tls import certificate_for
+from mcp2p.wire.merkle import merkle_root
 from tests.nodes import node_config
 
 MBIT = 1_000_000

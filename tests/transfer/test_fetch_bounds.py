@@ -20,9 +20,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from mcp2p.core.merkle import merkle_root
 from mcp2p.transfer.fetch import FetchError
 from mcp2p.wire.manifest import encode_manifest, sign_manifest
+from mcp2p.wire.merkle import merkle_root
 from tests.transfer.test_fetch_adversarial import SIZE, Net
 
 DEADLINE = 30.0  # seconds: today's code never ends these fetches

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from mcp2p.core.layout import Layout
 from mcp2p.core.wanted import RangeSet
 from mcp2p.transfer.control import Refused
 from mcp2p.transfer.serving import ServingService
+from mcp2p.wire.layout import Layout
 from tests.nodes import node_config
 
 SIZE = 1 << 20

@@ -16,7 +16,6 @@ import pytest
 from twisted.internet.task import Clock
 
 from mcp2p.core.blockcode import code_by_name
-from mcp2p.core.layout import Layout
 from mcp2p.core.wanted import RangeSet
 from mcp2p.transfer.control import Refused
 from mcp2p.transfer.serving import ServingService
@@ -28,6 +27,7 @@ from mcp2p.transfer.session import (
     Session,
     Subscriber,
 )
+from mcp2p.wire.layout import Layout
 from mcp2p.wire.rtp import HEADER_LEN
 from tests.nodes import node_config
 

@@ -20,8 +20,6 @@ from hypothesis import strategies as st
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
-from mcp2p.core.layout import Layout
-from mcp2p.core.merkle import hash_piece, merkle_root
 from mcp2p.transfer import store
 from mcp2p.transfer.store import (
     PartialFile,
@@ -33,6 +31,8 @@ from mcp2p.transfer.store import (
     encode_bitmap,
     part_name,
 )
+from mcp2p.wire.layout import Layout
+from mcp2p.wire.merkle import hash_piece, merkle_root
 
 Dirs = tuple[Path, Path]
 BLOCK = 16

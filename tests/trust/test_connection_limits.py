@@ -18,11 +18,11 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols import amp
 
-from mcp2p.core.merkle import merkle_root
 from mcp2p.transfer.control import ChannelLimits, ControlServer, GetManifest
 from mcp2p.transfer.serving import ServingService
 from mcp2p.trust.keys import load_or_create
 from mcp2p.trust.tls import VerifiedClientEndpoint, default_max_connections, tls_server_factory
+from mcp2p.wire.merkle import merkle_root
 from tests.nodes import node_config
 
 ATTACKERS = 50

@@ -12,9 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp2p.core.layout import Layout
-from mcp2p.core.merkle import hash_piece, merkle_root
 from mcp2p.errors import ProtocolError
+from mcp2p.wire.layout import Layout
 from mcp2p.wire.manifest import (
     SIGNATURE_CONTEXT,
     Manifest,
@@ -23,6 +22,7 @@ from mcp2p.wire.manifest import (
     sign_manifest,
     verify_manifest,
 )
+from mcp2p.wire.merkle import hash_piece, merkle_root
 from mcp2p.wire.types import MAX_BLOCK_LENGTH, MIN_BLOCK_LENGTH
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcp2p.core.merkle import merkle_root
 from mcp2p.errors import ProtocolError
 from mcp2p.wire.manifest import decode_manifest, encode_manifest, sign_manifest
+from mcp2p.wire.merkle import merkle_root
 
 KEY = Ed25519PrivateKey.generate()
 

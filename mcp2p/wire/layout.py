@@ -1,7 +1,7 @@
 """How a file is cut: pieces (the unit verified) and blocks (the unit sent).
 
 Pieces are ``piece_length`` bytes (the last may be shorter; an empty file
-has one empty piece, as in ``mcp2p.core.merkle``). Each piece is cut into
+has one empty piece, as in ``mcp2p.wire.merkle``). Each piece is cut into
 blocks of ``block_length`` bytes (the last block of a piece may be
 shorter). Every piece but the last has the same number of blocks,
 ``blocks_per_piece``, so a block's global index is

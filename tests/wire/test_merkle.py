@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcp2p.core.merkle import (
+from mcp2p.wire.merkle import (
     hash_node,
     hash_piece,
     hash_pieces,
