@@ -30,11 +30,9 @@ class Node:
 
 def add_plugin_dir(config: Config) -> None:
     """Make the configured drop-in directory part of the ``mcp2p.plugins`` package."""
-    import mcp2p.plugins
+    from mcp2p import plugins
 
-    path = str(config.node.plugins_dir)
-    if config.node.plugins_dir.is_dir() and path not in mcp2p.plugins.__path__:
-        mcp2p.plugins.__path__.append(path)
+    plugins.add_dir(config.node.plugins_dir)
 
 
 def build(config: Config, reactor: Any = None) -> MultiService:

@@ -196,6 +196,13 @@ def search_in_process(
         ]
     except BadRequest as e:
         raise CliError(str(e), EXIT_USAGE) from None
+    for (method, _), _ in planned:
+        if method not in ("query", "sap"):
+            raise CliError(
+                f"--method {method} runs inside a daemon (its plugin is made for a node): "
+                "start one with this config, or leave out --no-daemon",
+                EXIT_USAGE,
+            )
     out: dict[str, Any] = {}
     errors: list[Exception] = []
 
@@ -1014,9 +1021,10 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--method",
-        choices=("query", "sap"),
+        type=str.lower,
         default="query",
-        help="hop-limited query (default), or the SAP announcement directory",
+        help="hop-limited query (default), the SAP announcement directory (sap), or a "
+        "discovery plugin's name (checked once the config, with its plugins_dir, is read)",
     )
     s.add_argument("--json", action="store_true", help="print JSON lines, one per file and node")
     s.add_argument("--answers", type=int_in(1, 255), help="stop after this many nodes answered")
@@ -1072,7 +1080,12 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--rate", type=rate, help="wanted rate in bit/s, at least 8000, e.g. 100M")
     g.add_argument("--sources", type=int_in(1, 64), help="SNs to use at once (1-64)")
-    g.add_argument("--code", choices=("plain", "raptorq"), help="block code")
+    g.add_argument(
+        "--code",
+        type=str.lower,
+        help="block code: plain, raptorq or a block code plugin's name (checked once the "
+        "config, with its plugins_dir, is read)",
+    )
     g.add_argument(
         "--pick",
         choices=("nearest", "most", "trusted"),
@@ -1105,9 +1118,7 @@ def parser() -> argparse.ArgumentParser:
     kp.add_argument(
         "--label", action="append", default=[], help="a label in the record (repeatable, max 8)"
     )
-    kp.add_argument(
-        "--days", type=int_in(1, 731), default=365, help="validity in days (1-731)"
-    )
+    kp.add_argument("--days", type=int_in(1, 731), default=365, help="validity in days (1-731)")
     kl = ksub.add_parser("lookup", help="look up a node's key record")
     kl.add_argument("node_id", type=node_id_arg, metavar="NODEID", help="32 hex digits")
     ksub.add_parser("revoke", help="revoke this node's key (final)")
@@ -1163,6 +1174,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_plugin_names(args: argparse.Namespace) -> None:
+    """--method and --code name plugins: valid names are known once load_config
+    has added the config's [node] plugins_dir (argparse's choices come too early)."""
+    from mcp2p import plugins
+
+    for option, kind in (("method", "discovery"), ("code", "code")):
+        value = getattr(args, option, None)
+        if value is not None and value not in plugins.names(kind):
+            have = ", ".join(plugins.names(kind))
+            raise CliError(f"--{option} {value}: expected one of {have}", EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -1170,6 +1193,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.needs_config:
             overrides = [parse_override(item) for item in args.set]
             config = load_config(find_config(args.config), overrides)
+            check_plugin_names(args)
         return int(args.func(config, args))
     except ConfigError as e:
         print(f"mcp2p: {e}", file=sys.stderr)

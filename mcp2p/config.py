@@ -114,14 +114,25 @@ def _list(raw: str) -> list[str]:
     return [item for item in re.split(r"[,\s]+", raw.strip()) if item]
 
 
-def _choices(*choices: str) -> Callable[[str, Path], tuple[str, ...]]:
-    def parse(raw: str, base: Path) -> tuple[str, ...]:
-        items = tuple(item.lower() for item in _list(raw))
-        if not items or any(item not in choices for item in items) or len(set(items)) != len(items):
-            raise ValueError("a non-empty list of distinct values from " + ", ".join(choices))
-        return items
+# Plugin names: only their spelling is checked here; _check_plugins checks that a
+# plugin of that name exists once [node] plugins_dir is known.
+_PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
-    return parse
+
+def _plugin_name(raw: str, base: Path) -> str:
+    value = raw.strip().lower()
+    if not _PLUGIN_NAME.fullmatch(value):
+        raise ValueError("a plugin name (a letter, then letters, digits, - or _)")
+    return value
+
+
+def _plugin_names(raw: str, base: Path) -> tuple[str, ...]:
+    items = tuple(item.lower() for item in _list(raw))
+    if not items or len(set(items)) != len(items):
+        raise ValueError("a non-empty list of distinct plugin names")
+    for item in items:
+        _plugin_name(item, base)
+    return items
 
 
 def _path(raw: str, base: Path) -> Path:
@@ -361,7 +372,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         ),
     },
     "discovery": {
-        "methods": Option(_choices("query", "sap"), "query, sap", "discovery methods enabled"),
+        "methods": Option(_plugin_names, "query, sap", "discovery methods enabled"),
         "query_groups": Option(
             _groups, "239.255.77.77, ff15::77", "multicast groups queries are sent to"
         ),
@@ -497,7 +508,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "mode": Option(
             _choice("multicast", "unicast"), "multicast", "how data is asked for by default"
         ),
-        "code": Option(_choice("plain", "raptorq"), "plain", "block code asked for by default"),
+        "code": Option(_plugin_name, "plain", "block code asked for by default"),
         "stall_timeout": Option(
             _float_range(0.5, 600), "5", "seconds without progress before an SN is dropped"
         ),
@@ -703,7 +714,31 @@ def config_from_string(
         sections[section] = Section(values)
     config = Config(source=source, base_dir=base, sections=sections, plugins=plugins)
     _check_together(config, origin)
+    _check_plugins(config, raw, origin)
     return config
+
+
+def _check_plugins(
+    config: Config,
+    raw: Mapping[str, Mapping[str, str]],
+    origin: Mapping[tuple[str, str], str],
+) -> None:
+    """Every plugin the config names exists, built in or in ``[node] plugins_dir``."""
+    from mcp2p import plugins
+
+    plugins.add_dir(config.node.plugins_dir)
+    named = [
+        ("discovery", "methods", "discovery", "discovery", config.discovery.methods),
+        ("fetching", "code", "code", "block code", (config.fetching.code,)),
+    ]
+    for section, key, kind, what, values in named:
+        have = plugins.names(kind)
+        for value in values:
+            if value not in have:
+                where = origin.get((section, key), f"{config.source} (default)")
+                written = raw.get(section, {}).get(key, SCHEMA[section][key].default)
+                allowed = f"one of {', '.join(have)} (or a {what} plugin in [node] plugins_dir)"
+                raise _error(where, section, key, written, allowed)
 
 
 def _check_together(config: Config, origin: Mapping[tuple[str, str], str]) -> None:

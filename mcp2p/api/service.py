@@ -70,7 +70,7 @@ from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from mcp2p import __version__
+from mcp2p import __version__, plugins
 from mcp2p.api.client import TOKEN_FILE
 from mcp2p.api.statuspage import StatusPage
 from mcp2p.atomicfile import write_atomic
@@ -105,13 +105,19 @@ class BadRequest(Exception):
     pass
 
 
+def _quoted(names: tuple[str, ...]) -> str:
+    """``'a', 'b' or 'c'``: the valid plugin names in an error message."""
+    quoted = [f"'{name}'" for name in names]
+    return " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+
+
 def search_options(body: dict[str, Any], schedule: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
     """Validate a search request body; returns (method, keyword arguments)."""
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     method = body.get("method", "query")
-    if method not in ("query", "sap"):
-        raise BadRequest("method must be 'query' or 'sap'")
+    if not isinstance(method, str) or method not in plugins.names("discovery"):
+        raise BadRequest("method must be one of " + _quoted(plugins.names("discovery")))
     pattern, cid = body.get("pattern"), body.get("content_id")
     prefix = body.get("content_id_prefix")
     if sum(x is not None for x in (pattern, cid, prefix)) != 1:
@@ -203,8 +209,8 @@ def fetch_options(body: dict[str, Any]) -> dict[str, Any]:
         out["sources"] = sources
     code = body.get("code")
     if code is not None:
-        if code not in ("plain", "raptorq"):
-            raise BadRequest("code must be 'plain' or 'raptorq'")
+        if not isinstance(code, str) or code not in plugins.names("code"):
+            raise BadRequest("code must be one of " + _quoted(plugins.names("code")))
         out["code"] = code
     pick = body.get("pick")
     if pick is not None:

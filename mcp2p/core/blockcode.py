@@ -1,6 +1,7 @@
 """Block codes: what a data packet carries for a unit the scheduler chose.
 
-Two codes, selected per session by plugin name (``code_by_name``):
+Two codes, selected per session by plugin name (``mcp2p.plugins.code_by_name``;
+``mcp2p.plugins.codes`` offers them as plugins):
 
 - ``PlainCode`` ("plain"): a unit is a block (``Layout.blocks`` units) and
   its only symbol is the block itself, ``(piece, block in piece, bytes)``.
@@ -31,10 +32,9 @@ from collections.abc import Callable
 from typing import Any
 
 import raptorq
-from twisted.plugin import getPlugins
 from zope.interface import implementer
 
-from mcp2p.interfaces import IBlockCode, IBlockCodePlugin, IBlockDecoder, IBlockEncoder
+from mcp2p.interfaces import IBlockCode, IBlockDecoder, IBlockEncoder
 from mcp2p.wire.layout import Layout
 
 Read = Callable[[int, int], bytes]
@@ -45,18 +45,6 @@ MAX_SOURCE_SYMBOLS = 56403  # RFC 6330 K'max: larger pieces need several source 
 MAX_PIECE_BYTES = 8 << 20
 MAX_ESI = (1 << 24) - 1  # the encoding symbol id is 24 bits in RFC 6330's payload id
 _ALIGN = 8  # the raptorq package rounds the symbol size down to a multiple of this
-
-
-def code_by_name(name: str) -> IBlockCode:
-    """The code of the block code plugin called ``name`` (``ValueError`` if none)."""
-    import mcp2p.plugins
-
-    names = []
-    for plugin in getPlugins(IBlockCodePlugin, mcp2p.plugins):
-        if plugin.name == name:
-            return plugin.make()
-        names.append(plugin.name)
-    raise ValueError(f"no block code plugin named {name!r} (have {sorted(set(names))})")
 
 
 def _batch(k: int) -> int:

@@ -8,22 +8,13 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.plugin import getPlugins
 
-from mcp2p.interfaces import IDiscoveryMethod, IDiscoveryMethodPlugin
+from mcp2p import plugins
+from mcp2p.interfaces import IDiscoveryMethod
 
 _log = Logger()
 
 MAX_PEERS = 64  # nodes remembered from search results, the most recently heard
-
-
-def find_method_plugins() -> dict[str, Any]:
-    import mcp2p.plugins
-
-    found: dict[str, Any] = {}
-    for plugin in getPlugins(IDiscoveryMethodPlugin, mcp2p.plugins):
-        found.setdefault(plugin.name, plugin)
-    return found
 
 
 class DiscoveryService(Service):
@@ -31,12 +22,9 @@ class DiscoveryService(Service):
 
     def __init__(self, node: Any) -> None:
         self.node = node
-        plugins = find_method_plugins()
         self.methods: dict[str, IDiscoveryMethod] = {}
         for name in node.config.discovery.methods:
-            if name not in plugins:
-                raise ValueError(f"no discovery plugin named {name!r} (have {sorted(plugins)})")
-            self.methods[name] = plugins[name].make(node)
+            self.methods[name] = plugins.get("discovery", name).make(node)
         # node id -> what the latest search that found it said (for the status page)
         self.peers: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
 

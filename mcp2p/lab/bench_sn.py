@@ -355,8 +355,8 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
     from twisted.internet.protocol import DatagramProtocol
     from twisted.internet.task import Clock
 
-    from mcp2p.core.blockcode import code_by_name
     from mcp2p.core.wanted import RangeSet
+    from mcp2p.plugins import code_by_name
     from mcp2p.transfer.control import pack_notices
     from mcp2p.transfer.session import MAX_BURST, TICK, Session, Subscriber
     from mcp2p.wire.layout import Layout

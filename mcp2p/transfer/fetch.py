@@ -144,7 +144,7 @@ class Fetch:
         trust: Any = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        from mcp2p.core.blockcode import code_by_name
+        from mcp2p.plugins import code_by_name
         from mcp2p.trust.gate import TrustGate
 
         self.reactor = reactor

@@ -317,7 +317,7 @@ class ServingService(Service):
         more: bool,
         family: int | None = None,
     ) -> dict[str, Any]:
-        from mcp2p.core.blockcode import code_by_name
+        from mcp2p.plugins import code_by_name
 
         entry = self.catalog.get(content_id)
         if entry is None:

@@ -18,9 +18,8 @@ from mcp2p.core.blockcode import (
     RaptorQCode,
     RaptorQDecoder,
     RaptorQEncoder,
-    code_by_name,
 )
-from mcp2p.interfaces import IBlockCode, IBlockDecoder, IBlockEncoder
+from mcp2p.interfaces import IBlockCode
 from mcp2p.wire.layout import Layout
 
 BLOCK = 1400
@@ -383,18 +382,3 @@ def test_decoders_never_raise_on_garbage(symbols: list[tuple[int, int, bytes]]) 
         for symbol in symbols:
             for offset, data in dec.add(*symbol):
                 assert 0 <= offset and offset + len(data) <= LAYOUT.size
-
-
-# -- plugins ---------------------------------------------------------------------------
-
-
-def test_code_by_name_finds_the_builtin_codes() -> None:
-    plain, rq = code_by_name("plain"), code_by_name("raptorq")
-    assert isinstance(plain, PlainCode) and isinstance(rq, RaptorQCode)
-    for code in (plain, rq):
-        assert IBlockCode.providedBy(code)
-        assert IBlockEncoder.providedBy(code.encoder(LAYOUT, make_file(LAYOUT.size)[1]))
-        assert IBlockDecoder.providedBy(code.decoder(LAYOUT))
-    assert (plain.name, rq.name) == ("plain", "raptorq")
-    with pytest.raises(ValueError, match=r"no block code plugin named 'fountain' \(have .*'plain'"):
-        code_by_name("fountain")

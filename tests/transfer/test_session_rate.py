@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from mcp2p.core.blockcode import code_by_name
 from mcp2p.core.wanted import RangeSet
+from mcp2p.plugins import code_by_name
 from mcp2p.transfer.control import Refused
 from mcp2p.transfer.serving import ServingService
 from mcp2p.transfer.session import (

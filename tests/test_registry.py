@@ -1,0 +1,63 @@
+"""The plugin registry: built-in names, a drop-in directory, every provider verified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.plugin import IPlugin
+from zope.interface.verify import verifyObject
+
+from mcp2p import plugins
+from mcp2p.core.blockcode import PlainCode, RaptorQCode
+from mcp2p.interfaces import (
+    IBlockCode,
+    IBlockCodePlugin,
+    IBlockDecoder,
+    IBlockEncoder,
+    IDiscoveryMethodPlugin,
+)
+from mcp2p.wire.layout import Layout
+
+LAYOUT = Layout(100_000, 1 << 16, 1024)
+
+
+def test_builtin_names() -> None:
+    assert {"query", "sap"} <= set(plugins.names("discovery"))
+    assert {"plain", "raptorq"} <= set(plugins.names("code"))
+    with pytest.raises(ValueError, match="no plugin kind 'scheduler'"):
+        plugins.names("scheduler")
+
+
+def test_unknown_name_says_what_there_is() -> None:
+    with pytest.raises(ValueError, match=r"no code plugin named 'fountain' \(have .*plain"):
+        plugins.code_by_name("fountain")
+    with pytest.raises(ValueError, match=r"no discovery plugin named 'mdns' \(have .*query"):
+        plugins.get("discovery", "mdns")
+
+
+def test_every_builtin_plugin_and_code_provides_its_interface() -> None:
+    for name in plugins.names("discovery"):
+        plugin = plugins.get("discovery", name)
+        assert verifyObject(IPlugin, plugin) and verifyObject(IDiscoveryMethodPlugin, plugin)
+    for name in ("plain", "raptorq"):
+        plugin = plugins.get("code", name)
+        assert verifyObject(IPlugin, plugin) and verifyObject(IBlockCodePlugin, plugin)
+        code = plugins.code_by_name(name)
+        assert isinstance(code, {"plain": PlainCode, "raptorq": RaptorQCode}[name])
+        assert verifyObject(IBlockCode, code) and code.name == name
+        assert verifyObject(IBlockEncoder, code.encoder(LAYOUT, lambda o, n: bytes(n)))
+        assert verifyObject(IBlockDecoder, code.decoder(LAYOUT))
+
+
+def test_a_drop_in_directory_adds_names(tmp_path: Path) -> None:
+    source = Path(__file__).parent / "plugins" / "mcp2p_verbatim.py"
+    (tmp_path / source.name).write_text(source.read_text())
+    assert "verbatim" not in plugins.names("code")
+    plugins.add_dir(tmp_path)
+    try:
+        assert "verbatim" in plugins.names("code")
+        assert verifyObject(IBlockCode, plugins.code_by_name("verbatim"))
+    finally:
+        plugins.__path__.remove(str(tmp_path))
+    assert "verbatim" not in plugins.names("code")
