@@ -279,7 +279,8 @@ class StarLab:
     ``family`` 6 runs mcp2p over IPv6: every daemon gets ``[node]
     interface6`` (its veth to the switch) and queries only the IPv6 query
     group, so the CNs find the SN, and reach it, over IPv6 (the hosts'
-    fd77:: addresses); `addr` gives the peers the SN's address of that family.
+    fd77:: addresses), and the CNs ask for IPv6 sessions (``[fetching]
+    family = 6``); `addr` gives the peers the SN's address of that family.
     """
 
     def __init__(
@@ -447,6 +448,8 @@ class StarLab:
         }
         for name, options in self.family_sections(host).items():
             sections.setdefault(name, {}).update(options)
+        if self.family == 6:  # not merely "auto" (the family the SN was found at)
+            sections["fetching"]["family"] = "6"
         return sections
 
     def start_cns(

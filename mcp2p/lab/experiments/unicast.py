@@ -44,7 +44,8 @@ machine's cores.
 
 ``family`` 6 runs the same experiment over IPv6: the star's veths carry
 their fd77:: addresses, every mcp2p daemon gets ``[node] interface6`` and
-queries ff15::77 only (`StarLab(family=6)`), uftp uses ff15::4d:1/2 and
+queries ff15::77 only, and the CNs ask for IPv6 sessions (``[fetching]
+family = 6``; `StarLab(family=6)`), uftp uses ff15::4d:1/2 and
 the hosts' IPv6 addresses, TCP connects over IPv6, and udpcast is skipped
 (it speaks IPv4 only). Before measuring, one CN fetches a small file over
 IPv6 (1 MiB): a fetch that fails or is given an IPv4 group stops
@@ -185,6 +186,18 @@ def _one(
     return _record(result, tool, n, loss, rep)
 
 
+def ipv6_missing() -> str | None:
+    """One line saying why this mcp2p cannot run over IPv6, or None."""
+    from mcp2p.config import SCHEMA
+
+    if "family" not in SCHEMA.get("fetching", {}):
+        return (
+            "--family 6: this mcp2p has no IPv6 data sessions (no [fetching] family option "
+            "to ask for them; issue 14)"
+        )
+    return None
+
+
 def check_ipv6(lab: StarLab) -> None:
     """Raise LabError with one line unless one CN of a `StarLab(family=6)`
     fetches the small `PROBE_FILE` over IPv6 and is given an IPv6 group."""
@@ -234,6 +247,8 @@ def run(
         raise ValueError("headline_mib: 0 (the grid's size) or more MiB")
     if family not in (4, 6):
         raise ValueError("family: 4 or 6")
+    if family == 6 and any(t.startswith("mcp2p-") for t in tools) and ipv6_missing():
+        raise LabError(str(ipv6_missing()))
     size = size_mib << 20
     # The headline is run apart only when its file is larger than the grid's.
     hl_size = headline_mib << 20 if headline_mib > size_mib else 0
@@ -467,8 +482,8 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
         f"wall time (this machine has {cores or '?'} cores, shared by all the namespaces). "
         + (
             "Over IPv6 every address is the hosts' fd77:: one, the mcp2p daemons have "
-            "[node] interface6 and query ff15::77 only, uftp uses ff15::4d:1/2; udpcast has "
-            "no IPv6. "
+            "[node] interface6 and query ff15::77 only, the CNs have [fetching] family = 6, "
+            "uftp uses ff15::4d:1/2; udpcast has no IPv6. "
             if family == 6
             else ""
         )
