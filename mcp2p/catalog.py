@@ -931,7 +931,7 @@ class _ShareWatcher:
         class Reader(INotify):
             _inotify = calls  # type: ignore[assignment]  # __init__ calls _inotify.init()
 
-            def _doRead(self, data: bytes) -> None:  # noqa: N802
+            def _doRead(self, data: bytes) -> None:
                 buf = self._buffer + data
                 events = []
                 offset = 0

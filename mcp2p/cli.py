@@ -232,7 +232,7 @@ def search_in_process(
                     break
         except defer.CancelledError:
             out.clear()  # interrupted
-        except Exception as e:  # noqa: BLE001 - reported in one line below
+        except Exception as e:  # reported in one line below
             errors.append(e)
 
     _react(run)
@@ -606,7 +606,7 @@ def get_in_process(config: Config, body: dict[str, Any], show: Progress) -> int:
         except FetchError as e:
             outcome["error"] = str(e)
             show({"event": "failed", "error": str(e)})
-        except Exception as e:  # noqa: BLE001 - reported as one line
+        except Exception as e:  # reported as one line
             failure = _failure(e, "fetch")
             outcome["error"] = str(failure)
             if failure.code == EXIT_USAGE:

@@ -60,7 +60,7 @@ class Options(usage.Options):
         """A directory to share instead of [share] paths (repeatable)."""
         self.shares.append(value)
 
-    def postOptions(self) -> None:  # noqa: N802
+    def postOptions(self) -> None:
         extra = []
         if self["interface"]:
             extra.append(("node", "interface", self["interface"]))
@@ -122,7 +122,7 @@ class Daemon(MultiService):
         self.make_observer = make_observer
         self.node: Any = None  # the node's shared state (app.Node), as on build()'s service
 
-    def setServiceParent(self, parent: Any) -> None:  # noqa: N802
+    def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
         if self.make_observer is not None and hasattr(parent, "setComponent"):
             parent.setComponent(ILogObserver, level_filter(self.make_observer(), self.level))
@@ -146,7 +146,7 @@ def twistd_observer(server_options: Any) -> Callable[[], Any] | None:
     return make
 
 
-def makeService(options: Options, reactor: Any = None) -> Any:  # noqa: N802
+def makeService(options: Options, reactor: Any = None) -> Any:
     from mcp2p.app import build
 
     config = options.config

@@ -56,10 +56,10 @@ class FakePort:
         self.connected = True
         self.written: list[tuple[bytes, tuple[str, int]]] = []
 
-    def getHandle(self) -> FakeSocket:  # noqa: N802
+    def getHandle(self) -> FakeSocket:
         return self.socket
 
-    def getHost(self) -> _Host:  # noqa: N802
+    def getHost(self) -> _Host:
         return _Host(self.reactor.address, self.port)
 
     def write(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -67,7 +67,7 @@ class FakePort:
         self.written.append((data, addr))
         self.reactor.network.send(self, data, addr)
 
-    def stopListening(self) -> None:  # noqa: N802
+    def stopListening(self) -> None:
         self.connected = False
         self.reactor.network.ports.remove(self)
         self.protocol.doStop()
@@ -83,19 +83,19 @@ class FakeReactor:
     def seconds(self) -> float:
         return self.network.clock.seconds()
 
-    def callLater(self, delay: float, f: Any, *a: Any, **kw: Any) -> Any:  # noqa: N802
+    def callLater(self, delay: float, f: Any, *a: Any, **kw: Any) -> Any:
         return self.network.clock.callLater(delay, f, *a, **kw)
 
-    def getDelayedCalls(self) -> list[Any]:  # noqa: N802
+    def getDelayedCalls(self) -> list[Any]:
         return self.network.clock.getDelayedCalls()
 
-    def listenMulticast(  # noqa: N802
+    def listenMulticast(
         self,
         port: int,
         protocol: Any,
         interface: str = "",
-        maxPacketSize: int = 8192,  # noqa: N803
-        listenMultiple: bool = False,  # noqa: N803
+        maxPacketSize: int = 8192,
+        listenMultiple: bool = False,
     ) -> FakePort:
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         if port == 0:
@@ -106,7 +106,7 @@ class FakeReactor:
         protocol.makeConnection(p)
         return p
 
-    listenUDP = listenMulticast  # noqa: N815
+    listenUDP = listenMulticast
 
 
 class FakeNetwork:

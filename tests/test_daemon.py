@@ -33,7 +33,7 @@ def sap_listen_time(ads: int, ad_size: int = 1000) -> float:
 
 def start_daemon(root: Path, ini: str) -> subprocess.Popen[bytes]:
     (root / "node.ini").write_text(ini)
-    log = open(root / "twistd.log", "wb")  # noqa: SIM115
+    log = open(root / "twistd.log", "wb")
     proc = subprocess.Popen(
         [*TWISTD, "--pidfile=", "-n", "mcp2p", "--config", str(root / "node.ini")],
         cwd=root,

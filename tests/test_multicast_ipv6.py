@@ -80,7 +80,7 @@ class _Port:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
-    def getHandle(self) -> socket.socket:  # noqa: N802
+    def getHandle(self) -> socket.socket:
         return self.sock
 
 

@@ -199,7 +199,7 @@ def test_installed_node_starts_on_the_example_config(installed: Path, tmp_path: 
         "--set",
         "serving.control_port=0",
     ]
-    log = open(tmp_path / "twistd.log", "wb")  # noqa: SIM115
+    log = open(tmp_path / "twistd.log", "wb")
     proc = subprocess.Popen(
         [str(installed / "bin" / "twistd"), "-n", "--pidfile=", "mcp2p", "--config", str(ini)]
         + overrides,

@@ -539,7 +539,7 @@ class APIService(Service):
         self.resource: _JSON | None = None
         self.refusals = Refusals(node.reactor)
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         state_dir = self.node.config.node.state_dir
         # A new token at each start rather than one kept across restarts: a
@@ -601,7 +601,7 @@ class APIService(Service):
         _log.info("local API also on the Unix socket {path}", path=str(path))
         return port
 
-    def stopService(self) -> Any:  # noqa: N802
+    def stopService(self) -> Any:
         super().stopService()
         self.refusals.stop()
         ports = [p for p in (self.port, self.unix_port) if p is not None]

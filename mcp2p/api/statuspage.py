@@ -131,7 +131,7 @@ def sessions(serving: Any) -> list[dict[str, Any]]:
         for sub in list(session.subscribers.values())[:MAX_SUBSCRIBERS]:
             try:
                 address = sub.client.transport.getPeer().host
-            except Exception:  # noqa: BLE001 - a channel closing under us
+            except Exception:  # a channel closing under us
                 address = None
             subscribers.append(
                 {

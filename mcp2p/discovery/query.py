@@ -120,7 +120,7 @@ class _Datagrams(DatagramProtocol):
         self.family = family
         self.kind = kind  # "group" or "unicast"
 
-    def datagramReceived(self, data: bytes, addr: tuple[Any, ...]) -> None:  # noqa: N802
+    def datagramReceived(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.node.counters["received"] += 1
         try:
             message = decode(data)

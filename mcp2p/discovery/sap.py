@@ -597,7 +597,7 @@ class SAPProtocol(DatagramProtocol):
             "directory": len(self.directory),
         }
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         self.received += 1
         now = self._clock.seconds()
         try:

@@ -28,13 +28,13 @@ class DiscoveryService(Service):
         # node id -> what the latest search that found it said (for the status page)
         self.peers: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         for name, method in self.methods.items():
             method.start()
             _log.info("discovery method {name} started", name=name)
 
-    def stopService(self) -> defer.Deferred[Any]:  # noqa: N802
+    def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
         return defer.gatherResults(
             [defer.maybeDeferred(m.stop) for m in self.methods.values()], consumeErrors=True

@@ -250,7 +250,7 @@ class ControlServer(amp.AMP, TimeoutMixin):
         for key in ("box_too_large", "write_stalled", "idle_closed"):
             counters.setdefault(key, 0)
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         # Runs only once the TLS peer proved its key (mcp2p.trust.tls.VerifyingFactory).
         from mcp2p.trust.tls import peer_identity
 
@@ -263,14 +263,14 @@ class ControlServer(amp.AMP, TimeoutMixin):
 
     # -- budgets
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
         if data:
             self.resetTimeout()
         super().dataReceived(data)
 
-    def stringReceived(self, string: bytes) -> None:  # noqa: N802
+    def stringReceived(self, string: bytes) -> None:
         if self._closing:
             return
         self.box_bytes += len(string) + 2
@@ -288,7 +288,7 @@ class ControlServer(amp.AMP, TimeoutMixin):
         if self.state == "init":  # the box is complete
             self.box_bytes = self.box_keys = 0
 
-    def lengthLimitExceeded(self, length: int) -> None:  # noqa: N802
+    def lengthLimitExceeded(self, length: int) -> None:
         Summary(self.counters, "box_too_large")(
             "control peer {peer} sent a key or value of {length} bytes: closed",
             peer=self._peer(),
@@ -296,11 +296,11 @@ class ControlServer(amp.AMP, TimeoutMixin):
         )
         self._close()
 
-    def unhandledError(self, failure: Any) -> None:  # noqa: N802
+    def unhandledError(self, failure: Any) -> None:
         _log.failure("control channel with {peer} failed", failure, peer=self._peer())
         self._close()
 
-    def pauseProducing(self) -> None:  # noqa: N802
+    def pauseProducing(self) -> None:
         """The transport holds more than its buffer: read no more requests."""
         super().pauseProducing()
         if not self.write_paused:
@@ -308,7 +308,7 @@ class ControlServer(amp.AMP, TimeoutMixin):
             self.queued = 0
             self._stall = self.clock.callLater(self.limits.write_timeout, self._stalled)
 
-    def resumeProducing(self) -> None:  # noqa: N802
+    def resumeProducing(self) -> None:
         self.write_paused = False
         if self._stall is not None and self._stall.active():
             self._stall.cancel()
@@ -316,7 +316,7 @@ class ControlServer(amp.AMP, TimeoutMixin):
         if not self._closing:
             super().resumeProducing()
 
-    def sendBox(self, box: Any) -> None:  # noqa: N802
+    def sendBox(self, box: Any) -> None:
         if self._closing:
             return
         if self.write_paused:
@@ -338,7 +338,7 @@ class ControlServer(amp.AMP, TimeoutMixin):
         )
         self._close()
 
-    def timeoutConnection(self) -> None:  # noqa: N802
+    def timeoutConnection(self) -> None:
         Summary(self.counters, "idle_closed")(
             "control peer {peer} silent for {timeout}s: closed",
             peer=self._peer(),
@@ -399,7 +399,7 @@ class ControlServer(amp.AMP, TimeoutMixin):
     def session_moved(self, subscription: int, group: str) -> None:
         self.callRemote(SessionMoved, subscription=subscription, group=group)
 
-    def dispatchCommand(self, box: Any) -> Any:  # noqa: N802
+    def dispatchCommand(self, box: Any) -> Any:
         d = super().dispatchCommand(box)
         return d.addErrback(self._bad_command)
 
@@ -416,10 +416,10 @@ class ControlServer(amp.AMP, TimeoutMixin):
     def _peer(self) -> str:
         try:
             return str(self.transport.getPeer())  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001
+        except Exception:
             return "?"
 
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:
         self._closing = True
         self.setTimeout(None)
         if self._stall is not None and self._stall.active():
@@ -438,7 +438,7 @@ class ControlClient(amp.AMP):
         self.lost: defer.Deferred[Any] = defer.Deferred()  # fires when the connection is lost
         self.peer_node_id: bytes | None = None
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         from mcp2p.trust.tls import peer_identity
 
         super().connectionMade()
@@ -465,7 +465,7 @@ class ControlClient(amp.AMP):
             handler.session_moved(group)
         return {}
 
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
         if not self.lost.called:
             self.lost.callback(reason)

@@ -259,7 +259,7 @@ class Fetch:
         fields["event"] = kind
         try:
             self.on_event(fields)
-        except Exception:  # noqa: BLE001 - a display problem must not stop the transfer
+        except Exception:  # a display problem must not stop the transfer
             _log.failure("progress observer failed")
 
     async def _find(self) -> bytes:
@@ -490,7 +490,7 @@ class Fetch:
                 verify_manifest(manifest, content_id, source.server.public_key)
                 self.manifest = manifest
                 return source
-            except Exception as e:  # noqa: BLE001 - try the next candidate
+            except Exception as e:  # try the next candidate
                 errors.append(f"{source.name}: {e}")
                 _log.warn(
                     "manifest from {node} refused: {error}",
@@ -1115,7 +1115,7 @@ class Fetch:
             if source.client is not None and was == "active":
                 try:
                     await source.client.callRemote(Unsubscribe, subscription=source.subscription)
-                except Exception:  # noqa: BLE001 - closing anyway
+                except Exception:  # closing anyway
                     pass
             if source.port is not None:
                 await defer.maybeDeferred(source.port.stopListening)

@@ -95,13 +95,13 @@ class FetchingService(Service):
         self.transfers: dict[int, Transfer] = {}
         self.ids = itertools.count(1)
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         # The owner's directories, from the config: made here, never by a request.
         for directory in self.node.config.fetching.download_dirs:
             directory.mkdir(parents=True, exist_ok=True)
         super().startService()
 
-    def stopService(self) -> Any:  # noqa: N802
+    def stopService(self) -> Any:
         super().stopService()
         running = [
             t.deferred for t in self.transfers.values() if t.deferred and not t.deferred.called

@@ -124,14 +124,14 @@ class Receiver(DatagramProtocol):
         self.loop = task.LoopingCall(self._housekeeping)
         self.loop.clock = clock
 
-    def startProtocol(self) -> None:  # noqa: N802
+    def startProtocol(self) -> None:
         self.loop.start(REPORT_EVERY, now=False)
 
-    def stopProtocol(self) -> None:  # noqa: N802
+    def stopProtocol(self) -> None:
         if self.loop.running:
             self.loop.stop()
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
         self.datagrams((data,))
 
     def datagrams(self, batch: Sequence[Buffer]) -> None:

@@ -138,7 +138,7 @@ class ServingService(Service):
         self.contents: dict[Session, Any] = {}  # the catalog entry each live session streams
         self.ended: dict[str, int] = {}  # the sums of the ended sessions' counters
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         s = self.node.config.serving
         iface = str(self.node.config.node.interface)
@@ -206,7 +206,7 @@ class ServingService(Service):
         set_dscp(port, family, s.dscp)
         return port
 
-    def stopService(self) -> defer.Deferred[Any]:  # noqa: N802
+    def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
         if self.checker is not None and self.checker.running:
             self.checker.stop()
@@ -708,7 +708,7 @@ class ServingService(Service):
         self._forget(sub.id)
         try:
             sub.client.session_ended(sub.id, reason)
-        except Exception:  # noqa: BLE001 - a closed channel changes nothing here
+        except Exception:  # a closed channel changes nothing here
             pass
         sub.session.remove(sub.id)
 
@@ -846,7 +846,7 @@ class _Monitor(DatagramProtocol):
         self.quiet_until = 0.0
         self.heard: dict[int, tuple[float, float]] = {}  # ssrc -> (first, last) heard
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
         if len(data) < 12 or self.session.state == "ENDED":
             return
         ssrc = int.from_bytes(data[8:12], "big")
@@ -872,5 +872,5 @@ class _Silent(DatagramProtocol):
 
     noisy = False
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
         pass

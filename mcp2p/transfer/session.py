@@ -441,7 +441,7 @@ class Session:
         for sub in list(self.subscribers.values()):
             try:
                 sub.client.session_moved(sub.id, group)
-            except Exception:  # noqa: BLE001 - a closed channel must not stop the others
+            except Exception:  # a closed channel must not stop the others
                 pass
 
     def end(self, reason: str) -> None:
@@ -453,7 +453,7 @@ class Session:
         for sub in list(self.subscribers.values()):
             try:
                 sub.client.session_ended(sub.id, reason)
-            except Exception:  # noqa: BLE001 - a closed channel must not stop the others
+            except Exception:  # a closed channel must not stop the others
                 pass
         self.subscribers.clear()
         try:

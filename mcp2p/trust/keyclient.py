@@ -97,17 +97,17 @@ class _Bytes:
         self.data = data
         self.length = len(data)
 
-    def startProducing(self, consumer: Any) -> Any:  # noqa: N802
+    def startProducing(self, consumer: Any) -> Any:
         consumer.write(self.data)
         return defer.succeed(None)
 
-    def pauseProducing(self) -> None:  # noqa: N802
+    def pauseProducing(self) -> None:
         pass
 
-    def resumeProducing(self) -> None:  # noqa: N802
+    def resumeProducing(self) -> None:
         pass
 
-    def stopProducing(self) -> None:  # noqa: N802
+    def stopProducing(self) -> None:
         pass
 
 
@@ -120,7 +120,7 @@ class _Collect(protocol.Protocol):
         self.parts: list[bytes] = []
         self.size = 0
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         if self.done.called:
             return
         self.size += len(data)
@@ -130,7 +130,7 @@ class _Collect(protocol.Protocol):
             return
         self.parts.append(data)
 
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:
         if self.done.called:
             return
         from twisted.web.client import ResponseDone

@@ -255,13 +255,13 @@ class _BoundedRequest(server.Request):
     too_big = False
     _received = 0
 
-    def gotLength(self, length: int | None) -> None:  # noqa: N802
+    def gotLength(self, length: int | None) -> None:
         if length is not None and length > MAX_BODY:
             self.too_big = True
             length = 0
         super().gotLength(length)
 
-    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
+    def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
         if self._received > MAX_BODY:
             self.too_big = True
@@ -275,7 +275,7 @@ class _BoundedRequest(server.Request):
 
 
 class KeySite(server.Site):
-    requestFactory = _BoundedRequest  # noqa: N815
+    requestFactory = _BoundedRequest
 
     def log(self, request: Any) -> None:
         _log.debug(
@@ -297,7 +297,7 @@ def _arg(request: Any, name: bytes) -> str | None:
 
 
 class _Base(resource.Resource):
-    isLeaf = True  # noqa: N815
+    isLeaf = True
 
     def __init__(self, service: KeyService) -> None:
         super().__init__()
@@ -315,7 +315,7 @@ class _Base(resource.Resource):
 
 
 class _Lookup(_Base):
-    def render_GET(self, request: Any) -> bytes:  # noqa: N802
+    def render_GET(self, request: Any) -> bytes:
         store, now = self.service.store, self.service.now()
         self.service.counters["lookups"] += 1
         op, search = _arg(request, b"op"), _arg(request, b"search")
@@ -344,7 +344,7 @@ class _Lookup(_Base):
 
 
 class _Add(_Base):
-    def render_POST(self, request: Any) -> bytes:  # noqa: N802
+    def render_POST(self, request: Any) -> bytes:
         store, now = self.service.store, self.service.now()
         source = request.getClientAddress().host
         if request.too_big:
@@ -381,7 +381,7 @@ class _Add(_Base):
 
 
 class _Summary(_Base):
-    def render_GET(self, request: Any) -> bytes:  # noqa: N802
+    def render_GET(self, request: Any) -> bytes:
         self.service.counters["summaries"] += 1
         body = "\n".join(d.hex() for d in self.service.store.summary())
         request.setHeader(b"X-Key-Records", str(len(self.service.store)).encode())
@@ -389,7 +389,7 @@ class _Summary(_Base):
 
 
 class _Bucket(_Base):
-    def render_GET(self, request: Any) -> bytes:  # noqa: N802
+    def render_GET(self, request: Any) -> bytes:
         self.service.counters["pages"] += 1
         b, after = _arg(request, b"b"), _arg(request, b"after") or ""
         try:
@@ -552,7 +552,7 @@ class KeyService(Service):
     def now(self) -> float:
         return float(self.reactor.seconds())
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         self._load()
         listen = self.keys.listen
@@ -662,7 +662,7 @@ class KeyService(Service):
             **self.store.counters,
         }
 
-    def stopService(self) -> Any:  # noqa: N802
+    def stopService(self) -> Any:
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()

@@ -213,7 +213,7 @@ class _ServerCreator:
     def __init__(self, identity: NodeIdentity) -> None:
         self._context = _context(identity)
 
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:  # noqa: N802,N803
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         conn = SSL.Connection(self._context, None)
         conn.set_verify(VERIFY, _verify_callback(tlsProtocol, None))
         return conn
@@ -225,7 +225,7 @@ class _ClientCreator:
         self._context = _context(identity)
         self._expected = expected_node_id
 
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:  # noqa: N802,N803
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         conn = SSL.Connection(self._context, None)
         conn.set_verify(VERIFY, _verify_callback(tlsProtocol, self._expected))
         return conn
@@ -259,7 +259,7 @@ class VerifyingProtocol(ProtocolWrapper):
 
     factory: VerifyingFactory
 
-    def __init__(self, factory: VerifyingFactory, wrappedProtocol: IProtocol) -> None:  # noqa: N803
+    def __init__(self, factory: VerifyingFactory, wrappedProtocol: IProtocol) -> None:
         super().__init__(factory, wrappedProtocol)
         self.peer: tuple[bytes, bytes] | None = None  # (node id, public key) once verified
         self._rejected: PeerRejected | None = None
@@ -283,7 +283,7 @@ class VerifyingProtocol(ProtocolWrapper):
         self._waiters.append(d)
         return d
 
-    def makeConnection(self, transport: Any) -> None:  # noqa: N802
+    def makeConnection(self, transport: Any) -> None:
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
@@ -294,7 +294,7 @@ class VerifyingProtocol(ProtocolWrapper):
                 PeerRejected(f"no verified TLS handshake in {self.factory.handshake_timeout}s"),
             )
 
-    def handshakeCompleted(self) -> None:  # noqa: N802
+    def handshakeCompleted(self) -> None:
         transport: Any = self.transport
         try:
             public_key = check_peer(transport.getPeerCertificate(), self.factory.expected_node_id)
@@ -327,11 +327,11 @@ class VerifyingProtocol(ProtocolWrapper):
             self._timeout.cancel()
         self._timeout = None
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         if self.peer is not None:
             self.wrappedProtocol.dataReceived(data)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timeout()
         self._done = True
         self.factory.unregisterProtocol(self)
@@ -426,7 +426,7 @@ class LimitingFactory(WrappingFactory):
         self.by_address: dict[str, int] = {}
         self.open = 0
 
-    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
+    def buildProtocol(self, addr: Any) -> Any:
         host = str(getattr(addr, "host", addr))
         if self.by_address.get(host, 0) >= self.per_address:
             self._refuse("refused_address", host, f"{self.per_address} from that address")
@@ -441,7 +441,7 @@ class LimitingFactory(WrappingFactory):
             self.open += 1
         return p
 
-    def unregisterProtocol(self, p: Any) -> None:  # noqa: N802
+    def unregisterProtocol(self, p: Any) -> None:
         super().unregisterProtocol(p)
         host = getattr(p, "host", "")
         if host in self.by_address:
@@ -502,7 +502,7 @@ class VerifiedClientEndpoint:
         self._expected = expected_node_id
         self._timeout = handshake_timeout
 
-    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[Any]:  # noqa: N803
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[Any]:
         verifying = VerifyingFactory(
             protocolFactory, self._expected, clock=self._clock, handshake_timeout=self._timeout
         )
@@ -519,5 +519,5 @@ def _address(transport: Any) -> str:
     try:
         peer = transport.getPeer()
         return f"{peer.host}:{peer.port}"
-    except Exception:  # noqa: BLE001 - only for a log line
+    except Exception:  # only for a log line
         return "?"

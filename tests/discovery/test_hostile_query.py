@@ -26,7 +26,7 @@ class _Counter(DatagramProtocol):
         self.bytes = 0
         self.datagrams = 0
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
         self.bytes += len(data)
         self.datagrams += 1
 

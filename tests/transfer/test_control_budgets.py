@@ -77,7 +77,7 @@ class TCPLike(StringTransport):
         self.paused = False
         self.aborted = False
 
-    def getPeerCertificate(self) -> Any:  # noqa: N802
+    def getPeerCertificate(self) -> Any:
         return self._cert
 
     def write(self, data: bytes) -> None:
@@ -98,7 +98,7 @@ class TCPLike(StringTransport):
             self.producer.resumeProducing()
         return data
 
-    def abortConnection(self) -> None:  # noqa: N802
+    def abortConnection(self) -> None:
         self.aborted = True
         super().abortConnection()
 

@@ -236,10 +236,10 @@ class Garbage(Protocol):
     def __init__(self) -> None:
         self.lost = defer.Deferred()
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         self.transport.write(b"\x00\x05hello\xff\xff" + b"\x01" * 70000)
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any) -> None:
         self.lost.callback(None)
 
 
@@ -293,7 +293,7 @@ async def test_malformed_control_commands_are_refused_and_the_sn_keeps_serving(
         ):
             try:
                 await call
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 errors.append(e)
         assert len(errors) == 4
         client.transport.loseConnection()

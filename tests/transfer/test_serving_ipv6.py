@@ -42,7 +42,7 @@ class _Transport:
     def __init__(self, host: str) -> None:
         self.host = host
 
-    def getPeer(self) -> _Peer:  # noqa: N802
+    def getPeer(self) -> _Peer:
         return _Peer(self.host)
 
 

@@ -57,7 +57,7 @@ class _Peer:
 
 
 class _Transport:
-    def getPeer(self) -> _Peer:  # noqa: N802
+    def getPeer(self) -> _Peer:
         return _Peer()
 
 

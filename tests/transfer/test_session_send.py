@@ -75,7 +75,7 @@ class Port:
         self.sock = sock
         self.written: list[bytes] = []
 
-    def getHandle(self) -> Any:  # noqa: N802
+    def getHandle(self) -> Any:
         return self.sock
 
     def write(self, data: bytes, addr: Any) -> None:

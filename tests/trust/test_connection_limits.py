@@ -33,7 +33,7 @@ class Idle(Protocol):
     def __init__(self) -> None:
         self.lost: defer.Deferred[None] = defer.Deferred()
 
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:
         self.lost.callback(None)
 
 
@@ -121,7 +121,7 @@ async def test_idle_connections_from_one_address_leave_room_for_honest_cns(
         await deferLater(0.05)
 
 
-def deferLater(seconds: float) -> defer.Deferred[None]:  # noqa: N802
+def deferLater(seconds: float) -> defer.Deferred[None]:
     from twisted.internet import task
 
     return task.deferLater(reactor, seconds, lambda: None)

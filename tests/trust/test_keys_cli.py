@@ -33,7 +33,7 @@ def key_server(tmp_path: Path):  # type: ignore[no-untyped-def]
         "[serving]\ncontrol_port = 0\n[api]\nport = 0\n"
         f"[keys]\nserve = yes\nlisten = 127.0.0.1:{port}\n"
     )
-    log = open(root / "twistd.log", "wb")  # noqa: SIM115
+    log = open(root / "twistd.log", "wb")
     proc = subprocess.Popen(
         twistd_node(str(root / "node.ini")), cwd=root, stdout=log, stderr=subprocess.STDOUT
     )

@@ -62,18 +62,18 @@ class Lines(LineReceiver):
         self.got_line: defer.Deferred[bytes] = defer.Deferred()
         self.lost: defer.Deferred[Any] = defer.Deferred()
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         self.peer = peer_identity(self.transport)
         self.sendLine(self.hello)
         if self.connected_queue is not None:
             self.connected_queue.put(self)
 
-    def lineReceived(self, line: bytes) -> None:  # noqa: N802
+    def lineReceived(self, line: bytes) -> None:
         self.lines.append(line)
         if not self.got_line.called:
             self.got_line.callback(line)
 
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:
         self.lost.callback(reason.value if reason is not None else None)
 
 
@@ -85,20 +85,20 @@ class Raw(Protocol):
         self.data = b""
         self.lost: defer.Deferred[Any] = defer.Deferred()
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         self.made = True
         transport: Any = self.transport
         transport.write(b"hello from a stranger\n")
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         self.data += data
 
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:
         self.lost.callback(reason.value if reason is not None else None)
 
 
 class _Tracked(ProtocolWrapper):
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
         self.factory.closed(self)
 
@@ -112,7 +112,7 @@ class Tracking(WrappingFactory):
         super().__init__(wrapped)
         self.net = net
 
-    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
+    def buildProtocol(self, addr: Any) -> Any:
         p = super().buildProtocol(addr)
         self.net.open_connections[p] = defer.Deferred()
         return p
@@ -320,7 +320,7 @@ class Stranger:
             self.ctx.use_certificate(cert)
             self.ctx.use_privatekey(key)
 
-    def clientConnectionForTLS(self, tls: Any) -> SSL.Connection:  # noqa: N802
+    def clientConnectionForTLS(self, tls: Any) -> SSL.Connection:
         conn = SSL.Connection(self.ctx, None)
         conn.set_connect_state()
         return conn
@@ -410,7 +410,7 @@ async def test_cancelling_a_connect_mid_handshake_closes_it(tmp_path: Path) -> N
         accepted: defer.DeferredQueue[Protocol] = defer.DeferredQueue()
 
         class Silent(Protocol):  # accepts TCP, never answers the ClientHello
-            def connectionMade(self) -> None:  # noqa: N802
+            def connectionMade(self) -> None:
                 accepted.put(self)
 
         port = await net.listen(Factory.forProtocol(Silent))
@@ -436,12 +436,12 @@ class HandshakeLines(Protocol):
         self.done = done
         self.lost: defer.Deferred[Any] = defer.Deferred()
 
-    def handshakeCompleted(self) -> None:  # noqa: N802
+    def handshakeCompleted(self) -> None:
         transport: Any = self.transport
         self.done.callback(peer_identity(transport))
         transport.loseConnection()
 
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:
         self.lost.callback(None)
 
 
