@@ -62,10 +62,41 @@ class ICatalog(Interface):
 
 
 class IBlockScheduler(Interface):
-    """Chooses the next block to send from the receivers' demand (issue 4)."""
+    """Chooses the next unit to send from the subscribers' demand (issue 4).
+
+    What ``mcp2p.transfer.session.Session`` uses of it, all of it. A *need*
+    is how many more useful symbols of a unit a subscriber lacks (see
+    IBlockCode); needs are given as a ``RangeSet`` of units (need 1 each) or a
+    dict ``{unit: need}``. Chosen by ``[serving] scheduler`` among the
+    policies of ``mcp2p.core.scheduler`` (not a plugin: they share one
+    weighted-tree implementation).
+    """
+
+    units = Attribute("how many units it chooses among (0 .. units - 1)")
+    total_weight = Attribute("the sum of every subscriber's needs: 0 means nothing to send")
+    subscribers = Attribute("the subscribers it knows, a set-like view")
 
     def choose() -> int | None:
-        """The index of the next block, or None when nobody wants anything."""
+        """The next unit (not yet counted as sent), or None when nobody needs anything."""
+
+    def take(count: int) -> list[int]:
+        """Up to ``count`` units to send now, each counted as sent; fewer when
+        nothing more is needed."""
+
+    def set_need(subscriber: Any, need: Any) -> None:
+        """Replace everything ``subscriber`` needs (a new subscriber joins)."""
+
+    def add_needs(subscriber: Any, units: Any) -> None:
+        """``subscriber`` needs one more symbol of each unit of ``units`` (it lost them)."""
+
+    def need_of(subscriber: Any) -> Any:
+        """What ``subscriber`` still needs, in the form ``set_need`` takes; KeyError if unknown."""
+
+    def needed_by(subscriber: Any) -> Any:
+        """The units ``subscriber`` needs at least once, as a RangeSet; KeyError if unknown."""
+
+    def remove(subscriber: Any) -> None:
+        """Forget ``subscriber`` and its needs; KeyError if unknown."""
 
 
 class IBlockCode(Interface):
@@ -143,7 +174,3 @@ class IBlockCodePlugin(Interface):
 
     def make() -> IBlockCode:
         """A code with its default parameters."""
-
-
-class IKeyStore(Interface):
-    """Where public keys of other nodes are kept and trusted (issue 4+)."""
