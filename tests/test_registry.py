@@ -15,6 +15,7 @@ from mcp2p.interfaces import (
     IBlockCodePlugin,
     IBlockDecoder,
     IBlockEncoder,
+    IDiscoveryMethod,
     IDiscoveryMethodPlugin,
 )
 from mcp2p.wire.layout import Layout
@@ -61,3 +62,20 @@ def test_a_drop_in_directory_adds_names(tmp_path: Path) -> None:
     finally:
         plugins.__path__.remove(str(tmp_path))
     assert "verbatim" not in plugins.names("code")
+
+
+def test_every_builtin_discovery_method_provides_its_interface(tmp_path: Path) -> None:
+    """Made by its plugin for a built (not started: no sockets) node, as the daemon does."""
+    from twisted.internet.task import Clock
+
+    from mcp2p.app import build
+    from mcp2p.discovery.methods import QueryMethod, SAPMethod
+    from tests.nodes import node_config
+
+    methods = {"methods": ", ".join(plugins.names("discovery"))}
+    config = node_config(tmp_path, 1, 2, discovery=methods)
+    made = build(config, Clock()).node.discovery.methods  # type: ignore[attr-defined]
+    assert set(made) == set(plugins.names("discovery"))
+    for name, method in made.items():
+        assert verifyObject(IDiscoveryMethod, method) and method.name == name
+    assert isinstance(made["query"], QueryMethod) and isinstance(made["sap"], SAPMethod)
