@@ -28,7 +28,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -89,6 +89,19 @@ FULL_ID = re.compile(r"[0-9a-fA-F]{64}")
 ID_PREFIX = re.compile(r"[0-9a-fA-F]{8,63}")
 
 
+# Where one SN (a Source) stands in a fetch: the "state" of each source in the
+# progress events and /api/transfers. Forward in this order, except that a
+# resubscribe goes from "active" back to "connected", a failure at any step
+# drops it, and the fetch's end closes every source whatever its state.
+SourceState = Literal[
+    "new",  # a candidate: found by the search, no control channel yet
+    "connected",  # its TLS control channel is open (also again while it resubscribes)
+    "active",  # subscribed: its session sends us blocks of its share
+    "dropped",  # given up (stalled, bad data, channel lost): its share went to others
+    "closed",  # the fetch ended (done, failed or cancelled) and closed its channel
+]
+
+
 @dataclass
 class Source:
     server: ServerRecord
@@ -99,7 +112,7 @@ class Source:
     subscription: int = 0
     share: RangeSet = field(default_factory=RangeSet)
     bad_pieces: int = 0
-    state: str = "new"  # new, connected, active, dropped
+    state: SourceState = "new"
     mode: str = "multicast"
     rate: int = 0
     last_progress: float = 0.0
