@@ -153,6 +153,9 @@ def search_attempts(what: str, method: str) -> list[tuple[dict[str, Any], Keep |
             )
 
         return [({"method": "sap", "pattern": "*"}, by_id_or_name)]
+    if method != "query":
+        # A plugin's method knows patterns, not prefixes: the digits are a name.
+        return [({"method": method, "pattern": what}, None)]
     # An SN's offer is only a claim: keep what really starts with the prefix.
     return [
         ({"method": "query", "content_id_prefix": prefix}, _prefix_keep(prefix)),

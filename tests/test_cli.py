@@ -666,3 +666,15 @@ def test_trust_add_refuses_what_is_not_a_node(
     known.chmod(0o666)
     assert cli.main(["--config", str(ini), "trust", "list"]) == cli.EXIT_FAILED
     assert "writable by group or others" in capsys.readouterr().err
+
+
+def test_hex_digits_with_a_plugin_method_are_a_pattern_of_that_method() -> None:
+    """Only the query knows content id prefixes; another method gets the digits as a name."""
+    assert cli.search_attempts("deadbeef00", "static") == [
+        ({"method": "static", "pattern": "deadbeef00"}, None)
+    ]
+    attempts = cli.search_attempts("deadbeef00", "query")
+    assert [a[0] for a in attempts] == [
+        {"method": "query", "content_id_prefix": "deadbeef00"},
+        {"method": "query", "pattern": "deadbeef00"},
+    ]
