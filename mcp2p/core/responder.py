@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from mcp2p.core.pacing import TokenBucket
 from mcp2p.wire.query import (
     COOKIE_LEN,
+    GROUP_FACTOR,
     MAX_DATAGRAM,
     Offer,
     Query,
@@ -52,7 +53,6 @@ from mcp2p.wire.query import (
 from mcp2p.wire.types import FileOffer
 
 AMPLIFICATION = 1  # unvalidated unicast reply bytes per query byte
-GROUP_FACTOR = 3  # group reply bytes per query byte
 MAX_GROUP_DATAGRAMS = 8  # the most datagrams of one reply (validated or to the group)
 COOKIE_WINDOW = 300.0  # a cookie is accepted in its window and the next one
 SOURCE_RATE = 10.0  # queries per second looked up for one source address

@@ -30,34 +30,21 @@ from twisted.logger import Logger
 
 from mcp2p import multicast
 from mcp2p.core.display import display_text
-from mcp2p.core.responder import COOKIE_WINDOW, GROUP_FACTOR, Responder, Schedule, Send
+from mcp2p.core.responder import COOKIE_WINDOW, Responder, Schedule, Send
 from mcp2p.core.ring import ArmTimer, Finished, RingSearch, SendQuery, ServerRecord
 from mcp2p.errors import ProtocolError
 from mcp2p.wire.query import (
-    COOKIE_LEN,
-    MAX_PADDING,
-    NODE_ID_LEN,
     Offer,
     Query,
     decode,
     encode,
-    offer_overhead,
+    padding_for,
 )
 from mcp2p.wire.types import FileOffer, IPAddress
 
 _log = Logger()
 
-# The largest one-file OFFER (255-byte name, IPv6 group and source), with its
-# cookie: a unicast-reply query is padded to this size, so that an SN that
-# has not validated our address yet (it answers with at most the query's
-# size) still sends any one file at once: a search by content id never
-# needs a follow-up.
-_LARGEST_ENTRY = 32 + 1 + 255 + 24 + 17 + 17 + 12
-ONE_OFFER_QUERY = offer_overhead() + _LARGEST_ENTRY + COOKIE_LEN
-# A multicast-reply query: the group reply is at most GROUP_FACTOR times it.
-ONE_OFFER_GROUP_QUERY = -(-(offer_overhead() + _LARGEST_ENTRY) // GROUP_FACTOR)
 MAX_COOKIE_CACHE = 64
-_COOKIE_ENTRY = NODE_ID_LEN + COOKIE_LEN
 
 
 @dataclass
@@ -467,11 +454,7 @@ class QueryNode:
                 known=action.known,
                 cookies=action.cookies if reply_to is not None else (),
             )
-            bare = len(encode(q))
-            # Cookies already enlarge the query: they count towards its padding.
-            target = bare + max(0, search.pad - _COOKIE_ENTRY * len(q.cookies))
-            target = max(target, ONE_OFFER_QUERY if reply_to is not None else ONE_OFFER_GROUP_QUERY)
-            q = dataclasses.replace(q, padding=min(MAX_PADDING, target - bare))
+            q = dataclasses.replace(q, padding=padding_for(q, search.pad))
             data = encode(q)
             multicast.set_hop_limit(uport, family, action.hop_limit)
             for g in self.groups:

@@ -83,7 +83,7 @@ from mcp2p.core.sapinterval import (
     equilibrium_phase,
     jittered,
 )
-from mcp2p.wire.query import Offer, Query, encode
+from mcp2p.wire.query import Offer, Query, encode, padding_for
 from mcp2p.wire.sap import AUTH_LEN, SAPPacket, encode_sap
 from mcp2p.wire.sdp import Announcement, encode_sdp
 from mcp2p.wire.types import FileOffer
@@ -219,12 +219,10 @@ def _file_offer(name: str = "file-0000001.dat", i: int = 1) -> FileOffer:
 
 def query_sizes(name: str = "file-0000001.dat") -> tuple[int, int]:
     """(query, one-file offer) bytes on a link, as a daemon sends them in
-    unicast-reply mode for a pattern (padding rules of `QueryNode.send_query`:
-    at least `ONE_OFFER_QUERY`, so that an SN that has not validated the
-    searcher's address yet still answers one file at once; that first
-    offer ends with the SN's 8-byte cookie)."""
-    from mcp2p.discovery.query import ONE_OFFER_QUERY  # the daemon's padding floor
-
+    unicast-reply mode for a pattern (the daemon's padding rule,
+    `wire.query.padding_for`: at least `ONE_OFFER_QUERY`, so that an SN that
+    has not validated the searcher's address yet still answers one file at
+    once; that first offer ends with the SN's 8-byte cookie)."""
     q = Query(
         request_id=b"\0" * 8,
         hop_limit=1,
@@ -233,9 +231,7 @@ def query_sizes(name: str = "file-0000001.dat") -> tuple[int, int]:
         answers_wanted=1,
         reply_to=(ipaddress.ip_address("0.0.0.0"), 40000),
     )
-    bare = len(encode(q))
-    padding = max(bare + QUERY_PADDING, ONE_OFFER_QUERY) - bare
-    data = encode(dataclasses.replace(q, padding=padding))
+    data = encode(dataclasses.replace(q, padding=padding_for(q, QUERY_PADDING)))
     offer = Offer(b"\0" * 8, b"\1" * 16, b"\2" * 32, 1, (_file_offer(name),), cookie=b"\3" * 8)
     return (
         len(data) + UDP_IP4 + ETH_OVERHEAD,

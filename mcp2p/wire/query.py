@@ -83,6 +83,7 @@ limit beyond its field limits.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import struct
@@ -394,6 +395,35 @@ def encode(msg: Query | Offer) -> bytes:
     if isinstance(msg, Offer):
         return _encode_offer(msg)
     raise TypeError(f"cannot encode {type(msg).__name__}")
+
+
+# -- padding ------------------------------------------------------------------
+
+GROUP_FACTOR = 3  # an SN's reply to the group: at most this many bytes per query byte
+# The largest one-file OFFER entry: 255-byte name, IPv6 group and source.
+_LARGEST_ENTRY = 32 + 1 + 255 + 24 + 17 + 17 + 12
+# A unicast-reply query is padded to the largest one-file OFFER with its
+# cookie, so that an SN that has not validated the searcher's address yet
+# (it answers with at most the query's size) still sends any one file at
+# once: a search by content id never needs a follow-up.
+ONE_OFFER_QUERY = offer_overhead() + _LARGEST_ENTRY + COOKIE_LEN
+# A multicast-reply query: the group reply is at most GROUP_FACTOR times it.
+ONE_OFFER_GROUP_QUERY = -(-(offer_overhead() + _LARGEST_ENTRY) // GROUP_FACTOR)
+_COOKIE_ENTRY = NODE_ID_LEN + COOKIE_LEN
+
+
+def padding_for(q: Query, pad: int) -> int:
+    """The ``padding`` a searcher gives ``q`` (sent without padding so far).
+
+    ``pad`` bytes of room for offers (a pattern query's ``[discovery]
+    query_padding``, 0 by content id), less what its cookies already add;
+    at least up to ``ONE_OFFER_QUERY`` (a unicast reply) or
+    ``ONE_OFFER_GROUP_QUERY`` (a reply to the group); at most MAX_PADDING.
+    """
+    bare = len(_encode_query(dataclasses.replace(q, padding=0)))
+    target = bare + max(0, pad - _COOKIE_ENTRY * len(q.cookies))
+    target = max(target, ONE_OFFER_QUERY if q.reply_to is not None else ONE_OFFER_GROUP_QUERY)
+    return min(MAX_PADDING, target - bare)
 
 
 # -- decoding -----------------------------------------------------------------
