@@ -50,15 +50,17 @@ import random
 import socket
 import statistics
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from mcp2p import multicast
+from mcp2p.core.collision import CollisionRule
 from mcp2p.core.groups import random_group
 from mcp2p.core.wanted import RangeSet
 from mcp2p.errors import ProtocolError
@@ -530,7 +532,7 @@ class ServingService(Service):
         iface = self._interface(group.version)
         port = multicast.listen(
             self.node.reactor,
-            _Monitor(self, session),
+            _Monitor(self.node.reactor, session, self._collided),
             session.destination[1],
             family,
             iface,
@@ -543,6 +545,11 @@ class ServingService(Service):
         the IPv6 interface's name."""
         node = self.node.config.node
         return str(node.interface) if version == 4 else str(node.interface6)
+
+    def _collided(self, session: Session) -> None:
+        """ASM ``session`` heard another session on its group and must move."""
+        self.counters["collisions"] += 1
+        self._move(session)
 
     def _move(self, session: Session) -> None:
         s = self.node.config.serving
@@ -827,44 +834,26 @@ class ServingService(Service):
 class _Monitor(DatagramProtocol):
     """Listens on an ASM session's group: another SSRC there means a collision.
 
-    Of two mcp2p sessions that hear each other, only the one with the lower
-    SSRC moves (both moving would double the moves and could collide
-    again); the other moves too if the foreign SSRC is still heard
-    `PERSIST` seconds later (a sender that never moves). For `HOLDOFF`
-    seconds after a move, what arrives is ignored: datagrams of the old
-    group still queued in the socket would otherwise move the session once
-    per datagram (a move storm, seen in the lab with small pools).
+    What to do about it is `core.collision.CollisionRule`'s decision; this
+    reads the SSRCs and calls ``collided(session)`` when the rule says move.
     """
 
     noisy = False
-    HOLDOFF = 0.5
-    PERSIST = 2.0
 
-    def __init__(self, serving: ServingService, session: Session) -> None:
-        self.serving = serving
+    def __init__(
+        self, clock: IReactorTime, session: Session, collided: Callable[[Session], None]
+    ) -> None:
+        self.clock = clock
         self.session = session
-        self.quiet_until = 0.0
-        self.heard: dict[int, tuple[float, float]] = {}  # ssrc -> (first, last) heard
+        self.collided = collided
+        self.rule = CollisionRule()
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         if len(data) < 12 or self.session.state == "ENDED":
             return
         ssrc = int.from_bytes(data[8:12], "big")
-        if ssrc == self.session.session_id:
-            return
-        now = self.serving.node.reactor.seconds()
-        if now < self.quiet_until:
-            return
-        first, last = self.heard.get(ssrc, (now, now))
-        if now - last > self.PERSIST:  # an old collision: this is a new one
-            first = now
-        self.heard[ssrc] = (first, now)
-        if ssrc < self.session.session_id and now - first < self.PERSIST:
-            return  # the other session yields; give it time to
-        self.serving.counters["collisions"] += 1
-        self.quiet_until = now + self.HOLDOFF
-        self.heard.clear()
-        self.serving._move(self.session)
+        if self.rule.hear(ssrc, self.session.session_id, self.clock.seconds()) == "move":
+            self.collided(self.session)
 
 
 class _Silent(DatagramProtocol):
