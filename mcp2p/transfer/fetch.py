@@ -34,6 +34,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from mcp2p import multicast
+from mcp2p.core import fetchplan
 from mcp2p.core.display import display_text
 from mcp2p.core.ring import ServerRecord
 from mcp2p.core.wanted import RangeSet
@@ -588,7 +589,7 @@ class Fetch:
         return bool(self.code.units(self.layout) == self.layout.blocks)
 
     async def _start_sources(self, sources: list[Source], units: RangeSet) -> None:
-        shares = units.split(len(sources))
+        shares = fetchplan.deal(units, len(sources))
         results = await defer.DeferredList(
             [
                 defer.ensureDeferred(self._subscribe(s, share))
@@ -860,12 +861,12 @@ class Fetch:
         )
         again = {piece: names}
         refused = {s.name for s in self.sources if s.refused}
-        blamed = names & refused or names
+        blamed = fetchplan.blamed(names, refused)
         for source in self.sources:
             if source.name not in blamed or source.state == "dropped":
                 continue
             source.bad_pieces += 1
-            if len(blamed) == 1 or source.bad_pieces >= self.config.fetching.bad_pieces:
+            if fetchplan.refuses(len(blamed), source.bad_pieces, self.config.fetching.bad_pieces):
                 source.refused = True
                 self._drop(
                     source,
@@ -952,14 +953,13 @@ class Fetch:
         stall = self.config.fetching.stall_timeout
         for source in self._active():
             source.share = source.share.intersection(missing)
-            idle = now - source.last_progress
-            others = len(self._active()) > 1 or bool(self.candidates)
-            if source.share and idle > (stall if others else 4 * stall):
-                # Alone, an SN gets longer: dropping it means searching for another.
+            alone = len(self._active()) <= 1 and not self.candidates
+            verdict = fetchplan.stall_verdict(
+                now, source.last_progress, source.nudged_at, bool(source.share), alone, stall
+            )
+            if verdict == "stalled":
                 self._drop(source, "stalled")
-            elif source.share and idle > stall / 2 and now - source.nudged_at > stall / 2:
-                # The SN may believe it sent all this (a loss we never learned of):
-                # ask for it again before giving up on the SN.
+            elif verdict == "nudge":
                 source.nudged_at = now
                 self._send_wanted(source, source.share, replace=False, nudge=True)
         if any(s.share for s in self.sources if s.state == "dropped") or (
@@ -1051,16 +1051,12 @@ class Fetch:
         """Give the shares of dropped SNs to the active ones, or to new candidates."""
         if self.done.called:
             return
-        orphaned = RangeSet()
-        for s in self.sources:
-            if s.state == "dropped" and s.share:
-                orphaned.update(s.share)
-                s.share = RangeSet()
-        missing = self._missing()
-        covered = RangeSet()
-        for s in self._active():
-            covered.update(s.share)
-        orphaned.update(missing.difference(covered))
+        dropped = [s for s in self.sources if s.state == "dropped" and s.share]
+        orphaned = fetchplan.orphaned(
+            self._missing(), [s.share for s in dropped], [s.share for s in self._active()]
+        )
+        for s in dropped:
+            s.share = RangeSet()
         if not orphaned:
             return
         active = self._active()
@@ -1088,7 +1084,7 @@ class Fetch:
 
             d.addErrback(failed)
             return
-        for s, part in zip(active, orphaned.split(len(active)), strict=True):
+        for s, part in zip(active, fetchplan.deal(orphaned, len(active)), strict=True):
             s.share.update(part)
             self._send_wanted(s, part, replace=False)
 
