@@ -255,14 +255,6 @@ class AnycastLab:
         return t
 
 
-def python_in(node: Node, code: str, *args: str, timeout: float = 120) -> Any:
-    """Run a Python snippet in ``node``'s namespace; its stdout's JSON."""
-    cp = node.run([sys.executable, "-c", code, *args], timeout=timeout)
-    if cp.returncode != 0:
-        raise LabError(f"snippet on {node.name} failed: {cp.stderr[-2000:]}")
-    return json.loads(cp.stdout)
-
-
 # -- the probe: ``python -m mcp2p.lab.anycast MODE ...`` inside a namespace -------------
 #
 # Runs the real client (`mcp2p.trust.keyclient`) and prints one JSON document.

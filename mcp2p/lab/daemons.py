@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -27,22 +26,11 @@ from typing import Any
 
 from mcp2p.commands import MCP2P, twistd_node
 from mcp2p.lab.netns import Host, LabError
+from mcp2p.lab.progs import command
 
 __all__ = ["Daemon", "ini_text", "node_sections", "start_all"]
 
 START_TIMEOUT = 60.0
-
-_API_SNIPPET = r"""
-import json, sys
-from mcp2p.api.client import ApiClient, ApiError
-state, port, method, path, body, timeout = sys.argv[1:7]
-try:
-    reply = ApiClient(state, port=int(port)).call(
-        method, path, json.loads(body) if body else None, timeout=float(timeout))
-except ApiError as e:
-    sys.stdout.write(json.dumps({"error": str(e)})); sys.exit(3)
-sys.stdout.write(json.dumps(reply))
-"""
 
 
 def ini_text(sections: dict[str, dict[str, str]]) -> str:
@@ -129,17 +117,15 @@ class Daemon:
         if self.port is None or not self.running():
             raise LabError(f"daemon on {self.host.name} is not running:\n{self.log()[-2000:]}")
         cp = self.host.run(
-            [
-                sys.executable,
-                "-c",
-                _API_SNIPPET,
+            command(
+                "api_call",
                 str(self.root / "state"),
                 str(self.port),
                 method,
                 path,
                 json.dumps(body) if body is not None else "",
                 str(timeout),
-            ],
+            ),
             capture_output=True,
             text=True,
             timeout=timeout + 15,

@@ -52,12 +52,13 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
+
+from mcp2p.lab.progs import command
 
 __all__ = [
     "NS_PREFIX",
@@ -342,44 +343,6 @@ def _install_hooks() -> None:
                     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-_PING_SNIPPET = r"""
-import ipaddress, os, socket, struct, sys, time
-addr, count, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-v6 = ipaddress.ip_address(addr).version == 6
-if v6:
-    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-else:
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-ident = os.getpid() & 0xFFFF
-def csum(b):
-    b += b"\0" * (len(b) & 1)
-    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    t = (t >> 16) + (t & 0xFFFF)
-    t += t >> 16
-    return ~t & 0xFFFF
-ok = 0
-for seq in range(count):
-    kind, reply = (128, 129) if v6 else (8, 0)
-    body = struct.pack("!HH", ident, seq) + b"mcp2p-lab"
-    pkt = struct.pack("!BBH", kind, 0, 0) + body
-    if not v6:
-        pkt = struct.pack("!BBH", kind, 0, csum(pkt)) + body
-    s.sendto(pkt, (addr, 0))
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        s.settimeout(left)
-        try:
-            data = s.recv(2048)
-        except socket.timeout:
-            break
-        icmp = data if v6 else data[(data[0] & 15) * 4:]
-        if icmp[0] == reply and icmp[4:8] == body[:4]:
-            ok += 1
-            break
-sys.exit(0 if ok else 1)
-"""
-
-
 # --------------------------------------------------------------------------
 # addressing
 
@@ -559,7 +522,7 @@ class Node:
         if shutil.which("ping"):
             cmd = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", str(timeout), addr]
         else:
-            cmd = [sys.executable, "-c", _PING_SNIPPET, addr, str(count), str(timeout)]
+            cmd = command("ping", addr, str(count), str(timeout))
         return self.run(cmd, timeout=count * (timeout + 0.5) + 5).returncode == 0
 
     def counters(self, ifname: str | Node | Interface) -> dict[str, int]:

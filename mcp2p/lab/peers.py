@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from typing import Any
 
 from mcp2p.lab.netns import Host, LabError, counter_delta
 from mcp2p.lab.procstat import CpuMeter
+from mcp2p.lab.progs import command
 from mcp2p.lab.transfer import FILE_NAME, CNResult, FetchResult, StarLab, file_digest
 
 __all__ = [
@@ -89,75 +89,6 @@ NO_IPV6 = {"udpcast": "udpcast has no IPv6 (udp-sender and udp-receiver speak IP
 READY_TIMEOUT = 30.0
 SENDER_GRACE = 5.0  # seconds a sender may take to exit after the last CN is done
 TAIL = 1500  # characters of stderr kept in the JSON
-
-# Waits for the start file (bounded), then execs the command (same pid).
-_AT_GO = r"""
-import os, sys, time
-go, ready, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
-open(ready, "w").close()
-deadline = time.monotonic() + wait
-while not os.path.exists(go):
-    if time.monotonic() > deadline:
-        sys.exit("mcp2p lab: no start signal")
-    time.sleep(0.002)
-os.execvp(sys.argv[4], sys.argv[4:])
-"""
-
-# The plain TCP sender: serve PATH to N connections at once, each with
-# os.sendfile from its own file descriptor, then exit. Bounded by WAIT.
-_TCP_SENDER = r"""
-import os, socket, sys, threading
-path, addr, port, n, wait, ready = sys.argv[1:7]
-port, n, wait = int(port), int(n), float(wait)
-size = os.path.getsize(path)
-family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-srv = socket.create_server((addr, port), family=family, backlog=n)
-srv.settimeout(wait)
-open(ready, "w").close()
-errors = []
-
-def serve(conn):
-    try:
-        with conn, open(path, "rb") as f:
-            conn.setblocking(True)
-            offset = 0
-            while offset < size:
-                sent = os.sendfile(conn.fileno(), f.fileno(), offset, size - offset)
-                if sent == 0:
-                    raise OSError("connection closed early")
-                offset += sent
-            conn.shutdown(socket.SHUT_WR)
-    except OSError as e:
-        errors.append(str(e))
-
-threads = []
-for _ in range(n):
-    conn, _ = srv.accept()
-    t = threading.Thread(target=serve, args=(conn,), daemon=True)
-    t.start()
-    threads.append(t)
-for t in threads:
-    t.join(wait)
-if errors or any(t.is_alive() for t in threads):
-    sys.exit(f"tcp sender: {errors or 'timed out'}")
-"""
-
-# The plain TCP receiver: connect, write everything until EOF to OUT.
-_TCP_RECEIVER = r"""
-import socket, sys
-addr, port, out, wait = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-buf = bytearray(1 << 20)
-view = memoryview(buf)
-total = 0
-with socket.create_connection((addr, port), timeout=wait) as s, open(out, "wb") as f:
-    while True:
-        k = s.recv_into(buf)
-        if not k:
-            break
-        f.write(view[:k])
-        total += k
-print(total)
-"""
 
 
 def missing_tools(tool: str) -> str | None:
@@ -209,7 +140,7 @@ class _Plan:
 def _start(host: Host, cmd: list[str], log: Path, at_go: Path | None, ready: Path) -> _Proc:
     out = open(log, "wb")  # noqa: SIM115 - closed by _run
     if at_go is not None:
-        cmd = [sys.executable, "-c", _AT_GO, str(at_go), str(ready), str(READY_TIMEOUT + 60), *cmd]
+        cmd = command("at_go", str(at_go), str(ready), str(READY_TIMEOUT + 60), *cmd)
     proc = host.popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return _Proc(host, proc, log, out)
 
@@ -483,25 +414,21 @@ def _uftp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path, rat
 def _tcp_plan(lab: StarLab, hosts: list[Host], source: Path, run_dir: Path, rate: int) -> _Plan:
     addr = lab.addr(lab.sn)
     ready = run_dir / "tcp-ready"
-    sender = [
-        sys.executable,
-        "-c",
-        _TCP_SENDER,
+    sender = command(
+        "tcp_sender",
         str(source),
         addr,
         str(TCP_PORT),
         str(len(hosts)),
         str(READY_TIMEOUT + 600),
         str(ready),
-    ]
+    )
     outs, receivers = [], []
     for host in hosts:
         out = run_dir / host.name / FILE_NAME
         out.parent.mkdir()
         outs.append(out)
-        receivers.append(
-            [sys.executable, "-c", _TCP_RECEIVER, addr, str(TCP_PORT), str(out), "600"]
-        )
+        receivers.append(command("tcp_receiver", addr, str(TCP_PORT), str(out), "600"))
     return _Plan(sender, False, receivers, True, outs, done_by_exit=True, ready=ready.exists)
 
 

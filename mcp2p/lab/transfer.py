@@ -44,7 +44,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from mcp2p.commands import twistd_node
 from mcp2p.lab.daemons import Daemon, ini_text, node_sections, start_all
 from mcp2p.lab.netns import Host, LabError, Link, Network, Switch, counter_delta
 from mcp2p.lab.procstat import CpuMeter
+from mcp2p.lab.progs import command
 
 __all__ = [
     "CNResult",
@@ -68,30 +68,6 @@ FILE_NAME = "data.bin"
 QUERY_GROUP6 = "ff15::77"  # the query group of a family-6 star (the default's IPv6 one)
 START_TIMEOUT = 60.0  # seconds for the SN to start and index its file
 READY_TIMEOUT = 60.0  # seconds for the CN processes to import and wait
-
-# Runs in each CN's namespace: import the CLI, say so, wait for the start
-# file (bounded) and then OFFSET seconds, then run it as ``mcp2p ARGS``. The
-# CLI must talk to the host's daemon: its in-process fallback is disabled.
-_CN_SNIPPET = r"""
-import os, sys, time
-go, ready, wait, offset = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-import mcp2p.cli, urllib.request, json
-
-def no_daemon(*args, **kw):
-    print("mcp2p lab: no daemon answered the CLI", file=sys.stderr)
-    return mcp2p.cli.EXIT_ERROR
-
-mcp2p.cli.get_in_process = no_daemon
-open(ready, "w").close()
-deadline = time.monotonic() + wait
-while not os.path.exists(go):
-    if time.monotonic() > deadline:
-        sys.exit("mcp2p lab: no start signal")
-    time.sleep(0.002)
-if offset > 0:
-    time.sleep(offset)
-sys.exit(mcp2p.cli.main(sys.argv[5:]))
-"""
 
 
 def make_file(path: Path, size: int, chunk: int = 8 << 20) -> Path:
@@ -548,16 +524,14 @@ class StarLab:
                 args += ["--rate", rate]
             out = open(cn_root / "events.jsonl", "wb")  # noqa: SIM115 - closed below
             err = open(cn_root / "stderr.txt", "wb")  # noqa: SIM115
-            cmd = [
-                sys.executable,
-                "-c",
-                _CN_SNIPPET,
+            cmd = command(
+                "cn_cli",
                 str(go),
                 str(cn_root / "ready"),
                 str(READY_TIMEOUT + 30),
                 str(offset),
                 *args,
-            ]
+            )
             proc = host.popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
             procs.append((host, cn_root, proc, out, err))
         restart: list[Daemon] = []

@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from typing import Any
 from mcp2p.core.scheduler import SCHEDULERS
 from mcp2p.lab.experiment import Context, Param, ReportOut, Section, fmt_spread, md_table, spread
 from mcp2p.lab.netns import Host, LabError, Network, missing_requirements
+from mcp2p.lab.progs import command
 from mcp2p.lab.transfer import FetchResult, StarLab
 
 NAME = "control"
@@ -89,91 +89,6 @@ QUERY_PORT = 7711  # [discovery] query_port: the SN's answers are not data
 SAP_PORT = 9875  # [sap] port
 CONTROL_PORT = 7713  # [serving] control_port, default
 FORGER_WAIT = 30.0  # seconds the forger waits for the session's first packet
-
-# Runs in the forger's namespace. argv: ifname sn_ip port count spacing lead wait.
-# Sniffs IPv4 UDP from sn_ip to a multicast group on port (AF_PACKET), then sends
-# count forged copies of the latest such packet, spacing s apart, each with its
-# sequence number lead ahead of the latest seen and 32 payload bytes flipped,
-# from sn_ip (raw IP socket) to the same group and port. Prints one JSON line.
-_FORGER = r"""
-import json, socket, struct, sys, time
-ifname, sn_ip, port = sys.argv[1], socket.inet_aton(sys.argv[2]), int(sys.argv[3])
-count, spacing = int(sys.argv[4]), float(sys.argv[5])
-lead, wait = int(sys.argv[6]), float(sys.argv[7])
-sniff = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-sniff.bind((ifname, 0))
-sniff.settimeout(0.2)
-raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-idx = socket.if_nametoindex(ifname)
-mreqn = struct.pack("4s4si", b"\0" * 4, b"\0" * 4, idx)
-raw.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
-raw.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 16)
-latest = None
-seen = 0
-
-def take(b):
-    global latest, seen
-    if len(b) < 28 or b[9] != 17 or b[12:16] != sn_ip or not 224 <= b[16] <= 239:
-        return
-    ihl = (b[0] & 15) * 4
-    udp = b[ihl:]
-    if len(udp) < 8 + 22 or struct.unpack("!H", udp[2:4])[0] != port:
-        return
-    seen += 1
-    latest = (b[16:20], one(udp[8:]))
-
-def one(rtp):
-    # The SN sends bursts with UDP GSO: AF_PACKET may see a burst before it is
-    # split. Keep its first datagram: the next RTP header repeats byte 0 and
-    # the SSRC at the segment size.
-    if len(rtp) <= 1472:
-        return rtp
-    for k in range(24, min(len(rtp) - 12, 1473)):
-        if rtp[k] == rtp[0] and rtp[k + 8:k + 12] == rtp[8:12]:
-            return rtp[:k]
-    return rtp[:1472]
-
-def drain():
-    sniff.setblocking(False)
-    try:
-        for _ in range(4096):
-            take(sniff.recv(65535))
-    except BlockingIOError:
-        pass
-    finally:
-        sniff.settimeout(0.2)
-
-deadline = time.monotonic() + wait
-while latest is None and time.monotonic() < deadline:
-    try:
-        take(sniff.recv(65535))
-    except socket.timeout:
-        pass
-if latest is None:
-    print(json.dumps({"sent": 0, "seen": seen, "error": "no session packet seen"}))
-    sys.exit(0)
-sent, errors, first, last = 0, 0, time.monotonic(), -1
-ssrc = struct.unpack("!I", latest[1][8:12])[0]
-for i in range(count):
-    drain()
-    group, rtp = latest
-    ts = max(struct.unpack("!I", rtp[4:8])[0] + lead, last + 1)  # each one distinct
-    last = ts
-    ts &= 0xFFFFFFFF
-    body = bytearray(rtp[:2] + struct.pack("!HI", ts & 0xFFFF, ts) + rtp[8:])
-    for j in range(22, min(len(body), 54)):
-        body[j] ^= 0xFF
-    udp = struct.pack("!HHHH", port, port, 8 + len(body), 0) + bytes(body)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 16, 17, 0, sn_ip, group)
-    try:
-        raw.sendto(ip + udp, (socket.inet_ntoa(group), 0))
-        sent += 1
-    except OSError:
-        errors += 1
-    time.sleep(spacing)
-print(json.dumps({"sent": sent, "errors": errors, "seen": seen, "ssrc": ssrc,
-                  "group": socket.inet_ntoa(latest[0]), "seconds": time.monotonic() - first}))
-"""
 
 
 # -- measuring -----------------------------------------------------------------
@@ -297,7 +212,7 @@ def _forged(lab: _Lab, name: str, packets: int, lead: int, timeout: float) -> di
     args = [ifname, lab.sn_ip, str(DATA_PORT), str(packets), "0.001", str(lead), str(FORGER_WAIT)]
     out = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
     proc = lab.forger.popen(
-        [sys.executable, "-c", _FORGER, *args],
+        command("forger", *args),
         stdout=out,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -30,7 +30,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ from mcp2p.lab.experiment import (
     spread,
 )
 from mcp2p.lab.netns import Host, LabError, Network, Router, counter_delta
+from mcp2p.lab.progs import command
 
 NAME = "discovery"
 TITLE = "Query or announcement"
@@ -83,33 +83,6 @@ PARAMS = {
 }
 
 READY_TIMEOUT = 120.0
-
-# Runs in the searcher's namespace: poll the daemon's SAP directory for each
-# name until all are there or the deadline passes; prints one JSON line with
-# the time each was first seen. Bounded in time.
-_POLLER = r"""
-import json, sys, time
-from mcp2p.api.client import ApiClient, ApiError
-state, port = sys.argv[1], int(sys.argv[2])
-names, deadline = json.loads(sys.argv[3]), float(sys.argv[4])
-client = ApiClient(state, port=port)
-seen = {}
-polls = 0
-while time.time() < deadline and len(seen) < len(names):
-    for name in names:
-        if name in seen:
-            continue
-        polls += 1
-        try:
-            result = client.call("POST", "/api/search", {"method": "sap", "pattern": name},
-                                 timeout=5)
-            if any(f["name"] == name for s in result["servers"] for f in s["files"]):
-                seen[name] = time.time()
-        except (ApiError, OSError, ValueError, KeyError, TypeError):
-            pass
-    time.sleep(0.1)
-print(json.dumps({"seen": seen, "polls": polls}))
-"""
 
 
 # --------------------------------------------------------------------------
@@ -333,8 +306,8 @@ def _sap_point(ctx: Context, lab: _Lab, files: int, p: dict[str, Any]) -> dict[s
             ready = time.time()
             assert searcher.port is not None
             cp = lab.s.run(
-                [sys.executable, "-c", _POLLER, str(searcher.root / "state"), str(searcher.port),
-                 json.dumps(targets), str(ready + p["sap_timeout"])],
+                command("sap_poller", str(searcher.root / "state"), str(searcher.port),
+                        json.dumps(targets), str(ready + p["sap_timeout"])),
                 timeout=p["sap_timeout"] + 30,
             )  # fmt: skip
             try:

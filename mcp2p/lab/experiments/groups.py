@@ -31,7 +31,6 @@ import re
 import resource
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +49,7 @@ from mcp2p.lab.experiment import (
     spread,
 )
 from mcp2p.lab.netns import Host, LabError, Network, Switch, counter_delta
+from mcp2p.lab.progs import command
 
 NAME = "groups"
 TITLE = "SSM or ASM"
@@ -96,68 +96,6 @@ FETCH_FIELDS = [
     "error",
 ]
 
-# Runs in a CN's namespace: at the go time post every fetch to the daemon's
-# API, then poll them (one keep-alive HTTP connection) until all finished or
-# the deadline; writes one JSON file. Bounded in time; cancels what is left.
-_DRIVER = r"""
-import http.client, json, sys, time
-from mcp2p.api.client import ApiClient, ApiError
-state, port, names_file, out_dir, go_at, deadline, out_file = sys.argv[1:8]
-client = ApiClient(state, port=int(port))
-names = json.load(open(names_file))
-go_at, deadline = float(go_at), float(deadline)
-conn = None
-def call(method, path, body=None):
-    global conn
-    for attempt in range(4):
-        try:
-            if conn is None:
-                conn = client.connection(timeout=20)
-            conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                         headers=client.headers())
-            r = conn.getresponse()
-            data = r.read()
-            return r.status, (json.loads(data) if data.strip() else None)
-        except (OSError, http.client.HTTPException, ValueError, ApiError):
-            if conn is not None:
-                conn.close()
-            conn = None
-            time.sleep(0.1)
-    return 0, None
-while time.time() < go_at:
-    time.sleep(0.002)
-fetches = []
-for name in names:
-    t = time.time()
-    status, reply = call("POST", "/api/fetch", {"target": name, "out_dir": out_dir, "sources": 1})
-    tid = reply.get("id") if status == 200 and isinstance(reply, dict) else None
-    fetches.append({"name": name, "id": tid, "t_post": t, "next": 0,
-                    "state": "running" if tid else "failed", "events": [],
-                    "error": "" if tid else f"POST failed: {status} {reply}"})
-while time.time() < deadline:
-    running = [f for f in fetches if f["state"] == "running"]
-    if not running:
-        break
-    t0 = time.time()
-    for f in running:
-        status, reply = call("GET", f"/api/transfers/{f['id']}?since={f['next']}")
-        if status != 200 or not isinstance(reply, dict):
-            continue
-        now = time.time()
-        for e in reply["events"]:
-            if e.get("event") != "progress":
-                e["t"] = now
-                f["events"].append(e)
-        f["next"] = reply["next"]
-        if reply["state"] != "running":
-            f["state"], f["result"], f["t_end"] = reply["state"], reply.get("result"), now
-    time.sleep(max(0.0, 0.25 - (time.time() - t0)))
-for f in fetches:
-    if f["state"] == "running":
-        f["state"], f["error"] = "timeout", "cut at the run's deadline"
-        call("DELETE", f"/api/transfers/{f['id']}")
-json.dump(fetches, open(out_file, "w"))
-"""
 
 _SUB_RE = re.compile(r"subscription \d+ from \w*: (\S+) by multicast, session ([0-9a-f]{8})")
 _MOVE_RE = re.compile(r"session ([0-9a-f]{8}) moved from (\S+) to (\S+):")
@@ -424,10 +362,10 @@ class _Lab:
             assert d.port is not None
             procs.append(
                 d.host.popen(
-                    [
-                        sys.executable, "-c", _DRIVER, str(d.root / "state"), str(d.port),
+                    command(
+                        "fetch_driver", str(d.root / "state"), str(d.port),
                         str(names_file), str(out_dir), repr(go), repr(deadline), str(out_file),
-                    ],
+                    ),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     stdin=subprocess.DEVNULL,

@@ -1,0 +1,41 @@
+"""A CN's ``mcp2p`` CLI, started at a signal (`mcp2p.lab.transfer`).
+
+argv: GO_FILE READY_FILE WAIT OFFSET CLI_ARGS... Imports the CLI, says so
+(READY_FILE), waits for GO_FILE (bounded by WAIT) and then OFFSET seconds,
+then runs ``mcp2p CLI_ARGS``. The CLI must talk to the host's daemon: its
+in-process fallback is disabled.
+"""
+
+from __future__ import annotations
+
+import json  # noqa: F401 - imported before the start signal, as the CLI uses it
+import os
+import sys
+import time
+import urllib.request  # noqa: F401 - imported before the start signal, as the CLI uses it
+from typing import Any
+
+import mcp2p.cli
+
+
+def no_daemon(*args: Any, **kw: Any) -> int:
+    print("mcp2p lab: no daemon answered the CLI", file=sys.stderr)
+    return mcp2p.cli.EXIT_ERROR
+
+
+def main(argv: list[str]) -> int:
+    go, ready, wait, offset = argv[0], argv[1], float(argv[2]), float(argv[3])
+    mcp2p.cli.get_in_process = no_daemon
+    open(ready, "w").close()
+    deadline = time.monotonic() + wait
+    while not os.path.exists(go):
+        if time.monotonic() > deadline:
+            sys.exit("mcp2p lab: no start signal")
+        time.sleep(0.002)
+    if offset > 0:
+        time.sleep(offset)
+    return mcp2p.cli.main(argv[4:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
