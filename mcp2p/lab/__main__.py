@@ -5,6 +5,7 @@
     python -m mcp2p.lab all [--quick] [--out lab-report]   what `make lab` runs
     python -m mcp2p.lab report [--out lab-report]   re-render REPORT.md from JSON
     python -m mcp2p.lab topo FILE.ini|star:4|chain:3|tree up|down|status
+    python -m mcp2p.lab bench NAME [ARGS ...]        one benchmark (``make bench``)
 
 ``run`` and ``all`` write ``OUT/results.json`` (machine, versions, date,
 and every experiment's raw data), ``OUT/NAME.json`` per experiment, the
@@ -28,6 +29,35 @@ from typing import Any
 from mcp2p.lab.experiment import EXPERIMENTS, SIZES, Context, load, parse_params
 
 DEFAULT_OUT = "lab-report"
+
+# The benchmarks, one module each (``mcp2p.lab.bench_NAME``, also runnable as
+# ``python -m mcp2p.lab.bench_NAME``); ``bench NAME`` runs one with its own
+# arguments. In the order ``make bench`` runs them.
+BENCHES = ("catalog", "discovery", "sn", "transfer", "cpu", "codes", "summary")
+
+
+def bench_module(name: str) -> Any:
+    """The module of benchmark ``name`` (``catalog`` or ``bench_catalog``)."""
+    import importlib
+
+    short = name.removeprefix("bench_")
+    if short not in BENCHES:
+        raise ValueError(f"unknown bench {name!r}; known: {', '.join(BENCHES)}")
+    return importlib.import_module(f"mcp2p.lab.bench_{short}")
+
+
+def bench_main(argv: list[str]) -> int:
+    """``bench NAME [ARGS ...]``: run benchmark NAME's ``main(ARGS)``."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m mcp2p.lab bench NAME [ARGS ...]  (NAME --help for its own)")
+        print(f"benches: {', '.join(BENCHES)}")
+        return 0 if argv else 2
+    try:
+        module = bench_module(argv[0])
+    except ValueError as e:
+        print(f"mcp2p lab: {e}", file=sys.stderr)
+        return 2
+    return int(module.main(argv[1:]) or 0)
 
 
 def _overrides(rest: list[str]) -> list[tuple[str, str]]:
@@ -123,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         from mcp2p.lab.topo import main as topo_main
 
         return topo_main(argv[1:])
+    if argv and argv[0] == "bench":
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m mcp2p.lab", description=__doc__.split("\n\n")[0]
     )
@@ -140,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="re-render REPORT.md from OUT/results.json")
     p.add_argument("--out", default=DEFAULT_OUT)
     sub.add_parser("topo", help="build a topology and leave it up (see topo --help)")
+    sub.add_parser("bench", help="run one benchmark: bench NAME [ARGS ...] (see bench --help)")
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "list":
@@ -148,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {m.TITLE}\n  {m.QUESTION}")
             for key, p in m.PARAMS.items():
                 print(f"  --{key.replace('_', '-')}  full={p.full} quick={p.quick}  {p.help}")
+        print("benches (python -m mcp2p.lab bench NAME --help):")
+        for name in BENCHES:
+            doc = (bench_module(name).__doc__ or "").strip().splitlines()
+            print(f"  {name}: {doc[0] if doc else ''}")
         return 0
     if args.command == "report":
         from mcp2p.lab.report import load_results, write_report

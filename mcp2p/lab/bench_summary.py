@@ -148,6 +148,9 @@ def summary(directory: Path) -> list[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["-h"], ["--help"]):
+        print("usage: python -m mcp2p.lab.bench_summary DIR\n\n" + (__doc__ or "").strip())
+        return 0
     if len(args) != 1:
         print("usage: python -m mcp2p.lab.bench_summary DIR", file=sys.stderr)
         return 2
