@@ -19,9 +19,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mcp2p.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mcp2p.trust.keyclient import Endpoint
 
 # Where a config is looked for when none is named, in order (see find_config).
 CONFIG_ENV = "MCP2P_CONFIG"
@@ -590,17 +593,144 @@ SCHEMA: dict[str, dict[str, Option]] = {
 }
 
 
+# -- the typed sections: one frozen dataclass per SCHEMA section, fields named
+# -- and ordered as its keys, typed as its parsers return (tests/test_config.py
+# -- keeps the two in step), so mypy refuses ``config.discovery.ring_timout``.
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True)
-class Section:
-    """Values of one section, as attributes (``config.discovery.ring_timeout``)."""
+class NodeSection:
+    state_dir: Path
+    interface: ipaddress.IPv4Address
+    interface6: str
+    plugins_dir: Path
+    log_level: str
 
-    _values: Mapping[str, Any]
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+@dataclass(frozen=True)
+class ShareSection:
+    paths: tuple[Path, ...]
+    piece_length: int
+    rescan_interval: float
+
+
+@dataclass(frozen=True)
+class DiscoverySection:
+    methods: tuple[str, ...]
+    query_groups: tuple[IPAddress, ...]
+    query_port: int
+    ring_schedule: tuple[int, ...]
+    ring_timeout: float
+    answers_wanted: int
+    reply_mode: str
+    reply_delay_min: float
+    reply_delay_max: float
+    answer_rate: float
+    answer_burst: int
+    query_padding: int
+    source_rate: float
+    source_burst: int
+
+
+@dataclass(frozen=True)
+class SAPSection:
+    group: IPAddress
+    group6: IPAddress
+    port: int
+    ttl: int
+    bandwidth_limit: int
+    min_interval: float
+    cache_timeout: float
+    max_per_source: int
+    max_entries: int
+
+
+@dataclass(frozen=True)
+class ServingSection:
+    group_mode: str
+    ssm_pool: tuple[IPNetwork, ...]
+    asm_pool: tuple[IPNetwork, ...]
+    data_port: int
+    control_port: int
+    rate: int
+    block_length: int
+    dscp: int
+    ttl: int
+    min_rate: int
+    max_rate: int
+    grace: float
+    scheduler: str
+    handshake_timeout: float
+    idle_timeout: float
+    connections_per_address: int
+    max_connections: int
+    max_box: int
+    max_queued: int
+    write_timeout: float
+    report_timeout: float
+    max_wanted_ranges: int
+    subscriptions_per_node: int
+    slow_loss: float
+    slow_window: float
+    subscribers: str | tuple[bytes, ...]  # "any", "trusted", or node ids
+
+
+@dataclass(frozen=True)
+class FetchingSection:
+    download_dirs: tuple[Path, ...]
+    sources: int
+    mode: str
+    code: str
+    stall_timeout: float
+    bad_pieces: int
+    max_piece_length: int
+    max_file_size: int
+    max_in_flight: int
+    max_unverified: int
+    max_subscriptions: int
+    max_sources_tried: int
+    family: str
+
+
+@dataclass(frozen=True)
+class KeysSection:
+    serve: bool
+    listen: Endpoint | None
+    peers: tuple[Endpoint, ...]
+    servers: tuple[Endpoint, ...]
+    replication_interval: float
+    max_per_round: int
+    max_records: int
+    add_rate: float
+    add_burst: int
+    lookup_timeout: float
+
+
+@dataclass(frozen=True)
+class TrustSection:
+    policy: str
+
+
+@dataclass(frozen=True)
+class APISection:
+    port: int
+    unix_socket: Path | None
+
+
+SECTIONS: dict[str, type] = {
+    "node": NodeSection,
+    "share": ShareSection,
+    "discovery": DiscoverySection,
+    "sap": SAPSection,
+    "serving": ServingSection,
+    "fetching": FetchingSection,
+    "keys": KeysSection,
+    "trust": TrustSection,
+    "api": APISection,
+}
 
 
 @dataclass(frozen=True)
@@ -609,44 +739,44 @@ class Config:
 
     source: str
     base_dir: Path
-    sections: Mapping[str, Section]
+    sections: Mapping[str, Any]  # section name -> its dataclass (SECTIONS)
     plugins: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
-    def node(self) -> Any:
-        return self.sections["node"]
+    def node(self) -> NodeSection:
+        return cast(NodeSection, self.sections["node"])
 
     @property
-    def share(self) -> Any:
-        return self.sections["share"]
+    def share(self) -> ShareSection:
+        return cast(ShareSection, self.sections["share"])
 
     @property
-    def discovery(self) -> Any:
-        return self.sections["discovery"]
+    def discovery(self) -> DiscoverySection:
+        return cast(DiscoverySection, self.sections["discovery"])
 
     @property
-    def sap(self) -> Any:
-        return self.sections["sap"]
+    def sap(self) -> SAPSection:
+        return cast(SAPSection, self.sections["sap"])
 
     @property
-    def serving(self) -> Any:
-        return self.sections["serving"]
+    def serving(self) -> ServingSection:
+        return cast(ServingSection, self.sections["serving"])
 
     @property
-    def fetching(self) -> Any:
-        return self.sections["fetching"]
+    def fetching(self) -> FetchingSection:
+        return cast(FetchingSection, self.sections["fetching"])
 
     @property
-    def keys(self) -> Any:
-        return self.sections["keys"]
+    def keys(self) -> KeysSection:
+        return cast(KeysSection, self.sections["keys"])
 
     @property
-    def trust(self) -> Any:
-        return self.sections["trust"]
+    def trust(self) -> TrustSection:
+        return cast(TrustSection, self.sections["trust"])
 
     @property
-    def api(self) -> Any:
-        return self.sections["api"]
+    def api(self) -> APISection:
+        return cast(APISection, self.sections["api"])
 
 
 def _error(source: str, section: str, key: str, value: str, allowed: str) -> ConfigError:
@@ -701,7 +831,7 @@ def config_from_string(
         raw.setdefault(section, {})[key] = value
         origin[(section, key)] = "command line"
 
-    sections: dict[str, Section] = {}
+    sections: dict[str, Any] = {}
     for section, options in SCHEMA.items():
         values: dict[str, Any] = {}
         for key, option in options.items():
@@ -711,7 +841,7 @@ def config_from_string(
             except ValueError as e:
                 where = origin.get((section, key), f"{source} (default)")
                 raise _error(where, section, key, value, str(e)) from None
-        sections[section] = Section(values)
+        sections[section] = SECTIONS[section](**values)
     config = Config(source=source, base_dir=base, sections=sections, plugins=plugins)
     _check_together(config, origin)
     _check_plugins(config, raw, origin)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import ipaddress
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from mcp2p.config import (
     CONFIG_ENV,
     DEFAULT_LOCATIONS,
     SCHEMA,
+    SECTIONS,
     Config,
     config_from_string,
     find_config,
@@ -108,6 +111,49 @@ def test_sections_are_attributes_and_config_is_frozen(tmp_path: Path) -> None:
         _ = config.node.no_such_key
     with pytest.raises(AttributeError):
         config.source = "other"  # type: ignore[misc]
+
+
+def test_each_section_dataclass_has_exactly_the_schema_keys() -> None:
+    """A key added to SCHEMA without its field (or a field without its key) fails here."""
+    assert list(SECTIONS) == list(SCHEMA)
+    for section, options in SCHEMA.items():
+        fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
+        assert fields == list(options), section
+
+
+@pytest.mark.parametrize(("section", "key"), ALL_OPTIONS)
+def test_a_plain_field_has_the_type_its_parser_returns(
+    section: str, key: str, tmp_path: Path
+) -> None:
+    """Fields typed int, float, bool, str or Path hold exactly that for the default."""
+    hint = typing.get_type_hints(SECTIONS[section], localns={"Endpoint": object})[key]
+    value = getattr(getattr(parse("", base_dir=tmp_path), section), key)
+    if hint is Path:
+        assert isinstance(value, Path)
+    elif hint in (int, float, bool, str):
+        assert type(value) is hint, (section, key, value)
+
+
+def mypy_errors(tmp_path: Path, line: str) -> str:  # empty when mypy passes
+    """mypy's complaints about a two-line program that reads a config option."""
+    api = pytest.importorskip("mypy.api")
+    program = tmp_path / "snippet.py"
+    program.write_text(f"from mcp2p.config import config_from_string\n{line}\n")
+    out, err, status = api.run(
+        [
+            f"--config-file={REPO / 'pyproject.toml'}",
+            f"--cache-dir={tmp_path / 'mypy-cache'}",  # cold once (seconds), then warm
+            str(program),
+        ]
+    )
+    assert status in (0, 1), err
+    return "" if status == 0 else out
+
+
+def test_mypy_refuses_a_misspelt_option(tmp_path: Path) -> None:
+    out = mypy_errors(tmp_path, 'config_from_string("").discovery.ring_timout')
+    assert 'has no attribute "ring_timout"' in out
+    assert mypy_errors(tmp_path, 'config_from_string("").discovery.ring_timeout + 1') == ""
 
 
 # -- the shipped etc/mcp2p.ini ---------------------------------------------------
