@@ -3,8 +3,8 @@ wires the parts together (magic-wormhole's ``_boss.py`` is the model)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 
@@ -12,20 +12,34 @@ from mcp2p.catalog import Catalog
 from mcp2p.config import Config
 from mcp2p.trust.keys import NodeIdentity, load_or_create
 
+if TYPE_CHECKING:
+    from mcp2p.api.service import APIService
+    from mcp2p.discovery.service import DiscoveryService
+    from mcp2p.transfer.fetching import FetchingService
+    from mcp2p.transfer.serving import ServingService
+    from mcp2p.trust.gate import TrustGate
+    from mcp2p.trust.keyserver import KeyService
+
 
 @dataclass
 class Node:
-    """What every service of one daemon shares."""
+    """What every service of one daemon shares.
+
+    The services take the node and read each other through it, so ``build``
+    sets them in this order, each before the next is made: trust, serving,
+    discovery, fetching, api (then keys). A service read before ``build`` set
+    it raises AttributeError.
+    """
 
     reactor: Any
     config: Config
     identity: NodeIdentity
-    serving: Any = None
-    discovery: Any = None
-    fetching: Any = None
-    api: Any = None
-    trust: Any = None  # the TrustGate: [trust] policy over STATE/known_nodes
-    keys: Any = None  # the key server, when [keys] serve = yes
+    trust: TrustGate = field(init=False)  # [trust] policy over STATE/known_nodes
+    serving: ServingService = field(init=False)
+    discovery: DiscoveryService = field(init=False)
+    fetching: FetchingService = field(init=False)
+    api: APIService = field(init=False)
+    keys: KeyService | None = None  # the key server, when [keys] serve = yes
 
 
 def add_plugin_dir(config: Config) -> None:

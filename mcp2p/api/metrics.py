@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,6 +22,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from mcp2p import __version__
+
+if TYPE_CHECKING:
+    from mcp2p.app import Node
 
 MAX_SESSIONS = 32
 MAX_TRANSFERS = 16
@@ -155,7 +158,7 @@ def fetch_totals(counters: Iterable[dict[str, float]]) -> dict[str, float]:
 class NodeCollector(Collector):
     """Yields every counter of ``node`` (an `mcp2p.app.Node`) at scrape time."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
 
     def describe(self) -> Iterable[Metric]:
@@ -338,7 +341,7 @@ class NodeCollector(Collector):
         yield rate
 
 
-def registry_for(node: Any) -> CollectorRegistry:
+def registry_for(node: Node) -> CollectorRegistry:
     """A registry of this node's own, holding only its collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node))

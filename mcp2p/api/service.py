@@ -62,7 +62,7 @@ import socket
 import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -75,6 +75,9 @@ from mcp2p.api.client import TOKEN_FILE
 from mcp2p.api.statuspage import StatusPage
 from mcp2p.atomicfile import write_atomic
 from mcp2p.discovery.query import file_json
+
+if TYPE_CHECKING:
+    from mcp2p.app import Node
 
 _log = Logger()
 
@@ -371,7 +374,7 @@ class Access:
 class _JSON(resource.Resource):
     isLeaf = True
 
-    def __init__(self, node: Any, access: Access) -> None:
+    def __init__(self, node: Node, access: Access) -> None:
         super().__init__()
         self.node = node
         self.access = access
@@ -532,7 +535,7 @@ class APISite(server.Site):
 class APIService(Service):
     name = "api"  # type: ignore[assignment]
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.port: Any = None
         self.unix_port: Any = None

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp2p import __version__
 from mcp2p.api import metrics
+
+if TYPE_CHECKING:
+    from mcp2p.app import Node
 
 STATIC = Path(__file__).parent / "static"
 MAX_TRANSFERS = 100  # in GET /api/transfers, the newest
@@ -52,7 +55,7 @@ FILES = {
 class StatusPage:
     """Answers the GETs above for one node; ``metrics_registry`` is its own."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.registry = metrics.registry_for(node)
         self._files: dict[bytes, bytes] = {}
@@ -86,13 +89,13 @@ class StatusPage:
         return body
 
 
-def transfers(node: Any) -> list[dict[str, Any]]:
+def transfers(node: Node) -> list[dict[str, Any]]:
     """The newest MAX_TRANSFERS transfers, newest first."""
     newest = sorted(node.fetching.transfers.values(), key=lambda t: -t.id)[:MAX_TRANSFERS]
     return [{**t.summary(), "counters": t.counters()} for t in newest]
 
 
-def overview(node: Any) -> dict[str, Any]:
+def overview(node: Node) -> dict[str, Any]:
     serving, discovery = node.serving, node.discovery
     entries = sorted(serving.catalog.entries(), key=lambda e: e.name)
     api = getattr(node.api, "resource", None)
@@ -158,7 +161,7 @@ def sessions(serving: Any) -> list[dict[str, Any]]:
     return out
 
 
-def peers(node: Any) -> list[dict[str, Any]]:
+def peers(node: Node) -> list[dict[str, Any]]:
     """Nodes found by recent searches (with their hop distance), then nodes
     heard only through SAP (distance unknown), nearest first."""
     now = node.reactor.seconds()

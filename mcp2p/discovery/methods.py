@@ -12,7 +12,7 @@ import ipaddress
 import random
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 from zope.interface import implementer
@@ -22,12 +22,15 @@ from mcp2p.core.ring import ServerRecord
 from mcp2p.discovery.query import QueryNode, SearchResult
 from mcp2p.interfaces import IDiscoveryMethod
 
+if TYPE_CHECKING:
+    from mcp2p.app import Node
+
 
 @implementer(IDiscoveryMethod)
 class QueryMethod:
     name = "query"
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         c = node.config
         self.query = QueryNode(
@@ -102,7 +105,7 @@ class SAPMethod:
     name = "sap"
     EXPIRE_EVERY = 60.0
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         from mcp2p.discovery.sap import SAPDirectory
 
         self.node = node

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -11,6 +11,9 @@ from twisted.logger import Logger
 
 from mcp2p import plugins
 from mcp2p.interfaces import IDiscoveryMethod
+
+if TYPE_CHECKING:
+    from mcp2p.app import Node
 
 _log = Logger()
 
@@ -20,7 +23,7 @@ MAX_PEERS = 64  # nodes remembered from search results, the most recently heard
 class DiscoveryService(Service):
     name = "discovery"  # type: ignore[assignment]
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.methods: dict[str, IDiscoveryMethod] = {}
         for name in node.config.discovery.methods:

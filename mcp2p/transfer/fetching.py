@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -18,6 +18,9 @@ from twisted.logger import Logger
 from mcp2p.core.display import display_name, display_text
 from mcp2p.transfer.downloads import OutDir, open_out_dir
 from mcp2p.transfer.fetch import Fetch
+
+if TYPE_CHECKING:
+    from mcp2p.app import Node
 
 _log = Logger()
 
@@ -90,7 +93,7 @@ def _shown_paths(event: dict[str, Any], directory: OutDir) -> dict[str, Any]:
 class FetchingService(Service):
     name = "fetching"  # type: ignore[assignment]
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.transfers: dict[int, Transfer] = {}
         self.ids = itertools.count(1)

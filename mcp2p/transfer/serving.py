@@ -51,7 +51,7 @@ import socket
 import statistics
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -78,6 +78,10 @@ from mcp2p.wire.manifest import encode_manifest, sign_manifest
 from mcp2p.wire.query import Query
 from mcp2p.wire.types import FileOffer
 
+if TYPE_CHECKING:
+    from mcp2p.app import Node
+    from mcp2p.catalog import Catalog
+
 _log = Logger()
 MOVE_TRIES = 64  # random draws for a free ASM group before giving up on a move
 MOVED = "moved: far slower than the other receivers; subscribe again for a session of its own"
@@ -92,7 +96,7 @@ MAX_RECEIVED = 1 << 32  # packets one loss report may say were received
 class ServingService(Service):
     name = "serving"  # type: ignore[assignment]
 
-    def __init__(self, node: Any, catalog: Any, rng: random.Random | None = None) -> None:
+    def __init__(self, node: Node, catalog: Catalog, rng: random.Random | None = None) -> None:
         self.node = node
         self.catalog = catalog
         self.rng = rng or random.Random()

@@ -51,7 +51,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlencode
 
 import blake3
@@ -66,6 +66,9 @@ from mcp2p.errors import ProtocolError
 from mcp2p.trust import records
 from mcp2p.trust.keyclient import SERVER_HEADER, Endpoint, http_request
 from mcp2p.trust.records import KeyRecord, RecordError
+
+if TYPE_CHECKING:
+    from mcp2p.app import Node
 
 _log = Logger()
 
@@ -528,7 +531,7 @@ class KeyService(Service):
 
     name = "keys"  # type: ignore[assignment]
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.reactor = node.reactor
         keys = node.config.sections["keys"]
