@@ -13,7 +13,10 @@ from mcp2p.config import Config
 from mcp2p.trust.keys import NodeIdentity, load_or_create
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from mcp2p.api.service import APIService
+    from mcp2p.discovery.query import QueryNode, SearchResult
     from mcp2p.discovery.service import DiscoveryService
     from mcp2p.transfer.fetching import FetchingService
     from mcp2p.transfer.serving import ServingService
@@ -88,3 +91,87 @@ def build(config: Config, reactor: Any = None) -> MultiService:
         node.keys.setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
     return top
+
+
+class Client:
+    """A client-only node in this process (``search --no-daemon``, ``get
+    --no-daemon``, the lab's probe): it searches with the query rings or by
+    listening to SAP, fetches as this config's identity, and serves nothing.
+    ``build_client`` makes it with its sockets open; ``stop()`` closes them.
+    """
+
+    def __init__(self, reactor: Any, config: Config, query: QueryNode) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.query = query
+        self._identity: NodeIdentity | None = None
+
+    @property
+    def identity(self) -> NodeIdentity:
+        """This node's keys, read (or made) in ``[node] state_dir`` when first
+        asked for: a search needs none, a fetch does."""
+        if self._identity is None:
+            self._identity = load_or_create(self.config.node.state_dir)
+        return self._identity
+
+    def search(
+        self, pattern: str | None = None, content_id: bytes | None = None, **options: Any
+    ) -> Deferred[SearchResult]:
+        """One expanding-ring search (options as QueryNode.search takes them)."""
+        return self.query.search(pattern=pattern, content_id=content_id, **options)
+
+    async def listen_sap(
+        self, pattern: str | None, content_id: bytes | None, wait: float
+    ) -> SearchResult:
+        """Listen to the IPv4 SAP group for ``wait`` seconds and search what was heard."""
+        import socket
+        import time
+
+        from twisted.internet import defer, task
+
+        from mcp2p import multicast
+        from mcp2p.discovery.methods import directory_result, sap_directory
+        from mcp2p.discovery.sap import SAPProtocol
+
+        sap = self.config.sap
+        directory = sap_directory(sap)
+        protocol = SAPProtocol(directory, self.reactor, b"", str(sap.group))
+        iface = str(self.config.node.interface)
+        port = multicast.listen(self.reactor, protocol, sap.port, socket.AF_INET, iface)
+        multicast.join(port, sap.group, iface)
+        started = time.monotonic()
+        try:
+            await task.deferLater(self.reactor, wait, lambda: None)
+        finally:
+            await defer.maybeDeferred(port.stopListening)
+        result = directory_result(directory.search(pattern=pattern, content_id=content_id))
+        result.reason = "listened"
+        result.elapsed = time.monotonic() - started
+        return result
+
+    def stop(self) -> Deferred[Any]:
+        return self.query.stop()
+
+
+def build_client(
+    config: Config, reactor: Any = None, listen_group: bool | None = None, query: bool = True
+) -> Client:
+    """A Client of ``config`` with its query sockets open (``query`` False: none,
+    for a client that only listens to SAP). ``listen_group``: also take offers
+    sent to the query group; by default when ``[discovery] reply_mode = multicast``."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    from mcp2p.discovery.methods import query_node
+
+    node = query_node(reactor, config)
+    if query:
+        if listen_group is None:
+            listen_group = config.discovery.reply_mode == "multicast"
+        try:
+            node.start(listen_group=listen_group)
+        except BaseException:
+            node.stop()  # the sockets already open (one family of two)
+            raise
+    return Client(reactor, config, node)

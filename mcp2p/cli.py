@@ -213,20 +213,14 @@ def search_in_process(
         try:
             for (method, kwargs), keep in planned:
                 if method == "query":
-                    from mcp2p.discovery.query import QueryNode
+                    from mcp2p.app import build_client
 
-                    node = QueryNode(
-                        reactor,
-                        config.discovery,
-                        str(config.node.interface),
-                        config.node.interface6,
-                    )
                     mode = kwargs.get("reply_mode", config.discovery.reply_mode)
+                    client = build_client(config, reactor, listen_group=mode != "unicast")
                     try:
-                        node.start(listen_group=mode != "unicast")
-                        result = await node.search(**kwargs)
+                        result = await client.search(**kwargs)
                     finally:
-                        await node.stop()
+                        await client.stop()
                 else:
                     result = await sap_listen(reactor, config, kwargs, wait)
                 out.clear()
@@ -288,37 +282,10 @@ def _failure(error: Exception, what: str) -> CliError:
 
 async def sap_listen(reactor: Any, config: Config, kwargs: dict[str, Any], wait: float) -> Any:
     """Listen to the SAP group for ``wait`` seconds and search what was heard."""
-    import socket
-    import time
+    from mcp2p.app import build_client
 
-    from twisted.internet import defer, task
-
-    from mcp2p import multicast
-    from mcp2p.discovery.methods import directory_result
-    from mcp2p.discovery.sap import SAPDirectory, SAPProtocol
-
-    directory = SAPDirectory(
-        floor=config.sap.cache_timeout,
-        bandwidth_limit_bps=config.sap.bandwidth_limit,
-        min_interval=config.sap.min_interval,
-        max_per_source=config.sap.max_per_source,
-        max_entries=config.sap.max_entries,
-    )
-    protocol = SAPProtocol(directory, reactor, b"", str(config.sap.group))
-    iface = str(config.node.interface)
-    port = multicast.listen(reactor, protocol, config.sap.port, socket.AF_INET, iface)
-    multicast.join(port, config.sap.group, iface)
-    started = time.monotonic()
-    try:
-        await task.deferLater(reactor, wait, lambda: None)
-    finally:
-        await defer.maybeDeferred(port.stopListening)
-    result = directory_result(
-        directory.search(pattern=kwargs["pattern"], content_id=kwargs["content_id"])
-    )
-    result.reason = "listened"
-    result.elapsed = time.monotonic() - started
-    return result
+    client = build_client(config, reactor, query=False)
+    return await client.listen_sap(kwargs["pattern"], kwargs["content_id"], wait)
 
 
 def human_size(n: int) -> str:
@@ -581,23 +548,18 @@ def get_in_process(config: Config, body: dict[str, Any], show: Progress) -> int:
     outcome: dict[str, Any] = {}
 
     async def run(reactor: Any) -> None:
-        from mcp2p.discovery.query import QueryNode
+        from mcp2p.app import build_client
         from mcp2p.transfer.fetch import Fetch, FetchError
-        from mcp2p.trust.keys import load_or_create
 
-        node = None
+        client = None
         try:
-            identity = load_or_create(config.node.state_dir)
-            node = QueryNode(
-                reactor, config.discovery, str(config.node.interface), config.node.interface6
-            )
-            node.start(listen_group=config.discovery.reply_mode == "multicast")
+            client = build_client(config, reactor)
             out_dir = options.pop("out_dir", Path(body["out_dir"]))
             fetch = Fetch(
                 reactor,
                 config,
-                identity,
-                node.search,
+                client.identity,
+                client.search,
                 body["target"],
                 out_dir,
                 on_event=show,
@@ -616,8 +578,8 @@ def get_in_process(config: Config, body: dict[str, Any], show: Progress) -> int:
                 show.outcome = "usage"
             show({"event": "failed", "error": str(failure)})
         finally:
-            if node is not None:
-                await node.stop()
+            if client is not None:
+                await client.stop()
 
     _react(run)
     if "path" in outcome:

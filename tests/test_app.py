@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from mcp2p.app import build
+from mcp2p.app import build, build_client
 from mcp2p.discovery.query import QueryNode
+from mcp2p.trust.keys import load_or_create
 from tests.nodes import free_udp_port, make_node_dir, node_config
 
 
@@ -100,3 +102,54 @@ async def test_sap_announcements_reach_another_node_and_deletions_remove_them(
         await wait_for(lambda: len(b.node.discovery.methods["sap"].directory) == 0)
         await b.stopService()
     assert reactor_state() == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_searches_a_node_by_query_and_by_sap_and_stops_clean(
+    tmp_path: Path,
+) -> None:
+    """build_client: what search/get --no-daemon and the lab's probe use."""
+    before = reactor_state()
+    qport, sport = free_udp_port(), free_udp_port()
+    make_node_dir(tmp_path / "sn", {"movie.mkv": 30_000})
+    top = build(node_config(tmp_path / "sn", qport, sport), reactor)
+    top.startService()
+    cn_config = node_config(tmp_path / "cn", qport, sport, discovery={"answers_wanted": "1"})
+    client = build_client(cn_config, reactor)
+    try:
+        await top.node.serving.ready
+        assert client.query.group_ports == {}  # reply_mode = unicast: no group socket
+        result = await client.search(pattern="*.mkv")
+        assert result.reason == "enough"
+        [server] = result.servers
+        assert server.node_id == top.node.identity.node_id
+        # Its keys are made only when asked for (a search needs none), then kept.
+        assert not (tmp_path / "cn" / "state").exists()
+        assert client.identity.node_id == load_or_create(tmp_path / "cn" / "state").node_id
+        assert client.identity is client.identity
+
+        listener = build_client(cn_config, reactor, query=False)
+        assert listener.query.unicast_ports == {}
+        heard = await listener.listen_sap("movie*", None, wait=1.5)
+        assert heard.reason == "listened"
+        assert [s.node_id for s in heard.servers] == [top.node.identity.node_id]
+        await listener.stop()
+    finally:
+        await client.stop()
+        await top.stopService()
+    assert reactor_state() == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_cannot_listen_closes_what_it_opened(tmp_path: Path) -> None:
+    """IPv4 opens, then an IPv6 interface this host lacks fails: one clear error, and
+    the IPv4 sockets are closed again."""
+    from mcp2p.multicast import InterfaceError
+
+    before = reactor_state()
+    config = node_config(
+        tmp_path, free_udp_port(), free_udp_port(), node={"interface6": "mcp2pnosuch"}
+    )
+    with pytest.raises(InterfaceError, match="mcp2pnosuch"):
+        build_client(config, reactor, listen_group=True)
+    await wait_for(lambda: reactor_state() == before)

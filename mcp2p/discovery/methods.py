@@ -23,7 +23,46 @@ from mcp2p.discovery.query import QueryNode, SearchResult
 from mcp2p.interfaces import IDiscoveryMethod
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from mcp2p.app import Node
+    from mcp2p.config import Config, SAPSection
+    from mcp2p.discovery.sap import SAPDirectory
+    from mcp2p.trust.keys import NodeIdentity
+    from mcp2p.wire.query import Query
+    from mcp2p.wire.types import FileOffer
+
+
+def query_node(
+    reactor: Any,
+    config: Config,
+    identity: NodeIdentity | None = None,
+    lookup: Callable[[Query], Sequence[FileOffer]] | None = None,
+) -> QueryNode:
+    """The QueryNode of ``config``: a searcher, and a responder too when given
+    this node's ``identity`` and the catalog's ``lookup`` (the daemon's)."""
+    return QueryNode(
+        reactor,
+        config.discovery,
+        str(config.node.interface),
+        config.node.interface6,
+        node_id=identity.node_id if identity else None,
+        public_key=identity.public_key if identity else None,
+        lookup=lookup,
+    )
+
+
+def sap_directory(sap: SAPSection) -> SAPDirectory:
+    """An empty directory of SAP announcements bounded by ``[sap]``."""
+    from mcp2p.discovery.sap import SAPDirectory
+
+    return SAPDirectory(
+        floor=sap.cache_timeout,
+        bandwidth_limit_bps=sap.bandwidth_limit,
+        min_interval=sap.min_interval,
+        max_per_source=sap.max_per_source,
+        max_entries=sap.max_entries,
+    )
 
 
 @implementer(IDiscoveryMethod)
@@ -32,16 +71,7 @@ class QueryMethod:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        c = node.config
-        self.query = QueryNode(
-            node.reactor,
-            c.discovery,
-            str(c.node.interface),
-            c.node.interface6,
-            node_id=node.identity.node_id,
-            public_key=node.identity.public_key,
-            lookup=node.serving.lookup,
-        )
+        self.query = query_node(node.reactor, node.config, node.identity, node.serving.lookup)
 
     def start(self) -> None:
         self.query.start(listen_group=True)
@@ -106,19 +136,11 @@ class SAPMethod:
     EXPIRE_EVERY = 60.0
 
     def __init__(self, node: Node) -> None:
-        from mcp2p.discovery.sap import SAPDirectory
-
         self.node = node
         c = node.config.sap
         self.interface = str(node.config.node.interface)
         self.group = c.group
-        self.directory = SAPDirectory(
-            floor=c.cache_timeout,
-            bandwidth_limit_bps=c.bandwidth_limit,
-            min_interval=c.min_interval,
-            max_per_source=c.max_per_source,
-            max_entries=c.max_entries,
-        )
+        self.directory = sap_directory(c)
         self.scopes = [_Scope(self, c.group, socket.AF_INET, self.interface, self.interface, 4)]
         interface6 = node.config.node.interface6
         if interface6:

@@ -22,7 +22,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
@@ -41,6 +41,9 @@ from mcp2p.wire.query import (
     padding_for,
 )
 from mcp2p.wire.types import FileOffer, IPAddress
+
+if TYPE_CHECKING:
+    from mcp2p.config import DiscoverySection
 
 _log = Logger()
 
@@ -195,7 +198,7 @@ class QueryNode:
     def __init__(
         self,
         reactor: Any,
-        discovery: Any,
+        discovery: DiscoverySection,
         interface: str,
         interface6: str = "",
         node_id: bytes | None = None,

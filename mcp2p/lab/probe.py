@@ -31,15 +31,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from twisted.internet import defer, task
 
-    from mcp2p.discovery.query import QueryNode
+    from mcp2p.app import build_client
 
     runs: list[dict[str, Any]] = []
 
     async def run(reactor: Any) -> None:
-        node = QueryNode(
-            reactor, config.discovery, str(config.node.interface), config.node.interface6
-        )
-        node.start(listen_group=config.discovery.reply_mode == "multicast")
+        node = build_client(config, reactor)
         try:
             for i in range(args.repeat):
                 if i:
