@@ -5,7 +5,7 @@ Layers, bottom first (a module may import its own layer and the ones below):
 0. base: ``mcp2p`` (the version), ``errors``, ``interfaces`` (zope only)
 1. ``wire``: message formats, the content id and piece geometry
 2. ``core``: pure decisions over wire's types
-3. adapters and services: ``catalog``, ``multicast``, ``listening``, ``atomicfile``,
+3. adapters and services: ``catalog``, ``multicast``, ``listening``, ``atomicfile``, ``logsummary``,
    ``config``, ``plugins`` (the registry), ``trust``, ``discovery``, ``transfer``, ``api``
 4. assembly and faces: ``app``, ``tap``, ``twistd``, ``cli``, ``demo``, ``commands``,
    ``__main__``, and the plugin modules in ``mcp2p/plugins/`` (loaded by name, they
@@ -32,6 +32,7 @@ SERVICES = (
     "multicast",
     "listening",
     "atomicfile",
+    "logsummary",
     "config",
     "trust",
     "discovery",

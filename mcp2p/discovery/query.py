@@ -33,6 +33,7 @@ from mcp2p.core.display import display_text
 from mcp2p.core.responder import COOKIE_WINDOW, Responder, Schedule, Send
 from mcp2p.core.ring import ArmTimer, Finished, RingSearch, SendQuery, ServerRecord
 from mcp2p.errors import ProtocolError
+from mcp2p.logsummary import summary_level
 from mcp2p.wire.query import (
     Offer,
     Query,
@@ -118,8 +119,8 @@ class _Datagrams(DatagramProtocol):
             self.node.counters["malformed"] += 1
             malformed = self.node.counters["malformed"]
             # Warn on the 1st, 2nd, 4th, 8th... drop so a flood cannot fill the log.
-            log = _log.warn if malformed & (malformed - 1) == 0 else _log.debug
-            log(
+            _log.emit(
+                summary_level(malformed),
                 "dropped malformed datagram from {host}:{port} on the {kind} socket"
                 " ({malformed} so far): {error}",
                 host=addr[0],
@@ -362,8 +363,8 @@ class QueryNode:
             self.counters["send_errors"] += 1
             failed = self.counters["send_errors"]
             # Warn on the 1st, 2nd, 4th, 8th... failure: replies go where queries say.
-            log = _log.warn if failed & (failed - 1) == 0 else _log.debug
-            log(
+            _log.emit(
+                summary_level(failed),
                 "could not send {nbytes} bytes to {to} ({failed} so far): {error}",
                 nbytes=len(data),
                 to=to,

@@ -34,6 +34,7 @@ from mcp2p.core.sapinterval import (
     jittered,
 )
 from mcp2p.errors import ProtocolError
+from mcp2p.logsummary import summary_level
 from mcp2p.trust.keys import node_id_of
 from mcp2p.wire.sap import (
     SDP_PAYLOAD_TYPE,
@@ -528,8 +529,12 @@ class SAPAnnouncer:
         except OSError as e:
             self.send_errors += 1
             failed = self.send_errors
-            log = self._log.warn if failed & (failed - 1) == 0 else self._log.debug
-            log("SAP send failed ({failed} so far): {error}", failed=failed, error=e)
+            self._log.emit(
+                summary_level(failed),
+                "SAP send failed ({failed} so far): {error}",
+                failed=failed,
+                error=e,
+            )
             return
         self.sent_packets += 1
         self.sent_bytes += len(data)
@@ -670,8 +675,8 @@ class SAPProtocol(DatagramProtocol):
     def _drop(self, addr: Any, error: ProtocolError) -> None:
         self.dropped += 1
         # Warn on the 1st, 2nd, 4th, 8th... drop so a flood cannot fill the log.
-        log = self._log.warn if self.dropped & (self.dropped - 1) == 0 else self._log.debug
-        log(
+        self._log.emit(
+            summary_level(self.dropped),
             "dropped SAP datagram from {addr} ({dropped} so far): {error}",
             addr=addr,
             dropped=self.dropped,
@@ -680,8 +685,8 @@ class SAPProtocol(DatagramProtocol):
 
     def _forged(self, addr: Any, why: str) -> None:
         self.forged += 1
-        log = self._log.warn if self.forged & (self.forged - 1) == 0 else self._log.debug
-        log(
+        self._log.emit(
+            summary_level(self.forged),
             "dropped forged SAP datagram from {addr} ({forged} so far): {why}",
             addr=addr,
             forged=self.forged,

@@ -35,6 +35,7 @@ from twisted.protocols import amp
 from twisted.protocols.policies import TimeoutMixin
 
 from mcp2p.errors import ProtocolError
+from mcp2p.logsummary import summary_level
 
 _log = Logger()
 
@@ -76,8 +77,13 @@ class Summary:
 
     def __call__(self, format: str, **fields: Any) -> None:
         self.counters[self.key] = n = self.counters.get(self.key, 0) + 1
-        log = _log.warn if n & (n - 1) == 0 else _log.debug
-        log(format + " ({count} so far, counted in {key})", count=n, key=self.key, **fields)
+        _log.emit(
+            summary_level(n),
+            format + " ({count} so far, counted in {key})",
+            count=n,
+            key=self.key,
+            **fields,
+        )
 
 
 class NotShared(Exception):

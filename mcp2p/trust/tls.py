@@ -77,6 +77,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from mcp2p.logsummary import summary_level
 from mcp2p.trust.keys import NodeIdentity, node_id_of
 
 _log = Logger()
@@ -347,8 +348,8 @@ class VerifyingProtocol(ProtocolWrapper):
             if self.factory.counters is not None:
                 self.factory.counters["rejected"] = self.factory.counters.get("rejected", 0) + 1
             # The 1st, 2nd, 4th, 8th...: a flood of connections writes a few lines.
-            log = _log.warn if n & (n - 1) == 0 else _log.debug
-            log(
+            _log.emit(
+                summary_level(n),
                 "control connection with {address} closed before the peer was verified: {why}"
                 " ({count} so far)",
                 address=_address(self.transport),
@@ -452,8 +453,8 @@ class LimitingFactory(WrappingFactory):
 
     def _refuse(self, key: str, host: str, limit: str) -> None:
         self.counters[key] = n = self.counters.get(key, 0) + 1
-        log = _log.warn if n & (n - 1) == 0 else _log.debug
-        log(
+        _log.emit(
+            summary_level(n),
             "refused a control connection from {host}: at most {limit} "
             "({count} refused so far, counted in {key})",
             host=host,
