@@ -78,6 +78,16 @@ class ScanCancelled(Exception):
     """The catalog is stopping; the scan in progress gives up."""
 
 
+def _checker(cancel: threading.Event) -> Callable[[], None]:
+    """A call that raises ScanCancelled once ``cancel`` is set (a scan's check point)."""
+
+    def check() -> None:
+        if cancel.is_set():
+            raise ScanCancelled()
+
+    return check
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogEntry:
     """One shared file as last hashed. ``path`` is absolute, inside a share."""
@@ -419,11 +429,7 @@ class _Scanner:
         writing: frozenset[str] = frozenset(),
     ) -> _ScanResult:
         started = time.monotonic()
-
-        def check() -> None:
-            if cancel.is_set():
-                raise ScanCancelled()
-
+        check = _checker(cancel)
         store, known = self._open()
         problems: dict[str, tuple[str, str]] = {}  # path -> (log level, reason)
         current: dict[str, tuple[CatalogEntry, int]] = {}
@@ -472,11 +478,7 @@ class _Scanner:
     ) -> _ScanResult:
         """Bring ``files`` and everything under ``trees`` up to date, nothing else."""
         started = time.monotonic()
-
-        def check() -> None:
-            if cancel.is_set():
-                raise ScanCancelled()
-
+        check = _checker(cancel)
         store, known = self._open()
         problems: dict[str, tuple[str, str]] = {}
         roots = self.roots()
