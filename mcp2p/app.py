@@ -87,7 +87,7 @@ def build(config: Config, reactor: Any = None) -> MultiService:
     if config.keys.serve:
         from mcp2p.trust.keyserver import KeyService
 
-        node.keys = KeyService(node)
+        node.keys = KeyService(reactor, config.keys, config.node.state_dir, node.identity.node_id)
         node.keys.setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
     return top

@@ -628,7 +628,7 @@ def cmd_keys(config: Config, args: argparse.Namespace) -> int:
     result: dict[str, Any] = {}
 
     async def run(reactor: Any) -> None:
-        client = keyclient.client_for(config, reactor)
+        client = keyclient.client_for(config.keys, reactor)
         try:
             if args.action == "lookup":
                 answer = await client.fetch(args.node_id)

@@ -10,9 +10,16 @@ query, sap``), and settings for a plugin live in ``[plugin:NAME]``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from zope.interface import Attribute, Interface
+
+
+class Clock(Protocol):
+    """The part of a reactor a service needs only to tell the time (the
+    reactor, or ``twisted.internet.task.Clock`` in tests)."""
+
+    def seconds(self) -> float: ...
 
 
 class IDiscoveryMethod(Interface):

@@ -62,7 +62,7 @@ import socket
 import stat
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -232,7 +232,7 @@ def write_token(state_dir: Path) -> str:
     return token
 
 
-def _exit_line(line: str) -> None:
+def _exit_line(line: str) -> NoReturn:
     """Stop the daemon with one line on the real stderr and in the log (exit 2)."""
     print(line, file=sys.__stderr__ or sys.stderr, flush=True)
     if sys.stderr is not sys.__stderr__:

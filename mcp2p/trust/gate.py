@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -38,6 +38,10 @@ from mcp2p.trust.policy import (
     standing,
 )
 
+if TYPE_CHECKING:
+    from mcp2p.config import Config
+    from mcp2p.interfaces import Clock
+
 _log = Logger()
 
 LOOKUP_TTL = 300.0
@@ -53,7 +57,7 @@ class TrustGate:
         policy: str,
         subscribers: Subscribers,
         known: KnownNodes,
-        clock: Any = None,
+        clock: Clock | None = None,
         lookup: Lookup | None = None,
     ) -> None:
         self.policy = policy
@@ -82,21 +86,23 @@ class TrustGate:
             )
 
     @classmethod
-    def from_config(cls, config: Any, clock: Any = None, lookup: Lookup | None = None) -> TrustGate:
-        """The gate of ``config``; under keyservers it asks ``[keys] servers``
-        (`mcp2p.trust.keyclient.lookup_for`) unless ``lookup`` is given."""
-        keys = config.sections.get("keys")
-        if lookup is None and config.trust.policy == "keyservers" and keys and keys.servers:
+    def from_config(
+        cls, config: Config, reactor: Any = None, lookup: Lookup | None = None
+    ) -> TrustGate:
+        """The gate of ``config`` ([trust], [serving] subscribers, [node] state_dir);
+        under keyservers it asks ``[keys] servers`` (`mcp2p.trust.keyclient.lookup_for`,
+        over ``reactor``) unless ``lookup`` is given."""
+        if lookup is None and config.trust.policy == "keyservers" and config.keys.servers:
             from mcp2p.trust.keyclient import lookup_for
 
-            if clock is None:
-                from twisted.internet import reactor as clock
-            lookup = lookup_for(config, clock)
+            if reactor is None:
+                from twisted.internet import reactor
+            lookup = lookup_for(config.keys, reactor)
         return cls(
             config.trust.policy,
             config.serving.subscribers,
             KnownNodes(config.node.state_dir),
-            clock,
+            reactor,
             lookup,
         )
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from twisted.internet import defer, protocol
@@ -31,6 +31,9 @@ from zope.interface import implementer
 from mcp2p.errors import ProtocolError
 from mcp2p.trust import records
 from mcp2p.trust.records import KeyRecord, RecordError
+
+if TYPE_CHECKING:
+    from mcp2p.config import KeysSection
 
 _log = Logger()
 
@@ -289,15 +292,14 @@ def _why(error: BaseException) -> str:
     return (str(error) or type(error).__name__)[:200]
 
 
-def client_for(config: Any, reactor: Any) -> KeyClient:
-    """The client of ``config``'s ``[keys] servers``."""
-    keys = config.sections["keys"]
+def client_for(keys: KeysSection, reactor: Any) -> KeyClient:
+    """The client of ``[keys] servers`` (and ``lookup_timeout``)."""
     return KeyClient(reactor, keys.servers, keys.lookup_timeout)
 
 
-def lookup_for(config: Any, reactor: Any) -> Any:
+def lookup_for(keys: KeysSection, reactor: Any) -> Callable[[bytes], defer.Deferred[Any]]:
     """``lookup(node_id) -> Deferred[KeyRecord | None]`` for the trust policy."""
-    return client_for(config, reactor).lookup
+    return client_for(keys, reactor).lookup
 
 
 __all__ = [

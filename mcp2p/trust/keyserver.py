@@ -68,7 +68,7 @@ from mcp2p.trust.keyclient import SERVER_HEADER, Endpoint, http_request
 from mcp2p.trust.records import KeyRecord, RecordError
 
 if TYPE_CHECKING:
-    from mcp2p.app import Node
+    from mcp2p.config import KeysSection
 
 _log = Logger()
 
@@ -531,18 +531,18 @@ class KeyService(Service):
 
     name = "keys"  # type: ignore[assignment]
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.reactor = node.reactor
-        keys = node.config.sections["keys"]
+    def __init__(self, reactor: Any, keys: KeysSection, state_dir: Path, node_id: bytes) -> None:
+        """``keys``: [keys]; ``state_dir``: where RECORDS_FILE is kept ([node]
+        state_dir); ``node_id``: this node's, sent as SERVER_HEADER."""
+        self.reactor = reactor
         self.keys = keys
-        self.server_id = node.identity.node_id.hex()
+        self.server_id = node_id.hex()
         self.timeout = float(keys.lookup_timeout)
         self.store = KeyStore(keys.max_records, keys.add_rate, keys.add_burst)
         self.counters: Counter[str] = Counter(
             lookups=0, summaries=0, pages=0, rounds=0, peer_errors=0
         )
-        self.path = Path(node.config.node.state_dir) / RECORDS_FILE
+        self.path = Path(state_dir) / RECORDS_FILE
         self.replicator = Replicator(self, tuple(keys.peers), keys.max_per_round)
         self.port: Any = None
         self._loop: task.LoopingCall | None = None

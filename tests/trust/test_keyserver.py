@@ -46,17 +46,11 @@ def make_server(state: Path, port: int, peers: list[int] = (), **keys: str) -> K
         *(f"{k} = {v}" for k, v in keys.items()),
     ]
     config = config_from_string("\n".join(lines) + "\n", base_dir=state)
-    node = SimpleNamespace(
-        reactor=reactor,
-        config=config,
-        identity=load_or_create(state),
-        serving=None,
-        discovery=None,
-        fetching=None,
-        api=None,
-    )
-    service = KeyService(node)
-    node.keys = service
+    identity = load_or_create(state)
+    service = KeyService(reactor, config.keys, config.node.state_dir, identity.node_id)
+    service.node = SimpleNamespace(  # type: ignore[attr-defined]
+        identity=identity, serving=None, discovery=None, fetching=None, api=None, keys=service
+    )  # what registry_for reads
     service.startService()
     return service
 
