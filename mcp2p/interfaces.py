@@ -90,6 +90,10 @@ class IBlockScheduler(Interface):
         """Up to ``count`` units to send now, each counted as sent; fewer when
         nothing more is needed."""
 
+    def take_run(count: int) -> tuple[int, int] | None:
+        """``(unit, n)``: up to ``count`` symbols of one unit to send now, counted
+        as sent (codes whose units need many symbols); None when nothing is needed."""
+
     def set_need(subscriber: Any, need: Any) -> None:
         """Replace everything ``subscriber`` needs (a new subscriber joins)."""
 

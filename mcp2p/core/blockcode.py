@@ -266,6 +266,38 @@ class RaptorQEncoder:
             return unit, esi, _read_exact(self._read, offset, min(t, size - start))
         return unit, esi, self._repair(unit, k, esi - k)
 
+    def symbols(self, unit: int, first: int, count: int) -> list[tuple[int, int, bytes]]:
+        """``symbol(unit, n)`` for n in first .. first + count - 1, the source
+        symbols among them read with one pread."""
+        if not _is_int(first) or first < 0 or not _is_int(count) or count < 0:
+            raise ValueError(f"symbols {first!r} + {count!r} are not non-negative integers")
+        layout, t = self.layout, self.symbol_size
+        size = layout.piece_size(unit)
+        if size == 0:
+            return [(unit, 0, b"")] * count
+        k = -(-size // t)
+        cycle = k + self.repair_symbols(unit)
+        out: list[tuple[int, int, bytes]] = []
+        n, stop = first, first + count
+        while n < stop:
+            esi = n % cycle
+            if esi < k:
+                last = min(k, esi + stop - n)  # source ESIs esi .. last - 1
+                start = esi * t
+                data = _read_exact(
+                    self._read, layout.piece_offset(unit) + start, min(last * t, size) - start
+                )
+                view = memoryview(data)
+                out += [
+                    (unit, e, bytes(view[(e - esi) * t : (e - esi + 1) * t]))
+                    for e in range(esi, last)
+                ]
+                n += last - esi
+            else:
+                out.append((unit, esi, self._repair(unit, k, esi - k)))
+                n += 1
+        return out
+
     def _repair(self, piece: int, k: int, index: int) -> bytes:
         entry = self._cache.get(piece)
         if entry is None:

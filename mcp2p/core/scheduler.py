@@ -28,6 +28,8 @@ set, S subscribers:
 - ``sent``, ``add_need``: O(S log r + L log r).
 - ``take(n)``: n x (choose + sent); ``mostwanted`` hands out whole runs of
   its top level at once when nobody needs a unit twice: O(S log r) a run.
+- ``take_run(n)``: one unit and up to n symbols of it: O(S log r + L log r
+  + the units in progress).
 - ``set_need``/``remove``/``add_needs``: O(L (r + r')) set algebra, plus
   O(log r) per unit needed more than once.
 - ``weight``: O(L log r); ``total_weight``, ``needed_units``: O(1).
@@ -86,6 +88,10 @@ class DemandScheduler:
         self._nlive = 0  # units of weight >= 1
         self._needs: dict[Hashable, _Need] = {}
         self._randrange = rng.randrange
+        # take_run's units in progress: sent in part, or needed again after a
+        # loss report. None until the first take_run (a plain-code session
+        # never calls it and pays nothing per lost block).
+        self._open: set[int] | None = None
 
     # -- reading
 
@@ -193,6 +199,81 @@ class DemandScheduler:
             self._move(unit, w, w - k)
         return k
 
+    def take_run(self, count: int) -> tuple[int, int] | None:
+        """A run of up to ``count`` symbols of one unit, counted as sent:
+        ``(unit, n)``, or None when nobody needs anything.
+
+        For codes whose units need many symbols (a fountain code's pieces),
+        where ``take`` would visit each unit once per round and so keep every
+        piece of the file half received at once. The unit is the lowest one
+        in progress (sent in part, or needed again after a loss report), else
+        ``choose()``'s; ``n`` is the most any subscriber still needs of it, so
+        one run completes the unit for everyone: each symbol of a fountain
+        code helps every subscriber that lacks any of the unit's. So a
+        receiver has few pieces in progress (decoder memory stays bounded),
+        a sender repairs the piece its encoder has just encoded, and the
+        repair of a unit costs the worst subscriber's loss, not the sum.
+        """
+        if count <= 0 or self._total <= 0:
+            return None
+        if self._open is None:
+            self._open = set()
+        open_units = self._open
+        unit = None
+        while open_units:
+            first = min(open_units)
+            if self._weight(first):
+                unit = first
+                break
+            open_units.discard(first)
+        if unit is None:
+            unit = self.choose()
+            if unit is None:
+                return None
+        most = 0
+        for need in self._needs.values():
+            have = need.many.get(unit)
+            if have is None:
+                have = 1 if unit in need.ones else 0
+            most = max(most, have)
+        n = min(count, most)
+        self.sent_run(unit, n)
+        if self._weight(unit):
+            open_units.add(unit)
+        else:
+            open_units.discard(unit)
+        return unit, n
+
+    def sent_run(self, unit: int, n: int) -> int:
+        """``n`` symbols of ``unit`` went out: each need for it drops by up to
+        ``n``. Returns the drop of the unit's weight."""
+        if not 0 <= unit < self._units:
+            raise ValueError(f"unit {unit} is outside 0..{self._units - 1}")
+        if n <= 0:
+            return 0
+        drop = 0
+        for need in self._needs.values():
+            many = need.many
+            count = many.get(unit) if many else None
+            if count is not None:
+                left = count - n
+                if left <= 0:
+                    del many[unit]
+                    drop += count
+                elif left == 1:
+                    del many[unit]
+                    need.ones.add(unit)
+                    drop += n
+                else:
+                    many[unit] = left
+                    drop += n
+            elif need.ones.discard(unit):
+                drop += 1
+        if drop:
+            w = self._weight(unit)
+            self._move(unit, w, w - drop)
+        return drop
+
     # -- changing needs
 
     def add_need(self, subscriber: Hashable, unit: int, count: int = 1) -> None:
@@ -215,6 +296,8 @@ class DemandScheduler:
             need.many[unit] = after
         w = self._weight(unit)
         self._move(unit, w, w + count)
+        if self._open is not None:
+            self._open.add(unit)
 
     def add_needs(self, subscriber: Hashable, units: Iterable[int]) -> None:
         """``add_need(subscriber, u)`` for each ``u`` of ``units`` (a unit named
@@ -239,6 +322,8 @@ class DemandScheduler:
             new = RangeSet.from_indices(fresh)
             ones.update(new)
             self._shift(new, 1)
+            if self._open is not None:
+                self._open.update(fresh)
 
     def set_need(self, subscriber: Hashable, need: dict[int, int] | RangeSet) -> None:
         """Replace everything ``subscriber`` needs.

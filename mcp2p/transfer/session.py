@@ -296,7 +296,12 @@ class Session:
         budget = int(self.bucket.available(now) // size)
         if budget <= 0:
             return
-        units = self.scheduler.take(min(budget, MAX_BURST))
+        if self.plain:
+            units = self.scheduler.take(min(budget, MAX_BURST))
+            runs: list[tuple[int, int]] = []
+        else:
+            runs = self._take_runs(min(budget, MAX_BURST))
+            units = [unit for unit, n in runs for _ in range(n)]
         if not units:
             return
         count = len(units)
@@ -310,7 +315,7 @@ class Session:
         else:
             for k, unit in enumerate(units):
                 ring[(seq0 + k) % len(ring)] = unit
-        symbols = self._plain_symbols(units) if self.plain else self._symbols(units)
+        symbols = self._plain_symbols(units) if self.plain else self._symbols(runs)
         sid = self.session_id
         packets = [
             pack_header(seq & 0xFFFF, seq & 0xFFFFFFFF, sid, piece, symbol) + payload
@@ -323,15 +328,34 @@ class Session:
             sub.client.send_notices(sub.id, notices)
         self._send(packets)
 
-    def _symbols(self, units: list[int]) -> list[tuple[int, int, bytes]]:
-        """Each unit's next symbol from the block code's encoder."""
+    def _take_runs(self, count: int) -> list[tuple[int, int]]:
+        """Runs ``(unit, n)`` of up to ``count`` symbols in all: codes whose
+        units need many symbols send a unit's symbols together (see
+        `DemandScheduler.take_run`)."""
+        runs = []
+        take_run = self.scheduler.take_run
+        while count > 0:
+            run = take_run(count)
+            if run is None:
+                break
+            runs.append(run)
+            count -= run[1]
+        return runs
+
+    def _symbols(self, runs: list[tuple[int, int]]) -> list[tuple[int, int, bytes]]:
+        """The next ``n`` symbols of each run's unit from the block code's
+        encoder (its ``symbols`` where it has one: a run read at once)."""
         counts = self.symbols_sent
+        symbols = getattr(self.encoder, "symbols", None)
         symbol = self.encoder.symbol
-        out = []
-        for unit in units:
-            n = counts[unit]
-            counts[unit] = n + 1
-            out.append(symbol(unit, n))
+        out: list[tuple[int, int, bytes]] = []
+        for unit, n in runs:
+            first = counts[unit]
+            counts[unit] = first + n
+            if symbols is not None:
+                out += symbols(unit, first, n)
+            else:
+                out += [symbol(unit, first + i) for i in range(n)]
         return out
 
     def _plain_symbols(self, units: list[int]) -> list[tuple[int, int, bytes]]:

@@ -382,3 +382,29 @@ def test_decoders_never_raise_on_garbage(symbols: list[tuple[int, int, bytes]]) 
         for symbol in symbols:
             for offset, data in dec.add(*symbol):
                 assert 0 <= offset and offset + len(data) <= LAYOUT.size
+
+
+@pytest.mark.parametrize("first,count", [(0, 8), (0, 3), (5, 10), (7, 1), (8, 4), (0, 200)])
+def test_raptorq_symbols_in_a_run_are_symbol_by_symbol(first: int, count: int) -> None:
+    """A run read at once (source symbols with one read) equals symbol() one
+    by one, across the source/repair boundary and the ESI wrap."""
+    size = 3 * PIECE - 100
+    layout = Layout(size, PIECE, BLOCK)
+    code = RaptorQCode(repair_ratio=0.1)
+    _, read = make_file(size, seed=3)
+    reads: list[int] = []
+
+    def counting_read(offset: int, length: int) -> bytes:
+        reads.append(length)
+        return read(offset, length)
+
+    one = code.encoder(layout, read)
+    run = code.encoder(layout, counting_read)
+    for piece in range(layout.pieces):
+        reads.clear()
+        expected = [one.symbol(piece, n) for n in range(first, first + count)]
+        assert run.symbols(piece, first, count) == expected
+        if first + count <= code.source_symbols(layout, piece):
+            assert len(reads) == 1  # the source symbols of the run in one read
+    with pytest.raises(ValueError):
+        run.symbols(0, -1, 2)

@@ -595,3 +595,93 @@ def test_hostile_needs_are_refused_before_anything_is_expanded() -> None:
     s.set_need("a", RangeSet([(0, 1000)]))
     s.set_need("a", RangeSet([(i, i + 1) for i in range(0, 1000, 2)]))
     assert s.total_weight == 500 and s.level_sizes() == {1: 500}
+
+
+# -- runs (codes whose units need many symbols) ----------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_a_run_completes_a_unit_for_every_subscriber(name: str) -> None:
+    s = scheduler(4, name=name)
+    s.set_need("a", {0: 10, 1: 10, 2: 10, 3: 10})
+    s.set_need("b", {0: 10, 1: 10, 2: 10, 3: 10})
+    unit, n = s.take_run(100)
+    assert n == 10 and s.weight(unit) == 0  # one run of 10 serves both
+    assert s.total_weight == 2 * 3 * 10
+
+
+def test_runs_go_piece_by_piece_and_repairs_come_first() -> None:
+    s = scheduler(5, name="mostwanted")
+    for sub in "abc":
+        s.set_need(sub, dict.fromkeys(range(5), 8))
+    assert s.take_run(5) == (0, 5)  # a burst ends mid-piece ...
+    assert s.take_run(100) == (0, 3)  # ... and the next goes on with it, not with piece 1
+    assert s.take_run(8) == (1, 8)
+    # Each of a, b, c lost symbols of piece 0: it is repaired before piece 2 goes out,
+    # with as many symbols as the worst of them lost, not the sum.
+    s.add_needs("a", [0, 0])
+    s.add_needs("b", [0])
+    s.add_need("c", 0, 3)
+    assert s.take_run(100) == (0, 3)
+    assert s.weight(0) == 0
+    assert s.take_run(100) == (2, 8)
+
+
+def test_a_run_that_fills_a_burst_stops_there() -> None:
+    s = scheduler(2, name="mostwanted")
+    s.set_need("a", {0: 700, 1: 700})
+    runs = []
+    while (run := s.take_run(256)) is not None:
+        runs.append(run)
+    assert runs == [(0, 256), (0, 256), (0, 188), (1, 256), (1, 256), (1, 188)]
+    assert s.total_weight == 0 and s.take_run(10) is None
+
+
+def test_a_late_joiner_gets_the_whole_unit_the_early_one_its_rest() -> None:
+    s = scheduler(1, name="mostwanted")
+    s.set_need("early", {0: 3})
+    s.set_need("late", {0: 9})
+    assert s.take_run(100) == (0, 9)
+    assert s.need_of("early") == {} and s.need_of("late") == {}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.dictionaries(st.integers(0, 7), st.integers(0, 5), max_size=8), max_size=4),
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 7), st.integers(1, 3)), max_size=10),
+    st.integers(1, 9),
+)
+def test_runs_match_a_naive_model(
+    needs: list[dict[int, int]], losses: list[tuple[int, int, int]], burst: int
+) -> None:
+    """Whatever the needs and losses, runs send each unit the most any
+    subscriber lacks, never a unit nobody needs, and end every need."""
+    s = scheduler(8, name="mostwanted")
+    model: dict[int, dict[int, int]] = {}
+    for sub, need in enumerate(needs):
+        s.set_need(sub, need)
+        model[sub] = {u: c for u, c in need.items() if c}
+    pending = list(losses)
+    sent = 0
+    while True:
+        run = s.take_run(burst)
+        if run is None:
+            if not pending:
+                break
+            sub, unit, count = pending.pop()
+            if sub in model:
+                s.add_need(sub, unit, count)
+                model[sub][unit] = model[sub].get(unit, 0) + count
+            continue
+        unit, n = run
+        most = max((m.get(unit, 0) for m in model.values()), default=0)
+        assert 1 <= n <= min(burst, most)
+        for m in model.values():
+            if unit in m:
+                m[unit] = max(0, m[unit] - n)
+                if not m[unit]:
+                    del m[unit]
+        check_tree(s, [sum(m.get(u, 0) for m in model.values()) for u in range(8)])
+        sent += n
+        assert sent < 10_000
+    assert s.total_weight == 0 and all(not m for m in model.values())
