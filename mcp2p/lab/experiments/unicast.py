@@ -104,6 +104,7 @@ PARAMS = {
     "link_mbit": Param(100, 100, 100, "rate of every link, Mbit/s"),
     "send_mbit": Param(95, 95, 95, "SN session rate and multicast peers' rate, Mbit/s"),
     "tcp_loss": Param(True, True, True, "drop TCP into the CNs too for the tcp peer"),
+    "code": Param("plain", "plain", "plain", "block code of mcp2p's fetches: plain or raptorq"),
 }
 MULTICAST_TOOLS = ("mcp2p-multicast", "udpcast", "uftp")
 WIN_MARGIN = 0.05  # "wins": a median at least 5% lower (less is noise on 2 shared cores)
@@ -167,7 +168,7 @@ def _one(
     try:
         if tool.startswith("mcp2p-"):
             mode = tool.split("-", 1)[1]
-            result = lab.fetch(n, name=name, mode=mode, code="plain", timeout=timeout)
+            result = lab.fetch(n, name=name, mode=mode, code=p["code"], timeout=timeout)
         else:
             tcp_drop = tool == "tcp" and p["tcp_loss"] and loss > 0
             if tcp_drop:
@@ -233,6 +234,7 @@ def run(
     tcp_loss: bool,
     headline_mib: int = 0,
     family: int = 4,
+    code: str = "plain",
 ) -> dict[str, Any]:
     if not cns or min(cns) < 1 or max(cns) > 64:
         raise ValueError("cns: numbers of CNs between 1 and 64")
@@ -247,13 +249,15 @@ def run(
         raise ValueError("headline_mib: 0 (the grid's size) or more MiB")
     if family not in (4, 6):
         raise ValueError("family: 4 or 6")
+    if code not in ("plain", "raptorq"):
+        raise ValueError("code: plain or raptorq")
     if family == 6 and any(t.startswith("mcp2p-") for t in tools) and ipv6_missing():
         raise LabError(str(ipv6_missing()))
     size = size_mib << 20
     # The headline is run apart only when its file is larger than the grid's.
     hl_size = headline_mib << 20 if headline_mib > size_mib else 0
     hl_loss, hl_n = _headline_point(losses, cns)
-    p = {"send_mbit": send_mbit, "tcp_loss": tcp_loss}
+    p = {"send_mbit": send_mbit, "tcp_loss": tcp_loss, "code": code}
     skipped = {
         t: missing_tools(t) or unsupported(t, family) for t in tools if not t.startswith("mcp2p-")
     }
@@ -305,6 +309,7 @@ def run(
             "reps": ctx.reps,
             "headline_size": hl_size or size,
             "family": family,
+            "code": code,
         },
         "skipped": skipped,
         "runs": runs,
@@ -451,7 +456,8 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
         "(UDP; for the plain TCP peer "
         + ("TCP segments as well" if prm["tcp_loss"] else "UDP only, so TCP is not dropped")
         + "). Tools: mcp2p multicast and unicast (real `twistd -n mcp2p` daemons on the SN "
-        "and on every CN, the `mcp2p get` CLI on each CN, plain code, SN sessions at "
+        f"and on every CN, the `mcp2p get` CLI on each CN, {prm.get('code', 'plain')} code, "
+        "SN sessions at "
         f"{prm['send_mbit']} Mbit/s), udpcast (`udp-sender --max-bitrate "
         f"{prm['send_mbit']}m --full-duplex --min-receivers N --rexmit-hello-interval 20 "
         "--retries-until-drop 30`), UFTP 4.10 (`uftp -Y none -R "
