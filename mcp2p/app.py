@@ -58,7 +58,7 @@ def build(config: Config, reactor: Any = None) -> MultiService:
 
         reactor = default_reactor
     from mcp2p.api.service import APIService
-    from mcp2p.discovery.service import DiscoveryService
+    from mcp2p.discovery.service import DiscoveryService, make_methods
     from mcp2p.transfer.fetching import FetchingService
     from mcp2p.transfer.serving import ServingService
     from mcp2p.trust.gate import TrustGate
@@ -68,7 +68,11 @@ def build(config: Config, reactor: Any = None) -> MultiService:
     for path in config.share.paths:
         path.mkdir(parents=True, exist_ok=True)
     node = Node(reactor, config, load_or_create(config.node.state_dir))
+    # Each part is made after the parts it is handed (or, for the transfer
+    # services, that it reads through the node as it is built).
+    # 1. trust: config only
     node.trust = TrustGate.from_config(config, reactor)
+    # 2. serving: the catalog; reads the node's config, identity and trust
     catalog = Catalog(
         reactor,
         config.node.state_dir,
@@ -77,13 +81,18 @@ def build(config: Config, reactor: Any = None) -> MultiService:
         config.share.rescan_interval,
         watch=True,
     )
-    top = MultiService()
     node.serving = ServingService(node, catalog)
-    node.discovery = DiscoveryService(node)
+    # 3. discovery: each method is handed the node (a DiscoveryHost) and takes
+    #    what it uses of it, the serving side's offers, lookup and catalog
+    node.discovery = DiscoveryService(make_methods(config.discovery.methods, node), reactor)
+    # 4. fetching: searches through discovery, judges sources through trust
     node.fetching = FetchingService(node)
+    # 5. api: the local control interface over all of the above
     node.api = APIService(node)
+    top = MultiService()
     for service in (node.serving, node.discovery, node.fetching, node.api):
         service.setServiceParent(top)
+    # 6. keys, when served: config and this node's id
     if config.keys.serve:
         from mcp2p.trust.keyserver import KeyService
 
@@ -165,7 +174,7 @@ def build_client(
         reactor = default_reactor
     from mcp2p.discovery.methods import query_node
 
-    node = query_node(reactor, config)
+    node = query_node(reactor, config.discovery, config.node)
     if query:
         if listen_group is None:
             listen_group = config.discovery.reply_mode == "multicast"

@@ -45,8 +45,9 @@ class IDiscoveryMethodPlugin(Interface):
 
     name = Attribute("the name the ini file uses to select it")
 
-    def make(node: Any) -> IDiscoveryMethod:
-        """``node`` is the ``mcp2p.app.Node``: reactor, config, identity, serving."""
+    def make(host: Any) -> IDiscoveryMethod:
+        """``host`` is a ``mcp2p.discovery.methods.DiscoveryHost`` (the daemon's
+        ``mcp2p.app.Node``): reactor, config, identity, serving."""
 
 
 class ICatalog(Interface):

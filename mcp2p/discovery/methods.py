@@ -12,7 +12,7 @@ import ipaddress
 import random
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer, task
 from zope.interface import implementer
@@ -25,27 +25,68 @@ from mcp2p.interfaces import IDiscoveryMethod
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from mcp2p.app import Node
-    from mcp2p.config import Config, SAPSection
+    from mcp2p.config import Config, DiscoverySection, NodeSection, SAPSection
     from mcp2p.discovery.sap import SAPDirectory
     from mcp2p.trust.keys import NodeIdentity
     from mcp2p.wire.query import Query
     from mcp2p.wire.types import FileOffer
 
 
+class CatalogChanges(Protocol):
+    """Tells of the catalog's changes (`mcp2p.catalog.Catalog`): SAPMethod
+    announces again after each one."""
+
+    def subscribe(self, callback: Callable[[Any], object]) -> None: ...
+
+    def unsubscribe(self, callback: Callable[[Any], object]) -> None: ...
+
+
+class Serving(Protocol):
+    """The serving side as the built-in methods use it (ServingService):
+    ``offers(4 or 6)`` (the IP version of the sessions) for SAP, ``lookup``
+    for the query responder, and its catalog's changes."""
+
+    @property
+    def catalog(self) -> CatalogChanges: ...
+
+    def offers(self, version: int = 4) -> list[FileOffer]: ...
+
+    def lookup(self, query: Query) -> Sequence[FileOffer]: ...
+
+
+class DiscoveryHost(Protocol):
+    """What a discovery plugin's ``make(host)`` is handed (`mcp2p.app.Node` is
+    one): the reactor, the whole config (a plugin reads its own
+    ``[plugin:NAME]`` section), this node's identity, and the serving side."""
+
+    @property
+    def reactor(self) -> Any: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def identity(self) -> NodeIdentity: ...
+
+    @property
+    def serving(self) -> Serving: ...
+
+
 def query_node(
     reactor: Any,
-    config: Config,
+    discovery: DiscoverySection,
+    node: NodeSection,
     identity: NodeIdentity | None = None,
     lookup: Callable[[Query], Sequence[FileOffer]] | None = None,
 ) -> QueryNode:
-    """The QueryNode of ``config``: a searcher, and a responder too when given
-    this node's ``identity`` and the catalog's ``lookup`` (the daemon's)."""
+    """The QueryNode of ``[discovery]`` on ``[node]``'s interfaces: a searcher,
+    and a responder too when given this node's ``identity`` and the catalog's
+    ``lookup`` (the daemon's)."""
     return QueryNode(
         reactor,
-        config.discovery,
-        str(config.node.interface),
-        config.node.interface6,
+        discovery,
+        str(node.interface),
+        node.interface6,
         node_id=identity.node_id if identity else None,
         public_key=identity.public_key if identity else None,
         lookup=lookup,
@@ -69,9 +110,16 @@ def sap_directory(sap: SAPSection) -> SAPDirectory:
 class QueryMethod:
     name = "query"
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.query = query_node(node.reactor, node.config, node.identity, node.serving.lookup)
+    def __init__(
+        self,
+        reactor: Any,
+        discovery: DiscoverySection,
+        node: NodeSection,
+        identity: NodeIdentity,
+        lookup: Callable[[Query], Sequence[FileOffer]],
+    ) -> None:
+        """Answers queries with ``lookup`` (the serving side's) as ``identity``."""
+        self.query = query_node(reactor, discovery, node, identity, lookup)
 
     def start(self) -> None:
         self.query.start(listen_group=True)
@@ -93,30 +141,37 @@ class _Scope:
     """One SAP group this node announces on and listens to, with its socket."""
 
     def __init__(
-        self, method: SAPMethod, group: Any, family: int, interface: str, origin: str, version: int
+        self,
+        reactor: Any,
+        sap: SAPSection,
+        identity: NodeIdentity,
+        directory: SAPDirectory,
+        group: Any,
+        family: int,
+        interface: str,
+        origin: str,
+        version: int,
     ) -> None:
         from mcp2p.discovery.sap import SAPAnnouncer, SAPProtocol
 
-        node = method.node
-        c = node.config.sap
         self.group = group
         self.family = family
         self.interface = interface
         self.version = version  # IP version of the sessions announced here
         scope = str(group)
-        self.protocol = SAPProtocol(method.directory, node.reactor, node.identity.node_id, scope)
+        self.protocol = SAPProtocol(directory, reactor, identity.node_id, scope)
         self.announcer = SAPAnnouncer(
-            node.reactor,
-            self.protocol.sender(scope, c.port),
+            reactor,
+            self.protocol.sender(scope, sap.port),
             random.Random(),
-            node_id=node.identity.node_id,
-            public_key=node.identity.public_key,
-            private_key=node.identity.private_key,
+            node_id=identity.node_id,
+            public_key=identity.public_key,
+            private_key=identity.private_key,
             origin=ipaddress.ip_address(origin),
-            ttl=c.ttl,
-            bandwidth_limit_bps=c.bandwidth_limit,
-            min_interval=c.min_interval,
-            directory=method.directory,
+            ttl=sap.ttl,
+            bandwidth_limit_bps=sap.bandwidth_limit,
+            min_interval=sap.min_interval,
+            directory=directory,
             scope=scope,
         )
         self.port: Any = None
@@ -135,33 +190,52 @@ class SAPMethod:
     name = "sap"
     EXPIRE_EVERY = 60.0
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        c = node.config.sap
-        self.interface = str(node.config.node.interface)
-        self.group = c.group
-        self.directory = sap_directory(c)
-        self.scopes = [_Scope(self, c.group, socket.AF_INET, self.interface, self.interface, 4)]
-        interface6 = node.config.node.interface6
-        if interface6:
-            address6 = multicast.interface_address6(interface6)
-            self.scopes.append(_Scope(self, c.group6, socket.AF_INET6, interface6, address6, 6))
+    def __init__(
+        self,
+        reactor: Any,
+        sap: SAPSection,
+        node: NodeSection,
+        identity: NodeIdentity,
+        offers: Callable[[int], list[FileOffer]],
+        catalog: CatalogChanges,
+    ) -> None:
+        """Announces ``offers(4)`` (and ``offers(6)`` with ``[node]
+        interface6``) as ``identity``, again after each change ``catalog``
+        tells of."""
+        self.reactor = reactor
+        self.sap = sap
+        self.node_id = identity.node_id
+        self.offers = offers
+        self.catalog = catalog
+        self.interface = str(node.interface)
+        self.group = sap.group
+        self.directory = sap_directory(sap)
+
+        def scope(group: Any, family: int, interface: str, origin: str, version: int) -> _Scope:
+            return _Scope(
+                reactor, sap, identity, self.directory, group, family, interface, origin, version
+            )
+
+        self.scopes = [scope(sap.group, socket.AF_INET, self.interface, self.interface, 4)]
+        if node.interface6:
+            address6 = multicast.interface_address6(node.interface6)
+            self.scopes.append(scope(sap.group6, socket.AF_INET6, node.interface6, address6, 6))
         # The IPv4 scope's, as before (tests and stats read them).
         self.protocol = self.scopes[0].protocol
         self.announcer = self.scopes[0].announcer
         self.port: Any = None
         self.expiry = task.LoopingCall(self._expire)
-        self.expiry.clock = node.reactor
+        self.expiry.clock = reactor
 
     def _expire(self) -> None:
-        self.directory.expire(self.node.reactor.seconds())
+        self.directory.expire(self.reactor.seconds())
 
     def start(self) -> None:
-        c = self.node.config.sap
+        c = self.sap
         try:
             for scope in self.scopes:
                 scope.port = multicast.listen(
-                    self.node.reactor, scope.protocol, c.port, scope.family, scope.interface
+                    self.reactor, scope.protocol, c.port, scope.family, scope.interface
                 )
                 multicast.join(scope.port, scope.group, scope.interface)
                 multicast.set_hop_limit(scope.port, scope.family, c.ttl)
@@ -172,16 +246,14 @@ class SAPMethod:
                     scope.port = None
             raise
         self.port = self.scopes[0].port
-        self.node.serving.catalog.subscribe(self._catalog_changed)
+        self.catalog.subscribe(self._catalog_changed)
         for scope in self.scopes:
             scope.announcer.set_offers(self._offers(scope))
             scope.announcer.start()
         self.expiry.start(self.EXPIRE_EVERY, now=False)
 
-    def _offers(self, scope: _Scope) -> Any:
-        if scope.version == 4:
-            return self.node.serving.offers()
-        return self.node.serving.offers(6)
+    def _offers(self, scope: _Scope) -> list[FileOffer]:
+        return self.offers(scope.version)
 
     def _catalog_changed(self, entries: Any) -> None:
         if self.port is not None:
@@ -198,7 +270,7 @@ class SAPMethod:
         for scope in self.scopes:
             scope.announcer.stop()  # sends the deletions, so before the port closes
             scope.port = None
-        self.node.serving.catalog.unsubscribe(self._catalog_changed)
+        self.catalog.unsubscribe(self._catalog_changed)
         return defer.gatherResults(
             [defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True
         )
@@ -208,7 +280,7 @@ class SAPMethod:
         self._expire()
         result = directory_result(
             self.directory.search(pattern=pattern, content_id=content_id),
-            exclude=self.node.identity.node_id,
+            exclude=self.node_id,
         )
         result.elapsed = time.monotonic() - started
         return defer.succeed(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -13,21 +14,26 @@ from mcp2p import plugins
 from mcp2p.interfaces import IDiscoveryMethod
 
 if TYPE_CHECKING:
-    from mcp2p.app import Node
+    from mcp2p.discovery.methods import DiscoveryHost
+    from mcp2p.interfaces import Clock
 
 _log = Logger()
 
 MAX_PEERS = 64  # nodes remembered from search results, the most recently heard
 
 
+def make_methods(names: Iterable[str], host: DiscoveryHost) -> dict[str, IDiscoveryMethod]:
+    """The methods ``[discovery] methods`` names, each made by its plugin for ``host``."""
+    return {name: plugins.get("discovery", name).make(host) for name in names}
+
+
 class DiscoveryService(Service):
     name = "discovery"  # type: ignore[assignment]
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.methods: dict[str, IDiscoveryMethod] = {}
-        for name in node.config.discovery.methods:
-            self.methods[name] = plugins.get("discovery", name).make(node)
+    def __init__(self, methods: Mapping[str, IDiscoveryMethod], clock: Clock) -> None:
+        """``methods``: by name, as `make_methods` makes them; ``clock`` dates the peers."""
+        self.clock = clock
+        self.methods = dict(methods)
         # node id -> what the latest search that found it said (for the status page)
         self.peers: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
 
@@ -50,7 +56,7 @@ class DiscoveryService(Service):
         return d.addCallback(self._remember, method)
 
     def _remember(self, result: Any, method: str) -> Any:
-        now = self.node.reactor.seconds()
+        now = self.clock.seconds()
         for server in getattr(result, "servers", ()):
             self.peers.pop(server.node_id, None)
             self.peers[server.node_id] = {

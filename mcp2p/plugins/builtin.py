@@ -10,27 +10,33 @@ from zope.interface import implementer
 from mcp2p.interfaces import IDiscoveryMethod, IDiscoveryMethodPlugin
 
 if TYPE_CHECKING:
-    from mcp2p.app import Node
+    from mcp2p.discovery.methods import DiscoveryHost
 
 
 @implementer(IPlugin, IDiscoveryMethodPlugin)
 class _QueryPlugin:
     name = "query"
 
-    def make(self, node: Node) -> IDiscoveryMethod:
+    def make(self, host: DiscoveryHost) -> IDiscoveryMethod:
         from mcp2p.discovery.methods import QueryMethod
 
-        return QueryMethod(node)
+        config = host.config
+        return QueryMethod(
+            host.reactor, config.discovery, config.node, host.identity, host.serving.lookup
+        )
 
 
 @implementer(IPlugin, IDiscoveryMethodPlugin)
 class _SAPPlugin:
     name = "sap"
 
-    def make(self, node: Node) -> IDiscoveryMethod:
+    def make(self, host: DiscoveryHost) -> IDiscoveryMethod:
         from mcp2p.discovery.methods import SAPMethod
 
-        return SAPMethod(node)
+        config, serving = host.config, host.serving
+        return SAPMethod(
+            host.reactor, config.sap, config.node, host.identity, serving.offers, serving.catalog
+        )
 
 
 query = _QueryPlugin()
