@@ -20,6 +20,7 @@ $(BIN)/python:
 DROPIN_CACHES := import mcp2p.plugins; from twisted.plugin import IPlugin, getPlugins; \
   list(getPlugins(IPlugin)); list(getPlugins(IPlugin, mcp2p.plugins))
 
+# Editable: the lab, which the product's wheel leaves out, runs from this tree.
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,lab]' --config-settings editable_mode=compat
 	@# twistd finds the drop-in through dropin.cache: build it now, as root may not later.

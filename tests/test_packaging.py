@@ -2,7 +2,8 @@
 
 - git tracks nothing generated (`.ci/check-tracked`, which CI runs first);
 - a non-editable install into a virtualenv at a temporary path gives working
-  ``twistd mcp2p`` and ``mcp2p`` commands, with the example config inside;
+  ``twistd mcp2p`` and ``mcp2p`` commands, with the example config inside,
+  and no lab (it runs from a checkout; every module installed imports);
 - the systemd unit verifies;
 - the suite collects without the lab extras.
 """
@@ -158,6 +159,34 @@ def test_installed_cli_says_its_version(installed: Path, tmp_path: Path) -> None
     cp = _run(installed, "mcp2p", "--version", cwd=tmp_path)
     assert cp.returncode == 0, cp.stderr
     assert cp.stdout.strip() == f"mcp2p {__version__}"
+
+
+def test_installed_product_leaves_the_lab_out_and_every_module_imports(
+    installed: Path, tmp_path: Path
+) -> None:
+    """The lab runs from a checkout (issue 13): the wheel carries no
+    mcp2p/lab, and every module it does carry imports without it."""
+    [site] = installed.glob("lib/python*/site-packages")
+    assert (site / "mcp2p" / "app.py").is_file()
+    assert not (site / "mcp2p" / "lab").exists()
+    probe = textwrap.dedent(
+        """
+        import importlib, importlib.metadata, importlib.util, pkgutil, sys
+        import mcp2p
+        lab = [f for f in importlib.metadata.files("mcp2p") if str(f).startswith("mcp2p/lab")]
+        assert not lab, lab
+        assert importlib.util.find_spec("mcp2p.lab") is None
+        names = [m.name for m in pkgutil.walk_packages(mcp2p.__path__, "mcp2p.")]
+        for name in names:
+            if not name.endswith("__main__"):  # runs the CLI on import
+                importlib.import_module(name)
+        print(len(names), mcp2p.__file__)
+        """
+    )
+    cp = _run(installed, "python", "-c", probe, cwd=tmp_path)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    count, where = cp.stdout.split()
+    assert int(count) > 50 and where.startswith(str(site)), cp.stdout
 
 
 def test_installed_package_carries_the_example_config(installed: Path, tmp_path: Path) -> None:
