@@ -18,7 +18,6 @@ import pytest_twisted
 from twisted.internet import task
 from twisted.logger import ILogObserver, Logger, formatEvent, globalLogPublisher
 
-from mcp2p import catalog as catalog_module
 from mcp2p.catalog import (
     STORE_NAME,
     Catalog,
@@ -27,6 +26,9 @@ from mcp2p.catalog import (
     FileChangedError,
     NotRegularFileError,
     hash_file,
+    inotify,
+    pending,
+    scanner,
 )
 
 PIECE = 1024
@@ -68,7 +70,7 @@ def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
     # Files made by a test are seconds old at most; the racy-timestamp rule
     # would (rightly) refuse to store their hashes. Tests that check that
     # rule put the real window back.
-    monkeypatch.setattr(catalog_module, "RACY_WINDOW_NS", -(10**15))
+    monkeypatch.setattr(scanner, "RACY_WINDOW_NS", -(10**15))
 
 
 @pytest.fixture
@@ -88,14 +90,14 @@ def messages(events: list[dict[str, Any]]) -> list[str]:
 def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Paths hash_file was called on, recording that it ran off the reactor thread."""
     calls: list[str] = []
-    real = catalog_module.hash_file
+    real = scanner.hash_file
 
     def counting(path: Any, piece_length: int, check: Any = None) -> Any:
         assert threading.current_thread() is not threading.main_thread()
         calls.append(os.fspath(path))
         return real(path, piece_length, check)
 
-    monkeypatch.setattr(catalog_module, "hash_file", counting)
+    monkeypatch.setattr(scanner, "hash_file", counting)
     return calls
 
 
@@ -267,7 +269,7 @@ async def test_same_size_swap_is_detected(tmp_path: Path, share: Path, hashed: l
 async def test_racy_timestamps_are_not_trusted(
     tmp_path: Path, share: Path, hashed: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(catalog_module, "RACY_WINDOW_NS", 2_000_000_000)
+    monkeypatch.setattr(scanner, "RACY_WINDOW_NS", 2_000_000_000)
     write(share / "fresh", b"just written", mtime_ns=None)
     write(share / "settled", b"old", mtime_ns=OLD_NS)
     cat = make(tmp_path, share)
@@ -281,7 +283,7 @@ async def test_racy_timestamps_are_not_trusted(
         await cat.stop()
     with sqlite3.connect(tmp_path / "state" / STORE_NAME) as db:
         assert db.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0
-    monkeypatch.setattr(catalog_module, "RACY_WINDOW_NS", -(10**15))
+    monkeypatch.setattr(scanner, "RACY_WINDOW_NS", -(10**15))
     later = make(tmp_path, share)
     try:
         await later.start()
@@ -306,14 +308,14 @@ async def test_bad_files_are_skipped_and_logged_once(
     os.symlink(tmp_path, share / "dirlink")
     write(share / "bad\x01name", b"control character")
     # Root reads anything, so unreadability is simulated where the catalog opens.
-    real = catalog_module.hash_file
+    real = scanner.hash_file
 
     def deny(path: Any, piece_length: int, check: Any = None) -> Any:
         if os.fspath(path) == str(locked.resolve()):
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real(path, piece_length, check)
 
-    monkeypatch.setattr(catalog_module, "hash_file", deny)
+    monkeypatch.setattr(scanner, "hash_file", deny)
     cat = make(tmp_path, share)
     try:
         await cat.start()
@@ -358,7 +360,7 @@ async def test_stop_aborts_a_scan_in_progress(
 ) -> None:
     write(share / "a", b"first")
     write(share / "b", b"second")
-    real = catalog_module.hash_file
+    real = scanner.hash_file
     entered = threading.Event()
     calls: list[str] = []
     block = [True]
@@ -373,7 +375,7 @@ async def test_stop_aborts_a_scan_in_progress(
                 time.sleep(0.002)
         return real(path, piece_length, check)
 
-    monkeypatch.setattr(catalog_module, "hash_file", slow)
+    monkeypatch.setattr(scanner, "hash_file", slow)
     cat = make(tmp_path, share)
     started = cat.start()
     while not entered.is_set():
@@ -753,7 +755,7 @@ async def test_without_inotify_the_rescan_finds_new_files(
     def unavailable(self: Any) -> None:
         raise OSError(errno.ENOSYS, "libc has no inotify_init1")
 
-    monkeypatch.setattr(catalog_module._InotifyCalls, "__init__", unavailable)
+    monkeypatch.setattr(inotify._InotifyCalls, "__init__", unavailable)
     cat = watched(tmp_path, share, interval=0.3)
     try:
         await cat.start()
@@ -774,7 +776,7 @@ async def test_watch_limit_falls_back_to_the_rescan(
 ) -> None:
     for i in range(5):
         write(share / f"d{i}" / "f", b"%d" % i)
-    real_add = catalog_module._InotifyCalls.add
+    real_add = inotify._InotifyCalls.add
     calls = []
 
     def limited(self: Any, fd: int, path: str, mask: int) -> int:
@@ -783,7 +785,7 @@ async def test_watch_limit_falls_back_to_the_rescan(
             raise OSError(errno.ENOSPC, "inotify_add_watch: No space left on device", path)
         return real_add(self, fd, path, mask)
 
-    monkeypatch.setattr(catalog_module._InotifyCalls, "add", limited)
+    monkeypatch.setattr(inotify._InotifyCalls, "add", limited)
     cat = watched(tmp_path, share, interval=0.3)
     try:
         await cat.start()
@@ -799,7 +801,7 @@ async def test_watch_limit_falls_back_to_the_rescan(
 
 
 def test_pending_coalesces_per_path_and_waits_for_writers() -> None:
-    p = catalog_module._Pending()
+    p = pending._Pending()
     p.created("/s/a", 0.0)
     p.modified("/s/a", 0.01)
     p.modified("/s/a", 0.5)
@@ -828,7 +830,7 @@ def test_pending_coalesces_per_path_and_waits_for_writers() -> None:
 
 
 def test_pending_is_bounded() -> None:
-    p = catalog_module._Pending()
+    p = pending._Pending()
     for i in range(p.LIMIT):
         p.closed(f"/s/{i}", 0.0)
     assert len(p) == p.LIMIT and not p.full
