@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcp2p.lab.netns import Host, LabError, Network, Node, Router
+from mcp2p.lab.net import Host, LabError, Network, Node, Router
 
 __all__ = ["ANYCAST4", "AnycastLab", "Bird", "bird_config", "missing"]
 

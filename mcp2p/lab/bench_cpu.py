@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         if tool not in ("mcp2p", "uftp", "udpcast"):
             parser.error(f"unknown tool {tool!r}")
     rows: list[Row] = []
-    from mcp2p.lab.netns import Network, missing_requirements
+    from mcp2p.lab.net import Network, missing_requirements
     from mcp2p.lab.peers import missing_tools
     from mcp2p.lab.transfer import StarLab
 

@@ -52,7 +52,7 @@ def wait_api(root: Path, proc: subprocess.Popen[Any], timeout: float = 30) -> in
 
 
 def latency(args: argparse.Namespace) -> dict[str, Any]:
-    from mcp2p.lab.netns import Network
+    from mcp2p.lab.net import Network
 
     out: dict[str, Any] = {}
     for routers in (0, 2):

@@ -137,7 +137,7 @@ def report(args: argparse.Namespace, cells: list[dict[str, Any]], seconds: float
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from mcp2p.lab.netns import LabError, Network
+    from mcp2p.lab.net import LabError, Network
     from mcp2p.lab.transfer import StarLab, make_file
 
     cells: list[dict[str, Any]] = []
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1 or min(args.cns) < 1:
         p.error("--reps and every CN count must be at least 1")
 
-    from mcp2p.lab.netns import missing_requirements
+    from mcp2p.lab.net import missing_requirements
 
     reason = missing_requirements(("ip", "tc", "nft", "ethtool"))
     if reason:

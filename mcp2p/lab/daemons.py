@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mcp2p.commands import MCP2P, twistd_node
-from mcp2p.lab.netns import Host, LabError
+from mcp2p.lab.net import Host, LabError
 from mcp2p.lab.progs import command
 
 __all__ = ["Daemon", "ini_text", "node_sections", "start_all"]

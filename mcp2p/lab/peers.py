@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcp2p.lab.netns import Host, LabError, counter_delta
+from mcp2p.lab.net import Host, LabError, counter_delta
 from mcp2p.lab.procstat import CpuMeter
 from mcp2p.lab.progs import command
 from mcp2p.lab.transfer import FILE_NAME, CNResult, FetchResult, StarLab, file_digest

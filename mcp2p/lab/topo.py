@@ -2,7 +2,7 @@
 
 For experiments::
 
-    from mcp2p.lab.netns import Network
+    from mcp2p.lab.net import Network
     from mcp2p.lab.topo import build, chain, daemon_ini, load, star, tree
 
     t = star(8, rate=100_000_000, loss=0.01)    # or load("etc/lab/tree.ini")
@@ -96,7 +96,7 @@ from typing import Any
 
 from mcp2p.commands import MCP2P, twistd_node
 from mcp2p.config import parse_rate
-from mcp2p.lab.netns import (
+from mcp2p.lab.net import (
     LabError,
     Network,
     Node,

@@ -51,7 +51,7 @@ from typing import Any
 
 from mcp2p.commands import twistd_node
 from mcp2p.lab.daemons import Daemon, ini_text, node_sections, start_all
-from mcp2p.lab.netns import Host, LabError, Link, Network, Switch, counter_delta
+from mcp2p.lab.net import Host, LabError, Link, Network, Switch, counter_delta
 from mcp2p.lab.procstat import CpuMeter
 from mcp2p.lab.progs import command
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp2p.lab.netns import missing_requirements
+from mcp2p.lab.net import missing_requirements
 
 _reason = missing_requirements(("ip",))
 if _reason:

@@ -11,7 +11,7 @@ import pytest
 
 from mcp2p.lab.experiment import Context, ReportOut, parse_params
 from mcp2p.lab.experiments import discovery
-from mcp2p.lab.netns import missing_requirements
+from mcp2p.lab.net import missing_requirements
 
 _reason = missing_requirements(("ip", "smcrouted"))
 if _reason:

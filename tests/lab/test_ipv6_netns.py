@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from mcp2p.commands import MCP2P, twistd_node
-from mcp2p.lab.netns import Host, Network, missing_requirements
+from mcp2p.lab.net import Host, Network, missing_requirements
 from tests.nodes import make_node_dir, node_ini
 
 _reason = missing_requirements(("ip", "smcrouted", "smcroutectl"))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mcp2p.lab.experiment import EXPERIMENTS
-from mcp2p.lab.netns import NS_PREFIX, missing_requirements
+from mcp2p.lab.net import NS_PREFIX, missing_requirements
 
 _reason = missing_requirements(("ip", "tc", "nft", "ethtool", "smcrouted"))
 if _reason:

@@ -1,4 +1,4 @@
-"""Tests for mcp2p.lab.netns: real namespaces, veths, smcrouted, tc, nftables.
+"""Tests for mcp2p.lab.net: real namespaces, veths, smcrouted, tc, nftables.
 
 Root only; all traffic stays inside namespaces these tests create.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp2p.lab.netns import Host, Network, missing_requirements, reap_orphans
+from mcp2p.lab.net import Host, Network, missing_requirements, reap_orphans
 
 _reason = missing_requirements(("ip", "smcrouted", "smcroutectl"))
 if _reason:
@@ -268,7 +268,7 @@ def test_ssm_route_behind_snooping_switch(net: Network) -> None:
 
 CHILD = """
 import sys, time
-from mcp2p.lab.netns import Network
+from mcp2p.lab.net import Network
 net = Network()
 net.add_host("x")
 print(net.prefix, flush=True)

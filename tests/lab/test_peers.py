@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mcp2p.lab.netns import Network, missing_requirements
+from mcp2p.lab.net import Network, missing_requirements
 from mcp2p.lab.peers import PEERS, TCP_PORT, UDPCAST_PORTBASE, missing_tools, run_peer
 from mcp2p.lab.transfer import StarLab
 

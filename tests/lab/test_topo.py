@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from mcp2p.config import config_from_string
-from mcp2p.lab.netns import (
+from mcp2p.lab.net import (
     NS_PREFIX,
     Network,
     Node,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mcp2p.lab.netns import Network, missing_requirements
+from mcp2p.lab.net import Network, missing_requirements
 from mcp2p.lab.transfer import FetchResult, StarLab, median
 
 _reason = missing_requirements(("ip", "tc", "nft", "ethtool"))

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from mcp2p.lab.experiments import unicast
-from mcp2p.lab.netns import NS_PREFIX, missing_requirements
+from mcp2p.lab.net import NS_PREFIX, missing_requirements
 
 _reason = missing_requirements(("ip", "tc", "nft", "ethtool"))
 if _reason:

@@ -9,7 +9,7 @@ import pytest
 from mcp2p import config
 from mcp2p.lab.experiment import Context, parse_params
 from mcp2p.lab.experiments import unicast
-from mcp2p.lab.netns import LabError
+from mcp2p.lab.net import LabError
 
 
 def _params(**over: object) -> dict[str, object]:

@@ -47,7 +47,7 @@ from typing import Any
 
 from mcp2p.core.scheduler import SCHEDULERS
 from mcp2p.lab.experiment import Context, Param, ReportOut, Section, fmt_spread, md_table, spread
-from mcp2p.lab.netns import Host, LabError, Network, missing_requirements
+from mcp2p.lab.net import Host, LabError, Network, missing_requirements
 from mcp2p.lab.progs import command
 from mcp2p.lab.transfer import FetchResult, StarLab
 

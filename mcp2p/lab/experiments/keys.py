@@ -33,7 +33,7 @@ from typing import Any
 from mcp2p.lab.anycast import ANYCAST4, HKP_PORT, PROBE, AnycastLab, missing
 from mcp2p.lab.daemons import Daemon, start_all
 from mcp2p.lab.experiment import Context, Param, ReportOut, Section, fmt_spread, md_table
-from mcp2p.lab.netns import Host, LabError, Network
+from mcp2p.lab.net import Host, LabError, Network
 
 NAME = "keys"
 TITLE = "Key servers reached by anycast"

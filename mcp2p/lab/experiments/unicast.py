@@ -81,7 +81,7 @@ from mcp2p.lab.experiment import (
     median,
     spread,
 )
-from mcp2p.lab.netns import LabError, Network
+from mcp2p.lab.net import LabError, Network
 from mcp2p.lab.peers import missing_tools, run_peer, unsupported
 from mcp2p.lab.transfer import FILE_NAME, FetchResult, StarLab
 

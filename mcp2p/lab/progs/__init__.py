@@ -7,7 +7,7 @@ and, where they talk to a daemon, `mcp2p.api.client` or `mcp2p.cli` only, so
 they start fast; every loop in them is bounded in count or time.
 
 - `api_call`: one call to a daemon's local API (`mcp2p.lab.daemons.Daemon.api`);
-- `ping`: ICMP echo where iputils is not installed (`mcp2p.lab.netns`);
+- `ping`: ICMP echo where iputils is not installed (`mcp2p.lab.net`);
 - `at_go`: wait for a start file, then exec a command (`mcp2p.lab.peers`);
 - `tcp_sender`, `tcp_receiver`: the plain TCP peer (`mcp2p.lab.peers`);
 - `cn_cli`: a CN's ``mcp2p`` CLI started at a signal (`mcp2p.lab.transfer`);

@@ -1,0 +1,201 @@
+"""A router: IPv4/IPv6 forwarding, and static multicast routes kept by smcrouted.
+
+A `Router` is a `Node` with forwarding on and reverse-path filtering off.
+Its multicast routes (ASM (*,G) or SSM (S,G), see `Router.forward_multicast`)
+are written to an smcroute config in the network's state directory; one
+``smcrouted`` per router, started in its namespace on the first route and
+told to reload on later ones. Unicast routes come from `Network.route`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from mcp2p.lab.net.nodes import Interface, Node
+from mcp2p.lab.net.process import LabError, run_tool, stop_process
+
+if TYPE_CHECKING:
+    from mcp2p.lab.net.network import Network
+
+__all__ = ["Router"]
+
+
+class Router(Node):
+    """IPv4/IPv6 forwarding and `smcrouted` for static multicast routes.
+
+    Multicast forwarding decrements the TTL / hop limit: a datagram sent
+    with TTL 1 stays on its link, TTL 2 crosses one router.
+    """
+
+    kind = "router"
+
+    def __init__(self, net: Network, name: str) -> None:
+        super().__init__(net, name)
+        self._mroutes: list[tuple[str, str | None, str, tuple[str, ...]]] = []
+        self._mgroups: list[tuple[str, str | None, str]] = []
+        self.smcroute: subprocess.Popen[Any] | None = None
+        base = os.path.join(net.state_dir, name)
+        self.smcroute_conf = base + ".smcroute.conf"
+        self.smcroute_sock = base + ".smcroute.sock"
+        self.smcroute_pid = base + ".smcroute.pid"
+        self.smcroute_log = base + ".smcroute.log"
+        self.smcroute_ident = self.ns
+
+    def _sysctls(self) -> dict[str, str]:
+        return {
+            **super()._sysctls(),
+            "net.ipv4.ip_forward": "1",
+            "net.ipv6.conf.all.forwarding": "1",
+            "net.ipv6.conf.default.forwarding": "1",
+            "net.ipv4.conf.all.rp_filter": "0",
+            "net.ipv4.conf.default.rp_filter": "0",
+        }
+
+    # -- multicast routes ---------------------------------------------------
+
+    def forward_multicast(
+        self,
+        group_prefix: str = "239.0.0.0/8",
+        iif: str | Node | Interface | None = None,
+        oifs: Sequence[str | Node | Interface] | None = None,
+        *,
+        source: str | None = None,
+        apply: bool = True,
+    ) -> None:
+        """Route multicast for `group_prefix` arriving on `iif` out of `oifs`.
+
+        Without `source` this is an ASM (*,G) route
+        ``mroute from IIF group G/LEN to OIFS``; with it an SSM (S,G) route
+        ``mroute from IIF source S group G to OIFS``; `source` may be a
+        prefix (``10.77.3.0/24``: smcroute's (S/LEN,G) wildcard). Interfaces
+        may be given by name, as `Interface`, or as the neighbouring node.
+        `oifs` defaults to every other interface. With ``apply=False`` the
+        route is only recorded: call `apply_multicast()` after the last one.
+        """
+        if iif is None:
+            raise LabError("forward_multicast needs an inbound interface")
+        in_name = self.ifname(iif)
+        if oifs is None:
+            out = tuple(n for n in self.interfaces if n != in_name)
+        else:
+            out = tuple(self.ifname(o) for o in oifs)
+        ipaddress.ip_network(group_prefix, strict=False)  # validate early
+        if source is not None:
+            ipaddress.ip_network(source, strict=False)
+        if out:
+            self._mroutes.append((in_name, source, group_prefix, out))
+        if apply:
+            self.apply_multicast()
+
+    def forward_multicast_all(
+        self, group_prefix: str | Sequence[str] = "239.0.0.0/8", *, apply: bool = True
+    ) -> None:
+        """ASM routes for `group_prefix` (one or several, IPv4 or IPv6) from
+        every interface to all the others (loops if the routers form a
+        cycle: then TTL alone ends a datagram). ``apply=False``: see
+        `forward_multicast`."""
+        prefixes = [group_prefix] if isinstance(group_prefix, str) else list(group_prefix)
+        names = list(self.interfaces)
+        for prefix in prefixes:
+            ipaddress.ip_network(prefix, strict=False)
+            for name in names:
+                out = tuple(n for n in names if n != name)
+                if out:
+                    self._mroutes.append((name, None, prefix, out))
+        if apply:
+            self.apply_multicast()
+
+    def join(self, iif: str | Node | Interface, group: str, *, source: str | None = None) -> None:
+        """Make the router join `group` on `iif` (``mgroup``), e.g. for
+        snooping switches that have no router port configured."""
+        self._mgroups.append((self.ifname(iif), source, group))
+        self.apply_multicast()
+
+    def clear_multicast(self) -> None:
+        self._mroutes.clear()
+        self._mgroups.clear()
+        self.apply_multicast()
+
+    def smcroute_config(self) -> str:
+        lines = [f"# generated by mcp2p.lab.net for {self.ns}"]
+        lines += [f"phyint {name} enable" for name in self.interfaces]
+        for iif, source, group in self._mgroups:
+            src = f" source {source}" if source else ""
+            lines.append(f"mgroup from {iif}{src} group {group}")
+        for iif, source, group, oifs in self._mroutes:
+            src = f" source {source}" if source else ""
+            lines.append(f"mroute from {iif}{src} group {group} to {' '.join(oifs)}")
+        return "\n".join(lines) + "\n"
+
+    def smcrouted_args(self) -> list[str]:
+        return [
+            "smcrouted", "-n", "-N", "-l", "info",
+            "-f", self.smcroute_conf,
+            "-i", self.smcroute_ident,
+            "-P", self.smcroute_pid,
+            "-u", self.smcroute_sock,
+        ]  # fmt: skip
+
+    def smcroutectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_tool(
+            self.exec_args(["smcroutectl", "-u", self.smcroute_sock, *args]), check=check
+        )
+
+    def apply_multicast(self, timeout: float = 5.0) -> None:
+        """Write the config; start smcrouted, or make a running one reload it
+        (``smcroutectl reload`` also picks up interfaces added since)."""
+        with open(self.smcroute_conf, "w") as f:
+            f.write(self.smcroute_config())
+        if self.smcroute is not None and self.smcroute.poll() is None:
+            if self.smcroutectl("reload", check=False).returncode == 0:
+                return
+            self.stop_smcroute()  # wedged: start afresh below
+        if not self._mroutes and not self._mgroups:
+            return
+        for path in (self.smcroute_sock, self.smcroute_pid):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        with open(self.smcroute_log, "ab") as log:
+            proc = self.popen(
+                self.smcrouted_args(), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        self.smcroute = proc
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise LabError(
+                    f"smcrouted in {self.ns} exited ({proc.returncode}); "
+                    f"see {self.smcroute_log}: {self._log_tail()}"
+                )
+            if os.path.exists(self.smcroute_pid) and os.path.exists(self.smcroute_sock):
+                if self.smcroutectl("show", "routes", check=False).returncode == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise LabError(f"smcrouted in {self.ns} did not come up: {self._log_tail()}")
+            time.sleep(0.02)
+
+    def stop_smcroute(self) -> None:
+        """Stop this router's smcrouted (the kernel then drops its mroutes)."""
+        proc, self.smcroute = self.smcroute, None
+        if proc is not None:
+            stop_process(proc)
+            with contextlib.suppress(ValueError):
+                self._procs.remove(proc)
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.smcroute_log, errors="replace") as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ""
+
+    def mroutes(self, family: int = 4) -> str:
+        """The kernel's multicast forwarding cache (``ip mroute show``)."""
+        return self.ip(f"-{family}", "mroute", "show").stdout
