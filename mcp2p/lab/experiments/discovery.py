@@ -53,7 +53,7 @@ from mcp2p.lab.experiment import (
     median,
     spread,
 )
-from mcp2p.lab.netns import Host, LabError, Network, Router, counter_delta
+from mcp2p.lab.net import Host, LabError, Network, Router, counter_delta
 from mcp2p.lab.progs import command
 
 NAME = "discovery"
