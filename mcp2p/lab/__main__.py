@@ -26,38 +26,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from mcp2p.lab.bench import BENCHES, bench_module
+from mcp2p.lab.bench import main as bench_main
 from mcp2p.lab.experiment import EXPERIMENTS, SIZES, Context, load, parse_params
 
 DEFAULT_OUT = "lab-report"
-
-# The benchmarks, one module each (``mcp2p.lab.bench_NAME``, also runnable as
-# ``python -m mcp2p.lab.bench_NAME``); ``bench NAME`` runs one with its own
-# arguments. In the order ``make bench`` runs them.
-BENCHES = ("catalog", "discovery", "sn", "transfer", "cpu", "codes", "summary")
-
-
-def bench_module(name: str) -> Any:
-    """The module of benchmark ``name`` (``catalog`` or ``bench_catalog``)."""
-    import importlib
-
-    short = name.removeprefix("bench_")
-    if short not in BENCHES:
-        raise ValueError(f"unknown bench {name!r}; known: {', '.join(BENCHES)}")
-    return importlib.import_module(f"mcp2p.lab.bench_{short}")
-
-
-def bench_main(argv: list[str]) -> int:
-    """``bench NAME [ARGS ...]``: run benchmark NAME's ``main(ARGS)``."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m mcp2p.lab bench NAME [ARGS ...]  (NAME --help for its own)")
-        print(f"benches: {', '.join(BENCHES)}")
-        return 0 if argv else 2
-    try:
-        module = bench_module(argv[0])
-    except ValueError as e:
-        print(f"mcp2p lab: {e}", file=sys.stderr)
-        return 2
-    return int(module.main(argv[1:]) or 0)
 
 
 def _overrides(rest: list[str]) -> list[tuple[str, str]]:

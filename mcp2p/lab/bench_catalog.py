@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -27,25 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from mcp2p.catalog import RACY_WINDOW_NS, STORE_NAME, Catalog, hash_file
-
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    """``1GiB``, ``64MiB``, ``500MB``, ``4096`` -> bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kmg]i?)?b?\s*", text.lower())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    return int(m.group(1)) * _UNITS[m.group(2) or ""]
+from mcp2p.lab.bench import parse_size, write_json
+from mcp2p.lab.procstat import memory_kib
 
 
 def rss_kib() -> int:
     """This process's resident set size (VmRSS), in KiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return memory_kib()["VmRSS"]
 
 
 def make_big_file(path: Path, size: int) -> bool:
@@ -220,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = bench_files(args.dir, args.files, args.piece_length, args.clean)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     return 0
 
 

@@ -23,7 +23,6 @@ one: a piece that needed more than K (K + 1) symbols failed at K (K + 1).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import raptorq
 
 from mcp2p.core.blockcode import PlainCode, RaptorQCode
+from mcp2p.lab.bench import write_json
 from mcp2p.wire.layout import Layout
 
 
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"  {piece >> 10} KiB (K={r['K']}): {rates}  ({time.perf_counter() - t0:.1f} s)")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     return 0
 
 

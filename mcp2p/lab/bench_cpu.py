@@ -43,7 +43,6 @@ sender is bounded by the file and a timeout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -55,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcp2p.lab.bench_transfer import parse_size
+from mcp2p.lab.bench import parse_size, write_json
 from mcp2p.lab.procstat import cpu_seconds, peak_rss
 from mcp2p.lab.transfer import file_digest
 
@@ -479,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         "stages_us_per_packet": {k: round(v, 3) for k, v in split.items()},
     }
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0 if all(r.ok for r in rows) else 1
 
 

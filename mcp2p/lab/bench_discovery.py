@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from typing import Any
 
 from mcp2p.api.client import ApiClient
 from mcp2p.commands import twistd_node
+from mcp2p.lab.bench import median, spread, wait_api, write_json
+from mcp2p.lab.procstat import memory_kib
 
 
 def node_ini(root: Path, interface: str, **discovery: str) -> str:
@@ -42,15 +43,6 @@ def node_ini(root: Path, interface: str, **discovery: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def wait_api(root: Path, proc: subprocess.Popen[Any], timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    while not (root / "state" / "api.port").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"daemon in {root} did not start")
-        time.sleep(0.05)
-    return int((root / "state" / "api.port").read_text())
-
-
 def latency(args: argparse.Namespace) -> dict[str, Any]:
     from mcp2p.lab.net import Network
 
@@ -68,7 +60,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            wait_api(sn, proc)
+            wait_api(sn / "state", proc)
             cn = root / "cn"
             cn.mkdir()
             (cn / "cn.ini").write_text(node_ini(cn, a.addr(), answers_wanted="1"))
@@ -91,14 +83,15 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
                 if res.returncode != 0:
                     raise RuntimeError(res.stderr)
                 data = json.loads(res.stdout.strip().splitlines()[-1])
-                lat = sorted(r["latency"] for r in data["runs"])
+                lat = [r["latency"] for r in data["runs"]]
+                med, lo, hi = spread(lat)
                 found = sum(1 for r in data["runs"] if r["servers"])
                 out[f"{routers + 1} hops, {mode} replies"] = {
-                    "median_ms": 1000 * statistics.median(lat),
-                    "min_ms": 1000 * lat[0],
-                    "max_ms": 1000 * lat[-1],
+                    "median_ms": 1000 * med,
+                    "min_ms": 1000 * lo,
+                    "max_ms": 1000 * hi,
                     "query_bytes": data["query_bytes"],
-                    "rings": statistics.median(len(r["hop_limits"]) for r in data["runs"]),
+                    "rings": median(len(r["hop_limits"]) for r in data["runs"]),
                     "found": f"{found}/{len(lat)}",
                 }
             b.kill(proc)
@@ -124,7 +117,7 @@ def rss(args: argparse.Namespace) -> dict[str, Any]:
             stderr=subprocess.DEVNULL,
         )
         try:
-            port = wait_api(root, proc)
+            port = wait_api(root / "state", proc)
             while True:
                 status = ApiClient(root / "state", port=port).call("GET", "/api/status")
                 if status["shared_files"] == args.files:
@@ -134,17 +127,14 @@ def rss(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(0.2)
             indexed = time.monotonic() - started
             time.sleep(2)
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            fields = dict(
-                line.split(":", 1) for line in status.splitlines() if line.startswith("Vm")
-            )
+            memory = memory_kib(proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     return {
         f"{args.files} files": {
-            "rss_mib": int(fields["VmRSS"].split()[0]) / 1024,
-            "hwm_mib": int(fields["VmHWM"].split()[0]) / 1024,
+            "rss_mib": memory["VmRSS"] / 1024,
+            "hwm_mib": memory["VmHWM"] / 1024,
             "indexed_s": indexed,
         }
     }
@@ -168,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     return 0
 
 

@@ -42,16 +42,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mcp2p.lab.procstat import cpu_seconds
+from mcp2p.lab.bench import parse_size, write_json
+from mcp2p.lab.procstat import cpu_seconds, memory_kib
 
 MBIT = 1_000_000
-
-
-def parse_size(raw: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    raw = raw.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = raw[-1] if raw and raw[-1] in units else ""
-    return int(float(raw[: len(raw) - len(unit)]) * units[unit])
 
 
 def free_port(kind: int) -> int:
@@ -62,12 +56,8 @@ def free_port(kind: int) -> int:
 
 def rss_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of ``pid`` in KiB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0])
-    return fields["VmRSS"], fields["VmHWM"]
+    memory = memory_kib(pid)
+    return memory["VmRSS"], memory["VmHWM"]
 
 
 class SN:
@@ -463,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             print("SN send path by stage (Session on a real UDP port, Clock-driven):")
             out["stages"] = measure_stages(parse_size(args.cpu_size), Path(tmp))
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_json(args.json, out)
     return 0
 
 

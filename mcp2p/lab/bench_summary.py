@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+from mcp2p.lab.bench import median
 
 CPU = "bench-cpu.json"
 SN = "bench-sn.json"
@@ -38,11 +39,6 @@ def _load(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _med(values: list[float]) -> float:
-    values = [v for v in values if v is not None and v == v]
-    return float(statistics.median(values)) if values else math.nan
 
 
 def _fmt(value: float, digits: int = 1, unit: str = "") -> str:
@@ -86,9 +82,9 @@ def unshaped_rows(entry: Any) -> list[tuple[str, str]]:
         if not ok:
             parts.append(f"{tool} failed")
             continue
-        good = _med([8 * g for r in ok for g in r.get("goodput_mb_s", [])])
+        good = median([8 * g for r in ok for g in r.get("goodput_mb_s", [])])
         parts.append(f"{tool} {_fmt(good, 0)} Mbit/s")
-        cn = _med([c for r in ok for c in r.get("cn_cpu_s") or [] if c is not None])
+        cn = median([c for r in ok for c in r.get("cn_cpu_s") or [] if c is not None])
         cpu.append(f"{tool} {_fmt(cn, 2, ' s')}")
     link = data["params"]["link_mbit"]
     shaped = "unshaped" if link >= 1000 else "shaped"

@@ -30,7 +30,6 @@ CNs (about 2 minutes). Prints a table and writes JSON (``--json FILE``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from mcp2p.config import parse_rate
+from mcp2p.lab.bench import median, parse_size, write_json
 
 NETWORKS = {
     # name: (link rate bit/s or None, loss fraction or None, SN session rate)
@@ -48,19 +48,6 @@ NETWORKS = {
 }
 MODES = ("multicast", "unicast")
 CODES = ("plain", "raptorq")
-
-
-def parse_size(raw: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    raw = raw.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = raw[-1] if raw and raw[-1] in units else ""
-    return int(float(raw[: len(raw) - len(unit)]) * units[unit])
-
-
-def median(values: list[float]) -> float:
-    from mcp2p.lab.transfer import median as _median
-
-    return _median([v for v in values if v == v])  # NaN (a failed CN) left out
 
 
 def cell_timeout(size: int, n: int, mode: str, link_rate: int | None) -> float:
@@ -88,12 +75,6 @@ def summarize(runs: list[Any], link_rate: int | None) -> dict[str, Any]:
         out["ideal_s"] = ideal
         out["slowest_vs_ideal"] = out["slowest_s"] / ideal
     return out
-
-
-def save(path: str, result: dict[str, Any]) -> None:
-    tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
 
 
 def fetch_once(lab: Any, n: int, mode: str, code: str, size: int, link_rate: int | None) -> Any:
@@ -169,7 +150,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 cells.append(cell)
                                 print(row(cell), flush=True)
                                 if args.json:  # so far: a bench cut short keeps its cells
-                                    save(args.json, report(args, cells, time.monotonic() - started))
+                                    write_json(
+                                        args.json, report(args, cells, time.monotonic() - started)
+                                    )
                 finally:
                     lab.stop()  # the SN and the CN daemons
     return report(args, cells, time.monotonic() - started)
@@ -297,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'met' if g['met'] else 'NOT met':<8} {g['goal']}: {g['measured']}")
     print(f"({result['config']['seconds']:.0f} s)")
     if args.json:
-        save(args.json, result)
+        write_json(args.json, result)
     return 0
 
 

@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["CpuMeter", "cpu_seconds", "peak_rss"]
+__all__ = ["CpuMeter", "cpu_seconds", "memory_kib", "peak_rss"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -32,16 +32,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def memory_kib(pid: int | str = "self") -> dict[str, int]:
+    """The ``Vm*`` lines of /proc/PID/status in KiB (``VmRSS``, its peak
+    ``VmHWM``, ...); ``pid`` "self" is this process."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.startswith("Vm"):
+                out[key] = int(value.split()[0])
+    return out
+
+
 def peak_rss(pid: int) -> int:
     """VmHWM of a running process, in bytes (0 if gone)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+        return memory_kib(pid).get("VmHWM", 0) * 1024
     except OSError:
-        pass
-    return 0
+        return 0
 
 
 class CpuMeter:
