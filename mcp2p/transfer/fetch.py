@@ -28,7 +28,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -57,20 +57,17 @@ from mcp2p.wire.manifest import Manifest, decode_manifest, verify_manifest
 from mcp2p.wire.query import prefix_matches
 from mcp2p.wire.types import FileOffer
 
+if TYPE_CHECKING:
+    from mcp2p.config import Config
+    from mcp2p.discovery.query import SearchResult
+    from mcp2p.trust.gate import TrustGate
+    from mcp2p.trust.keys import NodeIdentity
+
 _log = Logger()
 
 TICK = 0.5  # seconds between progress events, stall checks and wanted resyncs
 MAX_MANIFEST = 64 << 20
 RCVBUF = 16 << 20  # bytes of receive buffer asked for per data socket
-
-
-MAX_RESUBSCRIBES = 3  # per SN, when its session ends while we still miss blocks
-MIN_UNVERIFIED = 64 << 20  # [fetching] max_unverified = 0: at least this many bytes
-
-
-# Reasons (prefixes) for which an SN's end of our session asks for a new
-# subscription to the same SN (see ServingService: "moved: ...", "no reports").
-RESUBSCRIBE_ON = ("nothing wanted", "moved:", "no reports")
 
 
 class FetchError(Exception):
@@ -140,13 +137,23 @@ class Source:
         }
 
 
+class Search(Protocol):
+    """How a fetch searches: `mcp2p.app.ClientNode.search`, or the daemon's
+    discovery through `FetchingService.search` (options as
+    `mcp2p.discovery.query.QueryNode.search` takes them)."""
+
+    def __call__(
+        self, *, pattern: str | None, content_id: bytes | None, **options: Any
+    ) -> defer.Deferred[SearchResult]: ...
+
+
 class Fetch:
     def __init__(
         self,
         reactor: Any,
-        config: Any,
-        identity: Any,
-        search: Callable[..., defer.Deferred[Any]],
+        config: Config,
+        identity: NodeIdentity,
+        search: Search,
         target: str,
         out_dir: Path,
         *,
@@ -155,7 +162,7 @@ class Fetch:
         sources: int | None = None,
         code: str | None = None,
         pick: str | None = None,
-        trust: Any = None,
+        trust: TrustGate | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         from mcp2p.plugins import code_by_name
@@ -195,12 +202,13 @@ class Fetch:
         self.counters = {"bad_blocks": 0, "bad_pieces": 0, "pieces": 0}
         self.searching = False
         self.researches = 0
-        # Bounds on what a fetch spends ([fetching] max_subscriptions, max_sources_tried,
-        # max_unverified): SNs whose data never verifies cannot keep it going for ever.
-        self.subscriptions = 0
-        self.tried: set[bytes] = set()  # node ids connected to
-        self.unverified_mark = (0, 0)  # (bytes verified, bytes received) at the last progress
-        self.last_drop = ""
+        self.budget = fetchplan.Budget(
+            max_subscriptions=f.max_subscriptions,
+            max_sources_tried=f.max_sources_tried,
+            max_unverified=f.max_unverified,
+            max_in_flight=f.max_in_flight,
+        )
+        self.last_drop = ""  # "<node> <reason>" of the last source dropped, for errors
 
     # -- the whole transfer
 
@@ -294,7 +302,7 @@ class Fetch:
         are tried first.
         """
         content_id: bytes | None = None
-        result: Any = None
+        result: SearchResult | None = None
         if FULL_ID.fullmatch(self.target):
             content_id = bytes.fromhex(self.target)
             result = await self.search(
@@ -308,6 +316,7 @@ class Fetch:
             answers = max(self.max_sources, self.config.discovery.answers_wanted)
             result = await self.search(pattern=self.target, content_id=None, answers=answers)
             content_id = await self._resolve_name(result)
+        assert result is not None  # every branch above searched
         await self._judge(result.servers)
         found = [
             Source(s, s.files[content_id], mode=self.mode)
@@ -343,12 +352,11 @@ class Fetch:
     def _believed(self, server: ServerRecord) -> bool:
         return self.standings.get(server.node_id) not in (None, Standing.REFUSED)
 
-    def _rank(self, c: Source) -> tuple[int, int, int]:
-        """Trusted SNs first, then nearest, then fastest (DESIGN.md 5.1)."""
+    def _rank(self, c: Source) -> tuple[bool, int, int]:
         trusted = self.standings.get(c.server.node_id) is Standing.TRUSTED
-        return (not trusted, c.server.distance or 255, -c.offer.rate)
+        return fetchplan.rank(trusted, c.server.distance, c.offer.rate)
 
-    async def _resolve_name(self, result: Any) -> bytes:
+    async def _resolve_name(self, result: SearchResult) -> bytes:
         """The content id the name ``self.target`` stands for among the offers of
         ``result`` (nodes the policy refuses left out), or NotFound / Ambiguous."""
         await self._judge(result.servers)
@@ -413,7 +421,7 @@ class Fetch:
             self.manifest.content_id,
         )
 
-    async def _resolve_prefix(self, prefix: str) -> tuple[bytes | None, Any]:
+    async def _resolve_prefix(self, prefix: str) -> tuple[bytes | None, SearchResult]:
         """The one content id starting with ``prefix`` that nodes offer, or None."""
         result = await self.search(
             pattern=None, content_id=None, content_id_prefix=prefix, answers=self.max_sources
@@ -463,7 +471,7 @@ class Fetch:
             self.identity,
             source.server.node_id,
         )
-        self.tried.add(source.server.node_id)
+        self.budget.tried.add(source.server.node_id)
         try:
             client = await self._timed(endpoint.connect(Factory.forProtocol(ControlClient)))
         except Exception as e:
@@ -478,7 +486,7 @@ class Fetch:
         errors: list[str] = []
         f = self.config.fetching
         while self.candidates:
-            why = self._over_tried(self.candidates[0])
+            why = self.budget.over_tried(self.candidates[0].server.node_id)
             if why:
                 raise FetchError(why + ": " + "; ".join(errors[-3:]))
             source = self.candidates.pop(0)
@@ -543,23 +551,6 @@ class Fetch:
                 f"disk full: {m.name!r} needs {need} bytes in {self.out_dir}, {free} free"
             )
 
-    def _over_tried(self, source: Source) -> str:
-        """Why trying ``source`` would break [fetching] max_sources_tried, or ""."""
-        limit = self.config.fetching.max_sources_tried
-        if source.server.node_id in self.tried or len(self.tried) < limit:
-            return ""
-        return f"gave up after trying {len(self.tried)} SNs ([fetching] max_sources_tried)"
-
-    def _over_subscribed(self) -> str:
-        """Why one more subscription would break [fetching] max_subscriptions, or ""."""
-        if self.subscriptions < self.config.fetching.max_subscriptions:
-            return ""
-        last = f"; last: {self.last_drop}" if self.last_drop else ""
-        return (
-            f"gave up after {self.subscriptions} subscriptions without finishing "
-            f"([fetching] max_subscriptions){last}"
-        )
-
     def _fail(self, error: Exception) -> None:
         """End the fetch with ``error`` (its message is the one line users see):
         every source is dropped so that nothing more is written."""
@@ -611,10 +602,12 @@ class Fetch:
             raise FetchError(f"no SN accepted the subscription{last}")
 
     async def _subscribe(self, source: Source, share: RangeSet) -> None:
-        why = self._over_subscribed() or self._over_tried(source)
+        why = self.budget.over_subscribed(self.last_drop) or self.budget.over_tried(
+            source.server.node_id
+        )
         if why:
             raise FetchError(why)
-        self.subscriptions += 1
+        self.budget.subscriptions += 1
         if source.client is None:
             await self._connect(source)
         assert source.client is not None and self.manifest is not None
@@ -674,26 +667,21 @@ class Fetch:
         )
 
     def _session_ended(self, source: Source, reason: str) -> None:
-        """The SN ended our session. "nothing wanted" while blocks of our
-        share are still missing means it ended before our loss reports
-        arrived (optimistic sending marks what it sent as delivered); "moved"
-        means the SN took us out of a shared session because we were far
-        slower than the rest (a new subscription gets a session of our own);
-        "no reports" that our reports did not reach it. Each time: ask the
-        same SN again, a few times, before giving its share away."""
+        """The SN ended our session: subscribe to it again for what is still
+        missing of its share, or drop it (`fetchplan.session_ended` says which)."""
         if self.done.called:
             return
         still = source.share.intersection(self._missing())
-        if source.blocks > source.blocks_at_resubscribe:
-            source.resubscribes = 0
-        if (
-            reason.startswith(RESUBSCRIBE_ON)
-            and still
-            and source.client is not None
-            and source.resubscribes < MAX_RESUBSCRIBES
-            and not self._over_subscribed()
-        ):
-            source.resubscribes += 1
+        action = fetchplan.session_ended(
+            reason,
+            bool(still),
+            source.client is not None,
+            source.resubscribes,
+            source.blocks > source.blocks_at_resubscribe,
+            bool(self.budget.over_subscribed()),
+        )
+        if isinstance(action, fetchplan.Resubscribe):
+            source.resubscribes = action.in_a_row
             source.blocks_at_resubscribe = source.blocks
             source.state = "connected"
             if source.port is not None:
@@ -716,7 +704,7 @@ class Fetch:
 
             defer.ensureDeferred(again()).addErrback(failed)
             return
-        self._drop(source, f"session ended: {reason}")
+        self._drop(source, action.reason)
         self._redistribute()
 
     def _moved(self, source: Source, group: str) -> None:
@@ -743,14 +731,12 @@ class Fetch:
         """The IP version of the group to ask ``source`` for ([fetching] family):
         auto is that of the address the SN was found at, when this node has
         IPv6 ([node] interface6), else 4."""
-        wanted = self.config.fetching.family
-        if wanted == "6" or (wanted == "auto" and ":" in source.server.address):
-            if not self.interface6:
-                if wanted == "6":
-                    raise FetchError("[fetching] family = 6 needs [node] interface6")
-                return 4
-            return 6
-        return 4
+        try:
+            return fetchplan.group_family(
+                self.config.fetching.family, source.server.address, bool(self.interface6)
+            )
+        except ValueError as e:
+            raise FetchError(str(e)) from None
 
     def _address6(self) -> str:
         """This node's IPv6 address on interface6 (any IPv6 address without it)."""
@@ -887,20 +873,15 @@ class Fetch:
         into an honest SN's retry. The SN that gets it may have sent those units
         already (it thinks they are done): the request adds them again."""
         self._forget(piece)
-        active = sorted(self._active(), key=lambda s: (s.name in senders, s.bad_pieces))
-        if not active:
+        active = self._active()
+        target = fetchplan.rewant_target([(s.name, s.bad_pieces) for s in active], senders)
+        if target is None:
             return
-        layout = self.layout
-        blocks = layout.piece_blocks(piece)
-        units = (
-            RangeSet([(blocks.start, blocks.stop)])
-            if self.per_block
-            else RangeSet([(piece, piece + 1)])
-        )
-        for s in self._active():
+        units = fetchplan.piece_units(self.layout, piece, self.per_block)
+        for s in active:
             s.share.difference_update(units)
-        active[0].share.update(units)
-        self._send_wanted(active[0], units, replace=False)
+        active[target].share.update(units)
+        self._send_wanted(active[target], units, replace=False)
 
     def _forget(self, piece: int) -> None:
         self.store.forget(piece)
@@ -950,20 +931,25 @@ class Fetch:
             self._fail(FetchError(why))
             return
         missing = self._missing()
-        stall = self.config.fetching.stall_timeout
-        for source in self._active():
+        active = self._active()
+        for source in active:
             source.share = source.share.intersection(missing)
-            alone = len(self._active()) <= 1 and not self.candidates
-            verdict = fetchplan.stall_verdict(
-                now, source.last_progress, source.nudged_at, bool(source.share), alone, stall
-            )
+        verdicts = fetchplan.supervise(
+            now,
+            [fetchplan.Watched(bool(s.share), s.last_progress, s.nudged_at) for s in active],
+            bool(self.candidates),
+            self.config.fetching.stall_timeout,
+        )
+        for source, verdict in zip(active, verdicts, strict=True):
             if verdict == "stalled":
                 self._drop(source, "stalled")
             elif verdict == "nudge":
                 source.nudged_at = now
                 self._send_wanted(source, source.share, replace=False, nudge=True)
-        if any(s.share for s in self.sources if s.state == "dropped") or (
-            missing and not any(s.share for s in self._active())
+        if fetchplan.failover_due(
+            any(s.share for s in self.sources if s.state == "dropped"),
+            bool(missing),
+            any(s.share for s in self._active()),
         ):
             self._redistribute()
         for source in self._active():
@@ -975,29 +961,17 @@ class Fetch:
         """Why the fetch must stop now, or "": too many bytes received without a
         piece verifying ([fetching] max_unverified), or too many held in memory
         in pieces not yet decoded ([fetching] max_in_flight)."""
-        f = self.config.fetching
-        in_flight = int(getattr(self.decoder, "pending_bytes", 0))
-        if in_flight > f.max_in_flight:
-            return (
-                f"gave up: {in_flight} bytes held in unfinished pieces "
-                f"([fetching] max_in_flight is {f.max_in_flight})"
-            )
-        if not self.per_block:
-            return ""  # a block code's pieces are verified before they are written
-        counters = self.store.counters
-        received = (counters["written"] + counters["duplicates"]) * self.layout.block_length
-        verified = self.store.bytes_verified
-        if verified > self.unverified_mark[0] or received < self.unverified_mark[1]:
-            self.unverified_mark = (verified, received)
-        limit = f.max_unverified or max(MIN_UNVERIFIED, 2 * (self.layout.size - verified))
-        wasted = received - self.unverified_mark[1]
-        if wasted > limit:
-            return (
-                f"gave up: {wasted} bytes received without a piece verifying "
-                f"([fetching] max_unverified: {limit})"
-                + (f"; last: {self.last_drop}" if self.last_drop else "")
-            )
-        return ""
+        received = None  # a block code's pieces are verified before they are written
+        if self.per_block:
+            counters = self.store.counters
+            received = (counters["written"] + counters["duplicates"]) * self.layout.block_length
+        return self.budget.over_spent(
+            int(getattr(self.decoder, "pending_bytes", 0)),
+            received,
+            self.store.bytes_verified,
+            self.layout.size,
+            self.last_drop,
+        )
 
     def _received_bytes(self) -> int:
         """Bytes held: verified pieces, plus blocks written (or symbols pending)
@@ -1057,36 +1031,35 @@ class Fetch:
         )
         for s in dropped:
             s.share = RangeSet()
-        if not orphaned:
-            return
         active = self._active()
-        if not active:
-            if self.searching:
-                return
-            why = self._over_subscribed() or (
-                self._over_tried(self.candidates[0]) if self.candidates else ""
-            )
-            if why:
-                self._fail(FetchError(why))
-                return
-            if not self.candidates:
-                self.searching = True
-                d = defer.ensureDeferred(self._search_again())
-                d.addBoth(self._searched)
-                return
+        action = fetchplan.failover(
+            orphaned,
+            len(active),
+            self.candidates[0].server.node_id if self.candidates else None,
+            self.searching,
+            self.budget,
+            self.last_drop,
+        )
+        if isinstance(action, fetchplan.Deal):
+            for s, part in zip(active, action.parts, strict=True):
+                s.share.update(part)
+                self._send_wanted(s, part, replace=False)
+        elif isinstance(action, fetchplan.GiveUp):
+            self._fail(FetchError(action.reason))
+        elif isinstance(action, fetchplan.SearchAgain):
+            self.searching = True
+            d = defer.ensureDeferred(self._search_again())
+            d.addBoth(self._searched)
+        elif isinstance(action, fetchplan.TakeCandidate):
             source = self.candidates.pop(0)
             self.sources.append(source)
-            d = defer.ensureDeferred(self._subscribe(source, orphaned))
+            d = defer.ensureDeferred(self._subscribe(source, action.units))
 
             def failed(f: Any) -> None:
                 self._drop(source, f.getErrorMessage())
                 self._redistribute()
 
             d.addErrback(failed)
-            return
-        for s, part in zip(active, fetchplan.deal(orphaned, len(active)), strict=True):
-            s.share.update(part)
-            self._send_wanted(s, part, replace=False)
 
     async def _search_again(self) -> None:
         """Every SN used failed: look for others that offer the content."""
