@@ -1,7 +1,8 @@
-"""Experiment 3, SSM or ASM: the model and the collision count on made-up
-points (no root needed), and the whole experiment at smoke size on real
-daemons in namespaces (root only): its JSON, SSM's zero foreign packets,
-every file verified, and a report computed from that JSON.
+"""Experiment 3, SSM or ASM: the model, the record of a run (made-up logs,
+driver outputs and counters), the analysis and the report on made-up points
+(no root needed), and the whole experiment at smoke size on real daemons in
+namespaces (root only): its JSON, SSM's zero foreign packets, every file
+verified, and a report computed from that JSON.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from mcp2p.lab.experiment import Context, ReportOut, parse_params
+from mcp2p.lab.experiment import Context, ReportOut, load, parse_params
 from mcp2p.lab.experiments import groups
+from mcp2p.lab.experiments.groups import analysis, record
 from mcp2p.lab.net import missing_requirements
 
 _reason = missing_requirements(("ip", "nft", "bridge"))
@@ -72,6 +74,153 @@ def test_collisions_need_the_same_group_at_an_overlapping_time() -> None:
     assert groups.collisions(ssm) == 0
     same_sn = _point("ssm", [(0, 0, 0.0, 1.0, ["232.1.1.1"]), (1, 0, 0.5, 1.0, ["232.1.1.1"])])
     assert groups.collisions(same_sn) == 2
+
+
+def test_the_framework_sees_the_package_as_one_experiment() -> None:
+    module = load("groups")
+    assert module is groups
+    assert (module.NAME, module.TITLE) == ("groups", "SSM or ASM")
+    assert callable(module.run) and callable(module.report)
+    assert set(parse_params(module.PARAMS, "smoke")) == set(module.PARAMS)
+
+
+def test_model_overlap_unwanted_and_completion_on_a_made_up_point() -> None:
+    p = _point(
+        "asm/28",
+        [(0, 0, 0.0, 1.0, ["239.192.0.1"]), (1, 1, 0.5, 1.0, ["239.192.0.2"])],
+    )
+    # two sessions alive together, 14 groups: each collides with probability 1/14
+    assert math.isclose(groups.model_overlap(p), 2 / 14)
+    assert groups.completion(p) == [1.0, 1.0]
+    p["hosts"] = {
+        "sn1": {"data_rx_packets": 4, "data_rx_bytes": 400},
+        "cn1": {"data_rx_packets": 15, "data_rx_bytes": 1500, "own_packets": 10},
+        "cn2": {"data_rx_packets": 10, "data_rx_bytes": 1000, "own_packets": 10},
+    }
+    got = groups.unwanted(p)
+    assert got == {
+        "cn_packets": 2.5,  # cn1 got 5 it did not want, cn2 none
+        "cn_bytes": 250.0,
+        "cn_foreign": 0.0,
+        "sn_packets": 4.0,
+        "all_packets": 9.0,
+    }
+
+
+def test_a_point_is_healthy_only_when_every_fetch_verified_and_every_session_ended() -> None:
+    p = _point("ssm", [(0, 0, 0.0, 1.0, ["232.1.1.1"])])
+    assert analysis.healthy(p)
+    assert not analysis.healthy({**p, "leftover_sessions": 1})
+    assert not analysis.healthy({"failed": "boom"})
+    p["fetches"][0][2] = False
+    assert not analysis.healthy(p)
+
+
+_SN_LOG = """\
+2026-01-01 subscription 1 from ab12: r0s2f0000.bin by multicast, session 0000beef, 256000 bit/s
+2026-01-01 session 0000beef moved from 239.192.0.1 to 239.192.0.9: another session uses it
+2026-01-01 subscription 2 from ab12: r0s2f0001.bin by multicast, session 0000cafe, 256000 bit/s
+2026-01-01 session 0000beef ended (unsubscribed): 30 packets, 33000 bytes
+"""
+
+
+def test_sn_sessions_reads_starts_and_ends_from_the_log() -> None:
+    subscribed, ended = record.sn_sessions([_SN_LOG, "nothing here\n"])
+    assert subscribed == {"0000beef": "r0s2f0000.bin", "0000cafe": "r0s2f0001.bin"}
+    assert ended == {"0000beef"}
+
+
+def _snapshot(data: dict[str, tuple[int, int, int]], cpu: float) -> dict[str, Any]:
+    return {
+        "links": {n: {"rx_packets": 100 * v[0], "tx_packets": 1} for n, v in data.items()},
+        "data": data,
+        "cpu": {n: cpu for n in data},
+    }
+
+
+def test_record_point_verifies_files_and_counts_what_the_logs_and_counters_say(
+    tmp_path: Path,
+) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    files = {}
+    for i in range(2):
+        src = share / f"r0s2f000{i}.bin"
+        src.write_bytes(bytes([i]) * 3000)
+        files[src.name] = (0, src)
+    out_dir = tmp_path / "cn1"
+    out_dir.mkdir()
+    (out_dir / "r0s2f0000.bin").write_bytes(b"\0" * 3000)  # byte-identical
+    (out_dir / "r0s2f0001.bin").write_bytes(b"\2" * 3000)  # corrupt
+    recv = [{"packets": 5, "foreign": 1, "accepted": 3, "lost": 1, "malformed": 1}]
+    driver = [
+        {"name": "r0s2f0000.bin", "t_post": 100.25, "events": [
+            {"event": "subscribed", "group": "239.192.0.1"},
+            {"event": "moved", "group": "239.192.0.9"},
+            {"event": "done", "elapsed": 0.5, "receivers": recv},
+        ]},
+        {"name": "r0s2f0001.bin", "t_post": 100.5, "events": [
+            {"event": "subscribed", "group": "239.192.0.2"},
+            {"event": "source_dropped", "reason": "stalled"},
+            {"event": "done", "elapsed": 0.7, "receivers": recv},
+        ]},
+    ]  # fmt: skip
+    out_file = tmp_path / "cn1.result.json"
+    out_file.write_text(json.dumps(driver))
+    names = ["sn1"], ["cn1", "cn2"]
+    before = _snapshot({"sn1": (0, 0, 0), "cn1": (0, 0, 0), "cn2": (0, 0, 0)}, 1.0)
+    after = _snapshot({"sn1": (2, 200, 7), "cn1": (12, 1200, 0), "cn2": (3, 300, 0)}, 1.5)
+    subscribed, _ = record.sn_sessions([_SN_LOG])
+    p = record.point(
+        mode="asm/28", sessions=2, rep=0, files=files, file_kib=3, per_cn=[list(files), []],
+        outs=[(out_dir, out_file), (tmp_path / "cn2", tmp_path / "missing.json")],
+        logs=[_SN_LOG], subscribed=subscribed, sn_names=names[0], cn_names=names[1],
+        before=before, after=after, go=100.0, wall=1.25, errors=[],
+    )  # fmt: skip
+    assert json.loads(json.dumps(p)) == p  # what the lab writes
+    assert (p["group_mode"], p["pool"], p["groups_in_pool"]) == ("asm", "239.192.0.0/28", 14)
+    assert (p["moves"], p["sn_sessions"], p["leftover_sessions"]) == (1, 2, 1)
+    assert (p["sent_packets"], p["sent_bytes"]) == (30, 33000)
+    rows = groups.fetch_rows(p)
+    assert [r["ok"] for r in rows] == [True, False]
+    assert rows[0]["groups"] == ["239.192.0.1", "239.192.0.9"]
+    assert (rows[0]["start"], rows[0]["elapsed"], rows[0]["packets"]) == (0.25, 0.5, 5)
+    assert rows[1]["error"] == "not verified (SN dropped: stalled)"
+    cn1 = p["hosts"]["cn1"]
+    assert (cn1["data_rx_packets"], cn1["own_packets"], cn1["moved_events"]) == (12, 6, 1)
+    assert cn1["needed_packets"] == 2 * math.ceil(3 * 1024 / groups.BLOCK)
+    assert (cn1["rx_packets"], cn1["cpu"]) == (1200, 0.5)
+    assert p["hosts"]["sn1"]["looped_back"] == 7
+    assert p["hosts"]["cn2"]["needed_packets"] == 0  # its driver wrote nothing: no fetch
+
+
+def test_report_renders_from_made_up_points(tmp_path: Path) -> None:
+    hosts = {
+        "sn1": {"data_rx_packets": 0, "data_rx_bytes": 0, "cpu": 0.1, "looped_back": 3},
+        "cn1": {"data_rx_packets": 10, "data_rx_bytes": 1000, "own_packets": 10,
+                "needed_packets": 10, "moved_events": 0, "cpu": 0.1},
+    }  # fmt: skip
+    points = []
+    for mode, gs in (("ssm", "232.1.1.1"), ("asm/28", "239.192.0.1")):
+        p = _point(mode, [(0, 0, 0.0, 1.0, [gs]), (0, 0, 0.5, 1.0, [gs])])
+        p.update(sessions=2, rep=0, moves=1 if mode != "ssm" else 0, hosts=hosts,
+                 sent_packets=20, leftover_sessions=0)  # fmt: skip
+        points.append(p)
+    points.append({"mode": "asm/28", "sessions": 100, "skipped": "100 sessions > 2 x 14 groups"})
+    data = {
+        "sns": 1, "cns": 1, "file_kib": 32, "rate": 256000, "timeout": 12.0, "block": 1400,
+        "modes": ["ssm", "asm/28"], "sessions": [2, 100], "reps": 1, "points": points,
+    }  # fmt: skip
+    rows = groups.summary(data)
+    assert [(r["mode"], r["sessions"], r["collisions"]) for r in rows] == [
+        ("ssm", 2, [2]),
+        ("asm/28", 2, [2]),
+    ]
+    section = groups.report(data, ReportOut(tmp_path, "groups"))
+    assert len(section.tables) == 2 and "ssm (232.0.0.0/8, 16777214 groups)" in section.tables[0]
+    assert (tmp_path / section.plots[0]).stat().st_size > 1000
+    assert section.conclusion.startswith("With random SSM groups up to S=2, at most 2 sessions")
+    assert any(n.startswith("Not run: asm/28 S=100") for n in section.notes)
 
 
 @pytest.mark.netns
