@@ -1,0 +1,443 @@
+"""The AMP control channel end to end in memory: the real ControlClient and
+ControlServer over ``twisted.test.iosim`` (the TLS peer's certificate
+given by the fake transport), the real ServingService and Session behind
+them, on a Clock; the data port is a fake that keeps what was sent.
+
+Each command's reply, each refusal answered as an AMP error (and counted),
+and the SN -> CN notices (Sent, SessionEnded) as the CN's handlers see them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from twisted.internet.task import Clock
+from twisted.protocols import amp
+from twisted.test import iosim
+
+from mcp2p.catalog import CatalogEntry
+from mcp2p.core.wanted import RangeSet
+from mcp2p.errors import ProtocolError
+from mcp2p.transfer.control import (
+    CHUNK,
+    ChannelLimits,
+    ControlClient,
+    ControlServer,
+    GetManifest,
+    NotShared,
+    Refused,
+    ReportLoss,
+    Sent,
+    Subscribe,
+    UnknownSubscription,
+    Unsubscribe,
+    UpdateWanted,
+    pack_notices,
+)
+from mcp2p.transfer.serving import ServingService
+from mcp2p.trust.keys import load_or_create, node_id_of
+from mcp2p.trust.tls import certificate_for
+from mcp2p.wire.manifest import decode_manifest, verify_manifest
+from mcp2p.wire.merkle import hash_pieces, merkle_root
+from mcp2p.wire.rtp import packet_digests
+from tests.nodes import node_config
+
+PIECE = 16 << 10
+BLOCK = 1024
+
+
+class DataPort:
+    """The SN's data port: keeps each datagram (no GSO socket behind it)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((data, addr))
+
+
+class Catalog:
+    def __init__(self, *entries: CatalogEntry) -> None:
+        self.entries = {e.content_id: e for e in entries}
+
+    def get(self, content_id: bytes) -> CatalogEntry | None:
+        return self.entries.get(content_id)
+
+
+class Node:
+    def __init__(self, config: Any, reactor: Clock, identity: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.identity = identity
+
+
+class TLSTransport(iosim.FakeTransport):
+    """iosim's transport, after a TLS handshake with ``peer``."""
+
+    def __init__(self, protocol: Any, is_server: bool, peer: Any) -> None:
+        super().__init__(protocol, is_server)
+        self._cert = x509.load_pem_x509_certificate(certificate_for(peer))
+
+    def getPeerCertificate(self) -> Any:
+        return self._cert
+
+
+class Handler:
+    """What Fetch's handler does with a subscription's notices: keeps them."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[int, bytes]] = []
+        self.ended: list[str] = []
+        self.moved: list[str] = []
+
+    def notices(self, notices: list[tuple[int, bytes]]) -> None:
+        self.received += notices
+
+    def session_ended(self, reason: str) -> None:
+        self.ended.append(reason)
+
+    def session_moved(self, group: str) -> None:
+        self.moved.append(group)
+
+
+def shared_file(tmp_path: Path, size: int, piece: int = PIECE) -> CatalogEntry:
+    data = os.urandom(size)
+    path = tmp_path / f"file{size}.bin"
+    path.write_bytes(data)
+    hashes = tuple(hash_pieces(data[i : i + piece] for i in range(0, size, piece)))
+    return CatalogEntry(merkle_root(hashes), str(path), path.name, size, 0, 0, 0, piece, hashes)
+
+
+class Channel:
+    """One CN connected to the SN's ServingService over the control channel."""
+
+    def __init__(self, service: ServingService, clock: Clock, cn: Any) -> None:
+        self.server = ControlServer(
+            service,
+            service.counters,
+            ChannelLimits.from_config(service.node.config.serving),
+            clock,
+        )
+        self.client = ControlClient()
+        self.pump = iosim.connect(
+            self.server,
+            TLSTransport(self.server, True, cn),
+            self.client,
+            TLSTransport(self.client, False, service.node.identity),
+            clock=clock,
+        )
+        # ``lost`` fires with the reason, a Failure (ConnectionDone): kept here
+        # as Fetch does, so it is never an unhandled error.
+        self.lost: list[Any] = []
+        self.client.lost.addBoth(self.lost.append)
+
+    def call(self, command: type[amp.Command], **kw: Any) -> Any:
+        """The command's answer (a dict), or the exception it was answered with."""
+        out: list[Any] = []
+        d = self.client.callRemote(command, **kw)
+        d.addCallbacks(out.append, lambda f: out.append(f.value))
+        self.pump.flush()
+        assert out, f"{command.__name__} was not answered"
+        return out[0]
+
+
+@pytest.fixture
+def sn(tmp_path: Path) -> Any:
+    clock = Clock()
+    clock.advance(1000.0)
+    config = node_config(
+        tmp_path,
+        1,
+        1,
+        serving={
+            "block_length": str(BLOCK),
+            "rate": "10M",
+            "grace": "2",
+            "ssm_pool": "232.1.2.0/24",
+        },
+    )
+    small = shared_file(tmp_path, 5 * PIECE + 300)
+    # Enough pieces for a manifest over one AMP value (32 bytes of hash each).
+    big_pieces = CHUNK // 32 + 100
+    hashes = tuple(bytes([i % 251]) * 32 for i in range(big_pieces))
+    path = tmp_path / "sparse.bin"
+    with path.open("wb") as f:
+        f.truncate(big_pieces * 1024)
+    big = CatalogEntry(
+        merkle_root(hashes), str(path), "sparse.bin", big_pieces * 1024, 0, 0, 0, 1024, hashes
+    )
+    service = ServingService(
+        Node(config, clock, load_or_create(tmp_path / "sn")), Catalog(small, big), random.Random(5)
+    )
+    service.data_port = DataPort()
+    made = {"service": service, "clock": clock, "small": small, "big": big, "tmp": tmp_path}
+    yield made
+    for session in service.live_sessions():
+        session.end("test over")
+    if service.checker is not None and service.checker.running:
+        service.checker.stop()
+
+
+def channel(sn: Any, name: str = "cn") -> Channel:
+    return Channel(sn["service"], sn["clock"], load_or_create(sn["tmp"] / name))
+
+
+def subscribe(ch: Channel, entry: CatalogEntry, **kw: Any) -> Any:
+    args: dict[str, Any] = dict(
+        content_id=entry.content_id,
+        mode="multicast",
+        port=0,
+        rate=0,
+        code="plain",
+        wanted=RangeSet.full(-(-entry.size // BLOCK)).encode(),
+        more=False,
+    )
+    args.update(kw)
+    return ch.call(Subscribe, **args)
+
+
+# -- commands and their answers
+
+
+def test_the_server_knows_the_peer_by_the_key_it_proved(sn: Any) -> None:
+    cn = load_or_create(sn["tmp"] / "cn")
+    ch = channel(sn)
+    assert ch.server.peer_node_id == cn.node_id == node_id_of(ch.server.peer_public_key or b"")
+    assert ch.client.peer_node_id == sn["service"].node.identity.node_id
+    assert sn["service"].counters["connections"] == 1
+
+
+@pytest.mark.parametrize("which", ["small", "big"])
+def test_a_manifest_comes_in_chunks_and_verifies(sn: Any, which: str) -> None:
+    entry = sn[which]
+    ch = channel(sn)
+    data = b""
+    while True:
+        part = ch.call(GetManifest, content_id=entry.content_id, offset=len(data))
+        assert len(part["data"]) <= CHUNK
+        data += part["data"]
+        if len(data) >= part["total"]:
+            break
+    assert (which == "big") == (len(data) > CHUNK)  # the big one needed two values
+    manifest = decode_manifest(data)
+    verify_manifest(manifest, entry.content_id, sn["service"].node.identity.public_key)
+    assert manifest.name == entry.name and manifest.size == entry.size
+
+
+def test_a_manifest_offset_outside_it_is_a_protocol_error(sn: Any) -> None:
+    ch = channel(sn)
+    for offset in (-1, 10**9):
+        error = ch.call(GetManifest, content_id=sn["small"].content_id, offset=offset)
+        assert isinstance(error, ProtocolError) and "outside" in str(error)
+    assert sn["service"].counters["bad_commands"] == 2
+    assert not ch.client.transport.disconnecting  # an error answered, the channel kept
+
+
+def test_asking_for_content_the_sn_lacks_is_answered_not_shared(sn: Any) -> None:
+    ch = channel(sn)
+    assert isinstance(ch.call(GetManifest, content_id=b"\x01" * 32, offset=0), NotShared)
+    assert isinstance(subscribe(ch, sn["small"], content_id=b"\x02" * 32), NotShared)
+    assert not ch.client.transport.disconnecting
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ControlServer._bad_command means not to count NotShared ('asking for what "
+    "we lack is no offence'), but AMP has already wrapped the error in a RemoteAmpError "
+    "(the NotShared is its .local), so failure.check(NotShared) is None: every honest "
+    "request for content the SN no longer shares is counted in bad_commands and logged "
+    "as a malformed command",
+)
+def test_asking_for_content_the_sn_lacks_is_not_counted_as_a_bad_command(sn: Any) -> None:
+    ch = channel(sn)
+    ch.call(GetManifest, content_id=b"\x01" * 32, offset=0)
+    subscribe(ch, sn["small"], content_id=b"\x02" * 32)
+    assert sn["service"].counters["bad_commands"] == 0
+
+
+@pytest.mark.parametrize(
+    "change, error, words",
+    [
+        ({"mode": "broadcast"}, Refused, "mode must be"),
+        ({"mode": "unicast", "port": 0}, Refused, "UDP port"),
+        ({"mode": "unicast", "port": 70000}, Refused, "UDP port"),
+        ({"code": "nope"}, Refused, "no block code"),
+        ({"rate": -5}, Refused, "rate must be"),
+        ({"family": 5}, Refused, "family must be 4 or 6"),
+        ({"family": 6}, Refused, "IPv4 only"),
+        ({"wanted": b"\xff\xff"}, ProtocolError, ""),
+        ({"wanted": RangeSet([(0, 10**6)]).encode()}, ProtocolError, ""),  # past the last unit
+    ],
+)
+def test_a_bad_subscribe_is_answered_with_an_error_and_counted(
+    sn: Any, change: dict[str, Any], error: type[Exception], words: str
+) -> None:
+    ch = channel(sn)
+    answer = subscribe(ch, sn["small"], **change)
+    assert isinstance(answer, error) and words in str(answer)
+    service = sn["service"]
+    assert service.counters["bad_commands"] == 1
+    assert not service.subscriptions and not service.live_sessions()
+    assert not ch.client.transport.disconnecting
+    # The channel still works.
+    assert isinstance(subscribe(ch, sn["small"]), dict)
+
+
+def test_subscribe_then_notices_then_packets_that_match_them(sn: Any) -> None:
+    service, clock, entry = sn["service"], sn["clock"], sn["small"]
+    ch = channel(sn)
+    reply = subscribe(ch, entry)
+    assert reply["group"].startswith("232.1.2.") and reply["code"] == "plain"
+    assert reply["source"] == str(service.node.config.node.interface)
+    assert reply["block_length"] == BLOCK and reply["rate"] == 10_000_000
+    handler = Handler()
+    ch.client.handlers[reply["subscription"]] = handler
+    for _ in range(100):
+        clock.advance(0.01)
+        ch.pump.flush()
+    sent = service.data_port.sent
+    units = -(-entry.size // BLOCK)
+    assert len(sent) >= units  # the whole file went out (and nothing is lost here)
+    assert {addr for _, addr in sent} == {(reply["group"], reply["port"])}
+    # Every datagram was announced on the channel, with its digest, in order.
+    digests = packet_digests([data for data, _ in sent])
+    assert handler.received[: len(sent)] == list(enumerate(digests))
+
+
+def test_the_client_routes_notices_only_to_its_subscriptions(sn: Any) -> None:
+    ch = channel(sn)
+    handler = Handler()
+    ch.client.handlers[7] = handler
+    ch.server.send_notices(7, [(1, b"a" * 8), (2, b"b" * 8)])
+    ch.server.send_notices(8, [(3, b"c" * 8)])  # nobody's: dropped
+    ch.server.session_ended(7, "nothing wanted")
+    ch.server.session_moved(7, "239.9.9.9")
+    ch.pump.flush()
+    assert handler.received == [(1, b"a" * 8), (2, b"b" * 8)]
+    assert handler.ended == ["nothing wanted"] and handler.moved == ["239.9.9.9"]
+
+
+def test_update_wanted_and_report_loss_on_ones_own_subscription(sn: Any) -> None:
+    service, entry = sn["service"], sn["small"]
+    ch = channel(sn)
+    sub = subscribe(ch, entry)["subscription"]
+    assert (
+        ch.call(UpdateWanted, subscription=sub, wanted=RangeSet([(0, 3)]).encode(), replace=True)
+        == {}
+    )
+    session = service.subscriptions[sub].session
+    assert session.scheduler.needed_by(sub) == RangeSet([(0, 3)])
+    answer = ch.call(ReportLoss, subscription=sub, lost=b"", received=0)
+    assert answer == {"rate": 10_000_000}
+    error = ch.call(ReportLoss, subscription=sub, lost=b"", received=-1)
+    assert isinstance(error, ProtocolError) and "received must be" in str(error)
+
+
+def test_a_subscription_is_only_its_owners(sn: Any) -> None:
+    service, entry = sn["service"], sn["small"]
+    owner, other = channel(sn), channel(sn, "other")
+    sub = subscribe(owner, entry)["subscription"]
+    for command, kw in (
+        (UpdateWanted, {"wanted": b"", "replace": True}),
+        (ReportLoss, {"lost": b"", "received": 1}),
+        (Unsubscribe, {}),
+    ):
+        assert isinstance(other.call(command, subscription=sub, **kw), UnknownSubscription)
+        assert isinstance(owner.call(command, subscription=999, **kw), UnknownSubscription)
+    assert sub in service.subscriptions
+    assert service.counters["bad_commands"] == 6
+
+
+def test_unsubscribe_ends_a_session_left_without_subscribers(sn: Any) -> None:
+    service, entry = sn["service"], sn["small"]
+    first, second = channel(sn), channel(sn, "second")
+    one = subscribe(first, entry)["subscription"]
+    two = subscribe(second, entry)["subscription"]
+    session = service.subscriptions[one].session
+    assert service.subscriptions[two].session is session  # one multicast session, shared
+    assert first.call(Unsubscribe, subscription=one) == {}
+    assert session.state != "ENDED" and one not in service.subscriptions
+    assert isinstance(first.call(Unsubscribe, subscription=one), UnknownSubscription)
+    assert second.call(Unsubscribe, subscription=two) == {}
+    assert session.state == "ENDED" and not service.live_sessions()
+    assert not service.sessions  # forgotten: the next subscriber starts a new one
+
+
+def test_a_session_with_nothing_wanted_ends_after_grace_and_says_so(sn: Any) -> None:
+    service, clock, entry = sn["service"], sn["clock"], sn["small"]
+    ch = channel(sn)
+    sub = subscribe(ch, entry, wanted=RangeSet([(0, 2)]).encode())["subscription"]
+    handler = Handler()
+    ch.client.handlers[sub] = handler
+    for _ in range(40):  # the two blocks go, then the session idles
+        clock.advance(0.05)
+        ch.pump.flush()
+    assert handler.ended == [] and service.live_sessions()[0].state == "IDLE"
+    for _ in range(70):  # [serving] grace = 5
+        clock.advance(0.05)
+        ch.pump.flush()
+    assert handler.ended == ["nothing wanted"]
+    assert sub not in service.subscriptions and not service.live_sessions()
+    assert service.session_totals()["packets"] == 2
+
+
+def test_a_lost_channel_ends_its_subscriptions(sn: Any) -> None:
+    service, entry = sn["service"], sn["small"]
+    ch, stays = channel(sn), channel(sn, "stays")
+    subscribe(ch, entry)
+    subscribe(ch, sn["big"], wanted=b"")
+    kept = subscribe(stays, entry)["subscription"]
+    server_side = ch.server.transport
+    ch.client.transport.loseConnection()
+    ch.pump.flush()
+    assert ch.lost and server_side.disconnected
+    assert list(service.subscriptions) == [kept]
+    assert [s.subscribers.keys() for s in service.live_sessions()] == [{kept}]
+
+
+@pytest.fixture
+def amp_log(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """What AMP itself logs, kept here instead of reaching the global log."""
+    from twisted.logger import Logger
+
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(amp, "_log", Logger(observer=events.append))
+    return events
+
+
+def test_malformed_notices_drop_the_channel_on_the_cn(sn: Any, amp_log: Any) -> None:
+    """A SN's Sent of a length that is no whole number of notices: the CN can
+    no longer match packets to that channel; it drops it."""
+    ch = channel(sn)
+    ch.client.handlers[1] = handler = Handler()
+    ch.server.callRemote(Sent, subscription=1, notices=b"x" * 13)
+    ch.pump.flush()
+    assert ch.lost and handler.received == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ControlClient has no unhandledError of its own: AMP's default logs the "
+    "ProtocolError of a malformed Sent from the SN as an unhandled failure (a traceback "
+    "for hostile input, which the daemon's error observers count as a bug) before "
+    "dropping the channel; the SN side counts such a peer instead (bad_commands)",
+)
+def test_malformed_notices_are_dropped_without_an_unhandled_error(sn: Any, amp_log: Any) -> None:
+    ch = channel(sn)
+    ch.client.handlers[1] = Handler()
+    ch.server.callRemote(Sent, subscription=1, notices=b"x" * 13)
+    ch.pump.flush()
+    assert ch.lost
+    assert not [e for e in amp_log if e.get("log_failure") is not None]
+
+
+def test_pack_notices_splits_under_chunk() -> None:
+    notices = [(i, bytes(8)) for i in range(10_000)]
+    chunks = pack_notices(notices)
+    assert all(len(c) <= CHUNK for c in chunks)
+    assert sum(len(c) for c in chunks) == 12 * len(notices)
