@@ -26,12 +26,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class Node:
-    """What every service of one daemon shares.
+    """The parts of one daemon, as ``build`` made them.
 
-    The services take the node and read each other through it, so ``build``
-    sets them in this order, each before the next is made: trust, serving,
-    discovery, fetching, api (then keys). A service read before ``build`` set
-    it raises AttributeError.
+    The transfer services (serving, fetching) take the node and read the
+    other parts through it while they run; discovery plugins are handed it as
+    their `mcp2p.discovery.methods.DiscoveryHost`; every other part is handed
+    the values and collaborators it uses. ``build`` makes them in this order,
+    each after what it is handed: trust, serving, discovery, fetching, keys,
+    api. A part read before ``build`` set it raises AttributeError.
     """
 
     reactor: Any
@@ -57,6 +59,7 @@ def build(config: Config, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    from mcp2p.api.parts import Parts
     from mcp2p.api.service import APIService
     from mcp2p.discovery.service import DiscoveryService, make_methods
     from mcp2p.transfer.fetching import FetchingService
@@ -68,11 +71,11 @@ def build(config: Config, reactor: Any = None) -> MultiService:
     for path in config.share.paths:
         path.mkdir(parents=True, exist_ok=True)
     node = Node(reactor, config, load_or_create(config.node.state_dir))
-    # Each part is made after the parts it is handed (or, for the transfer
-    # services, that it reads through the node as it is built).
+    # Each part is made after the parts it is handed; the transfer services
+    # read theirs through the node when they run, so after build.
     # 1. trust: config only
     node.trust = TrustGate.from_config(config, reactor)
-    # 2. serving: the catalog; reads the node's config, identity and trust
+    # 2. serving: the catalog; reads config, identity and trust through the node
     catalog = Catalog(
         reactor,
         config.node.state_dir,
@@ -85,19 +88,29 @@ def build(config: Config, reactor: Any = None) -> MultiService:
     # 3. discovery: each method is handed the node (a DiscoveryHost) and takes
     #    what it uses of it, the serving side's offers, lookup and catalog
     node.discovery = DiscoveryService(make_methods(config.discovery.methods, node), reactor)
-    # 4. fetching: searches through discovery, judges sources through trust
+    # 4. fetching: searches through the node's discovery, judges through its trust
     node.fetching = FetchingService(node)
-    # 5. api: the local control interface over all of the above
-    node.api = APIService(node)
-    top = MultiService()
-    for service in (node.serving, node.discovery, node.fetching, node.api):
-        service.setServiceParent(top)
-    # 6. keys, when served: config and this node's id
+    # 5. keys, when served: config and this node's id
     if config.keys.serve:
         from mcp2p.trust.keyserver import KeyService
 
         node.keys = KeyService(reactor, config.keys, config.node.state_dir, node.identity.node_id)
-        node.keys.setServiceParent(top)
+    # 6. api: the local control interface over all of the above
+    parts = Parts(
+        reactor,
+        node.identity,
+        str(config.node.interface),
+        node.serving,
+        node.discovery,
+        node.fetching,
+        node.trust,
+        node.keys,
+    )
+    node.api = APIService(reactor, config.node, config.api, config.discovery.ring_schedule, parts)
+    top = MultiService()
+    for service in (node.serving, node.discovery, node.fetching, node.api, node.keys):
+        if service is not None:
+            service.setServiceParent(top)  # started in this order, stopped in reverse
     top.node = node  # type: ignore[attr-defined]
     return top
 

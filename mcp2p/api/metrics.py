@@ -13,7 +13,7 @@ node-wide totals cover all of them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -24,7 +24,8 @@ from prometheus_client.registry import Collector
 from mcp2p import __version__
 
 if TYPE_CHECKING:
-    from mcp2p.app import Node
+    from mcp2p.api.parts import Counted, Discovery, Fetching, Keys, Parts, Serving
+    from mcp2p.trust.keys import NodeIdentity
 
 MAX_SESSIONS = 32
 MAX_TRANSFERS = 16
@@ -156,35 +157,64 @@ def fetch_totals(counters: Iterable[dict[str, float]]) -> dict[str, float]:
 
 
 class NodeCollector(Collector):
-    """Yields every counter of ``node`` (an `mcp2p.app.Node`) at scrape time."""
+    """Yields every counter of the parts it is given at scrape time; a part
+    left out (None) has no series."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        serving: Serving | None = None,
+        discovery: Discovery | None = None,
+        fetching: Fetching | None = None,
+        trust: Counted | None = None,
+        keys: Keys | None = None,
+        api_errors: Mapping[int, int] | None = None,
+        api_refused: Mapping[str, int] | None = None,
+    ) -> None:
+        """``api_errors`` (HTTP status -> answers) and ``api_refused`` (reason ->
+        refusals): the API's own tallies, read at each scrape."""
+        self.identity = identity
+        self.serving = serving
+        self.discovery = discovery
+        self.fetching = fetching
+        self.trust = trust
+        self.keys = keys
+        self.api_errors = api_errors
+        self.api_refused = api_refused
+
+    @classmethod
+    def of(
+        cls, parts: Parts, api_errors: Mapping[int, int], api_refused: Mapping[str, int]
+    ) -> NodeCollector:
+        """The collector of every part of a daemon's node and its API's tallies."""
+        p = parts
+        return cls(
+            p.identity, p.serving, p.discovery, p.fetching, p.trust, p.keys, api_errors, api_refused
+        )
 
     def describe(self) -> Iterable[Metric]:
         return []  # names are not known before a scrape (plugins' stats)
 
     def collect(self) -> Iterator[Metric]:
-        n = self.node
         info = GaugeMetricFamily(
             "mcp2p_node_info", "this node (always 1)", labels=["node_id", "version"]
         )
-        info.add_metric([n.identity.node_id.hex(), __version__], 1)
+        info.add_metric([self.identity.node_id.hex(), __version__], 1)
         yield info
-        if n.serving is not None:
-            yield from self._shares(n.serving)
-            yield from self._serving(n.serving)
-        if n.discovery is not None:
-            yield from self._discovery(n.discovery)
-        if n.fetching is not None:
-            yield from self._fetching(n.fetching)
-        trust = getattr(n, "trust", None)
+        if self.serving is not None:
+            yield from self._shares(self.serving)
+            yield from self._serving(self.serving)
+        if self.discovery is not None:
+            yield from self._discovery(self.discovery)
+        if self.fetching is not None:
+            yield from self._fetching(self.fetching)
+        trust = self.trust
         if trust is not None:
             for key, doc in TRUST_HELP.items():
                 yield CounterMetricFamily("mcp2p_trust_" + key, doc, value=trust.counters[key])
-        if getattr(n, "keys", None) is not None:
-            yield from self._keys(n.keys)
-        errors = getattr(getattr(n.api, "resource", None), "refused", None)
+        if self.keys is not None:
+            yield from self._keys(self.keys)
+        errors = self.api_errors
         if errors is not None:
             family = CounterMetricFamily(
                 "mcp2p_api_errors",
@@ -194,7 +224,7 @@ class NodeCollector(Collector):
             for code, count in sorted(errors.items()):
                 family.add_metric([str(code)], count)
             yield family
-        refusals = getattr(getattr(n.api, "refusals", None), "counts", None)
+        refusals = self.api_refused
         if refusals is not None:
             family = CounterMetricFamily(
                 "mcp2p_api_refused",
@@ -205,7 +235,7 @@ class NodeCollector(Collector):
                 family.add_metric([reason], count)
             yield family
 
-    def _keys(self, keys: Any) -> Iterator[Metric]:
+    def _keys(self, keys: Keys) -> Iterator[Metric]:
         yield GaugeMetricFamily("mcp2p_keys_records", "key records held", value=len(keys.store))
         for key, doc in KEYS_HELP.items():
             value = keys.counters.get(key, keys.store.counters.get(key, 0))
@@ -217,14 +247,14 @@ class NodeCollector(Collector):
             family.add_metric([reason], count)
         yield family
 
-    def _shares(self, serving: Any) -> Iterator[Metric]:
+    def _shares(self, serving: Serving) -> Iterator[Metric]:
         entries = serving.catalog.entries()
         yield GaugeMetricFamily("mcp2p_shared_files", "files shared", value=len(entries))
         yield GaugeMetricFamily(
             "mcp2p_shared_bytes", "bytes shared", value=sum(e.size for e in entries)
         )
 
-    def _discovery(self, discovery: Any) -> Iterator[Metric]:
+    def _discovery(self, discovery: Discovery) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
         for method, stats in sorted(discovery.stats().items()):
             for raw, value in sorted(stats.items()):
@@ -248,7 +278,7 @@ class NodeCollector(Collector):
             value=len(getattr(discovery, "peers", ())),
         )
 
-    def _serving(self, serving: Any) -> Iterator[Metric]:
+    def _serving(self, serving: Serving) -> Iterator[Metric]:
         for key, doc in SERVING_HELP.items():
             yield CounterMetricFamily(
                 "mcp2p_serving_" + key, doc, value=serving.counters.get(key, 0)
@@ -293,7 +323,7 @@ class NodeCollector(Collector):
         yield rate
         yield subscribers
 
-    def _fetching(self, fetching: Any) -> Iterator[Metric]:
+    def _fetching(self, fetching: Fetching) -> Iterator[Metric]:
         transfers = list(fetching.transfers.values())
         states = GaugeMetricFamily("mcp2p_transfers", "transfers by state", labels=["state"])
         for state in ("running", "done", "failed"):
@@ -341,10 +371,10 @@ class NodeCollector(Collector):
         yield rate
 
 
-def registry_for(node: Node) -> CollectorRegistry:
+def registry_for(collector: NodeCollector) -> CollectorRegistry:
     """A registry of this node's own, holding only its collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node))
+    registry.register(collector)
     return registry
 
 

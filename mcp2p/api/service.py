@@ -77,7 +77,8 @@ from mcp2p.atomicfile import write_atomic
 from mcp2p.discovery.query import file_json
 
 if TYPE_CHECKING:
-    from mcp2p.app import Node
+    from mcp2p.api.parts import Parts
+    from mcp2p.config import APISection, NodeSection
 
 _log = Logger()
 
@@ -374,12 +375,15 @@ class Access:
 class _JSON(resource.Resource):
     isLeaf = True
 
-    def __init__(self, node: Node, access: Access) -> None:
+    def __init__(self, parts: Parts, access: Access, ring_schedule: tuple[int, ...]) -> None:
+        """``ring_schedule``: ``[discovery] ring_schedule``, which bounds a search's max_hops."""
         super().__init__()
-        self.node = node
+        self.parts = parts
         self.access = access
-        self.page = StatusPage(node)
+        self.ring_schedule = ring_schedule
         self.refused: dict[int, int] = {}  # HTTP status >= 400 -> requests answered so
+        # The page reads both tallies live, at each request.
+        self.page = StatusPage(parts, self.refused, access.refusals.counts)
 
     def render(self, request: Any) -> Any:
         for name, value in SECURITY_HEADERS:
@@ -432,19 +436,19 @@ class _JSON(resource.Resource):
         return b"logged in: see /\n"
 
     def status(self) -> dict[str, Any]:
-        n = self.node
+        n = self.parts
         return {
             "version": __version__,
             "node_id": n.identity.node_id.hex(),
             "public_key": n.identity.public_key.hex(),
-            "interface": str(n.config.node.interface),
+            "interface": n.interface,
             "shared_files": len(n.serving.catalog),
             "discovery": n.discovery.stats(),
             "api": {"refused": dict(self.access.refusals.counts)},
         }
 
     def catalog(self) -> dict[str, Any]:
-        return {"files": [file_json(o) for o in self.node.serving.offers()]}
+        return {"files": [file_json(o) for o in self.parts.serving.offers()]}
 
     def _body(self, request: Any) -> Any:
         raw = request.content.read(MAX_BODY + 1)
@@ -463,7 +467,7 @@ class _JSON(resource.Resource):
         from mcp2p.transfer.downloads import OutDirRefused
 
         try:
-            transfer = self.node.fetching.fetch(body["target"], **kwargs)
+            transfer = self.parts.fetching.fetch(body["target"], **kwargs)
         except OutDirRefused as e:
             raise BadRequest(str(e)) from None
         return {"id": transfer.id}
@@ -473,7 +477,7 @@ class _JSON(resource.Resource):
             tid = int(path.rsplit(b"/", 1)[1])
         except ValueError:
             raise BadRequest("transfer id must be an integer") from None
-        transfer = self.node.fetching.transfers.get(tid)
+        transfer = self.parts.fetching.transfers.get(tid)
         if transfer is None:
             return self._reply(request, 404, {"error": f"no transfer {tid}"})
         if request.method == b"DELETE":
@@ -499,8 +503,8 @@ class _JSON(resource.Resource):
 
     def search(self, request: Any) -> Any:
         body = self._body(request)
-        method, kwargs = search_options(body, self.node.config.discovery.ring_schedule)
-        d = self.node.discovery.search(method, **kwargs)
+        method, kwargs = search_options(body, self.ring_schedule)
+        d = self.parts.discovery.search(method, **kwargs)
 
         def done(result: Any) -> None:
             if not request.finished and not request._disconnected:
@@ -535,16 +539,29 @@ class APISite(server.Site):
 class APIService(Service):
     name = "api"  # type: ignore[assignment]
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self,
+        reactor: Any,
+        node: NodeSection,
+        api: APISection,
+        ring_schedule: tuple[int, ...],
+        parts: Parts,
+    ) -> None:
+        """Listens on ``[api]``'s port (and socket), keeps its port and token
+        files in ``[node] state_dir``; answers about and drives ``parts``."""
+        self.reactor = reactor
+        self.state_dir = node.state_dir
+        self.api = api
+        self.ring_schedule = ring_schedule
+        self.parts = parts
         self.port: Any = None
         self.unix_port: Any = None
         self.resource: _JSON | None = None
-        self.refusals = Refusals(node.reactor)
+        self.refusals = Refusals(reactor)
 
     def startService(self) -> None:
         super().startService()
-        state_dir = self.node.config.node.state_dir
+        state_dir = self.state_dir
         # A new token at each start rather than one kept across restarts: a
         # token that leaked (a copied URL, a backup of the state directory)
         # dies with the daemon, and nothing has to check an old file's owner
@@ -556,19 +573,17 @@ class APIService(Service):
                 f"mcp2p: cannot write the API token {state_dir / TOKEN_FILE} "
                 f"({(e.strerror or str(e)).lower()}): check [node] state_dir"
             )
-        self.resource = _JSON(self.node, Access(token, self.refusals))
+        self.resource = _JSON(self.parts, Access(token, self.refusals), self.ring_schedule)
         site = APISite(self.resource)
         site.displayTracebacks = False
         site.noisy = False
         from mcp2p.listening import listen_or_exit
 
-        sock_path = self.node.config.api.unix_socket
+        sock_path = self.api.unix_socket
         if sock_path is not None:
             self._clear_unix(sock_path)
         self.port = listen_or_exit(
-            lambda: self.node.reactor.listenTCP(
-                self.node.config.api.port, site, interface="127.0.0.1"
-            ),
+            lambda: self.reactor.listenTCP(self.api.port, site, interface="127.0.0.1"),
             "[api] port",
         )
         if sock_path is not None:
@@ -579,7 +594,7 @@ class APIService(Service):
                 port.stopListening()
                 raise
         actual = self.port.getHost().port
-        write_atomic(self.node.config.node.state_dir / PORT_FILE, f"{actual}\n".encode(), 0o644)
+        write_atomic(self.state_dir / PORT_FILE, f"{actual}\n".encode(), 0o644)
         _log.info("local API on http://127.0.0.1:{port}/api/status", port=actual)
 
     @staticmethod
@@ -595,7 +610,7 @@ class APIService(Service):
         from twisted.internet.error import CannotListenError
 
         try:
-            port = self.node.reactor.listenUNIX(str(path), site, mode=0o660)
+            port = self.reactor.listenUNIX(str(path), site, mode=0o660)
         except CannotListenError as e:
             reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
             _exit_line(
@@ -611,7 +626,7 @@ class APIService(Service):
         self.port = self.unix_port = None
         for name in (PORT_FILE, TOKEN_FILE):
             try:
-                (self.node.config.node.state_dir / name).unlink()
+                (self.state_dir / name).unlink()
             except OSError:
                 pass
         if not ports:

@@ -18,6 +18,7 @@ API resource after its Host (and authentication) checks.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from mcp2p import __version__
 from mcp2p.api import metrics
 
 if TYPE_CHECKING:
-    from mcp2p.app import Node
+    from mcp2p.api.parts import Discovery, Fetching, Parts, Serving
 
 STATIC = Path(__file__).parent / "static"
 MAX_TRANSFERS = 100  # in GET /api/transfers, the newest
@@ -53,11 +54,19 @@ FILES = {
 
 
 class StatusPage:
-    """Answers the GETs above for one node; ``metrics_registry`` is its own."""
+    """Answers the GETs above for one node; ``registry`` is its own."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.registry = metrics.registry_for(node)
+    def __init__(
+        self, parts: Parts, api_errors: Mapping[int, int], api_refused: Mapping[str, int]
+    ) -> None:
+        """``api_errors`` (HTTP status -> answers) and ``api_refused`` (reason ->
+        refusals): the API's own tallies, read at each request."""
+        self.parts = parts
+        self.api_errors = api_errors
+        self.api_refused = api_refused
+        self.registry = metrics.registry_for(
+            metrics.NodeCollector.of(parts, api_errors, api_refused)
+        )
         self._files: dict[bytes, bytes] = {}
 
     def route(self, request: Any, path: bytes) -> bytes | None:
@@ -73,9 +82,9 @@ class StatusPage:
                 request, metrics.CONTENT_TYPE.encode(), metrics.render(self.registry)
             )
         if path == b"/api/overview":
-            return self._json(request, overview(self.node))
+            return self._json(request, overview(self.parts, self.api_errors, self.api_refused))
         if path == b"/api/transfers":
-            return self._json(request, {"transfers": transfers(self.node)})
+            return self._json(request, {"transfers": transfers(self.parts.fetching)})
         return None
 
     def _json(self, request: Any, body: Any) -> bytes:
@@ -89,20 +98,21 @@ class StatusPage:
         return body
 
 
-def transfers(node: Node) -> list[dict[str, Any]]:
+def transfers(fetching: Fetching) -> list[dict[str, Any]]:
     """The newest MAX_TRANSFERS transfers, newest first."""
-    newest = sorted(node.fetching.transfers.values(), key=lambda t: -t.id)[:MAX_TRANSFERS]
+    newest = sorted(fetching.transfers.values(), key=lambda t: -t.id)[:MAX_TRANSFERS]
     return [{**t.summary(), "counters": t.counters()} for t in newest]
 
 
-def overview(node: Node) -> dict[str, Any]:
-    serving, discovery = node.serving, node.discovery
+def overview(
+    parts: Parts, api_errors: Mapping[int, int], api_refused: Mapping[str, int]
+) -> dict[str, Any]:
+    serving, discovery = parts.serving, parts.discovery
     entries = sorted(serving.catalog.entries(), key=lambda e: e.name)
-    api = getattr(node.api, "resource", None)
     return {
-        "node_id": node.identity.node_id.hex(),
+        "node_id": parts.identity.node_id.hex(),
         "version": __version__,
-        "interface": str(node.config.node.interface),
+        "interface": parts.interface,
         "shares": {
             "files": len(entries),
             "bytes": sum(e.size for e in entries),
@@ -112,21 +122,21 @@ def overview(node: Node) -> dict[str, Any]:
             ],
         },
         "sessions": sessions(serving),
-        "peers": peers(node),
+        "peers": peers(discovery, parts.identity.node_id, parts.clock.seconds()),
         "counters": {
             "discovery": discovery.stats(),
             "serving": dict(serving.counters),
             "sessions": serving.session_totals(),
             "fetching": metrics.fetch_totals(
-                t.counters() for t in list(node.fetching.transfers.values())
+                t.counters() for t in list(parts.fetching.transfers.values())
             ),
-            "api_errors": {str(k): v for k, v in getattr(api, "refused", {}).items()},
-            "api_refused": dict(getattr(getattr(node.api, "refusals", None), "counts", {})),
+            "api_errors": {str(k): v for k, v in api_errors.items()},
+            "api_refused": dict(api_refused),
         },
     }
 
 
-def sessions(serving: Any) -> list[dict[str, Any]]:
+def sessions(serving: Serving) -> list[dict[str, Any]]:
     out = []
     for session in serving.live_sessions()[: metrics.MAX_SESSIONS]:
         entry = serving.contents.get(session)
@@ -161,18 +171,16 @@ def sessions(serving: Any) -> list[dict[str, Any]]:
     return out
 
 
-def peers(node: Node) -> list[dict[str, Any]]:
+def peers(discovery: Discovery, own: bytes, now: float) -> list[dict[str, Any]]:
     """Nodes found by recent searches (with their hop distance), then nodes
-    heard only through SAP (distance unknown), nearest first."""
-    now = node.reactor.seconds()
-    discovery = node.discovery
+    heard only through SAP (distance unknown), nearest first; ``own``: this
+    node's id, left out."""
     out: dict[str, dict[str, Any]] = {}
     for peer in reversed(list(getattr(discovery, "peers", {}).values())):
         out.setdefault(peer["node_id"], {**peer, "age": now - peer["seen"]})
     sap = discovery.methods.get("sap")
     directory = getattr(sap, "directory", None)
     if directory is not None:
-        own = node.identity.node_id
         for a in directory.search()[: metrics.MAX_SESSIONS * 4]:
             if a.node_id == own:
                 continue

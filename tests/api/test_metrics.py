@@ -114,7 +114,8 @@ def test_transfer_series_are_bounded_and_totals_cover_all(tmp_path: Path) -> Non
             }
         )
         node.fetching.transfers[tid] = transfer
-    samples, types = parse(metrics.render(metrics.registry_for(node)).decode())
+    collector = metrics.NodeCollector.of(node.api.parts, {}, {})
+    samples, types = parse(metrics.render(metrics.registry_for(collector)).decode())
     series = [dict(labels) for (name, labels) in samples if name == "mcp2p_transfer_packets_total"]
     assert sorted(int(s["transfer"]) for s in series) == list(
         range(count - metrics.MAX_TRANSFERS + 1, count + 1)

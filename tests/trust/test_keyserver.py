@@ -8,7 +8,6 @@ import socket
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
@@ -17,7 +16,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
 
-from mcp2p.api.metrics import registry_for, render
+from mcp2p.api.metrics import NodeCollector, registry_for, render
 from mcp2p.config import config_from_string
 from mcp2p.trust import keyclient, records
 from mcp2p.trust.keyclient import KeyClient, http_request, parse_endpoint
@@ -46,11 +45,7 @@ def make_server(state: Path, port: int, peers: list[int] = (), **keys: str) -> K
         *(f"{k} = {v}" for k, v in keys.items()),
     ]
     config = config_from_string("\n".join(lines) + "\n", base_dir=state)
-    identity = load_or_create(state)
-    service = KeyService(reactor, config.keys, config.node.state_dir, identity.node_id)
-    service.node = SimpleNamespace(  # type: ignore[attr-defined]
-        identity=identity, serving=None, discovery=None, fetching=None, api=None, keys=service
-    )  # what registry_for reads
+    service = KeyService(reactor, config.keys, config.node.state_dir, load_or_create(state).node_id)
     service.startService()
     return service
 
@@ -145,7 +140,8 @@ async def test_add_lookup_index_and_refusals(tmp_path: Path, servers: Any) -> No
     assert server.store.rejected["revoked"] == 1
 
     # the counters on /metrics
-    text = render(registry_for(server.node)).decode()
+    collector = NodeCollector(load_or_create(tmp_path / "ks"), keys=server)
+    text = render(registry_for(collector)).decode()
     assert 'mcp2p_keys_rejected_total{reason="forged"} 1.0' in text
     assert "mcp2p_keys_records 1.0" in text
 
