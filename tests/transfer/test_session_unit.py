@@ -1,0 +1,295 @@
+"""Session on a Clock, with a recording port and fake control channels: what
+it sends, what it tells its subscribers, and how it ends (DESIGN.md 5.5).
+
+The data is a real file; the datagrams written are parsed back (RTP header,
+payload = the file's bytes), and the Sent notices each subscriber got are
+checked against the datagrams' digests.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from mcp2p.core.wanted import RangeSet
+from mcp2p.plugins import code_by_name
+from mcp2p.transfer.session import JOIN_DELAY, JOIN_GRACE, TICK, Session, Subscriber
+from mcp2p.wire.layout import Layout
+from mcp2p.wire.rtp import HEADER_LEN, decode_packet, packet_digests
+
+MBIT = 1_000_000
+PIECE = 8192
+BLOCK = 1024
+
+
+class Port:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((data, addr))
+
+
+class Client:
+    """The SN's end of one CN's control channel, as the session uses it."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken  # its channel is closed: every call raises
+        self.notices: list[tuple[int, bytes]] = []
+        self.ended: list[str] = []
+        self.moved: list[str] = []
+
+    def send_notices(self, subscription: int, notices: list[tuple[int, bytes]]) -> None:
+        self.notices += notices
+
+    def session_ended(self, subscription: int, reason: str) -> None:
+        if self.broken:
+            raise ConnectionError("channel closed")
+        self.ended.append(reason)
+
+    def session_moved(self, subscription: int, group: str) -> None:
+        if self.broken:
+            raise ConnectionError("channel closed")
+        self.moved.append(group)
+
+
+class Made:
+    def __init__(self, tmp_path: Path, size: int, group: str, grace: float, code: str) -> None:
+        self.clock = Clock()
+        self.clock.advance(100.0)
+        self.data = os.urandom(size)
+        path = tmp_path / "data.bin"
+        path.write_bytes(self.data)
+        self.port = Port()
+        self.ended: list[Session] = []
+        self.session = Session(
+            self.clock,
+            session_id=0xABCD,
+            layout=Layout(size, PIECE, BLOCK),
+            code=code_by_name(code),
+            path=str(path),
+            destination=(group or "127.0.0.1", 7712),
+            port=self.port,
+            rate=10 * MBIT,
+            min_rate=1 * MBIT,
+            max_rate=100 * MBIT,
+            grace=grace,
+            on_end=self.ended.append,
+            rng=random.Random(2),
+            group=group,
+        )
+
+    def subscribe(
+        self, sub_id: int, wanted: RangeSet | None = None, ceiling: int = 0, client: Any = None
+    ) -> Subscriber:
+        sub = Subscriber(sub_id, client or Client(), self.session, ceiling=ceiling)
+        self.session.add(sub, RangeSet.full(self.session.units) if wanted is None else wanted)
+        return sub
+
+    def run(self, seconds: float) -> None:
+        for _ in range(round(seconds / TICK)):
+            self.clock.advance(TICK)
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Any:
+    made: list[Made] = []
+
+    def factory(
+        size: int = 5 * PIECE + 100, group: str = "", grace: float = 1.0, code: str = "plain"
+    ) -> Made:
+        made.append(Made(tmp_path, size, group, grace, code))
+        return made[-1]
+
+    yield factory
+    for m in made:
+        m.session.end("test over")
+
+
+def test_every_wanted_block_goes_out_once_with_the_files_bytes(make: Any) -> None:
+    m = make()
+    sub = m.subscribe(1)
+    m.run(0.2)
+    layout = m.session.layout
+    blocks: dict[int, bytes] = {}
+    for seq, (data, addr) in enumerate(m.port.sent):
+        assert addr == ("127.0.0.1", 7712)
+        header = decode_packet(data)
+        assert header.ssrc == 0xABCD and header.timestamp == seq  # the 32-bit sequence number
+        index = layout.block_index(header.piece, header.symbol)
+        assert index not in blocks  # sending is optimistic: nothing twice
+        blocks[index] = data[HEADER_LEN:]
+    assert sorted(blocks) == list(range(layout.blocks))
+    assert b"".join(blocks[i] for i in range(layout.blocks)) == m.data
+    # Each datagram was announced to the subscriber with its digest, in order.
+    digests = packet_digests([data for data, _ in m.port.sent])
+    assert sub.client.notices == list(enumerate(digests))
+
+
+def test_only_the_units_wanted_are_sent_and_a_replace_narrows_them(make: Any) -> None:
+    m = make()
+    m.subscribe(1, RangeSet([(3, 6)]))
+    m.run(0.1)
+    layout = m.session.layout
+    sent = [layout.block_index(h.piece, h.symbol) for h in map(decode_packet, _data(m))]
+    assert sorted(sent) == [3, 4, 5]
+
+
+def test_a_multicast_session_waits_for_its_first_cn_to_join(make: Any) -> None:
+    m = make(group="232.1.1.1")
+    m.subscribe(1)
+    m.clock.advance(JOIN_DELAY / 2)
+    m.clock.advance(TICK)
+    assert m.port.sent == []
+    m.run(JOIN_DELAY)
+    assert m.port.sent and m.port.sent[0][1] == ("232.1.1.1", 7712)
+
+
+def test_a_unit_outside_the_content_is_refused(make: Any) -> None:
+    m = make()
+    sub = m.subscribe(1, RangeSet())
+    with pytest.raises(ValueError, match="outside"):
+        m.session.set_wanted(sub, RangeSet([(0, m.session.units + 1)]), replace=False)
+
+
+def test_a_loss_report_puts_back_what_was_lost(make: Any) -> None:
+    m = make()
+    sub = m.subscribe(1, RangeSet([(0, 4)]))
+    m.run(0.1)
+    assert len(m.port.sent) == 4
+    first = decode_packet(m.port.sent[0][0])
+    m.session.report_loss(sub, RangeSet([(0, 1)]), 3)  # sequence number 0 was lost
+    m.run(0.1)
+    assert len(m.port.sent) == 5
+    again = decode_packet(m.port.sent[4][0])
+    assert (again.piece, again.symbol) == (first.piece, first.symbol)
+    assert m.session.counters["loss_reported"] == 1
+
+
+def test_a_loss_report_naming_packets_never_sent_puts_back_nothing(make: Any) -> None:
+    m = make()
+    sub = m.subscribe(1, RangeSet([(0, 2)]))
+    m.run(0.1)
+    m.session.report_loss(sub, RangeSet([(2, 1 << 32)]), 0)
+    m.run(0.1)
+    assert len(m.port.sent) == 2 and m.session.counters["loss_reported"] == 0
+
+
+def test_losses_just_after_joining_do_not_steer_the_rate(make: Any) -> None:
+    m = make()
+    sub = m.subscribe(1)
+    m.run(0.05)
+    rate = m.session.rates.rate
+    lost = RangeSet([(0, len(m.port.sent))])
+    for _ in range(5):  # everything lost, reported many times within JOIN_GRACE
+        assert m.session.report_loss(sub, lost, 0) == int(rate)
+        m.clock.advance(JOIN_GRACE / 10)
+    assert m.session.rates.rate == rate
+
+
+def test_an_idle_session_ends_after_grace_and_tells_every_subscriber(make: Any) -> None:
+    m = make(grace=1.0)
+    one = m.subscribe(1, RangeSet([(0, 1)]))
+    two = m.subscribe(2, RangeSet())
+    m.run(0.5)
+    assert m.session.state == "IDLE" and not m.ended
+    m.run(0.6)
+    assert m.session.state == "ENDED" and m.ended == [m.session]
+    assert one.client.ended == two.client.ended == ["nothing wanted"]
+    assert not m.session.subscribers
+    with pytest.raises(OSError):
+        os.fstat(m.session.fd)  # the file is closed
+
+
+def test_new_work_keeps_an_idle_session_alive(make: Any) -> None:
+    m = make(grace=1.0)
+    sub = m.subscribe(1, RangeSet([(0, 1)]))
+    m.run(0.8)
+    assert m.session.state == "IDLE"
+    m.session.set_wanted(sub, RangeSet([(1, 2)]), replace=False)
+    m.run(0.8)
+    assert m.session.state == "IDLE" and not m.ended  # the grace started again
+    assert len(m.port.sent) == 2
+
+
+def test_the_last_subscriber_leaving_ends_the_session_once(make: Any) -> None:
+    m = make()
+    one, two = m.subscribe(1), m.subscribe(2)
+    m.session.remove(1)
+    assert m.session.state != "ENDED"
+    m.session.remove(2)
+    assert m.session.state == "ENDED" and m.ended == [m.session]
+    assert one.client.ended == two.client.ended == []  # they left: nobody to tell
+    m.session.end("again")
+    m.session.remove(2)
+    assert m.ended == [m.session]
+    sent = len(m.port.sent)
+    m.run(0.1)
+    assert len(m.port.sent) == sent  # nothing after the end
+
+
+def test_a_closed_channel_does_not_keep_the_others_from_hearing(make: Any) -> None:
+    m = make(group="239.1.1.1")
+    broken = m.subscribe(1, client=Client(broken=True))
+    fine = m.subscribe(2)
+    m.session.move("239.2.2.2")
+    assert fine.client.moved == ["239.2.2.2"] and broken.client.moved == []
+    assert m.session.destination == ("239.2.2.2", 7712) and m.session.counters["moves"] == 1
+    m.session.end("stopping")
+    assert fine.client.ended == ["stopping"] and m.ended == [m.session]
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(1, 6), st.sampled_from([0, 2, 5, 20, 200])),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_the_ceiling_is_the_smallest_subscribers_and_the_rate_stays_under_it(
+    make: Any, steps: list[tuple[bool, int, int]]
+) -> None:
+    """Subscribers come (with a --rate in Mbit/s, 0: none) and go in any order:
+    the session's ceiling is the smallest of theirs (none above the session's
+    maximum, which is also the ceiling of one that asks nothing), and the
+    rate never exceeds it."""
+    m = make()
+    ceilings: dict[int, int] = {}
+    for join, sub_id, mbit in steps:
+        if m.session.state == "ENDED":
+            break
+        if join and sub_id not in ceilings:
+            ceilings[sub_id] = mbit * MBIT
+            m.subscribe(sub_id, ceiling=mbit * MBIT)
+        elif not join and sub_id in ceilings:
+            del ceilings[sub_id]
+            m.session.remove(sub_id)
+        if ceilings:
+            top = m.session.rates.maximum  # [serving] max_rate bounds any wish
+            expected = min(min(c or top, top) for c in ceilings.values())
+            assert m.session.rates.ceiling == expected
+            assert m.session.rates.rate <= expected
+
+
+def test_a_block_code_sends_symbols_of_whole_pieces(make: Any) -> None:
+    m = make(code="raptorq")
+    sub = m.subscribe(1, RangeSet([(1, 2)]))  # piece 1
+    m.run(0.2)
+    headers = [decode_packet(d) for d in _data(m)]
+    assert headers and {h.piece for h in headers} == {1}
+    assert len(headers) >= m.session.code.need(m.session.layout, 1)
+    symbols = [h.symbol for h in headers]
+    assert len(set(symbols)) == len(symbols)  # a new symbol each time
+    assert sub.client.notices == list(enumerate(packet_digests(_data(m))))
+
+
+def _data(m: Made) -> list[bytes]:
+    return [data for data, _ in m.port.sent]
