@@ -1,0 +1,240 @@
+"""ServingService as the control channel's ServingSide, called directly on a
+Clock: which session a subscriber gets, what the OFFER promises, who may
+subscribe, and what is left when sessions, channels and the service end.
+
+(The AMP commands themselves: test_control_channel.py; per-peer budgets:
+test_control_budgets.py; rates: test_session_rate.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from twisted.internet.task import Clock
+
+from mcp2p.catalog import CatalogEntry
+from mcp2p.core.wanted import RangeSet
+from mcp2p.transfer.control import NotShared, Refused, UnknownSubscription
+from mcp2p.transfer.serving import ServingService
+from mcp2p.trust.keys import load_or_create, node_id_of
+from mcp2p.wire.merkle import hash_pieces, merkle_root
+from tests.nodes import node_config
+
+PIECE = 16 << 10
+BLOCK = 1024
+
+
+class DataPort:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((data, addr))
+
+    def stopListening(self) -> None:
+        pass
+
+
+class Catalog:
+    def __init__(self, entry: CatalogEntry) -> None:
+        self.entry = entry
+        self.stopped = False
+
+    def get(self, content_id: bytes) -> CatalogEntry | None:
+        return self.entry if content_id == self.entry.content_id else None
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class _Peer:
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+
+class _Transport:
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    def getPeer(self) -> _Peer:
+        return _Peer(self.host)
+
+
+class Client:
+    """The SN's end of one CN's channel (what ControlServer gives the service)."""
+
+    def __init__(self, host: str = "127.0.0.2") -> None:
+        # A node key of its own, as TLS proved it.
+        key = Ed25519PrivateKey.generate().public_key()
+        self.peer_public_key = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.peer_node_id = node_id_of(self.peer_public_key)
+        self.transport = _Transport(host)
+        self.notices = 0
+        self.ended: list[tuple[int, str]] = []
+
+    def send_notices(self, subscription: int, notices: list[tuple[int, bytes]]) -> None:
+        self.notices += len(notices)
+
+    def session_ended(self, subscription: int, reason: str) -> None:
+        self.ended.append((subscription, reason))
+
+    def session_moved(self, subscription: int, group: str) -> None:
+        pass
+
+
+class Node:
+    def __init__(self, config: Any, reactor: Clock, identity: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.identity = identity
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> Any:
+    services: list[ServingService] = []
+
+    def make(**serving: str) -> tuple[ServingService, Clock, CatalogEntry]:
+        clock = Clock()
+        clock.advance(500.0)
+        options = {"block_length": str(BLOCK), "rate": "10M", "ssm_pool": "232.7.0.0/16"}
+        options.update(serving)
+        config = node_config(tmp_path, 1, 1, serving=options)
+        data = os.urandom(3 * PIECE + 10)
+        path = tmp_path / "shared.bin"
+        path.write_bytes(data)
+        hashes = tuple(hash_pieces(data[i : i + PIECE] for i in range(0, len(data), PIECE)))
+        entry = CatalogEntry(
+            merkle_root(hashes), str(path), "shared.bin", len(data), 0, 0, 0, PIECE, hashes
+        )
+        service = ServingService(
+            Node(config, clock, load_or_create(tmp_path / "sn")), Catalog(entry), random.Random(9)
+        )
+        service.data_port = DataPort()
+        services.append(service)
+        return service, clock, entry
+
+    yield make
+    for service in services:
+        for session in service.live_sessions():
+            session.end("test over")
+        if service.checker is not None and service.checker.running:
+            service.checker.stop()
+
+
+def subscribe(
+    service: ServingService, client: Client, entry: CatalogEntry, **kw: Any
+) -> dict[str, Any]:
+    args: dict[str, Any] = dict(
+        content_id=entry.content_id,
+        mode="multicast",
+        port=0,
+        rate=0,
+        code="plain",
+        wanted=RangeSet.full(-(-entry.size // BLOCK)).encode(),
+        more=False,
+    )
+    args.update(kw)
+    reply = service.subscribe(client, **args)  # type: ignore[arg-type]
+    assert isinstance(reply, dict)  # [serving] subscribers = any: admitted at once
+    return reply
+
+
+def test_the_offer_promises_the_session_a_multicast_subscriber_gets(made: Any) -> None:
+    service, _, entry = made()
+    offer = service.offer_for(entry)
+    reply = subscribe(service, Client(), entry)
+    assert reply["session_id"] == offer.session_id
+    assert reply["group"] == str(offer.group) and reply["port"] == offer.port
+    assert reply["source"] == str(offer.source)
+    assert service.offer_for(entry) == offer  # the plan holds for the daemon's lifetime
+
+
+def test_multicast_subscribers_share_a_session_per_code_unicast_ones_do_not(made: Any) -> None:
+    service, _, entry = made()
+    one = subscribe(service, Client(), entry)
+    two = subscribe(service, Client(), entry)
+    coded = subscribe(service, Client(), entry, code="raptorq", wanted=RangeSet([(0, 1)]).encode())
+    solo = subscribe(service, Client(host="127.0.0.9"), entry, mode="unicast", port=4321)
+    assert one["session_id"] == two["session_id"]
+    assert len({one["session_id"], coded["session_id"], solo["session_id"]}) == 3
+    assert coded["code"] == "raptorq" and coded["group"] != ""
+    assert solo["group"] == "" and solo["source"] == ""
+    unicast = service.subscriptions[solo["subscription"]].session
+    assert unicast.destination == ("127.0.0.9", 4321)  # back to the channel's address
+    assert len(service.live_sessions()) == 3 and service.counters["sessions"] == 3
+
+
+def test_content_not_shared_is_refused_as_such(made: Any) -> None:
+    service, _, entry = made()
+    with pytest.raises(NotShared):
+        subscribe(service, Client(), entry, content_id=b"\x00" * 32)
+    with pytest.raises(NotShared):
+        service.manifest_bytes(b"\x00" * 32)
+
+
+def test_a_node_not_listed_in_subscribers_is_refused_and_counted(made: Any) -> None:
+    allowed = Client()
+    service, _, entry = made(subscribers=allowed.peer_node_id.hex())
+    with pytest.raises(Refused, match="may not subscribe"):
+        subscribe(service, Client(), entry)
+    assert service.counters["refused_subscriber"] == 1 and not service.subscriptions
+    assert subscribe(service, allowed, entry)["subscription"] == 1
+
+
+def test_a_subscription_is_only_its_channels(made: Any) -> None:
+    service, _, entry = made()
+    owner, other = Client(), Client()
+    sub = subscribe(service, owner, entry)["subscription"]
+    with pytest.raises(UnknownSubscription):
+        service.unsubscribe(other, sub)  # type: ignore[arg-type]
+    with pytest.raises(UnknownSubscription):
+        service.update_wanted(other, sub, b"", True)  # type: ignore[arg-type]
+    assert sub in service.subscriptions
+
+
+def test_an_ended_session_is_forgotten_and_its_counters_kept(made: Any) -> None:
+    service, clock, entry = made(grace="1")
+    client = Client()
+    sub = subscribe(service, client, entry, wanted=RangeSet([(0, 3)]).encode())["subscription"]
+    for _ in range(1000):
+        clock.advance(0.002)
+    assert client.ended == [(sub, "nothing wanted")]
+    assert not service.subscriptions and not service.live_sessions() and not service.sessions
+    assert not service.heard and not service.wanted_ranges
+    assert service.session_totals()["packets"] == 3 == len(service.data_port.sent)
+    # The next subscriber starts a new session on the same plan.
+    again = subscribe(service, client, entry)
+    assert again["session_id"] == service.offer_for(entry).session_id
+
+
+def test_a_disconnected_channel_takes_only_its_own_subscriptions(made: Any) -> None:
+    service, _, entry = made()
+    gone, stays = Client(), Client()
+    subscribe(service, gone, entry)
+    subscribe(service, gone, entry, mode="unicast", port=5000)
+    kept = subscribe(service, stays, entry)["subscription"]
+    service.disconnected(gone)  # type: ignore[arg-type]
+    assert list(service.subscriptions) == [kept]
+    assert len(service.live_sessions()) == 1  # its unicast session ended with it
+    assert gone.ended == []  # nobody left to tell
+
+
+def test_stopping_the_service_ends_every_session_and_says_why(made: Any) -> None:
+    service, _, entry = made()
+    one, two = Client(), Client()
+    a = subscribe(service, one, entry)["subscription"]
+    b = subscribe(service, two, entry, mode="unicast", port=5000)["subscription"]
+    service.startService = lambda: None  # type: ignore[method-assign]  # no sockets here
+    service.running = True
+    results: list[Any] = []
+    service.stopService().addBoth(results.append)
+    assert results and service.catalog.stopped
+    assert one.ended == [(a, "node stopping")] and two.ended == [(b, "node stopping")]
+    assert not service.live_sessions() and not service.subscriptions
+    assert service.checker is None or not service.checker.running
