@@ -123,7 +123,7 @@ def run_experiments(
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "topo":
-        from mcp2p.lab.topo import main as topo_main
+        from mcp2p.lab.net.cli import main as topo_main
 
         return topo_main(argv[1:])
     if argv and argv[0] == "bench":

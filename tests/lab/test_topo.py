@@ -1,7 +1,7 @@
-"""Tests for mcp2p.lab.topo: the topology description, built-ins, build, topo up/down.
+"""Tests for mcp2p.lab.net's topologies: the description, built-ins, build, topo up/down.
 
 The parsing tests need nothing; the others need root and make namespaces
-through mcp2p.lab.netns (all traffic stays inside them; everything is
+through mcp2p.lab.net (all traffic stays inside them; everything is
 removed at the end, also when a test fails).
 """
 
@@ -20,33 +20,31 @@ import pytest
 
 from mcp2p.config import config_from_string
 from mcp2p.lab.net import (
+    DEFAULT_GROUPS,
     NS_PREFIX,
+    LinkSpec,
     Network,
     Node,
-    counter_delta,
-    missing_requirements,
-    process_start_time,
-    reap_orphans,
-)
-from mcp2p.lab.topo import (
-    DEFAULT_GROUPS,
-    LinkSpec,
     NodeSpec,
     Topology,
     TopologyError,
     build,
     builtin,
     chain,
+    counter_delta,
     daemon_ini,
     is_ssm,
     load,
-    main,
+    missing_requirements,
     multicast_routes,
     parse,
+    process_start_time,
+    reap_orphans,
     star,
     to_ini,
     tree,
 )
+from mcp2p.lab.net.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 ETC = ROOT / "etc" / "lab"
