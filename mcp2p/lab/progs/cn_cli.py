@@ -16,6 +16,7 @@ import urllib.request  # noqa: F401 - imported before the start signal, as the C
 from typing import Any
 
 import mcp2p.cli
+import mcp2p.cli.get
 
 
 def no_daemon(*args: Any, **kw: Any) -> int:
@@ -25,7 +26,7 @@ def no_daemon(*args: Any, **kw: Any) -> int:
 
 def main(argv: list[str]) -> int:
     go, ready, wait, offset = argv[0], argv[1], float(argv[2]), float(argv[3])
-    mcp2p.cli.get_in_process = no_daemon
+    mcp2p.cli.get.get_in_process = no_daemon  # where cmd_get looks it up
     open(ready, "w").close()
     deadline = time.monotonic() + wait
     while not os.path.exists(go):
