@@ -77,8 +77,14 @@ from mcp2p.atomicfile import write_atomic
 from mcp2p.discovery.query import file_json
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTCP, IReactorTime, IReactorUNIX
+
     from mcp2p.api.parts import Parts
     from mcp2p.config import APISection, NodeSection
+
+    class IAPIReactor(IReactorTime, IReactorTCP, IReactorUNIX):
+        """What the API uses of the reactor: time, and TCP and Unix listening ports."""
+
 
 _log = Logger()
 
@@ -269,7 +275,7 @@ class Refusals:
     quiet interval at once (whoever just got a 401 finds why), the others as
     one line per interval, however many come."""
 
-    def __init__(self, reactor: Any, interval: float = REFUSAL_LOG_INTERVAL) -> None:
+    def __init__(self, reactor: IReactorTime, interval: float = REFUSAL_LOG_INTERVAL) -> None:
         self.reactor = reactor
         self.interval = interval
         self.counts = dict.fromkeys(REFUSALS, 0)
@@ -541,7 +547,7 @@ class APIService(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IAPIReactor,
         node: NodeSection,
         api: APISection,
         ring_schedule: tuple[int, ...],
@@ -583,7 +589,8 @@ class APIService(Service):
         if sock_path is not None:
             self._clear_unix(sock_path)
         self.port = listen_or_exit(
-            lambda: self.reactor.listenTCP(self.api.port, site, interface="127.0.0.1"),
+            # Twisted's own annotations refuse its Site as listenTCP's factory.
+            lambda: self.reactor.listenTCP(self.api.port, site, interface="127.0.0.1"),  # type: ignore[arg-type]
             "[api] port",
         )
         if sock_path is not None:

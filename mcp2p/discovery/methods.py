@@ -25,11 +25,16 @@ from mcp2p.interfaces import IDiscoveryMethod
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from twisted.internet.interfaces import IReactorMulticast, IReactorTime
+
     from mcp2p.config import Config, DiscoverySection, NodeSection, SAPSection
     from mcp2p.discovery.sap import SAPDirectory
     from mcp2p.trust.keys import NodeIdentity
     from mcp2p.wire.query import Query
-    from mcp2p.wire.types import FileOffer
+    from mcp2p.wire.types import FileOffer, IPAddress
+
+    class IDiscoveryReactor(IReactorTime, IReactorMulticast):
+        """What the built-in methods use of the reactor: time, and multicast ports."""
 
 
 class CatalogChanges(Protocol):
@@ -112,7 +117,7 @@ class QueryMethod:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IDiscoveryReactor,
         discovery: DiscoverySection,
         node: NodeSection,
         identity: NodeIdentity,
@@ -142,11 +147,11 @@ class _Scope:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IDiscoveryReactor,
         sap: SAPSection,
         identity: NodeIdentity,
         directory: SAPDirectory,
-        group: Any,
+        group: IPAddress,
         family: int,
         interface: str,
         origin: str,
@@ -192,7 +197,7 @@ class SAPMethod:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IDiscoveryReactor,
         sap: SAPSection,
         node: NodeSection,
         identity: NodeIdentity,
@@ -211,7 +216,9 @@ class SAPMethod:
         self.group = sap.group
         self.directory = sap_directory(sap)
 
-        def scope(group: Any, family: int, interface: str, origin: str, version: int) -> _Scope:
+        def scope(
+            group: IPAddress, family: int, interface: str, origin: str, version: int
+        ) -> _Scope:
             return _Scope(
                 reactor, sap, identity, self.directory, group, family, interface, origin, version
             )

@@ -33,7 +33,13 @@ from mcp2p.trust import records
 from mcp2p.trust.records import KeyRecord, RecordError
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTCP, IReactorTime
+
     from mcp2p.config import KeysSection
+
+    class IHTTPReactor(IReactorTime, IReactorTCP):
+        """What an HTTP client or server here uses of the reactor: time and TCP."""
+
 
 _log = Logger()
 
@@ -200,7 +206,9 @@ class Answer:
 class KeyClient:
     """Talks HKP to ``servers`` (tried in order until one answers)."""
 
-    def __init__(self, reactor: Any, servers: Iterable[Endpoint], timeout: float = 5.0) -> None:
+    def __init__(
+        self, reactor: IHTTPReactor, servers: Iterable[Endpoint], timeout: float = 5.0
+    ) -> None:
         self.reactor = reactor
         self.servers = tuple(servers)
         self.timeout = timeout

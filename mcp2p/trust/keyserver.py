@@ -69,6 +69,7 @@ from mcp2p.trust.records import KeyRecord, RecordError
 
 if TYPE_CHECKING:
     from mcp2p.config import KeysSection
+    from mcp2p.trust.keyclient import IHTTPReactor
 
 _log = Logger()
 
@@ -531,7 +532,9 @@ class KeyService(Service):
 
     name = "keys"  # type: ignore[assignment]
 
-    def __init__(self, reactor: Any, keys: KeysSection, state_dir: Path, node_id: bytes) -> None:
+    def __init__(
+        self, reactor: IHTTPReactor, keys: KeysSection, state_dir: Path, node_id: bytes
+    ) -> None:
         """``keys``: [keys]; ``state_dir``: where RECORDS_FILE is kept ([node]
         state_dir); ``node_id``: this node's, sent as SERVER_HEADER."""
         self.reactor = reactor
@@ -569,7 +572,8 @@ class KeyService(Service):
         from mcp2p.listening import listen_or_exit
 
         self.port = listen_or_exit(
-            lambda: self.reactor.listenTCP(listen.port, site, interface=listen.host),
+            # Twisted's own annotations refuse its Site as listenTCP's factory.
+            lambda: self.reactor.listenTCP(listen.port, site, interface=listen.host),  # type: ignore[arg-type]
             "[keys] listen",
         )
         _log.info(
