@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from mcp2p.api.service import APIService
-    from mcp2p.discovery.query import QueryNode, SearchResult
+    from mcp2p.discovery.query import IDiscoveryReactor, QueryNode, SearchResult
     from mcp2p.discovery.service import DiscoveryService
     from mcp2p.transfer.fetching import FetchingService
     from mcp2p.transfer.serving import ServingService
@@ -122,7 +122,7 @@ class Client:
     ``build_client`` makes it with its sockets open; ``stop()`` closes them.
     """
 
-    def __init__(self, reactor: Any, config: Config, query: QueryNode) -> None:
+    def __init__(self, reactor: IDiscoveryReactor, config: Config, query: QueryNode) -> None:
         self.reactor = reactor
         self.config = config
         self.query = query

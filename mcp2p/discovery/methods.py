@@ -25,16 +25,12 @@ from mcp2p.interfaces import IDiscoveryMethod
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from twisted.internet.interfaces import IReactorMulticast, IReactorTime
-
     from mcp2p.config import Config, DiscoverySection, NodeSection, SAPSection
+    from mcp2p.discovery.query import IDiscoveryReactor
     from mcp2p.discovery.sap import SAPDirectory
     from mcp2p.trust.keys import NodeIdentity
     from mcp2p.wire.query import Query
     from mcp2p.wire.types import FileOffer, IPAddress
-
-    class IDiscoveryReactor(IReactorTime, IReactorMulticast):
-        """What the built-in methods use of the reactor: time, and multicast ports."""
 
 
 class CatalogChanges(Protocol):
@@ -78,7 +74,7 @@ class DiscoveryHost(Protocol):
 
 
 def query_node(
-    reactor: Any,
+    reactor: IDiscoveryReactor,
     discovery: DiscoverySection,
     node: NodeSection,
     identity: NodeIdentity | None = None,

@@ -44,7 +44,13 @@ from mcp2p.wire.query import (
 from mcp2p.wire.types import FileOffer, IPAddress
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorMulticast, IReactorTime
+
     from mcp2p.config import DiscoverySection
+
+    class IDiscoveryReactor(IReactorTime, IReactorMulticast):
+        """What discovery uses of the reactor: time, and multicast ports."""
+
 
 _log = Logger()
 
@@ -198,7 +204,7 @@ class QueryNode:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IDiscoveryReactor,
         discovery: DiscoverySection,
         interface: str,
         interface6: str = "",
