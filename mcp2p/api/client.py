@@ -22,7 +22,10 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mcp2p.config import Config
 
 TOKEN_FILE = "api.token"
 PORT_FILE = "api.port"
@@ -116,7 +119,7 @@ class ApiClient:
         self.port = port
 
     @classmethod
-    def for_config(cls, config: Any, tcp: bool = False) -> ApiClient | None:
+    def for_config(cls, config: Config, tcp: bool = False) -> ApiClient | None:
         """The client the ``mcp2p`` command uses: the Unix socket when ``[api]
         unix_socket`` names one that exists (unless ``tcp``), else TCP on the
         port the daemon wrote to its state directory, else ``[api] port``.
