@@ -88,10 +88,13 @@ class DemandScheduler:
         self._nlive = 0  # units of weight >= 1
         self._needs: dict[Hashable, _Need] = {}
         self._randrange = rng.randrange
-        # take_run's units in progress: sent in part, or needed again after a
-        # loss report. None until the first take_run (a plain-code session
-        # never calls it and pays nothing per lost block).
-        self._open: set[int] | None = None
+        # take_run's units in progress -> when a run may go on with them: sent
+        # in part (at once), or needed again after a loss report (after
+        # ``settle``, see take_run). None until the first take_run (a
+        # plain-code session never calls it and pays nothing per lost block).
+        self._open: dict[int, float] | None = None
+        self._now = 0.0  # the time of the last take_run
+        self.settle = 0.0
 
     # -- reading
 
@@ -199,33 +202,42 @@ class DemandScheduler:
             self._move(unit, w, w - k)
         return k
 
-    def take_run(self, count: int) -> tuple[int, int] | None:
+    def take_run(self, count: int, now: float = 0.0) -> tuple[int, int] | None:
         """A run of up to ``count`` symbols of one unit, counted as sent:
         ``(unit, n)``, or None when nobody needs anything.
 
         For codes whose units need many symbols (a fountain code's pieces),
         where ``take`` would visit each unit once per round and so keep every
         piece of the file half received at once. The unit is the lowest one
-        in progress (sent in part, or needed again after a loss report), else
-        ``choose()``'s; ``n`` is the most any subscriber still needs of it, so
-        one run completes the unit for everyone: each symbol of a fountain
-        code helps every subscriber that lacks any of the unit's. So a
-        receiver has few pieces in progress (decoder memory stays bounded),
-        a sender repairs the piece its encoder has just encoded, and the
-        repair of a unit costs the worst subscriber's loss, not the sum.
+        in progress, else ``choose()``'s; ``n`` is the most any subscriber
+        still needs of it, so one run completes the unit for everyone: each
+        symbol of a fountain code helps every subscriber that lacks any of
+        the unit's. So a receiver has few pieces in progress (decoder memory
+        stays bounded), a sender repairs a piece its encoder has just
+        encoded, and the repair of a unit costs the worst subscriber's loss,
+        not the sum.
+
+        In progress: a unit sent in part goes on at once; a unit needed again
+        after a loss report (``add_need``) waits ``settle`` seconds (from the
+        ``now`` of the last take_run) for the other subscribers' reports of
+        the same unit, since a repair run sent on the first report alone would
+        be sent again for each later one. Past that, or when nothing fresh is
+        left, it goes first.
         """
         if count <= 0 or self._total <= 0:
             return None
+        self._now = now
         if self._open is None:
-            self._open = set()
+            self._open = {}
         open_units = self._open
         unit = None
-        while open_units:
-            first = min(open_units)
-            if self._weight(first):
-                unit = first
-                break
-            open_units.discard(first)
+        if open_units:
+            for first in sorted(open_units):
+                if not self._weight(first):
+                    del open_units[first]
+                elif open_units[first] <= now:
+                    unit = first
+                    break
         if unit is None:
             unit = self.choose()
             if unit is None:
@@ -239,9 +251,9 @@ class DemandScheduler:
         n = min(count, most)
         self.sent_run(unit, n)
         if self._weight(unit):
-            open_units.add(unit)
+            open_units[unit] = now  # sent in part: the next run goes on with it
         else:
-            open_units.discard(unit)
+            open_units.pop(unit, None)
         return unit, n
 
     def sent_run(self, unit: int, n: int) -> int:
@@ -297,7 +309,7 @@ class DemandScheduler:
         w = self._weight(unit)
         self._move(unit, w, w + count)
         if self._open is not None:
-            self._open.add(unit)
+            self._open.setdefault(unit, self._now + self.settle)
 
     def add_needs(self, subscriber: Hashable, units: Iterable[int]) -> None:
         """``add_need(subscriber, u)`` for each ``u`` of ``units`` (a unit named
@@ -323,7 +335,9 @@ class DemandScheduler:
             ones.update(new)
             self._shift(new, 1)
             if self._open is not None:
-                self._open.update(fresh)
+                ready = self._now + self.settle
+                for unit in fresh:
+                    self._open.setdefault(unit, ready)
 
     def set_need(self, subscriber: Hashable, need: dict[int, int] | RangeSet) -> None:
         """Replace everything ``subscriber`` needs.

@@ -360,8 +360,8 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
     port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
 
     class Client:
-        def send_notices(self, subscription: int, notices: Any) -> None:
-            pack_notices(notices)
+        def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
+            pack_notices(first, digests)
 
         def session_ended(self, subscription: int, reason: str) -> None:
             pass

@@ -2,9 +2,9 @@
 
 CN -> SN: GetManifest (chunked: AMP values are at most 64 KiB), Subscribe,
 UpdateWanted, ReportLoss, Unsubscribe. SN -> CN: Sent (batched notices of
-the packets about to go out: 32-bit sequence number and an 8-byte digest
-each, which authenticate multicast packets against this TLS channel) and
-SessionEnded.
+the packets about to go out: the 32-bit sequence number of the first and an
+8-byte digest of each, in sequence order, which authenticate multicast
+packets against this TLS channel) and SessionEnded.
 
 ``ControlServer`` only translates commands into calls on the serving side
 (an object with the methods of ``ServingSide`` below); ``ControlClient``
@@ -25,7 +25,6 @@ Each refusal is counted and logged in summary (``Summary``).
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,8 +39,9 @@ from mcp2p.logsummary import summary_level
 _log = Logger()
 
 CHUNK = 60000  # bytes per AMP value, under AMP's 64 KiB limit
-NOTICE = struct.Struct("!I8s")  # extended sequence number, packet digest
-MAX_NOTICES = CHUNK // NOTICE.size
+DIGEST = 8  # bytes of a packet digest in a notice (wire.rtp.DIGEST_LEN)
+MAX_NOTICES = CHUNK // DIGEST  # notices in one Sent
+SEQ_MASK = 0xFFFFFFFF  # notices name 32-bit (extended) sequence numbers
 MAX_KEYS = 32  # keys in one box; the largest command (Subscribe) has 11 with AMP's own
 
 
@@ -166,7 +166,15 @@ class Unsubscribe(amp.Command):
 
 
 class Sent(amp.Command):
-    arguments = [(b"subscription", amp.Integer()), (b"notices", amp.String())]
+    """Notices of consecutive packets: ``first``'s sequence number, then one
+    digest per packet (8 bytes each: a burst's digests joined once for all
+    subscribers, 8 bytes a packet instead of 12 with a sequence number each)."""
+
+    arguments = [
+        (b"subscription", amp.Integer()),
+        (b"first", amp.Integer()),
+        (b"digests", amp.String()),
+    ]
     requiresAnswer = False
 
 
@@ -182,18 +190,27 @@ class SessionMoved(amp.Command):
     requiresAnswer = False
 
 
-def pack_notices(notices: list[tuple[int, bytes]]) -> list[bytes]:
-    """Notices as AMP values of at most CHUNK bytes each."""
-    out = []
-    for i in range(0, len(notices), MAX_NOTICES):
-        out.append(b"".join(NOTICE.pack(s, d) for s, d in notices[i : i + MAX_NOTICES]))
-    return out
+def pack_notices(first: int, digests: bytes) -> list[tuple[int, bytes]]:
+    """The notices of packets ``first``, ``first`` + 1, ... (``digests``: their
+    digests joined) as (first, digests) pairs of at most CHUNK bytes each."""
+    if len(digests) % DIGEST:
+        raise ValueError(f"digests are {len(digests)} bytes, not a multiple of {DIGEST}")
+    return [
+        ((first + i // DIGEST) & SEQ_MASK, digests[i : i + CHUNK - CHUNK % DIGEST])
+        for i in range(0, len(digests), CHUNK - CHUNK % DIGEST)
+    ]
 
 
-def unpack_notices(data: bytes) -> list[tuple[int, bytes]]:
-    if len(data) % NOTICE.size:
-        raise ProtocolError(f"notices are {len(data)} bytes, not a multiple of {NOTICE.size}")
-    return list(NOTICE.iter_unpack(data))
+def unpack_notices(first: int, digests: bytes) -> list[tuple[int, bytes]]:
+    """(sequence number, digest) of each notice of a Sent; ProtocolError if malformed."""
+    if not 0 <= first <= SEQ_MASK:
+        raise ProtocolError(f"first sequence number {first} is not 32 bits")
+    if len(digests) % DIGEST:
+        raise ProtocolError(f"notices are {len(digests)} bytes, not a multiple of {DIGEST}")
+    return [
+        ((first + k) & SEQ_MASK, digests[i : i + DIGEST])
+        for k, i in enumerate(range(0, len(digests), DIGEST))
+    ]
 
 
 class ServingSide(Protocol):
@@ -395,9 +412,10 @@ class ControlServer(amp.AMP, TimeoutMixin):
         self.side.unsubscribe(self, subscription)
         return {}
 
-    def send_notices(self, subscription: int, notices: list[tuple[int, bytes]]) -> None:
-        for chunk in pack_notices(notices):
-            self.callRemote(Sent, subscription=subscription, notices=chunk)
+    def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
+        """Notices of packets ``first``, ``first`` + 1, ... (``digests`` joined)."""
+        for start, chunk in pack_notices(first, digests):
+            self.callRemote(Sent, subscription=subscription, first=start, digests=chunk)
 
     def session_ended(self, subscription: int, reason: str) -> None:
         self.callRemote(SessionEnded, subscription=subscription, reason=reason)
@@ -451,10 +469,10 @@ class ControlClient(amp.AMP):
         self.peer_node_id, _ = peer_identity(self.transport)
 
     @Sent.responder
-    def sent(self, subscription: int, notices: bytes) -> dict[str, Any]:
+    def sent(self, subscription: int, first: int, digests: bytes) -> dict[str, Any]:
         handler = self.handlers.get(subscription)
         if handler is not None:
-            handler.notices(unpack_notices(notices))
+            handler.notices(unpack_notices(first, digests))
         return {}
 
     @SessionEnded.responder

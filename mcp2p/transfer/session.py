@@ -52,6 +52,11 @@ SEQ_RING = 1 << 17  # sequence numbers remembered for loss reports (unit of each
 IP_UDP_OVERHEAD = 28
 RATE_PERIOD = 0.5  # seconds between two rate adaptations
 JOIN_GRACE = 1.0  # seconds after subscribing whose losses do not steer the rate
+# A fountain-code unit needed again after a loss report waits this long for the
+# other CNs' reports of it (a CN reports a packet lost 0.3 s after its notice,
+# in reports 0.1 s apart: receiver.LOSS_AFTER, REPORT_EVERY), so that one
+# repair run serves them all instead of one run per report.
+REPAIR_SETTLE = 0.5
 BURST_SECONDS = 0.02  # the bucket saves this much of the rate: ten ticks, for a late reactor
 SOL_UDP = 17
 UDP_SEGMENT = 103  # Linux: one sendmsg, many datagrams of one size (GSO)
@@ -109,6 +114,7 @@ class Session:
         self.encoder = code.encoder(layout, self._read)
         self.units = code.units(layout)
         self.scheduler = make_scheduler(scheduler, self.units, rng)  # [serving] scheduler
+        self.scheduler.settle = REPAIR_SETTLE
         # The plain code sends a block as it is, whatever its symbol number: no
         # counter per unit (it would cost 8 bytes per block of the file), and a
         # run of blocks is read with one pread. Other codes count the next
@@ -300,7 +306,7 @@ class Session:
             units = self.scheduler.take(min(budget, MAX_BURST))
             runs: list[tuple[int, int]] = []
         else:
-            runs = self._take_runs(min(budget, MAX_BURST))
+            runs = self._take_runs(min(budget, MAX_BURST), now)
             units = [unit for unit, n in runs for _ in range(n)]
         if not units:
             return
@@ -321,21 +327,21 @@ class Session:
             pack_header(seq & 0xFFFF, seq & 0xFFFFFFFF, sid, piece, symbol) + payload
             for seq, (piece, symbol, payload) in enumerate(symbols, seq0)
         ]
-        notices = [
-            (seq & 0xFFFFFFFF, digest) for seq, digest in enumerate(packet_digests(packets), seq0)
-        ]
+        # One join of the burst's digests, written to every subscriber.
+        digests = b"".join(packet_digests(packets))
+        first = seq0 & 0xFFFFFFFF
         for sub in list(self.subscribers.values()):
-            sub.client.send_notices(sub.id, notices)
+            sub.client.send_notices(sub.id, first, digests)
         self._send(packets)
 
-    def _take_runs(self, count: int) -> list[tuple[int, int]]:
+    def _take_runs(self, count: int, now: float) -> list[tuple[int, int]]:
         """Runs ``(unit, n)`` of up to ``count`` symbols in all: codes whose
         units need many symbols send a unit's symbols together (see
         `DemandScheduler.take_run`)."""
         runs = []
         take_run = self.scheduler.take_run
         while count > 0:
-            run = take_run(count)
+            run = take_run(count, now)
             if run is None:
                 break
             runs.append(run)
@@ -485,11 +491,13 @@ class Session:
         except OSError:
             pass
         _log.info(
-            "session {sid:08x} ended ({reason}): {packets} packets, {nbytes} bytes",
+            "session {sid:08x} ended ({reason}): {packets} packets, {nbytes} bytes,"
+            " {lost} reported lost",
             sid=self.session_id,
             reason=reason,
             packets=self.counters["packets"],
             nbytes=self.counters["bytes"],
+            lost=self.counters["loss_reported"],
         )
         self.on_end(self)
 

@@ -685,3 +685,21 @@ def test_runs_match_a_naive_model(
         sent += n
         assert sent < 10_000
     assert s.total_weight == 0 and all(not m for m in model.values())
+
+
+def test_a_repair_waits_for_the_other_reports_of_its_unit() -> None:
+    """A unit needed again waits ``settle`` for the other subscribers' reports,
+    so one run repairs it for all: the most any lost, not the sum."""
+    s = scheduler(4, name="mostwanted")
+    s.settle = 0.5
+    for sub in "ab":
+        s.set_need(sub, dict.fromkeys(range(4), 5))
+    assert s.take_run(5, now=0.0) == (0, 5)
+    s.add_needs("a", [0, 0])  # a's report comes first ...
+    assert s.take_run(5, now=0.1) == (1, 5)  # ... fresh units go on meanwhile
+    s.add_needs("b", [0, 0, 0])  # ... b's a little later
+    assert s.take_run(5, now=0.6) == (0, 3)  # then one run serves both
+    assert s.weight(0) == 0
+    assert [s.take_run(5, now=0.7), s.take_run(5, now=0.8)] == [(2, 5), (3, 5)]
+    s.add_need("a", 3)
+    assert s.take_run(5, now=0.9) == (3, 1)  # nothing fresh is left: no wait

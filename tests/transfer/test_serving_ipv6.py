@@ -52,7 +52,7 @@ class Client:
     def __init__(self, host: str = "10.0.0.2") -> None:
         self.transport = _Transport(host)
 
-    def send_notices(self, subscription: int, notices: list[tuple[int, bytes]]) -> None:
+    def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
         pass
 
     def session_ended(self, subscription: int, reason: str) -> None:

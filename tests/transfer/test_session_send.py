@@ -16,6 +16,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from mcp2p.core.wanted import RangeSet
+from mcp2p.transfer.control import unpack_notices
 from mcp2p.plugins import code_by_name
 from mcp2p.transfer.session import (
     MAX_BURST,
@@ -89,8 +90,8 @@ class Client:
         self.notices: list[tuple[int, bytes]] = []
         self.writes = 0
 
-    def send_notices(self, subscription: int, notices: list[tuple[int, bytes]]) -> None:
-        self.notices += notices
+    def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
+        self.notices += unpack_notices(first, digests)
         self.writes += 1
 
     def session_ended(self, subscription: int, reason: str) -> None:

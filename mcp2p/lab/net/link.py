@@ -63,10 +63,15 @@ class Link:
             return
         for iface in self.ends:
             # Some veth features are fixed; ethtool then complains but the
-            # ones that matter (gro/gso/tso) are off. Best effort.
+            # ones that matter are off. Best effort. tx-udp-segmentation: a
+            # veth carries a UDP GSO burst (up to 64 datagrams of an SN's
+            # UDP_SEGMENT send) as one packet, so the loss rule would drop
+            # whole bursts; off, the kernel cuts it into datagrams before
+            # the link, and loss hits datagrams one by one as on a wire.
             run_tool(
                 iface.node.exec_args(
                     ["ethtool", "-K", iface.name, "gro", "off", "gso", "off", "tso", "off"]
+                    + ["tx-udp-segmentation", "off"]
                 ),
                 check=False,
             )
