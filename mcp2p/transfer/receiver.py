@@ -28,7 +28,9 @@ last 0.1 s, which overstated loss whenever the CN fell behind.)
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import struct
 import sys
 from array import array
 from collections import OrderedDict, deque
@@ -360,17 +362,25 @@ class Accepted:
 
 class BatchReader:
     """Reads every datagram waiting on a non-blocking UDP socket into one
-    preallocated buffer (``ARENA`` bytes), as views, with one ``recvmsg_into``
-    per datagram, or per GSO burst when the kernel keeps it whole
-    (``UDP_GRO``). ``read()`` returns how many datagrams it got and gives
-    them to ``sink``; the views are reused by the next read.
+    preallocated buffer (``ARENA`` bytes), as views: with ``recvmmsg`` (Linux,
+    through ctypes: up to ARENA // ROOM datagrams a system call, each in a
+    slot of ROOM bytes), else one ``recvmsg_into`` per datagram; a GSO burst
+    the kernel keeps whole (``UDP_GRO``) takes one slot and is split here.
+    ``read()`` returns how many datagrams it got and gives them to ``sink``;
+    the views are reused by the next read.
 
     ``truncated`` counts datagrams longer than the room left (never ours:
     a datagram is at most 64 KiB), ``gro`` says whether UDP_GRO is on,
-    ``rcvbuf`` is the receive buffer the kernel granted (bytes).
+    ``mmsg`` whether recvmmsg is used, ``rcvbuf`` is the receive buffer the
+    kernel granted (bytes), ``reads`` counts system calls.
     """
 
-    def __init__(self, sock: socket.socket, sink: Callable[[list[memoryview]], None] | None = None):
+    def __init__(
+        self,
+        sock: socket.socket,
+        sink: Callable[[list[memoryview]], None] | None = None,
+        mmsg: bool = True,
+    ):
         self.sock = sock
         self.sink = sink
         self.arena = bytearray(ARENA)
@@ -384,9 +394,16 @@ class BatchReader:
         self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.truncated = 0
         self.reads = 0
+        self._mm = _MMsg.make(self.arena, max(1, ARENA // ROOM)) if mmsg else None
+        self.mmsg = self._mm is not None
 
     def read(self) -> int:
         """Drain the socket (or fill the buffer); the datagrams go to ``sink``."""
+        if self._mm is not None:
+            try:
+                return self._read_mmsg(self._mm)
+            except _NoMMsg:
+                self._mm, self.mmsg = None, False
         recv = self.sock.recvmsg_into
         view = self.view
         limit = len(view) - ROOM
@@ -420,6 +437,166 @@ class BatchReader:
         if out and self.sink is not None:
             self.sink(out)
         return len(out)
+
+    def _read_mmsg(self, mm: _MMsg) -> int:
+        """As many recvmmsg calls as drain the socket, up to about ARENA
+        bytes in all (as the one-by-one loop: bounded work per wakeup), each
+        call's datagrams handed on before the next reuses the slots."""
+        view, slot = self.view, mm.slot
+        out: list[memoryview] = []
+        fd = self.sock.fileno()
+        total = got = 0
+        limit = len(view) - ROOM
+        while total <= limit:
+            n = mm.receive(fd)
+            self.reads += 1
+            if n <= 0:
+                break
+            for i, (length, flags, segment) in enumerate(mm.results(n)):
+                start = i * slot
+                if flags & socket.MSG_TRUNC:
+                    self.truncated += 1
+                    continue
+                end = start + length
+                total += length
+                if not segment or segment >= length:
+                    out.append(view[start:end])
+                else:
+                    whole = end - (length % segment)
+                    out += [view[j : j + segment] for j in range(start, whole, segment)]
+                    if whole < end:
+                        out.append(view[whole:end])
+            if n < mm.count:
+                break  # drained: the next call would only say EAGAIN
+            got += len(out)  # every slot is full: hand on, read again
+            if out and self.sink is not None:
+                self.sink(out)
+            out = []
+        if out and self.sink is not None:
+            self.sink(out)
+        return got + len(out)
+
+
+class _NoMMsg(Exception):
+    """recvmmsg cannot be used here: read one datagram at a time."""
+
+
+class _MMsg:
+    """``recvmmsg(2)`` through ctypes into fixed slots of a buffer, with room
+    for one UDP_GRO control message a slot. Made once per socket; None where
+    the C library or the structures are not Linux's."""
+
+    CONTROL = 32  # bytes of control room a slot: CMSG_SPACE(sizeof(int)) is 24
+
+    def __init__(self, arena: bytearray, count: int, libc: Any) -> None:
+        import ctypes
+
+        class IOVec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+        class MsgHdr(ctypes.Structure):
+            _fields_ = [
+                ("name", ctypes.c_void_p),
+                ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.POINTER(IOVec)),
+                ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p),
+                ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int),
+            ]
+
+        class MMsgHdr(ctypes.Structure):
+            _fields_ = [("hdr", MsgHdr), ("len", ctypes.c_uint)]
+
+        self.count = count
+        self.slot = len(arena) // count
+        self._keep = (ctypes.c_char * len(arena)).from_buffer(arena)  # pins the buffer
+        base = ctypes.addressof(self._keep)
+        self._control = (ctypes.c_char * (count * self.CONTROL))()
+        control = ctypes.addressof(self._control)
+        self._iovs = (IOVec * count)()
+        self._msgs = (MMsgHdr * count)()
+        for i in range(count):
+            self._iovs[i].base = base + i * self.slot
+            self._iovs[i].len = self.slot
+            hdr = self._msgs[i].hdr
+            hdr.iov = ctypes.pointer(self._iovs[i])
+            hdr.iovlen = 1
+            hdr.control = control + i * self.CONTROL
+            hdr.controllen = self.CONTROL
+        self._address = ctypes.addressof(self._msgs)
+        self._call = libc.recvmmsg
+        self._call.argtypes = [
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        ]
+        self._call.restype = ctypes.c_int
+        self._errno = ctypes.get_errno
+        self._raw = memoryview(self._msgs).cast("B")  # the mmsghdrs as bytes
+        self._pristine = bytes(self._raw)  # as made: restored after each call
+        size = ctypes.sizeof(MMsgHdr)
+        controllen = MMsgHdr.hdr.offset + MsgHdr.controllen.offset
+        flags = MMsgHdr.hdr.offset + MsgHdr.flags.offset
+        length = MMsgHdr.len.offset
+        if not controllen + 8 <= flags and flags + 4 <= length and length + 4 <= size:
+            raise ValueError("unexpected struct mmsghdr layout")
+        # (msg_controllen, msg_flags, msg_len) of one mmsghdr, by their offsets
+        self._fields = struct.Struct(
+            f"={controllen}xQ{flags - controllen - 8}xi{length - flags - 4}xI{size - length - 4}x"
+        )
+        self._size = size
+        self._cview = memoryview(self._control).cast("B")
+
+    @classmethod
+    def make(cls, arena: bytearray, count: int) -> _MMsg | None:
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            import ctypes
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            if not hasattr(libc, "recvmmsg") or len(arena) // count < MAX_DATAGRAM:
+                return None
+            return cls(arena, count, libc)
+        except (OSError, AttributeError, TypeError, ValueError):
+            return None
+
+    def receive(self, fd: int) -> int:
+        """Datagrams received into the slots (0 when none is waiting)."""
+        n = self._call(fd, self._address, self.count, socket.MSG_DONTWAIT, None)
+        if n >= 0:
+            return n
+        err = self._errno()
+        if err in _IGNORE:
+            return 0
+        if err in (errno.ENOSYS, errno.EINVAL, errno.EFAULT):
+            raise _NoMMsg(err)
+        raise OSError(err, os.strerror(err))
+
+    def results(self, n: int) -> list[tuple[int, int, int]]:
+        """(length, flags, GRO segment size or 0) of the first ``n`` slots; the
+        headers are restored for the next call (the kernel wrote lengths and
+        flags into them)."""
+        raw, end = self._raw, n * self._size
+        out = []
+        cview = self._cview
+        for i, (controllen, flags, length) in enumerate(self._fields.iter_unpack(raw[:end])):
+            segment = 0
+            if controllen >= 20:  # a control message: UDP_GRO's segment size
+                c = i * self.CONTROL
+                level, kind, value = _CMSG.unpack_from(cview, c + 8)
+                if level == SOL_UDP and kind == UDP_GRO:
+                    segment = value
+            out.append((length, flags, segment))
+        raw[:end] = self._pristine[:end]
+        return out
+
+
+_CMSG = struct.Struct("=iii")  # cmsg_level, cmsg_type, and an int of data (after cmsg_len)
 
 
 def read_in_batches(port: Any, receiver: Receiver) -> BatchReader | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -151,24 +152,51 @@ def sockets() -> tuple[socket.socket, socket.socket, Any]:
     return rx, tx, rx.getsockname()
 
 
-def test_batch_reader_drains_every_waiting_datagram_in_order() -> None:
+@pytest.mark.parametrize("mmsg", [True, False])
+def test_batch_reader_drains_every_waiting_datagram_in_order(mmsg: bool) -> None:
     rx, tx, addr = sockets()
     with rx, tx:
         sent = [os.urandom(random.Random(i).randint(1, 1500)) for i in range(50)]
         got: list[bytes] = []
-        reader = BatchReader(rx, lambda views: got.extend(bytes(v) for v in views))
+        reader = BatchReader(rx, lambda views: got.extend(bytes(v) for v in views), mmsg=mmsg)
         for d in sent:
             tx.sendto(d, addr)
         assert reader.read() == 50
         assert got == sent
         assert reader.read() == 0  # nothing left: EAGAIN is the end of a read
         assert reader.rcvbuf > 0
+        assert reader.mmsg == (mmsg and sys.platform.startswith("linux"))
+        if reader.mmsg:
+            assert reader.reads <= 3  # 50 datagrams in two recvmmsg calls, then EAGAIN
 
 
-def test_batch_reader_splits_a_gso_burst_by_its_segment_size() -> None:
+def test_batch_reader_falls_back_when_recvmmsg_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mcp2p.transfer import receiver as rx_module
+
     rx, tx, addr = sockets()
     with rx, tx:
-        reader = BatchReader(rx, None)
+        got: list[bytes] = []
+        reader = BatchReader(rx, lambda views: got.extend(bytes(v) for v in views))
+        if not reader.mmsg:
+            pytest.skip("no recvmmsg here")
+
+        def refuse(fd: int) -> int:
+            raise rx_module._NoMMsg(38)
+
+        monkeypatch.setattr(reader._mm, "receive", refuse)
+        for i in range(3):
+            tx.sendto(bytes([i]) * 100, addr)
+        assert reader.read() == 3 and not reader.mmsg
+        assert got == [bytes([i]) * 100 for i in range(3)]
+
+
+@pytest.mark.parametrize("mmsg", [True, False])
+def test_batch_reader_splits_a_gso_burst_by_its_segment_size(mmsg: bool) -> None:
+    rx, tx, addr = sockets()
+    with rx, tx:
+        reader = BatchReader(rx, None, mmsg=mmsg)
         segments = [bytes([i]) * 1000 for i in range(7)] + [b"tail" * 10]
         try:
             tx.sendmsg([b"".join(segments)], [(17, 103, (1000).to_bytes(2, "little"))], 0, addr)
@@ -182,14 +210,17 @@ def test_batch_reader_splits_a_gso_burst_by_its_segment_size() -> None:
             assert reader.reads == 1  # the burst came whole
 
 
-def test_batch_reader_stops_before_its_buffer_overflows(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mmsg", [True, False])
+def test_batch_reader_stops_before_its_buffer_overflows(
+    monkeypatch: pytest.MonkeyPatch, mmsg: bool
+) -> None:
     from mcp2p.transfer import receiver as rx_module
 
     monkeypatch.setattr(rx_module, "ARENA", rx_module.ROOM + 3000)
     rx, tx, addr = sockets()
     with rx, tx:
         got: list[bytes] = []
-        reader = BatchReader(rx, lambda views: got.extend(bytes(v) for v in views))
+        reader = BatchReader(rx, lambda views: got.extend(bytes(v) for v in views), mmsg=mmsg)
         for i in range(5):
             tx.sendto(bytes([i]) * 1400, addr)
         first = reader.read()

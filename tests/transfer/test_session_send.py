@@ -16,8 +16,8 @@ import pytest
 from twisted.internet.task import Clock
 
 from mcp2p.core.wanted import RangeSet
-from mcp2p.transfer.control import unpack_notices
 from mcp2p.plugins import code_by_name
+from mcp2p.transfer.control import unpack_notices
 from mcp2p.transfer.session import (
     MAX_BURST,
     SOL_UDP,
