@@ -428,7 +428,13 @@ class ControlServer(amp.AMP, TimeoutMixin):
         return d.addErrback(self._bad_command)
 
     def _bad_command(self, failure: Any) -> Any:
-        if failure.check(NotShared) is None:  # asking for what we lack is no offence
+        # AMP hands a responder's error on wrapped (RemoteAmpError, the
+        # original failure its .local): asking for what we lack is no offence.
+        local = getattr(failure.value, "local", None)
+        not_shared = failure.check(NotShared) is not None or (
+            local is not None and local.check(NotShared) is not None
+        )
+        if not not_shared:
             self.counters["bad_commands"] += 1
             _log.warn(
                 "malformed control command from {peer}: {error}",
@@ -451,6 +457,13 @@ class ControlServer(amp.AMP, TimeoutMixin):
         self._stall = None
         super().connectionLost(reason)
         self.side.disconnected(self)
+
+
+def _peer_of(protocol: Any) -> str:
+    try:
+        return str(protocol.transport.getPeer())
+    except Exception:
+        return "?"
 
 
 class ControlClient(amp.AMP):
@@ -488,6 +501,17 @@ class ControlClient(amp.AMP):
         if handler is not None:
             handler.session_moved(group)
         return {}
+
+    def unhandledError(self, failure: Any) -> None:
+        """A command from the SN we cannot take (a malformed Sent): one line,
+        and the channel is dropped (AMP's default logs it as a failure)."""
+        _log.warn(
+            "malformed control command from the SN {peer}: {error}; closing the channel",
+            peer=_peer_of(self),
+            error=failure.getErrorMessage(),
+        )
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)

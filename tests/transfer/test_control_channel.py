@@ -245,14 +245,6 @@ def test_asking_for_content_the_sn_lacks_is_answered_not_shared(sn: Any) -> None
     assert not ch.client.transport.disconnecting
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ControlServer._bad_command means not to count NotShared ('asking for what "
-    "we lack is no offence'), but AMP has already wrapped the error in a RemoteAmpError "
-    "(the NotShared is its .local), so failure.check(NotShared) is None: every honest "
-    "request for content the SN no longer shares is counted in bad_commands and logged "
-    "as a malformed command",
-)
 def test_asking_for_content_the_sn_lacks_is_not_counted_as_a_bad_command(sn: Any) -> None:
     ch = channel(sn)
     ch.call(GetManifest, content_id=b"\x01" * 32, offset=0)
@@ -313,8 +305,8 @@ def test_the_client_routes_notices_only_to_its_subscriptions(sn: Any) -> None:
     ch = channel(sn)
     handler = Handler()
     ch.client.handlers[7] = handler
-    ch.server.send_notices(7, [(1, b"a" * 8), (2, b"b" * 8)])
-    ch.server.send_notices(8, [(3, b"c" * 8)])  # nobody's: dropped
+    ch.server.send_notices(7, 1, b"a" * 8 + b"b" * 8)
+    ch.server.send_notices(8, 3, b"c" * 8)  # nobody's: dropped
     ch.server.session_ended(7, "nothing wanted")
     ch.server.session_moved(7, "239.9.9.9")
     ch.pump.flush()
@@ -415,29 +407,22 @@ def test_malformed_notices_drop_the_channel_on_the_cn(sn: Any, amp_log: Any) -> 
     no longer match packets to that channel; it drops it."""
     ch = channel(sn)
     ch.client.handlers[1] = handler = Handler()
-    ch.server.callRemote(Sent, subscription=1, notices=b"x" * 13)
+    ch.server.callRemote(Sent, subscription=1, first=0, digests=b"x" * 13)
     ch.pump.flush()
     assert ch.lost and handler.received == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ControlClient has no unhandledError of its own: AMP's default logs the "
-    "ProtocolError of a malformed Sent from the SN as an unhandled failure (a traceback "
-    "for hostile input, which the daemon's error observers count as a bug) before "
-    "dropping the channel; the SN side counts such a peer instead (bad_commands)",
-)
 def test_malformed_notices_are_dropped_without_an_unhandled_error(sn: Any, amp_log: Any) -> None:
     ch = channel(sn)
     ch.client.handlers[1] = Handler()
-    ch.server.callRemote(Sent, subscription=1, notices=b"x" * 13)
+    ch.server.callRemote(Sent, subscription=1, first=0, digests=b"x" * 13)
     ch.pump.flush()
     assert ch.lost
     assert not [e for e in amp_log if e.get("log_failure") is not None]
 
 
 def test_pack_notices_splits_under_chunk() -> None:
-    notices = [(i, bytes(8)) for i in range(10_000)]
-    chunks = pack_notices(notices)
-    assert all(len(c) <= CHUNK for c in chunks)
-    assert sum(len(c) for c in chunks) == 12 * len(notices)
+    chunks = pack_notices(5, bytes(8 * 10_000))
+    assert all(len(c) <= CHUNK for _, c in chunks)
+    assert sum(len(c) for _, c in chunks) == 8 * 10_000
+    assert chunks[0][0] == 5 and chunks[1][0] == 5 + len(chunks[0][1]) // 8

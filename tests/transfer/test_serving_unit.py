@@ -78,8 +78,8 @@ class Client:
         self.notices = 0
         self.ended: list[tuple[int, str]] = []
 
-    def send_notices(self, subscription: int, notices: list[tuple[int, bytes]]) -> None:
-        self.notices += len(notices)
+    def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
+        self.notices += len(digests) // 8
 
     def session_ended(self, subscription: int, reason: str) -> None:
         self.ended.append((subscription, reason))

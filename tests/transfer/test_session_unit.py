@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 
 from mcp2p.core.wanted import RangeSet
 from mcp2p.plugins import code_by_name
+from mcp2p.transfer.control import unpack_notices
 from mcp2p.transfer.session import JOIN_DELAY, JOIN_GRACE, TICK, Session, Subscriber
 from mcp2p.wire.layout import Layout
 from mcp2p.wire.rtp import HEADER_LEN, decode_packet, packet_digests
@@ -46,8 +47,8 @@ class Client:
         self.ended: list[str] = []
         self.moved: list[str] = []
 
-    def send_notices(self, subscription: int, notices: list[tuple[int, bytes]]) -> None:
-        self.notices += notices
+    def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
+        self.notices += unpack_notices(first, digests)
 
     def session_ended(self, subscription: int, reason: str) -> None:
         if self.broken:
