@@ -13,6 +13,7 @@ from mcp2p.app import build, build_client
 from mcp2p.discovery.query import QueryNode
 from mcp2p.trust.keys import load_or_create
 from tests.nodes import free_udp_port, make_node_dir, node_config
+from tests.test_daemon import SAP_LIMIT, sap_listen_time
 
 
 def reactor_state() -> tuple[int, int, int]:
@@ -112,7 +113,10 @@ async def test_a_client_searches_a_node_by_query_and_by_sap_and_stops_clean(
     before = reactor_state()
     qport, sport = free_udp_port(), free_udp_port()
     make_node_dir(tmp_path / "sn", {"movie.mkv": 30_000})
-    top = build(node_config(tmp_path / "sn", qport, sport), reactor)
+    # A bandwidth at which [sap] min_interval (1 s), not the RFC 2974 limit,
+    # sets the interval; the listen lasts twice its longest gap (test_daemon).
+    sap = {"bandwidth_limit": str(SAP_LIMIT)}
+    top = build(node_config(tmp_path / "sn", qport, sport, sap=sap), reactor)
     top.startService()
     cn_config = node_config(tmp_path / "cn", qport, sport, discovery={"answers_wanted": "1"})
     client = build_client(cn_config, reactor)
@@ -130,7 +134,7 @@ async def test_a_client_searches_a_node_by_query_and_by_sap_and_stops_clean(
 
         listener = build_client(cn_config, reactor, query=False)
         assert listener.query.unicast_ports == {}
-        heard = await listener.listen_sap("movie*", None, wait=1.5)
+        heard = await listener.listen_sap("movie*", None, wait=sap_listen_time(ads=1))
         assert heard.reason == "listened"
         assert [s.node_id for s in heard.servers] == [top.node.identity.node_id]
         await listener.stop()
