@@ -328,14 +328,20 @@ class RaptorQEncoder:
 
 
 class _Receiving:
-    """A piece being received: its symbols, then a raptorq decoder once K arrived."""
+    """A piece being received: its source symbols in place in a piece-sized
+    buffer (so a piece whose source symbols all came is that buffer, with no
+    decoding), its repair symbols by ESI, and a raptorq decoder once K
+    symbols are there but some source symbols are missing."""
 
-    __slots__ = ("esis", "source", "repair", "decoder")
+    __slots__ = ("size", "k", "buf", "have", "sources", "repair", "decoder")
 
-    def __init__(self) -> None:
-        self.esis: set[int] = set()
-        self.source: dict[int, bytes] = {}  # ESI -> symbol, as sent (unpadded)
-        self.repair: list[tuple[int, bytes]] = []
+    def __init__(self, size: int, k: int) -> None:
+        self.size = size
+        self.k = k
+        self.buf = bytearray(size)
+        self.have = bytearray(k)  # 1 for each source symbol in buf
+        self.sources = 0
+        self.repair: dict[int, bytes] = {}  # ESI -> repair symbol
         self.decoder: Any = None
 
 
@@ -343,9 +349,12 @@ class _Receiving:
 class RaptorQDecoder:
     """Holds each piece's symbols until K of them arrived, then decodes it.
 
-    Until then symbols stay in Python; at K the piece is joined (all source
-    symbols) or handed to a raptorq decoder, which tries again with every
+    Source symbols are copied once, into the piece's buffer at their place;
+    a piece with every source symbol is that buffer. Otherwise, at K symbols
+    the piece is handed to a raptorq decoder, which tries again with every
     further symbol (RFC 6330 fails at K with probability about 0.5%).
+    ``add_many`` takes a batch (payloads may be views, valid during the
+    call), as the receiver hands them on.
     """
 
     def __init__(self, code: RaptorQCode, layout: Layout) -> None:
@@ -360,69 +369,107 @@ class RaptorQDecoder:
 
     @property
     def pending_bytes(self) -> int:
-        return sum(len(r.esis) for r in self._pieces.values()) * self.symbol_size
+        """Bytes of the symbols held for the pieces in progress (a few, as a
+        session sends a piece's symbols together)."""
+        held = sum(r.sources + len(r.repair) for r in self._pieces.values())
+        return held * self.symbol_size
 
     def add(self, piece: int, symbol: int, payload: bytes) -> list[tuple[int, bytes]]:
+        return self.add_many([(piece, symbol, payload)])
+
+    def add_many(self, items: Any) -> list[tuple[int, bytes]]:
+        """File writes ``(offset, piece)`` that became ready with the symbols
+        ``(piece, ESI, payload)`` of ``items``."""
         layout, t = self.layout, self.symbol_size
-        if not (
-            _is_int(piece)
-            and _is_int(symbol)
-            and isinstance(payload, bytes | bytearray | memoryview)
-            and 0 <= piece < layout.pieces
-            and 0 <= symbol <= MAX_ESI
-        ):
-            self.rejected += 1
-            return []
-        size = layout.piece_size(piece)
-        k = max(1, -(-size // t))
-        if symbol < k:
-            expected = min(t, size - symbol * t)
-        else:
-            expected = t if size else -1  # the empty piece has no repair symbols
-        if len(payload) != expected:
-            self.rejected += 1
-            return []
-        if piece in self._done:
-            self.redundant += 1
-            return []
-        state = self._pieces.get(piece)
-        if state is None:
-            state = self._pieces[piece] = _Receiving()
-        elif symbol in state.esis:
-            self.redundant += 1
-            return []
-        state.esis.add(symbol)
-        payload = bytes(payload)
-        data: bytes | None = None
-        if state.decoder is not None:
-            data = self._decode(piece, state, symbol, payload)
-        else:
-            if symbol < k:
-                state.source[symbol] = payload
+        pieces, done = self._pieces, self._done
+        npieces = layout.pieces
+        out: list[tuple[int, bytes]] = []
+        for piece, symbol, payload in items:
+            if type(piece) is not int:
+                self.rejected += 1
+                continue
+            state = pieces.get(piece)
+            if state is None:
+                if not 0 <= piece < npieces:
+                    self.rejected += 1
+                    continue
+                if piece in done:
+                    self.redundant += 1
+                    continue
+                size = layout.piece_size(piece)
+                k = max(1, -(-size // t))
             else:
-                state.repair.append((symbol, payload))
-            if len(state.source) == k:
-                data = b"".join(state.source[i] for i in range(k))
-            elif len(state.esis) >= k:
-                state.decoder = raptorq.Decoder.with_defaults(size, t)
-                held = [*state.source.items(), *state.repair]
-                state.source, state.repair = {}, []
-                for esi, sym in held:
-                    data = self._decode(piece, state, esi, sym)
-                    if data is not None or state.decoder is None:
-                        break
-        if data is None:
-            return []
+                size, k = state.size, state.k
+            if type(symbol) is not int or not 0 <= symbol <= MAX_ESI:
+                self.rejected += 1
+                continue
+            if symbol < k:
+                expected = t if symbol < k - 1 else size - symbol * t
+            else:
+                expected = t if size else -1  # the empty piece has no repair symbols
+            if not isinstance(payload, bytes | bytearray | memoryview) or len(payload) != expected:
+                self.rejected += 1
+                continue
+            if state is None:
+                state = pieces[piece] = _Receiving(size, k)
+            data: bytes | None = None
+            if symbol < k:
+                if state.have[symbol]:
+                    self.redundant += 1
+                    continue
+                state.have[symbol] = 1
+                state.sources += 1
+                state.buf[symbol * t : symbol * t + expected] = payload
+                if state.sources == k:
+                    data = bytes(state.buf)
+                elif state.decoder is not None:
+                    data = self._decode(piece, state, symbol, payload)
+            else:
+                if symbol in state.repair:
+                    self.redundant += 1
+                    continue
+                sym = bytes(payload)
+                state.repair[symbol] = sym
+                if state.decoder is not None:
+                    data = self._decode(piece, state, symbol, sym)
+            if data is None and state.decoder is None and state.sources + len(state.repair) >= k:
+                data = self._start_decoding(piece, state, size, k)
+            if data is None:
+                continue
+            self._finish(piece, state)
+            self.decoded += 1
+            out.append((layout.piece_offset(piece), data))
+        return out
+
+    def _start_decoding(self, piece: int, state: _Receiving, size: int, k: int) -> bytes | None:
+        """K symbols with some source symbols missing: a decoder gets them all."""
+        t = self.symbol_size
+        state.decoder = raptorq.Decoder.with_defaults(size, t)
+        view = memoryview(state.buf)
+        have = state.have
+        data: bytes | None = None
+        for esi in range(k):
+            if have[esi]:
+                data = self._decode(piece, state, esi, view[esi * t : esi * t + t])
+                if data is not None or state.decoder is None:
+                    return data
+        for esi, sym in list(state.repair.items()):
+            data = self._decode(piece, state, esi, sym)
+            if data is not None or state.decoder is None:
+                return data
+        return None
+
+    def _finish(self, piece: int, state: _Receiving) -> None:
         del self._pieces[piece]
         self._done.add(piece)
-        self.decoded += 1
-        return [(layout.piece_offset(piece), data)]
 
-    def _decode(self, piece: int, state: _Receiving, esi: int, sym: bytes) -> bytes | None:
+    def _decode(self, piece: int, state: _Receiving, esi: int, sym: Any) -> bytes | None:
         t = self.symbol_size
-        if len(sym) < t:
-            sym = sym + bytes(t - len(sym))  # the last source symbol, as the encoder pads it
-        packet = b"\0" + esi.to_bytes(3, "big") + sym  # RFC 6330 payload id: SBN 0, ESI
+        head = b"\0" + esi.to_bytes(3, "big")  # RFC 6330 payload id: SBN 0, ESI
+        if len(sym) < t:  # the last source symbol, as the encoder pads it
+            packet = head + bytes(sym) + bytes(t - len(sym))
+        else:
+            packet = head + sym
         try:
             data = state.decoder.decode(packet)
         except BaseException as e:
@@ -430,7 +477,7 @@ class RaptorQDecoder:
             if type(e).__name__ != "PanicException":
                 raise
             self.rejected += 1
-            del self._pieces[piece]
+            self._pieces.pop(piece, None)
             state.decoder = None
             return None
         if data is not None and len(data) != self.layout.piece_size(piece):

@@ -793,18 +793,24 @@ class Fetch:
     def _deliver_many(self, source: Source, items: Items) -> None:
         """The authenticated packets of one batch (payloads are views into the
         reader's buffer, valid during this call): with the plain code, written
-        to the store together; else one by one through ``_deliver``."""
+        to the store together; with a code whose decoder takes a batch
+        (``add_many``: RaptorQ), decoded together; else one by one through
+        ``_deliver``."""
         if source.state != "active":
             return
         deliver = self._deliver
-        if not self.per_block or getattr(deliver, "__func__", None) is not Fetch._deliver:
+        ours = getattr(deliver, "__func__", None) is Fetch._deliver
+        if not ours or not (self.per_block or hasattr(self.decoder, "add_many")):
             for piece, symbol, payload in items:  # a block code keeps its symbols: copied
                 deliver(source, piece, symbol, bytes(payload))
                 if source.state != "active":
                     return
             return
         try:
-            events, bad = self.store.write_blocks(items)
+            if self.per_block:
+                events, bad = self.store.write_blocks(items)
+            else:  # a block code that takes a batch (RaptorQ): whole pieces out
+                events, bad = self._decode_many(items)
         except StoreError as e:  # a full disk: the fetch ends, in one line
             self._fail(FetchError(str(e)))
             return
@@ -829,6 +835,23 @@ class Fetch:
                 self._bad_piece(event.piece)
         if self.store.complete and not self.done.called:
             self.done.callback(None)
+
+    def _decode_many(self, items: Items) -> tuple[list[Any], int]:
+        """The decoder's pieces of a batch, verified and written by the store:
+        (piece events, symbols the decoder refused)."""
+        decoder, store = self.decoder, self.store
+        rejected = decoder.rejected
+        length = self.layout.piece_length
+        events = []
+        for offset, data in decoder.add_many(items):
+            try:
+                event = store.write_piece(offset // length, data)
+            except ValueError:
+                rejected -= 1  # counted as a bad symbol below
+                continue
+            if event is not None:
+                events.append(event)
+        return events, decoder.rejected - rejected
 
     def _bad_piece(self, piece: int) -> None:
         """A piece failed its hash: every SN that sent blocks of it is counted
