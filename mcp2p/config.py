@@ -511,7 +511,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "mode": Option(
             _choice("multicast", "unicast"), "multicast", "how data is asked for by default"
         ),
-        "code": Option(_plugin_name, "plain", "block code asked for by default"),
+        "code": Option(_plugin_name, "auto", "block code asked for by default"),
         "stall_timeout": Option(
             _float_range(0.5, 600), "5", "seconds without progress before an SN is dropped"
         ),

@@ -120,10 +120,11 @@ class IBlockCode(Interface):
     ``piece`` and ``symbol`` u32 and at most ``block_length`` payload bytes.
     "plain" sends each block as it is (unit = global block index, need 1);
     "raptorq" sends RFC 6330 symbols of a piece (unit = piece, need = the
-    piece's source symbols plus a small overhead), any enough of which
-    rebuild the piece. A code holds no per-file state: it makes an encoder
-    and decoders for a ``mcp2p.wire.layout.Layout``, and may raise
-    ``ValueError`` for a layout it cannot code.
+    piece's source symbols; a receiver that lost any needs as many repair
+    symbols plus a small overhead), any enough of which rebuild the piece.
+    A code holds no per-file state: it makes an encoder and decoders for a
+    ``mcp2p.wire.layout.Layout``, and may raise ``ValueError`` for a layout
+    it cannot code.
     """
 
     name = Attribute("the name the ini file and a session use to select it")
@@ -133,6 +134,11 @@ class IBlockCode(Interface):
 
     def need(layout: Any, unit: int) -> int:
         """Useful symbols a receiver needs to get ``unit`` from scratch."""
+
+    def repair_overhead(layout: Any, unit: int) -> int:
+        """Symbols a receiver that lost some of ``unit``'s needs beyond the ones
+        it lost (once per unit: a fountain code's decoding margin; 0 for codes
+        where each symbol is a part of the file)."""
 
     def encoder(layout: Any, read: Callable[[int, int], bytes]) -> IBlockEncoder:
         """The sender's side; ``read(offset, length)`` returns file bytes."""

@@ -79,3 +79,14 @@ def test_every_builtin_discovery_method_provides_its_interface(tmp_path: Path) -
     for name, method in made.items():
         assert verifyObject(IDiscoveryMethod, method) and method.name == name
     assert isinstance(made["query"], QueryMethod) and isinstance(made["sap"], SAPMethod)
+
+
+def test_auto_is_a_code_chosen_by_mode() -> None:
+    from mcp2p.plugins import AUTO_CODE, code_by_name, names
+
+    assert names("code")[0] == AUTO_CODE and {"plain", "raptorq"} <= set(names("code"))
+    assert code_by_name("auto", "multicast").name == "raptorq"
+    assert code_by_name("auto", "unicast").name == "plain"
+    assert code_by_name("plain", "multicast").name == "plain"  # a named code is kept
+    with pytest.raises(ValueError, match="needs a mode"):
+        code_by_name("auto")

@@ -15,7 +15,8 @@ Two codes, selected per session by plugin name (``mcp2p.plugins.code_by_name``;
   are repair symbols, each new to every receiver still needing the piece.
   Any K of them rebuild the piece with probability about 99.5%, K + 2 with
   about 1 - 1e-6 (``mcp2p.lab.bench_codes`` measures it), so a receiver's
-  need is K + ``overhead``.
+  need is K, and one that lost x symbols needs x + ``overhead`` more
+  (``repair_overhead``): a piece nobody lost a symbol of is never encoded.
 
 RaptorQ needs its symbol size to be a multiple of 8: the symbol size is
 ``block_length`` rounded down to one, so K = ceil(piece size / symbol size)
@@ -78,6 +79,9 @@ class PlainCode:
     def need(self, layout: Layout, unit: int) -> int:
         layout.locate(unit)
         return 1
+
+    def repair_overhead(self, layout: Layout, unit: int) -> int:
+        return 0
 
     def encoder(self, layout: Layout, read: Read) -> PlainEncoder:
         return PlainEncoder(layout, read)
@@ -192,9 +196,14 @@ class RaptorQCode:
         return layout.pieces
 
     def need(self, layout: Layout, unit: int) -> int:
-        if layout.piece_size(unit) == 0:
-            return 1  # the empty piece has one empty source symbol and no repair
-        return self.source_symbols(layout, unit) + self.overhead
+        """K: a receiver that loses none of the source symbols joins them, and
+        the sender encodes nothing (``repair_overhead`` for one that lost some)."""
+        return self.source_symbols(layout, unit)
+
+    def repair_overhead(self, layout: Layout, unit: int) -> int:
+        """``overhead``: a receiver that lost x symbols of a piece decodes from
+        its K - x and x + overhead repair symbols (K alone fail 0.5% of the time)."""
+        return self.overhead if layout.piece_size(unit) else 0
 
     def encoder(self, layout: Layout, read: Read) -> RaptorQEncoder:
         return RaptorQEncoder(self, layout, read)

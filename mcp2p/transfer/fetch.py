@@ -178,7 +178,7 @@ class Fetch:
         self.mode = mode or f.mode
         self.rate = rate
         self.max_sources = sources or f.sources
-        self.code = code_by_name(code or f.code)
+        self.code = code_by_name(code or f.code, self.mode)
         self.on_event = on_event or (lambda e: None)
         if pick is not None and pick not in PICKS:
             raise ValueError(f"pick must be one of {', '.join(PICKS)}")

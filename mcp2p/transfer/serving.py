@@ -328,12 +328,12 @@ class ServingService(Service):
         entry = self.catalog.get(content_id)
         if entry is None:
             raise NotShared(content_id.hex())
-        try:
-            block_code = code_by_name(code)
-        except (KeyError, ValueError):
-            raise Refused(f"no block code named {code!r}") from None
         if mode not in ("multicast", "unicast"):
             raise Refused(f"mode must be multicast or unicast, not {mode!r}")
+        try:
+            block_code = code_by_name(code, mode)
+        except (KeyError, ValueError):
+            raise Refused(f"no block code named {code!r}") from None
         if mode == "unicast" and not 1 <= port <= 65535:
             raise Refused("unicast mode needs the CN's UDP port")
         version = self._family(family)

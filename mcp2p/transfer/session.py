@@ -79,6 +79,8 @@ class Subscriber:
     lost: int = 0
     received: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    # units it lost symbols of, which got the code's repair overhead once
+    repaired: set[int] = field(default_factory=set)
 
 
 class Session:
@@ -256,6 +258,8 @@ class Session:
                 units += ring[i:]
                 units += ring[:j]
         count = len(units)
+        if count and not self.plain:
+            units += self._overheads(sub, units)
         if count:
             self.scheduler.add_needs(sub.id, units)
         self.counters["loss_reported"] += count
@@ -269,6 +273,18 @@ class Session:
         window[1] += received
         self._adapt(now)
         return int(self.rates.rate)
+
+    def _overheads(self, sub: Subscriber, units: list[int]) -> list[int]:
+        """The code's repair overhead for each unit ``sub`` lost symbols of for
+        the first time (a fountain code: x lost symbols need x + overhead)."""
+        overhead = getattr(self.code, "repair_overhead", None)
+        if overhead is None:
+            return []
+        extra: list[int] = []
+        for unit in set(units).difference(sub.repaired):
+            sub.repaired.add(unit)
+            extra += [unit] * overhead(self.layout, unit)
+        return extra
 
     def _adapt(self, now: float) -> None:
         """One rate step per RATE_PERIOD on every receiver's loss in it (see

@@ -37,6 +37,11 @@ def make_file(size: int, seed: int = 0) -> tuple[bytes, Callable[[int, int], byt
     return data, read
 
 
+def enough(code: RaptorQCode, layout: Layout, piece: int) -> int:
+    """Symbols that decode a piece whatever they are: K + the repair overhead."""
+    return code.need(layout, piece) + code.repair_overhead(layout, piece)
+
+
 class File:
     """What a receiver writes: the decoder's writes applied to a buffer."""
 
@@ -141,7 +146,7 @@ def test_raptorq_round_trip_with_loss(size: int, loss: float) -> None:
     for piece in range(layout.pieces):
         writes, received = send_piece(enc, dec, piece, loss, rng)
         assert writes == [(layout.piece_offset(piece), read(layout.piece_offset(piece), PIECE))]
-        assert received <= code.need(layout, piece)
+        assert received <= enough(code, layout, piece)
         out.apply(writes)
         assert enc.symbol(piece, 0)[2] == b"" or dec.add(*enc.symbol(piece, 0)) == []
     assert bytes(out.buf) == data and out.written == size
@@ -164,7 +169,7 @@ def test_raptorq_decodes_from_any_k_plus_overhead_symbols() -> None:
             pool = symbols[k:] if trial % 2 == 0 else symbols
             dec = code.decoder(layout)
             writes: list[tuple[int, bytes]] = []
-            for symbol in rng.sample(pool, code.need(layout, piece)):
+            for symbol in rng.sample(pool, enough(code, layout, piece)):
                 writes += dec.add(*symbol)
             assert writes == [(layout.piece_offset(piece), expected)]
 
@@ -175,9 +180,9 @@ def test_raptorq_one_mib_piece_from_repair_symbols() -> None:
     data, read = make_file(layout.size)
     enc, dec = code.encoder(layout, read), code.decoder(layout)
     k = code.source_symbols(layout, 0)
-    assert k == 749 and code.need(layout, 0) == 751
+    assert k == 749 and code.need(layout, 0) == 749 and enough(code, layout, 0) == 751
     writes: list[tuple[int, bytes]] = []
-    for n in range(k, k + code.need(layout, 0)):
+    for n in range(k, k + enough(code, layout, 0)):
         writes += dec.add(*enc.symbol(0, n))
         if not writes:
             assert dec.pending_bytes == (n - k + 1) * 1400
@@ -195,7 +200,7 @@ def test_raptorq_symbol_size_is_a_multiple_of_8() -> None:
     out = File(layout.size)
     for piece in range(layout.pieces):
         k = code.source_symbols(layout, piece)
-        for n in range(k + 1, k + 1 + code.need(layout, piece)):  # repair only
+        for n in range(k + 1, k + 1 + enough(code, layout, piece)):  # repair only
             out.apply(dec.add(*enc.symbol(piece, n)))
     assert bytes(out.buf) == data
 

@@ -294,3 +294,28 @@ def test_a_block_code_sends_symbols_of_whole_pieces(make: Any) -> None:
 
 def _data(m: Made) -> list[bytes]:
     return [data for data, _ in m.port.sent]
+
+
+def test_a_fountain_session_encodes_only_for_what_was_lost(make: Any) -> None:
+    """RaptorQ: a piece nobody lost a symbol of goes out as its K source
+    symbols, never encoded; a loss of x symbols brings x + the overhead repair
+    symbols, once per piece (a second loss of the same piece adds only x)."""
+    m = make(code="raptorq", grace=30.0)
+    sub = m.subscribe(1)
+    m.run(0.5)
+    session, layout = m.session, m.session.layout
+    k = [session.code.source_symbols(layout, p) for p in range(layout.pieces)]
+    assert [decode_packet(d).symbol for d in _data(m)] == [e for n in k for e in range(n)]
+    assert session.encoder.encodes == 0
+    m.clock.advance(2.0)  # past JOIN_GRACE: a report now
+    first = len(m.port.sent)
+    session.report_loss(sub, RangeSet([(2, 5)]), 100)  # three symbols of piece 0 lost
+    m.run(0.3)
+    repairs = [decode_packet(d) for d in _data(m)[first:]]
+    assert [(h.piece, h.symbol >= k[0]) for h in repairs] == [(0, True)] * (3 + 2)
+    assert session.encoder.encodes == 1
+    second = len(m.port.sent)
+    lost = first + 1  # the sequence number of the second repair symbol
+    session.report_loss(sub, RangeSet([(lost, lost + 1)]), 10)
+    m.run(0.3)
+    assert [decode_packet(d).piece for d in _data(m)[second:]] == [0]  # no second overhead

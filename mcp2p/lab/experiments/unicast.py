@@ -104,7 +104,9 @@ PARAMS = {
     "link_mbit": Param(100, 100, 100, "rate of every link, Mbit/s"),
     "send_mbit": Param(95, 95, 95, "SN session rate and multicast peers' rate, Mbit/s"),
     "tcp_loss": Param(True, True, True, "drop TCP into the CNs too for the tcp peer"),
-    "code": Param("plain", "plain", "plain", "block code of mcp2p's fetches: plain or raptorq"),
+    "code": Param(
+        "auto", "auto", "auto", "block code of mcp2p's fetches: auto (default), plain or raptorq"
+    ),
 }
 MULTICAST_TOOLS = ("mcp2p-multicast", "udpcast", "uftp")
 WIN_MARGIN = 0.05  # "wins": a median at least 5% lower (less is noise on 2 shared cores)
@@ -234,7 +236,7 @@ def run(
     tcp_loss: bool,
     headline_mib: int = 0,
     family: int = 4,
-    code: str = "plain",
+    code: str = "auto",
 ) -> dict[str, Any]:
     if not cns or min(cns) < 1 or max(cns) > 64:
         raise ValueError("cns: numbers of CNs between 1 and 64")
@@ -249,8 +251,8 @@ def run(
         raise ValueError("headline_mib: 0 (the grid's size) or more MiB")
     if family not in (4, 6):
         raise ValueError("family: 4 or 6")
-    if code not in ("plain", "raptorq"):
-        raise ValueError("code: plain or raptorq")
+    if code not in ("auto", "plain", "raptorq"):
+        raise ValueError("code: auto, plain or raptorq")
     if family == 6 and any(t.startswith("mcp2p-") for t in tools) and ipv6_missing():
         raise LabError(str(ipv6_missing()))
     size = size_mib << 20
@@ -456,7 +458,8 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
         "(UDP; for the plain TCP peer "
         + ("TCP segments as well" if prm["tcp_loss"] else "UDP only, so TCP is not dropped")
         + "). Tools: mcp2p multicast and unicast (real `twistd -n mcp2p` daemons on the SN "
-        f"and on every CN, the `mcp2p get` CLI on each CN, {prm.get('code', 'plain')} code, "
+        f"and on every CN, the `mcp2p get` CLI on each CN, {prm.get('code', 'plain')} code "
+        "(auto: RaptorQ in multicast, plain in unicast), "
         "SN sessions at "
         f"{prm['send_mbit']} Mbit/s), udpcast (`udp-sender --max-bitrate "
         f"{prm['send_mbit']}m --full-duplex --min-receivers N --rexmit-hello-interval 20 "
