@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 class Node:
     """The parts of one daemon, as ``build`` made them.
 
-    The transfer services (serving, fetching) take the node and read the
-    other parts through it while they run; discovery plugins are handed it as
+    The fetching service takes the node and reads the other parts through it
+    while it runs; discovery plugins are handed it as
     their `mcp2p.discovery.methods.DiscoveryHost`; every other part is handed
     the values and collaborators it uses. ``build`` makes them in this order,
     each after what it is handed: trust, serving, discovery, fetching, keys,
@@ -71,11 +71,12 @@ def build(config: Config, reactor: Any = None) -> MultiService:
     for path in config.share.paths:
         path.mkdir(parents=True, exist_ok=True)
     node = Node(reactor, config, load_or_create(config.node.state_dir))
-    # Each part is made after the parts it is handed; the transfer services
-    # read theirs through the node when they run, so after build.
+    # Each part is made after the parts it is handed; the fetching service
+    # reads its own through the node when it runs, so after build.
     # 1. trust: config only
     node.trust = TrustGate.from_config(config, reactor)
-    # 2. serving: the catalog; reads config, identity and trust through the node
+    # 2. serving: its catalog, [serving], [node], the identity, and trust (who
+    #    may subscribe)
     catalog = Catalog(
         reactor,
         config.node.state_dir,
@@ -84,7 +85,9 @@ def build(config: Config, reactor: Any = None) -> MultiService:
         config.share.rescan_interval,
         watch=True,
     )
-    node.serving = ServingService(node, catalog)
+    node.serving = ServingService(
+        reactor, config.serving, config.node, node.identity, node.trust, catalog
+    )
     # 3. discovery: each method is handed the node (a DiscoveryHost) and takes
     #    what it uses of it, the serving side's offers, lookup and catalog
     node.discovery = DiscoveryService(make_methods(config.discovery.methods, node), reactor)

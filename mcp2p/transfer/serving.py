@@ -51,7 +51,7 @@ import socket
 import statistics
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -79,8 +79,16 @@ from mcp2p.wire.query import Query
 from mcp2p.wire.types import FileOffer
 
 if TYPE_CHECKING:
-    from mcp2p.app import Node
+    from twisted.internet.interfaces import IReactorMulticast, IReactorTCP
+
     from mcp2p.catalog import Catalog
+    from mcp2p.config import NodeSection, ServingSection
+    from mcp2p.trust.keys import NodeIdentity
+
+    class IServingReactor(IReactorTime, IReactorTCP, IReactorMulticast):
+        """What serving uses of the reactor: time, the control channel's TCP
+        ports, and the UDP ports sessions send from and monitors listen on."""
+
 
 _log = Logger()
 MOVE_TRIES = 64  # random draws for a free ASM group before giving up on a move
@@ -93,11 +101,41 @@ _VARINT_MORE = bytes(range(0x80, 0x100))  # varint bytes that are not a varint's
 MAX_RECEIVED = 1 << 32  # packets one loss report may say were received
 
 
+class Admission(Protocol):
+    """Who may subscribe: ``[serving] subscribers`` under ``[trust] policy``
+    (the node's `mcp2p.trust.gate.TrustGate`)."""
+
+    @property
+    def policy(self) -> str: ...  # [trust] policy, as the refusal's log line names it
+
+    def admission(self, node_id: bytes, public_key: bytes) -> str | None: ...
+
+    def admission_of(self, node_id: bytes, public_key: bytes) -> defer.Deferred[str]: ...
+
+
 class ServingService(Service):
     name = "serving"  # type: ignore[assignment]
 
-    def __init__(self, node: Node, catalog: Catalog, rng: random.Random | None = None) -> None:
-        self.node = node
+    def __init__(
+        self,
+        reactor: IServingReactor,
+        serving: ServingSection,
+        node: NodeSection,
+        identity: NodeIdentity,
+        trust: Admission,
+        catalog: Catalog,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Serves ``catalog`` as ``identity`` (its key signs the manifests and
+        the control channel's certificate) under ``serving`` ([serving]), on
+        ``node``'s interface and interface6 ([node]); ``trust`` says who may
+        subscribe. The catalog is this service's: it starts and stops it."""
+        self.reactor = reactor
+        self.config = serving
+        self.interface = str(node.interface)
+        self.interface6 = node.interface6  # "": IPv4 only
+        self.identity = identity
+        self.trust = trust
         self.catalog = catalog
         self.rng = rng or random.Random()
         self.plans: dict[bytes, tuple[int, Any]] = {}
@@ -146,39 +184,40 @@ class ServingService(Service):
 
     def startService(self) -> None:
         super().startService()
-        s = self.node.config.serving
-        iface = str(self.node.config.node.interface)
+        s = self.config
+        iface = self.interface
         from twisted.internet.protocol import Factory
 
         from mcp2p.trust.tls import tls_server_factory
 
         limits = ChannelLimits.from_config(s)
         factory = Factory.forProtocol(
-            lambda: ControlServer(self, self.counters, limits, self.node.reactor)
+            lambda: ControlServer(self, self.counters, limits, self.reactor)
         )
         from mcp2p.listening import listen_or_exit
 
         tls = tls_server_factory(
-            self.node.identity,
+            self.identity,
             factory,
-            self.node.reactor,
+            self.reactor,
             handshake_timeout=s.handshake_timeout,
             per_address=s.connections_per_address,
             max_connections=s.max_connections,
             counters=self.counters,
         )
         self.control_port = listen_or_exit(
-            lambda: self.node.reactor.listenTCP(s.control_port, tls, interface=iface),
+            # Twisted's own annotations refuse its TLS wrapping factory as listenTCP's.
+            lambda: self.reactor.listenTCP(s.control_port, tls, interface=iface),  # type: ignore[arg-type]
             "[serving] control_port",
         )
         self.data_port = self._data_port(socket.AF_INET, iface, "")
-        interface6 = self.node.config.node.interface6
+        interface6 = self.interface6
         if interface6:
             self.address6 = multicast.interface_address6(interface6)
             # The same port number on IPv6, so an OFFER's control_port holds for both.
             number = int(self.control_port.getHost().port)
             self.control_port6 = listen_or_exit(
-                lambda: self.node.reactor.listenTCP(number, tls, interface=self.address6),
+                lambda: self.reactor.listenTCP(number, tls, interface=self.address6),  # type: ignore[arg-type]
                 "[serving] control_port (IPv6)",
             )
             self.data_port6 = self._data_port(socket.AF_INET6, interface6, self.address6)
@@ -203,9 +242,9 @@ class ServingService(Service):
 
     def _data_port(self, family: int, interface: str, bind: str) -> Any:
         """The UDP port sessions of ``family`` send from (bound to ``bind``)."""
-        s = self.node.config.serving
+        s = self.config
         port = multicast.listen(
-            self.node.reactor, _Silent(), 0, family, interface, multiple=False, bind=bind
+            self.reactor, _Silent(), 0, family, interface, multiple=False, bind=bind
         )
         multicast.set_hop_limit(port, family, s.ttl)
         multicast.set_buffers(port, send=4 << 20)
@@ -246,24 +285,14 @@ class ServingService(Service):
                     entry.piece_length,
                     self.block_length(entry),
                     entry.piece_hashes,
-                    self.node.identity.private_key,
+                    self.identity.private_key,
                 )
             )
             self.manifests[content_id] = data
         return data
 
     def block_length(self, entry: Any) -> int:
-        return min(self.node.config.serving.block_length, entry.piece_length)
-
-    @property
-    def trust(self) -> Any:
-        """The node's TrustGate (one of our own when the node has none)."""
-        gate = getattr(self.node, "trust", None)
-        if gate is None:
-            from mcp2p.trust.gate import TrustGate
-
-            gate = self.node.trust = TrustGate.from_config(self.node.config, self.node.reactor)
-        return gate
+        return min(self.config.block_length, entry.piece_length)
 
     def subscribe(
         self,
@@ -298,7 +327,7 @@ class ServingService(Service):
 
     def _admitted(self, why: str, client: ControlServer, kw: dict[str, Any]) -> dict[str, Any]:
         if why:
-            s = self.node.config.serving
+            s = self.config
             listed = s.subscribers if isinstance(s.subscribers, str) else "a list"
             Summary(self.counters, "refused_subscriber")(
                 "node {node} may not subscribe: {why} ([serving] subscribers = {subscribers}, "
@@ -306,7 +335,7 @@ class ServingService(Service):
                 node=(client.peer_node_id or b"").hex()[:12],
                 why=why,
                 subscribers=listed,
-                policy=self.node.config.trust.policy,
+                policy=self.trust.policy,
             )
             raise Refused(f"this node may not subscribe here: {why}")
         return self._subscribe(client, **kw)
@@ -337,7 +366,7 @@ class ServingService(Service):
         if mode == "unicast" and not 1 <= port <= 65535:
             raise Refused("unicast mode needs the CN's UDP port")
         version = self._family(family)
-        s = self.node.config.serving
+        s = self.config
         node_id = client.peer_node_id or b""
         held = sum(1 for x in self.subscriptions.values() if x.client.peer_node_id == node_id)
         if held >= s.subscriptions_per_node:
@@ -355,7 +384,7 @@ class ServingService(Service):
             raise Refused(f"rate must be a bit/s count, or 0 for the SN's default, not {rate}")
         ceiling = self.ceiling(rate)
         granted = min(max(rate or s.rate, s.min_rate), s.max_rate)  # a new session's start
-        now = self.node.reactor.seconds()
+        now = self.reactor.seconds()
         session: Session
         if mode == "multicast" and self.slow.get((node_id, content_id), 0.0) > now:
             # Moved out of the shared session for being far slower: one of its own.
@@ -465,7 +494,7 @@ class ServingService(Service):
         the CN would rather have the file a little fast than not at all; the
         reply's rate tells the CN, and the log says so.
         """
-        s = self.node.config.serving
+        s = self.config
         if rate == 0:
             return int(s.max_rate)
         return int(min(max(rate, s.min_rate), s.max_rate))
@@ -482,7 +511,7 @@ class ServingService(Service):
 
     def _source(self, version: int) -> str:
         """This node's address as the source of its SSM sessions of ``version``."""
-        return str(self.node.config.node.interface) if version == 4 else self.address6
+        return self.interface if version == 4 else self.address6
 
     def _new_session_id(self) -> int:
         used = {p[0] for p in list(self.plans.values()) + list(self.plans6.values())} | {
@@ -506,10 +535,10 @@ class ServingService(Service):
         source: str = "",
         version: int = 4,
     ) -> Session:
-        s = self.node.config.serving
+        s = self.config
         self.counters["sessions"] += 1
         session = Session(
-            self.node.reactor,
+            self.reactor,
             session_id=session_id,
             layout=layout,
             code=code,
@@ -535,8 +564,8 @@ class ServingService(Service):
         family = multicast.family_of(group)
         iface = self._interface(group.version)
         port = multicast.listen(
-            self.node.reactor,
-            _Monitor(self.node.reactor, session, self._collided),
+            self.reactor,
+            _Monitor(self.reactor, session, self._collided),
             session.destination[1],
             family,
             iface,
@@ -547,8 +576,7 @@ class ServingService(Service):
     def _interface(self, version: int) -> str:
         """What multicast joins name as the interface: the IPv4 address, or
         the IPv6 interface's name."""
-        node = self.node.config.node
-        return str(node.interface) if version == 4 else str(node.interface6)
+        return self.interface if version == 4 else self.interface6
 
     def _collided(self, session: Session) -> None:
         """ASM ``session`` heard another session on its group and must move."""
@@ -556,10 +584,9 @@ class ServingService(Service):
         self._move(session)
 
     def _move(self, session: Session) -> None:
-        s = self.node.config.serving
+        s = self.config
         version = ipaddress.ip_address(session.group).version
-        node = self.node.config.node
-        iface = str(node.interface) if version == 4 else str(node.interface6)
+        iface = self.interface if version == 4 else self.interface6
         taken = {x.group for x in self.sessions.values()}
         for _ in range(MOVE_TRIES):
             group = random_group(s.asm_pool, version, self.rng)
@@ -622,14 +649,14 @@ class ServingService(Service):
         self._count_ranges(wanted, before)  # before decoding
         wanted_set = RangeSet.decode(wanted, limit=units)  # O(bytes): at most 64 KiB
         self.wanted_ranges[sub.id] = before + len(wanted_set.ranges())
-        self.heard[sub.id] = self.node.reactor.seconds()
+        self.heard[sub.id] = self.reactor.seconds()
         sub.session.set_wanted(sub, wanted_set, replace)
 
     def _count_ranges(self, wanted: bytes, before: int) -> int:
         """``before`` plus the ranges encoded in ``wanted``, or ``Refused`` past
         [serving] max_wanted_ranges: counted on the bytes, before decoding
         (each range is two varints, and a varint ends in one byte < 0x80)."""
-        limit = self.node.config.serving.max_wanted_ranges
+        limit = self.config.max_wanted_ranges
         total = before + (len(wanted.translate(None, _VARINT_MORE)) + 1) // 2
         if total > limit:
             Summary(self.counters, "refused_ranges")(
@@ -663,7 +690,7 @@ class ServingService(Service):
         oldest = max(0, session.seq - len(session.seq_units))
         if lost_set and (lost_set.first() or 0) < oldest:
             lost_set.remove_range(0, oldest)
-        self.heard[sub.id] = now = self.node.reactor.seconds()
+        self.heard[sub.id] = now = self.reactor.seconds()
         rate = session.report_loss(sub, lost_set, received)
         if session.group and sub.id in self.subscriptions:
             self._judge(session, sub.id, len(lost_set), received, now)
@@ -674,7 +701,7 @@ class ServingService(Service):
     def _judge(self, session: Session, sub_id: int, lost: int, received: int, now: float) -> None:
         """Count ``sub_id``'s loss; at the end of each slow_window, move out a
         subscriber far slower than the others (DESIGN.md 5.6)."""
-        s = self.node.config.serving
+        s = self.config
         since, window = self.loss.get(session) or (now, {})
         self.loss[session] = (since, window)
         w = window.setdefault(sub_id, [0, 0])
@@ -701,7 +728,7 @@ class ServingService(Service):
         if entry is not None:
             key = (node_id, entry.content_id)
             self.slow.pop(key, None)
-            self.slow[key] = self.node.reactor.seconds() + SLOW_HOLD
+            self.slow[key] = self.reactor.seconds() + SLOW_HOLD
             while len(self.slow) > SLOW_NODES:
                 self.slow.popitem(last=False)
         Summary(self.counters, "slow_moved")(
@@ -726,16 +753,16 @@ class ServingService(Service):
     def _start_checker(self) -> None:
         if self.checker is None:
             self.checker = task.LoopingCall(self._check_silent)
-            self.checker.clock = self.node.reactor
+            self.checker.clock = self.reactor
         if not self.checker.running:
-            timeout = self.node.config.serving.report_timeout
+            timeout = self.config.report_timeout
             self.checker.start(min(1.0, timeout / 4), now=False)
 
     def _check_silent(self) -> None:
         """Unsubscribe whoever sent neither loss reports nor wanted updates
         for [serving] report_timeout: it does not read, or is gone."""
-        timeout = self.node.config.serving.report_timeout
-        now = self.node.reactor.seconds()
+        timeout = self.config.report_timeout
+        now = self.reactor.seconds()
         for sid, sub in list(self.subscriptions.items()):
             if now - self.heard.get(sid, now) > timeout:
                 Summary(self.counters, "silent_dropped")(
@@ -771,7 +798,7 @@ class ServingService(Service):
         plans = self.plans6 if version == 6 else self.plans
         plan = plans.get(content_id)
         if plan is None:
-            s = self.node.config.serving
+            s = self.config
             pool = s.ssm_pool if s.group_mode == "ssm" else s.asm_pool
             try:
                 group = random_group(pool, version, self.rng)
@@ -783,7 +810,7 @@ class ServingService(Service):
 
     def offer_for(self, entry: Any, version: int = 4) -> FileOffer:
         """The OFFER of ``entry``'s session of IP ``version`` (6 needs interface6)."""
-        s = self.node.config.serving
+        s = self.config
         session, group = self._plan(entry.content_id, version)
         source = ipaddress.ip_address(self._source(version))
         return FileOffer(
@@ -803,7 +830,7 @@ class ServingService(Service):
     def _control_port(self) -> int:
         if self.control_port is not None:
             return int(self.control_port.getHost().port)
-        return self.node.config.serving.control_port or 1
+        return self.config.control_port or 1
 
     def lookup(self, query: Query) -> Sequence[FileOffer]:
         """The files matching a QUERY, as offers."""

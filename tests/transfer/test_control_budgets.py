@@ -30,6 +30,7 @@ from mcp2p.transfer.control import (
 )
 from mcp2p.transfer.serving import MOVED, ServingService
 from mcp2p.transfer.session import TICK
+from mcp2p.trust.gate import TrustGate
 from mcp2p.trust.keys import load_or_create
 from mcp2p.trust.tls import certificate_for
 from mcp2p.wire.merkle import merkle_root
@@ -57,13 +58,6 @@ class Catalog:
 
     def get(self, content_id: bytes) -> Any:
         return self.entry if content_id == self.entry.content_id else None
-
-
-class Node:
-    def __init__(self, config: Any, reactor: Clock, identity: Any) -> None:
-        self.config = config
-        self.reactor = reactor
-        self.identity = identity
 
 
 class TCPLike(StringTransport):
@@ -120,7 +114,10 @@ def make_serving(tmp_path: Path, size: int, **serving: str) -> Any:
     cid = merkle_root(hashes)
     entry = CatalogEntry(cid, sparse(tmp_path, size), "data.bin", size, 0, 0, 0, PIECE, hashes)
     identity = load_or_create(tmp_path / "sn")
-    service = ServingService(Node(config, clock, identity), Catalog(entry), random.Random(3))
+    trust = TrustGate.from_config(config, clock)
+    service = ServingService(
+        clock, config.serving, config.node, identity, trust, Catalog(entry), random.Random(3)
+    )
     service.data_port = Port()
     return service, clock, entry
 
@@ -142,7 +139,7 @@ def connect(service: ServingService, clock: Clock, peer: Any) -> tuple[Any, TCPL
     proto = ControlServer(
         service,
         service.counters,
-        ChannelLimits.from_config(service.node.config.serving),
+        ChannelLimits.from_config(service.config),
         clock,
     )
     transport = TCPLike(peer)
@@ -195,7 +192,7 @@ def test_an_endless_box_is_cut_at_max_box(tmp_path: Path, made: Any) -> None:
         if transport.aborted:
             break
     assert transport.aborted
-    assert held <= service.node.config.serving.max_box  # 128 KiB, not 60 MB
+    assert held <= service.config.max_box  # 128 KiB, not 60 MB
     assert proto._currentBox is None and not proto._unprocessed
     assert service.counters["box_too_large"] == 1
     print(f"endless box: closed after {i + 1} keys, {held} bytes held at most")
@@ -231,7 +228,7 @@ def test_pipelined_requests_wait_in_the_peers_socket_and_a_non_reader_is_dropped
     # Now it stops reading: dropped after write_timeout.
     proto.dataReceived(requests)
     assert not transport.aborted
-    clock.advance(service.node.config.serving.write_timeout + 0.1)
+    clock.advance(service.config.write_timeout + 0.1)
     assert transport.aborted and service.counters["write_stalled"] == 1
 
 
@@ -299,7 +296,7 @@ def test_update_wanted_with_a_million_ranges_is_refused_before_expansion(
         transport.clear()
     spent = time.perf_counter() - t
     print(f"10^6 ranges: {34 - refused} messages taken, {refused} refused, {spent:.2f} s")
-    limit = service.node.config.serving.max_wanted_ranges
+    limit = service.config.max_wanted_ranges
     assert 34 - refused == limit // per  # 2 messages: 60,000 ranges
     assert service.counters["refused_ranges"] == refused
     assert spent < 5.0
@@ -327,7 +324,7 @@ def test_a_subscriber_that_neither_reads_nor_reports_is_dropped(tmp_path: Path, 
     print(f"non-reader: streamed {port.bytes} bytes (~{seconds:.1f} s at 20M) in 60 s")
     assert transport.aborted or not service.subscriptions
     assert session.state == "ENDED"
-    limit = service.node.config.serving
+    limit = service.config
     assert seconds <= max(limit.write_timeout, limit.report_timeout) + 1
     assert service.counters["write_stalled"] + service.counters["silent_dropped"] >= 1
 

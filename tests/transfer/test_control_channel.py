@@ -40,6 +40,7 @@ from mcp2p.transfer.control import (
     pack_notices,
 )
 from mcp2p.transfer.serving import ServingService
+from mcp2p.trust.gate import TrustGate
 from mcp2p.trust.keys import load_or_create, node_id_of
 from mcp2p.trust.tls import certificate_for
 from mcp2p.wire.manifest import decode_manifest, verify_manifest
@@ -67,13 +68,6 @@ class Catalog:
 
     def get(self, content_id: bytes) -> CatalogEntry | None:
         return self.entries.get(content_id)
-
-
-class Node:
-    def __init__(self, config: Any, reactor: Clock, identity: Any) -> None:
-        self.config = config
-        self.reactor = reactor
-        self.identity = identity
 
 
 class TLSTransport(iosim.FakeTransport):
@@ -120,7 +114,7 @@ class Channel:
         self.server = ControlServer(
             service,
             service.counters,
-            ChannelLimits.from_config(service.node.config.serving),
+            ChannelLimits.from_config(service.config),
             clock,
         )
         self.client = ControlClient()
@@ -128,7 +122,7 @@ class Channel:
             self.server,
             TLSTransport(self.server, True, cn),
             self.client,
-            TLSTransport(self.client, False, service.node.identity),
+            TLSTransport(self.client, False, service.identity),
             clock=clock,
         )
         # ``lost`` fires with the reason, a Failure (ConnectionDone): kept here
@@ -172,7 +166,13 @@ def sn(tmp_path: Path) -> Any:
         merkle_root(hashes), str(path), "sparse.bin", big_pieces * 1024, 0, 0, 0, 1024, hashes
     )
     service = ServingService(
-        Node(config, clock, load_or_create(tmp_path / "sn")), Catalog(small, big), random.Random(5)
+        clock,
+        config.serving,
+        config.node,
+        load_or_create(tmp_path / "sn"),
+        TrustGate.from_config(config, clock),
+        Catalog(small, big),
+        random.Random(5),
     )
     service.data_port = DataPort()
     made = {"service": service, "clock": clock, "small": small, "big": big, "tmp": tmp_path}
@@ -208,7 +208,7 @@ def test_the_server_knows_the_peer_by_the_key_it_proved(sn: Any) -> None:
     cn = load_or_create(sn["tmp"] / "cn")
     ch = channel(sn)
     assert ch.server.peer_node_id == cn.node_id == node_id_of(ch.server.peer_public_key or b"")
-    assert ch.client.peer_node_id == sn["service"].node.identity.node_id
+    assert ch.client.peer_node_id == sn["service"].identity.node_id
     assert sn["service"].counters["connections"] == 1
 
 
@@ -225,7 +225,7 @@ def test_a_manifest_comes_in_chunks_and_verifies(sn: Any, which: str) -> None:
             break
     assert (which == "big") == (len(data) > CHUNK)  # the big one needed two values
     manifest = decode_manifest(data)
-    verify_manifest(manifest, entry.content_id, sn["service"].node.identity.public_key)
+    verify_manifest(manifest, entry.content_id, sn["service"].identity.public_key)
     assert manifest.name == entry.name and manifest.size == entry.size
 
 
@@ -285,7 +285,7 @@ def test_subscribe_then_notices_then_packets_that_match_them(sn: Any) -> None:
     ch = channel(sn)
     reply = subscribe(ch, entry)
     assert reply["group"].startswith("232.1.2.") and reply["code"] == "plain"
-    assert reply["source"] == str(service.node.config.node.interface)
+    assert reply["source"] == service.interface
     assert reply["block_length"] == BLOCK and reply["rate"] == 10_000_000
     handler = Handler()
     ch.client.handlers[reply["subscription"]] = handler

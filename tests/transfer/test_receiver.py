@@ -266,11 +266,9 @@ def test_a_move_when_every_pool_group_is_ours_stays_instead_of_searching_forever
 
     session = Session()
     fake = SimpleNamespace(
-        node=SimpleNamespace(
-            config=SimpleNamespace(
-                serving=SimpleNamespace(asm_pool=pool), node=SimpleNamespace(interface="127.0.0.1")
-            )
-        ),
+        config=SimpleNamespace(asm_pool=pool),  # [serving]
+        interface="127.0.0.1",
+        interface6="",
         sessions=ours,
         monitors={},
         rng=random.Random(1),

@@ -15,6 +15,8 @@ from twisted.internet.task import Clock
 from mcp2p.core.wanted import RangeSet
 from mcp2p.transfer.control import Refused
 from mcp2p.transfer.serving import ServingService
+from mcp2p.trust.gate import TrustGate
+from mcp2p.trust.keys import load_or_create
 from mcp2p.wire.layout import Layout
 from tests.nodes import node_config
 
@@ -70,12 +72,6 @@ class Catalog:
         return self.entry if content_id == self.entry.content_id else None
 
 
-class Node:
-    def __init__(self, config: Any, reactor: Clock) -> None:
-        self.config = config
-        self.reactor = reactor
-
-
 def make(tmp_path: Path, mode: str = "ssm", v6: bool = True) -> tuple[ServingService, Clock, Any]:
     from mcp2p.catalog import CatalogEntry
 
@@ -85,7 +81,10 @@ def make(tmp_path: Path, mode: str = "ssm", v6: bool = True) -> tuple[ServingSer
     path = tmp_path / "data.bin"
     path.write_bytes(bytes(SIZE))
     entry = CatalogEntry(b"\x07" * 32, str(path), "data.bin", SIZE, 0, 0, 0, PIECE, ())
-    service = ServingService(Node(config, clock), Catalog(entry), random.Random(6))
+    identity, trust = load_or_create(tmp_path / "sn"), TrustGate.from_config(config, clock)
+    service = ServingService(
+        clock, config.serving, config.node, identity, trust, Catalog(entry), random.Random(6)
+    )
     service.data_port = Port()
     if v6:  # what startService sets up from interface6
         service.data_port6 = Port()

@@ -22,6 +22,7 @@ from mcp2p.catalog import CatalogEntry
 from mcp2p.core.wanted import RangeSet
 from mcp2p.transfer.control import NotShared, Refused, UnknownSubscription
 from mcp2p.transfer.serving import ServingService
+from mcp2p.trust.gate import TrustGate
 from mcp2p.trust.keys import load_or_create, node_id_of
 from mcp2p.wire.merkle import hash_pieces, merkle_root
 from tests.nodes import node_config
@@ -88,13 +89,6 @@ class Client:
         pass
 
 
-class Node:
-    def __init__(self, config: Any, reactor: Clock, identity: Any) -> None:
-        self.config = config
-        self.reactor = reactor
-        self.identity = identity
-
-
 @pytest.fixture
 def made(tmp_path: Path) -> Any:
     services: list[ServingService] = []
@@ -113,7 +107,13 @@ def made(tmp_path: Path) -> Any:
             merkle_root(hashes), str(path), "shared.bin", len(data), 0, 0, 0, PIECE, hashes
         )
         service = ServingService(
-            Node(config, clock, load_or_create(tmp_path / "sn")), Catalog(entry), random.Random(9)
+            clock,
+            config.serving,
+            config.node,
+            load_or_create(tmp_path / "sn"),
+            TrustGate.from_config(config, clock),
+            Catalog(entry),
+            random.Random(9),
         )
         service.data_port = DataPort()
         services.append(service)

@@ -27,6 +27,8 @@ from mcp2p.transfer.session import (
     Session,
     Subscriber,
 )
+from mcp2p.trust.gate import TrustGate
+from mcp2p.trust.keys import load_or_create
 from mcp2p.wire.layout import Layout
 from mcp2p.wire.rtp import HEADER_LEN
 from tests.nodes import node_config
@@ -211,12 +213,6 @@ class Catalog:
         return self.entry if content_id == self.entry.content_id else None
 
 
-class Node:
-    def __init__(self, config: Any, reactor: Clock) -> None:
-        self.config = config
-        self.reactor = reactor
-
-
 @pytest.fixture
 def serving(tmp_path: Path) -> Any:
     from mcp2p.catalog import CatalogEntry
@@ -225,7 +221,10 @@ def serving(tmp_path: Path) -> Any:
     config = node_config(tmp_path, 1, 1, serving={"min_rate": "1M", "max_rate": "500M"})
     path = str(sparse_file(tmp_path))
     entry = CatalogEntry(b"\x07" * 32, path, "data.bin", SIZE, 0, 0, 0, PIECE, ())
-    service = ServingService(Node(config, clock), Catalog(entry), random.Random(3))
+    identity, trust = load_or_create(tmp_path / "sn"), TrustGate.from_config(config, clock)
+    service = ServingService(
+        clock, config.serving, config.node, identity, trust, Catalog(entry), random.Random(3)
+    )
     service.data_port = Port(clock)
     yield service, clock, entry.content_id
     for session in list(service.sessions.values()) + list(service.unicast):

@@ -20,6 +20,7 @@ from twisted.protocols import amp
 
 from mcp2p.transfer.control import ChannelLimits, ControlServer, GetManifest
 from mcp2p.transfer.serving import ServingService
+from mcp2p.trust.gate import TrustGate
 from mcp2p.trust.keys import load_or_create
 from mcp2p.trust.tls import VerifiedClientEndpoint, default_max_connections, tls_server_factory
 from mcp2p.wire.merkle import merkle_root
@@ -35,13 +36,6 @@ class Idle(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost.callback(None)
-
-
-class Node:
-    def __init__(self, config: Any, identity: Any) -> None:
-        self.config = config
-        self.reactor = reactor
-        self.identity = identity
 
 
 class Catalog:
@@ -64,7 +58,10 @@ async def test_idle_connections_from_one_address_leave_room_for_honest_cns(
     path.write_bytes(b"x" * 1000)
     hashes = (b"\x01" * 32,)
     entry = CatalogEntry(merkle_root(hashes), str(path), "f.bin", 1000, 0, 0, 0, 1 << 16, hashes)
-    service = ServingService(Node(config, sn), Catalog(entry), random.Random(1))
+    trust = TrustGate.from_config(config, reactor)
+    service = ServingService(
+        reactor, config.serving, config.node, sn, trust, Catalog(entry), random.Random(1)
+    )
     limits = ChannelLimits.from_config(config.serving)
     factory = Factory.forProtocol(lambda: ControlServer(service, service.counters, limits))
     port = reactor.listenTCP(
