@@ -17,9 +17,8 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from mcp2p.errors import ProtocolError
-from mcp2p.transfer import store
 from mcp2p.transfer.receiver import BatchReader, Receiver
-from mcp2p.transfer.store import PartialFile, StoreError
+from mcp2p.transfer.store import PartialFile, StoreError, buffers
 from mcp2p.wire.rtp import HEADER_LEN, decode_packet, pack_header, packet_digest, split_header
 from tests.transfer.test_store import block_of, crash, make_manifest
 
@@ -263,8 +262,8 @@ def test_write_blocks_in_any_order_with_junk_completes_the_file(
     and each refused item is counted."""
     rng = random.Random(seed)
     data = rng.randbytes(size)
-    old = store.BUFFER_BYTES
-    store.BUFFER_BYTES = window * PIECE if window else 0
+    old = buffers.BUFFER_BYTES
+    buffers.BUFFER_BYTES = window * PIECE if window else 0
     try:
         with tempfile.TemporaryDirectory() as tmp:
             partial, manifest = open_store(tmp, data)
@@ -290,7 +289,7 @@ def test_write_blocks_in_any_order_with_junk_completes_the_file(
             assert partial.complete
             assert partial.finalize().read_bytes() == data
     finally:
-        store.BUFFER_BYTES = old
+        buffers.BUFFER_BYTES = old
 
 
 def test_a_bad_piece_in_memory_never_touches_the_disk(tmp_path: Path) -> None:
@@ -310,7 +309,7 @@ def test_a_bad_piece_in_memory_never_touches_the_disk(tmp_path: Path) -> None:
 def test_the_window_bounds_the_buffers_and_spills_the_oldest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store, "BUFFER_BYTES", 4 * PIECE)  # four pieces in memory
+    monkeypatch.setattr(buffers, "BUFFER_BYTES", 4 * PIECE)  # four pieces in memory
     data = random.Random(5).randbytes(8 * PIECE)
     partial, manifest = open_store(str(tmp_path), data)
     bpp = manifest.layout.blocks_per_piece

@@ -26,10 +26,13 @@ from mcp2p.transfer.store import (
     PieceEvent,
     StoreError,
     VerifyError,
+    buffers,
     collision_name,
     decode_bitmap,
+    deliver,
     encode_bitmap,
     part_name,
+    progress,
 )
 from mcp2p.wire.layout import Layout
 from mcp2p.wire.merkle import hash_piece, merkle_root
@@ -374,7 +377,7 @@ def test_crash_at_every_point_never_yields_a_wrong_file(
     random.Random(11).shuffle(order)
     bad = bytearray(block_of(manifest, data, 5))
     bad[3] ^= 0x40
-    monkeypatch.setattr(store, "FLUSH_PIECES", 2)
+    monkeypatch.setattr(progress, "FLUSH_PIECES", 2)
     crash_at = 1
     while True:
         downloads, state = tmp_path / f"dl{crash_at}", tmp_path / f"st{crash_at}"
@@ -713,7 +716,7 @@ def test_flushed_blocks_of_unverified_pieces_survive_a_crash(
 ) -> None:
     # Random block order completes pieces late: what a run held on disk must not be
     # lost. (Pieces assembled on disk: no window of buffers, as for large pieces.)
-    monkeypatch.setattr(store, "BUFFER_BYTES", 0)
+    monkeypatch.setattr(buffers, "BUFFER_BYTES", 0)
     data = random.Random(11).randbytes(10 * PIECE)
     manifest = make_manifest(data)
     clock = ManualClock()
@@ -736,7 +739,7 @@ def test_flushed_blocks_of_unverified_pieces_survive_a_crash(
 def test_kept_blocks_that_are_wrong_fail_their_piece_and_are_fetched_again(
     dirs: Dirs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store, "BUFFER_BYTES", 0)  # pieces assembled on disk
+    monkeypatch.setattr(buffers, "BUFFER_BYTES", 0)  # pieces assembled on disk
     data = random.Random(12).randbytes(3 * PIECE)
     manifest = make_manifest(data)
     clock = ManualClock()
@@ -1120,7 +1123,7 @@ def test_without_hard_links_or_renameat2_the_part_file_stays(
         raise OSError(errno.EINVAL, "Invalid argument")
 
     monkeypatch.setattr(os, "link", refuse)
-    monkeypatch.setattr(store, "rename_noreplace", no_renameat2)
+    monkeypatch.setattr(deliver, "rename_noreplace", no_renameat2)
     partial = PartialFile.open(*dirs, manifest)
     write_pieces(partial, manifest, data, range(2))
     with pytest.raises(StoreError, match="neither hard links nor renameat2"):
@@ -1141,3 +1144,31 @@ def test_rename_noreplace_refuses_any_existing_name(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert (tmp_path / "b").read_bytes() == b"a" and (tmp_path / "dangling").is_symlink()
+
+
+def test_every_layer_logs_as_the_store_s_partial_file(dirs: Dirs) -> None:
+    """The store is a package of layers now; its log events keep the namespace they
+    had (``mcp2p.transfer.store.PartialFile``, shown in the daemon's log lines)."""
+    data = random.Random(16).randbytes(2 * PIECE)
+    manifest = make_manifest(data)
+    events: list[dict] = []
+
+    @implementer(ILogObserver)
+    def observer(event: dict) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        PartialFile.open(*dirs, manifest).close()
+        partial = PartialFile.open(*dirs, manifest)  # "resuming": PartialFile.open
+        write_pieces(partial, manifest, data, range(2))
+        partial.finalize()  # "complete": the deliver layer
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    ours = {
+        e["log_format"]: e["log_namespace"]
+        for e in events
+        if (e.get("log_format") or "").startswith(("resuming {name}", "{name} complete at"))
+    }
+    assert len(ours) == 2
+    assert set(ours.values()) == {"mcp2p.transfer.store.PartialFile"}

@@ -1,0 +1,173 @@
+"""Progress records: the verified pieces (and blocks on disk) of a download, made
+durable before they are recorded.
+
+``<state_dir>/transfers/<content id hex>.json`` holds the bitmap of verified
+pieces and of blocks written to disk in pieces not yet verified. A piece is
+marked only after its bytes were hashed, written and ``fdatasync``'ed; the
+file is replaced atomically (temp file, fsync, rename, fsync of the
+directory). Marks are batched (at most ``FLUSH_PIECES`` pieces or
+``FLUSH_SECONDS`` between flushes, and always at close; finalize removes the
+file), so a ``kill -9`` loses at most the unflushed marks, whose pieces are
+fetched again; it can never make unverified bytes count as good. A file that
+does not describe this manifest exactly is refused (the download starts over).
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import os
+import stat
+
+from mcp2p.atomicfile import write_atomic
+from mcp2p.transfer.store.buffers import BufferWindow
+from mcp2p.transfer.store.common import ManifestLike, _store_error
+from mcp2p.transfer.store.dirs import _REOPEN, _Files, _temp_of
+from mcp2p.wire.layout import Layout
+
+PROGRESS_VERSION = 1
+FLUSH_PIECES = 16
+FLUSH_SECONDS = 0.5
+PROGRESS_MODE = 0o600
+# bytearray of 0/1 <-> bytes of "0"/"1", for packing the bitmap in C speed.
+_TO_DIGITS = bytes.maketrans(b"\x00\x01", b"01")
+_FROM_DIGITS = bytes.maketrans(b"01", b"\x00\x01")
+
+
+def encode_bitmap(bits: bytearray) -> str:
+    """0/1 bytes -> base64 of a little-endian bit string (bit i = piece i)."""
+    digits = bits.translate(_TO_DIGITS)[::-1]
+    value = int(digits, 2) if digits else 0
+    return base64.b64encode(value.to_bytes((len(bits) + 7) // 8, "little")).decode("ascii")
+
+
+def decode_bitmap(text: str, count: int) -> bytearray:
+    raw = base64.b64decode(text.encode("ascii"), validate=True)
+    if len(raw) != (count + 7) // 8:
+        raise ValueError(f"bitmap is {len(raw)} bytes, expected {(count + 7) // 8}")
+    value = int.from_bytes(raw, "little")
+    if value >> count:
+        raise ValueError("bitmap has bits beyond the last piece")
+    digits = format(value, f"0{count}b")[::-1] if count else ""
+    return bytearray(digits.encode("ascii").translate(_FROM_DIGITS))
+
+
+def load_progress(
+    files: _Files, manifest: ManifestLike, pieces: int
+) -> tuple[bytearray | None, bytearray | None, str | None]:
+    """(verified pieces, written blocks or None, None), or (None, None, why not)."""
+    try:
+        fd = os.open(files.progress, os.O_RDONLY | _REOPEN, dir_fd=files.progress_fd)
+    except FileNotFoundError:
+        return None, None, None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, None, "progress file unreadable (a symbolic link)"
+        return None, None, f"progress file unreadable ({exc.strerror})"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, None, "progress file unreadable (not a regular file)"
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+    except OSError as exc:
+        return None, None, f"progress file unreadable ({exc.strerror})"
+    finally:
+        os.close(fd)
+    try:
+        state = json.loads(raw)
+        if not isinstance(state, dict):
+            raise ValueError("not an object")
+        expected = {
+            "version": PROGRESS_VERSION,
+            "content_id": manifest.content_id.hex(),
+            "size": manifest.size,
+            "piece_length": manifest.piece_length,
+            "block_length": manifest.block_length,
+        }
+        for key, value in expected.items():
+            if state.get(key) != value:
+                raise ValueError(f"{key} is {state.get(key)!r}, expected {value!r}")
+        verified = decode_bitmap(state["verified"], pieces)
+        written = state.get("written")
+        blocks = Layout(manifest.size, manifest.piece_length, manifest.block_length).blocks
+        held = decode_bitmap(written, blocks) if isinstance(written, str) else None
+    except (ValueError, KeyError, TypeError) as exc:
+        return None, None, f"progress file unusable ({exc})"
+    return verified, held, None
+
+
+def write_progress(
+    files: _Files,
+    manifest: ManifestLike,
+    verified: bytearray,
+    written: bytearray | None = None,
+) -> None:
+    """Replace the progress file atomically and durably.
+
+    ``written`` marks blocks held in pieces not yet verified: after a crash
+    they are kept, and a piece whose kept blocks turn out wrong simply fails
+    its hash and is fetched again, so keeping them risks nothing."""
+    state = {
+        "version": PROGRESS_VERSION,
+        "content_id": manifest.content_id.hex(),
+        "name": manifest.name,
+        "size": manifest.size,
+        "piece_length": manifest.piece_length,
+        "block_length": manifest.block_length,
+        "verified": encode_bitmap(verified),
+    }
+    if written is not None:
+        state["written"] = encode_bitmap(written)
+    data = json.dumps(state, separators=(",", ":")).encode("utf-8")
+    try:
+        write_atomic(
+            files.progress,
+            data,
+            PROGRESS_MODE,
+            dir_fd=files.progress_fd,
+            tmp_name=_temp_of(files.progress),
+        )
+    except OSError as exc:
+        raise _store_error(exc, "write", files.progress_path) from exc
+
+
+class ProgressRecords(BufferWindow):
+    """The layer of ``PartialFile`` that records verified pieces."""
+
+    def _piece_verified(self, piece: int) -> None:
+        self._mark_verified(piece)
+        self._unflushed += 1
+        if self._unflushed >= FLUSH_PIECES or self.flush_due():
+            self.flush()
+
+    def flush_due(self) -> bool:
+        """Verified marks are waiting and ``FLUSH_SECONDS`` passed since the last flush."""
+        waiting = self._unflushed or self._dirty_blocks
+        return bool(waiting) and self._clock() - self._last_flush >= FLUSH_SECONDS
+
+    def flush(self) -> None:
+        """Make the data durable, then record the verified pieces (in that order)."""
+        if self._closed:
+            return
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise _store_error(exc, "sync", self.part_path) from exc
+        write_progress(self._files, self.manifest, self._verified, self._on_disk())
+        self._unflushed = 0
+        self._dirty_blocks = 0
+        self._last_flush = self._clock()
+
+    def _remove_progress(self) -> None:
+        directory = self._progress_fd
+        for name in (self._files.progress, _temp_of(self._files.progress)):
+            try:
+                os.unlink(name, dir_fd=directory)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                path = self._files.progress_dir / name
+                self._log.warn("cannot remove {path}: {why}", path=path, why=exc.strerror)
