@@ -28,10 +28,9 @@ if TYPE_CHECKING:
 class Node:
     """The parts of one daemon, as ``build`` made them.
 
-    The fetching service takes the node and reads the other parts through it
-    while it runs; discovery plugins are handed it as
-    their `mcp2p.discovery.methods.DiscoveryHost`; every other part is handed
-    the values and collaborators it uses. ``build`` makes them in this order,
+    Discovery plugins are handed it as their
+    `mcp2p.discovery.methods.DiscoveryHost`; every other part is handed the
+    values and collaborators it uses. ``build`` makes them in this order,
     each after what it is handed: trust, serving, discovery, fetching, keys,
     api. A part read before ``build`` set it raises AttributeError.
     """
@@ -71,8 +70,7 @@ def build(config: Config, reactor: Any = None) -> MultiService:
     for path in config.share.paths:
         path.mkdir(parents=True, exist_ok=True)
     node = Node(reactor, config, load_or_create(config.node.state_dir))
-    # Each part is made after the parts it is handed; the fetching service
-    # reads its own through the node when it runs, so after build.
+    # Each part is made after the parts it is handed, and is handed all it uses.
     # 1. trust: config only
     node.trust = TrustGate.from_config(config, reactor)
     # 2. serving: its catalog, [serving], [node], the identity, and trust (who
@@ -91,8 +89,8 @@ def build(config: Config, reactor: Any = None) -> MultiService:
     # 3. discovery: each method is handed the node (a DiscoveryHost) and takes
     #    what it uses of it, the serving side's offers, lookup and catalog
     node.discovery = DiscoveryService(make_methods(config.discovery.methods, node), reactor)
-    # 4. fetching: searches through the node's discovery, judges through its trust
-    node.fetching = FetchingService(node)
+    # 4. fetching: searches through discovery, judges sources through trust
+    node.fetching = FetchingService(reactor, config, node.identity, node.discovery, node.trust)
     # 5. keys, when served: config and this node's id
     if config.keys.serve:
         from mcp2p.trust.keyserver import KeyService

@@ -58,10 +58,22 @@ from mcp2p.wire.query import prefix_matches
 from mcp2p.wire.types import FileOffer
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import (
+        IReactorMulticast,
+        IReactorTCP,
+        IReactorTime,
+        IReactorUDP,
+    )
+
     from mcp2p.config import Config
     from mcp2p.discovery.query import SearchResult
     from mcp2p.trust.gate import TrustGate
     from mcp2p.trust.keys import NodeIdentity
+
+    class IFetchReactor(IReactorTime, IReactorTCP, IReactorUDP, IReactorMulticast):
+        """What a fetch uses of the reactor: time, TCP for the control
+        channels, UDP and multicast ports for the data."""
+
 
 _log = Logger()
 
@@ -150,7 +162,7 @@ class Search(Protocol):
 class Fetch:
     def __init__(
         self,
-        reactor: Any,
+        reactor: IFetchReactor,
         config: Config,
         identity: NodeIdentity,
         search: Search,
@@ -625,7 +637,8 @@ class Fetch:
         if source.mode == "unicast":
             # The SN sends to the address our control channel comes from: its family.
             here = self._address6() if ":" in source.server.address else self.interface
-            source.port = self.reactor.listenUDP(0, receiver, interface=here)
+            # IReactorUDP declares no default maxPacketSize; the reactors' is 8192.
+            source.port = self.reactor.listenUDP(0, receiver, interface=here)  # type: ignore[call-arg]
             multicast.set_buffers(source.port, receive=RCVBUF)
             read_in_batches(source.port, receiver)
             port = source.port.getHost().port

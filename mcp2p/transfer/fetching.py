@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -20,11 +20,21 @@ from mcp2p.transfer.downloads import OutDir, open_out_dir
 from mcp2p.transfer.fetch import Fetch
 
 if TYPE_CHECKING:
-    from mcp2p.app import Node
+    from mcp2p.config import Config
+    from mcp2p.transfer.fetch import IFetchReactor
+    from mcp2p.trust.gate import TrustGate
+    from mcp2p.trust.keys import NodeIdentity
 
 _log = Logger()
 
 MAX_EVENTS = 1000
+
+
+class Discovery(Protocol):
+    """How fetches search: the node's `mcp2p.discovery.service.DiscoveryService`,
+    by its ``query`` method."""
+
+    def search(self, method: str, **kwargs: Any) -> defer.Deferred[Any]: ...
 
 
 class Transfer:
@@ -93,14 +103,29 @@ def _shown_paths(event: dict[str, Any], directory: OutDir) -> dict[str, Any]:
 class FetchingService(Service):
     name = "fetching"  # type: ignore[assignment]
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self,
+        reactor: IFetchReactor,
+        config: Config,
+        identity: NodeIdentity,
+        discovery: Discovery,
+        trust: TrustGate,
+    ) -> None:
+        """Fetches as ``identity`` into ``[fetching] download_dirs``, finding
+        sources through ``discovery`` and judging them through ``trust`` (the
+        node's gate). Each `Fetch` is handed the whole ``config``: it reads
+        [fetching], [node] and [discovery]."""
+        self.reactor = reactor
+        self.config = config
+        self.identity = identity
+        self.discovery = discovery
+        self.trust = trust
         self.transfers: dict[int, Transfer] = {}
         self.ids = itertools.count(1)
 
     def startService(self) -> None:
         # The owner's directories, from the config: made here, never by a request.
-        for directory in self.node.config.fetching.download_dirs:
+        for directory in self.config.fetching.download_dirs:
             directory.mkdir(parents=True, exist_ok=True)
         super().startService()
 
@@ -114,7 +139,7 @@ class FetchingService(Service):
         return defer.DeferredList(running, consumeErrors=True)
 
     def search(self, **kw: Any) -> defer.Deferred[Any]:
-        return self.node.discovery.search("query", **kw)
+        return self.discovery.search("query", **kw)
 
     def fetch(self, target: str, out_dir: Path | None = None, **options: Any) -> Transfer:
         """Start fetching ``target`` into ``out_dir`` (default: the first download dir).
@@ -122,19 +147,19 @@ class FetchingService(Service):
         Raises OutDirRefused (before anything starts) when ``out_dir`` is not
         inside ``[fetching] download_dirs`` (see mcp2p.transfer.downloads).
         """
-        allowed = self.node.config.fetching.download_dirs
+        allowed = self.config.fetching.download_dirs
         directory = open_out_dir(out_dir or allowed[0], allowed)
         transfer = Transfer(next(self.ids), target)
         try:
             fetch = Fetch(
-                self.node.reactor,
-                self.node.config,
-                self.node.identity,
+                self.reactor,
+                self.config,
+                self.identity,
                 self.search,
                 target,
                 directory.store_path,
                 on_event=lambda event: transfer.add(_shown_paths(event, directory)),
-                trust=getattr(self.node, "trust", None),
+                trust=self.trust,
                 **options,
             )
         except BaseException:
