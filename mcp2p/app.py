@@ -3,8 +3,8 @@ wires the parts together (magic-wormhole's ``_boss.py`` is the model)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import MultiService
 
@@ -15,35 +15,64 @@ from mcp2p.trust.keys import NodeIdentity, load_or_create
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from mcp2p.api.service import APIService
+    from mcp2p.api.service import APIService, IAPIReactor
     from mcp2p.discovery.query import IDiscoveryReactor, QueryNode, SearchResult
     from mcp2p.discovery.service import DiscoveryService
+    from mcp2p.transfer.fetch import IFetchReactor
     from mcp2p.transfer.fetching import FetchingService
-    from mcp2p.transfer.serving import ServingService
+    from mcp2p.transfer.serving import IServingReactor, ServingService
     from mcp2p.trust.gate import TrustGate
+    from mcp2p.trust.keyclient import IHTTPReactor
     from mcp2p.trust.keyserver import KeyService
 
+    class INodeReactor(
+        IAPIReactor, IServingReactor, IFetchReactor, IDiscoveryReactor, IHTTPReactor
+    ):
+        """The daemon's reactor: what each of its parts uses of it, together."""
 
-@dataclass
+
+@dataclass(frozen=True)
 class Node:
-    """The parts of one daemon, as ``build`` made them.
+    """The parts of one daemon, as ``build`` made them: a record for whoever
+    holds the daemon (the twistd plugin's start line, tests). No part reads
+    another through it: each was handed what it uses, in the order ``build``
+    states."""
 
-    Discovery plugins are handed it as their
-    `mcp2p.discovery.methods.DiscoveryHost`; every other part is handed the
-    values and collaborators it uses. ``build`` makes them in this order,
-    each after what it is handed: trust, serving, discovery, fetching, keys,
-    api. A part read before ``build`` set it raises AttributeError.
-    """
-
-    reactor: Any
+    reactor: INodeReactor
     config: Config
     identity: NodeIdentity
-    trust: TrustGate = field(init=False)  # [trust] policy over STATE/known_nodes
-    serving: ServingService = field(init=False)
-    discovery: DiscoveryService = field(init=False)
-    fetching: FetchingService = field(init=False)
-    api: APIService = field(init=False)
+    trust: TrustGate  # [trust] policy over STATE/known_nodes
+    serving: ServingService
+    discovery: DiscoveryService
+    fetching: FetchingService
+    api: APIService
     keys: KeyService | None = None  # the key server, when [keys] serve = yes
+
+
+@dataclass(frozen=True)
+class PluginHost:
+    """What a discovery plugin's ``make(host)`` is handed (a
+    `mcp2p.discovery.methods.DiscoveryHost`): the reactor, the whole config (a
+    plugin reads its own ``[plugin:NAME]`` section), this node's identity, and
+    the serving side, all made before discovery."""
+
+    reactor: INodeReactor
+    config: Config
+    identity: NodeIdentity
+    serving: ServingService
+
+
+class NodeService(MultiService):
+    """What ``build`` returns: the daemon's services, started in the order
+    ``build`` added them and stopped in reverse, and ``node``, the record of
+    its parts."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self.node = node
+        for service in (node.serving, node.discovery, node.fetching, node.api, node.keys):
+            if service is not None:
+                service.setServiceParent(self)
 
 
 def add_plugin_dir(config: Config) -> None:
@@ -53,11 +82,13 @@ def add_plugin_dir(config: Config) -> None:
     plugins.add_dir(config.node.plugins_dir)
 
 
-def build(config: Config, reactor: Any = None) -> MultiService:
+def build(config: Config, reactor: INodeReactor | None = None) -> NodeService:
+    """The daemon of ``config`` (its directories made, its key read or made),
+    not yet started. ``reactor``: the global one unless given."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
-        reactor = default_reactor
+        reactor = cast("INodeReactor", default_reactor)
     from mcp2p.api.parts import Parts
     from mcp2p.api.service import APIService
     from mcp2p.discovery.service import DiscoveryService, make_methods
@@ -69,10 +100,10 @@ def build(config: Config, reactor: Any = None) -> MultiService:
     config.node.state_dir.mkdir(parents=True, exist_ok=True)
     for path in config.share.paths:
         path.mkdir(parents=True, exist_ok=True)
-    node = Node(reactor, config, load_or_create(config.node.state_dir))
+    identity = load_or_create(config.node.state_dir)
     # Each part is made after the parts it is handed, and is handed all it uses.
     # 1. trust: config only
-    node.trust = TrustGate.from_config(config, reactor)
+    trust = TrustGate.from_config(config, reactor)
     # 2. serving: its catalog, [serving], [node], the identity, and trust (who
     #    may subscribe)
     catalog = Catalog(
@@ -83,37 +114,26 @@ def build(config: Config, reactor: Any = None) -> MultiService:
         config.share.rescan_interval,
         watch=True,
     )
-    node.serving = ServingService(
-        reactor, config.serving, config.node, node.identity, node.trust, catalog
-    )
-    # 3. discovery: each method is handed the node (a DiscoveryHost) and takes
-    #    what it uses of it, the serving side's offers, lookup and catalog
-    node.discovery = DiscoveryService(make_methods(config.discovery.methods, node), reactor)
+    serving = ServingService(reactor, config.serving, config.node, identity, trust, catalog)
+    # 3. discovery: each method is handed a PluginHost and takes what it uses
+    #    of it, the serving side's offers, lookup and catalog
+    host = PluginHost(reactor, config, identity, serving)
+    discovery = DiscoveryService(make_methods(config.discovery.methods, host), reactor)
     # 4. fetching: searches through discovery, judges sources through trust
-    node.fetching = FetchingService(reactor, config, node.identity, node.discovery, node.trust)
-    # 5. keys, when served: config and this node's id
+    fetching = FetchingService(reactor, config, identity, discovery, trust)
+    # 5. keys, when served: [keys] and this node's id
+    keys = None
     if config.keys.serve:
         from mcp2p.trust.keyserver import KeyService
 
-        node.keys = KeyService(reactor, config.keys, config.node.state_dir, node.identity.node_id)
+        keys = KeyService(reactor, config.keys, config.node.state_dir, identity.node_id)
     # 6. api: the local control interface over all of the above
     parts = Parts(
-        reactor,
-        node.identity,
-        str(config.node.interface),
-        node.serving,
-        node.discovery,
-        node.fetching,
-        node.trust,
-        node.keys,
+        reactor, identity, str(config.node.interface), serving, discovery, fetching, trust, keys
     )
-    node.api = APIService(reactor, config.node, config.api, config.discovery.ring_schedule, parts)
-    top = MultiService()
-    for service in (node.serving, node.discovery, node.fetching, node.api, node.keys):
-        if service is not None:
-            service.setServiceParent(top)  # started in this order, stopped in reverse
-    top.node = node  # type: ignore[attr-defined]
-    return top
+    api = APIService(reactor, config.node, config.api, config.discovery.ring_schedule, parts)
+    node = Node(reactor, config, identity, trust, serving, discovery, fetching, api, keys)
+    return NodeService(node)
 
 
 class Client:

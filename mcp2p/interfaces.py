@@ -47,7 +47,7 @@ class IDiscoveryMethodPlugin(Interface):
 
     def make(host: Any) -> IDiscoveryMethod:
         """``host`` is a ``mcp2p.discovery.methods.DiscoveryHost`` (the daemon's
-        ``mcp2p.app.Node``): reactor, config, identity, serving."""
+        ``mcp2p.app.PluginHost``): reactor, config, identity, serving."""
 
 
 class ICatalog(Interface):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
     LegacyLogObserverWrapper,
+    LogEvent,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
@@ -20,6 +21,13 @@ from twisted.python import usage
 from mcp2p import __version__
 from mcp2p.config import CONFIG_ENV, Config, find_config, load_config, parse_override
 from mcp2p.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mcp2p.app import INodeReactor, Node
+
+    # A log observer, new (ILogObserver) or legacy (twisted.python.log): both
+    # are called with the event.
+    Observer = Callable[[LogEvent], None]
 
 
 class Options(usage.Options):
@@ -116,11 +124,11 @@ class Daemon(MultiService):
     the component, so it is not filtered.
     """
 
-    def __init__(self, level: str, make_observer: Callable[[], Any] | None) -> None:
+    def __init__(self, level: str, make_observer: Callable[[], Observer] | None) -> None:
         super().__init__()
         self.level = level
         self.make_observer = make_observer
-        self.node: Any = None  # the node's shared state (app.Node), as on build()'s service
+        self.node: Node | None = None  # the record of the node's parts, from build()
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -128,7 +136,7 @@ class Daemon(MultiService):
             parent.setComponent(ILogObserver, level_filter(self.make_observer(), self.level))
 
 
-def twistd_observer(server_options: Any) -> Callable[[], Any] | None:
+def twistd_observer(server_options: Any) -> Callable[[], Observer] | None:
     """What twistd itself would log to, given its options (the runner's own
     logger class decides: file with rotation on SIGUSR1, syslog or stdout);
     None when not run by twistd (``twist`` filters with its own --log-level;
@@ -138,7 +146,7 @@ def twistd_observer(server_options: Any) -> Callable[[], Any] | None:
     if not isinstance(server_options, ServerOptions):
         return None
 
-    def make() -> Any:
+    def make() -> Observer:
         from twisted.scripts.twistd import _SomeApplicationRunner
 
         return _SomeApplicationRunner.loggerFactory(server_options)._getLogObserver()
@@ -146,7 +154,7 @@ def twistd_observer(server_options: Any) -> Callable[[], Any] | None:
     return make
 
 
-def makeService(options: Options, reactor: Any = None) -> Any:
+def makeService(options: Options, reactor: INodeReactor | None = None) -> Daemon:
     from mcp2p.app import build
 
     config = options.config
@@ -158,12 +166,12 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         raise SystemExit(2) from None
     daemon = Daemon(config.node.log_level, twistd_observer(options.parent))
     top.setServiceParent(daemon)
-    daemon.node = top.node  # type: ignore[attr-defined]
+    daemon.node = top.node
     # Logged before twistd starts its log: replayed first when it does.
     _log.info(
         "mcp2p {version} starting: node id {node_id}, config {source}",
         version=__version__,
-        node_id=daemon.node.identity.node_id.hex(),
+        node_id=top.node.identity.node_id.hex(),
         source=config.source,
     )
     return daemon

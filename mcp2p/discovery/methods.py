@@ -56,7 +56,7 @@ class Serving(Protocol):
 
 
 class DiscoveryHost(Protocol):
-    """What a discovery plugin's ``make(host)`` is handed (`mcp2p.app.Node` is
+    """What a discovery plugin's ``make(host)`` is handed (`mcp2p.app.PluginHost` is
     one): the reactor, the whole config (a plugin reads its own
     ``[plugin:NAME]`` section), this node's identity, and the serving side."""
 
