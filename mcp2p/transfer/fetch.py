@@ -150,7 +150,7 @@ class Source:
 
 
 class Search(Protocol):
-    """How a fetch searches: `mcp2p.app.ClientNode.search`, or the daemon's
+    """How a fetch searches: `mcp2p.app.Client.search`, or the daemon's
     discovery through `FetchingService.search` (options as
     `mcp2p.discovery.query.QueryNode.search` takes them)."""
 
