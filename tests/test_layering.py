@@ -12,11 +12,10 @@ Layers, bottom first (a module may import its own layer and the ones below):
    may reach any service)
 5. ``lab``: experiments over everything
 
-Every import counts, at module level or inside a function. Layers 0-2 import no
-Twisted. One exception: a service may import ``mcp2p.app`` under ``if
-TYPE_CHECKING:``, to annotate the ``Node`` it is handed (``node: Node``). That
-import never runs, so it adds no edge to the runtime graph and no cycle; any
-other upward import stays an error there too.
+Every import counts, at module level or inside a function, and under ``if
+TYPE_CHECKING:`` too: no service is handed the assembled ``Node`` any more
+(each takes the values and narrow protocols it uses), so none needs even an
+annotation from above. Layers 0-2 import no Twisted.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ SERVICES = (
     "api",
 )
 TOP = ("app", "tap", "twistd", "cli", "demo", "commands", "__main__")
-TYPING_ONLY_UP = "app"  # what a service may import upward under TYPE_CHECKING (the Node)
 PURE = 2  # layers up to this one import no Twisted
 NAMES = {0: "base", 1: "wire", 2: "core", 3: "services", 4: "assembly", 5: "lab"}
 
@@ -66,22 +64,8 @@ def module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
-def typing_only(tree: ast.AST) -> set[int]:
-    """ids of the import statements under ``if TYPE_CHECKING:`` (never run)."""
-    out: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and ast.unparse(node.test) in (
-            "TYPE_CHECKING",
-            "typing.TYPE_CHECKING",
-        ):
-            for stmt in node.body:
-                out.update(id(n) for n in ast.walk(stmt))
-    return out
-
-
-def imports(root: Path, path: Path, typing: bool = True) -> list[tuple[int, str]]:
-    """(line, module) of every import in ``path``, relative ones resolved;
-    without ``typing``, those under ``if TYPE_CHECKING:`` are left out.
+def imports(root: Path, path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in ``path``, relative ones resolved.
 
     ``from mcp2p import x`` counts as ``mcp2p.x`` when x is a module there.
     """
@@ -89,10 +73,7 @@ def imports(root: Path, path: Path, typing: bool = True) -> list[tuple[int, str]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: list[tuple[int, str]] = []
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    skip = set() if typing else typing_only(tree)
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -116,7 +97,6 @@ def violations(root: Path) -> list[str]:
     for path in sorted(root.rglob("*.py")):
         name = module_name(root, path)
         mine = layer(name)
-        runtime = set(imports(root, path, typing=False))
         for line, target in imports(root, path):
             where = f"{path.relative_to(root.parent)}:{line}"
             if target == "twisted" or target.startswith("twisted."):
@@ -124,9 +104,6 @@ def violations(root: Path) -> list[str]:
                     out.append(f"{where}: {NAMES[mine]} imports {target} (must stay pure)")
             elif target == top or target.startswith(top + "."):
                 theirs = layer(target)
-                annotation = (line, target) not in runtime
-                if annotation and mine == 3 and target == f"{top}.{TYPING_ONLY_UP}":
-                    continue  # a service annotating the Node it is handed
                 if theirs > mine:
                     out.append(
                         f"{where}: {name} ({NAMES[mine]}) imports {target} ({NAMES[theirs]})"
@@ -141,8 +118,7 @@ def test_mcp2p_imports_only_downward() -> None:
 
 def test_the_checker_finds_an_upward_and_an_impure_import(tmp_path: Path) -> None:
     """A synthetic tree: wire importing core (upward, in a function), core importing Twisted,
-    a service importing app at run time or cli under TYPE_CHECKING (only app's Node may be
-    imported for annotations)."""
+    a service importing app at run time and app and cli under TYPE_CHECKING."""
     root = tmp_path / "mcp2p"
     for package in ("", "wire", "core", "transfer"):
         (root / package).mkdir(parents=True, exist_ok=True)
@@ -165,6 +141,7 @@ def test_the_checker_finds_an_upward_and_an_impure_import(tmp_path: Path) -> Non
     )
     assert violations(root) == [
         "mcp2p/core/ring.py:2: core imports twisted.internet (must stay pure)",
+        "mcp2p/transfer/typed.py:4: mcp2p.transfer.typed (services) imports mcp2p.app (assembly)",
         "mcp2p/transfer/typed.py:5: mcp2p.transfer.typed (services) imports mcp2p.cli (assembly)",
         "mcp2p/transfer/typed.py:8: mcp2p.transfer.typed (services) imports mcp2p.app (assembly)",
         "mcp2p/wire/query.py:4: mcp2p.wire.query (wire) imports mcp2p.core (core)",
