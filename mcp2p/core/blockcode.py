@@ -364,7 +364,15 @@ class RaptorQDecoder:
     further symbol (RFC 6330 fails at K with probability about 0.5%).
     ``add_many`` takes a batch (payloads may be views, valid during the
     call), as the receiver hands them on.
+
+    Memory: each piece in progress holds a piece-sized buffer from its first
+    symbol, so at most ``max_pending`` bytes of buffers are made (the fetch
+    sets its [fetching] max_in_flight): a symbol that would start one more
+    piece beyond that is refused (``window_full``), whatever an SN sends. An
+    honest session sends a piece's symbols together, so few are in progress.
     """
+
+    max_pending = 256 << 20
 
     def __init__(self, code: RaptorQCode, layout: Layout) -> None:
         self.layout = layout
@@ -375,13 +383,14 @@ class RaptorQDecoder:
         self.rejected = 0
         self.redundant = 0  # duplicates, and symbols of pieces already decoded
         self.decoded = 0  # pieces handed back
+        self.window_full = 0  # symbols refused: a new piece past max_pending
+        self._buffers = 0  # bytes of the buffers of the pieces in progress
 
     @property
     def pending_bytes(self) -> int:
-        """Bytes of the symbols held for the pieces in progress (a few, as a
-        session sends a piece's symbols together)."""
-        held = sum(r.sources + len(r.repair) for r in self._pieces.values())
-        return held * self.symbol_size
+        """Bytes held for the pieces in progress: their buffers and repair symbols."""
+        repair = sum(len(r.repair) for r in self._pieces.values())
+        return self._buffers + repair * self.symbol_size
 
     def add(self, piece: int, symbol: int, payload: bytes) -> list[tuple[int, bytes]]:
         return self.add_many([(piece, symbol, payload)])
@@ -420,7 +429,11 @@ class RaptorQDecoder:
                 self.rejected += 1
                 continue
             if state is None:
+                if self._buffers + size > self.max_pending:
+                    self.window_full += 1
+                    continue
                 state = pieces[piece] = _Receiving(size, k)
+                self._buffers += size
             data: bytes | None = None
             if symbol < k:
                 if state.have[symbol]:
@@ -469,7 +482,7 @@ class RaptorQDecoder:
         return None
 
     def _finish(self, piece: int, state: _Receiving) -> None:
-        del self._pieces[piece]
+        self._drop(piece)
         self._done.add(piece)
 
     def _decode(self, piece: int, state: _Receiving, esi: int, sym: Any) -> bytes | None:
@@ -486,7 +499,7 @@ class RaptorQDecoder:
             if type(e).__name__ != "PanicException":
                 raise
             self.rejected += 1
-            self._pieces.pop(piece, None)
+            self._drop(piece)
             state.decoder = None
             return None
         if data is not None and len(data) != self.layout.piece_size(piece):
@@ -501,5 +514,10 @@ class RaptorQDecoder:
 
     def forget(self, piece: int) -> None:
         self.layout.piece_size(piece)
-        self._pieces.pop(piece, None)
+        self._drop(piece)
         self._done.discard(piece)
+
+    def _drop(self, piece: int) -> None:
+        state = self._pieces.pop(piece, None)
+        if state is not None:
+            self._buffers -= state.size

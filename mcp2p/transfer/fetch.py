@@ -236,6 +236,8 @@ class Fetch:
             # The plain code's blocks go straight to the store (which keeps one
             # byte per block): a decoder would only keep a second such map.
             self.decoder = None if self.per_block else self.code.decoder(self.manifest.layout)
+            if hasattr(self.decoder, "max_pending"):  # its buffers within [fetching] max_in_flight
+                self.decoder.max_pending = self.config.fetching.max_in_flight
             self.event(
                 "manifest",
                 name=self.manifest.name,

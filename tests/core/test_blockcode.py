@@ -185,7 +185,7 @@ def test_raptorq_one_mib_piece_from_repair_symbols() -> None:
     for n in range(k, k + enough(code, layout, 0)):
         writes += dec.add(*enc.symbol(0, n))
         if not writes:
-            assert dec.pending_bytes == (n - k + 1) * 1400
+            assert dec.pending_bytes == layout.size + (n - k + 1) * 1400  # buffer + repairs
     assert writes == [(0, data)]
     assert enc.encodes == 1 and enc.batches == 1  # a batch of 1.25 K repair symbols
 
@@ -413,3 +413,22 @@ def test_raptorq_symbols_in_a_run_are_symbol_by_symbol(first: int, count: int) -
             assert len(reads) == 1  # the source symbols of the run in one read
     with pytest.raises(ValueError):
         run.symbols(0, -1, 2)
+
+
+def test_raptorq_decoder_memory_is_bounded_whatever_the_sn_sends() -> None:
+    """An SN that starts every piece and finishes none makes the decoder hold
+    piece buffers only up to max_pending; the rest is refused and counted."""
+    layout = Layout(64 * PIECE, PIECE, BLOCK)
+    code = RaptorQCode()
+    _, read = make_file(layout.size)
+    enc, dec = code.encoder(layout, read), code.decoder(layout)
+    dec.max_pending = 5 * PIECE
+    for piece in range(layout.pieces):
+        assert dec.add(*enc.symbol(piece, 0)) == []
+    assert dec.pending_bytes == 5 * PIECE and dec.window_full == layout.pieces - 5
+    # A piece in progress still completes, and frees its room for another.
+    for n in range(1, code.source_symbols(layout, 0)):
+        writes = dec.add(*enc.symbol(0, n))
+    assert writes == [(0, read(0, PIECE))]
+    assert dec.pending_bytes == 4 * PIECE
+    assert dec.add(*enc.symbol(63, 0)) == [] and dec.pending_bytes == 5 * PIECE
