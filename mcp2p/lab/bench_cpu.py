@@ -95,7 +95,7 @@ class Row:
 # -- mcp2p ----------------------------------------------------------------
 
 
-def run_mcp2p(lab: Any, rate: int, mode: str) -> list[Row]:
+def run_mcp2p(lab: Any, rate: int, mode: str, code: str = "auto") -> list[Row]:
     """One fetch by the CN daemon from the SN daemon; CPU of both over it."""
     if lab.sn_proc is None:
         lab.start_sn(rate=str(rate), max_rate=str(max(rate, 10**9)))
@@ -103,7 +103,7 @@ def run_mcp2p(lab: Any, rate: int, mode: str) -> list[Row]:
     assert lab.sn_proc is not None and cn.proc is not None
     sn_pid, cn_pid = lab.sn_proc.pid, cn.proc.pid
     sn0, cn0 = cpu_seconds(sn_pid), cpu_seconds(cn_pid)
-    result = lab.fetch(1, mode=mode, timeout=TIMEOUT)
+    result = lab.fetch(1, mode=mode, code=code, timeout=TIMEOUT)
     [got] = result.cns
     try:
         sn_cpu, cn_cpu = cpu_seconds(sn_pid) - sn0, cpu_seconds(cn_pid) - cn0
@@ -411,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", default="400M", help="sending rate, bit/s (default 400M)")
     parser.add_argument("--tools", default="mcp2p,uftp,udpcast")
     parser.add_argument("--mode", default="multicast", choices=("multicast", "unicast"))
+    parser.add_argument(
+        "--code",
+        default="auto",
+        choices=("auto", "plain", "raptorq"),
+        help="mcp2p's block code (default auto, as shipped: raptorq in multicast)",
+    )
     parser.add_argument("--stage-pieces", type=int, default=32, help="MiB for the stage split")
     parser.add_argument("--quick", action="store_true", help="8 MiB file, 4 MiB stages at most")
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
@@ -443,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             try:
                 if tool == "mcp2p":
-                    rows += run_mcp2p(lab, rate, args.mode)
+                    rows += run_mcp2p(lab, rate, args.mode, args.code)
                 else:
                     rows += run_peer(lab, tool, rate)
             except Exception as e:  # noqa: BLE001 - reported in the table
