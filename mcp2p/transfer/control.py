@@ -26,9 +26,10 @@ Each refusal is counted and logged in summary (``Summary``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.protocols.policies import TimeoutMixin
@@ -252,16 +253,18 @@ class ControlServer(amp.AMP, TimeoutMixin):
         side: ServingSide,
         counters: dict[str, int],
         limits: ChannelLimits | None = None,
-        clock: Any = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         super().__init__()
         self.side = side
         self.counters = counters
         self.limits = limits or ChannelLimits()
         if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock = clock
-        self.callLater = clock.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.clock: IReactorTime = clock
+        self.callLater = clock.callLater  # type: ignore[method-assign,assignment]  # TimeoutMixin's clock
         self.peer_node_id: bytes | None = None
         self.peer_public_key: bytes | None = None
         self.box_bytes = 0  # of the box being received

@@ -39,6 +39,7 @@ from typing import Any
 
 from blake3 import blake3 as _blake3
 from twisted.internet import task
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -78,7 +79,7 @@ class Receiver(DatagramProtocol):
 
     def __init__(
         self,
-        clock: Any,
+        clock: IReactorTime,
         ssrc: int,
         deliver: Callable[[int, int, bytes], None],
         report: Callable[[RangeSet, int], None],

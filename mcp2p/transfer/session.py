@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import socket
 import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mcp2p.core.blockcode import PlainCode
@@ -40,6 +42,7 @@ from mcp2p.core.pacing import TokenBucket
 from mcp2p.core.ratecontrol import RateController
 from mcp2p.core.scheduler import make_scheduler
 from mcp2p.core.wanted import RangeSet
+from mcp2p.interfaces import IBlockCode
 from mcp2p.wire.layout import Layout
 from mcp2p.wire.rtp import HEADER_LEN, pack_header, packet_digests
 
@@ -86,23 +89,30 @@ class Subscriber:
     repaired: set[int] = field(default_factory=set)
 
 
+class DatagramPort(Protocol):
+    """What a session writes its packets on (a listening UDP port; its socket,
+    where ``getHandle`` gives a real one, for GSO sends)."""
+
+    def write(self, datagram: bytes, addr: tuple[str, int]) -> object: ...
+
+
 class Session:
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         *,
         session_id: int,
         layout: Layout,
-        code: Any,
+        code: IBlockCode,
         path: str,
         destination: tuple[str, int],
-        port: Any,
+        port: DatagramPort,
         rate: int,
         min_rate: int,
         max_rate: int,
         grace: float,
         on_end: Callable[[Session], None],
-        rng: Any,
+        rng: random.Random,
         group: str = "",
         source: str = "",
         scheduler: str = "mostwanted",
