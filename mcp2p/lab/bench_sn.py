@@ -75,7 +75,7 @@ class SN:
         serving = {}
         import mcp2p.config
 
-        if "connections_per_address" in Path(mcp2p.config.__file__).read_text():
+        if "connections_per_address" in mcp2p.config.SCHEMA["serving"]:
             # Every subscriber here comes from 127.0.0.1: lift the per-address cap.
             serving["connections_per_address"] = "1000"
         sections = node_sections(
