@@ -113,6 +113,21 @@ def test_sections_are_attributes_and_config_is_frozen(tmp_path: Path) -> None:
         config.source = "other"  # type: ignore[misc]
 
 
+def test_the_package_exports_every_name_importers_use() -> None:
+    """mcp2p.config is a package of one module per job; what mcp2p/config.py
+    offered is still there under the same names, and nothing else is."""
+    names = {
+        *("CONFIG_ENV", "DEFAULT_LOCATIONS", "RENAMED", "SCHEMA", "SECTIONS", "UNIX_PATH_MAX"),
+        *("Config", "ConfigError", "Option", "Parser", "IPAddress", "IPNetwork"),
+        *("config_from_string", "find_config", "load_config", "parse_override", "parse_rate"),
+        *(cls.__name__ for cls in SECTIONS.values()),
+    }
+    assert set(config_module.__all__) == names
+    for name in names:
+        assert getattr(config_module, name) is not None, name
+    assert config_module.ConfigError is ConfigError
+
+
 def test_each_section_dataclass_has_exactly_the_schema_keys() -> None:
     """A key added to SCHEMA without its field (or a field without its key) fails here."""
     assert list(SECTIONS) == list(SCHEMA)
