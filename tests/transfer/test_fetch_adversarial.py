@@ -384,9 +384,9 @@ async def test_a_session_that_ends_before_our_loss_reports_is_asked_for_again(
     anything more, and it ends the session after its grace, before the
     CN's loss report arrives: the CN subscribes to the same SN again
     instead of giving up on it (the only SN there is)."""
-    from mcp2p.transfer import fetch as fetch_mod
+    from mcp2p.transfer.fetch import control as fetch_control
 
-    class LosesFirstSession(fetch_mod.Receiver):
+    class LosesFirstSession(fetch_control.Receiver):
         first: list[Any] = []
 
         def datagrams(self, batch: Any) -> None:  # every read comes here
@@ -396,7 +396,7 @@ async def test_a_session_that_ends_before_our_loss_reports_is_asked_for_again(
                 return  # every packet of the first session is lost
             super().datagrams(batch)
 
-    monkeypatch.setattr(fetch_mod, "Receiver", LosesFirstSession)
+    monkeypatch.setattr(fetch_control, "Receiver", LosesFirstSession)
     net = Net(tmp_path)
     data = os.urandom(300_000)
     await net.sn("sn", data, grace="0.05")

@@ -1,0 +1,110 @@
+"""The whole transfer (``Transfer.run``: find, manifest, subscribe, wait,
+deliver, in the order the package's docstring gives), the totals it
+reports, and its end: every source unsubscribed and closed, the store closed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet import defer, task
+
+from mcp2p.core.display import display_text
+from mcp2p.transfer.control import Unsubscribe
+from mcp2p.transfer.fetch.common import _log
+from mcp2p.transfer.fetch.supervise import TICK, Supervision
+from mcp2p.transfer.store import StoreError
+
+
+class Transfer(Supervision):
+    """The layer of ``Fetch`` that runs the transfer from start to end."""
+
+    async def run(self) -> Path:
+        try:
+            content_id = await self._find()
+            first = await self._manifest(content_id)
+            assert self.manifest is not None
+            from mcp2p.transfer.store import PartialFile
+
+            self._check_space()
+            self.store = PartialFile.open(self.out_dir, self.config.node.state_dir, self.manifest)
+            # The plain code's blocks go straight to the store (which keeps one
+            # byte per block): a decoder would only keep a second such map.
+            self.decoder = None if self.per_block else self.code.decoder(self.manifest.layout)
+            if hasattr(self.decoder, "max_pending"):  # its buffers within [fetching] max_in_flight
+                self.decoder.max_pending = self.config.fetching.max_in_flight
+            self.event(
+                "manifest",
+                name=self.manifest.name,
+                size=self.manifest.size,
+                content_id=content_id.hex(),
+                pieces=self.manifest.layout.pieces,
+                verified=self.store.verified_pieces,
+            )
+            if not self.store.complete:
+                self.sources = [first]
+                for extra in self.candidates[: self.max_sources - 1]:
+                    self.candidates.remove(extra)
+                    self.sources.append(extra)
+                await self._start_sources(self.sources, self._missing())
+                self.loop = task.LoopingCall(self._tick)
+                self.loop.clock = self.reactor
+                self.loop.start(TICK, now=False)
+                await self.done
+            path = self.store.finalize()
+            self._record_use()
+            self.event(
+                "done",
+                path=str(path),
+                elapsed=self.reactor.seconds() - self.started,
+                bytes=self.manifest.size,
+                store=dict(self.store.counters),
+                receivers=[dict(s.receiver.counters) for s in self.sources if s.receiver],
+                **self.counters,
+            )
+            return Path(path)
+        finally:
+            if self.done.called:
+                self.done.addErrback(lambda f: None)  # failed before run() awaited it
+            await self._close()
+
+    def totals(self) -> dict[str, float]:
+        """Every counter of this transfer, its receivers' summed (the longest
+        forged hold: their maximum), the store's as ``store_...``."""
+        out: dict[str, float] = dict(self.counters)
+        for source in self.sources:
+            if source.receiver is None:
+                continue
+            for key, value in source.receiver.counters.items():
+                if key == "forged_hold_max":
+                    out[key] = max(out.get(key, 0.0), value)
+                else:
+                    out[key] = out.get(key, 0) + value
+        if self.store is not None:
+            for key, value in self.store.counters.items():
+                out["store_" + key] = value
+            out["bytes_verified"] = self.store.bytes_verified
+        return out
+
+    async def _close(self) -> None:
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        for source in self.sources + self.candidates:
+            was, source.state = source.state, "closed"
+            if source.client is not None and was == "active":
+                try:
+                    await source.client.callRemote(Unsubscribe, subscription=source.subscription)
+                except Exception:  # closing anyway
+                    pass
+            if source.port is not None:
+                await defer.maybeDeferred(source.port.stopListening)
+                source.port = None
+            if source.client is not None:
+                client, source.client = source.client, None
+                if client.transport is not None:
+                    client.transport.loseConnection()
+                await client.lost
+        if self.store is not None:
+            try:
+                self.store.close()
+            except StoreError as e:  # a full disk: the fetch's own error says so already
+                _log.warn("progress not recorded: {error}", error=display_text(str(e)))
