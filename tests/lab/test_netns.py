@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -345,10 +346,22 @@ def test_loss(net: Network) -> None:
     got = receiver_result(recv)[0]
     assert 150 <= got <= 260, got  # mean 210, sd about 8
     assert link.loss_drops(b) == n - got
+    assert udp_segmentation(link) == ["off", "off"]  # loss hits datagrams, not GSO bursts
     link.set_loss(None)
+    assert udp_segmentation(link) == ["on", "on"]  # without loss, bursts cross whole again
     recv = start_receiver(b, GROUP4, 7101, "noloss", expect=20)
     send(a, GROUP4, 7101, "noloss", count=20, gap=0.001)
     assert receiver_result(recv)[0] == 20
+
+
+def udp_segmentation(link: Any) -> list[str]:
+    """tx-udp-segmentation of each end of ``link``, as ethtool -k reports it."""
+    out = []
+    for iface in link.ends:
+        cp = iface.node.run(["ethtool", "-k", iface.name], capture_output=True, text=True)
+        [line] = [x for x in cp.stdout.splitlines() if x.strip().startswith("tx-udp-segmentation")]
+        out.append(line.split(":")[1].split()[0])
+    return out
 
 
 @pytest.mark.skipif(shutil.which("tc") is None, reason="needs tc (iproute2)")

@@ -33,6 +33,7 @@ class Link:
         self.rate: dict[str, int | None] = {}
         self.loss: dict[str, float | None] = {}
         self._offloads_off = False
+        self._udp_segmentation_on = True
 
     def __repr__(self) -> str:
         return f"<Link {self.a.node.name}:{self.a.name} -- {self.b.node.name}:{self.b.name}>"
@@ -63,19 +64,32 @@ class Link:
             return
         for iface in self.ends:
             # Some veth features are fixed; ethtool then complains but the
-            # ones that matter are off. Best effort. tx-udp-segmentation: a
-            # veth carries a UDP GSO burst (up to 64 datagrams of an SN's
-            # UDP_SEGMENT send) as one packet, so the loss rule would drop
-            # whole bursts; off, the kernel cuts it into datagrams before
-            # the link, and loss hits datagrams one by one as on a wire.
+            # ones that matter (gro/gso/tso) are off. Best effort.
             run_tool(
                 iface.node.exec_args(
                     ["ethtool", "-K", iface.name, "gro", "off", "gso", "off", "tso", "off"]
-                    + ["tx-udp-segmentation", "off"]
                 ),
                 check=False,
             )
         self._offloads_off = True
+
+    def _udp_segmentation(self, on: bool) -> None:
+        """A veth carries a UDP GSO burst (up to 64 datagrams of an SN's
+        UDP_SEGMENT send) as one packet, so a loss rule would drop whole
+        bursts: while the link drops, the kernel cuts bursts into datagrams
+        before it (tx-udp-segmentation off), and loss hits datagrams one by
+        one, as on a wire. Without loss, bursts cross whole, as a receiving
+        NIC's GRO would hand them on."""
+        if self._udp_segmentation_on == on:
+            return
+        for iface in self.ends:
+            run_tool(
+                iface.node.exec_args(
+                    ["ethtool", "-K", iface.name, "tx-udp-segmentation", "on" if on else "off"]
+                ),
+                check=False,
+            )
+        self._udp_segmentation_on = on
 
     def set_rate(
         self, rate: int | None, *, src: Node | str | None = None, queue_ms: int = 50
@@ -126,6 +140,7 @@ class Link:
                 )
             run_tool(node.exec_args(["nft", "-f", "-"]), input=script)
             self.loss[node.name] = loss or None
+        self._udp_segmentation(not any(self.loss.values()))
 
     def loss_drops(self, dst: Node | str) -> int:
         """Packets dropped so far by the loss rule at `dst`'s end."""
