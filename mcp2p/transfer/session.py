@@ -50,10 +50,7 @@ _log = Logger()
 
 JOIN_DELAY = 0.05  # seconds a new multicast session waits for its first CN to join
 TICK = 0.002  # seconds between bursts
-# Packets per tick at most: bounds a tick's work (about 10 ms of CPU). 256 capped a
-# session near 550 Mbit/s on a loaded machine: a tick that overruns its 2 ms makes
-# LoopingCall skip to the next multiple, and 256 packets per 4 ms is what is left.
-MAX_BURST = 1024
+MAX_BURST = 256  # packets per tick at most
 SEQ_RING = 1 << 17  # sequence numbers remembered for loss reports (unit of each)
 IP_UDP_OVERHEAD = 28
 RATE_PERIOD = 0.5  # seconds between two rate adaptations
