@@ -47,19 +47,10 @@ from mcp2p.wire.manifest import decode_manifest, verify_manifest
 from mcp2p.wire.merkle import hash_pieces, merkle_root
 from mcp2p.wire.rtp import packet_digests
 from tests.nodes import node_config
+from tests.transfer.fakes import DataPort
 
 PIECE = 16 << 10
 BLOCK = 1024
-
-
-class DataPort:
-    """The SN's data port: keeps each datagram (no GSO socket behind it)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-
-    def write(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.sent.append((data, addr))
 
 
 class Catalog:

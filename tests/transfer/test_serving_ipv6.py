@@ -19,49 +19,13 @@ from mcp2p.trust.gate import TrustGate
 from mcp2p.trust.keys import load_or_create
 from mcp2p.wire.layout import Layout
 from tests.nodes import node_config
+from tests.transfer.fakes import Channel, DataPort
 
 SIZE = 1 << 20
 PIECE = 1 << 18
 BLOCK = 1400
 ADDRESS6 = "fd77:0:0:9::2"
 net = ipaddress.ip_network
-
-
-class Port:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, int]] = []
-
-    def write(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.sent.append(addr)
-
-
-class _Peer:
-    def __init__(self, host: str) -> None:
-        self.host = host
-
-
-class _Transport:
-    def __init__(self, host: str) -> None:
-        self.host = host
-
-    def getPeer(self) -> _Peer:
-        return _Peer(self.host)
-
-
-class Client:
-    peer_node_id = b"\x01" * 32
-
-    def __init__(self, host: str = "10.0.0.2") -> None:
-        self.transport = _Transport(host)
-
-    def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
-        pass
-
-    def session_ended(self, subscription: int, reason: str) -> None:
-        pass
-
-    def session_moved(self, subscription: int, group: str) -> None:
-        pass
 
 
 class Catalog:
@@ -85,9 +49,9 @@ def make(tmp_path: Path, mode: str = "ssm", v6: bool = True) -> tuple[ServingSer
     service = ServingService(
         clock, config.serving, config.node, identity, trust, Catalog(entry), random.Random(6)
     )
-    service.data_port = Port()
+    service.data_port = DataPort()
     if v6:  # what startService sets up from interface6
-        service.data_port6 = Port()
+        service.data_port6 = DataPort()
         service.address6 = ADDRESS6
     return service, clock, entry
 
@@ -97,7 +61,7 @@ def subscribe(
 ) -> dict[str, Any]:
     units = Layout(SIZE, PIECE, BLOCK).blocks
     return service._subscribe(
-        kw.get("client") or Client(),  # type: ignore[arg-type]
+        kw.get("client") or Channel(),  # type: ignore[arg-type]
         entry.content_id,
         mode,
         4000 if mode == "unicast" else 0,
@@ -123,8 +87,8 @@ def test_an_ipv6_subscribe_gets_an_ipv6_ssm_session_from_the_nodes_ipv6_address(
         assert ipaddress.ip_address(reply["group"]) in net("ff3e::/32")
         assert reply["source"] == ADDRESS6
         clock.advance(0.2)
-        assert service.data_port6.sent and not service.data_port.sent
-        assert set(service.data_port6.sent) == {(reply["group"], reply["port"])}
+        assert service.data_port6.addresses and not service.data_port.addresses
+        assert set(service.data_port6.addresses) == {(reply["group"], reply["port"])}
         # The same plan as the IPv6 offer (SAP on group6 announces it).
         offer = service.offer_for(entry, 6)
         assert str(offer.group) == reply["group"] and str(offer.source) == ADDRESS6
@@ -138,14 +102,14 @@ def test_each_family_has_its_own_shared_session(tmp_path: Path) -> None:
     try:
         four = subscribe(service, entry, None)  # an older CN: no family, IPv4
         six = subscribe(service, entry, 6)
-        again = subscribe(service, entry, 4, client=Client("10.0.0.3"))
+        again = subscribe(service, entry, 4, client=Channel("10.0.0.3"))
         assert ipaddress.ip_address(four["group"]) in net("232.0.0.0/8")
         assert four["source"] == "10.0.0.1"
         assert again["session_id"] == four["session_id"] != six["session_id"]
         assert len(service.live_sessions()) == 2
         clock.advance(0.2)
-        assert {a[0] for a in service.data_port.sent} == {four["group"]}
-        assert {a[0] for a in service.data_port6.sent} == {six["group"]}
+        assert {a[0] for a in service.data_port.addresses} == {four["group"]}
+        assert {a[0] for a in service.data_port6.addresses} == {six["group"]}
         assert str(service.offer_for(entry).group) == four["group"]  # queries: IPv4 plan
     finally:
         end_all(service)
@@ -166,10 +130,10 @@ def test_asm_over_ipv6_uses_the_ff15_pool_without_a_source(tmp_path: Path) -> No
 def test_unicast_goes_back_in_the_control_channels_family(tmp_path: Path) -> None:
     service, clock, entry = make(tmp_path)
     try:
-        subscribe(service, entry, None, mode="unicast", client=Client("fd77::5"))
+        subscribe(service, entry, None, mode="unicast", client=Channel("fd77::5"))
         clock.advance(0.2)
-        assert set(service.data_port6.sent) == {("fd77::5", 4000)}
-        assert not service.data_port.sent
+        assert set(service.data_port6.addresses) == {("fd77::5", 4000)}
+        assert not service.data_port.addresses
     finally:
         end_all(service)
 
@@ -188,5 +152,5 @@ def test_what_a_node_cannot_serve_is_refused(
 ) -> None:
     service, clock, entry = make(tmp_path, v6=v6)
     with pytest.raises(Refused, match=message):
-        subscribe(service, entry, family, mode=mode, client=Client(host))
+        subscribe(service, entry, family, mode=mode, client=Channel(host))
     assert not service.live_sessions()

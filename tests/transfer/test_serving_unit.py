@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twisted.internet.task import Clock
 
 from mcp2p.catalog import CatalogEntry
@@ -23,23 +21,13 @@ from mcp2p.core.wanted import RangeSet
 from mcp2p.transfer.control import NotShared, Refused, UnknownSubscription
 from mcp2p.transfer.serving import ServingService
 from mcp2p.trust.gate import TrustGate
-from mcp2p.trust.keys import load_or_create, node_id_of
+from mcp2p.trust.keys import load_or_create
 from mcp2p.wire.merkle import hash_pieces, merkle_root
 from tests.nodes import node_config
+from tests.transfer.fakes import Channel, DataPort
 
 PIECE = 16 << 10
 BLOCK = 1024
-
-
-class DataPort:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-
-    def write(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.sent.append((data, addr))
-
-    def stopListening(self) -> None:
-        pass
 
 
 class Catalog:
@@ -52,41 +40,6 @@ class Catalog:
 
     def stop(self) -> None:
         self.stopped = True
-
-
-class _Peer:
-    def __init__(self, host: str) -> None:
-        self.host = host
-
-
-class _Transport:
-    def __init__(self, host: str) -> None:
-        self.host = host
-
-    def getPeer(self) -> _Peer:
-        return _Peer(self.host)
-
-
-class Client:
-    """The SN's end of one CN's channel (what ControlServer gives the service)."""
-
-    def __init__(self, host: str = "127.0.0.2") -> None:
-        # A node key of its own, as TLS proved it.
-        key = Ed25519PrivateKey.generate().public_key()
-        self.peer_public_key = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self.peer_node_id = node_id_of(self.peer_public_key)
-        self.transport = _Transport(host)
-        self.notices = 0
-        self.ended: list[tuple[int, str]] = []
-
-    def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
-        self.notices += len(digests) // 8
-
-    def session_ended(self, subscription: int, reason: str) -> None:
-        self.ended.append((subscription, reason))
-
-    def session_moved(self, subscription: int, group: str) -> None:
-        pass
 
 
 @pytest.fixture
@@ -128,7 +81,7 @@ def made(tmp_path: Path) -> Any:
 
 
 def subscribe(
-    service: ServingService, client: Client, entry: CatalogEntry, **kw: Any
+    service: ServingService, client: Channel, entry: CatalogEntry, **kw: Any
 ) -> dict[str, Any]:
     args: dict[str, Any] = dict(
         content_id=entry.content_id,
@@ -148,7 +101,7 @@ def subscribe(
 def test_the_offer_promises_the_session_a_multicast_subscriber_gets(made: Any) -> None:
     service, _, entry = made()
     offer = service.offer_for(entry)
-    reply = subscribe(service, Client(), entry)
+    reply = subscribe(service, Channel(), entry)
     assert reply["session_id"] == offer.session_id
     assert reply["group"] == str(offer.group) and reply["port"] == offer.port
     assert reply["source"] == str(offer.source)
@@ -157,10 +110,10 @@ def test_the_offer_promises_the_session_a_multicast_subscriber_gets(made: Any) -
 
 def test_multicast_subscribers_share_a_session_per_code_unicast_ones_do_not(made: Any) -> None:
     service, _, entry = made()
-    one = subscribe(service, Client(), entry)
-    two = subscribe(service, Client(), entry)
-    coded = subscribe(service, Client(), entry, code="raptorq", wanted=RangeSet([(0, 1)]).encode())
-    solo = subscribe(service, Client(host="127.0.0.9"), entry, mode="unicast", port=4321)
+    one = subscribe(service, Channel(), entry)
+    two = subscribe(service, Channel(), entry)
+    coded = subscribe(service, Channel(), entry, code="raptorq", wanted=RangeSet([(0, 1)]).encode())
+    solo = subscribe(service, Channel(host="127.0.0.9"), entry, mode="unicast", port=4321)
     assert one["session_id"] == two["session_id"]
     assert len({one["session_id"], coded["session_id"], solo["session_id"]}) == 3
     assert coded["code"] == "raptorq" and coded["group"] != ""
@@ -173,23 +126,23 @@ def test_multicast_subscribers_share_a_session_per_code_unicast_ones_do_not(made
 def test_content_not_shared_is_refused_as_such(made: Any) -> None:
     service, _, entry = made()
     with pytest.raises(NotShared):
-        subscribe(service, Client(), entry, content_id=b"\x00" * 32)
+        subscribe(service, Channel(), entry, content_id=b"\x00" * 32)
     with pytest.raises(NotShared):
         service.manifest_bytes(b"\x00" * 32)
 
 
 def test_a_node_not_listed_in_subscribers_is_refused_and_counted(made: Any) -> None:
-    allowed = Client()
+    allowed = Channel()
     service, _, entry = made(subscribers=allowed.peer_node_id.hex())
     with pytest.raises(Refused, match="may not subscribe"):
-        subscribe(service, Client(), entry)
+        subscribe(service, Channel(), entry)
     assert service.counters["refused_subscriber"] == 1 and not service.subscriptions
     assert subscribe(service, allowed, entry)["subscription"] == 1
 
 
 def test_a_subscription_is_only_its_channels(made: Any) -> None:
     service, _, entry = made()
-    owner, other = Client(), Client()
+    owner, other = Channel(), Channel()
     sub = subscribe(service, owner, entry)["subscription"]
     with pytest.raises(UnknownSubscription):
         service.unsubscribe(other, sub)  # type: ignore[arg-type]
@@ -200,7 +153,7 @@ def test_a_subscription_is_only_its_channels(made: Any) -> None:
 
 def test_an_ended_session_is_forgotten_and_its_counters_kept(made: Any) -> None:
     service, clock, entry = made(grace="1")
-    client = Client()
+    client = Channel()
     sub = subscribe(service, client, entry, wanted=RangeSet([(0, 3)]).encode())["subscription"]
     for _ in range(1000):
         clock.advance(0.002)
@@ -215,7 +168,7 @@ def test_an_ended_session_is_forgotten_and_its_counters_kept(made: Any) -> None:
 
 def test_a_disconnected_channel_takes_only_its_own_subscriptions(made: Any) -> None:
     service, _, entry = made()
-    gone, stays = Client(), Client()
+    gone, stays = Channel(), Channel()
     subscribe(service, gone, entry)
     subscribe(service, gone, entry, mode="unicast", port=5000)
     kept = subscribe(service, stays, entry)["subscription"]
@@ -227,7 +180,7 @@ def test_a_disconnected_channel_takes_only_its_own_subscriptions(made: Any) -> N
 
 def test_stopping_the_service_ends_every_session_and_says_why(made: Any) -> None:
     service, _, entry = made()
-    one, two = Client(), Client()
+    one, two = Channel(), Channel()
     a = subscribe(service, one, entry)["subscription"]
     b = subscribe(service, two, entry, mode="unicast", port=5000)["subscription"]
     service.startService = lambda: None  # type: ignore[method-assign]  # no sockets here

@@ -20,45 +20,14 @@ from twisted.internet.task import Clock
 
 from mcp2p.core.wanted import RangeSet
 from mcp2p.plugins import code_by_name
-from mcp2p.transfer.control import unpack_notices
 from mcp2p.transfer.session import JOIN_DELAY, JOIN_GRACE, TICK, Session, Subscriber
 from mcp2p.wire.layout import Layout
 from mcp2p.wire.rtp import HEADER_LEN, decode_packet, packet_digests
+from tests.transfer.fakes import Channel, DataPort
 
 MBIT = 1_000_000
 PIECE = 8192
 BLOCK = 1024
-
-
-class Port:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-
-    def write(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.sent.append((data, addr))
-
-
-class Client:
-    """The SN's end of one CN's control channel, as the session uses it."""
-
-    def __init__(self, broken: bool = False) -> None:
-        self.broken = broken  # its channel is closed: every call raises
-        self.notices: list[tuple[int, bytes]] = []
-        self.ended: list[str] = []
-        self.moved: list[str] = []
-
-    def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
-        self.notices += unpack_notices(first, digests)
-
-    def session_ended(self, subscription: int, reason: str) -> None:
-        if self.broken:
-            raise ConnectionError("channel closed")
-        self.ended.append(reason)
-
-    def session_moved(self, subscription: int, group: str) -> None:
-        if self.broken:
-            raise ConnectionError("channel closed")
-        self.moved.append(group)
 
 
 class Made:
@@ -68,7 +37,7 @@ class Made:
         self.data = os.urandom(size)
         path = tmp_path / "data.bin"
         path.write_bytes(self.data)
-        self.port = Port()
+        self.port = DataPort()
         self.ended: list[Session] = []
         self.session = Session(
             self.clock,
@@ -90,7 +59,7 @@ class Made:
     def subscribe(
         self, sub_id: int, wanted: RangeSet | None = None, ceiling: int = 0, client: Any = None
     ) -> Subscriber:
-        sub = Subscriber(sub_id, client or Client(), self.session, ceiling=ceiling)
+        sub = Subscriber(sub_id, client or Channel(), self.session, ceiling=ceiling)
         self.session.add(sub, RangeSet.full(self.session.units) if wanted is None else wanted)
         return sub
 
@@ -203,7 +172,7 @@ def test_an_idle_session_ends_after_grace_and_tells_every_subscriber(make: Any) 
     assert m.session.state == "IDLE" and not m.ended
     m.run(0.6)
     assert m.session.state == "ENDED" and m.ended == [m.session]
-    assert one.client.ended == two.client.ended == ["nothing wanted"]
+    assert reasons(one) == reasons(two) == ["nothing wanted"]
     assert not m.session.subscribers
     with pytest.raises(OSError):
         os.fstat(m.session.fd)  # the file is closed
@@ -227,7 +196,7 @@ def test_the_last_subscriber_leaving_ends_the_session_once(make: Any) -> None:
     assert m.session.state != "ENDED"
     m.session.remove(2)
     assert m.session.state == "ENDED" and m.ended == [m.session]
-    assert one.client.ended == two.client.ended == []  # they left: nobody to tell
+    assert reasons(one) == reasons(two) == []  # they left: nobody to tell
     m.session.end("again")
     m.session.remove(2)
     assert m.ended == [m.session]
@@ -238,13 +207,13 @@ def test_the_last_subscriber_leaving_ends_the_session_once(make: Any) -> None:
 
 def test_a_closed_channel_does_not_keep_the_others_from_hearing(make: Any) -> None:
     m = make(group="239.1.1.1")
-    broken = m.subscribe(1, client=Client(broken=True))
+    broken = m.subscribe(1, client=Channel(broken=True))
     fine = m.subscribe(2)
     m.session.move("239.2.2.2")
-    assert fine.client.moved == ["239.2.2.2"] and broken.client.moved == []
+    assert [g for _, g in fine.client.moved] == ["239.2.2.2"] and broken.client.moved == []
     assert m.session.destination == ("239.2.2.2", 7712) and m.session.counters["moves"] == 1
     m.session.end("stopping")
-    assert fine.client.ended == ["stopping"] and m.ended == [m.session]
+    assert reasons(fine) == ["stopping"] and m.ended == [m.session]
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -319,3 +288,8 @@ def test_a_fountain_session_encodes_only_for_what_was_lost(make: Any) -> None:
     session.report_loss(sub, RangeSet([(lost, lost + 1)]), 10)
     m.run(0.3)
     assert [decode_packet(d).piece for d in _data(m)[second:]] == [0]  # no second overhead
+
+
+def reasons(sub: Subscriber) -> list[str]:
+    """The reasons its channel was told of, in order."""
+    return [reason for _, reason in sub.client.ended]
