@@ -35,9 +35,9 @@ import sys
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from hashlib import sha256 as _sha256
 from typing import Any
 
-from blake3 import blake3 as _blake3
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
@@ -327,7 +327,7 @@ def _expire(entries: OrderedDict[int, tuple[bytes, float]], before: float) -> No
 
 def _digest(data: Buffer) -> bytes:
     """``packet_digest`` without its call: the per-packet path."""
-    return _blake3(data).digest(8)
+    return _sha256(data).digest()[:8]
 
 
 class Accepted:

@@ -26,11 +26,10 @@ Pure: no Twisted, no I/O.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-import blake3
 
 from mcp2p.errors import ProtocolError
 from mcp2p.wire.types import _check_int
@@ -133,11 +132,17 @@ def split_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int, i
 
 
 def packet_digest(data: bytes | bytearray | memoryview) -> bytes:
-    """The first 8 bytes of BLAKE3 of the whole datagram (headers and payload)."""
-    return blake3.blake3(data).digest(DIGEST_LEN)
+    """The first 8 bytes of SHA-256 of the whole datagram (headers and payload).
+
+    SHA-256, not BLAKE3 (which names pieces and files): a datagram is short,
+    and OpenSSL's SHA-256 with the CPU's SHA instructions takes 1.3 µs for
+    1424 bytes here where the blake3 package takes 2.3, on every packet at
+    both ends. Second preimages stay 2^64 work, against notices that live
+    seconds."""
+    return hashlib.sha256(data).digest()[:DIGEST_LEN]
 
 
 def packet_digests(packets: Iterable[bytes]) -> list[bytes]:
     """``packet_digest`` of each of a burst's datagrams, in one pass (the sender's)."""
-    b3 = blake3.blake3
-    return [b3(p).digest(DIGEST_LEN) for p in packets]
+    sha256 = hashlib.sha256
+    return [sha256(p).digest()[:DIGEST_LEN] for p in packets]

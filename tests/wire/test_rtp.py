@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
-import blake3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,6 +20,7 @@ from mcp2p.wire.rtp import (
     encode_packet,
     pack_header,
     packet_digest,
+    packet_digests,
 )
 
 u32 = st.integers(0, 0xFFFFFFFF)
@@ -177,7 +178,8 @@ def test_packet_validates(field: str, value: object) -> None:
 def test_packet_digest(data: bytes) -> None:
     digest = packet_digest(data)
     assert len(digest) == DIGEST_LEN == 8
-    assert digest == blake3.blake3(data).digest()[:8]
+    assert digest == hashlib.sha256(data).digest()[:8]
+    assert packet_digests([data, data + b"x"]) == [digest, packet_digest(data + b"x")]
 
 
 def test_packet_digest_covers_header_and_payload() -> None:
