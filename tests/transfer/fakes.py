@@ -4,9 +4,13 @@ behind it, so no GSO) and the SN's end of one CN's control channel."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from mcp2p.catalog import CatalogEntry
+from mcp2p.core.wanted import RangeSet
 from mcp2p.transfer.control import unpack_notices
 from mcp2p.trust.keys import node_id_of
 
@@ -69,3 +73,19 @@ class Channel:
         if self.broken:
             raise ConnectionError("channel closed")
         self.moved.append((subscription, group))
+
+
+def subscribe_args(entry: CatalogEntry, block: int, **kw: Any) -> dict[str, Any]:
+    """A Subscribe's arguments for all of ``entry`` (multicast, plain code,
+    blocks of ``block`` bytes), ``kw`` replacing any of them."""
+    args: dict[str, Any] = dict(
+        content_id=entry.content_id,
+        mode="multicast",
+        port=0,
+        rate=0,
+        code="plain",
+        wanted=RangeSet.full(-(-entry.size // block)).encode(),
+        more=False,
+    )
+    args.update(kw)
+    return args

@@ -47,7 +47,7 @@ from mcp2p.wire.manifest import decode_manifest, verify_manifest
 from mcp2p.wire.merkle import hash_pieces, merkle_root
 from mcp2p.wire.rtp import packet_digests
 from tests.nodes import node_config
-from tests.transfer.fakes import DataPort
+from tests.transfer.fakes import DataPort, subscribe_args
 
 PIECE = 16 << 10
 BLOCK = 1024
@@ -179,17 +179,7 @@ def channel(sn: Any, name: str = "cn") -> Channel:
 
 
 def subscribe(ch: Channel, entry: CatalogEntry, **kw: Any) -> Any:
-    args: dict[str, Any] = dict(
-        content_id=entry.content_id,
-        mode="multicast",
-        port=0,
-        rate=0,
-        code="plain",
-        wanted=RangeSet.full(-(-entry.size // BLOCK)).encode(),
-        more=False,
-    )
-    args.update(kw)
-    return ch.call(Subscribe, **args)
+    return ch.call(Subscribe, **subscribe_args(entry, BLOCK, **kw))
 
 
 # -- commands and their answers

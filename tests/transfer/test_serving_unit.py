@@ -24,7 +24,7 @@ from mcp2p.trust.gate import TrustGate
 from mcp2p.trust.keys import load_or_create
 from mcp2p.wire.merkle import hash_pieces, merkle_root
 from tests.nodes import node_config
-from tests.transfer.fakes import Channel, DataPort
+from tests.transfer.fakes import Channel, DataPort, subscribe_args
 
 PIECE = 16 << 10
 BLOCK = 1024
@@ -83,16 +83,7 @@ def made(tmp_path: Path) -> Any:
 def subscribe(
     service: ServingService, client: Channel, entry: CatalogEntry, **kw: Any
 ) -> dict[str, Any]:
-    args: dict[str, Any] = dict(
-        content_id=entry.content_id,
-        mode="multicast",
-        port=0,
-        rate=0,
-        code="plain",
-        wanted=RangeSet.full(-(-entry.size // BLOCK)).encode(),
-        more=False,
-    )
-    args.update(kw)
+    args = subscribe_args(entry, BLOCK, **kw)
     reply = service.subscribe(client, **args)  # type: ignore[arg-type]
     assert isinstance(reply, dict)  # [serving] subscribers = any: admitted at once
     return reply
