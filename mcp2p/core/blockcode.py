@@ -455,7 +455,7 @@ class RaptorQDecoder:
                 if state.decoder is not None:
                     data = self._decode(piece, state, symbol, sym)
             if data is None and state.decoder is None and state.sources + len(state.repair) >= k:
-                data = self._start_decoding(piece, state, size, k)
+                data = self._start_decoding(piece, state)
             if data is None:
                 continue
             self._finish(piece, state)
@@ -463,14 +463,14 @@ class RaptorQDecoder:
             out.append((layout.piece_offset(piece), data))
         return out
 
-    def _start_decoding(self, piece: int, state: _Receiving, size: int, k: int) -> bytes | None:
+    def _start_decoding(self, piece: int, state: _Receiving) -> bytes | None:
         """K symbols with some source symbols missing: a decoder gets them all."""
         t = self.symbol_size
-        state.decoder = raptorq.Decoder.with_defaults(size, t)
+        state.decoder = raptorq.Decoder.with_defaults(state.size, t)
         view = memoryview(state.buf)
         have = state.have
         data: bytes | None = None
-        for esi in range(k):
+        for esi in range(state.k):
             if have[esi]:
                 data = self._decode(piece, state, esi, view[esi * t : esi * t + t])
                 if data is not None or state.decoder is None:
