@@ -28,6 +28,13 @@ class TokenBucket:
             return True
         return False
 
+    def charge(self, now: float, n: float) -> None:
+        """Take ``n`` tokens whether or not there are that many: a shortfall is
+        a debt that the next refills pay first (the pacer's small extras, such
+        as digest lists, that must go out at once but still count)."""
+        self._refill(now)
+        self.tokens -= n
+
     def available(self, now: float) -> float:
         self._refill(now)
         return self.tokens

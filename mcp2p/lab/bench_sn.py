@@ -161,7 +161,7 @@ def client_main(spec: dict[str, Any]) -> None:
     from mcp2p.trust.tls import VerifiedClientEndpoint
 
     class Discard:
-        def notices(self, notices: Any) -> None:
+        def listed(self, first: int, count: int, digest: bytes) -> None:
             pass
 
         def session_ended(self, reason: str) -> None:
@@ -326,7 +326,7 @@ STAGES = (
     ("read", ("blockcode.py", "layout.py", "pread", "_plain_symbols", "_symbols", "readinto")),
     ("header", ("pack_header", "pack_into", "'pack'")),
     ("digest", ("blake3", "packet_digest", "digests")),
-    ("notices", ("control.py", "send_notices", "'join'", "notice")),
+    ("notices", ("control.py", "send_list", "list_hash", "pack_list", "'join'", "amp.py")),
     ("send", ("udp.py", "sendto", "sendmsg", "_send")),
 )
 
@@ -347,7 +347,7 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
 
     from mcp2p.core.wanted import RangeSet
     from mcp2p.plugins import code_by_name
-    from mcp2p.transfer.control import pack_notices
+    from mcp2p.transfer.control import Listed
     from mcp2p.transfer.session import MAX_BURST, TICK, Session, Subscriber
     from mcp2p.wire.layout import Layout
 
@@ -360,8 +360,10 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
     port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
 
     class Client:
-        def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
-            pack_notices(first, digests)
+        def send_list(self, subscription: int, first: int, count: int, digest: bytes) -> None:
+            # What a control channel does before TLS: the command's box, serialized.
+            args = {"subscription": subscription, "first": first, "count": count, "hash": digest}
+            Listed.makeArguments(args, None).serialize()
 
         def session_ended(self, subscription: int, reason: str) -> None:
             pass

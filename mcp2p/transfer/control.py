@@ -1,14 +1,14 @@
 """The control channel: AMP commands over mutual TLS (DESIGN.md 5.3).
 
 CN -> SN: GetManifest (chunked: AMP values are at most 64 KiB), Subscribe,
-UpdateWanted, ReportLoss, Unsubscribe. SN -> CN: Sent (batched notices of
-the packets about to go out: the 32-bit sequence number of the first and an
-8-byte digest of each, in sequence order, which authenticate multicast
-packets against this TLS channel) and SessionEnded.
+UpdateWanted, ReportLoss, GetList, Unsubscribe. SN -> CN: Listed (the hash
+of a digest list the SN sent on the data path: the list, once trusted this
+way, authenticates the packets it covers; wire.rtp), SessionMoved and
+SessionEnded. A CN that did not get a list in time asks for it (GetList).
 
 ``ControlServer`` only translates commands into calls on the serving side
 (an object with the methods of ``ServingSide`` below); ``ControlClient``
-hands notices to the receiver registered for a subscription. A peer that
+hands list hashes to the handler registered for a subscription. A peer that
 sends garbage or too much is disconnected and counted.
 
 Budgets per channel (``ChannelLimits``, from [serving]): a box larger than
@@ -18,7 +18,7 @@ server is the transport's streaming producer: once the transport holds
 more than its buffer, no further request is read, so pipelined requests
 wait in the peer's socket, not in our memory); a peer that leaves its
 replies unread for ``write_timeout`` seconds, or lets more than
-``max_queued`` bytes pile up meanwhile (notices keep coming), is
+``max_queued`` bytes pile up meanwhile (list hashes keep coming), is
 disconnected; a channel silent for ``idle_timeout`` seconds is closed.
 Each refusal is counted and logged in summary (``Summary``).
 """
@@ -36,13 +36,13 @@ from twisted.protocols.policies import TimeoutMixin
 
 from mcp2p.errors import ProtocolError
 from mcp2p.logsummary import summary_level
+from mcp2p.wire.rtp import DIGEST_LEN, LIST_HASH_LEN, MAX_PAYLOAD
 
 _log = Logger()
 
 CHUNK = 60000  # bytes per AMP value, under AMP's 64 KiB limit
-DIGEST = 8  # bytes of a packet digest in a notice (wire.rtp.DIGEST_LEN)
-MAX_NOTICES = CHUNK // DIGEST  # notices in one Sent
-SEQ_MASK = 0xFFFFFFFF  # notices name 32-bit (extended) sequence numbers
+SEQ_MASK = 0xFFFFFFFF  # lists name 32-bit (extended) sequence numbers
+MAX_LIST = MAX_PAYLOAD // DIGEST_LEN  # packets one digest list covers at most
 MAX_KEYS = 32  # keys in one box; the largest command (Subscribe) has 11 with AMP's own
 
 
@@ -99,10 +99,15 @@ class UnknownSubscription(Exception):
     pass
 
 
+class UnknownList(Exception):
+    """The SN no longer keeps that digest list (or never sent it)."""
+
+
 _ERRORS: dict[type[Exception], bytes] = {
     NotShared: b"NOT_SHARED",
     Refused: b"REFUSED",
     UnknownSubscription: b"UNKNOWN_SUBSCRIPTION",
+    UnknownList: b"UNKNOWN_LIST",
     ProtocolError: b"PROTOCOL_ERROR",
 }
 
@@ -150,7 +155,7 @@ class UpdateWanted(amp.Command):
 
 
 class ReportLoss(amp.Command):
-    """Packets announced in Sent notices that never arrived (or failed checks)."""
+    """Packets covered by digest lists that never arrived (or failed checks)."""
 
     arguments = [
         (b"subscription", amp.Integer()),
@@ -166,17 +171,26 @@ class Unsubscribe(amp.Command):
     errors = _ERRORS
 
 
-class Sent(amp.Command):
-    """Notices of consecutive packets: ``first``'s sequence number, then one
-    digest per packet (8 bytes each: a burst's digests joined once for all
-    subscribers, 8 bytes a packet instead of 12 with a sequence number each)."""
+class Listed(amp.Command):
+    """The SN sent a digest list on the data path: the 32-bit sequence number
+    of the first packet it covers, how many it covers, and the list packet's
+    hash (wire.rtp)."""
 
     arguments = [
         (b"subscription", amp.Integer()),
         (b"first", amp.Integer()),
-        (b"digests", amp.String()),
+        (b"count", amp.Integer()),
+        (b"hash", amp.String()),
     ]
     requiresAnswer = False
+
+
+class GetList(amp.Command):
+    """The digest list packet that starts at ``first``, for a CN that missed it."""
+
+    arguments = [(b"subscription", amp.Integer()), (b"first", amp.Integer())]
+    response = [(b"list", amp.String())]
+    errors = _ERRORS
 
 
 class SessionEnded(amp.Command):
@@ -189,29 +203,6 @@ class SessionMoved(amp.Command):
 
     arguments = [(b"subscription", amp.Integer()), (b"group", amp.Unicode())]
     requiresAnswer = False
-
-
-def pack_notices(first: int, digests: bytes) -> list[tuple[int, bytes]]:
-    """The notices of packets ``first``, ``first`` + 1, ... (``digests``: their
-    digests joined) as (first, digests) pairs of at most CHUNK bytes each."""
-    if len(digests) % DIGEST:
-        raise ValueError(f"digests are {len(digests)} bytes, not a multiple of {DIGEST}")
-    return [
-        ((first + i // DIGEST) & SEQ_MASK, digests[i : i + CHUNK - CHUNK % DIGEST])
-        for i in range(0, len(digests), CHUNK - CHUNK % DIGEST)
-    ]
-
-
-def unpack_notices(first: int, digests: bytes) -> list[tuple[int, bytes]]:
-    """(sequence number, digest) of each notice of a Sent; ProtocolError if malformed."""
-    if not 0 <= first <= SEQ_MASK:
-        raise ProtocolError(f"first sequence number {first} is not 32 bits")
-    if len(digests) % DIGEST:
-        raise ProtocolError(f"notices are {len(digests)} bytes, not a multiple of {DIGEST}")
-    return [
-        ((first + k) & SEQ_MASK, digests[i : i + DIGEST])
-        for k, i in enumerate(range(0, len(digests), DIGEST))
-    ]
 
 
 class ServingSide(Protocol):
@@ -239,6 +230,8 @@ class ServingSide(Protocol):
     def report_loss(
         self, client: ControlServer, subscription: int, lost: bytes, received: int
     ) -> int: ...
+
+    def digest_list(self, client: ControlServer, subscription: int, first: int) -> bytes: ...
 
     def unsubscribe(self, client: ControlServer, subscription: int) -> None: ...
 
@@ -415,10 +408,13 @@ class ControlServer(amp.AMP, TimeoutMixin):
         self.side.unsubscribe(self, subscription)
         return {}
 
-    def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
-        """Notices of packets ``first``, ``first`` + 1, ... (``digests`` joined)."""
-        for start, chunk in pack_notices(first, digests):
-            self.callRemote(Sent, subscription=subscription, first=start, digests=chunk)
+    @GetList.responder
+    def get_list(self, subscription: int, first: int) -> dict[str, Any]:
+        return {"list": self.side.digest_list(self, subscription, first)}
+
+    def send_list(self, subscription: int, first: int, count: int, hash: bytes) -> None:
+        """The hash of the digest list for ``count`` packets from ``first``."""
+        self.callRemote(Listed, subscription=subscription, first=first, count=count, hash=hash)
 
     def session_ended(self, subscription: int, reason: str) -> None:
         self.callRemote(SessionEnded, subscription=subscription, reason=reason)
@@ -433,11 +429,12 @@ class ControlServer(amp.AMP, TimeoutMixin):
     def _bad_command(self, failure: Any) -> Any:
         # AMP hands a responder's error on wrapped (RemoteAmpError, the
         # original failure its .local): asking for what we lack is no offence.
+        # A list the SN no longer keeps is a slow CN's, not an offence either.
         local = getattr(failure.value, "local", None)
-        not_shared = failure.check(NotShared) is not None or (
-            local is not None and local.check(NotShared) is not None
+        innocent = failure.check(NotShared, UnknownList) is not None or (
+            local is not None and local.check(NotShared, UnknownList) is not None
         )
-        if not not_shared:
+        if not innocent:
             self.counters["bad_commands"] += 1
             _log.warn(
                 "malformed control command from {peer}: {error}",
@@ -470,7 +467,7 @@ def _peer_of(protocol: Any) -> str:
 
 
 class ControlClient(amp.AMP):
-    """The CN's end: commands out, notices in (routed to per-subscription handlers)."""
+    """The CN's end: commands out, list hashes in (routed to per-subscription handlers)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -484,11 +481,13 @@ class ControlClient(amp.AMP):
         super().connectionMade()
         self.peer_node_id, _ = peer_identity(self.transport)
 
-    @Sent.responder
-    def sent(self, subscription: int, first: int, digests: bytes) -> dict[str, Any]:
+    @Listed.responder
+    def listed(self, subscription: int, first: int, count: int, hash: bytes) -> dict[str, Any]:
+        if not 0 <= first <= SEQ_MASK or not 0 < count <= MAX_LIST or len(hash) != LIST_HASH_LEN:
+            raise ProtocolError(f"a list of {count} packets from {first}, hash {len(hash)} bytes")
         handler = self.handlers.get(subscription)
         if handler is not None:
-            handler.notices(unpack_notices(first, digests))
+            handler.listed(first, count, hash)
         return {}
 
     @SessionEnded.responder
@@ -506,7 +505,7 @@ class ControlClient(amp.AMP):
         return {}
 
     def unhandledError(self, failure: Any) -> None:
-        """A command from the SN we cannot take (a malformed Sent): one line,
+        """A command from the SN we cannot take (a malformed Listed): one line,
         and the channel is dropped (AMP's default logs it as a failure)."""
         _log.warn(
             "malformed control command from the SN {peer}: {error}; closing the channel",

@@ -1,9 +1,13 @@
 """The CN's receiving side of one subscription: packets in, checked blocks out.
 
 A packet is accepted only if its SSRC is the session's and its digest
-matches the Sent notice the SN wrote to this CN's TLS channel for that
-sequence number (the RTP timestamp carries the 32-bit sequence). Packets
-that arrive before their notice wait a short while; notices whose packet
+matches the notice for that sequence number (the RTP timestamp carries the
+32-bit sequence). Notices come in digest lists: list packets the SN sends on
+the data path ahead of the packets they cover, trusted once the list's hash
+came over this CN's TLS channel (``listed``; wire.rtp). A list that comes
+before its hash waits for it (bounded); a hash whose list has not come
+LIST_WAIT later is asked of the SN over TLS (``ask_list``). Packets that
+arrive before their notice wait a short while; notices whose packet
 has not come LOSS_AFTER after the notice are losses, reported back so the
 SN sends those units again. A packet that comes later still (a CN behind
 on its socket buffer under CPU load) is accepted while its notice is kept
@@ -48,8 +52,12 @@ from mcp2p.wire.rtp import (
     FAST_HEADER,
     FIRST_TWO,
     HEADER_LEN,
+    LIST_FIRST_TWO,
     MAX_PAYLOAD,
+    list_hash,
+    list_notices,
     split_header,
+    split_list,
 )
 
 Buffer = bytes | bytearray | memoryview
@@ -65,6 +73,9 @@ MAX_HELD = 16384  # sequence numbers with packets waiting for notices, at most
 MAX_CANDIDATES = 4  # packets held for one sequence number (a forger's copies among them)
 MAX_EXPECTED = 1 << 18  # notices waiting for packets at most
 REPORT_EVERY = 0.1
+LIST_WAIT = 0.05  # seconds a list may come after its hash before it is asked for
+LIST_GIVE_UP = 1.0  # seconds after its hash a list that never came is given up: its packets lost
+MAX_LISTS = 4096  # list hashes waiting for their lists, and lists waiting for hashes, each
 
 SOL_UDP = 17
 UDP_GRO = 104  # Linux: receive a GSO burst as one buffer, segment size in a cmsg
@@ -85,6 +96,7 @@ class Receiver(DatagramProtocol):
         report: Callable[[RangeSet, int], None],
         source: str = "",
         deliver_many: Callable[[Items], None] | None = None,
+        ask_list: Callable[[int], Any] | None = None,
     ) -> None:
         self.clock = clock
         self.ssrc = ssrc
@@ -93,6 +105,12 @@ class Receiver(DatagramProtocol):
         self.deliver_many = deliver_many
         self.report = report  # (lost sequence numbers, packets received since last)
         self.source = source  # the SN's address; "" accepts any (multicast checks by digest)
+        # (first) -> a Deferred of the list packet, from the SN over TLS; None: never ask
+        self.ask_list = ask_list
+        # list hash -> [first, when it came, asked, count]: waiting for the list packet
+        self.announced: OrderedDict[bytes, list[Any]] = OrderedDict()
+        # list hash -> (list packet, arrival): waiting for the hash
+        self.unconfirmed: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         # seq -> [(datagram, its arrival)], first arrival first
         self.held: dict[int, list[tuple[bytes, float]]] = {}
         self.expected: OrderedDict[int, tuple[bytes, float]] = (
@@ -122,6 +140,11 @@ class Receiver(DatagramProtocol):
             "lost": 0,
             "late": 0,
             "notices": 0,
+            "lists": 0,  # digest lists trusted (their packets' notices taken)
+            "lists_asked": 0,  # lists asked of the SN, their packet late or lost
+            "lists_fetched": 0,  # ... and received that way
+            "lists_lost": 0,  # list hashes whose list never came
+            "lists_unconfirmed": 0,  # list packets no hash ever came for (forged, or too late)
             "reads": 0,  # receive calls (a GRO buffer holds many packets)
         }
         self.loop = task.LoopingCall(self._housekeeping)
@@ -165,7 +188,10 @@ class Receiver(DatagramProtocol):
                 continue
             first_two, _, seq, packet_ssrc, _, reserved, piece, symbol = unpack(data)
             if first_two != first or reserved:
-                malformed += 1
+                if first_two == LIST_FIRST_TWO:
+                    self._list(data, now)  # its notices, for the packets after it
+                else:
+                    malformed += 1
                 continue
             if packet_ssrc != ssrc:
                 foreign += 1
@@ -209,6 +235,68 @@ class Receiver(DatagramProtocol):
             counters["foreign"] += foreign
         if out:
             self._hand_on(out, now)
+
+    def _list(self, data: Buffer, now: float) -> None:
+        """A digest list packet: trusted now if its hash came, else kept for it."""
+        parsed = split_list(data)
+        if parsed is None:
+            self.counters["malformed"] += 1
+            return
+        if parsed[0] != self.ssrc:
+            self.counters["foreign"] += 1
+            return
+        digest = list_hash(data)
+        if self.announced.pop(digest, None) is not None:
+            self._take_list(data)
+            return
+        unconfirmed = self.unconfirmed
+        if digest in unconfirmed:
+            self.counters["duplicate"] += 1
+            return
+        if len(unconfirmed) >= MAX_LISTS:
+            del unconfirmed[next(iter(unconfirmed))]
+            self.counters["lists_unconfirmed"] += 1
+        unconfirmed[digest] = (bytes(data), now)
+
+    def listed(self, first: int, count: int, digest: bytes) -> None:
+        """The SN's TLS channel names a list of ``count`` packets from ``first``
+        by its hash: that list is trusted."""
+        pending = self.unconfirmed.pop(digest, None)
+        if pending is not None:
+            self._take_list(pending[0])
+            return
+        announced = self.announced
+        if digest in announced:
+            return
+        if len(announced) >= MAX_LISTS:
+            del announced[next(iter(announced))]
+            self.counters["lists_lost"] += 1
+        announced[digest] = [first, self.clock.seconds(), False, count]
+
+    def _take_list(self, data: Buffer) -> None:
+        self.counters["lists"] += 1
+        self.notices(list_notices(data))
+
+    def _ask(self, digest: bytes, first: int) -> None:
+        """Ask the SN for a list whose hash came but whose packet did not."""
+        assert self.ask_list is not None
+        self.counters["lists_asked"] += 1
+        try:
+            d = self.ask_list(first)
+        except Exception:  # the channel is gone: the list is lost after HOLD
+            return
+        d.addCallbacks(lambda data: self._fetched(digest, data), lambda failure: None)
+
+    def _fetched(self, digest: bytes, data: bytes) -> None:
+        if digest not in self.announced:
+            return  # its packet came meanwhile
+        parsed = split_list(data)
+        if parsed is None or parsed[0] != self.ssrc or list_hash(data) != digest:
+            self.counters["malformed"] += 1
+            return
+        del self.announced[digest]
+        self.counters["lists_fetched"] += 1
+        self._take_list(data)
 
     def _hold(self, seq: int, data: bytes, now: float) -> None:
         """A packet before its notice: wait for it (bounded)."""
@@ -291,19 +379,57 @@ class Receiver(DatagramProtocol):
             if now - datagrams[0][1] > HOLD:
                 del self.held[seq]
                 self.counters["unannounced"] += len(datagrams)
-        self.counters["lost"] += count
         received = max(0, settled - count) + self.late_since_report
+        count += self._lists_due(now, lost)  # packets never announced: not in settled
+        self.counters["lost"] += count
         self.late_since_report = 0
         if lost or received:
             self.report(lost, received)
+
+    def _lists_due(self, now: float, lost: RangeSet) -> int:
+        """Ask for the lists whose hashes came LIST_WAIT ago without them; give
+        up on those LIST_GIVE_UP old: their packets go into ``lost`` (how many
+        is returned), so the SN sends their units again. Expire the list
+        packets no hash came for."""
+        announced = self.announced
+        given_up = 0
+        for digest, entry in list(announced.items()):
+            age = now - entry[1]
+            if age <= LIST_WAIT:
+                break
+            if age > LIST_GIVE_UP:
+                del announced[digest]
+                self.counters["lists_lost"] += 1
+                first, count = entry[0], entry[3]
+                if first + count <= 1 << 32:
+                    lost.add_range(first, first + count)
+                    given_up += count
+            elif not entry[2] and self.ask_list is not None:
+                entry[2] = True
+                self._ask(digest, entry[0])
+        unconfirmed = self.unconfirmed
+        while unconfirmed:
+            digest = next(iter(unconfirmed))
+            if now - unconfirmed[digest][1] <= HOLD:
+                break
+            del unconfirmed[digest]
+            self.counters["lists_unconfirmed"] += 1
+        return given_up
 
     def successor(self) -> Receiver:
         """A receiver for a new socket (the session moved group) that keeps this
         one's notices, held packets and counters."""
         after = Receiver(
-            self.clock, self.ssrc, self.deliver, self.report, self.source, self.deliver_many
+            self.clock,
+            self.ssrc,
+            self.deliver,
+            self.report,
+            self.source,
+            self.deliver_many,
+            self.ask_list,
         )
         after.held, after.expected = self.held, self.expected
+        after.announced, after.unconfirmed = self.announced, self.unconfirmed
         after.overdue, after.batches = self.overdue, self.batches
         after.accepted = self.accepted
         after.counters = self.counters

@@ -70,6 +70,7 @@ from mcp2p.transfer.control import (
     NotShared,
     Refused,
     Summary,
+    UnknownList,
     UnknownSubscription,
 )
 from mcp2p.transfer.session import Session, Subscriber, set_dscp
@@ -171,6 +172,8 @@ class ServingService(Service):
             "silent_dropped": 0,
             "slow_moved": 0,
             "refused_subscriber": 0,
+            "lists_resent": 0,
+            "lists_unknown": 0,
         }
         self.solo: set[Session] = set()  # multicast sessions of one moved-out subscriber
         self.heard: dict[int, float] = {}  # subscription -> last report or wanted update
@@ -782,6 +785,17 @@ class ServingService(Service):
             if group not in taken:
                 return group
         raise Refused("no free multicast group left for a session of its own")
+
+    def digest_list(self, client: ControlServer, subscription: int, first: int) -> bytes:
+        """A digest list the subscriber missed on the data path (UnknownList
+        when its session no longer keeps it)."""
+        sub = self._subscription(client, subscription)
+        packet = sub.session.digest_list(first)
+        if packet is None:
+            self.counters["lists_unknown"] += 1
+            raise UnknownList(f"no list starting at {first}")
+        self.counters["lists_resent"] += 1
+        return packet
 
     def unsubscribe(self, client: ControlServer, subscription: int) -> None:
         sub = self._subscription(client, subscription)

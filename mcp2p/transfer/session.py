@@ -5,9 +5,15 @@ every CN that subscribed to that content in multicast mode; a unicast
 subscriber gets a session of its own. Each tick the session takes tokens
 from a token bucket for the granted rate and sends a burst of packets:
 for each, the [serving] scheduler picks a unit (by default a carousel over
-the units the most subscribers still need), the block code makes its next symbol, and the
-packet's digest goes into the Sent notices that are written to every
-subscriber's TLS channel just before the burst leaves. Sending is
+the units the most subscribers still need), the block code makes its next
+symbol. Packets are planned a little ahead (LEAD seconds of the rate, in
+digest lists of up to a block's worth of 8-byte digests, at most PLAN
+seconds at once): their digests go out at once in a
+list packet on the data path (to the group: once for every CN), and the
+list's 16-byte hash on each subscriber's TLS channel; the packets follow
+from the next tick on, so a CN knows each packet's digest before it comes
+(wire.rtp, DESIGN.md 5.3). A CN that missed a list asks for it
+(``digest_list``: the last LIST_KEEP lists are kept). Sending is
 optimistic: a unit sent is no longer needed by anyone; a CN's loss report
 puts back what it missed (DESIGN.md 5.5, 5.6).
 
@@ -29,6 +35,7 @@ import random
 import socket
 import sys
 from array import array
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -44,13 +51,25 @@ from mcp2p.core.scheduler import make_scheduler
 from mcp2p.core.wanted import RangeSet
 from mcp2p.interfaces import IBlockCode
 from mcp2p.wire.layout import Layout
-from mcp2p.wire.rtp import HEADER_LEN, pack_header, packet_digests
+from mcp2p.wire.rtp import (
+    DIGEST_LEN,
+    HEADER_LEN,
+    MAX_PAYLOAD,
+    list_hash,
+    pack_header,
+    pack_list,
+    packet_digests,
+)
 
 _log = Logger()
 
 JOIN_DELAY = 0.05  # seconds a new multicast session waits for its first CN to join
 TICK = 0.002  # seconds between bursts
 MAX_BURST = 256  # packets per tick at most
+LEAD = 0.01  # seconds of the rate planned ahead: lists lead their packets by this
+MAX_LEAD = 2 * MAX_BURST  # packets planned ahead at most (memory: about 750 KB)
+PLAN = 0.02  # seconds of the rate planned at once at most (whole lists where it allows)
+LIST_KEEP = 512  # digest lists kept for CNs that missed one (over 1 s at 1 Gbit/s)
 SEQ_RING = 1 << 17  # sequence numbers remembered for loss reports (unit of each)
 IP_UDP_OVERHEAD = 28
 RATE_PERIOD = 0.5  # seconds between two rate adaptations
@@ -133,7 +152,11 @@ class Session:
         # symbol of each unit (a piece: few units).
         self.plain = isinstance(code, PlainCode)
         self.symbols_sent = array("q") if self.plain else array("q", bytes(8 * self.units))
-        self.seq = 0
+        self.seq = 0  # the next packet's sequence number (planned, maybe not yet sent)
+        self.queue: deque[bytes] = deque()  # planned packets, their lists sent
+        # first (32 bits) -> (first, packets, list packet, its hash), oldest first
+        self.lists: OrderedDict[int, tuple[int, int, bytes, bytes]] = OrderedDict()
+        self.list_size = max(1, min(layout.block_length, MAX_PAYLOAD) // DIGEST_LEN)
         self.seq_units = array("I" if self.units <= 0xFFFFFFFF else "q", [0]) * SEQ_RING
         self.gso: Any = _gso_socket(port)  # None: one write per datagram
         self.rates = RateController(rate, min_rate, max_rate)
@@ -157,6 +180,7 @@ class Session:
             "moves": 0,
             "gso_sends": 0,
             "gso_fallbacks": 0,
+            "lists": 0,
         }
 
     # -- subscribers
@@ -166,6 +190,7 @@ class Session:
         self.subscribers[sub.id] = sub
         self._set_ceiling()
         self.set_wanted(sub, wanted, replace=True)
+        self._announce_pending(sub)
         if not self.loop.running:
             if self.group:
                 # The CN joins the group only once our reply reached it: a
@@ -317,7 +342,8 @@ class Session:
         now = self.reactor.seconds()
         if self.state == "ENDED":
             return
-        if self.scheduler.total_weight == 0:
+        queue = self.queue
+        if not queue and self.scheduler.total_weight == 0:
             if self.state != "IDLE":
                 self.state, self.idle_since = "IDLE", now
             elif now - self.idle_since >= self.grace:
@@ -325,19 +351,39 @@ class Session:
             return
         self.state = "RUNNING"
         size = self.packet_size
-        budget = int(self.bucket.available(now) // size)
+        budget = min(int(self.bucket.available(now) // size), MAX_BURST)
         if budget <= 0:
             return
+        ready = len(queue)  # planned in an earlier tick: their lists went out then
+        count = min(budget, ready)
+        if count:
+            self.bucket.take(now, count * size)
+            burst = [queue.popleft() for _ in range(count)]
+        lead = max(1, min(MAX_LEAD, int(self.rates.rate / 8 * LEAD / size)))
+        if ready < budget + lead and self.scheduler.total_weight:
+            self._plan(budget + lead - ready, now)  # its lists go out first
+        if count:
+            self._send(burst)
+
+    def _plan(self, want: int, now: float) -> None:
+        """Take at least ``want`` packets' units from the scheduler (whole digest
+        lists where the rate allows, at most PLAN seconds of it), make their
+        packets and queue them, and send their digest lists now: on the data
+        path to every receiver at once, their hashes on each subscriber's TLS
+        channel. The packets go out from the next tick on, after their lists."""
+        size = self.packet_size
+        per_list = self.list_size
+        most = max(want, int(self.rates.rate / 8 * PLAN / size))
+        count = min(max(want, -(-want // per_list) * per_list), most)
         if self.plain:
-            units = self.scheduler.take(min(budget, MAX_BURST))
+            units = self.scheduler.take(count)
             runs: list[tuple[int, int]] = []
         else:
-            runs = self._take_runs(min(budget, MAX_BURST), now)
+            runs = self._take_runs(count, now)
             units = [unit for unit, n in runs for _ in range(n)]
         if not units:
             return
         count = len(units)
-        self.bucket.take(now, count * size)
         seq0 = self.seq
         self.seq = seq0 + count
         ring = self.seq_units
@@ -353,12 +399,57 @@ class Session:
             pack_header(seq & 0xFFFF, seq & 0xFFFFFFFF, sid, piece, symbol) + payload
             for seq, (piece, symbol, payload) in enumerate(symbols, seq0)
         ]
-        # One join of the burst's digests, written to every subscriber.
-        digests = b"".join(packet_digests(packets))
-        first = seq0 & 0xFFFFFFFF
-        for sub in list(self.subscribers.values()):
-            sub.client.send_notices(sub.id, first, digests)
-        self._send(packets)
+        self.queue.extend(packets)
+        digests = packet_digests(packets)
+        subscribers = list(self.subscribers.values())
+        lists = self.lists
+        for k in range(0, count, per_list):
+            first = seq0 + k
+            n = min(per_list, count - k)
+            packet = pack_list(first, sid, b"".join(digests[k : k + n]))
+            digest = list_hash(packet)
+            lists[first & 0xFFFFFFFF] = (first, n, packet, digest)
+            if len(lists) > LIST_KEEP:
+                del lists[next(iter(lists))]
+            for sub in subscribers:
+                sub.client.send_list(sub.id, first & 0xFFFFFFFF, n, digest)
+            self._send_list(packet, now)
+
+    def _send_list(self, packet: bytes, now: float) -> None:
+        """One digest list on the data path, paced with the data (a debt if the
+        bucket is short). A list that cannot go out is fetched by the CNs."""
+        self.bucket.charge(now, len(packet) + IP_UDP_OVERHEAD)
+        try:
+            if self.gso is not None:
+                self.gso.sendto(packet, self.destination)
+            else:
+                self.port.write(packet, self.destination)
+        except BlockingIOError:
+            self.counters["would_block"] += 1
+            return
+        except OSError as e:
+            self.counters["send_errors"] += 1
+            _log.warn("session {sid:08x}: send failed: {error}", sid=self.session_id, error=str(e))
+            return
+        self.counters["lists"] += 1
+        self.counters["bytes"] += len(packet)
+
+    def digest_list(self, first: int) -> bytes | None:
+        """The list packet that starts at ``first`` (32 bits), if it is still kept."""
+        entry = self.lists.get(first)
+        return entry[2] if entry is not None else None
+
+    def _announce_pending(self, sub: Subscriber) -> None:
+        """Tell a new subscriber the hashes of the lists whose packets are still
+        queued: it can take those packets too."""
+        unsent = self.seq - len(self.queue)
+        pending = []
+        for first, n, _, digest in reversed(self.lists.values()):
+            if first + n <= unsent:
+                break
+            pending.append((first, n, digest))
+        for first, n, digest in reversed(pending):
+            sub.client.send_list(sub.id, first & 0xFFFFFFFF, n, digest)
 
     def _take_runs(self, count: int, now: float) -> list[tuple[int, int]]:
         """Runs ``(unit, n)`` of up to ``count`` symbols in all: codes whose
@@ -427,7 +518,8 @@ class Session:
         """Send ``packets`` in order: by GSO (one sendmsg for each run of
         datagrams of one size, a shorter one may end it) where the socket
         takes it, else one write each. A full send buffer (EAGAIN) ends the
-        burst: the rest is lost, reported lost, and the bucket is emptied."""
+        burst: the rest go back to the front of the queue, and the bucket is
+        emptied."""
         n = len(packets)
         i = 0
         while i < n:
@@ -441,6 +533,7 @@ class Session:
             except BlockingIOError:
                 self.counters["would_block"] += n - i
                 self.bucket.tokens = 0
+                self.queue.extendleft(reversed(packets[i:]))
                 return
             except OSError as e:
                 if self.gso is not None and e.errno in GSO_UNSUPPORTED:
@@ -512,6 +605,7 @@ class Session:
             except Exception:  # a closed channel must not stop the others
                 pass
         self.subscribers.clear()
+        self.queue.clear()
         try:
             os.close(self.fd)
         except OSError:

@@ -186,3 +186,12 @@ def test_a_pacer_never_sends_more_than_one_burst_above_its_rates(
         while bucket.take(now, packet):
             taken += packet
         assert taken <= allowed + largest + 1e-6
+
+
+def test_charge_goes_into_debt_that_refills_pay_first() -> None:
+    bucket = TokenBucket(100.0, 10.0, now=0.0)
+    bucket.charge(0.0, 15.0)
+    assert bucket.available(0.0) == -5.0
+    assert not bucket.take(0.0, 1.0)
+    assert bucket.available(0.1) == 5.0  # 10 earned, 5 of them owed
+    assert bucket.wait_for(0.1, 10.0) == 0.05

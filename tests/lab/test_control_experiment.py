@@ -42,11 +42,13 @@ def test_overhead_is_measured_per_data_byte(data: dict[str, Any]) -> None:
     assert cn["ok"] and cn["verified"]
     size = 4 << 20
     assert size <= cn["bytes"]["data"] < 2 * size  # the file, with headers, once or so
-    # One 12-byte notice per ~1.4 kB packet: 8 per mille, and the wire carries more.
+    # One 8-byte digest per ~1.4 kB packet in the digest lists: about 6 per mille
+    # of the data; the control channel carries only their hashes (16 bytes a
+    # list of up to 175), the manifest and TLS: less than the lists themselves.
     notices = cn["notice_bytes"] / cn["bytes"]["data"]
     assert 0.005 < notices < 0.012
-    assert notices < cn["bytes"]["ctl_in"] / cn["bytes"]["data"] < 0.1
-    assert 0 < cn["bytes"]["ctl_out"] < cn["bytes"]["ctl_in"]
+    assert 0 < cn["bytes"]["ctl_in"] / cn["bytes"]["data"] < notices
+    assert 0 < cn["bytes"]["ctl_out"]
 
 
 def test_forged_packets_are_dropped_and_the_file_verifies(data: dict[str, Any]) -> None:

@@ -11,18 +11,23 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from mcp2p.catalog import CatalogEntry
 from mcp2p.core.wanted import RangeSet
-from mcp2p.transfer.control import unpack_notices
 from mcp2p.trust.keys import node_id_of
+from mcp2p.wire.rtp import LIST_PAYLOAD_TYPE, list_hash, list_notices
 
 
 class DataPort:
-    """Keeps each datagram written, with its address."""
+    """Keeps each datagram written, with its address: data packets in
+    ``sent``, digest lists in ``lists``."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.lists: list[tuple[bytes, tuple[str, int]]] = []
 
     def write(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.sent.append((data, addr))
+        if len(data) > 1 and data[1] == LIST_PAYLOAD_TYPE:
+            self.lists.append((data, addr))
+        else:
+            self.sent.append((data, addr))
 
     def stopListening(self) -> None:
         pass
@@ -57,12 +62,12 @@ class Channel:
         self.peer_node_id = node_id_of(self.peer_public_key)
         self.transport = _Transport(host)
         self.broken = broken
-        self.notices: list[tuple[int, bytes]] = []  # (sequence number, digest)
+        self.listed: list[tuple[int, int, int, bytes]] = []  # (subscription, first, count, hash)
         self.ended: list[tuple[int, str]] = []  # (subscription, reason)
         self.moved: list[tuple[int, str]] = []  # (subscription, group)
 
-    def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
-        self.notices += unpack_notices(first, digests)
+    def send_list(self, subscription: int, first: int, count: int, hash: bytes) -> None:
+        self.listed.append((subscription, first, count, hash))
 
     def session_ended(self, subscription: int, reason: str) -> None:
         if self.broken:
@@ -89,3 +94,15 @@ def subscribe_args(entry: CatalogEntry, block: int, **kw: Any) -> dict[str, Any]
     )
     args.update(kw)
     return args
+
+
+def notices_of(channel: Channel, port: DataPort) -> list[tuple[int, bytes]]:
+    """(sequence number, digest) of every packet the lists named on ``channel``
+    cover, from the list packets written to ``port`` (each must be there)."""
+    by_hash = {list_hash(data): data for data, _ in port.lists}
+    out: list[tuple[int, bytes]] = []
+    for _, first, count, digest in channel.listed:
+        notices = list_notices(by_hash[digest])
+        assert notices[0][0] == first and len(notices) == count
+        out += notices
+    return out

@@ -4,7 +4,8 @@ given by the fake transport), the real ServingService and Session behind
 them, on a Clock; the data port is a fake that keeps what was sent.
 
 Each command's reply, each refusal answered as an AMP error (and counted),
-and the SN -> CN notices (Sent, SessionEnded) as the CN's handlers see them.
+and the SN -> CN messages (Listed, SessionEnded, SessionMoved) as the CN's
+handlers see them; a list the CN missed, asked for again (GetList).
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ from mcp2p.transfer.control import (
     ChannelLimits,
     ControlClient,
     ControlServer,
+    GetList,
     GetManifest,
+    Listed,
     NotShared,
     Refused,
     ReportLoss,
-    Sent,
     Subscribe,
+    UnknownList,
     UnknownSubscription,
     Unsubscribe,
     UpdateWanted,
-    pack_notices,
 )
 from mcp2p.transfer.serving import ServingService
 from mcp2p.trust.gate import TrustGate
@@ -45,7 +47,7 @@ from mcp2p.trust.keys import load_or_create, node_id_of
 from mcp2p.trust.tls import certificate_for
 from mcp2p.wire.manifest import decode_manifest, verify_manifest
 from mcp2p.wire.merkle import hash_pieces, merkle_root
-from mcp2p.wire.rtp import packet_digests
+from mcp2p.wire.rtp import list_hash, list_notices, packet_digests
 from tests.nodes import node_config
 from tests.transfer.fakes import DataPort, subscribe_args
 
@@ -73,15 +75,15 @@ class TLSTransport(iosim.FakeTransport):
 
 
 class Handler:
-    """What Fetch's handler does with a subscription's notices: keeps them."""
+    """What Fetch's handler is told of a subscription: kept."""
 
     def __init__(self) -> None:
-        self.received: list[tuple[int, bytes]] = []
+        self.received: list[tuple[int, int, bytes]] = []  # (first, count, list hash)
         self.ended: list[str] = []
         self.moved: list[str] = []
 
-    def notices(self, notices: list[tuple[int, bytes]]) -> None:
-        self.received += notices
+    def listed(self, first: int, count: int, digest: bytes) -> None:
+        self.received.append((first, count, digest))
 
     def session_ended(self, reason: str) -> None:
         self.ended.append(reason)
@@ -261,7 +263,7 @@ def test_a_bad_subscribe_is_answered_with_an_error_and_counted(
     assert isinstance(subscribe(ch, sn["small"]), dict)
 
 
-def test_subscribe_then_notices_then_packets_that_match_them(sn: Any) -> None:
+def test_subscribe_then_lists_then_packets_that_match_them(sn: Any) -> None:
     service, clock, entry = sn["service"], sn["clock"], sn["small"]
     ch = channel(sn)
     reply = subscribe(ch, entry)
@@ -273,25 +275,39 @@ def test_subscribe_then_notices_then_packets_that_match_them(sn: Any) -> None:
     for _ in range(100):
         clock.advance(0.01)
         ch.pump.flush()
-    sent = service.data_port.sent
+    port = service.data_port
+    sent = port.sent
     units = -(-entry.size // BLOCK)
     assert len(sent) >= units  # the whole file went out (and nothing is lost here)
-    assert {addr for _, addr in sent} == {(reply["group"], reply["port"])}
-    # Every datagram was announced on the channel, with its digest, in order.
+    assert {addr for _, addr in sent + port.lists} == {(reply["group"], reply["port"])}
+    # Every datagram was in a list the channel named by its hash, in order.
+    lists = {list_hash(data): data for data, _ in port.lists}
+    notices = [n for _, _, digest in handler.received for n in list_notices(lists[digest])]
     digests = packet_digests([data for data, _ in sent])
-    assert handler.received[: len(sent)] == list(enumerate(digests))
+    assert notices[: len(sent)] == list(enumerate(digests))
+    assert [first for first, _, _ in handler.received] == [
+        n[0][0] for n in map(list_notices, lists.values())
+    ]
+    # A list the CN missed, asked for: the same packet; one the SN no longer keeps: refused.
+    first, _, digest = handler.received[0]
+    answer = ch.call(GetList, subscription=reply["subscription"], first=first)
+    assert list_hash(answer["list"]) == digest
+    assert service.counters["lists_resent"] == 1
+    refused = ch.call(GetList, subscription=reply["subscription"], first=first + 1)
+    assert isinstance(refused, UnknownList)
+    assert service.counters["lists_unknown"] == 1 and service.counters["bad_commands"] == 0
 
 
-def test_the_client_routes_notices_only_to_its_subscriptions(sn: Any) -> None:
+def test_the_client_routes_lists_only_to_its_subscriptions(sn: Any) -> None:
     ch = channel(sn)
     handler = Handler()
     ch.client.handlers[7] = handler
-    ch.server.send_notices(7, 1, b"a" * 8 + b"b" * 8)
-    ch.server.send_notices(8, 3, b"c" * 8)  # nobody's: dropped
+    ch.server.send_list(7, 1, 2, b"a" * 16)
+    ch.server.send_list(8, 3, 1, b"c" * 16)  # nobody's: dropped
     ch.server.session_ended(7, "nothing wanted")
     ch.server.session_moved(7, "239.9.9.9")
     ch.pump.flush()
-    assert handler.received == [(1, b"a" * 8), (2, b"b" * 8)]
+    assert handler.received == [(1, 2, b"a" * 16)]
     assert handler.ended == ["nothing wanted"] and handler.moved == ["239.9.9.9"]
 
 
@@ -383,27 +399,19 @@ def amp_log(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return events
 
 
-def test_malformed_notices_drop_the_channel_on_the_cn(sn: Any, amp_log: Any) -> None:
-    """A SN's Sent of a length that is no whole number of notices: the CN can
-    no longer match packets to that channel; it drops it."""
+@pytest.mark.parametrize(
+    "first,count,digest",
+    [(0, 1, b"x" * 13), (-1, 1, b"x" * 16), (1 << 32, 1, b"x" * 16), (0, 0, b"x" * 16)],
+)
+def test_a_malformed_list_hash_drops_the_channel_on_the_cn(
+    sn: Any, amp_log: Any, first: int, count: int, digest: bytes
+) -> None:
+    """A hash of the wrong length, a number outside 32 bits, an empty list:
+    the CN can no longer trust that channel's lists; it drops it, in one
+    warning, with no unhandled error logged."""
     ch = channel(sn)
     ch.client.handlers[1] = handler = Handler()
-    ch.server.callRemote(Sent, subscription=1, first=0, digests=b"x" * 13)
+    ch.server.callRemote(Listed, subscription=1, first=first, count=count, hash=digest)
     ch.pump.flush()
     assert ch.lost and handler.received == []
-
-
-def test_malformed_notices_are_dropped_without_an_unhandled_error(sn: Any, amp_log: Any) -> None:
-    ch = channel(sn)
-    ch.client.handlers[1] = Handler()
-    ch.server.callRemote(Sent, subscription=1, first=0, digests=b"x" * 13)
-    ch.pump.flush()
-    assert ch.lost
     assert not [e for e in amp_log if e.get("log_failure") is not None]
-
-
-def test_pack_notices_splits_under_chunk() -> None:
-    chunks = pack_notices(5, bytes(8 * 10_000))
-    assert all(len(c) <= CHUNK for _, c in chunks)
-    assert sum(len(c) for _, c in chunks) == 8 * 10_000
-    assert chunks[0][0] == 5 and chunks[1][0] == 5 + len(chunks[0][1]) // 8

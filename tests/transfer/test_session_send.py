@@ -1,7 +1,8 @@
 """The SN's batched send path on a Clock: GSO (one sendmsg per run of
-equal-size datagrams) and its fallbacks, Sent notices that match every
-datagram as the CN checks them, loss reports clipped before expansion, and
-a session's memory that does not follow the file's size."""
+equal-size datagrams) and its fallbacks, digest lists that go out before
+the packets they cover and match every datagram as the CN checks them,
+loss reports clipped before expansion, and a session's memory that does
+not follow the file's size."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from twisted.internet.task import Clock
 
 from mcp2p.core.wanted import RangeSet
 from mcp2p.plugins import code_by_name
-from mcp2p.transfer.control import unpack_notices
 from mcp2p.transfer.session import (
     MAX_BURST,
     SOL_UDP,
@@ -27,7 +27,14 @@ from mcp2p.transfer.session import (
     Subscriber,
 )
 from mcp2p.wire.layout import Layout
-from mcp2p.wire.rtp import HEADER_LEN, decode_packet, packet_digest
+from mcp2p.wire.rtp import (
+    HEADER_LEN,
+    LIST_PAYLOAD_TYPE,
+    decode_packet,
+    list_hash,
+    list_notices,
+    packet_digest,
+)
 
 MBIT = 1_000_000
 PIECE = 64 * 1024
@@ -87,11 +94,11 @@ class Port:
 
 class Client:
     def __init__(self) -> None:
-        self.notices: list[tuple[int, bytes]] = []
+        self.listed: list[tuple[int, int, bytes]] = []  # (first, count, hash)
         self.writes = 0
 
-    def send_notices(self, subscription: int, first: int, digests: bytes) -> None:
-        self.notices += unpack_notices(first, digests)
+    def send_list(self, subscription: int, first: int, count: int, hash: bytes) -> None:
+        self.listed.append((first, count, hash))
         self.writes += 1
 
     def session_ended(self, subscription: int, reason: str) -> None:
@@ -122,13 +129,26 @@ def make(tmp_path: Path, port: Any, size: int = 3 * PIECE + 4321) -> tuple[Sessi
     return session, data
 
 
+def packets(datagrams: list[bytes]) -> list[bytes]:
+    """The data packets among ``datagrams`` (digest lists left out)."""
+    return [d for d in datagrams if d[1] != LIST_PAYLOAD_TYPE]
+
+
 def check_as_a_cn(session: Session, data: bytes, datagrams: list[bytes], client: Client) -> None:
-    """Every datagram matches its notice (seq in the timestamp, digest) and
-    carries the right block of the file, each block once."""
-    notices = dict(client.notices)
+    """Every data packet comes after the digest list that covers it, a list the
+    client was told the hash of; it matches its digest there (seq in the
+    timestamp) and carries the right block of the file, each block once."""
+    trusted = {digest: (first, count) for first, count, digest in client.listed}
+    notices: dict[int, bytes] = {}
     blocks = set()
     layout = session.layout
     for d in datagrams:
+        if d[1] == LIST_PAYLOAD_TYPE:
+            first, count = trusted.pop(list_hash(d))
+            listed = list_notices(d)
+            assert listed[0][0] == first and len(listed) == count
+            notices.update(listed)
+            continue
         p = decode_packet(d)
         assert p.ssrc == 0xABCD and p.seq == p.timestamp & 0xFFFF
         assert notices[p.timestamp] == packet_digest(d)
@@ -136,7 +156,7 @@ def check_as_a_cn(session: Session, data: bytes, datagrams: list[bytes], client:
         offset, length = layout.block_span(index)
         assert p.payload == data[offset : offset + length]
         blocks.add(index)
-    assert len(blocks) == len(datagrams)
+    assert len(blocks) == len(packets(datagrams))
 
 
 def run(session: Session, ticks: int) -> None:
@@ -149,13 +169,15 @@ def test_a_burst_goes_out_by_gso_in_runs_of_one_size(tmp_path: Path) -> None:
     session, data = make(tmp_path, Port(sock))
     client = Client()
     session.add(Subscriber(1, client, session), RangeSet.full(session.units))
-    run(session, 3)
+    run(session, 4)
     units = session.units
-    assert len(sock.datagrams) == units == session.counters["packets"]
+    assert len(packets(sock.datagrams)) == units == session.counters["packets"]
+    lists = session.counters["lists"]
+    assert lists == len(sock.datagrams) - units == client.writes
+    assert lists == -(-units // session.list_size)  # whole lists: one per block of digests
     # 1000-byte blocks and a 536-byte one ending each piece: a short datagram
     # ends a GSO run, so about one sendmsg per piece, not one per datagram.
-    assert sock.calls < units // 20 and session.counters["gso_sends"] >= 4
-    assert client.writes <= 3  # one notice write per burst per subscriber
+    assert sock.calls < units // 20 + lists and session.counters["gso_sends"] >= 4
     check_as_a_cn(session, data, sock.datagrams, client)
     assert session.counters["bytes"] == sum(map(len, sock.datagrams))
     session.end("test")
@@ -170,11 +192,12 @@ def test_a_socket_that_refuses_udp_segment_falls_back_to_one_write_each(
     session, data = make(tmp_path, port)
     client = Client()
     session.add(Subscriber(1, client, session), RangeSet.full(session.units))
-    run(session, 3)
+    run(session, 4)
     assert session.gso is None and session.counters["gso_fallbacks"] == 1
     # Whatever the first sendmsg held went out again by write: nothing lost.
-    assert len(port.written) == session.units == session.counters["packets"]
-    check_as_a_cn(session, data, port.written, client)
+    # (The lists went out by sendto, before it.)
+    assert len(packets(port.written)) == session.units == session.counters["packets"]
+    check_as_a_cn(session, data, sock.datagrams + port.written, client)
     session.end("test")
 
 
@@ -190,10 +213,10 @@ def test_a_port_without_a_real_socket_writes_each_datagram(tmp_path: Path) -> No
     session, data = make(tmp_path, port)
     client = Client()
     session.add(Subscriber(1, client, session), RangeSet.full(session.units))
-    run(session, 3)
+    run(session, 4)
     assert session.gso is None
     check_as_a_cn(session, data, port.written, client)
-    assert len(port.written) == session.units
+    assert len(packets(port.written)) == session.units
 
 
 @pytest.mark.parametrize("gso", [True, False])
@@ -204,10 +227,17 @@ def test_a_full_send_buffer_is_back_pressure(tmp_path: Path, gso: bool) -> None:
     if not gso:
         session.gso = None
     session.add(Subscriber(1, Client(), session), RangeSet.full(session.units))
+    session.reactor.advance(TICK)  # the lists of what is planned
+    assert session.counters["packets"] == 0 and session.counters["lists"] > 0
     session.reactor.advance(TICK)
     sent = session.counters["packets"]
-    assert sent <= 100 and session.counters["would_block"] == min(MAX_BURST, session.units) - sent
+    assert sent + session.counters["lists"] <= 100
+    assert session.counters["would_block"] == min(MAX_BURST, session.units) - sent
     assert session.bucket.tokens == 0 and session.counters["send_errors"] == 0
+    # What did not go out waits, in order, for the next tick: nothing is lost.
+    unsent = session.seq - sent
+    assert len(session.queue) == unsent > 0
+    assert decode_packet(session.queue[0]).timestamp == sent
     session.end("test")
 
 
@@ -254,7 +284,7 @@ def test_a_session_of_a_4gib_file_costs_little_memory(tmp_path: Path) -> None:
             rng=random.Random(1),
         )
         quiet = Client()
-        quiet.send_notices = lambda subscription, first, digests: None  # type: ignore[method-assign]
+        quiet.send_list = lambda subscription, first, count, hash: None  # type: ignore[method-assign]
         session.add(Subscriber(1, quiet, session), RangeSet.full(session.units))
         for _ in range(20):
             clock.advance(TICK)

@@ -2,8 +2,8 @@
 it sends, what it tells its subscribers, and how it ends (DESIGN.md 5.5).
 
 The data is a real file; the datagrams written are parsed back (RTP header,
-payload = the file's bytes), and the Sent notices each subscriber got are
-checked against the datagrams' digests.
+payload = the file's bytes), and the digest lists each subscriber was told
+the hashes of are checked against the datagrams' digests.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mcp2p.plugins import code_by_name
 from mcp2p.transfer.session import JOIN_DELAY, JOIN_GRACE, TICK, Session, Subscriber
 from mcp2p.wire.layout import Layout
 from mcp2p.wire.rtp import HEADER_LEN, decode_packet, packet_digests
-from tests.transfer.fakes import Channel, DataPort
+from tests.transfer.fakes import Channel, DataPort, notices_of
 
 MBIT = 1_000_000
 PIECE = 8192
@@ -98,9 +98,9 @@ def test_every_wanted_block_goes_out_once_with_the_files_bytes(make: Any) -> Non
         blocks[index] = data[HEADER_LEN:]
     assert sorted(blocks) == list(range(layout.blocks))
     assert b"".join(blocks[i] for i in range(layout.blocks)) == m.data
-    # Each datagram was announced to the subscriber with its digest, in order.
+    # Each datagram was in a list announced to the subscriber, with its digest, in order.
     digests = packet_digests([data for data, _ in m.port.sent])
-    assert sub.client.notices == list(enumerate(digests))
+    assert notices_of(sub.client, m.port) == list(enumerate(digests))
 
 
 def test_only_the_units_wanted_are_sent_and_a_replace_narrows_them(make: Any) -> None:
@@ -258,7 +258,8 @@ def test_a_block_code_sends_symbols_of_whole_pieces(make: Any) -> None:
     assert len(headers) >= m.session.code.need(m.session.layout, 1)
     symbols = [h.symbol for h in headers]
     assert len(set(symbols)) == len(symbols)  # a new symbol each time
-    assert sub.client.notices == list(enumerate(packet_digests(_data(m))))
+    notices = notices_of(sub.client, m.port)
+    assert notices[: len(headers)] == list(enumerate(packet_digests(_data(m))))
 
 
 def _data(m: Made) -> list[bytes]:

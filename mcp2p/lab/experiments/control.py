@@ -6,12 +6,14 @@ Mbit/s, real daemons on every host (the SN's sessions at 95% of the link
 rate), plus a ``forger`` host on the same switch for part 2.
 
 1. Overhead. An nftables table in each CN's namespace (only there) counts,
-   on the CN's veth: data (UDP from the SN but discovery answers), SN->CN control (TCP
-   from the SN's control port: Sent notices, manifest, TLS and TCP framing)
-   and CN->SN control (TCP to the SN's control port: UpdateWanted and
-   ReportLoss, TCP acks). The receiver counts the notices themselves (12
-   bytes each on the wire inside AMP). Run for 1 and 4 CNs, multicast and
-   unicast; everything is per data byte the same CN received.
+   on the CN's veth: data (UDP from the SN but discovery answers: the data
+   packets and the digest lists that authenticate them), SN->CN control (TCP
+   from the SN's control port: the lists' hashes, manifest, TLS and TCP
+   framing) and CN->SN control (TCP to the SN's control port: UpdateWanted
+   and ReportLoss, TCP acks). The receiver counts the lists and the digests
+   in them: 8 bytes a packet, and 50 bytes of headers a list, within data.
+   Run for 1 and 4 CNs, multicast and unicast; everything is per data byte
+   the same CN received.
 2. Forgery. During a 1-CN multicast fetch, a forger process in the
    ``forger`` namespace sniffs the session's packets on its port of the
    switch (AF_PACKET) and sends ``forged_packets`` copies of the latest one
@@ -54,7 +56,7 @@ from mcp2p.lab.transfer import FetchResult, StarLab
 NAME = "control"
 TITLE = "What the control channel carries"
 QUESTION = (
-    "What do the Sent notices and wanted-map updates cost per data byte, how fast "
+    "What do the digest lists, their hashes and wanted-map updates cost per data byte, how fast "
     "does a CN drop a forged packet, and does demand-weighted block choice beat "
     "uniform random and a sequential carousel when CNs join late?"
 )
@@ -83,7 +85,8 @@ PARAMS = {
 MB = 1 << 20
 NFT_TABLE = "mcp2p_control"
 PACKET_BITS = (1400 + 22 + 28) * 8  # a data packet on the wire: block, RTP header, IP+UDP
-NOTICE_BYTES = 8  # control.DIGEST: one 8-byte digest per packet (the first's number per Sent)
+NOTICE_BYTES = 8  # wire.rtp.DIGEST_LEN: one 8-byte digest per packet, in a digest list
+LIST_BYTES = 22 + 28  # a digest list's RTP and IP+UDP headers
 DATA_PORT = 7712  # [serving] data_port, default: where multicast data goes
 QUERY_PORT = 7711  # [discovery] query_port: the SN's answers are not data
 SAP_PORT = 9875  # [sap] port
@@ -201,7 +204,11 @@ def _overhead(lab: _Lab, n: int, mode: str, name: str, timeout: float) -> dict[s
     for cn in result.cns:
         rec = _cn_record(cn)
         rec["bytes"] = {k: after[cn.name][k] - before[cn.name][k] for k in after[cn.name]}
-        rec["notice_bytes"] = int(rec["receiver"].get("notices", 0)) * NOTICE_BYTES
+        receiver = rec["receiver"]
+        rec["notice_bytes"] = (
+            int(receiver.get("notices", 0)) * NOTICE_BYTES
+            + int(receiver.get("lists", 0)) * LIST_BYTES
+        )
         cns.append(rec)
     return {"cns": cns, "seconds": time.monotonic() - t0, "sn_tx_bytes": result.sn_tx_bytes}
 
@@ -374,7 +381,7 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
             [
                 "mode",
                 "CNs",
-                "notices (12 B each)",
+                "digest lists (8 B a packet, in data)",
                 "SN->CN control on the wire",
                 "CN->SN (wanted maps, loss reports, acks)",
                 "lost packets",

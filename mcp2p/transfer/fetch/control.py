@@ -2,7 +2,7 @@
 (multicast group or unicast port, the receiver), resubscribing when its
 session ends, following a session that moved, the wanted sets and loss
 reports sent to it, and dropping it (or failing the whole fetch, which drops
-them all). ``_Handler`` routes a subscription's notices and end here."""
+them all). ``_Handler`` routes a subscription's list hashes, moves and end here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from mcp2p import multicast
 from mcp2p.core import fetchplan
 from mcp2p.core.display import display_text
 from mcp2p.core.wanted import RangeSet
-from mcp2p.transfer.control import ControlClient, ReportLoss, Subscribe, UpdateWanted
+from mcp2p.transfer.control import ControlClient, GetList, ReportLoss, Subscribe, UpdateWanted
 from mcp2p.transfer.fetch.common import FetchError, Source, _log
 from mcp2p.transfer.fetch.helpers import wanted_chunks
 from mcp2p.transfer.fetch.state import FetchState
@@ -89,6 +89,7 @@ class SourceControl(FetchState):
             lambda piece, symbol, payload: self._deliver(source, piece, symbol, payload),
             lambda lost, received: self._report(source, lost, received),
             deliver_many=lambda items: self._deliver_many(source, items),
+            ask_list=lambda first: self._ask_list(source, first),
         )
         source.receiver = receiver
         port = 0
@@ -236,6 +237,14 @@ class SourceControl(FetchState):
         d.addCallback(lambda r: setattr(source, "rate", r["rate"]))
         d.addErrback(lambda f: None)
 
+    def _ask_list(self, source: Source, first: int) -> Any:
+        """A digest list ``source`` sent that did not come on the data path,
+        asked of it over TLS: a Deferred of the list packet."""
+        if source.client is None or source.state != "active":
+            raise ConnectionError("no control channel")
+        d = source.client.callRemote(GetList, subscription=source.subscription, first=first)
+        return d.addCallback(lambda r: r["list"])
+
     def _send_wanted(
         self, source: Source, units: RangeSet, replace: bool, nudge: bool = False
     ) -> None:
@@ -287,15 +296,15 @@ class SourceControl(FetchState):
 
 
 class _Handler:
-    """Routes a subscription's notices and end to the fetch."""
+    """Routes a subscription's list hashes, moves and end to the fetch."""
 
     def __init__(self, fetch: SourceControl, source: Source) -> None:
         self.fetch = fetch
         self.source = source
 
-    def notices(self, notices: list[tuple[int, bytes]]) -> None:
+    def listed(self, first: int, count: int, digest: bytes) -> None:
         if self.source.receiver is not None:
-            self.source.receiver.notices(notices)
+            self.source.receiver.listed(first, count, digest)
 
     def session_moved(self, group: str) -> None:
         self.fetch._moved(self.source, group)
