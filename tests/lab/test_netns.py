@@ -335,6 +335,37 @@ def test_counters_follow_traffic(net: Network) -> None:
         assert n * frame <= nbytes <= n * frame + 8 * 200, (direction, nbytes)
 
 
+GSO_SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+seg, bursts = int(sys.argv[2]), int(sys.argv[3])
+for _ in range(bursts):
+    s.sendmsg([b"x" * (seg * 40)], [(17, 103, seg.to_bytes(2, "little"))], 0, (sys.argv[1], 9))
+"""
+
+
+def test_a_shaped_link_counts_every_datagram_of_a_gso_burst(net: Network) -> None:
+    """The interface counts a GSO burst as one packet with one set of headers;
+    a shaped link's counters come from its qdisc: each datagram, headers and all."""
+    a, b = net.add_host("a"), net.add_host("b")
+    link = net.link(a, b)
+    link.set_rate(1_000_000_000, src=a)
+    a.ping(b.addr(), count=1, timeout=1)
+    before = a.counters("eth0")
+    seg, bursts = 1422, 5
+    cp = a.run([sys.executable, "-c", GSO_SENDER, b.addr(), str(seg), str(bursts)], timeout=10)
+    assert cp.returncode == 0, cp.stderr
+    after = a.counters("eth0")
+    datagrams = 40 * bursts
+    sent = after["tx_packets"] - before["tx_packets"]
+    nbytes = after["tx_bytes"] - before["tx_bytes"]
+    assert datagrams <= sent <= datagrams + 8
+    assert datagrams * (seg + 42) <= nbytes <= datagrams * (seg + 42) + 8 * 200
+    # What the interface itself says: a packet a burst, 42 bytes short a datagram.
+    assert after["tx_packets_link"] - before["tx_packets_link"] < datagrams
+    assert after["tx_bytes_link"] - before["tx_bytes_link"] < nbytes
+
+
 @pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft (nftables)")
 def test_loss(net: Network) -> None:
     a, b = net.add_host("a"), net.add_host("b")

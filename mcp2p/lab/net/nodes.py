@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mcp2p.lab.net.addressing import Subnet
-from mcp2p.lab.net.counters import link_stats
+from mcp2p.lab.net.counters import link_stats, qdisc_tx, with_qdisc
 from mcp2p.lab.net.process import KILL_TIMEOUT, LabError, run_tool, stop_process
 from mcp2p.lab.progs import command
 
@@ -188,7 +188,8 @@ class Node:
         return self.run(cmd, timeout=count * (timeout + 0.5) + 5).returncode == 0
 
     def counters(self, ifname: str | Node | Interface) -> dict[str, int]:
-        """rx/tx bytes and packets of an interface, read in the namespace."""
+        """rx/tx bytes and packets of an interface, read in the namespace (tx
+        from its root qdisc where it has one: see `mcp2p.lab.net.counters`)."""
         if isinstance(ifname, str) and ifname not in self.interfaces.keys() | self.net.nodes.keys():
             name = ifname  # not one of our links: "lo", "br0", ...
         else:
@@ -196,7 +197,7 @@ class Node:
         cp = self.ip("-s", "-j", "link", "show", "dev", name)
         stats = json.loads(cp.stdout)[0]["stats64"]
         return {
-            **link_stats(stats),
+            **with_qdisc(link_stats(stats), qdisc_tx(self.ns).get(name)),
             "rx_dropped": stats["rx"]["dropped"],
             "tx_dropped": stats["tx"]["dropped"],
         }
