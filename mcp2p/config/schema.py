@@ -152,6 +152,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "grace": Option(
             _float_range(0, 3600), "5", "seconds a session lingers once nobody wants anything"
         ),
+        "gather": Option(
+            _float_range(0, 10),
+            "1",
+            "seconds a new multicast session waits at most for the CNs just offered its file",
+        ),
         "scheduler": Option(
             _choice("demand", "uniform", "sequential", "mostwanted"),
             "mostwanted",

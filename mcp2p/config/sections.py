@@ -82,6 +82,7 @@ class ServingSection:
     min_rate: int
     max_rate: int
     grace: float
+    gather: float
     scheduler: str
     handshake_timeout: float
     idle_timeout: float

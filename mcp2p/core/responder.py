@@ -213,6 +213,11 @@ class Responder:
         self.pending[key] = _Pending(query, source, size, files, set(), validated)
         return [Schedule(key, self._delay(query))]
 
+    def files_of(self, key: tuple[bytes, int, bool]) -> list[FileOffer]:
+        """The files a pending answer will offer ([] if none is pending)."""
+        pending = self.pending.get(key)
+        return pending.files if pending is not None else []
+
     def _delay(self, query: Query) -> float:
         high = self.delay_max
         if query.answers_wanted > MANY_ANSWERS:

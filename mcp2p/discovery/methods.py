@@ -45,7 +45,8 @@ class CatalogChanges(Protocol):
 class Serving(Protocol):
     """The serving side as the built-in methods use it (ServingService):
     ``offers(4 or 6)`` (the IP version of the sessions) for SAP, ``lookup``
-    for the query responder, and its catalog's changes."""
+    for the query responder and ``offered`` for what it sent to whom, and its
+    catalog's changes."""
 
     @property
     def catalog(self) -> CatalogChanges: ...
@@ -53,6 +54,8 @@ class Serving(Protocol):
     def offers(self, version: int = 4) -> list[FileOffer]: ...
 
     def lookup(self, query: Query) -> Sequence[FileOffer]: ...
+
+    def offered(self, host: str, content_ids: Sequence[bytes]) -> None: ...
 
 
 class DiscoveryHost(Protocol):
@@ -79,6 +82,7 @@ def query_node(
     node: NodeSection,
     identity: NodeIdentity | None = None,
     lookup: Callable[[Query], Sequence[FileOffer]] | None = None,
+    offered: Callable[[str, Sequence[bytes]], object] | None = None,
 ) -> QueryNode:
     """The QueryNode of ``[discovery]`` on ``[node]``'s interfaces: a searcher,
     and a responder too when given this node's ``identity`` and the catalog's
@@ -91,6 +95,7 @@ def query_node(
         node_id=identity.node_id if identity else None,
         public_key=identity.public_key if identity else None,
         lookup=lookup,
+        offered=offered,
     )
 
 
@@ -118,9 +123,11 @@ class QueryMethod:
         node: NodeSection,
         identity: NodeIdentity,
         lookup: Callable[[Query], Sequence[FileOffer]],
+        offered: Callable[[str, Sequence[bytes]], object] | None = None,
     ) -> None:
-        """Answers queries with ``lookup`` (the serving side's) as ``identity``."""
-        self.query = query_node(reactor, discovery, node, identity, lookup)
+        """Answers queries with ``lookup`` (the serving side's) as ``identity``,
+        telling ``offered`` (the serving side's) of each host it will offer files."""
+        self.query = query_node(reactor, discovery, node, identity, lookup, offered)
 
     def start(self) -> None:
         self.query.start(listen_group=True)

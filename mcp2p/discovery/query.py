@@ -212,8 +212,12 @@ class QueryNode:
         public_key: bytes | None = None,
         lookup: Callable[[Query], Sequence[FileOffer]] | None = None,
         rng: random.Random | None = None,
+        offered: Callable[[str, Sequence[bytes]], object] | None = None,
     ) -> None:
         self.reactor = reactor
+        # (host, content ids): told of each query this node will answer with
+        # an offer to that host (the serving side expects it to subscribe soon)
+        self.offered = offered
         self.clock = reactor
         self.d = discovery
         self.interface = interface
@@ -319,6 +323,9 @@ class QueryNode:
             )
             for action in self.responder.query(message, addr, size, now):
                 self._schedule(action, via.family)
+                if self.offered is not None and message.reply_to is not None:
+                    files = self.responder.files_of(action.key)
+                    self.offered(addr[0], [f.content_id for f in files])
             return
         self.counters["offers_received"] += 1
         if self.responder is not None and via.kind == "group":

@@ -21,8 +21,14 @@ class _QueryPlugin:
         from mcp2p.discovery.methods import QueryMethod
 
         config = host.config
+        serving = host.serving
         return QueryMethod(
-            host.reactor, config.discovery, config.node, host.identity, host.serving.lookup
+            host.reactor,
+            config.discovery,
+            config.node,
+            host.identity,
+            serving.lookup,
+            serving.offered,
         )
 
 

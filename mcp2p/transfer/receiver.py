@@ -23,10 +23,14 @@ and `Receiver.datagrams` checks a batch with no object per packet beyond a
 header tuple and its digest, handing the accepted blocks on together
 (``deliver_many``) as views into that buffer, valid only during the call.
 
-Each report says how many packets were lost and how many received *of the
-same notices*: those whose LOSS_AFTER ran out since the last report. (It
-used to set the losses of notices 0.3 s old against the packets of the
-last 0.1 s, which overstated loss whenever the CN fell behind.)
+A packet is lost once a later one came and its notice is GAP_AFTER old (the
+SN sends in sequence order on one path), or once its notice is LOSS_AFTER
+old whatever came. Detecting a gap at once, not after LOSS_AFTER, is what
+lets a repair follow a loss within a report or two, and the last rounds
+of a transfer go fast. Each report says how many packets were lost and how
+many accepted since the last one: losses found by their gaps are found
+about when the packets after them are received, so the two stay in step
+when the CN falls behind.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import socket
 import struct
 import sys
 from array import array
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from hashlib import sha256 as _sha256
 from typing import Any
@@ -68,6 +72,9 @@ _log = Logger()
 
 HOLD = 2.0  # seconds a packet waits for its notice (TLS notices lag UDP under CPU load)
 LOSS_AFTER = 0.3  # seconds after its notice a packet is reported lost
+# ... or this long after its notice once a later packet came: the SN sends in
+# sequence order on one path, so a gap behind the newest packet is a loss.
+GAP_AFTER = 0.05
 KEEP = 2.0  # seconds after its notice a late packet is still accepted (> the rcvbuf's lag)
 MAX_HELD = 16384  # sequence numbers with packets waiting for notices, at most
 MAX_CANDIDATES = 4  # packets held for one sequence number (a forger's copies among them)
@@ -122,8 +129,8 @@ class Receiver(DatagramProtocol):
         self.overdue: OrderedDict[int, tuple[bytes, float]] = OrderedDict()  # reported lost
         # accepted a while ago (KEEP): a later copy is a duplicate or a forgery
         self.accepted = Accepted()
-        self.batches: deque[tuple[float, int]] = deque()  # (notice time, notices) in order
-        self.late_since_report = 0  # late packets: received in the next report
+        self.reported_accepted = 0  # counters["accepted"] at the last report
+        self.highest = -1  # the highest sequence number accepted
         self.last_packet = clock.seconds()
         # Counts, and two float sums in seconds: how long forged packets were held
         # from their arrival until the notice that exposed them.
@@ -178,6 +185,7 @@ class Receiver(DatagramProtocol):
         digest_of = _digest
         out: Items = []
         malformed = foreign = 0
+        highest = self.highest
         now = self.clock.seconds()
         horizon = now - KEEP
         unpack, first = FAST_HEADER.unpack_from, FIRST_TWO
@@ -224,11 +232,13 @@ class Receiver(DatagramProtocol):
                 del overdue[seq]
                 counters["late"] += 1
                 counters["lost"] -= 1
-                self.late_since_report += 1
             seen[slot] = seq  # Accepted.put, inlined
             seen_at[slot] = now
             seen_digests[slot * 8 : slot * 8 + 8] = digest
+            if seq > highest:
+                highest = seq
             out.append((piece, symbol, data[HEADER_LEN:]))
+        self.highest = highest
         if malformed:
             counters["malformed"] += malformed
         if foreign:
@@ -331,8 +341,6 @@ class Receiver(DatagramProtocol):
     def notices(self, notices: list[tuple[int, bytes]]) -> None:
         now = self.clock.seconds()
         self.counters["notices"] += len(notices)
-        if notices:
-            self.batches.append((now, len(notices)))
         held_packets, expected, accepted = self.held, self.expected, self.accepted
         digest_of = _digest
         out: Items = []
@@ -349,6 +357,8 @@ class Receiver(DatagramProtocol):
                     # Checked by split_header when it was held.
                     _, _, piece, symbol = split_header(genuine)  # type: ignore[misc]
                     accepted.put(seq, digest, now)
+                    if seq > self.highest:
+                        self.highest = seq
                     out.append((piece, symbol, genuine[HEADER_LEN:]))
                     continue
             if len(expected) < MAX_EXPECTED:
@@ -361,10 +371,12 @@ class Receiver(DatagramProtocol):
         lost = RangeSet()
         count = 0
         expected, overdue = self.expected, self.overdue
+        highest = self.highest
         while expected:  # in notice order: the overdue ones are at the front
             seq = next(iter(expected))
             notice = expected[seq]
-            if now - notice[1] <= LOSS_AFTER:
+            age = now - notice[1]
+            if age <= LOSS_AFTER and (seq > highest or age <= GAP_AFTER):
                 break
             del expected[seq]
             lost.add(seq)
@@ -372,17 +384,15 @@ class Receiver(DatagramProtocol):
             if len(overdue) < MAX_EXPECTED:
                 overdue[seq] = notice
         _expire(self.overdue, now - KEEP)
-        settled = 0  # notices whose LOSS_AFTER ran out now: each lost or received
-        while self.batches and now - self.batches[0][0] > LOSS_AFTER:
-            settled += self.batches.popleft()[1]
         for seq, datagrams in list(self.held.items()):
             if now - datagrams[0][1] > HOLD:
                 del self.held[seq]
                 self.counters["unannounced"] += len(datagrams)
-        received = max(0, settled - count) + self.late_since_report
-        count += self._lists_due(now, lost)  # packets never announced: not in settled
+        accepted = int(self.counters["accepted"])
+        received = accepted - self.reported_accepted  # late ones too
+        count += self._lists_due(now, lost)
         self.counters["lost"] += count
-        self.late_since_report = 0
+        self.reported_accepted = accepted
         if lost or received:
             self.report(lost, received)
 
@@ -430,10 +440,11 @@ class Receiver(DatagramProtocol):
         )
         after.held, after.expected = self.held, self.expected
         after.announced, after.unconfirmed = self.announced, self.unconfirmed
-        after.overdue, after.batches = self.overdue, self.batches
+        after.overdue = self.overdue
+        after.highest = self.highest
         after.accepted = self.accepted
         after.counters = self.counters
-        after.late_since_report = self.late_since_report
+        after.reported_accepted = self.reported_accepted
         return after
 
     def pending(self) -> int:

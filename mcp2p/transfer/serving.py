@@ -100,6 +100,8 @@ SLOW_HOLD = 600.0  # seconds a node moved out stays on sessions of its own for t
 SLOW_NODES = 1024  # (node, content) pairs remembered as slow, the oldest forgotten first
 _VARINT_MORE = bytes(range(0x80, 0x100))  # varint bytes that are not a varint's last
 MAX_RECEIVED = 1 << 32  # packets one loss report may say were received
+EXPECT_FOR = 2.0  # seconds an offer sent to a host makes a new session wait for it
+MAX_EXPECTED = 4096  # (content, host) offers remembered, the oldest forgotten first
 
 
 class Admission(Protocol):
@@ -184,6 +186,8 @@ class ServingService(Service):
         self.monitors: dict[Session, Any] = {}
         self.contents: dict[Session, Any] = {}  # the catalog entry each live session streams
         self.ended: dict[str, int] = {}  # the sums of the ended sessions' counters
+        # (content id, host) -> when an offer of it went to that host (``offered``)
+        self.expected: OrderedDict[tuple[bytes, str], float] = OrderedDict()
 
     def startService(self) -> None:
         super().startService()
@@ -389,6 +393,7 @@ class ServingService(Service):
         granted = min(max(rate or s.rate, s.min_rate), s.max_rate)  # a new session's start
         now = self.reactor.seconds()
         session: Session
+        fresh = False  # a new shared multicast session: it may gather its CNs
         if mode == "multicast" and self.slow.get((node_id, content_id), 0.0) > now:
             # Moved out of the shared session for being far slower: one of its own.
             source = self._source(version) if s.group_mode == "ssm" else ""
@@ -413,6 +418,7 @@ class ServingService(Service):
             if shared is not None and shared.state != "ENDED":
                 session = shared
             else:
+                fresh = True
                 session_id, group = self._plan(content_id, version)
                 if block_code.name != "plain":
                     session_id = self._new_session_id()
@@ -455,6 +461,13 @@ class ServingService(Service):
         self.heard[sub.id] = now
         self.wanted_ranges[sub.id] = ranges
         session.add(sub, wanted_set)
+        if mode == "multicast":
+            host = _host_of(client)
+            self.expected.pop((content_id, host), None)
+            if fresh:
+                session.gather(self._expected_hosts(content_id, now), s.gather)
+            else:
+                session.arrived(host)
         self._start_checker()
         peer = (client.peer_node_id or b"").hex()[:12]
         _log.info(
@@ -846,6 +859,35 @@ class ServingService(Service):
             return int(self.control_port.getHost().port)
         return self.config.control_port or 1
 
+    def offered(self, host: str, content_ids: Sequence[bytes]) -> None:
+        """The query responder sent ``host`` an offer of these files: it may
+        subscribe soon (a new multicast session of one of them waits for it,
+        see ``Session.gather``). Kept EXPECT_FOR seconds, MAX_EXPECTED at most."""
+        now = self.reactor.seconds()
+        expected = self.expected
+        ids = set(content_ids[:MAX_EXPECTED])
+        for content_id in ids:
+            expected.pop((content_id, host), None)
+            expected[(content_id, host)] = now
+        while len(expected) > MAX_EXPECTED:
+            expected.popitem(last=False)
+        for (content_id, _, _), session in self.sessions.items():
+            if content_id in ids and host not in (
+                _host_of(s.client) for s in session.subscribers.values()
+            ):
+                session.expect(host)  # still gathering: it waits for this one too
+
+    def _expected_hosts(self, content_id: bytes, now: float) -> set[str]:
+        """The hosts offered ``content_id`` in the last EXPECT_FOR seconds that
+        have not subscribed to it since."""
+        expected = self.expected
+        while expected:
+            key = next(iter(expected))
+            if now - expected[key] <= EXPECT_FOR:
+                break
+            del expected[key]
+        return {host for (cid, host) in expected if cid == content_id}
+
     def lookup(self, query: Query) -> Sequence[FileOffer]:
         """The files matching a QUERY, as offers."""
         if query.content_id is not None:
@@ -908,3 +950,11 @@ class _Silent(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         pass
+
+
+def _host_of(client: Any) -> str:
+    """The host a control channel comes from ("" if its transport cannot say)."""
+    try:
+        return str(client.transport.getPeer().host)
+    except Exception:
+        return ""

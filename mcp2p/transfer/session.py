@@ -75,9 +75,10 @@ IP_UDP_OVERHEAD = 28
 RATE_PERIOD = 0.5  # seconds between two rate adaptations
 JOIN_GRACE = 1.0  # seconds after subscribing whose losses do not steer the rate
 # A fountain-code unit needed again after a loss report waits this long for the
-# other CNs' reports of it (a CN reports a packet lost 0.3 s after its notice,
-# in reports 0.1 s apart: receiver.LOSS_AFTER, REPORT_EVERY), so that one
-# repair run serves them all instead of one run per report.
+# other CNs' reports of it (a CN reports a packet lost once a later one came,
+# at most 0.3 s after its notice, in reports 0.1 s apart: receiver.GAP_AFTER,
+# LOSS_AFTER, REPORT_EVERY), so that one repair run serves them all instead of
+# one run per report.
 REPAIR_SETTLE = 0.5
 BURST_SECONDS = 0.02  # the bucket saves this much of the rate: ten ticks, for a late reactor
 SOL_UDP = 17
@@ -167,6 +168,8 @@ class Session:
         self.rate_at = reactor.seconds()
         self.on_end = on_end
         self.subscribers: dict[int, Subscriber] = {}
+        self.waiting: set[str] = set()  # hosts the first packet waits for (``gather``)
+        self.gather_until = 0.0  # ... at most until then
         self.state = "IDLE"
         self.idle_since = reactor.seconds()
         self.loop = task.LoopingCall(self._tick)
@@ -198,6 +201,40 @@ class Session:
                 # (the lab saw 1.9x the bytes for 32 KiB files). Wait a bit.
                 self.bucket.empty_until(self.reactor.seconds() + JOIN_DELAY)
             self.loop.start(TICK, now=False)
+
+    def gather(self, hosts: set[str], seconds: float) -> None:
+        """Hold the first packet until each of ``hosts`` subscribed (``arrived``),
+        at most ``seconds``: CNs that asked for this content together get the
+        same first packets (each packet sent before a CN joins is one it
+        needs again)."""
+        if seconds <= JOIN_DELAY or self.seq:
+            return
+        self.gather_until = self.reactor.seconds() + seconds
+        if not hosts:
+            return  # but a host offered the file before the first packet is waited for
+        self.waiting = set(hosts)
+        self.bucket.empty_until(self.gather_until)
+        _log.info(
+            "session {sid:08x} waits up to {seconds}s for {n} more CNs offered its file",
+            sid=self.session_id,
+            seconds=seconds,
+            n=len(hosts),
+        )
+
+    def expect(self, host: str) -> None:
+        """``host`` was just offered this content: if the session is still
+        gathering, it waits for that host too (within the same deadline)."""
+        if not self.seq and self.reactor.seconds() < self.gather_until:
+            self.waiting.add(host)
+            self.bucket.empty_until(self.gather_until)
+
+    def arrived(self, host: str) -> None:
+        """A subscriber from ``host`` joined: the last one waited for starts the session."""
+        if host not in self.waiting:
+            return
+        self.waiting.discard(host)
+        if not self.waiting and not self.seq:
+            self.bucket.empty_until(self.reactor.seconds() + JOIN_DELAY)
 
     def set_wanted(self, sub: Subscriber, wanted: RangeSet, replace: bool) -> None:
         """Change what ``sub`` wants.

@@ -654,3 +654,12 @@ def test_the_source_table_is_bounded() -> None:
     for i in range(1000):
         hear(r, make_query(request=i), 0.0, source=(f"10.0.{i // 256}.{i % 256}", 1))
     assert len(r.sources) == 100
+
+
+def test_the_files_a_pending_answer_will_offer_are_known_when_the_query_comes() -> None:
+    files = (file_offer(1), file_offer(2))
+    r = responder(files=files)
+    [schedule] = hear(r, make_query())
+    assert r.files_of(schedule.key) == list(files)
+    r.due(schedule.key, schedule.delay)
+    assert r.files_of(schedule.key) == []

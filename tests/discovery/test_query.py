@@ -41,7 +41,13 @@ def offer(name: str, seed: int = 0) -> FileOffer:
 
 
 def server(
-    net: FakeNetwork, address: str, position: int, files: list[FileOffer], d: Any, seed: int
+    net: FakeNetwork,
+    address: str,
+    position: int,
+    files: list[FileOffer],
+    d: Any,
+    seed: int,
+    offered: Any = None,
 ) -> QueryNode:
     def lookup(q: Query) -> list[FileOffer]:
         import fnmatch
@@ -61,6 +67,7 @@ def server(
         public_key=node_id * 2,
         lookup=lookup,
         rng=random.Random(seed),
+        offered=offered,
     )
     n.start()
     return n
@@ -91,6 +98,18 @@ def test_node_found_at_its_hop_distance(position: int, distance: int) -> None:
     assert [s.distance for s in result.servers] == [distance]
     # The rings stop at the first one that reached it.
     assert result.hop_limits == list(d.ring_schedule[:distance])
+
+
+def test_the_serving_side_is_told_whom_it_offered_what() -> None:
+    net = FakeNetwork()
+    d = discovery(answers_wanted="1")
+    told: list[tuple[str, list[bytes]]] = []
+    files = [offer("a.iso", 1), offer("b.iso", 2)]
+    server(net, "10.0.1.1", 0, files, d, 1, lambda host, ids: told.append((host, list(ids))))
+    cn = client(net, d)
+    run_search(net, cn, pattern="a.iso")
+    # Told when the query came, not when the offer went (after its delay).
+    assert told == [("10.0.0.100", [files[0].content_id])]
 
 
 def test_node_beyond_the_largest_ring_is_not_found() -> None:

@@ -279,3 +279,28 @@ def test_a_move_when_every_pool_group_is_ours_stays_instead_of_searching_forever
     ours[1].group = "239.192.0.9"  # a group is free again: the move happens
     ServingService._move(fake, session)  # type: ignore[arg-type]
     assert moved == ["239.192.0.2"]
+
+
+def test_a_gap_behind_a_later_packet_is_reported_at_once_not_after_loss_after() -> None:
+    from mcp2p.transfer.receiver import GAP_AFTER
+
+    r, clock, got, reports = receiver()
+    packets = [packet(s) for s in range(10)]
+    r.notices([(s, packet_digest(p)) for s, p in enumerate(packets)])
+    for p in packets[:4] + packets[5:]:  # 4 never comes
+        r.datagramReceived(p, ("h", 1))
+    clock.advance(GAP_AFTER + REPORT_EVERY)
+    assert reports and reports[0][0] == [4] and reports[0][1] == 9
+    assert clock.seconds() < LOSS_AFTER
+
+
+def test_a_packet_not_yet_come_with_nothing_after_it_waits_for_loss_after() -> None:
+    r, clock, got, reports = receiver()
+    packets = [packet(s) for s in range(10)]
+    r.notices([(s, packet_digest(p)) for s, p in enumerate(packets)])
+    for p in packets[:5]:  # 5.. are on their way (the CN is behind, say)
+        r.datagramReceived(p, ("h", 1))
+    clock.advance(2 * REPORT_EVERY)
+    assert [lost for lost, _ in reports if lost] == []
+    clock.advance(LOSS_AFTER)
+    assert sorted(s for lost, _ in reports for s in lost) == list(range(5, 10))

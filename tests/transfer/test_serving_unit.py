@@ -182,3 +182,113 @@ def test_stopping_the_service_ends_every_session_and_says_why(made: Any) -> None
     assert one.ended == [(a, "node stopping")] and two.ended == [(b, "node stopping")]
     assert not service.live_sessions() and not service.subscriptions
     assert service.checker is None or not service.checker.running
+
+
+# -- gathering the CNs a new multicast session was just offered to
+
+
+def _first_packet_at(service: ServingService, clock: Clock, until: float) -> float | None:
+    """Advance in ticks until the first data packet, at most ``until`` seconds."""
+    port = service.data_port
+    start = clock.seconds()
+    while clock.seconds() - start < until:
+        clock.advance(0.002)
+        if port.sent:
+            return clock.seconds() - start
+    return None
+
+
+def test_a_new_session_waits_for_the_cns_it_just_offered_its_file(made: Any) -> None:
+    service, clock, entry = made(gather="1")
+    hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    for host in hosts:
+        service.offered(host, [entry.content_id, b"\x01" * 32])
+    first = subscribe(service, Channel(host=hosts[0]), entry)
+    session = service.subscriptions[first["subscription"]].session
+    assert session.waiting == {"127.0.0.3", "127.0.0.4"}
+    clock.advance(0.3)
+    assert _first_packet_at(service, clock, 0.3) is None  # still waiting
+    subscribe(service, Channel(host="127.0.0.3"), entry)
+    subscribe(service, Channel(host="127.0.0.9"), entry)  # not offered: no matter
+    assert session.waiting == {"127.0.0.4"}
+    assert _first_packet_at(service, clock, 0.1) is None
+    subscribe(service, Channel(host="127.0.0.4"), entry)  # the last: the session starts
+    took = _first_packet_at(service, clock, 0.5)
+    assert took is not None and took < 0.1
+    assert not service.expected or all(cid != entry.content_id for cid, _ in service.expected)
+
+
+def test_a_session_waits_no_longer_than_gather_for_a_cn_that_never_comes(made: Any) -> None:
+    service, clock, entry = made(gather="0.5")
+    service.offered("127.0.0.3", [entry.content_id])  # it found another SN, say
+    subscribe(service, Channel(host="127.0.0.2"), entry)
+    took = _first_packet_at(service, clock, 2.0)
+    assert took is not None and 0.5 <= took < 0.6
+
+
+def test_a_lone_cn_or_an_old_offer_is_not_waited_for(made: Any) -> None:
+    service, clock, entry = made(gather="1")
+    service.offered("127.0.0.3", [entry.content_id])
+    service.offered("127.0.0.2", [entry.content_id])  # the subscriber's own offer
+    clock.advance(2.5)  # older than EXPECT_FOR
+    subscribe(service, Channel(host="127.0.0.2"), entry)
+    took = _first_packet_at(service, clock, 1.0)
+    assert took is not None and took < 0.1  # JOIN_DELAY and a tick of lists
+    assert not service.expected
+
+
+def test_unicast_and_gather_zero_never_wait(made: Any) -> None:
+    service, clock, entry = made(gather="0")
+    service.offered("127.0.0.3", [entry.content_id])
+    subscribe(service, Channel(host="127.0.0.2"), entry)
+    took = _first_packet_at(service, clock, 1.0)
+    assert took is not None and took < 0.1
+    service, clock, entry = made(gather="1")
+    service.offered("127.0.0.3", [entry.content_id])
+    subscribe(service, Channel(host="127.0.0.2"), entry, mode="unicast", port=4321)
+    took = _first_packet_at(service, clock, 1.0)
+    assert took is not None and took < 0.1
+
+
+def test_offers_remembered_are_bounded(made: Any, monkeypatch: Any) -> None:
+    from mcp2p.transfer import serving
+
+    monkeypatch.setattr(serving, "MAX_EXPECTED", 8)
+    service, _, entry = made()
+    for i in range(100):
+        service.offered(f"10.0.0.{i}", [bytes([i]) * 32, entry.content_id])
+    assert len(service.expected) == 8
+    assert ((entry.content_id, "10.0.0.99")) in service.expected
+
+
+def test_a_cn_offered_the_file_while_the_session_gathers_is_waited_for_too(made: Any) -> None:
+    service, clock, entry = made(gather="1")
+    service.offered("127.0.0.3", [entry.content_id])
+    first = subscribe(service, Channel(host="127.0.0.2"), entry)
+    session = service.subscriptions[first["subscription"]].session
+    clock.advance(0.1)
+    service.offered("127.0.0.4", [entry.content_id])  # its query came later
+    service.offered("127.0.0.2", [entry.content_id])  # a subscriber already: not waited for
+    assert session.waiting == {"127.0.0.3", "127.0.0.4"}
+    subscribe(service, Channel(host="127.0.0.3"), entry)
+    assert _first_packet_at(service, clock, 0.2) is None
+    subscribe(service, Channel(host="127.0.0.4"), entry)
+    took = _first_packet_at(service, clock, 0.5)
+    assert took is not None and took < 0.1
+    # Once sending, a new offer no longer holds anything back.
+    service.offered("127.0.0.5", [entry.content_id])
+    assert not session.waiting
+
+
+def test_a_query_heard_just_after_the_first_subscription_is_waited_for(made: Any) -> None:
+    service, clock, entry = made(gather="1")
+    first = subscribe(service, Channel(host="127.0.0.2"), entry)  # nobody else asked yet
+    session = service.subscriptions[first["subscription"]].session
+    assert not session.waiting
+    clock.advance(0.02)  # within JOIN_DELAY: nothing sent yet
+    service.offered("127.0.0.3", [entry.content_id])
+    assert session.waiting == {"127.0.0.3"}
+    assert _first_packet_at(service, clock, 0.5) is None
+    subscribe(service, Channel(host="127.0.0.3"), entry)
+    took = _first_packet_at(service, clock, 0.5)
+    assert took is not None and took < 0.1
