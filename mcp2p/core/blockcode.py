@@ -46,6 +46,10 @@ MAX_SOURCE_SYMBOLS = 56403  # RFC 6330 K'max: larger pieces need several source 
 MAX_PIECE_BYTES = 8 << 20
 MAX_ESI = (1 << 24) - 1  # the encoding symbol id is 24 bits in RFC 6330's payload id
 _ALIGN = 8  # the raptorq package rounds the symbol size down to a multiple of this
+# What a payload may be. A tuple, not ``bytes | bytearray | memoryview``: that builds a
+# union object each time it is evaluated, which costs more than the check on a hot path.
+_BUFFERS = (bytes, bytearray, memoryview)
+SPARE_BUFFERS = 2  # piece buffers a RaptorQ decoder keeps for reuse (one being read, one next)
 
 
 def _batch(k: int) -> int:
@@ -120,7 +124,7 @@ class PlainDecoder:
         if not (
             _is_int(piece)
             and _is_int(symbol)
-            and isinstance(payload, bytes | bytearray | memoryview)
+            and isinstance(payload, _BUFFERS)
             and 0 <= piece < layout.pieces
             and 0 <= symbol < layout.blocks_in_piece(piece)
         ):
@@ -340,14 +344,17 @@ class _Receiving:
     """A piece being received: its source symbols in place in a piece-sized
     buffer (so a piece whose source symbols all came is that buffer, with no
     decoding), its repair symbols by ESI, and a raptorq decoder once K
-    symbols are there but some source symbols are missing."""
+    symbols are there but some source symbols are missing. ``view`` is the
+    buffer's memoryview: symbols are copied in through it (a slice
+    assignment to a bytearray copies a view's bytes twice)."""
 
-    __slots__ = ("size", "k", "buf", "have", "sources", "repair", "decoder")
+    __slots__ = ("size", "k", "buf", "view", "have", "sources", "repair", "decoder")
 
-    def __init__(self, size: int, k: int) -> None:
+    def __init__(self, size: int, k: int, buf: bytearray) -> None:
         self.size = size
         self.k = k
-        self.buf = bytearray(size)
+        self.buf = buf  # exactly size bytes
+        self.view = memoryview(buf)
         self.have = bytearray(k)  # 1 for each source symbol in buf
         self.sources = 0
         self.repair: dict[int, bytes] = {}  # ESI -> repair symbol
@@ -363,7 +370,10 @@ class RaptorQDecoder:
     the piece is handed to a raptorq decoder, which tries again with every
     further symbol (RFC 6330 fails at K with probability about 0.5%).
     ``add_many`` takes a batch (payloads may be views, valid during the
-    call), as the receiver hands them on.
+    call), as the receiver hands them on, and hands a piece that needed no
+    decoding back as a view of its buffer, valid until the next call (the
+    buffer is then reused: no piece-sized copy, no fresh pages per piece);
+    ``add`` hands back copies.
 
     Memory: each piece in progress holds a piece-sized buffer from its first
     symbol, so at most ``max_pending`` bytes of buffers are made (the fetch
@@ -385,6 +395,8 @@ class RaptorQDecoder:
         self.decoded = 0  # pieces handed back
         self.window_full = 0  # symbols refused: a new piece past max_pending
         self._buffers = 0  # bytes of the buffers of the pieces in progress
+        self._spare: list[bytearray] = []  # piece_length buffers to reuse
+        self._lent: list[_Receiving] = []  # pieces handed back as views by the last call
 
     @property
     def pending_bytes(self) -> int:
@@ -393,15 +405,23 @@ class RaptorQDecoder:
         return self._buffers + repair * self.symbol_size
 
     def add(self, piece: int, symbol: int, payload: bytes) -> list[tuple[int, bytes]]:
-        return self.add_many([(piece, symbol, payload)])
+        writes = [
+            (offset, bytes(data)) for offset, data in self.add_many([(piece, symbol, payload)])
+        ]
+        self._reclaim()
+        return writes
 
-    def add_many(self, items: Any) -> list[tuple[int, bytes]]:
+    def add_many(self, items: Any) -> list[tuple[int, bytes | memoryview]]:
         """File writes ``(offset, piece)`` that became ready with the symbols
-        ``(piece, ESI, payload)`` of ``items``."""
+        ``(piece, ESI, payload)`` of ``items``; a piece may be a view valid
+        until the next call (see the class)."""
+        if self._lent:
+            self._reclaim()
         layout, t = self.layout, self.symbol_size
         pieces, done = self._pieces, self._done
         npieces = layout.pieces
-        out: list[tuple[int, bytes]] = []
+        buffers = _BUFFERS
+        out: list[tuple[int, bytes | memoryview]] = []
         for piece, symbol, payload in items:
             if type(piece) is not int:
                 self.rejected += 1
@@ -425,25 +445,26 @@ class RaptorQDecoder:
                 expected = t if symbol < k - 1 else size - symbol * t
             else:
                 expected = t if size else -1  # the empty piece has no repair symbols
-            if not isinstance(payload, bytes | bytearray | memoryview) or len(payload) != expected:
+            if not isinstance(payload, buffers) or len(payload) != expected:
                 self.rejected += 1
                 continue
             if state is None:
                 if self._buffers + size > self.max_pending:
                     self.window_full += 1
                     continue
-                state = pieces[piece] = _Receiving(size, k)
+                state = pieces[piece] = _Receiving(size, k, self._new_buffer(size))
                 self._buffers += size
-            data: bytes | None = None
+            data: bytes | memoryview | None = None
             if symbol < k:
                 if state.have[symbol]:
                     self.redundant += 1
                     continue
                 state.have[symbol] = 1
                 state.sources += 1
-                state.buf[symbol * t : symbol * t + expected] = payload
+                state.view[symbol * t : symbol * t + expected] = payload
                 if state.sources == k:
-                    data = bytes(state.buf)
+                    data = state.view  # the buffer itself, lent until the next call
+                    self._lent.append(state)
                 elif state.decoder is not None:
                     data = self._decode(piece, state, symbol, payload)
             else:
@@ -463,11 +484,33 @@ class RaptorQDecoder:
             out.append((layout.piece_offset(piece), data))
         return out
 
+    def _new_buffer(self, size: int) -> bytearray:
+        if self._spare and size == self.layout.piece_length:
+            return self._spare.pop()
+        return bytearray(size)
+
+    def _recycle(self, state: _Receiving) -> None:
+        """A piece no longer in progress: its view released (a lent piece used
+        after the next call fails loudly), its buffer kept for the next piece
+        (only a full piece's, and only SPARE_BUFFERS of them)."""
+        try:
+            state.view.release()
+        except BufferError:  # something still uses the view: leave the buffer to it
+            return
+        if len(self._spare) < SPARE_BUFFERS and state.size == self.layout.piece_length:
+            self._spare.append(state.buf)
+
+    def _reclaim(self) -> None:
+        """The pieces lent by the last call are the caller's no more."""
+        for state in self._lent:
+            self._recycle(state)
+        self._lent.clear()
+
     def _start_decoding(self, piece: int, state: _Receiving) -> bytes | None:
         """K symbols with some source symbols missing: a decoder gets them all."""
         t = self.symbol_size
         state.decoder = raptorq.Decoder.with_defaults(state.size, t)
-        view = memoryview(state.buf)
+        view = state.view
         have = state.have
         data: bytes | None = None
         for esi in range(state.k):
@@ -521,3 +564,5 @@ class RaptorQDecoder:
         state = self._pieces.pop(piece, None)
         if state is not None:
             self._buffers -= state.size
+            if not self._lent or state not in self._lent:
+                self._recycle(state)
