@@ -422,7 +422,31 @@ class RaptorQDecoder:
         npieces = layout.pieces
         buffers = _BUFFERS
         out: list[tuple[int, bytes | memoryview]] = []
+        # The run: a piece in progress, not decoding, whose source symbols but the
+        # last (full size) and short of completing it take the first branch alone.
+        current: int | None = None
+        last = need = 0  # its last source symbol's ESI; symbols that make it complete
+        run: Any = None  # its state, have and view (None while there is no run)
+        have: Any = None
+        view: Any = None
         for piece, symbol, payload in items:
+            if (
+                piece == current
+                and type(piece) is int
+                and type(symbol) is int
+                and 0 <= symbol < last
+                and isinstance(payload, buffers)
+                and len(payload) == t
+                and run.sources + 1 < need
+            ):
+                if have[symbol]:
+                    self.redundant += 1
+                    continue
+                have[symbol] = 1
+                view[symbol * t : symbol * t + t] = payload
+                run.sources += 1
+                continue
+            current = None
             if type(piece) is not int:
                 self.rejected += 1
                 continue
@@ -478,6 +502,9 @@ class RaptorQDecoder:
             if data is None and state.decoder is None and state.sources + len(state.repair) >= k:
                 data = self._start_decoding(piece, state)
             if data is None:
+                if state.decoder is None:
+                    current, last, need = piece, k - 1, k - len(state.repair)
+                    run, have, view = state, state.have, state.view
                 continue
             self._finish(piece, state)
             self.decoded += 1
