@@ -389,6 +389,7 @@ class RaptorQDecoder:
         self.symbol_size = code.symbol_size(layout)
         self._code = code
         self._pieces: dict[int, _Receiving] = {}
+        self._npieces = layout.pieces
         self._done: set[int] = set()
         self.rejected = 0
         self.redundant = 0  # duplicates, and symbols of pieces already decoded
@@ -419,7 +420,7 @@ class RaptorQDecoder:
             self._reclaim()
         layout, t = self.layout, self.symbol_size
         pieces, done = self._pieces, self._done
-        npieces = layout.pieces
+        npieces = self._npieces
         buffers = _BUFFERS
         out: list[tuple[int, bytes | memoryview]] = []
         # The run: a piece in progress, not decoding, whose source symbols but the
