@@ -28,6 +28,7 @@ exactly the symbol size (that one is as short as the piece's end).
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -539,11 +540,22 @@ class RaptorQDecoder:
         t = self.symbol_size
         state.decoder = raptorq.Decoder.with_defaults(state.size, t)
         view = state.view
-        have = state.have
         data: bytes | None = None
-        for esi in range(state.k):
-            if have[esi]:
-                data = self._decode(piece, state, esi, view[esi * t : esi * t + t])
+        # The full-sized source symbols in one loop (this runs for nearly every
+        # piece under loss): packet = payload id (SBN 0, ESI: 4 bytes) + symbol.
+        full = state.k if state.size % t == 0 else state.k - 1
+        decode = state.decoder.decode
+        try:
+            for esi in itertools.compress(range(full), state.have):
+                data = decode(esi.to_bytes(4, "big") + view[esi * t : esi * t + t])
+                if data is not None:
+                    return self._checked(piece, data)
+        except BaseException as e:
+            self._panicked(piece, state, e)
+            return None
+        for esi in range(full, state.k):  # the last source symbol, if short: padded
+            if state.have[esi]:
+                data = self._decode(piece, state, esi, view[esi * t : state.size])
                 if data is not None or state.decoder is None:
                     return data
         for esi, sym in list(state.repair.items()):
@@ -566,16 +578,22 @@ class RaptorQDecoder:
         try:
             data = state.decoder.decode(packet)
         except BaseException as e:
-            # A Rust panic arrives as pyo3's PanicException, a BaseException.
-            if type(e).__name__ != "PanicException":
-                raise
-            self.rejected += 1
-            self._drop(piece)
-            state.decoder = None
+            self._panicked(piece, state, e)
             return None
-        if data is not None and len(data) != self.layout.piece_size(piece):
-            return None
-        return data
+        return None if data is None else self._checked(piece, data)
+
+    def _checked(self, piece: int, data: bytes) -> bytes | None:
+        return data if len(data) == self.layout.piece_size(piece) else None
+
+    def _panicked(self, piece: int, state: _Receiving, e: BaseException) -> None:
+        """The package panicked on ``piece``: a Rust panic arrives as pyo3's
+        PanicException, a BaseException; it is counted and the piece dropped
+        (anything else is raised again)."""
+        if type(e).__name__ != "PanicException":
+            raise e
+        self.rejected += 1
+        self._drop(piece)
+        state.decoder = None
 
     def unit_of(self, piece: int, symbol: int) -> int:
         self.layout.piece_size(piece)

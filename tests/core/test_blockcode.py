@@ -360,6 +360,10 @@ def test_a_panic_in_the_package_drops_the_piece(monkeypatch: pytest.MonkeyPatch)
     for esi in range(8, 16):
         assert dec.add(0, esi, b"x" * BLOCK) == []
     assert dec.rejected == 1 and dec.pending_bytes == 0
+    # The same while the source symbols held are handed over (one lost, one repair).
+    symbols = [(1, esi, b"y" * BLOCK) for esi in (*range(7), 8)]
+    assert dec.add_many(symbols) == []
+    assert dec.rejected == 2 and dec.pending_bytes == 0
 
 
 def test_plain_rejects_blocks_past_a_piece() -> None:
