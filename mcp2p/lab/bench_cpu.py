@@ -42,7 +42,8 @@ Two parts, printed as one table and written as JSON:
    each piece's source symbols with 0% or 1% dropped at random, then the
    repair symbols the SN sends for them: lost + ``repair_overhead``) and
    ``fetch_raptorq_{0,1}pct`` (the same through ``Fetch._deliver_many``:
-   decoder, piece hash and write).
+   decoder, piece hash and write); ``..._batch4``: in batches of 4 (what
+   a batch costs beside its packets).
 
 ``--stages-only`` runs part 2 alone: no root, no namespaces, nothing sent
 beyond 127.0.0.1.
@@ -493,7 +494,8 @@ def _feed(fn: Any, batches: list[Any]) -> Any:
 
 def _fetch_stages(root: Path, data: bytes, manifest: _Manifest) -> dict[str, float]:
     """The part after the receiver: ``Fetch._deliver_many`` with each code, and the
-    RaptorQ decoder alone on a 1%-lossy stream. Batches of 64, payloads views."""
+    RaptorQ decoder alone on a 1%-lossy stream. Batches of 64 (``..._batch4``: of
+    4, as a receiver woken for a few packets hands them on), payloads views."""
     from mcp2p.core.blockcode import PlainCode, RaptorQCode
     from mcp2p.transfer.fetch.common import Source
     from mcp2p.transfer.store import PartialFile
@@ -516,14 +518,18 @@ def _fetch_stages(root: Path, data: bytes, manifest: _Manifest) -> dict[str, flo
     def source() -> Any:
         return Source(server=_Server(), offer=None, state="active")  # type: ignore[arg-type]
 
-    (root / "f2").mkdir()
-    store = PartialFile.open(root / "f2", root / "state-f2", manifest)
-    fetch, src = _bare_fetch(store, PlainCode(), layout), source()
-    deliver = functools.partial(fetch._deliver_many, src)
-    out["fetch_plain"] = _timed(_feed(deliver, batches), len(plain))
-    assert store.complete and fetch.counters["pieces"] == layout.pieces
-    store.close()
+    def fetch_stage(name: str, code: Any, items: list[Any], batch: int) -> None:
+        (root / name).mkdir()
+        store = PartialFile.open(root / name, root / f"state-{name}", manifest)
+        fetch = _bare_fetch(store, code, layout)
+        deliver = functools.partial(fetch._deliver_many, source())
+        batches = [items[i : i + batch] for i in range(0, len(items), batch)]
+        out[name] = _timed(_feed(deliver, batches), len(items))
+        assert store.complete and fetch.counters["pieces"] == layout.pieces
+        store.close()
 
+    fetch_stage("fetch_plain", PlainCode(), plain, 64)
+    fetch_stage("fetch_plain_batch4", PlainCode(), plain, 4)
     for loss in (0.0, 0.01):
         stream, _ = lossy_stream(data, manifest, loss)
         views = [(p, e, memoryview(s)) for p, e, s in stream]
@@ -533,14 +539,9 @@ def _fetch_stages(root: Path, data: bytes, manifest: _Manifest) -> dict[str, flo
         decoder.max_pending = 1 << 30
         out[f"raptorq_add_many_{tag}"] = _timed(_feed(decoder.add_many, rq), len(views))
         assert decoder.decoded == layout.pieces, (decoder.decoded, decoder.rejected)
-        name = f"f-rq-{tag}"
-        (root / name).mkdir()
-        store = PartialFile.open(root / name, root / f"state-{name}", manifest)
-        fetch, src = _bare_fetch(store, RaptorQCode(), layout), source()
-        deliver = functools.partial(fetch._deliver_many, src)
-        out[f"fetch_raptorq_{tag}"] = _timed(_feed(deliver, rq), len(views))
-        assert store.complete and fetch.counters["pieces"] == layout.pieces
-        store.close()
+        fetch_stage(f"fetch_raptorq_{tag}", RaptorQCode(), views, 64)
+        if not loss:
+            fetch_stage(f"fetch_raptorq_{tag}_batch4", RaptorQCode(), views, 4)
     return out
 
 

@@ -19,6 +19,8 @@ STAGES = (
     "raptorq_add_many_1pct",
     "fetch_raptorq_0pct",
     "fetch_raptorq_1pct",
+    "fetch_plain_batch4",
+    "fetch_raptorq_0pct_batch4",
 )
 
 
