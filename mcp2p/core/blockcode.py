@@ -28,6 +28,7 @@ exactly the symbol size (that one is as short as the piece's end).
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,10 @@ MAX_SOURCE_SYMBOLS = 56403  # RFC 6330 K'max: larger pieces need several source 
 MAX_PIECE_BYTES = 8 << 20
 MAX_ESI = (1 << 24) - 1  # the encoding symbol id is 24 bits in RFC 6330's payload id
 _ALIGN = 8  # the raptorq package rounds the symbol size down to a multiple of this
+# What a payload may be. A tuple, not ``bytes | bytearray | memoryview``: that builds a
+# union object each time it is evaluated, which costs more than the check on a hot path.
+_BUFFERS = (bytes, bytearray, memoryview)
+SPARE_BUFFERS = 2  # piece buffers a RaptorQ decoder keeps for reuse (one being read, one next)
 
 
 def _batch(k: int) -> int:
@@ -120,7 +125,7 @@ class PlainDecoder:
         if not (
             _is_int(piece)
             and _is_int(symbol)
-            and isinstance(payload, bytes | bytearray | memoryview)
+            and isinstance(payload, _BUFFERS)
             and 0 <= piece < layout.pieces
             and 0 <= symbol < layout.blocks_in_piece(piece)
         ):
@@ -340,14 +345,17 @@ class _Receiving:
     """A piece being received: its source symbols in place in a piece-sized
     buffer (so a piece whose source symbols all came is that buffer, with no
     decoding), its repair symbols by ESI, and a raptorq decoder once K
-    symbols are there but some source symbols are missing."""
+    symbols are there but some source symbols are missing. ``view`` is the
+    buffer's memoryview: symbols are copied in through it (a slice
+    assignment to a bytearray copies a view's bytes twice)."""
 
-    __slots__ = ("size", "k", "buf", "have", "sources", "repair", "decoder")
+    __slots__ = ("size", "k", "buf", "view", "have", "sources", "repair", "decoder")
 
-    def __init__(self, size: int, k: int) -> None:
+    def __init__(self, size: int, k: int, buf: bytearray) -> None:
         self.size = size
         self.k = k
-        self.buf = bytearray(size)
+        self.buf = buf  # exactly size bytes
+        self.view = memoryview(buf)
         self.have = bytearray(k)  # 1 for each source symbol in buf
         self.sources = 0
         self.repair: dict[int, bytes] = {}  # ESI -> repair symbol
@@ -363,7 +371,10 @@ class RaptorQDecoder:
     the piece is handed to a raptorq decoder, which tries again with every
     further symbol (RFC 6330 fails at K with probability about 0.5%).
     ``add_many`` takes a batch (payloads may be views, valid during the
-    call), as the receiver hands them on.
+    call), as the receiver hands them on, and hands a piece that needed no
+    decoding back as a view of its buffer, valid until the next call (the
+    buffer is then reused: no piece-sized copy, no fresh pages per piece);
+    ``add`` hands back copies.
 
     Memory: each piece in progress holds a piece-sized buffer from its first
     symbol, so at most ``max_pending`` bytes of buffers are made (the fetch
@@ -379,12 +390,15 @@ class RaptorQDecoder:
         self.symbol_size = code.symbol_size(layout)
         self._code = code
         self._pieces: dict[int, _Receiving] = {}
+        self._npieces = layout.pieces
         self._done: set[int] = set()
         self.rejected = 0
         self.redundant = 0  # duplicates, and symbols of pieces already decoded
         self.decoded = 0  # pieces handed back
         self.window_full = 0  # symbols refused: a new piece past max_pending
         self._buffers = 0  # bytes of the buffers of the pieces in progress
+        self._spare: list[bytearray] = []  # piece_length buffers to reuse
+        self._lent: list[_Receiving] = []  # pieces handed back as views by the last call
 
     @property
     def pending_bytes(self) -> int:
@@ -393,16 +407,48 @@ class RaptorQDecoder:
         return self._buffers + repair * self.symbol_size
 
     def add(self, piece: int, symbol: int, payload: bytes) -> list[tuple[int, bytes]]:
-        return self.add_many([(piece, symbol, payload)])
+        writes = [
+            (offset, bytes(data)) for offset, data in self.add_many([(piece, symbol, payload)])
+        ]
+        self._reclaim()
+        return writes
 
-    def add_many(self, items: Any) -> list[tuple[int, bytes]]:
+    def add_many(self, items: Any) -> list[tuple[int, bytes | memoryview]]:
         """File writes ``(offset, piece)`` that became ready with the symbols
-        ``(piece, ESI, payload)`` of ``items``."""
+        ``(piece, ESI, payload)`` of ``items``; a piece may be a view valid
+        until the next call (see the class)."""
+        if self._lent:
+            self._reclaim()
         layout, t = self.layout, self.symbol_size
         pieces, done = self._pieces, self._done
-        npieces = layout.pieces
-        out: list[tuple[int, bytes]] = []
+        npieces = self._npieces
+        buffers = _BUFFERS
+        out: list[tuple[int, bytes | memoryview]] = []
+        # The run: a piece in progress, not decoding, whose source symbols but the
+        # last (full size) and short of completing it take the first branch alone.
+        current: int | None = None
+        last = need = 0  # its last source symbol's ESI; symbols that make it complete
+        run: Any = None  # its state, have and view (None while there is no run)
+        have: Any = None
+        view: Any = None
         for piece, symbol, payload in items:
+            if (
+                piece == current
+                and type(piece) is int
+                and type(symbol) is int
+                and 0 <= symbol < last
+                and isinstance(payload, buffers)
+                and len(payload) == t
+                and run.sources + 1 < need
+            ):
+                if have[symbol]:
+                    self.redundant += 1
+                    continue
+                have[symbol] = 1
+                view[symbol * t : symbol * t + t] = payload
+                run.sources += 1
+                continue
+            current = None
             if type(piece) is not int:
                 self.rejected += 1
                 continue
@@ -425,25 +471,26 @@ class RaptorQDecoder:
                 expected = t if symbol < k - 1 else size - symbol * t
             else:
                 expected = t if size else -1  # the empty piece has no repair symbols
-            if not isinstance(payload, bytes | bytearray | memoryview) or len(payload) != expected:
+            if not isinstance(payload, buffers) or len(payload) != expected:
                 self.rejected += 1
                 continue
             if state is None:
                 if self._buffers + size > self.max_pending:
                     self.window_full += 1
                     continue
-                state = pieces[piece] = _Receiving(size, k)
+                state = pieces[piece] = _Receiving(size, k, self._new_buffer(size))
                 self._buffers += size
-            data: bytes | None = None
+            data: bytes | memoryview | None = None
             if symbol < k:
                 if state.have[symbol]:
                     self.redundant += 1
                     continue
                 state.have[symbol] = 1
                 state.sources += 1
-                state.buf[symbol * t : symbol * t + expected] = payload
+                state.view[symbol * t : symbol * t + expected] = payload
                 if state.sources == k:
-                    data = bytes(state.buf)
+                    data = state.view  # the buffer itself, lent until the next call
+                    self._lent.append(state)
                 elif state.decoder is not None:
                     data = self._decode(piece, state, symbol, payload)
             else:
@@ -457,22 +504,58 @@ class RaptorQDecoder:
             if data is None and state.decoder is None and state.sources + len(state.repair) >= k:
                 data = self._start_decoding(piece, state)
             if data is None:
+                if state.decoder is None:
+                    current, last, need = piece, k - 1, k - len(state.repair)
+                    run, have, view = state, state.have, state.view
                 continue
             self._finish(piece, state)
             self.decoded += 1
             out.append((layout.piece_offset(piece), data))
         return out
 
+    def _new_buffer(self, size: int) -> bytearray:
+        if self._spare and size == self.layout.piece_length:
+            return self._spare.pop()
+        return bytearray(size)
+
+    def _recycle(self, state: _Receiving) -> None:
+        """A piece no longer in progress: its view released (a lent piece used
+        after the next call fails loudly), its buffer kept for the next piece
+        (only a full piece's, and only SPARE_BUFFERS of them)."""
+        try:
+            state.view.release()
+        except BufferError:  # something still uses the view: leave the buffer to it
+            return
+        if len(self._spare) < SPARE_BUFFERS and state.size == self.layout.piece_length:
+            self._spare.append(state.buf)
+
+    def _reclaim(self) -> None:
+        """The pieces lent by the last call are the caller's no more."""
+        for state in self._lent:
+            self._recycle(state)
+        self._lent.clear()
+
     def _start_decoding(self, piece: int, state: _Receiving) -> bytes | None:
         """K symbols with some source symbols missing: a decoder gets them all."""
         t = self.symbol_size
         state.decoder = raptorq.Decoder.with_defaults(state.size, t)
-        view = memoryview(state.buf)
-        have = state.have
+        view = state.view
         data: bytes | None = None
-        for esi in range(state.k):
-            if have[esi]:
-                data = self._decode(piece, state, esi, view[esi * t : esi * t + t])
+        # The full-sized source symbols in one loop (this runs for nearly every
+        # piece under loss): packet = payload id (SBN 0, ESI: 4 bytes) + symbol.
+        full = state.k if state.size % t == 0 else state.k - 1
+        decode = state.decoder.decode
+        try:
+            for esi in itertools.compress(range(full), state.have):
+                data = decode(esi.to_bytes(4, "big") + view[esi * t : esi * t + t])
+                if data is not None:
+                    return self._checked(piece, data)
+        except BaseException as e:
+            self._panicked(piece, state, e)
+            return None
+        for esi in range(full, state.k):  # the last source symbol, if short: padded
+            if state.have[esi]:
+                data = self._decode(piece, state, esi, view[esi * t : state.size])
                 if data is not None or state.decoder is None:
                     return data
         for esi, sym in list(state.repair.items()):
@@ -495,16 +578,22 @@ class RaptorQDecoder:
         try:
             data = state.decoder.decode(packet)
         except BaseException as e:
-            # A Rust panic arrives as pyo3's PanicException, a BaseException.
-            if type(e).__name__ != "PanicException":
-                raise
-            self.rejected += 1
-            self._drop(piece)
-            state.decoder = None
+            self._panicked(piece, state, e)
             return None
-        if data is not None and len(data) != self.layout.piece_size(piece):
-            return None
-        return data
+        return None if data is None else self._checked(piece, data)
+
+    def _checked(self, piece: int, data: bytes) -> bytes | None:
+        return data if len(data) == self.layout.piece_size(piece) else None
+
+    def _panicked(self, piece: int, state: _Receiving, e: BaseException) -> None:
+        """The package panicked on ``piece``: a Rust panic arrives as pyo3's
+        PanicException, a BaseException; it is counted and the piece dropped
+        (anything else is raised again)."""
+        if type(e).__name__ != "PanicException":
+            raise e
+        self.rejected += 1
+        self._drop(piece)
+        state.decoder = None
 
     def unit_of(self, piece: int, symbol: int) -> int:
         self.layout.piece_size(piece)
@@ -521,3 +610,5 @@ class RaptorQDecoder:
         state = self._pieces.pop(piece, None)
         if state is not None:
             self._buffers -= state.size
+            if not self._lent or state not in self._lent:
+                self._recycle(state)

@@ -1,7 +1,8 @@
 """CPU per data packet: an mcp2p SN and CN beside UFTP's and udpcast's receivers.
 
 ``python -m mcp2p.lab.bench_cpu [--size 200M] [--rate 400M] [--tools
-mcp2p,uftp,udpcast] [--mode multicast] [--quick] [--json FILE]`` (root)
+mcp2p,uftp,udpcast] [--mode multicast] [--quick] [--json FILE]`` (root), or
+``... --stages-only [--stage-pieces 32]`` (any user)
 
 Two parts, printed as one table and written as JSON:
 
@@ -34,6 +35,18 @@ Two parts, printed as one table and written as JSON:
    buffer, hash and one write per piece), ``piece_hash`` (the hash alone)
    and ``receiver_to_store`` (both together, batch read not included;
    ``..._packets_first``: each packet before its notice, held and copied).
+   Then what comes after the receiver, in batches of 64 views:
+   ``store_write_blocks`` (the store's batch path), ``fetch_plain``
+   (``Fetch._deliver_many`` with the plain code: store and bookkeeping),
+   ``raptorq_add_many_{0,1}pct`` (the RaptorQ decoder alone, per symbol, on
+   each piece's source symbols with 0% or 1% dropped at random, then the
+   repair symbols the SN sends for them: lost + ``repair_overhead``) and
+   ``fetch_raptorq_{0,1}pct`` (the same through ``Fetch._deliver_many``:
+   decoder, piece hash and write); ``..._batch4``: in batches of 4 (what
+   a batch costs beside its packets).
+
+``--stages-only`` runs part 2 alone: no root, no namespaces, nothing sent
+beyond 127.0.0.1.
 
 Traffic stays inside the lab's namespaces (the stage split's sockets on
 127.0.0.1); every process is started here and killed by pid; every
@@ -43,6 +56,7 @@ sender is bounded by the file and a timeout.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import socket
@@ -399,10 +413,151 @@ def stages(pieces: int) -> dict[str, float]:
         out["receiver_to_store_packets_first"] = _timed(packets_first, n)
         assert store3.complete
         store3.close()
+        out.update(_fetch_stages(root, data, manifest))
+    return out
+
+
+def _items(data: bytes, manifest: _Manifest, order: list[int]) -> list[tuple[int, int, Any]]:
+    """``(piece, block, view)`` of the blocks ``order`` (global indices)."""
+    bpp = -(-manifest.piece_length // manifest.block_length)
+    view = memoryview(data)
+    out = []
+    for i in order:
+        piece, block = divmod(i, bpp)
+        start = piece * manifest.piece_length + block * manifest.block_length
+        stop = min(start + manifest.block_length, (piece + 1) * manifest.piece_length)
+        out.append((piece, block, view[start:stop]))
+    return out
+
+
+def _bare_fetch(store: Any, code: Any, layout: Any) -> Any:
+    """A ``Fetch`` with only what its data path reads (``_deliver_many``): the
+    store, the code's decoder, counters; no search, channel or reactor loop."""
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from mcp2p.transfer.fetch import Fetch
+
+    fetch = Fetch.__new__(Fetch)
+    fetch.reactor = Clock()  # type: ignore[assignment]
+    fetch.store = store
+    fetch.code = code
+    fetch.decoder = code.decoder(layout)
+    fetch.decoder.max_pending = 1 << 30
+    fetch.counters = {"bad_blocks": 0, "bad_pieces": 0, "pieces": 0}
+    fetch.contributors = {}
+    fetch.done = defer.Deferred()
+    fetch.__dict__["layout"] = layout
+    fetch.__dict__["per_block"] = code.name == "plain"
+    return fetch
+
+
+def lossy_stream(
+    data: bytes, manifest: _Manifest, loss: float, seed: int = 1
+) -> tuple[list[tuple[int, int, bytes]], int]:
+    """What a RaptorQ CN gets of ``data`` at ``loss``: each piece's source
+    symbols with ``loss`` of them dropped (at random, seeded), then the repair
+    symbols the SN sends for what was lost (``repair_overhead`` more); and the
+    number of source symbols dropped."""
+    import random
+
+    from mcp2p.core.blockcode import RaptorQCode
+    from mcp2p.wire.layout import Layout
+
+    rng = random.Random(seed)
+    code = RaptorQCode()
+    layout = Layout(manifest.size, manifest.piece_length, manifest.block_length)
+    encoder = code.encoder(layout, lambda offset, length: data[offset : offset + length])
+    out: list[tuple[int, int, bytes]] = []
+    dropped = 0
+    for piece in range(layout.pieces):
+        k = code.source_symbols(layout, piece)
+        symbols = encoder.symbols(piece, 0, k)
+        kept = [s for s in symbols if rng.random() >= loss]
+        lost = k - len(kept)
+        dropped += lost
+        out += kept
+        if lost:
+            out += encoder.symbols(piece, k, lost + code.repair_overhead(layout, piece))
+    return out, dropped
+
+
+def _feed(fn: Any, batches: list[Any]) -> Any:
+    """A call that hands ``fn`` each batch in turn."""
+
+    def run() -> None:
+        for batch in batches:
+            fn(batch)
+
+    return run
+
+
+def _fetch_stages(root: Path, data: bytes, manifest: _Manifest) -> dict[str, float]:
+    """The part after the receiver: ``Fetch._deliver_many`` with each code, and the
+    RaptorQ decoder alone on a 1%-lossy stream. Batches of 64 (``..._batch4``: of
+    4, as a receiver woken for a few packets hands them on), payloads views."""
+    from mcp2p.core.blockcode import PlainCode, RaptorQCode
+    from mcp2p.transfer.fetch.common import Source
+    from mcp2p.transfer.store import PartialFile
+    from mcp2p.wire.layout import Layout
+
+    layout = Layout(manifest.size, manifest.piece_length, manifest.block_length)
+    out: dict[str, float] = {}
+    plain = _items(data, manifest, list(range(layout.blocks)))
+    batches = [plain[i : i + 64] for i in range(0, len(plain), 64)]
+
+    (root / "f1").mkdir()
+    store = PartialFile.open(root / "f1", root / "state-f1", manifest)
+    out["store_write_blocks"] = _timed(_feed(store.write_blocks, batches), len(plain))
+    assert store.complete
+    store.close()
+
+    class _Server:
+        node_id = bytes(range(32))
+
+    def source() -> Any:
+        return Source(server=_Server(), offer=None, state="active")  # type: ignore[arg-type]
+
+    def fetch_stage(name: str, code: Any, items: list[Any], batch: int) -> None:
+        (root / name).mkdir()
+        store = PartialFile.open(root / name, root / f"state-{name}", manifest)
+        fetch = _bare_fetch(store, code, layout)
+        deliver = functools.partial(fetch._deliver_many, source())
+        batches = [items[i : i + batch] for i in range(0, len(items), batch)]
+        out[name] = _timed(_feed(deliver, batches), len(items))
+        assert store.complete and fetch.counters["pieces"] == layout.pieces
+        store.close()
+
+    fetch_stage("fetch_plain", PlainCode(), plain, 64)
+    fetch_stage("fetch_plain_batch4", PlainCode(), plain, 4)
+    for loss in (0.0, 0.01):
+        stream, _ = lossy_stream(data, manifest, loss)
+        views = [(p, e, memoryview(s)) for p, e, s in stream]
+        rq = [views[i : i + 64] for i in range(0, len(views), 64)]
+        tag = f"{loss * 100:g}pct"
+        decoder = RaptorQCode().decoder(layout)
+        decoder.max_pending = 1 << 30
+        out[f"raptorq_add_many_{tag}"] = _timed(_feed(decoder.add_many, rq), len(views))
+        assert decoder.decoded == layout.pieces, (decoder.decoded, decoder.rejected)
+        fetch_stage(f"fetch_raptorq_{tag}", RaptorQCode(), views, 64)
+        if not loss:
+            fetch_stage(f"fetch_raptorq_{tag}_batch4", RaptorQCode(), views, 4)
     return out
 
 
 # -- the whole bench ------------------------------------------------------
+
+
+def _print_stages(split: dict[str, float]) -> None:
+    packets = f"{split['packets']:.0f} packets"
+    print(f"CN receive path by stage (in process, {packets}, µs CPU per packet)")
+    for key, value in split.items():
+        if key != "packets":
+            print(f"  {key:<32} {value:7.2f}")
+
+
+def _rounded(split: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in split.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,6 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--stage-pieces", type=int, default=32, help="MiB for the stage split")
     parser.add_argument("--quick", action="store_true", help="8 MiB file, 4 MiB stages at most")
+    parser.add_argument(
+        "--stages-only",
+        action="store_true",
+        help="only the in-process stage split (no root, no namespaces, sockets on 127.0.0.1)",
+    )
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -431,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
     for tool in tools:
         if tool not in ("mcp2p", "uftp", "udpcast"):
             parser.error(f"unknown tool {tool!r}")
+    if args.stages_only:
+        split = stages(pieces)
+        _print_stages(split)
+        if args.json:
+            write_json(args.json, {"stages_us_per_packet": _rounded(split)})
+        return 0
     rows: list[Row] = []
     from mcp2p.lab.net import Network, missing_requirements
     from mcp2p.lab.peers import missing_tools
@@ -468,20 +634,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{row.us_per_packet:>8.2f} {row.elapsed:>7.2f} {row.rss / 1e6:>11.1f}  "
             f"{'yes' if row.ok else 'NO'} {row.note}"
         )
-    print(
-        f"\nCN receive path by stage (in process, {split['packets']:.0f} packets, "
-        "µs CPU per packet)"
-    )
-    for key, value in split.items():
-        if key != "packets":
-            print(f"  {key:<22} {value:7.2f}")
+    print()
+    _print_stages(split)
     result = {
         "size": size,
         "rate": rate,
         "block": BLOCK,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "rows": [r.to_json() for r in rows],
-        "stages_us_per_packet": {k: round(v, 3) for k, v in split.items()},
+        "stages_us_per_packet": _rounded(split),
     }
     if args.json:
         write_json(args.json, result)

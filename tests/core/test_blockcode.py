@@ -360,6 +360,10 @@ def test_a_panic_in_the_package_drops_the_piece(monkeypatch: pytest.MonkeyPatch)
     for esi in range(8, 16):
         assert dec.add(0, esi, b"x" * BLOCK) == []
     assert dec.rejected == 1 and dec.pending_bytes == 0
+    # The same while the source symbols held are handed over (one lost, one repair).
+    symbols = [(1, esi, b"y" * BLOCK) for esi in (*range(7), 8)]
+    assert dec.add_many(symbols) == []
+    assert dec.rejected == 2 and dec.pending_bytes == 0
 
 
 def test_plain_rejects_blocks_past_a_piece() -> None:
@@ -432,3 +436,69 @@ def test_raptorq_decoder_memory_is_bounded_whatever_the_sn_sends() -> None:
     assert writes == [(0, read(0, PIECE))]
     assert dec.pending_bytes == 4 * PIECE
     assert dec.add(*enc.symbol(63, 0)) == [] and dec.pending_bytes == 5 * PIECE
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    loss=st.sampled_from([0.0, 0.1, 0.3]),
+    batch=st.integers(1, 40),
+)
+def test_raptorq_add_many_reuses_buffers_and_lends_each_piece_until_the_next_call(
+    seed: int, loss: float, batch: int
+) -> None:
+    """Pieces in batches, interleaved, some lost and repaired, duplicates, one
+    forgotten and sent again: each piece handed back once, right, whether it
+    came from the buffer (lent: a view released at the next call, its buffer
+    reused) or from the package; a reused buffer never leaks its last piece."""
+    from mcp2p.core.blockcode import SPARE_BUFFERS
+
+    layout = Layout(6 * PIECE + 3 * BLOCK + 77, PIECE, BLOCK)
+    code = RaptorQCode()
+    data, read = make_file(layout.size, seed=seed % 1000)
+    enc, dec = code.encoder(layout, read), code.decoder(layout)
+    rng = random.Random(seed)
+    stream: list[tuple[int, int, bytes]] = []
+    for piece in range(layout.pieces):
+        k = code.source_symbols(layout, piece)
+        kept = [s for s in enc.symbols(piece, 0, k) if rng.random() >= loss]
+        stream += kept + enc.symbols(piece, k, k - len(kept) + code.repair_overhead(layout, 0))
+    stream += rng.sample(stream, 5)  # duplicates
+    order = sorted(range(len(stream)), key=lambda i: i + rng.randrange(3 * 8))  # interleaved
+    stream = [stream[i] for i in order] + enc.symbols(2, 0, code.source_symbols(layout, 2))
+    got: dict[int, bytes] = {}
+    lent: list[memoryview] = []
+    forgotten = False
+    for i in range(0, len(stream), batch):
+        writes = dec.add_many(stream[i : i + batch])
+        for view in lent:  # the last call's pieces are the decoder's again
+            with pytest.raises(ValueError):
+                bytes(view)
+        lent = []
+        for offset, piece in writes:
+            index = offset // PIECE
+            assert bytes(piece) == read(offset, layout.piece_size(index))
+            assert index not in got
+            got[index] = bytes(piece)
+            if isinstance(piece, memoryview):
+                lent.append(piece)
+            if index == 2 and not forgotten:  # "its hash failed": taken again
+                forgotten = True
+                dec.forget(2)
+                del got[2]
+        assert len(dec._spare) <= SPARE_BUFFERS
+    assert sorted(got) == list(range(layout.pieces))
+    assert dec.pending_bytes == 0 and dec.rejected == 0
+
+
+def test_raptorq_add_hands_back_copies() -> None:
+    layout = Layout(2 * PIECE, PIECE, BLOCK)
+    code = RaptorQCode()
+    _, read = make_file(layout.size)
+    enc, dec = code.encoder(layout, read), code.decoder(layout)
+    writes = []
+    for piece in range(2):
+        for n in range(code.source_symbols(layout, piece)):
+            writes += dec.add(*enc.symbol(piece, n))
+    assert writes == [(0, read(0, PIECE)), (PIECE, read(PIECE, PIECE))]
+    assert all(type(data) is bytes for _, data in writes)

@@ -292,6 +292,65 @@ def test_write_blocks_in_any_order_with_junk_completes_the_file(
         buffers.BUFFER_BYTES = old
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.integers(1, 7 * 60),
+    seed=st.integers(0, 2**32),
+    window=st.integers(0, 3),
+    batch=st.integers(1, 40),
+    junk=st.lists(
+        st.tuples(st.integers(-2, 9), st.integers(-2, 5), st.binary(max_size=2 * BLOCK)),
+        max_size=30,
+    ),
+)
+def test_write_blocks_in_runs_with_short_last_blocks_and_junk_completes_the_file(
+    size: int, seed: int, window: int, batch: int, junk: list[tuple[int, int, bytes]]
+) -> None:
+    """Blocks mostly in piece order (runs of one piece, as a session sends them)
+    with junk of any length between them, pieces of 60 bytes in 16-byte blocks
+    (each piece ends in a short block, the file's last piece shorter still):
+    every block is stored once, junk never, and the file comes out whole."""
+    rng = random.Random(seed)
+    data = rng.randbytes(size)
+    old = buffers.BUFFER_BYTES
+    buffers.BUFFER_BYTES = window * 4 * 60 if window else 0
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "dl").mkdir()
+            manifest = make_manifest(data, piece_length=60, block_length=BLOCK)
+            partial = PartialFile.open(Path(tmp, "dl"), Path(tmp, "st"), manifest)
+            layout = manifest.layout
+            blocks = layout.blocks
+            order = sorted(range(blocks), key=lambda i: i + rng.randrange(6))
+            items: list[Any] = items_of(manifest, data, order + order[: rng.randrange(blocks)])
+
+            def fits(piece: int, block: int, payload: bytes) -> bool:
+                if not (0 <= piece < layout.pieces and 0 <= block < layout.blocks_in_piece(piece)):
+                    return False
+                return len(payload) == layout.block_span(layout.block_index(piece, block))[1]
+
+            junk = [j for j in junk if not fits(*j)]  # what could be a block is not junk
+            for j in junk:
+                items.insert(rng.randrange(len(items) + 1), j)
+            events, refused = [], 0
+            for i in range(0, len(items), batch):
+                got, bad = partial.write_blocks(items[i : i + batch])
+                events += got
+                refused += bad
+            assert [e.ok for e in events] == [True] * layout.pieces
+            assert sorted(e.piece for e in events) == list(range(layout.pieces))
+            counters = partial.counters
+            assert counters["written"] == blocks and counters["bad_pieces"] == 0
+            assert refused + counters["duplicates"] == len(items) - blocks
+            assert refused >= sum(
+                not (0 <= p < layout.pieces and 0 <= b < layout.blocks_in_piece(p))
+                for p, b, _ in junk
+            )
+            assert partial.finalize().read_bytes() == data
+    finally:
+        buffers.BUFFER_BYTES = old
+
+
 def test_a_bad_piece_in_memory_never_touches_the_disk(tmp_path: Path) -> None:
     data = random.Random(4).randbytes(3 * PIECE)
     partial, manifest = open_store(str(tmp_path), data)

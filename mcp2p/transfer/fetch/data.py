@@ -9,6 +9,7 @@ subclass that replaces it gets every packet through its own).
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 from mcp2p.core import fetchplan
@@ -16,6 +17,8 @@ from mcp2p.transfer.fetch.common import FetchError, Source, _log
 from mcp2p.transfer.fetch.transfer import Transfer
 from mcp2p.transfer.receiver import Items
 from mcp2p.transfer.store import StoreError
+
+_piece_of = itemgetter(0)
 
 
 class Fetch(Transfer):
@@ -62,9 +65,9 @@ class Fetch(Transfer):
         ``_deliver``."""
         if source.state != "active":
             return
-        deliver = self._deliver
-        ours = getattr(deliver, "__func__", None) is Fetch._deliver
+        ours = type(self)._deliver is Fetch._deliver and "_deliver" not in self.__dict__
         if not ours or not (self.per_block or hasattr(self.decoder, "add_many")):
+            deliver = self._deliver
             for piece, symbol, payload in items:  # a block code keeps its symbols: copied
                 deliver(source, piece, symbol, bytes(payload))
                 if source.state != "active":
@@ -85,12 +88,14 @@ class Fetch(Transfer):
             source.last_progress = self.reactor.seconds()
             name = source.name
             contributors = self.contributors
-            for piece in {item[0] for item in items}:
+            for piece in set(map(_piece_of, items)):
                 senders = contributors.get(piece)
                 if senders is None:
                     contributors[piece] = {name}
                 else:
                     senders.add(name)
+        if not events:
+            return  # the file completes only with a piece verified
         for event in events:
             if event.ok:
                 self.counters["pieces"] += 1

@@ -40,28 +40,30 @@ class BufferWindow(PieceState):
         clock: Callable[[], float],
     ) -> None:
         super().__init__(manifest, files, fd, verified, clock)
-        # piece -> its buffer (blocks gathered in memory), oldest touched first
-        self._buffers: dict[int, bytearray] = {}
-        self._spare: list[bytearray] = []  # buffers to reuse (at most the window)
+        # piece -> its buffer (blocks gathered in memory), oldest touched first. A buffer
+        # is a memoryview of a bytearray: a block is copied into a memoryview slice
+        # once, where a bytearray slice assignment copies a view's bytes twice.
+        self._buffers: dict[int, memoryview] = {}
+        self._spare: list[memoryview] = []  # buffers to reuse (at most the window)
         self._max_buffers = (
             BUFFER_BYTES // self._piece_length if 4 * self._piece_length <= BUFFER_BYTES else 0
         )
         self._spilled = 0
 
-    def _buffer_for(self, piece: int) -> bytearray | None:
+    def _buffer_for(self, piece: int) -> memoryview | None:
         """A buffer for ``piece`` (its blocks on disk read in), or None: assemble
         it on disk (a large piece, or no window)."""
         if not self._max_buffers:
             return None
         while len(self._buffers) >= self._max_buffers:
             self._spill(next(iter(self._buffers)))
-        buffer = self._spare.pop() if self._spare else bytearray(self._piece_length)
+        buffer = self._spare.pop() if self._spare else memoryview(bytearray(self._piece_length))
         blocks = self.layout.piece_blocks(piece)
         if self._written.find(1, blocks.start, blocks.stop) != -1:
             size = self.layout.piece_size(piece)
             offset = piece * self._piece_length
             try:
-                got = os.preadv(self._fd, [memoryview(buffer)[:size]], offset)
+                got = os.preadv(self._fd, [buffer[:size]], offset)
             except OSError as exc:
                 self._spare.append(buffer)
                 raise _store_error(exc, "read", self.part_path) from exc
@@ -78,7 +80,7 @@ class BufferWindow(PieceState):
         buffer = self._buffers.pop(piece)
         blocks = self.layout.piece_blocks(piece)
         written = self._written
-        view = memoryview(buffer)
+        view = buffer
         base = piece * self._piece_length
         size = self.layout.piece_size(piece)
         start = written.find(1, blocks.start, blocks.stop)
@@ -94,7 +96,7 @@ class BufferWindow(PieceState):
         self._spilled += 1
         self._recycle(buffer)
 
-    def _recycle(self, buffer: bytearray) -> None:
+    def _recycle(self, buffer: memoryview) -> None:
         if len(self._spare) + len(self._buffers) < self._max_buffers:
             self._spare.append(buffer)
 

@@ -65,7 +65,10 @@ class PieceWriter(ProgressRecords):
         """Store ``(piece, block in piece, data)`` blocks: the pieces they
         completed, and how many were refused (no such block, wrong length).
 
-        ``write_block`` for a batch, inlined (this is the per-packet path)."""
+        ``write_block`` for a batch, inlined (this is the per-packet path): a
+        batch is mostly runs of blocks of one piece, so what depends on the
+        piece alone (its range, its last block's length, its buffer) is
+        looked up once per run."""
         if self._fd < 0:
             raise StoreError(errno.EBADF, f"{self.part_path} is closed", str(self.part_path))
         events: list[PieceEvent] = []
@@ -73,35 +76,43 @@ class PieceWriter(ProgressRecords):
         bpp, last, last_blocks = self._bpp, self._last_piece, self._last_blocks
         block_length, piece_length, size = self._block_length, self._piece_length, self._size
         written, left, buffers = self._written, self._left, self._buffers
+        # The piece of the run (None: no run; never -1, an index an SN may send), its
+        # blocks, its first block's index, its last block's length and its buffer.
+        current: int | None = None
+        blocks = first = tail = 0
+        view: memoryview | None = None
         for piece, block, data in items:
-            if not (0 <= piece < last and 0 <= block < bpp) and not (
-                piece == last and 0 <= block < last_blocks
-            ):
+            if piece != current:
+                if not 0 <= piece <= last:
+                    bad += 1
+                    continue
+                current, first = piece, piece * bpp
+                if piece < last:
+                    blocks, tail = bpp, piece_length - (bpp - 1) * block_length
+                else:
+                    blocks = last_blocks
+                    tail = size - piece * piece_length - (blocks - 1) * block_length
+                view = buffers.get(piece)
+            if not 0 <= block < blocks:
                 bad += 1
                 continue
-            index = piece * bpp + block
+            index = first + block
             if written[index]:
                 duplicates += 1
                 continue
-            start = block * block_length
-            end = start + block_length
-            if end > piece_length:
-                end = piece_length
-            base = piece * piece_length
-            if base + end > size:
-                end = size - base
-            if len(data) != end - start:
+            length = len(data)
+            if length != (block_length if block < blocks - 1 else tail):
                 bad += 1
                 continue
-            buffer = buffers.get(piece)
-            if buffer is None:
-                buffer = self._buffer_for(piece)
-                if buffer is None:  # assembled on disk
+            if view is None:
+                view = self._buffer_for(piece)
+                if view is None:  # assembled on disk
                     event = self.write_block(index, data)
                     if event is not None:
                         events.append(event)
                     continue
-            buffer[start:end] = data
+            start = block * block_length
+            view[start : start + length] = data
             written[index] = 1
             wrote += 1
             remaining = left[piece] - 1
@@ -109,6 +120,7 @@ class PieceWriter(ProgressRecords):
             if not remaining:
                 self._written_blocks += wrote
                 wrote = 0
+                current, view = None, None  # its buffer goes back
                 events.append(self._check_piece(piece))
         self._written_blocks += wrote
         self._duplicates += duplicates
@@ -146,7 +158,7 @@ class PieceWriter(ProgressRecords):
         buffer = self._buffers.pop(piece, None)
         if buffer is not None:
             # In memory: hashed there, written once if good, never if bad.
-            data = memoryview(buffer)[:size]
+            data = buffer[:size]
             good = hash_piece(data) == self._hashes[piece]
             try:
                 if good:

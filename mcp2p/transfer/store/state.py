@@ -77,6 +77,7 @@ class PieceState:
         self._duplicates = 0
         self._bad_pieces = 0
         self._closed = False
+        self._pieces = layout.pieces
         self._last_piece = layout.pieces - 1
         self._last_blocks = layout.blocks_in_piece(self._last_piece)
 
@@ -142,7 +143,7 @@ class PieceState:
 
     @property
     def complete(self) -> bool:
-        return self._verified_count == self.layout.pieces
+        return self._verified_count == self._pieces
 
     @property
     def closed(self) -> bool:
