@@ -1172,3 +1172,23 @@ def test_every_layer_logs_as_the_store_s_partial_file(dirs: Dirs) -> None:
     }
     assert len(ours) == 2
     assert set(ours.values()) == {"mcp2p.transfer.store.PartialFile"}
+
+
+@given(st.lists(st.tuples(st.integers(0, 3 * 196608 + 100), st.integers(0, 1)), max_size=40))
+@settings(max_examples=30, deadline=None)
+def test_a_bitmap_cache_encodes_as_encode_bitmap_does_through_changes(
+    changes: list[tuple[int, int]],
+) -> None:
+    from mcp2p.transfer.store.progress import BitmapCache
+
+    cache = BitmapCache()
+    bits = bytearray(3 * 196608 + 101)  # three whole chunks and a partial one
+    assert cache.encode(bits) == encode_bitmap(bits)
+    for i, (index, value) in enumerate(changes):
+        bits[index] = value
+        if i % 3 == 0:
+            assert cache.encode(bits) == encode_bitmap(bits)
+    assert cache.encode(bits) == encode_bitmap(bits)
+    assert decode_bitmap(cache.encode(bits), len(bits)) == bits
+    shorter = bits[:1000]  # another size: everything encoded afresh
+    assert cache.encode(shorter) == encode_bitmap(shorter)

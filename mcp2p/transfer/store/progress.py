@@ -42,6 +42,34 @@ def encode_bitmap(bits: bytearray) -> str:
     return base64.b64encode(value.to_bytes((len(bits) + 7) // 8, "little")).decode("ascii")
 
 
+_CHUNK = 8 * 3 * 8192  # bits a BitmapCache chunk: whole bytes and whole base64 quanta
+
+
+class BitmapCache:
+    """``encode_bitmap`` for a bitmap that changes a little between calls: it
+    is cut in chunks of _CHUNK bits (24 KiB packed, whole base64 quanta, so
+    their texts join), and a chunk equal to its last copy keeps its text.
+    A flush of a 4 GiB file's block bitmap (3 million bits, 12 ms to encode)
+    then costs a compare of 3 MB and the few chunks that changed."""
+
+    def __init__(self) -> None:
+        self._raw: list[bytes | None] = []
+        self._text: list[str] = []
+
+    def encode(self, bits: bytearray) -> str:
+        count = -(-len(bits) // _CHUNK)
+        if len(self._raw) != count:
+            self._raw, self._text = [None] * count, [""] * count
+        view = memoryview(bits)
+        raw, text = self._raw, self._text
+        for k in range(count):
+            part = view[k * _CHUNK : (k + 1) * _CHUNK]
+            if raw[k] is None or raw[k] != part:
+                raw[k] = bytes(part)
+                text[k] = encode_bitmap(bytearray(part))
+        return "".join(text)
+
+
 def decode_bitmap(text: str, count: int) -> bytearray:
     raw = base64.b64decode(text.encode("ascii"), validate=True)
     if len(raw) != (count + 7) // 8:
@@ -104,12 +132,17 @@ def write_progress(
     manifest: ManifestLike,
     verified: bytearray,
     written: bytearray | None = None,
+    caches: tuple[BitmapCache, BitmapCache] | None = None,
 ) -> None:
     """Replace the progress file atomically and durably.
 
     ``written`` marks blocks held in pieces not yet verified: after a crash
     they are kept, and a piece whose kept blocks turn out wrong simply fails
-    its hash and is fetched again, so keeping them risks nothing."""
+    its hash and is fetched again, so keeping them risks nothing. ``caches``
+    (for verified, written) spare re-encoding what did not change since the
+    last call."""
+    encode = encode_bitmap if caches is None else caches[0].encode
+    encode_written = encode_bitmap if caches is None else caches[1].encode
     state = {
         "version": PROGRESS_VERSION,
         "content_id": manifest.content_id.hex(),
@@ -117,10 +150,10 @@ def write_progress(
         "size": manifest.size,
         "piece_length": manifest.piece_length,
         "block_length": manifest.block_length,
-        "verified": encode_bitmap(verified),
+        "verified": encode(verified),
     }
     if written is not None:
-        state["written"] = encode_bitmap(written)
+        state["written"] = encode_written(written)
     data = json.dumps(state, separators=(",", ":")).encode("utf-8")
     try:
         write_atomic(
@@ -156,7 +189,11 @@ class ProgressRecords(BufferWindow):
             os.fdatasync(self._fd)
         except OSError as exc:
             raise _store_error(exc, "sync", self.part_path) from exc
-        write_progress(self._files, self.manifest, self._verified, self._on_disk())
+        if self._bitmap_caches is None:
+            self._bitmap_caches = (BitmapCache(), BitmapCache())
+        write_progress(
+            self._files, self.manifest, self._verified, self._on_disk(), self._bitmap_caches
+        )
         self._unflushed = 0
         self._dirty_blocks = 0
         self._last_flush = self._clock()

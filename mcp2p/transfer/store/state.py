@@ -15,6 +15,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -64,6 +65,10 @@ class PieceState:
         self._nblocks = layout.blocks
         self._hashes = tuple(manifest.piece_hashes)
         self._verified = verified
+        # Pieces verified by an earlier run (the progress file says so): the
+        # whole-file check at the end reads these again; this run's were
+        # hashed from the very bytes it wrote.
+        self._verified_before = bytearray(verified)
         self._written = bytearray(self._nblocks)
         self._left = [layout.blocks_in_piece(p) for p in range(layout.pieces)]
         self._verified_count = 0
@@ -71,6 +76,9 @@ class PieceState:
         for piece in itertools.compress(range(layout.pieces), verified):
             self._mark_verified(piece)
         self._unflushed = 0
+        # the progress file's two bitmaps, re-encoded only where they changed
+        # (progress.BitmapCache; made by the first flush)
+        self._bitmap_caches: tuple[Any, Any] | None = None
         self._dirty_blocks = 0
         self._last_flush = clock()
         self._written_blocks = 0
