@@ -112,6 +112,7 @@ TRANSFER_HELP = {
     "lost": "data packets lost (announced, never arrived)",
     "late": "data packets that arrived after being reported lost",
     "notices": "packet digests taken from trusted digest lists",
+    "held": "data packets that came before their digest list was trusted, held for it",
     "lists": "digest lists trusted (their hash came on the control channel)",
     "lists_asked": "digest lists asked of the SN after not coming on the data path",
     "lists_fetched": "digest lists received over the control channel after asking",
