@@ -463,11 +463,10 @@ class ServingService(Service):
         session.add(sub, wanted_set)
         if mode == "multicast":
             host = _host_of(client)
-            self.expected.pop((content_id, host), None)
             if fresh:
                 session.gather(self._expected_hosts(content_id, now), s.gather)
-            else:
-                session.arrived(host)
+            self.expected.pop((content_id, host), None)
+            session.arrived(host)
         self._start_checker()
         peer = (client.peer_node_id or b"").hex()[:12]
         _log.info(
@@ -877,16 +876,16 @@ class ServingService(Service):
             ):
                 session.expect(host)  # still gathering: it waits for this one too
 
-    def _expected_hosts(self, content_id: bytes, now: float) -> set[str]:
+    def _expected_hosts(self, content_id: bytes, now: float) -> list[str]:
         """The hosts offered ``content_id`` in the last EXPECT_FOR seconds that
-        have not subscribed to it since."""
+        have not subscribed to it since, the first offered first."""
         expected = self.expected
         while expected:
             key = next(iter(expected))
             if now - expected[key] <= EXPECT_FOR:
                 break
             del expected[key]
-        return {host for (cid, host) in expected if cid == content_id}
+        return [host for (cid, host) in expected if cid == content_id]
 
     def lookup(self, query: Query) -> Sequence[FileOffer]:
         """The files matching a QUERY, as offers."""

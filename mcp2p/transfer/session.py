@@ -168,7 +168,8 @@ class Session:
         self.rate_at = reactor.seconds()
         self.on_end = on_end
         self.subscribers: dict[int, Subscriber] = {}
-        self.waiting: set[str] = set()  # hosts the first packet waits for (``gather``)
+        # hosts the first packet waits for (``gather``), in the order offered
+        self.waiting: dict[str, None] = {}
         self.gather_until = 0.0  # ... at most until then
         self.state = "IDLE"
         self.idle_since = reactor.seconds()
@@ -202,38 +203,45 @@ class Session:
                 self.bucket.empty_until(self.reactor.seconds() + JOIN_DELAY)
             self.loop.start(TICK, now=False)
 
-    def gather(self, hosts: set[str], seconds: float) -> None:
-        """Hold the first packet until each of ``hosts`` subscribed (``arrived``),
-        at most ``seconds``: CNs that asked for this content together get the
-        same first packets (each packet sent before a CN joins is one it
-        needs again)."""
+    def gather(self, hosts: list[str], seconds: float) -> None:
+        """Hold the first packet until as many CNs subscribed as ``hosts`` were
+        offered this content (``arrived``), at most ``seconds``: CNs that asked
+        for it together get the same first packets (each packet sent before a
+        CN joins is one it needs again). Call ``arrived`` for the subscriber
+        that made the session too."""
         if seconds <= JOIN_DELAY or self.seq:
             return
         self.gather_until = self.reactor.seconds() + seconds
-        if not hosts:
-            return  # but a host offered the file before the first packet is waited for
-        self.waiting = set(hosts)
-        self.bucket.empty_until(self.gather_until)
-        _log.info(
-            "session {sid:08x} waits up to {seconds}s for {n} more CNs offered its file",
-            sid=self.session_id,
-            seconds=seconds,
-            n=len(hosts),
-        )
+        self.waiting = dict.fromkeys(hosts)
+        if len(hosts) > 1:
+            self.bucket.empty_until(self.gather_until)
+            _log.info(
+                "session {sid:08x} waits up to {seconds}s for the {n} CNs offered its file",
+                sid=self.session_id,
+                seconds=seconds,
+                n=len(hosts),
+            )
 
     def expect(self, host: str) -> None:
         """``host`` was just offered this content: if the session is still
         gathering, it waits for that host too (within the same deadline)."""
         if not self.seq and self.reactor.seconds() < self.gather_until:
-            self.waiting.add(host)
+            self.waiting[host] = None
             self.bucket.empty_until(self.gather_until)
 
     def arrived(self, host: str) -> None:
-        """A subscriber from ``host`` joined: the last one waited for starts the session."""
-        if host not in self.waiting:
+        """A subscriber from ``host`` joined: the last one waited for starts the
+        session. A host not waited for takes the place of the one offered
+        first (a CN may ask from one address, IPv6 link-local say, and
+        subscribe from another): so many offers, so many subscriptions."""
+        waiting = self.waiting
+        if not waiting:
             return
-        self.waiting.discard(host)
-        if not self.waiting and not self.seq:
+        if host in waiting:
+            del waiting[host]
+        else:
+            del waiting[next(iter(waiting))]
+        if not waiting and not self.seq:
             self.bucket.empty_until(self.reactor.seconds() + JOIN_DELAY)
 
     def set_wanted(self, sub: Subscriber, wanted: RangeSet, replace: bool) -> None:
