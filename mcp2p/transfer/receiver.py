@@ -129,7 +129,7 @@ class Receiver(DatagramProtocol):
         # dict deleted from the front makes each next(iter()) scan the holes left
         # (that scan was half of a CN's CPU at 30k packets/s).
         self.overdue: OrderedDict[int, tuple[bytes, float]] = OrderedDict()  # reported lost
-        # accepted a while ago (KEEP): a later copy is a duplicate or a forgery
+        # the last 2^18 packets accepted: a later copy is a duplicate or a forgery
         self.accepted = Accepted()
         self.reported_accepted = 0  # counters["accepted"] at the last report
         self.highest = -1  # the highest sequence number accepted
@@ -179,18 +179,12 @@ class Receiver(DatagramProtocol):
         ssrc = self.ssrc
         expected, overdue = self.expected, self.overdue
         accepted = self.accepted
-        seen, seen_at, seen_digests, mask = (
-            accepted.seqs,
-            accepted.times,
-            accepted.digests,
-            accepted.mask,
-        )
+        seen, seen_digests, mask = accepted.seqs, accepted.digests, accepted.mask
         digest_of = _digest
         out: Items = []
         malformed = foreign = 0
         highest = self.highest
         now = self.clock.seconds()
-        horizon = now - KEEP
         unpack, first = FAST_HEADER.unpack_from, FIRST_TWO
         for data in batch:
             # split_header, inlined: this is the per-packet path
@@ -207,20 +201,23 @@ class Receiver(DatagramProtocol):
             if packet_ssrc != ssrc:
                 foreign += 1
                 continue
-            slot = seq & mask  # Accepted.get, inlined
-            if seen[slot] == seq and seen_at[slot] >= horizon:
+            slot = seq & mask
+            notice = expected.pop(seq, None)  # the usual case: listed, not yet here
+            if notice is not None:
+                digest = digest_of(data)
+                if digest != notice[0]:
+                    # Not what our channel listed; the genuine may come: its
+                    # notice goes back, at the front (the oldest).
+                    expected[seq] = notice
+                    expected.move_to_end(seq, last=False)
+                    self._forged(0.0)
+                    continue
+            elif seen[slot] == seq:  # Accepted.get, inlined: here already
                 if digest_of(data) == seen_digests[slot * 8 : slot * 8 + 8]:
                     counters["duplicate"] += 1
                 else:
                     self._forged(0.0)  # a copy of a packet we have, altered
                 continue
-            notice = expected.get(seq)
-            if notice is not None:
-                digest = digest_of(data)
-                if digest != notice[0]:
-                    self._forged(0.0)  # not what our channel announced; the genuine may come
-                    continue
-                del expected[seq]
             else:
                 notice = overdue.get(seq)
                 if notice is None:
@@ -236,7 +233,6 @@ class Receiver(DatagramProtocol):
                 counters["late"] += 1
                 counters["lost"] -= 1
             seen[slot] = seq  # Accepted.put, inlined
-            seen_at[slot] = now
             seen_digests[slot * 8 : slot * 8 + 8] = digest
             if seq > highest:
                 highest = seq
@@ -372,7 +368,7 @@ class Receiver(DatagramProtocol):
                 if genuine is not None:
                     # Checked by split_header when it was held.
                     _, _, piece, symbol = split_header(genuine)  # type: ignore[misc]
-                    accepted.put(seq, digest, now)
+                    accepted.put(seq, digest)
                     if seq > self.highest:
                         self.highest = seq
                     out.append((piece, symbol, genuine[HEADER_LEN:]))
@@ -484,33 +480,31 @@ def _digest(data: Buffer) -> bytes:
 
 
 class Accepted:
-    """The digests of packets accepted in the last KEEP seconds, by sequence
-    number: fixed arrays (about 5 MB), no object per packet and nothing to
-    expire. A sequence number shares its slot with those ``MAX_EXPECTED``
-    apart; at over 131k packets/s the older one is forgotten early, and a
-    copy of it then waits for a notice like any unknown packet (and is
-    dropped as unannounced)."""
+    """The digests of the packets accepted, by sequence number: fixed arrays
+    (about 4 MB), no object per packet and nothing to expire. A sequence
+    number shares its slot with those ``MAX_EXPECTED`` apart, so the last
+    2^18 packets are known: a copy of one is a duplicate (or, altered, a
+    forgery); a copy of an older one waits for a notice like any unknown
+    packet (and is dropped as unannounced)."""
 
-    __slots__ = ("digests", "mask", "seqs", "times")
+    __slots__ = ("digests", "mask", "seqs")
 
     def __init__(self, size: int = MAX_EXPECTED) -> None:
         assert size & (size - 1) == 0, "a power of two"
         self.mask = size - 1
         self.seqs = array("q", [-1]) * size
-        self.times = array("d", [0.0]) * size
         self.digests = bytearray(8 * size)
 
-    def get(self, seq: int, now: float) -> bytes | None:
-        """The digest of ``seq`` if it was accepted in the last KEEP seconds."""
+    def get(self, seq: int) -> bytes | None:
+        """The digest of ``seq`` if it was accepted (among the last 2^18)."""
         slot = seq & self.mask
-        if self.seqs[slot] == seq and self.times[slot] >= now - KEEP:
+        if self.seqs[slot] == seq:
             return bytes(self.digests[slot * 8 : slot * 8 + 8])
         return None
 
-    def put(self, seq: int, digest: bytes, now: float) -> None:
+    def put(self, seq: int, digest: bytes) -> None:
         slot = seq & self.mask
         self.seqs[slot] = seq
-        self.times[slot] = now
         self.digests[slot * 8 : slot * 8 + 8] = digest
 
 
