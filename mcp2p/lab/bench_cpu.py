@@ -20,7 +20,9 @@ Two parts, printed as one table and written as JSON:
    the data packets: mcp2p's from its receivers' counters, the peers' as
    file size / block size. mcp2p's figure includes its per-file work too
    (search, manifest, TLS, notices, final hash of the file). Also each
-   process's peak RSS (VmHWM), and for mcp2p the packets per receive call.
+   process's peak RSS (VmHWM), and for mcp2p the packets per receive call
+   and the share of packets that came before their digest list was trusted
+   (held: each costs a copy and a second look).
 
 2. **Stages in process**: the CN's receive path taken apart on synthetic
    packets of the same shape (1400-byte blocks, 1 MiB pieces), each stage
@@ -130,7 +132,13 @@ def run_mcp2p(lab: Any, rate: int, mode: str, code: str = "auto") -> list[Row]:
     lost = sum(int(r.get("lost", 0)) for r in got.receivers)
     note = "" if got.ok else (got.error or "failed")[:300]
     reads = sum(int(r.get("reads", 0)) for r in got.receivers)
-    extra = f"{received / max(1, reads):.1f} packets per receive call" if accepted else ""
+    held = sum(int(r.get("held", 0)) for r in got.receivers)
+    extra = (
+        f"{received / max(1, reads):.1f} packets per receive call, "
+        f"{100 * held / max(1, received):.0f}% held for their list"
+        if accepted
+        else ""
+    )
     return [
         Row("mcp2p", "SN", received + lost, sn_cpu, got.wall, peak_rss(sn_pid), got.ok, note),
         Row("mcp2p", "CN", received, cn_cpu, got.wall, peak_rss(cn_pid), got.ok, note or extra),

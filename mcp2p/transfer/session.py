@@ -66,7 +66,10 @@ _log = Logger()
 JOIN_DELAY = 0.05  # seconds a new multicast session waits for its first CN to join
 TICK = 0.002  # seconds between bursts
 MAX_BURST = 256  # packets per tick at most
-LEAD = 0.01  # seconds of the rate planned ahead: lists lead their packets by this
+# Seconds of the rate planned ahead: lists lead their packets by this (a list
+# whose hash comes after its packets makes the CN hold and copy them; the
+# control channel is TCP_NODELAY, so hashes do not wait for ACKs).
+LEAD = 0.02
 MAX_LEAD = 2 * MAX_BURST  # packets planned ahead at most (memory: about 750 KB)
 PLAN = 0.02  # seconds of the rate planned at once at most (whole lists where it allows)
 LIST_KEEP = 512  # digest lists kept for CNs that missed one (over 1 s at 1 Gbit/s)
