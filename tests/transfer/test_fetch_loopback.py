@@ -146,3 +146,47 @@ async def test_fetch_with_the_raptorq_code(tmp_path: Path) -> None:
         await sn.stopService()
     assert path.read_bytes() == (sn_dir / "share" / "coded.bin").read_bytes()
     assert events[-1]["event"] == "done"
+
+
+@pytest_twisted.ensureDeferred
+async def test_digest_lists_lost_on_the_data_path_are_asked_for(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Every other digest list never leaves the SN: the CN asks for each over
+    TLS (GetList), holds the packets meanwhile, and the file arrives whole."""
+    import itertools
+
+    from mcp2p.transfer.session import Session
+
+    sent = Session._send_list
+    calls = itertools.count()
+
+    def lose_every_other(self: Session, packet: bytes, now: float) -> None:
+        if next(calls) % 2:
+            self.bucket.charge(now, len(packet))  # paced as if sent, never on the wire
+            return
+        sent(self, packet, now)
+
+    monkeypatch.setattr(Session, "_send_list", lose_every_other)
+    qport, sport = free_udp_port(), free_udp_port()
+    sn_dir = make_node_dir(tmp_path / "sn", {"data.bin": 4_000_000})
+    sn = build(
+        node_config(
+            sn_dir,
+            qport,
+            sport,
+            discovery={"methods": "query"},
+            serving={"data_port": str(free_udp_port()), "control_port": "0", "rate": "100M"},
+        ),
+        reactor,
+    )
+    sn.startService()
+    try:
+        await sn.node.serving.ready
+        path, events = await fetch(tmp_path, sn.node.config, qport, sport, "data.bin")
+        resent = sn.node.serving.counters["lists_resent"]
+    finally:
+        await sn.stopService()
+    assert path.read_bytes() == (sn_dir / "share" / "data.bin").read_bytes()
+    assert events[-1]["event"] == "done"
+    assert resent >= 5  # about half of the file's ~17 lists
