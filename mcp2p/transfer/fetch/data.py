@@ -46,16 +46,7 @@ class Fetch(Transfer):
         source.blocks += 1
         source.last_progress = self.reactor.seconds()
         self.contributors.setdefault(piece, set()).add(source.name)
-        for event in events:
-            if event is None:
-                continue
-            if event.ok:
-                self.counters["pieces"] += 1
-                self.contributors.pop(event.piece, None)
-            else:
-                self._bad_piece(event.piece)
-        if self.store.complete and not self.done.called:
-            self.done.callback(None)
+        self._settle(events)
 
     def _deliver_many(self, source: Source, items: Items) -> None:
         """The authenticated packets of one batch (payloads are views into the
@@ -94,9 +85,15 @@ class Fetch(Transfer):
                     contributors[piece] = {name}
                 else:
                     senders.add(name)
-        if not events:
-            return  # the file completes only with a piece verified
+        if events:  # the file completes only with a piece verified
+            self._settle(events)
+
+    def _settle(self, events: list[Any]) -> None:
+        """The store's piece events: a verified piece counted, a bad one wanted
+        again (``_bad_piece``); the fetch done once the file is complete."""
         for event in events:
+            if event is None:
+                continue
             if event.ok:
                 self.counters["pieces"] += 1
                 self.contributors.pop(event.piece, None)
