@@ -48,21 +48,23 @@ async def fetch(
     return path, events
 
 
+def serving_node(
+    tmp_path: Path, files: dict[str, int], **serving: str
+) -> tuple[Any, Path, int, int]:
+    """An SN built by app.build (not started) sharing ``files`` (name -> size),
+    answering queries only; [serving] options in ``serving``. Returns it, its
+    node directory and its query and SAP ports."""
+    qport, sport = free_udp_port(), free_udp_port()
+    sn_dir = make_node_dir(tmp_path / "sn", files)
+    options = {"data_port": str(free_udp_port()), "control_port": "0", **serving}
+    config = node_config(sn_dir, qport, sport, discovery={"methods": "query"}, serving=options)
+    return build(config, reactor), sn_dir, qport, sport
+
+
 @pytest.mark.parametrize("mode", ["multicast", "unicast"])
 @pytest_twisted.ensureDeferred
 async def test_fetch_a_file_over_loopback(tmp_path: Path, mode: str) -> None:
-    qport, sport = free_udp_port(), free_udp_port()
-    sn_dir = make_node_dir(tmp_path / "sn", {"data.bin": 50_000_000})
-    sn = build(
-        node_config(
-            sn_dir,
-            qport,
-            sport,
-            discovery={"methods": "query"},
-            serving={"data_port": str(free_udp_port()), "control_port": "0"},
-        ),
-        reactor,
-    )
+    sn, sn_dir, qport, sport = serving_node(tmp_path, {"data.bin": 50_000_000})
     sn.startService()
     try:
         await sn.node.serving.ready
@@ -78,24 +80,10 @@ async def test_fetch_a_file_over_loopback(tmp_path: Path, mode: str) -> None:
 async def test_three_cns_at_once_share_one_multicast_session(tmp_path: Path) -> None:
     from twisted.internet import defer
 
-    qport, sport = free_udp_port(), free_udp_port()
     size = 10_000_000
-    sn_dir = make_node_dir(tmp_path / "sn", {"shared.bin": size})
-    sn = build(
-        node_config(
-            sn_dir,
-            qport,
-            sport,
-            discovery={"methods": "query"},
-            # One reactor runs the SN and three CNs: a rate one core keeps up with.
-            serving={
-                "data_port": str(free_udp_port()),
-                "control_port": "0",
-                "rate": "80M",
-                "max_rate": "80M",
-            },
-        ),
-        reactor,
+    # One reactor runs the SN and three CNs: a rate one core keeps up with.
+    sn, sn_dir, qport, sport = serving_node(
+        tmp_path, {"shared.bin": size}, rate="80M", max_rate="80M"
     )
     sn.startService()
     ended: list[Any] = []
@@ -126,18 +114,7 @@ async def test_three_cns_at_once_share_one_multicast_session(tmp_path: Path) -> 
 
 @pytest_twisted.ensureDeferred
 async def test_fetch_with_the_raptorq_code(tmp_path: Path) -> None:
-    qport, sport = free_udp_port(), free_udp_port()
-    sn_dir = make_node_dir(tmp_path / "sn", {"coded.bin": 8_000_000})
-    sn = build(
-        node_config(
-            sn_dir,
-            qport,
-            sport,
-            discovery={"methods": "query"},
-            serving={"data_port": str(free_udp_port()), "control_port": "0"},
-        ),
-        reactor,
-    )
+    sn, sn_dir, qport, sport = serving_node(tmp_path, {"coded.bin": 8_000_000})
     sn.startService()
     try:
         await sn.node.serving.ready
@@ -168,18 +145,7 @@ async def test_digest_lists_lost_on_the_data_path_are_asked_for(
         sent(self, packet, now)
 
     monkeypatch.setattr(Session, "_send_list", lose_every_other)
-    qport, sport = free_udp_port(), free_udp_port()
-    sn_dir = make_node_dir(tmp_path / "sn", {"data.bin": 4_000_000})
-    sn = build(
-        node_config(
-            sn_dir,
-            qport,
-            sport,
-            discovery={"methods": "query"},
-            serving={"data_port": str(free_udp_port()), "control_port": "0", "rate": "100M"},
-        ),
-        reactor,
-    )
+    sn, sn_dir, qport, sport = serving_node(tmp_path, {"data.bin": 4_000_000}, rate="100M")
     sn.startService()
     try:
         await sn.node.serving.ready
