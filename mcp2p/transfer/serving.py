@@ -871,8 +871,12 @@ class ServingService(Service):
         while len(expected) > MAX_EXPECTED:
             expected.popitem(last=False)
         for (content_id, _, _), session in self.sessions.items():
-            if content_id in ids and host not in (
-                _host_of(s.client) for s in session.subscribers.values()
+            # Only a session that sent nothing yet can wait: the subscribers'
+            # hosts are looked at for those alone, not on every query.
+            if (
+                content_id in ids
+                and not session.seq
+                and host not in (_host_of(s.client) for s in session.subscribers.values())
             ):
                 session.expect(host)  # still gathering: it waits for this one too
 
