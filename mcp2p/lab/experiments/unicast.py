@@ -107,6 +107,13 @@ PARAMS = {
     "code": Param(
         "auto", "auto", "auto", "block code of mcp2p's fetches: auto (default), plain or raptorq"
     ),
+    "sn_rate": Param(
+        "pinned",
+        "pinned",
+        "pinned",
+        "mcp2p SN's rate: pinned (rate = max_rate = send_mbit) or shipped "
+        "(etc/mcp2p.ini's rate and max_rate: the session finds the link's rate itself)",
+    ),
 }
 MULTICAST_TOOLS = ("mcp2p-multicast", "udpcast", "uftp")
 WIN_MARGIN = 0.05  # "wins": a median at least 5% lower (less is noise on 2 shared cores)
@@ -237,6 +244,7 @@ def run(
     headline_mib: int = 0,
     family: int = 4,
     code: str = "auto",
+    sn_rate: str = "pinned",
 ) -> dict[str, Any]:
     if not cns or min(cns) < 1 or max(cns) > 64:
         raise ValueError("cns: numbers of CNs between 1 and 64")
@@ -253,6 +261,8 @@ def run(
         raise ValueError("family: 4 or 6")
     if code not in ("auto", "plain", "raptorq"):
         raise ValueError("code: auto, plain or raptorq")
+    if sn_rate not in ("pinned", "shipped"):
+        raise ValueError("sn_rate: pinned or shipped")
     if family == 6 and any(t.startswith("mcp2p-") for t in tools) and ipv6_missing():
         raise LabError(str(ipv6_missing()))
     size = size_mib << 20
@@ -275,7 +285,10 @@ def run(
             lab.share(hl_size, name=HEADLINE_FILE)
         if family == 6:
             lab.share(1 << 20, name=PROBE_FILE)
-        lab.start_sn(rate=f"{send_mbit}M")
+        if sn_rate == "shipped":
+            lab.start_sn(rate=_shipped("rate"), max_rate=_shipped("max_rate"))
+        else:
+            lab.start_sn(rate=f"{send_mbit}M")
         try:
             if family == 6 and any(t.startswith("mcp2p-") for t in todo):
                 ctx.progress("IPv6: does mcp2p fetch over IPv6?")
@@ -312,6 +325,7 @@ def run(
             "headline_size": hl_size or size,
             "family": family,
             "code": code,
+            "sn_rate": sn_rate,
         },
         "skipped": skipped,
         "runs": runs,
@@ -320,6 +334,13 @@ def run(
         "kernel": platform.release(),
         "cores": os.cpu_count(),
     }
+
+
+def _shipped(option: str) -> str:
+    """[serving] ``option`` as an SN that sets nothing has it."""
+    from mcp2p.config import SCHEMA
+
+    return SCHEMA["serving"][option].default
 
 
 def _headline_point(losses: list[float], cns: list[int]) -> tuple[float, int]:
@@ -460,8 +481,13 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
         + "). Tools: mcp2p multicast and unicast (real `twistd -n mcp2p` daemons on the SN "
         f"and on every CN, the `mcp2p get` CLI on each CN, {prm.get('code', 'plain')} code "
         "(auto: RaptorQ in multicast, plain in unicast), "
-        "SN sessions at "
-        f"{prm['send_mbit']} Mbit/s), udpcast (`udp-sender --max-bitrate "
+        + (
+            "SN sessions at the shipped rate settings (start at [serving] rate, adapt up to "
+            "max_rate: they find the link's rate themselves)"
+            if prm.get("sn_rate") == "shipped"
+            else f"SN sessions at {prm['send_mbit']} Mbit/s"
+        )
+        + "), udpcast (`udp-sender --max-bitrate "
         f"{prm['send_mbit']}m --full-duplex --min-receivers N --rexmit-hello-interval 20 "
         "--retries-until-drop 30`), UFTP 4.10 (`uftp -Y none -R "
         f"{prm['send_mbit'] * 1_000_000 // 1024}` to a closed group: its Kbps are of 1024 "
