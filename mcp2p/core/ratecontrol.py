@@ -3,7 +3,7 @@
 Random loss (a lossy link, 1% say) must not read as congestion, and a
 multicast session must still slow down to its slowest receiver's path.
 The caller collects each receiver's packets lost and received over one
-period (RATE_PERIOD in the session, 0.5 s) and hands all of them to
+period (``period_length``: 0.1 s while starting, 0.5 s after) and hands all of them to
 `RateController.period` at once. For each receiver:
 
 - its *baseline* is the random loss of its path: the lowest loss it showed
@@ -15,29 +15,59 @@ period (RATE_PERIOD in the session, 0.5 s) and hands all of them to
   sample of that size (a one-sided test: eight receivers at 1% random loss
   would otherwise, by chance, cut the rate every few periods).
 - its *calculated rate* is what it received, scaled up for its random loss:
-  rate x (1 - loss) / (1 - baseline). Past a bottleneck this is the
+  rate x (1 - loss) / (1 - baseline), or, where the caller says how long
+  the period was and how large a packet is, the packets it received a
+  second (so scaled) where that is more: the loss reported in a period is
+  of the rates before, a period late. Past a bottleneck this is the
   bottleneck's rate.
 
 As in TFMCC (RFC 4654, section 3: the sender follows the calculated rate of
-the slowest receiver, the "current limiting receiver"), the session goes to
-the lowest calculated rate of the receivers that saw congestion, but not
-below MAX_CUT_PERCENT of the current rate in one step (TFRC, RFC 5348
-section 4.3, at most halves per feedback; a period here is many LAN
-round-trips, and a CN that stalls for want of CPU reports a whole period
-lost, so one step is gentler), and then holds one period, because the
-next period's reports still tell of the rate before the cut (one decrease per
-feedback delay, RFC 5348 4.4). When no receiver saw congestion the rate
-rises by INCREASE_PERCENT_OF_MAX of the ceiling. The baseline in place of
-TFRC's loss event rate and its throughput equation: on a LAN the round-trip
-time in that equation is tiny and unmeasured here, and the equation's rate
-for 1% loss would be far above any link anyway.
+the slowest receiver, the "current limiting receiver"), a session that saw
+congestion goes to the lowest calculated rate of the receivers that saw it,
+and then holds one period, because the next period's reports still tell of
+the rate before the cut (one decrease per feedback delay, RFC 5348 4.4).
+
+How the rate finds the path's capacity, and holds it:
+
+- *Starting* (TFMCC's slowstart, RFC 4654 4.3): a new session raises its
+  rate by START_GAIN_PERCENT every START_PERIOD, but never past twice what
+  its slowest receiver received (when the caller says how long the period
+  was and how large a packet is), until the first congestion. That first
+  cut may halve the rate at once: overshooting, the calculated rate is the
+  bottleneck's. Loss comes late, and every packet lost to an overshoot is
+  one to send again, for every receiver: so the start rises by half, not
+  TFMCC's double, and also ends, as BBR's startup does, when what the
+  slowest receiver gets a second stops growing: a period in which it grew
+  by less than FULL_GROWTH stops the rise, a second one ends the start
+  there (between the most it got and what it gets), with no loss needed.
+- *Steady*: a later cut leaves at least MAX_CUT_PERCENT of the rate in one
+  step (TFRC, RFC 5348 4.3, at most halves per feedback; a period here is
+  many LAN round-trips, and a CN that stalls for want of CPU reports a
+  whole period lost, so one step is gentler). The calculated rate of that
+  cut is the path's capacity as last seen (``known``). Below it the rate
+  climbs back halfway to it each period (a binary search: near it within a
+  few periods, never past it by a climb); at or above it the rate probes
+  by PROBE_PERCENT of itself, then twice that, and so on (1%, 2%, 4%, ...:
+  it holds near a capacity it found, and finds a larger one in a few
+  seconds when the path frees up), as BIC's max probing does. Each probe
+  is followed by a period that may cut but not rise: the reports that tell
+  of a probe come a period late, and a probe on top of one not yet seen
+  would overshoot twice.
+
+The steps are shares of the rate, not of the ceiling: a session with a
+ceiling of 1 Gbit/s on a 100 Mbit/s path used to step by 50 Mbit/s, half
+the path, every period. The baseline in place of TFRC's loss event rate
+and its throughput equation: on a LAN the round-trip time in that equation
+is tiny and unmeasured here, and the equation's rate for 1% loss would be
+far above any link anyway.
 
 The *ceiling* is the most the session may send: the users' ``--rate``
 (DESIGN.md 5.6: a ceiling the SN honours), within [minimum, maximum]; the
 caller sets it whenever its subscribers change. Rates are integers in bit/s,
 always within [minimum, ceiling]: adaptation never probes above the ceiling,
 and a lower ceiling takes effect at once. Pure: no Twisted, no clock; the
-caller decides how long a period is.
+caller decides when a period ends (``period_length`` says how long it
+should be).
 """
 
 from __future__ import annotations
@@ -54,8 +84,14 @@ BASELINE_CAP = 0.10  # more loss than this is never taken for random loss
 MARGIN = 0.01  # loss this far above the baseline (and Z sd) is congestion
 Z = 3.0  # standard deviations of the period's sample
 MIN_SAMPLE = 50  # packets a period needs for its loss to count towards a baseline
-INCREASE_PERCENT_OF_MAX = 5  # new rate = old + 5% of the ceiling
-MAX_CUT_PERCENT = 75  # one cut leaves at least 75% of the rate
+MAX_CUT_PERCENT = 75  # one cut leaves at least 75% of the rate (steady)
+START_CUT_PERCENT = 50  # the cut that ends the start leaves at least half
+PROBE_PERCENT = 1  # the first probe above the known capacity: 1% of the rate
+MAX_PROBE_DOUBLINGS = 6  # probes grow to 64% of the rate a period at most
+START_GAIN_PERCENT = 50  # while starting, the rate rises by half each period
+FULL_GROWTH = 1.25  # the start ends when receipts grow by less than this, twice
+START_PERIOD = 0.1  # seconds of one period while starting: a CN reports every 0.1 s
+RATE_PERIOD = 0.5  # seconds of one period after that
 
 
 def _check_rate(field: str, value: object) -> int:
@@ -82,29 +118,46 @@ def congested(lost: int, received: int, baseline: float) -> bool:
 
 class RateController:
     def __init__(
-        self, initial: int, minimum: int, maximum: int, ceiling: int | None = None
+        self,
+        initial: int,
+        minimum: int,
+        maximum: int,
+        ceiling: int | None = None,
+        packet_bits: int = 0,
     ) -> None:
         _check_rate("initial", initial)
         _check_rate("minimum", minimum)
         _check_rate("maximum", maximum)
+        _check_count("packet_bits", packet_bits)
         if not minimum <= initial <= maximum:
             raise ValueError(
                 f"need minimum <= initial <= maximum, got {minimum}, {initial}, {maximum}"
             )
         self.minimum = minimum
         self.maximum = maximum
+        self.packet_bits = packet_bits  # bits a received packet stands for (0: unknown)
         self._rate = initial
         self._ceiling = maximum
-        self._step = 1
         self.ceiling = maximum if ceiling is None else ceiling
         self._history: dict[Hashable, deque[float]] = {}  # receiver -> recent losses
         self._hold = False  # the period after a cut neither cuts nor raises
+        self._observe = False  # the period after a probe may cut, not rise
+        self.starting = True  # rising by half a period until the first congestion
+        self._best = 0.0  # while starting: the most the slowest receiver got a second
+        self._flat = 0  # ... and the periods since that grew by FULL_GROWTH
+        self.known: int | None = None  # the capacity the last cut found, bit/s
+        self._probes = 0  # periods without congestion at or above ``known``
         self.limiting: Hashable | None = None  # the receiver of the last cut
 
     @property
     def rate(self) -> int:
         """The current rate in bit/s."""
         return self._rate
+
+    @property
+    def period_length(self) -> float:
+        """Seconds the caller should let one period last."""
+        return START_PERIOD if self.starting else RATE_PERIOD
 
     @property
     def ceiling(self) -> int:
@@ -116,10 +169,9 @@ class RateController:
         """Bound the rate by ``value`` from now on, clamped to [minimum,
         maximum] (a ceiling below the minimum gives the minimum). A lower
         ceiling cuts the rate at once; a higher one lets it rise again by the
-        usual steps, which are a share of the ceiling."""
+        usual steps."""
         _check_rate("ceiling", value)
         self._ceiling = min(max(value, self.minimum), self.maximum)
-        self._step = max(1, self._ceiling * INCREASE_PERCENT_OF_MAX // 100)
         self._rate = min(self._rate, self._ceiling)
 
     def baseline(self, receiver: Hashable) -> float:
@@ -133,15 +185,27 @@ class RateController:
         """``receiver`` is gone: its history must not outlive it."""
         self._history.pop(receiver, None)
 
-    def period(self, reports: Mapping[K, tuple[int, int]]) -> int:
+    def period(
+        self,
+        reports: Mapping[K, tuple[int, int]],
+        seconds: float | Mapping[K, float] = 0.0,
+    ) -> int:
         """Take one period's ``{receiver: (lost, received)}``; the new rate.
 
-        A period with no packets reported changes nothing.
+        ``seconds``: how long the period lasted, or for each receiver how
+        long its reports of it span; with ``packet_bits`` it bounds a rise
+        by twice what the slowest receiver received (0: no bound). A period
+        with no packets reported changes nothing.
         """
         for lost, received in reports.values():
             _check_count("lost", lost)
             _check_count("received", received)
+        spans = seconds if isinstance(seconds, Mapping) else dict.fromkeys(reports, seconds)
+        for span in spans.values():
+            if not isinstance(span, (int, float)) or not 0 <= span < math.inf:
+                raise ValueError(f"seconds must be non-negative numbers, got {span!r}")
         calculated: list[tuple[float, Hashable]] = []
+        received_rate = math.inf  # the slowest receiver's, scaled up for its random loss
         heard = False
         for receiver, (lost, received) in reports.items():
             total = lost + received
@@ -149,9 +213,18 @@ class RateController:
                 continue
             heard = True
             baseline = self.baseline(receiver)
+            span = spans.get(receiver, 0.0)
+            got = 0.0  # what it received a second, scaled up for its random loss
+            if span > 0 and self.packet_bits:
+                got = received * self.packet_bits / span / (1 - baseline)
+                received_rate = min(received_rate, got)
             if congested(lost, received, baseline):
+                # Its share of the rate, or what it received a second where that
+                # is more: the share is of the rate now, the loss of the rates
+                # before (a period late, and while starting the rate rose).
                 loss = lost / total
-                calculated.append((self._rate * (1 - loss) / (1 - baseline), receiver))
+                share = self._rate * (1 - loss) / (1 - baseline)
+                calculated.append((min(self._rate, max(share, got)), receiver))
             if total >= MIN_SAMPLE:
                 history = self._history.setdefault(receiver, deque(maxlen=BASELINE_PERIODS))
                 history.append(lost / total)
@@ -160,14 +233,67 @@ class RateController:
         if self._hold:
             self._hold = False
         elif calculated:
-            slowest, self.limiting = min(calculated, key=lambda c: c[0])
-            floor = max(self.minimum, self._rate * MAX_CUT_PERCENT // 100)
-            self._rate = max(floor, min(self._rate, int(slowest)))
-            self._hold = True
+            self._cut(*min(calculated, key=lambda c: c[0]))
+        elif self._observe:
+            self._observe = False
+        elif self.starting and self._full(received_rate):
+            pass
         else:
-            self._rate = min(self._ceiling, self._rate + self._step)
+            self._raise(received_rate)
         return self._rate
 
-    def report(self, lost: int, received: int) -> int:
-        """One receiver's period: ``period({None: (lost, received)})``."""
-        return self.period({None: (lost, received)})
+    def _cut(self, slowest: float, receiver: Hashable) -> None:
+        """Congestion: to the slowest receiver's calculated rate, within the
+        step's floor; that rate is the capacity known from now on."""
+        self.limiting = receiver
+        share = START_CUT_PERCENT if self.starting else MAX_CUT_PERCENT
+        floor = max(self.minimum, self._rate * share // 100)
+        capacity = max(self.minimum, min(self._rate, int(slowest)))
+        self.known = capacity
+        self._rate = max(floor, capacity)
+        self.starting = False
+        self._probes = 0
+        self._hold = True
+        self._observe = False
+
+    def _full(self, received_rate: float) -> bool:
+        """Whether the path looks full while starting (then no rise): the
+        slowest receiver's receipts stopped growing. The second such period
+        ends the start at the most they were."""
+        if received_rate == math.inf or self._rate >= self._ceiling:
+            return False  # unmeasured, or kept from growing by the ceiling
+        if received_rate >= FULL_GROWTH * self._best:
+            self._best, self._flat = received_rate, 0
+            return False
+        self._flat += 1
+        if self._flat >= 2:
+            # between the most they were and what they are: both are noisy
+            got = (self._best + received_rate) / 2
+            best = max(self.minimum, min(self._rate, int(got)))
+            self.known = self._rate = best
+            self.starting = False
+            self._probes = 0
+            self._hold = True
+        return True
+
+    def _raise(self, received_rate: float) -> None:
+        """No congestion: rise by half while starting, else climb back to the known
+        capacity or probe above it; never past the ceiling, nor past twice
+        the slowest receiver's rate."""
+        rate = self._rate
+        if self.starting:
+            step = rate * START_GAIN_PERCENT // 100
+        elif self.known is not None and rate < self.known:
+            step = (self.known - rate + 1) // 2
+        else:
+            self._probes = min(self._probes + 1, MAX_PROBE_DOUBLINGS + 1)
+            step = rate * PROBE_PERCENT * (1 << (self._probes - 1)) // 100
+            self._observe = True
+        new = min(self._ceiling, rate + max(1, step))
+        if received_rate < math.inf:
+            new = min(new, max(rate, int(2 * received_rate)))
+        self._rate = new
+
+    def report(self, lost: int, received: int, seconds: float = 0.0) -> int:
+        """One receiver's period: ``period({None: (lost, received)}, seconds)``."""
+        return self.period({None: (lost, received)}, seconds)

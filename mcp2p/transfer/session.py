@@ -75,8 +75,10 @@ PLAN = 0.02  # seconds of the rate planned at once at most (whole lists where it
 LIST_KEEP = 512  # digest lists kept for CNs that missed one (over 1 s at 1 Gbit/s)
 SEQ_RING = 1 << 17  # sequence numbers remembered for loss reports (unit of each)
 IP_UDP_OVERHEAD = 28
-RATE_PERIOD = 0.5  # seconds between two rate adaptations
-JOIN_GRACE = 1.0  # seconds after subscribing whose losses do not steer the rate
+# Seconds after subscribing whose losses do not steer the rate: what was sent
+# before the CN joined its group (a few reports at 0.1 s; lost packets are
+# reported within receiver.LOSS_AFTER of their notice).
+JOIN_GRACE = 0.5
 # A fountain-code unit needed again after a loss report waits this long for the
 # other CNs' reports of it (a CN reports a packet lost once a later one came,
 # at most 0.3 s after its notice, in reports 0.1 s apart: receiver.GAP_AFTER,
@@ -100,6 +102,7 @@ class Subscriber:
     client: Any  # ControlServer
     session: Session
     since: float = 0.0  # when it subscribed
+    reported_at: float = 0.0  # when its last loss report came (or it subscribed)
     ceiling: int = 0  # the most it wants sent, bit/s (its --rate); 0: the session's maximum
     reported_rate: int = 0
     lost: int = 0
@@ -163,11 +166,12 @@ class Session:
         self.list_size = max(1, min(layout.block_length, MAX_PAYLOAD) // DIGEST_LEN)
         self.seq_units = array("I" if self.units <= 0xFFFFFFFF else "q", [0]) * SEQ_RING
         self.gso: Any = _gso_socket(port)  # None: one write per datagram
-        self.rates = RateController(rate, min_rate, max_rate)
         self.packet_size = HEADER_LEN + layout.block_length + IP_UDP_OVERHEAD  # paced bytes
+        self.rates = RateController(rate, min_rate, max_rate, packet_bits=8 * self.packet_size)
         self.bucket = TokenBucket(rate / 8, self._burst(rate), reactor.seconds())
         self.grace = grace
-        self.loss_window: dict[int, list[int]] = {}  # subscriber -> [lost, received]
+        # subscriber -> [lost, received, since, until] in this rate period
+        self.loss_window: dict[int, list[float]] = {}
         self.rate_at = reactor.seconds()
         self.on_end = on_end
         self.subscribers: dict[int, Subscriber] = {}
@@ -176,6 +180,7 @@ class Session:
         self.gather_until = 0.0  # ... at most until then
         self.state = "IDLE"
         self.idle_since = reactor.seconds()
+        self.sending_since = 0.0  # when the first packet went out (0: not yet)
         self.loop = task.LoopingCall(self._tick)
         self.loop.clock = reactor
         self.counters = {
@@ -193,7 +198,7 @@ class Session:
     # -- subscribers
 
     def add(self, sub: Subscriber, wanted: RangeSet) -> None:
-        sub.since = self.reactor.seconds()
+        sub.since = sub.reported_at = self.reactor.seconds()
         self.subscribers[sub.id] = sub
         self._set_ceiling()
         self.set_wanted(sub, wanted, replace=True)
@@ -298,8 +303,9 @@ class Session:
         subscriber wants (one CN's --rate holds the others back, for now: the
         project will move a far slower receiver to its own session, DESIGN.md
         5.6); when that subscriber leaves, the ceiling rises and the rate
-        climbs back by the controller's usual steps (5% of the ceiling per
-        RATE_PERIOD: the others' paths never carried more than the old ceiling).
+        climbs back by the controller's usual steps (halfway to the capacity it
+        knows, then probing: the others' paths never carried more than the old
+        ceiling).
         """
         ceilings = [sub.ceiling or self.rates.maximum for sub in self.subscribers.values()]
         ceiling = min(ceilings, default=self.rates.maximum)
@@ -347,13 +353,20 @@ class Session:
             self.scheduler.add_needs(sub.id, units)
         self.counters["loss_reported"] += count
         now = self.reactor.seconds()
+        previous, sub.reported_at = sub.reported_at, now
         if now - sub.since < JOIN_GRACE:
             # A new subscriber joins its group only after our reply: what was sent
             # meanwhile is reported lost, but says nothing of the path's capacity.
-            return int(self.rates.rate)
-        window = self.loss_window.setdefault(sub.id, [0, 0])
+            # What it received does: a starting session may double on it.
+            count = 0
+        # Its window starts at its previous report (what this one counts came
+        # since), or when the first packet went out (a session that gathered
+        # its CNs sent nothing before).
+        start = max(previous, self.sending_since)
+        window = self.loss_window.setdefault(sub.id, [0, 0, start, now])
         window[0] += count
         window[1] += received
+        window[3] = now
         self._adapt(now)
         return int(self.rates.rate)
 
@@ -370,13 +383,19 @@ class Session:
         return extra
 
     def _adapt(self, now: float) -> None:
-        """One rate step per RATE_PERIOD on every receiver's loss in it (see
-        `RateController.period`: the slowest receiver's calculated rate, as in
-        TFMCC, RFC 4654): a multicast session must not speed up once per
-        receiver's report, and must slow down to the one that gets least."""
-        if now - self.rate_at < RATE_PERIOD or not self.loss_window:
+        """One rate step per period (the controller's ``period_length``) on
+        every receiver's loss and receipts in it (see `RateController.period`:
+        the slowest receiver's calculated rate, as in TFMCC, RFC 4654): a
+        multicast session must not speed up once per receiver's report, and
+        must slow down to the one that gets least."""
+        elapsed = now - self.rate_at
+        if elapsed < self.rates.period_length or not self.loss_window:
             return
-        self.rates.period({sub: (w[0], w[1]) for sub, w in self.loss_window.items()})
+        window = self.loss_window
+        self.rates.period(
+            {sub: (int(w[0]), int(w[1])) for sub, w in window.items()},
+            {sub: w[3] - w[2] for sub, w in window.items()},  # what its reports span
+        )
         self._pace()
         self.loss_window.clear()
         self.rate_at = now
@@ -411,6 +430,8 @@ class Session:
         if ready < budget + lead and self.scheduler.total_weight:
             self._plan(budget + lead - ready, now)  # its lists go out first
         if count:
+            if not self.sending_since:
+                self.sending_since = now
             self._send(burst)
 
     def _plan(self, want: int, now: float) -> None:

@@ -1,9 +1,13 @@
 """RateController: random loss holds the rate, congestion brings it to the
-slowest receiver's calculated rate (TFMCC-like, RFC 4654), within bounds."""
+slowest receiver's calculated rate (TFMCC-like, RFC 4654), a new session
+doubles until its first congestion, and a steady one climbs back to the
+capacity it found and probes above it, within bounds."""
 
 from __future__ import annotations
 
+import math
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +16,10 @@ from twisted.internet import task
 
 from mcp2p.core.ratecontrol import (
     BASELINE_CAP,
-    INCREASE_PERCENT_OF_MAX,
+    MAX_PROBE_DOUBLINGS,
+    PROBE_PERCENT,
+    RATE_PERIOD,
+    START_PERIOD,
     RateController,
     congested,
 )
@@ -26,41 +33,116 @@ def controller(initial: int = 50 * MBIT) -> RateController:
     return RateController(initial, 1 * MBIT, 100 * MBIT)
 
 
-def test_no_loss_adds_5_percent_of_the_maximum_up_to_it() -> None:
-    c = controller(90 * MBIT)
-    assert c.report(0, 1000) == 95 * MBIT
-    assert c.report(0, 1000) == 100 * MBIT
-    assert c.report(0, 1000) == 100 * MBIT
+def steady(initial: int = 50 * MBIT, capacity: int = 50 * MBIT) -> RateController:
+    """A controller past its start, that found ``capacity`` (>= initial)."""
+    c = controller(initial)
+    c.starting, c.known = False, capacity
+    return c
+
+
+def test_a_new_session_rises_by_half_each_period_until_the_ceiling() -> None:
+    c = controller(40 * MBIT)
+    assert c.starting and c.period_length == START_PERIOD
+    assert [c.report(0, 1000) for _ in range(4)] == [60 * MBIT, 90 * MBIT, 100 * MBIT, 100 * MBIT]
+    assert c.starting  # no congestion yet
+
+
+def test_receipts_kept_flat_by_the_ceiling_do_not_end_the_start() -> None:
+    c = RateController(12 * MBIT, 1 * MBIT, 100 * MBIT, ceiling=12 * MBIT, packet_bits=PACKET_BITS)
+    for _ in range(5):
+        assert c.period({1: (0, 1000)}, 1.0) == 12 * MBIT  # 12 Mbit/s, no more
+    assert c.starting
+    c.ceiling = 100 * MBIT
+    assert c.period({1: (0, 1000)}, 1.0) == 18 * MBIT
+
+
+def test_a_new_session_rises_to_at_most_twice_what_the_slowest_receiver_got() -> None:
+    c = RateController(10 * MBIT, 1 * MBIT, 1000 * MBIT, packet_bits=PACKET_BITS)
+    # 208 packets of 12000 bits in 0.5 s: 4.99 Mbit/s, then growing
+    assert c.period({1: (0, 208), 2: (0, 5000)}, 0.5) == 10 * MBIT  # 2x the slowest: no rise
+    assert c.period({1: (0, 313), 2: (0, 5000)}, 0.5) == 15 * MBIT  # by half, within 2x
+    assert c.period({1: (0, 400), 2: (0, 5000)}, 0.5) == 19_200_000  # 2x the slowest
+    assert c.period({1: (0, 600), 2: (0, 5000)}, {1: 2.0, 2: 0.5}) == 19_200_000  # never down
+
+
+def test_the_start_ends_when_the_slowest_receivers_receipts_stop_growing() -> None:
+    c = RateController(40 * MBIT, 1 * MBIT, 1000 * MBIT, packet_bits=PACKET_BITS)
+    got = {1: (0, 1000), 2: (0, 5000)}  # the slowest gets 24 Mbit/s, and no more
+    assert c.period(got, 0.5) == 48 * MBIT  # twice what it got
+    assert c.period(got, 0.5) == 48 * MBIT  # not growing: no doubling
+    assert c.period(got, 0.5) == 24 * MBIT  # twice: the start ends at what it got
+    assert not c.starting and c.known == 24 * MBIT
+    assert c.period(got, 0.5) == 24 * MBIT  # and holds a period, as after a cut
+
+
+def test_the_first_congestion_ends_the_start_and_may_halve_the_rate() -> None:
+    c = controller(80 * MBIT)
+    assert c.report(450, 550) == 44 * MBIT  # 45% lost: 55% of 80M, below 75% of it
+    assert not c.starting and c.known == 44 * MBIT and c.period_length == RATE_PERIOD
+    c = controller(80 * MBIT)
+    assert c.report(1000, 0) == 40 * MBIT  # half at most
 
 
 def test_one_percent_loss_is_not_congestion() -> None:
     c = controller()
-    assert c.report(10, 990) == 55 * MBIT  # a new receiver: baseline 0, 1% is within MARGIN
+    assert c.report(10, 990) == 75 * MBIT  # a new receiver: baseline 0, 1% is within MARGIN
     assert not congested(40, 3960, 0.0)
 
 
 def test_loss_above_the_baseline_cuts_to_what_the_receiver_got_then_holds() -> None:
-    c = controller()
+    c = steady()
     assert c.report(200, 800) == 40 * MBIT  # 20% lost: 80% of 50M
     assert c.report(200, 800) == 40 * MBIT  # the period after a cut holds
-    assert c.report(0, 1000) == 45 * MBIT
+    assert c.known == 40 * MBIT
+    assert c.report(0, 1000) == 40 * MBIT * (100 + PROBE_PERCENT) // 100  # probes above it
 
 
-def test_a_cut_leaves_at_least_three_quarters() -> None:
-    c = controller()
+def test_a_steady_cut_leaves_at_least_three_quarters() -> None:
+    c = steady()
     assert c.report(1000, 0) == 37_500_000
-    c = controller(1_200_000)
+    assert c.known == 1 * MBIT  # what the receiver got, within the bounds
+    c = steady(1_200_000)
     assert c.report(1000, 0) == 1 * MBIT  # and never below the minimum
 
 
+def test_below_the_known_capacity_the_rate_climbs_halfway_back_each_period() -> None:
+    c = steady(20 * MBIT, capacity=60 * MBIT)
+    assert [c.report(0, 1000) for _ in range(3)] == [40 * MBIT, 50 * MBIT, 55 * MBIT]
+
+
+def test_above_the_known_capacity_probes_double_every_other_period_and_stop_growing() -> None:
+    c = steady(50 * MBIT, capacity=50 * MBIT)
+    c.ceiling = 100 * MBIT
+    rates = [50 * MBIT]
+    for _ in range(2 * MAX_PROBE_DOUBLINGS + 4):
+        rates.append(c.report(0, 1000))
+    assert rates[2] == rates[1]  # a probe is watched for a period before the next
+    steps = [(b - a) / a for a, b in zip(rates, rates[1:], strict=False) if a < b < 100 * MBIT]
+    assert steps[:3] == pytest.approx([0.01, 0.02, 0.04], abs=1e-6)
+    assert max(steps) <= PROBE_PERCENT / 100 * 2**MAX_PROBE_DOUBLINGS + 1e-9
+    assert rates[-1] == 100 * MBIT
+    c.report(300, 700)  # congestion: probes start small again
+    c.report(0, 1000)  # the hold
+    before = c.rate
+    assert c.report(0, 1000) == before * (100 + PROBE_PERCENT) // 100
+
+
+def test_a_probe_that_congests_is_cut_in_the_period_that_watches_it() -> None:
+    c = steady(50 * MBIT, capacity=50 * MBIT)
+    probed = c.report(0, 1000)
+    assert probed > 50 * MBIT
+    assert c.report(100, 900) < probed
+
+
 def test_the_baseline_is_the_lowest_recent_loss_and_raises_the_cut_threshold() -> None:
-    c = controller()
+    c = RateController(50 * MBIT, 1 * MBIT, 1000 * MBIT)
+    c.starting, c.known = False, 50 * MBIT
     for _ in range(10):
         c.report(40, 960)  # 4% random loss: cuts at first, then learned
     assert c.baseline(None) == pytest.approx(0.04)
     rate = c.rate
-    assert c.report(40, 960) > rate  # 4% against a 4% baseline: raise
-    c.report(40, 960)
+    rates = [c.report(40, 960) for _ in range(2)]
+    assert max(rates) > rate and min(rates) >= rate  # 4% against a 4% baseline: raise
     before = c.rate
     c.report(200, 800)  # 20%: congestion on top of 4%
     assert c.rate == int(before * 0.8 / 0.96)
@@ -74,7 +156,7 @@ def test_the_baseline_never_exceeds_its_cap() -> None:
 
 
 def test_the_slowest_receiver_limits_and_others_do_not() -> None:
-    c = controller()
+    c = steady()
     rate = c.period({1: (10, 990), 2: (200, 800), 3: (100, 900)})
     assert rate == 40 * MBIT and c.limiting == 2
     c.forget(2)
@@ -93,8 +175,11 @@ def test_empty_reports_change_nothing() -> None:
     assert c.period({1: (0, 0), 2: (0, 0)}) == 50 * MBIT
 
 
-def test_small_maximum_still_increases() -> None:
-    assert RateController(5, 1, 10).report(0, 100) == 6
+def test_small_rates_still_increase() -> None:
+    assert RateController(5, 1, 10).report(0, 100) == 7
+    c = RateController(5, 1, 10)
+    c.starting, c.known = False, 5
+    assert c.report(0, 100) == 6  # 1% of 5 bit/s rounds to nothing: one bit/s
 
 
 @pytest.mark.parametrize(
@@ -129,40 +214,72 @@ def test_rate_stays_within_bounds(
     maximum = minimum + extra + more
     c = RateController(minimum + extra, minimum, maximum)
     for reports in periods:
-        before = c.rate
+        before, starting = c.rate, c.starting
         rate = c.period(reports)
         assert minimum <= rate <= maximum
-        assert rate >= min(before, max(minimum, before * 3 // 4))  # cuts at most 25%
-        step = max(1, maximum * INCREASE_PERCENT_OF_MAX // 100)
-        assert rate <= before + step
+        share = 2 if starting else 4 / 3  # the start's cut halves at most, later ones 25%
+        assert rate >= min(before, max(minimum, int(before / share)))
+        assert rate <= max(before + 1, 2 * before)  # rises double at most
 
 
 def simulate(
-    link: int, random_loss: float, receivers: int, seconds: float, seed: int, maximum: int
-) -> list[int]:
-    """A Clock-driven session: every PERIOD each receiver gets what the rate
-    sends, less what exceeds ``link`` (a full queue), less ``random_loss`` at
-    random; the rate at the end of every period."""
+    link: float | list[float],
+    random_loss: float,
+    receivers: int,
+    seconds: float,
+    seed: int,
+    maximum: int,
+    initial: int | None = None,
+) -> tuple[list[float], list[int], list[float]]:
+    """A Clock-driven session against a bottleneck of ``link`` bit/s (or one
+    rate per second of the run): every period, of the controller's length,
+    what the rate sends beyond the link is dropped for every receiver (a
+    full queue before the replication), then each receiver loses
+    ``random_loss`` at random. Each period's reports tell of the period
+    before (the feedback delay). Returns the periods' ends, the rate of
+    each period, and the share of each period's packets the bottleneck
+    dropped."""
     clock = task.Clock()
     rng = random.Random(seed)
-    c = RateController(maximum, maximum // 100, maximum)
+    c = RateController(initial or maximum, maximum // 100, maximum, packet_bits=PACKET_BITS)
+    times: list[float] = []
     rates: list[int] = []
+    overflow: list[float] = []
+    pending: dict[int, tuple[int, int]] = {}
+
+    def capacity(now: float) -> float:
+        if isinstance(link, list):
+            return link[min(int(now), len(link) - 1)]
+        return link
 
     def one_period() -> None:
-        sent = int(c.rate * PERIOD / PACKET_BITS)
-        fits = min(sent, int(link * PERIOD / PACKET_BITS))
-        reports = {}
+        length = c.period_length
+        now = clock.seconds()
+        sent = int(c.rate * length / PACKET_BITS)
+        fits = min(sent, int(capacity(now) * length / PACKET_BITS))
+        reports = dict(pending)
+        pending.clear()
         for r in range(receivers):
-            got = sum(1 for _ in range(fits) if rng.random() >= random_loss)
-            reports[r] = (sent - got, got)
-        rates.append(c.period(reports))
+            # binomial(fits, random_loss) lost, by its normal approximation
+            mean = fits * random_loss
+            lost = round(rng.gauss(mean, math.sqrt(mean * (1 - random_loss)))) if mean else 0
+            got = fits - min(fits, max(0, lost))
+            pending[r] = (sent - got, got)
+        times.append(now)
+        rates.append(c.rate)
+        overflow.append(1 - fits / sent if sent else 0.0)
+        if reports:
+            c.period(reports, length)
+        clock.callLater(c.period_length, one_period)
 
-    loop = task.LoopingCall(one_period)
-    loop.clock = clock
-    loop.start(PERIOD, now=False)
-    clock.pump([PERIOD] * int(seconds / PERIOD))
-    loop.stop()
-    return rates
+    clock.callLater(c.period_length, one_period)
+    while clock.seconds() < seconds:
+        clock.advance(min(c.period_length, START_PERIOD))
+    return times, rates, overflow
+
+
+def after(times: list[float], values: list[Any], t: float) -> list[Any]:
+    return [v for when, v in zip(times, values, strict=True) if when >= t]
 
 
 @settings(max_examples=5, deadline=None)
@@ -171,7 +288,7 @@ def test_constant_one_percent_random_loss_at_eight_receivers_keeps_the_rate_near
     seed: int,
 ) -> None:
     maximum = 95 * MBIT
-    rates = simulate(10**12, 0.01, 8, 30, seed, maximum)
+    times, rates, _ = simulate(10**12, 0.01, 8, 30, seed, maximum)
     assert min(rates) >= 0.8 * maximum
     assert sum(rates) / len(rates) >= 0.95 * maximum
 
@@ -183,11 +300,47 @@ def test_a_link_too_slow_brings_the_rate_to_its_rate_within_a_few_seconds(
 ) -> None:
     maximum = 95 * MBIT
     link = 76 * MBIT  # 20% of what the maximum sends is lost
-    rates = simulate(link, random_loss, 8, 30, seed, maximum)
-    assert rates[0] <= link * 1.02  # the first period already cuts to it
-    later = rates[6:]  # after 3 s: around the link's rate, probing just above it
+    times, rates, _ = simulate(link, random_loss, 8, 30, seed, maximum)
+    assert rates[2] <= link * 1.02  # the first reports already cut to it
+    later = after(times, rates, 3.0)  # around the link's rate, probing just above it
     assert max(later) <= link * 1.12
-    assert sum(later) / len(later) >= 0.85 * link
+    assert sum(later) / len(later) >= 0.9 * link
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 2**32), st.sampled_from([0.0, 0.01, 0.05]))
+def test_the_shipped_settings_find_a_100_mbit_link_and_hold_it(
+    seed: int, random_loss: float
+) -> None:
+    # etc/mcp2p.ini: start at 100M, up to 1G; the lab's star: 100 Mbit/s links.
+    link = 100 * MBIT
+    times, rates, overflow = simulate(link, random_loss, 8, 30, seed, 1000 * MBIT, 100 * MBIT)
+    assert max(rates) <= 2 * link  # the start overshoots twice the link at most
+    later = after(times, rates, 3.0)
+    assert sum(later) / len(later) >= 0.95 * link  # the link is used ...
+    assert max(later) <= 1.1 * link  # ... and never flooded again
+    assert sum(after(times, overflow, 3.0)) / len(later) <= 0.02  # at most 2% dropped
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 2**32))
+def test_a_fast_link_is_reached_from_the_shipped_start_within_two_seconds(seed: int) -> None:
+    # Reports a period late: a doubling is seen only in the period after next,
+    # so the rise bounded by twice what receivers got doubles every 0.4 s.
+    times, rates, _ = simulate(10**12, 0.0, 2, 5, seed, 1000 * MBIT, 100 * MBIT)
+    assert after(times, rates, 1.6)[0] >= 0.99 * 1000 * MBIT
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.integers(0, 2**32))
+def test_a_link_that_slows_and_frees_up_is_followed(seed: int) -> None:
+    link = [100 * MBIT] * 10 + [50 * MBIT] * 10 + [100 * MBIT] * 10
+    times, rates, _ = simulate(link, 0.01, 4, 30, seed, 1000 * MBIT, 100 * MBIT)
+    slow = after(times, rates, 13.0)
+    slow = slow[: len(slow) - len(after(times, rates, 20.0))]
+    assert 0.85 * 50 * MBIT <= sum(slow) / len(slow) <= 1.1 * 50 * MBIT
+    freed = after(times, rates, 27.0)  # found again within 7 s: probes every other period
+    assert sum(freed) / len(freed) >= 0.9 * 100 * MBIT
 
 
 def test_no_loss_never_raises_the_rate_past_the_ceiling() -> None:
@@ -196,11 +349,11 @@ def test_no_loss_never_raises_the_rate_past_the_ceiling() -> None:
     assert [c.report(0, 1000) for _ in range(20)] == [2 * MBIT] * 20
 
 
-def test_increases_are_a_share_of_the_ceiling() -> None:
-    c = RateController(5 * MBIT, 1 * MBIT, 1000 * MBIT, ceiling=10 * MBIT)
-    assert c.report(0, 1000) == 5_500_000  # 5% of the 10M ceiling, not of the 1G maximum
-    c.ceiling = 1000 * MBIT
-    assert c.report(0, 1000) == 55_500_000
+def test_increases_are_a_share_of_the_rate_not_of_the_ceiling() -> None:
+    # 5% of a 1G ceiling was 50M a period: half of a 100 Mbit/s path.
+    c = RateController(50 * MBIT, 1 * MBIT, 1000 * MBIT)
+    c.starting, c.known = False, 50 * MBIT
+    assert c.report(0, 1000) == 50_500_000
 
 
 def test_a_lower_ceiling_cuts_at_once_and_a_higher_one_lets_the_rate_climb_back() -> None:
@@ -210,7 +363,13 @@ def test_a_lower_ceiling_cuts_at_once_and_a_higher_one_lets_the_rate_climb_back(
     assert c.report(0, 1000) == 20 * MBIT
     c.ceiling = 100 * MBIT
     assert c.rate == 20 * MBIT  # not at once: the receivers never took more than 20M
-    assert [c.report(0, 1000) for _ in range(17)][-1] == 100 * MBIT
+    assert [c.report(0, 1000) for _ in range(5)] == [
+        30 * MBIT,
+        45 * MBIT,
+        67_500_000,
+        100 * MBIT,
+        100 * MBIT,
+    ]
 
 
 def test_the_ceiling_is_clamped_to_minimum_and_maximum() -> None:
@@ -224,6 +383,7 @@ def test_the_ceiling_is_clamped_to_minimum_and_maximum() -> None:
 
 def test_a_cut_below_the_ceiling_recovers_up_to_the_ceiling_only() -> None:
     c = RateController(10 * MBIT, 1 * MBIT, 1000 * MBIT, ceiling=10 * MBIT)
+    c.starting = False
     assert c.report(500, 500) == 7_500_000
     rates = [c.report(0, 1000) for _ in range(10)]
     assert rates[0] == 7_500_000  # the hold after a cut

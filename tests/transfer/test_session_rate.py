@@ -291,3 +291,61 @@ def test_two_subscribers_of_one_multicast_session_and_their_rates(serving: Any) 
     assert session.rates.ceiling == 8 * MBIT
     run(clock, 8.5, [session])
     assert session.rates.rate == 8 * MBIT
+
+
+# -- finding the path's rate (RateController, through the session's reports)
+
+
+def run_path(clock: Clock, seconds: float, session: Session, path_bits: float) -> None:
+    """Like `run`, but the path carries at most ``path_bits`` a second: each
+    report says the packets beyond that, the newest of the interval, were lost."""
+    per_report = round(REPORT_EVERY / TICK)
+    packet_bits = 8 * session.packet_size
+    seq = session.seq - len(session.queue)  # the next packet to go out
+    for i in range(1, round(seconds / TICK) + 1):
+        clock.advance(TICK)
+        if i % per_report == 0:
+            sent_to = session.seq - len(session.queue)
+            sent = sent_to - seq
+            got = min(sent, int(path_bits * REPORT_EVERY / packet_bits))
+            lost = RangeSet([(seq + got, sent_to)]) if got < sent else RangeSet()
+            for sub in list(session.subscribers.values()):
+                session.report_loss(sub, lost, got)
+            seq = sent_to
+
+
+def test_a_starting_session_reaches_its_ceiling_within_a_second(tmp_path: Path) -> None:
+    # It used to rise by 5% of the ceiling every 0.5 s after a second of grace:
+    # from 10M to 100M in ten seconds.
+    clock = Clock()
+    port = Port(clock)
+    session, _ = make_session(clock, tmp_path, port, rate=10 * MBIT)
+    subscribe(session, 1, 100 * MBIT)
+    run(clock, 1.0, [session])
+    try:
+        assert session.rates.rate == 100 * MBIT
+        assert session.rates.starting  # the path never said it was full
+        assert port.bits(0.8, 1.0) >= 0.95 * 100 * MBIT * 0.2
+    finally:
+        session.end("test over")
+
+
+@pytest.mark.parametrize("path_mbit", [6, 30, 70])
+def test_a_starting_session_finds_a_slower_paths_rate_and_holds_it(
+    tmp_path: Path, path_mbit: int
+) -> None:
+    clock = Clock()
+    port = Port(clock)
+    session, _ = make_session(clock, tmp_path, port, rate=10 * MBIT)
+    subscribe(session, 1, 100 * MBIT)
+    path = path_mbit * MBIT
+    run_path(clock, 3.0, session, path)
+    try:
+        assert not session.rates.starting
+        t = clock.seconds()
+        run_path(clock, 5.0, session, path)
+        sent = port.bits(t, t + 5.0)
+        assert 0.9 * path * 5.0 <= sent <= 1.1 * path * 5.0  # the path is used, not flooded
+        assert session.rates.rate <= 1.15 * path
+    finally:
+        session.end("test over")
