@@ -9,7 +9,11 @@ period (``period_length``: 0.1 s while starting, 0.5 s after) and hands all of t
 - its *baseline* is the random loss of its path: the lowest loss it showed
   over the last BASELINE_PERIODS periods, at most BASELINE_CAP. Sending
   above a bottleneck adds loss on top of the baseline; sending below it
-  shows the baseline alone, so the minimum does not learn congestion.
+  shows the baseline alone, so the minimum does not learn congestion. Each
+  period's loss counts BASELINE_SD standard deviations of its sample up:
+  the lowest of twenty noisy samples, the start's short ones among them,
+  is well below the true loss, and at 5% random loss that read as
+  congestion for ten seconds, a cut every other period.
 - its loss in this period is *congestion* only when it is above the
   baseline by more than MARGIN plus Z standard deviations of a binomial
   sample of that size (a one-sided test: eight receivers at 1% random loss
@@ -39,7 +43,7 @@ How the rate finds the path's capacity, and holds it:
   TFMCC's double, and also ends, as BBR's startup does, when what the
   slowest receiver gets a second stops growing: a period in which it grew
   by less than FULL_GROWTH stops the rise, a second one ends the start
-  there (between the most it got and what it gets), with no loss needed.
+  there (at the most it got), with no loss needed.
 - *Steady*: a later cut leaves at least MAX_CUT_PERCENT of the rate in one
   step (TFRC, RFC 5348 4.3, at most halves per feedback; a period here is
   many LAN round-trips, and a CN that stalls for want of CPU reports a
@@ -74,7 +78,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)  # a receiver's key
@@ -83,6 +87,7 @@ BASELINE_PERIODS = 20  # periods a receiver's lowest loss is remembered (10 s at
 BASELINE_CAP = 0.10  # more loss than this is never taken for random loss
 MARGIN = 0.01  # loss this far above the baseline (and Z sd) is congestion
 Z = 3.0  # standard deviations of the period's sample
+BASELINE_SD = 2.0  # a period's loss goes into the baseline this many sd up
 MIN_SAMPLE = 50  # packets a period needs for its loss to count towards a baseline
 MAX_CUT_PERCENT = 75  # one cut leaves at least 75% of the rate (steady)
 START_CUT_PERCENT = 50  # the cut that ends the start leaves at least half
@@ -189,13 +194,17 @@ class RateController:
         self,
         reports: Mapping[K, tuple[int, int]],
         seconds: float | Mapping[K, float] = 0.0,
+        joining: Collection[K] = (),
     ) -> int:
         """Take one period's ``{receiver: (lost, received)}``; the new rate.
 
         ``seconds``: how long the period lasted, or for each receiver how
         long its reports of it span; with ``packet_bits`` it bounds a rise
-        by twice what the slowest receiver received (0: no bound). A period
-        with no packets reported changes nothing.
+        by twice what the slowest receiver received (0: no bound).
+        ``joining``: receivers whose losses say nothing yet (what was sent
+        before they joined): only what they received counts, and nothing
+        of theirs goes into a baseline. A period with no packets reported
+        changes nothing.
         """
         for lost, received in reports.values():
             _check_count("lost", lost)
@@ -218,6 +227,8 @@ class RateController:
             if span > 0 and self.packet_bits:
                 got = received * self.packet_bits / span / (1 - baseline)
                 received_rate = min(received_rate, got)
+            if receiver in joining:
+                continue
             if congested(lost, received, baseline):
                 # Its share of the rate, or what it received a second where that
                 # is more: the share is of the rate now, the loss of the rates
@@ -227,7 +238,10 @@ class RateController:
                 calculated.append((min(self._rate, max(share, got)), receiver))
             if total >= MIN_SAMPLE:
                 history = self._history.setdefault(receiver, deque(maxlen=BASELINE_PERIODS))
-                history.append(lost / total)
+                loss = lost / total
+                # the period's loss, less likely too low than too high: the
+                # lowest of many small samples would be far below the truth
+                history.append(loss + BASELINE_SD * math.sqrt(loss * (1 - loss) / total))
         if not heard:
             return self._rate
         if self._hold:
@@ -267,9 +281,11 @@ class RateController:
             return False
         self._flat += 1
         if self._flat >= 2:
-            # between the most they were and what they are: both are noisy
-            got = (self._best + received_rate) / 2
-            best = max(self.minimum, min(self._rate, int(got)))
+            # At the most they were: one CN behind on its socket for want of
+            # CPU reports less one period and more the next, and the slowest of
+            # eight such is often low. An exit too high is cut within a period
+            # or two; one too low is climbed back by probes, over seconds.
+            best = max(self.minimum, min(self._rate, int(self._best)))
             self.known = self._rate = best
             self.starting = False
             self._probes = 0

@@ -170,7 +170,7 @@ class Session:
         self.rates = RateController(rate, min_rate, max_rate, packet_bits=8 * self.packet_size)
         self.bucket = TokenBucket(rate / 8, self._burst(rate), reactor.seconds())
         self.grace = grace
-        # subscriber -> [lost, received, since, until] in this rate period
+        # subscriber -> [lost, received, since, until, joining] in this rate period
         self.loss_window: dict[int, list[float]] = {}
         self.rate_at = reactor.seconds()
         self.on_end = on_end
@@ -354,19 +354,19 @@ class Session:
         self.counters["loss_reported"] += count
         now = self.reactor.seconds()
         previous, sub.reported_at = sub.reported_at, now
-        if now - sub.since < JOIN_GRACE:
-            # A new subscriber joins its group only after our reply: what was sent
-            # meanwhile is reported lost, but says nothing of the path's capacity.
-            # What it received does: a starting session may double on it.
-            count = 0
         # Its window starts at its previous report (what this one counts came
         # since), or when the first packet went out (a session that gathered
         # its CNs sent nothing before).
         start = max(previous, self.sending_since)
-        window = self.loss_window.setdefault(sub.id, [0, 0, start, now])
+        window = self.loss_window.setdefault(sub.id, [0, 0, start, now, 0])
         window[0] += count
         window[1] += received
         window[3] = now
+        if now - sub.since < JOIN_GRACE:
+            # A new subscriber joins its group only after our reply: what was
+            # sent meanwhile is reported lost, but says nothing of the path's
+            # capacity (nor of its random loss). What it received does.
+            window[4] = 1
         self._adapt(now)
         return int(self.rates.rate)
 
@@ -392,9 +392,11 @@ class Session:
         if elapsed < self.rates.period_length or not self.loss_window:
             return
         window = self.loss_window
+        joining = [sub for sub, w in window.items() if w[4]]  # within JOIN_GRACE
         self.rates.period(
             {sub: (int(w[0]), int(w[1])) for sub, w in window.items()},
             {sub: w[3] - w[2] for sub, w in window.items()},  # what its reports span
+            joining,
         )
         self._pace()
         self.loss_window.clear()

@@ -16,6 +16,7 @@ from twisted.internet import task
 
 from mcp2p.core.ratecontrol import (
     BASELINE_CAP,
+    BASELINE_SD,
     MAX_PROBE_DOUBLINGS,
     PROBE_PERCENT,
     RATE_PERIOD,
@@ -139,13 +140,26 @@ def test_the_baseline_is_the_lowest_recent_loss_and_raises_the_cut_threshold() -
     c.starting, c.known = False, 50 * MBIT
     for _ in range(10):
         c.report(40, 960)  # 4% random loss: cuts at first, then learned
-    assert c.baseline(None) == pytest.approx(0.04)
+    learned = 0.04 + BASELINE_SD * math.sqrt(0.04 * 0.96 / 1000)  # a little up: a sample
+    assert c.baseline(None) == pytest.approx(learned)
     rate = c.rate
     rates = [c.report(40, 960) for _ in range(2)]
     assert max(rates) > rate and min(rates) >= rate  # 4% against a 4% baseline: raise
     before = c.rate
     c.report(200, 800)  # 20%: congestion on top of 4%
-    assert c.rate == int(before * 0.8 / 0.96)
+    assert c.rate == int(before * 0.8 / (1 - learned))
+
+
+def test_small_samples_do_not_drag_the_baseline_below_the_true_loss() -> None:
+    # 5% random loss in 0.1 s samples of 800 packets, then 0.5 s ones: the
+    # lowest of them used to be taken for the loss, and 5% then read as congestion.
+    rng = random.Random(7)
+    c = RateController(50 * MBIT, 1 * MBIT, 1000 * MBIT)
+    c.starting = False
+    for total in [800] * 6 + [4000] * 14:
+        lost = sum(1 for _ in range(total) if rng.random() < 0.05)
+        c.period({1: (lost, total - lost)})
+    assert c.baseline(1) >= 0.048
 
 
 def test_the_baseline_never_exceeds_its_cap() -> None:
@@ -426,3 +440,16 @@ def test_the_rate_never_exceeds_the_ceiling(
         else:
             c.period(step)
         assert minimum <= c.rate <= c.ceiling <= maximum
+
+
+def test_a_joining_receivers_losses_neither_cut_nor_teach_a_baseline() -> None:
+    c = RateController(50 * MBIT, 1 * MBIT, 1000 * MBIT, packet_bits=PACKET_BITS)
+    c.starting, c.known = False, 50 * MBIT
+    # Everything sent before it joined is reported lost: no cut ...
+    assert c.period({1: (900, 100)}, 0.1, joining=[1]) == 50 * MBIT
+    # ... and the 0% of the periods it joined in is not its random loss.
+    for _ in range(3):
+        c.period({1: (0, 5000)}, 0.1, joining=[1])
+    assert c.baseline(1) == 0.0 and not c._history
+    c.period({1: (50, 950)})
+    assert c.baseline(1) == pytest.approx(0.05 + BASELINE_SD * math.sqrt(0.05 * 0.95 / 1000))

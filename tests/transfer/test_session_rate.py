@@ -349,3 +349,33 @@ def test_a_starting_session_finds_a_slower_paths_rate_and_holds_it(
         assert session.rates.rate <= 1.15 * path
     finally:
         session.end("test over")
+
+
+def test_five_percent_random_loss_from_the_first_report_does_not_wear_the_rate_down(
+    tmp_path: Path,
+) -> None:
+    # The bug the lab showed: reports from a CN's first half second fed a 0%
+    # baseline, so its 5% random loss read as congestion for ten seconds and
+    # cut the rate by 5% every other period.
+    clock = Clock()
+    port = Port(clock)
+    session, _ = make_session(clock, tmp_path, port, rate=50 * MBIT)
+    subscribe(session, 1, 50 * MBIT)
+    rng = random.Random(5)
+    per_report = round(REPORT_EVERY / TICK)
+    seq = 0
+    lowest = session.rates.rate
+    for i in range(1, round(10.0 / TICK) + 1):
+        clock.advance(TICK)
+        if i % per_report == 0:
+            sent_to = session.seq - len(session.queue)
+            lost = [s for s in range(seq, sent_to) if rng.random() < 0.05]
+            ranges = RangeSet([(s, s + 1) for s in lost])
+            for sub in list(session.subscribers.values()):
+                session.report_loss(sub, ranges, sent_to - seq - len(lost))
+            seq = sent_to
+            lowest = min(lowest, session.rates.rate)
+    try:
+        assert lowest >= 0.9 * 50 * MBIT
+    finally:
+        session.end("test over")
