@@ -119,7 +119,9 @@ def run_mcp2p(lab: Any, rate: int, mode: str, code: str = "auto") -> list[Row]:
     assert lab.sn_proc is not None and cn.proc is not None
     sn_pid, cn_pid = lab.sn_proc.pid, cn.proc.pid
     sn0, cn0 = cpu_seconds(sn_pid), cpu_seconds(cn_pid)
-    result = lab.fetch(1, mode=mode, code=code, timeout=TIMEOUT)
+    # The CN asks for the peers' rate: its session finds the path's rate by
+    # itself otherwise, and the comparison is per packet at one rate.
+    result = lab.fetch(1, mode=mode, code=code, timeout=TIMEOUT, rate=str(rate))
     [got] = result.cns
     try:
         sn_cpu, cn_cpu = cpu_seconds(sn_pid) - sn0, cpu_seconds(cn_pid) - cn0
