@@ -7,7 +7,7 @@ CONFIG ?= etc/mcp2p.ini
 # Debian packages the network tests use; installed when we are root and they are missing.
 DEBS := smcroute tshark nftables iproute2 ethtool iputils-ping udpcast uftp chromium bird2
 
-.PHONY: install run demo test lint bench lab system-deps clean install-system check-tracked
+.PHONY: install run demo test lint bench lab system-deps build-deps clean install-system check-tracked
 
 # The virtualenv is made here, on this machine, at this path: it is never tracked
 # (its scripts name their interpreter by absolute path).
@@ -20,8 +20,30 @@ $(BIN)/python:
 DROPIN_CACHES := import mcp2p.plugins; from twisted.plugin import IPlugin, getPlugins; \
   list(getPlugins(IPlugin)); list(getPlugins(IPlugin, mcp2p.plugins))
 
+# The compiled helper (mcp2p/_speedups.c: the CN's per-datagram checks) needs a C
+# compiler and Python's and OpenSSL's headers. Debian's are installed when missing and
+# we are root; otherwise the install goes on and mcp2p uses its pure-Python fallback.
+BUILD_DEBS := gcc libssl-dev
+PY_HEADERS := import os, sysconfig; \
+  raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
+
+build-deps:
+	@missing=""; command -v gcc >/dev/null || missing="$$missing gcc"; \
+	[ -e /usr/include/openssl/evp.h ] || missing="$$missing libssl-dev"; \
+	$(PYTHON) -c '$(PY_HEADERS)' || missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages to build mcp2p._speedups:$$missing"; \
+	    (apt-get update -qq || true) && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || \
+	    echo "could not install$$missing: mcp2p will use its pure-Python scan"; \
+	  else \
+	    echo "missing$$missing (not root or no apt-get): mcp2p will use its pure-Python scan"; \
+	  fi; \
+	fi
+
 # Editable: the lab, which the product's wheel leaves out, runs from this tree.
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+$(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml mcp2p/_speedups.c | build-deps
 	$(BIN)/python -m pip install -q -e '.[test,lab]' --config-settings editable_mode=compat
 	@# twistd finds the drop-in through dropin.cache: build it now, as root may not later.
 	$(BIN)/python -c "$(DROPIN_CACHES)"
@@ -49,8 +71,14 @@ system-deps:
 	  fi; \
 	fi
 
+# The receiver's tests run twice: on the compiled scan (where it was built) and on
+# the pure-Python fallback that a machine without a compiler runs.
+FALLBACK_TESTS := tests/transfer/test_scan.py tests/transfer/test_receiver.py \
+  tests/transfer/test_receiver_lists.py tests/transfer/test_fetch_loopback.py
+
 test: install system-deps check-tracked
 	$(BIN)/python -m pytest -q
+	MCP2P_PURE_PYTHON=1 $(BIN)/python -m pytest -q $(FALLBACK_TESTS)
 
 # Fails with one line when git tracks a virtualenv, build output or caches.
 check-tracked:
@@ -146,3 +174,4 @@ install-system:
 
 clean:
 	rm -rf $(VENV) build *.egg-info state share downloads lab-report demo
+	rm -f mcp2p/_speedups*.so

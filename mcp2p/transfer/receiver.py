@@ -53,12 +53,11 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from mcp2p.core.wanted import RangeSet
+from mcp2p.transfer.scan import scan as _scan
 from mcp2p.wire.rtp import (
     DIGEST_LEN,
     FAST_HEADER,
-    FIRST_TWO,
     HEADER_LEN,
-    LIST_FIRST_TWO,
     MAX_PAYLOAD,
     list_hash,
     list_notices,
@@ -173,38 +172,24 @@ class Receiver(DatagramProtocol):
     def datagrams(self, batch: Sequence[Buffer]) -> None:
         """Check a batch of datagrams (bytes or views into a reader's buffer,
         which is reused afterwards: whatever is kept is copied) and hand the
-        authenticated ones on."""
+        authenticated ones on. Headers and digests are `scan`'s (compiled
+        where it could be built); a batch's digest lists are taken first, so
+        a packet whose list came behind it in the batch need not wait."""
         counters = self.counters
         counters["packets"] += len(batch)
-        ssrc = self.ssrc
+        malformed, foreign, lists, candidates = _scan(batch, self.ssrc)
+        now = self.clock.seconds()
+        for i in lists:
+            self._list(batch[i], now)  # its notices, for the packets after it
         expected, overdue = self.expected, self.overdue
         accepted = self.accepted
         seen, seen_digests, mask = accepted.seqs, accepted.digests, accepted.mask
-        digest_of = _digest
         out: Items = []
-        malformed = foreign = 0
         highest = self.highest
-        now = self.clock.seconds()
-        unpack, first = FAST_HEADER.unpack_from, FIRST_TWO
-        for data in batch:
-            # split_header, inlined: this is the per-packet path
-            if not HEADER_LEN <= len(data) <= MAX_DATAGRAM:
-                malformed += 1
-                continue
-            first_two, _, seq, packet_ssrc, _, reserved, piece, symbol = unpack(data)
-            if first_two != first or reserved:
-                if first_two == LIST_FIRST_TWO:
-                    self._list(data, now)  # its notices, for the packets after it
-                else:
-                    malformed += 1
-                continue
-            if packet_ssrc != ssrc:
-                foreign += 1
-                continue
+        for i, seq, digest, piece, symbol in candidates:
             slot = seq & mask
             notice = expected.pop(seq, None)  # the usual case: listed, not yet here
             if notice is not None:
-                digest = digest_of(data)
                 if digest != notice[0]:
                     # Not what our channel listed; the genuine may come: its
                     # notice goes back, at the front (the oldest).
@@ -213,7 +198,7 @@ class Receiver(DatagramProtocol):
                     self._forged(0.0)
                     continue
             elif seen[slot] == seq:  # Accepted.get, inlined: here already
-                if digest_of(data) == seen_digests[slot * 8 : slot * 8 + 8]:
+                if digest == seen_digests[slot * 8 : slot * 8 + 8]:
                     counters["duplicate"] += 1
                 else:
                     self._forged(0.0)  # a copy of a packet we have, altered
@@ -222,9 +207,8 @@ class Receiver(DatagramProtocol):
                 notice = overdue.get(seq)
                 if notice is None:
                     # Before its notice (TLS lags UDP): held, digested when it comes.
-                    self._hold(seq, bytes(data), now)
+                    self._hold(seq, bytes(batch[i]), now)
                     continue
-                digest = digest_of(data)
                 if digest != notice[0]:
                     self._forged(0.0)
                     continue
@@ -236,7 +220,7 @@ class Receiver(DatagramProtocol):
             seen_digests[slot * 8 : slot * 8 + 8] = digest
             if seq > highest:
                 highest = seq
-            out.append((piece, symbol, data[HEADER_LEN:]))
+            out.append((piece, symbol, batch[i][HEADER_LEN:]))
         self.highest = highest
         if malformed:
             counters["malformed"] += malformed
