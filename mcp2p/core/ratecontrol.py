@@ -147,7 +147,7 @@ class RateController:
         self._history: dict[Hashable, deque[float]] = {}  # receiver -> recent losses
         self._hold = False  # the period after a cut neither cuts nor raises
         self._observe = False  # the period after a probe may cut, not rise
-        self.starting = True  # rising by half a period until the first congestion
+        self.starting = True  # rising by half each period until the path is full
         self._best = 0.0  # while starting: the most the slowest receiver got a second
         self._flat = 0  # ... and the periods since that grew by FULL_GROWTH
         self.known: int | None = None  # the capacity the last cut found, bit/s
@@ -293,9 +293,9 @@ class RateController:
         return True
 
     def _raise(self, received_rate: float) -> None:
-        """No congestion: rise by half while starting, else climb back to the known
-        capacity or probe above it; never past the ceiling, nor past twice
-        the slowest receiver's rate."""
+        """No congestion: rise by half while starting, else climb back to the
+        known capacity or probe above it; never past the ceiling, nor past
+        twice the slowest receiver's rate."""
         rate = self._rate
         if self.starting:
             step = rate * START_GAIN_PERCENT // 100
