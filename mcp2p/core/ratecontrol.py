@@ -57,10 +57,16 @@ How the rate finds the path's capacity, and holds it:
   is followed by a period that may cut but not rise: the reports that tell
   of a probe come a period late, and a probe on top of one not yet seen
   would overshoot twice.
+- Every rise is at least ADDITIVE_PERCENT of the initial rate (or of a
+  lower ceiling), the same for every session of the SN: sessions sharing a
+  path (unicast CNs behind one link) then converge to equal shares, as
+  AIMD does; rises that are only shares of each one's own rate kept them
+  as unequal as their first cuts left them, and the lab's four unicast
+  CNs took a fifth longer.
 
-The steps are shares of the rate, not of the ceiling: a session with a
-ceiling of 1 Gbit/s on a 100 Mbit/s path used to step by 50 Mbit/s, half
-the path, every period. The baseline in place of TFRC's loss event rate
+The steps are shares of the rate (or of the initial rate), not of the
+ceiling: a session with a ceiling of 1 Gbit/s on a 100 Mbit/s path used to
+step by 50 Mbit/s, half the path, every period. The baseline in place of TFRC's loss event rate
 and its throughput equation: on a LAN the round-trip time in that equation
 is tiny and unmeasured here, and the equation's rate for 1% loss would be
 far above any link anyway.
@@ -92,6 +98,11 @@ MIN_SAMPLE = 50  # packets a period needs for its loss to count towards a baseli
 MAX_CUT_PERCENT = 75  # one cut leaves at least 75% of the rate (steady)
 START_CUT_PERCENT = 50  # the cut that ends the start leaves at least half
 PROBE_PERCENT = 1  # the first probe above the known capacity: 1% of the rate
+# ... and every rise at least this share of the initial rate (or of a lower
+# ceiling): the same step for every session of an SN, so that sessions that
+# share a path converge to equal shares (AIMD), where rises proportional to
+# each one's rate would keep them as unequal as the first cuts left them.
+ADDITIVE_PERCENT = 5
 MAX_PROBE_DOUBLINGS = 6  # probes grow to 64% of the rate a period at most
 START_GAIN_PERCENT = 50  # while starting, the rate rises by half each period
 FULL_GROWTH = 1.25  # the start ends when receipts grow by less than this, twice
@@ -141,7 +152,7 @@ class RateController:
         self.minimum = minimum
         self.maximum = maximum
         self.packet_bits = packet_bits  # bits a received packet stands for (0: unknown)
-        self._rate = initial
+        self._rate = self._initial = initial
         self._ceiling = maximum
         self.ceiling = maximum if ceiling is None else ceiling
         self._history: dict[Hashable, deque[float]] = {}  # receiver -> recent losses
@@ -178,6 +189,7 @@ class RateController:
         _check_rate("ceiling", value)
         self._ceiling = min(max(value, self.minimum), self.maximum)
         self._rate = min(self._rate, self._ceiling)
+        self._additive = max(1, min(self._initial, self._ceiling) * ADDITIVE_PERCENT // 100)
 
     def baseline(self, receiver: Hashable) -> float:
         """``receiver``'s random loss as far as known (0 for a new one)."""
@@ -260,7 +272,10 @@ class RateController:
         """Congestion: to the slowest receiver's calculated rate, within the
         step's floor; that rate is the capacity known from now on."""
         self.limiting = receiver
-        share = START_CUT_PERCENT if self.starting else MAX_CUT_PERCENT
+        # The start's rises may overshoot by half; a start that never rose (a
+        # session at its ceiling from the first packet) did not.
+        rose = self.starting and self._rate > self._initial
+        share = START_CUT_PERCENT if rose else MAX_CUT_PERCENT
         floor = max(self.minimum, self._rate * share // 100)
         capacity = max(self.minimum, min(self._rate, int(slowest)))
         self.known = capacity
@@ -300,11 +315,13 @@ class RateController:
         if self.starting:
             step = rate * START_GAIN_PERCENT // 100
         elif self.known is not None and rate < self.known:
-            step = (self.known - rate + 1) // 2
+            gap = self.known - rate
+            step = max((gap + 1) // 2, min(self._additive, gap))
         else:
             self._probes = min(self._probes + 1, MAX_PROBE_DOUBLINGS + 1)
-            step = rate * PROBE_PERCENT * (1 << (self._probes - 1)) // 100
-            self._observe = True
+            probe = rate * PROBE_PERCENT * (1 << (self._probes - 1)) // 100
+            step = max(probe, self._additive)
+            self._observe = probe >= self._additive
         new = min(self._ceiling, rate + max(1, step))
         if received_rate < math.inf:
             new = min(new, max(rate, int(2 * received_rate)))

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from twisted.internet import task
 
 from mcp2p.core.ratecontrol import (
+    ADDITIVE_PERCENT,
     BASELINE_CAP,
     BASELINE_SD,
     MAX_PROBE_DOUBLINGS,
@@ -77,11 +78,20 @@ def test_the_start_ends_when_the_slowest_receivers_receipts_stop_growing() -> No
 
 
 def test_the_first_congestion_ends_the_start_and_may_halve_the_rate() -> None:
-    c = controller(80 * MBIT)
-    assert c.report(450, 550) == 44 * MBIT  # 45% lost: 55% of 80M, below 75% of it
-    assert not c.starting and c.known == 44 * MBIT and c.period_length == RATE_PERIOD
-    c = controller(80 * MBIT)
-    assert c.report(1000, 0) == 40 * MBIT  # half at most
+    c = controller(40 * MBIT)
+    assert c.report(0, 1000) == 60 * MBIT  # the start rose ...
+    assert c.report(450, 550) == 33 * MBIT  # ... 45% lost: 55% of 60M, below 75% of it
+    assert not c.starting and c.known == 33 * MBIT and c.period_length == RATE_PERIOD
+    c = controller(40 * MBIT)
+    c.report(0, 1000)
+    assert c.report(1000, 0) == 30 * MBIT  # half at most
+
+
+def test_a_session_that_never_rose_cuts_by_a_quarter_at_most() -> None:
+    # At its ceiling from the first packet (a --rate, the lab's pinned rate):
+    # no rise overshot, so a loss is cut as in the steady state.
+    c = RateController(95 * MBIT, 1 * MBIT, 95 * MBIT)
+    assert c.report(1000, 0) == 71_250_000
 
 
 def test_one_percent_loss_is_not_congestion() -> None:
@@ -95,7 +105,7 @@ def test_loss_above_the_baseline_cuts_to_what_the_receiver_got_then_holds() -> N
     assert c.report(200, 800) == 40 * MBIT  # 20% lost: 80% of 50M
     assert c.report(200, 800) == 40 * MBIT  # the period after a cut holds
     assert c.known == 40 * MBIT
-    assert c.report(0, 1000) == 40 * MBIT * (100 + PROBE_PERCENT) // 100  # probes above it
+    assert c.report(0, 1000) == 40 * MBIT + 50 * MBIT * ADDITIVE_PERCENT // 100  # above it
 
 
 def test_a_steady_cut_leaves_at_least_three_quarters() -> None:
@@ -112,20 +122,54 @@ def test_below_the_known_capacity_the_rate_climbs_halfway_back_each_period() -> 
 
 
 def test_above_the_known_capacity_probes_double_every_other_period_and_stop_growing() -> None:
-    c = steady(50 * MBIT, capacity=50 * MBIT)
-    c.ceiling = 100 * MBIT
-    rates = [50 * MBIT]
+    c = RateController(10 * MBIT, 1 * MBIT, 1000 * MBIT)  # steps of 0.5M at least
+    c.starting, c.known = False, 100 * MBIT
+    c._rate = 100 * MBIT
+    c.ceiling = 200 * MBIT
+    rates = [100 * MBIT]
     for _ in range(2 * MAX_PROBE_DOUBLINGS + 4):
         rates.append(c.report(0, 1000))
     assert rates[2] == rates[1]  # a probe is watched for a period before the next
-    steps = [(b - a) / a for a, b in zip(rates, rates[1:], strict=False) if a < b < 100 * MBIT]
+    steps = [(b - a) / a for a, b in zip(rates, rates[1:], strict=False) if a < b < 200 * MBIT]
     assert steps[:3] == pytest.approx([0.01, 0.02, 0.04], abs=1e-6)
     assert max(steps) <= PROBE_PERCENT / 100 * 2**MAX_PROBE_DOUBLINGS + 1e-9
-    assert rates[-1] == 100 * MBIT
+    assert rates[-1] == 200 * MBIT
     c.report(300, 700)  # congestion: probes start small again
     c.report(0, 1000)  # the hold
     before = c.rate
     assert c.report(0, 1000) == before * (100 + PROBE_PERCENT) // 100
+
+
+def test_rises_are_at_least_a_share_of_the_initial_rate_so_sessions_converge() -> None:
+    # Two sessions of one SN on one path, left unequal by their first cuts:
+    # steps of a share of each one's own rate would keep them unequal.
+    small, large = controller(50 * MBIT), controller(50 * MBIT)
+    for c, rate in ((small, 10 * MBIT), (large, 40 * MBIT)):
+        c.starting, c.known, c._rate = False, rate, rate
+    assert small.report(0, 1000) - 10 * MBIT == large.report(0, 1000) - 40 * MBIT
+    assert small.rate - 10 * MBIT == 50 * MBIT * ADDITIVE_PERCENT // 100
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.integers(0, 2**32))
+def test_sessions_sharing_a_path_converge_to_equal_shares(seed: int) -> None:
+    rng = random.Random(seed)
+    link = 80 * MBIT
+    cs = [RateController(95 * MBIT, 1 * MBIT, 95 * MBIT, packet_bits=PACKET_BITS) for _ in range(2)]
+    for c, rate in zip(cs, (10 * MBIT, 60 * MBIT), strict=True):
+        c.starting, c.known, c._rate = False, rate, rate
+    shares: list[list[int]] = [[], []]
+    for _ in range(120):  # 60 s of periods
+        total = sum(c.rate for c in cs)
+        over = max(0.0, 1 - link / total)
+        for c, share in zip(cs, shares, strict=True):
+            sent = int(c.rate * PERIOD / PACKET_BITS)
+            got = sum(1 for _ in range(sent) if rng.random() >= over + 0.01)
+            share.append(c.rate)
+            c.period({1: (sent - got, got)}, PERIOD)
+    late = [sum(s[60:]) / len(s[60:]) for s in shares]  # the last 30 s
+    assert 0.75 <= late[0] / late[1] <= 1.33
+    assert sum(late) >= 0.85 * link
 
 
 def test_a_probe_that_congests_is_cut_in_the_period_that_watches_it() -> None:
@@ -317,7 +361,7 @@ def test_a_link_too_slow_brings_the_rate_to_its_rate_within_a_few_seconds(
     times, rates, _ = simulate(link, random_loss, 8, 30, seed, maximum)
     assert rates[2] <= link * 1.02  # the first reports already cut to it
     later = after(times, rates, 3.0)  # around the link's rate, probing just above it
-    assert max(later) <= link * 1.12
+    assert max(later) <= link * 1.15
     assert sum(later) / len(later) >= 0.9 * link
 
 
@@ -332,8 +376,9 @@ def test_the_shipped_settings_find_a_100_mbit_link_and_hold_it(
     assert max(rates) <= 2 * link  # the start overshoots twice the link at most
     later = after(times, rates, 3.0)
     assert sum(later) / len(later) >= 0.95 * link  # the link is used ...
-    assert max(later) <= 1.1 * link  # ... and never flooded again
-    assert sum(after(times, overflow, 3.0)) / len(later) <= 0.02  # at most 2% dropped
+    assert max(later) <= 1.12 * link  # ... and never flooded again
+    # at most 4% dropped, with reports a whole period late (in the lab: about a fifth)
+    assert sum(after(times, overflow, 3.0)) / len(later) <= 0.04
 
 
 @settings(max_examples=5, deadline=None)
@@ -363,11 +408,11 @@ def test_no_loss_never_raises_the_rate_past_the_ceiling() -> None:
     assert [c.report(0, 1000) for _ in range(20)] == [2 * MBIT] * 20
 
 
-def test_increases_are_a_share_of_the_rate_not_of_the_ceiling() -> None:
+def test_increases_are_a_share_of_the_initial_rate_not_of_the_ceiling() -> None:
     # 5% of a 1G ceiling was 50M a period: half of a 100 Mbit/s path.
     c = RateController(50 * MBIT, 1 * MBIT, 1000 * MBIT)
     c.starting, c.known = False, 50 * MBIT
-    assert c.report(0, 1000) == 50_500_000
+    assert c.report(0, 1000) == 52_500_000
 
 
 def test_a_lower_ceiling_cuts_at_once_and_a_higher_one_lets_the_rate_climb_back() -> None:
