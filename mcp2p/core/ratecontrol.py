@@ -172,8 +172,11 @@ class RateController:
 
     @property
     def period_length(self) -> float:
-        """Seconds the caller should let one period last."""
-        return START_PERIOD if self.starting else RATE_PERIOD
+        """Seconds the caller should let one period last: short while the
+        start rises, not at the ceiling (a session pinned there from its first
+        packet, whose losses, found later than its receipts, would make short
+        periods of no loss and so a baseline of none)."""
+        return START_PERIOD if self.starting and self._rate < self._ceiling else RATE_PERIOD
 
     @property
     def ceiling(self) -> int:

@@ -75,10 +75,11 @@ PLAN = 0.02  # seconds of the rate planned at once at most (whole lists where it
 LIST_KEEP = 512  # digest lists kept for CNs that missed one (over 1 s at 1 Gbit/s)
 SEQ_RING = 1 << 17  # sequence numbers remembered for loss reports (unit of each)
 IP_UDP_OVERHEAD = 28
-# Seconds after subscribing whose losses do not steer the rate: what was sent
-# before the CN joined its group (a few reports at 0.1 s; lost packets are
-# reported within receiver.LOSS_AFTER of their notice).
-JOIN_GRACE = 0.5
+# Seconds after subscribing whose losses do not steer the rate (its receipts
+# do): what was sent before the CN joined its group, and the first losses,
+# found up to receiver.LOSS_AFTER after their receipts, which would make the
+# first periods read as no loss at all.
+JOIN_GRACE = 1.0
 # A fountain-code unit needed again after a loss report waits this long for the
 # other CNs' reports of it (a CN reports a packet lost once a later one came,
 # at most 0.3 s after its notice, in reports 0.1 s apart: receiver.GAP_AFTER,

@@ -356,7 +356,8 @@ def test_five_percent_random_loss_from_the_first_report_does_not_wear_the_rate_d
 ) -> None:
     # The bug the lab showed: reports from a CN's first half second fed a 0%
     # baseline, so its 5% random loss read as congestion for ten seconds and
-    # cut the rate by 5% every other period.
+    # cut the rate by 5% every other period. Here the CN's losses also come
+    # later than its receipts, as a real CN's do.
     clock = Clock()
     port = Port(clock)
     session, _ = make_session(clock, tmp_path, port, rate=50 * MBIT)
@@ -365,14 +366,17 @@ def test_five_percent_random_loss_from_the_first_report_does_not_wear_the_rate_d
     per_report = round(REPORT_EVERY / TICK)
     seq = 0
     lowest = session.rates.rate
+    # A CN finds losses later than receipts (up to receiver.LOSS_AFTER): each
+    # report's losses come three reports later.
+    late = [RangeSet()] * 3
     for i in range(1, round(10.0 / TICK) + 1):
         clock.advance(TICK)
         if i % per_report == 0:
             sent_to = session.seq - len(session.queue)
             lost = [s for s in range(seq, sent_to) if rng.random() < 0.05]
-            ranges = RangeSet([(s, s + 1) for s in lost])
             for sub in list(session.subscribers.values()):
-                session.report_loss(sub, ranges, sent_to - seq - len(lost))
+                session.report_loss(sub, late[0], sent_to - seq - len(lost))
+            late = [*late[1:], RangeSet([(s, s + 1) for s in lost])]
             seq = sent_to
             lowest = min(lowest, session.rates.rate)
     try:
