@@ -9,6 +9,7 @@ stay within the ceiling times that time, plus one burst of the bucket.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -296,22 +297,37 @@ def test_two_subscribers_of_one_multicast_session_and_their_rates(serving: Any) 
 # -- finding the path's rate (RateController, through the session's reports)
 
 
-def run_path(clock: Clock, seconds: float, session: Session, path_bits: float) -> None:
-    """Like `run`, but the path carries at most ``path_bits`` a second: each
-    report says the packets beyond that, the newest of the interval, were lost."""
+def run_reports(
+    clock: Clock,
+    seconds: float,
+    session: Session,
+    report: Callable[[int, int], tuple[RangeSet, int]],
+) -> None:
+    """Advance ``seconds``; every REPORT_EVERY each subscriber reports what
+    ``report(first, end)`` says of the packets sent since the last report
+    (sequence numbers first..end-1): (those lost, how many received)."""
     per_report = round(REPORT_EVERY / TICK)
-    packet_bits = 8 * session.packet_size
     seq = session.seq - len(session.queue)  # the next packet to go out
     for i in range(1, round(seconds / TICK) + 1):
         clock.advance(TICK)
         if i % per_report == 0:
             sent_to = session.seq - len(session.queue)
-            sent = sent_to - seq
-            got = min(sent, int(path_bits * REPORT_EVERY / packet_bits))
-            lost = RangeSet([(seq + got, sent_to)]) if got < sent else RangeSet()
+            lost, got = report(seq, sent_to)
             for sub in list(session.subscribers.values()):
                 session.report_loss(sub, lost, got)
             seq = sent_to
+
+
+def run_path(clock: Clock, seconds: float, session: Session, path_bits: float) -> None:
+    """Like `run`, but the path carries at most ``path_bits`` a second: each
+    report says the packets beyond that, the newest of the interval, were lost."""
+    packet_bits = 8 * session.packet_size
+
+    def report(first: int, end: int) -> tuple[RangeSet, int]:
+        got = min(end - first, int(path_bits * REPORT_EVERY / packet_bits))
+        return (RangeSet([(first + got, end)]) if first + got < end else RangeSet()), got
+
+    run_reports(clock, seconds, session, report)
 
 
 def test_a_starting_session_reaches_its_ceiling_within_a_second(tmp_path: Path) -> None:
@@ -363,23 +379,19 @@ def test_five_percent_random_loss_from_the_first_report_does_not_wear_the_rate_d
     session, _ = make_session(clock, tmp_path, port, rate=50 * MBIT)
     subscribe(session, 1, 50 * MBIT)
     rng = random.Random(5)
-    per_report = round(REPORT_EVERY / TICK)
-    seq = 0
-    lowest = session.rates.rate
+    lowest = [session.rates.rate]
     # A CN finds losses later than receipts (up to receiver.LOSS_AFTER): each
     # report's losses come three reports later.
     late = [RangeSet()] * 3
-    for i in range(1, round(10.0 / TICK) + 1):
-        clock.advance(TICK)
-        if i % per_report == 0:
-            sent_to = session.seq - len(session.queue)
-            lost = [s for s in range(seq, sent_to) if rng.random() < 0.05]
-            for sub in list(session.subscribers.values()):
-                session.report_loss(sub, late[0], sent_to - seq - len(lost))
-            late = [*late[1:], RangeSet([(s, s + 1) for s in lost])]
-            seq = sent_to
-            lowest = min(lowest, session.rates.rate)
+
+    def report(first: int, end: int) -> tuple[RangeSet, int]:
+        lost = [s for s in range(first, end) if rng.random() < 0.05]
+        late.append(RangeSet([(s, s + 1) for s in lost]))
+        lowest[0] = min(lowest[0], session.rates.rate)
+        return late.pop(0), end - first - len(lost)
+
+    run_reports(clock, 10.0, session, report)
     try:
-        assert lowest >= 0.9 * 50 * MBIT
+        assert min(lowest[0], session.rates.rate) >= 0.9 * 50 * MBIT
     finally:
         session.end("test over")
