@@ -53,12 +53,12 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from mcp2p.core.wanted import RangeSet
+from mcp2p.transfer.scan import MAX_DATAGRAM  # the largest data packet
 from mcp2p.transfer.scan import scan as _scan
 from mcp2p.wire.rtp import (
     DIGEST_LEN,
     FAST_HEADER,
     HEADER_LEN,
-    MAX_PAYLOAD,
     list_hash,
     list_notices,
     split_header,
@@ -89,7 +89,6 @@ SOL_UDP = 17
 UDP_GRO = 104  # Linux: receive a GSO burst as one buffer, segment size in a cmsg
 ARENA = 2 << 20  # bytes of the batch buffer: one wakeup reads at most this much
 ROOM = 65536  # room kept for one read (a GRO buffer is at most 64 KiB)
-MAX_DATAGRAM = HEADER_LEN + MAX_PAYLOAD  # the largest data packet
 _IGNORE = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED})
 
 

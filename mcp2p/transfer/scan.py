@@ -30,7 +30,7 @@ Buffer = bytes | bytearray | memoryview
 Candidate = tuple[int, int, bytes, int, int]  # index, seq, digest, piece, symbol
 Scanned = tuple[int, int, list[int], list[Candidate]]
 
-MAX_DATAGRAM = HEADER_LEN + MAX_PAYLOAD
+MAX_DATAGRAM = HEADER_LEN + MAX_PAYLOAD  # the largest data packet
 
 
 def scan_python(batch: Sequence[Buffer], ssrc: int) -> Scanned:
