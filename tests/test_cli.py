@@ -11,6 +11,7 @@ import random
 import re
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,29 @@ def test_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ambiguous" in table[cli.EXIT_AMBIGUOUS]
     assert "daemon" in table[cli.EXIT_DAEMON]
     assert "interrupted" in table[cli.EXIT_INTERRUPTED]
+
+
+def test_a_command_reads_its_config_without_the_http_client(tmp_path: Path) -> None:
+    """Every command parses the config before it talks to the daemon. The
+    parse checks [keys] addresses, and once imported the key servers' HTTP
+    client (twisted.web.client) for that: 0.3 s of each ``mcp2p get``, and
+    in the lab, eight CLIs on two cores started their fetches up to a second
+    apart, so the first CN's session began before the others had queried."""
+    ini = quiet_ini(tmp_path / "cn", keys={"servers": "10.9.8.7, [fd00::1]:11371"})
+    probe = (
+        "import sys\n"
+        "import mcp2p.cli.get\n"
+        "from mcp2p.config import load_config\n"
+        f"config = load_config({str(ini)!r})\n"
+        "assert [str(s) for s in config.keys.servers] == ['10.9.8.7:11371', '[fd00::1]:11371']\n"
+        "heavy = sorted(m for m in sys.modules if m.startswith(('twisted.web', 'OpenSSL')))\n"
+        "print(heavy)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_get_with_nothing_on_the_network_is_not_found_in_bounded_time(tmp_path: Path) -> None:

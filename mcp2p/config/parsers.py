@@ -286,7 +286,7 @@ def _endpoint(default_port: int | None) -> Callable[[str, Path], Any]:
     """``ADDRESS[:PORT]`` (empty: None when there is no default port)."""
 
     def parse(raw: str, base: Path) -> Any:
-        from mcp2p.trust.keyclient import parse_endpoint
+        from mcp2p.trust.endpoint import parse_endpoint
 
         if not raw.strip() and default_port is None:
             return None
@@ -297,7 +297,7 @@ def _endpoint(default_port: int | None) -> Callable[[str, Path], Any]:
 
 def _endpoints(default_port: int | None) -> Callable[[str, Path], tuple[Any, ...]]:
     def parse(raw: str, base: Path) -> tuple[Any, ...]:
-        from mcp2p.trust.keyclient import parse_endpoint
+        from mcp2p.trust.endpoint import parse_endpoint
 
         items = [parse_endpoint(item, default_port) for item in _list(raw)]
         if len(set(items)) != len(items):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
-    from mcp2p.trust.keyclient import Endpoint
+    from mcp2p.trust.endpoint import Endpoint
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

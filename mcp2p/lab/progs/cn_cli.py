@@ -17,6 +17,8 @@ from typing import Any
 
 import mcp2p.cli
 import mcp2p.cli.get
+import mcp2p.plugins.builtin  # noqa: F401 - the config check scans the plugins
+import mcp2p.plugins.codes  # noqa: F401
 
 
 def no_daemon(*args: Any, **kw: Any) -> int:
