@@ -119,6 +119,8 @@ class FakeNetwork:
         self.positions: dict[str, int] = {}
         self.next_port = 40000
         self.sent: list[tuple[str, bytes, tuple[str, int], int]] = []
+        # (source address, datagram, destination) -> True to lose it on the way
+        self.drop: Any = None
 
     def host(self, address: str, position: int = 0) -> FakeReactor:
         """A host on a chain: hosts at positions p and q are |p - q| + 1 hops apart
@@ -135,6 +137,8 @@ class FakeNetwork:
         src = sender.reactor.address
         ttl = sender.socket.ttl
         self.sent.append((src, data, addr, ttl))
+        if self.drop is not None and self.drop(src, data, addr):
+            return
         group = ipaddress.ip_address(addr[0])
         for p in list(self.ports):
             if p.port != addr[1]:

@@ -61,7 +61,14 @@ MAX_SOURCES = 1024  # source buckets kept (least recently used dropped)
 LOOKUP_FACTOR = 4  # global look-ups per second: this times answer_rate
 MEMORY = 30.0
 MANY_ANSWERS = 8  # a query wanting more answers than this stretches the delay
-REANSWER_AFTER = 0.4  # a ring that still does not list us this long after we answered: lost
+# A ring that still does not list us this long after we answered: our answer
+# was lost. A ring that follows a lost answer comes ring_timeout (0.3 s) after
+# the one we answered, so at least 0.3 - reply_delay_max (0.12) = 0.18 s after
+# our answer; a ring sent before our answer arrived comes less than a round
+# trip after it. 0.1 s is above the round trips of a multicast scope and below
+# 0.18 s: a lost offer costs its CN one ring, not two (with 0.4 s the next ring
+# was always taken for a crossing, and the CN waited a second ring timeout).
+REANSWER_AFTER = 0.1
 
 
 @dataclass(frozen=True)

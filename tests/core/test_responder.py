@@ -10,7 +10,7 @@ import random
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcp2p.core.responder import (
@@ -195,14 +195,29 @@ def test_repeated_datagram_is_answered_once() -> None:
     assert r.due(schedule.key, 5.1) == []  # nothing pending any more
 
 
-def test_next_ring_soon_after_our_answer_is_not_answered_again() -> None:
+def test_ring_crossing_our_answer_is_not_answered_again() -> None:
+    """A ring that left the CN before our answer reached it comes within a
+    round trip of the answer: answering it again would send the offer twice."""
     r = responder()
     [schedule] = hear(r, make_query(hop=1), 0.0)
     r.due(schedule.key, schedule.delay)
-    assert hear(r, make_query(hop=2), 0.3) == []
+    assert hear(r, make_query(hop=2), schedule.delay + 0.05) == []
     assert r.counters["duplicate"] == 1
     # A ring that still does not list us long after: our answer was probably lost.
     assert len(hear(r, make_query(hop=3), schedule.delay + REANSWER_AFTER + 0.01)) == 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(delay=st.floats(min_value=0.02, max_value=0.12))
+def test_next_ring_after_a_lost_answer_is_answered(delay: float) -> None:
+    """The CN's next ring comes ring_timeout (0.3 s, the shipped one) after the
+    ring we answered after ``delay`` (reply_delay_min..max): it still does not
+    list us, so our offer was lost, and that ring gets one, not the ring after it."""
+    r = responder()
+    [schedule] = hear(r, make_query(hop=1), 0.0)
+    r.due(schedule.key, delay)
+    [again] = hear(r, make_query(hop=2), 0.3)
+    assert len(r.due(again.key, 0.3 + again.delay)) == 1
 
 
 def test_silent_rings_do_not_count_as_answers() -> None:
