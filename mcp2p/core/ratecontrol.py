@@ -160,7 +160,8 @@ class RateController:
         self._observe = False  # the period after a probe may cut, not rise
         self.starting = True  # rising by half each period until the path is full
         self._best = 0.0  # while starting: the most the slowest receiver got a second
-        self._flat = 0  # ... and the periods since that grew by FULL_GROWTH
+        self._grown = 0.0  # ... as of its last growth by FULL_GROWTH
+        self._flat = 0  # ... and the periods since that growth
         self.known: int | None = None  # the capacity the last cut found, bit/s
         self._probes = 0  # periods without congestion at or above ``known``
         self.limiting: Hashable | None = None  # the receiver of the last cut
@@ -294,8 +295,9 @@ class RateController:
         ends the start at the most they were."""
         if received_rate == math.inf or self._rate >= self._ceiling:
             return False  # unmeasured, or kept from growing by the ceiling
-        if received_rate >= FULL_GROWTH * self._best:
-            self._best, self._flat = received_rate, 0
+        self._best = max(self._best, received_rate)
+        if received_rate >= FULL_GROWTH * self._grown:
+            self._grown, self._flat = received_rate, 0
             return False
         self._flat += 1
         if self._flat >= 2:

@@ -77,6 +77,17 @@ def test_the_start_ends_when_the_slowest_receivers_receipts_stop_growing() -> No
     assert c.period(got, 0.5) == 24 * MBIT  # and holds a period, as after a cut
 
 
+def test_the_start_ends_at_the_most_the_receipts_were_not_at_their_last_growth() -> None:
+    """Receipts that still grow, by less than FULL_GROWTH, end the start at
+    their highest (the lab's one CN: its receipts grew 750 -> 754 Mbit/s
+    after the last growth by a quarter at 643, and the start ended at 643)."""
+    c = RateController(40 * MBIT, 1 * MBIT, 1000 * MBIT, packet_bits=PACKET_BITS)
+    assert c.period({1: (0, 1000)}, 0.5) == 48 * MBIT  # 24 Mbit/s got: the start rises
+    assert c.period({1: (0, 1200)}, 0.5) == 48 * MBIT  # 28.8: less than a quarter more
+    assert c.period({1: (0, 1230)}, 0.5) == 29_520_000  # 29.52: the most they were
+    assert not c.starting and c.known == 29_520_000
+
+
 def test_the_first_congestion_ends_the_start_and_may_halve_the_rate() -> None:
     c = controller(40 * MBIT)
     assert c.report(0, 1000) == 60 * MBIT  # the start rose ...

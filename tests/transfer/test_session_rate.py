@@ -346,6 +346,29 @@ def test_a_starting_session_reaches_its_ceiling_within_a_second(tmp_path: Path) 
         session.end("test over")
 
 
+def test_a_report_a_little_early_still_ends_a_starting_period(tmp_path: Path) -> None:
+    """Periods end at reports, which come REPORT_EVERY apart with jitter. One
+    a tick early must still end the 0.1 s period: ending only at the next
+    report, every other period lasted 0.2 s and the start rose at half its
+    speed (the lab's one CN took 0.85 s from 100 to 1000 Mbit/s, not 0.5)."""
+    clock = Clock()
+    port = Port(clock)
+    session, _ = make_session(clock, tmp_path, port, rate=10 * MBIT)
+    sub = subscribe(session, 1, 1000 * MBIT)
+    counted = 0
+    try:
+        for ticks in (49, 51, 49):  # 0.098 s, 0.102 s, 0.098 s
+            for _ in range(ticks):
+                clock.advance(TICK)
+            packets = session.counters["packets"]
+            session.report_loss(sub, RangeSet(), packets - counted)
+            counted = packets
+            assert session.rate_at == clock.seconds()  # the period ended here
+        assert session.rates.rate > 10 * MBIT
+    finally:
+        session.end("test over")
+
+
 @pytest.mark.parametrize("path_mbit", [6, 30, 70])
 def test_a_starting_session_finds_a_slower_paths_rate_and_holds_it(
     tmp_path: Path, path_mbit: int
