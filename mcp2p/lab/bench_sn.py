@@ -326,7 +326,10 @@ STAGES = (
     ("read", ("blockcode.py", "layout.py", "pread", "_plain_symbols", "_symbols", "readinto")),
     ("header", ("pack_header", "pack_into", "'pack'")),
     ("digest", ("blake3", "packet_digest", "digests")),
-    ("notices", ("control.py", "send_list", "list_hash", "pack_list", "'join'", "amp.py")),
+    (
+        "notices",
+        ("control.py", "send_lists", "_notify", "list_hash", "pack_list", "'join'", "amp.py"),
+    ),
     ("send", ("udp.py", "sendto", "sendmsg", "_send")),
 )
 
@@ -347,7 +350,7 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
 
     from mcp2p.core.wanted import RangeSet
     from mcp2p.plugins import code_by_name
-    from mcp2p.transfer.control import Listed
+    from mcp2p.transfer.control import MAX_LISTS_PER_NOTICE, MORE_ENTRY, Listed
     from mcp2p.transfer.session import MAX_BURST, TICK, Session, Subscriber
     from mcp2p.wire.layout import Layout
 
@@ -360,9 +363,17 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
     port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
 
     class Client:
-        def send_list(self, subscription: int, first: int, count: int, digest: bytes) -> None:
+        def send_lists(self, subscription: int, lists: list[tuple[int, int, bytes]]) -> None:
             # What a control channel does before TLS: the command's box, serialized.
-            args = {"subscription": subscription, "first": first, "count": count, "hash": digest}
+            (first, count, digest), rest = lists[0], lists[1:]
+            args: dict[str, Any] = {
+                "subscription": subscription,
+                "first": first,
+                "count": count,
+                "hash": digest,
+            }
+            if rest:
+                args["more"] = b"".join(MORE_ENTRY.pack(*entry) for entry in rest)
             Listed.makeArguments(args, None).serialize()
 
         def session_ended(self, subscription: int, reason: str) -> None:
@@ -385,7 +396,8 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
         on_end=lambda s: None,
         rng=random.Random(1),
     )
-    session.add(Subscriber(1, Client(), session), RangeSet.full(session.units))
+    sub = Subscriber(1, Client(), session, lists=MAX_LISTS_PER_NOTICE)  # as a CN subscribes
+    session.add(sub, RangeSet.full(session.units))
     ticks = packets // MAX_BURST
 
     def drive(n: int) -> int:

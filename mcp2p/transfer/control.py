@@ -5,6 +5,11 @@ UpdateWanted, ReportLoss, GetList, Unsubscribe. SN -> CN: Listed (the hash
 of a digest list the SN sent on the data path: the list, once trusted this
 way, authenticates the packets it covers; wire.rtp), SessionMoved and
 SessionEnded. A CN that did not get a list in time asks for it (GetList).
+A CN that says so in its Subscribe (``lists``) takes up to that many lists'
+hashes in one Listed (``more``): the SN plans several lists at once, and
+one box, TLS record and TCP segment carry them all: two lists cost 210 bytes
+on the wire where two Listed cost 360 (those were 0.65% of the file per CN
+at 95 Mbit/s).
 
 ``ControlServer`` only translates commands into calls on the serving side
 (an object with the methods of ``ServingSide`` below); ``ControlClient``
@@ -25,6 +30,7 @@ Each refusal is counted and logged in summary (``Summary``).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -43,6 +49,9 @@ _log = Logger()
 CHUNK = 60000  # bytes per AMP value, under AMP's 64 KiB limit
 SEQ_MASK = 0xFFFFFFFF  # lists name 32-bit (extended) sequence numbers
 MAX_LIST = MAX_PAYLOAD // DIGEST_LEN  # packets one digest list covers at most
+# Lists one Listed may name: the first in its own arguments, the others in ``more``.
+MAX_LISTS_PER_NOTICE = 8
+MORE_ENTRY = struct.Struct("!IH16s")  # one more list: first, count, hash
 MAX_KEYS = 32  # keys in one box; the largest command (Subscribe) has 11 with AMP's own
 
 
@@ -129,6 +138,8 @@ class Subscribe(amp.Command):
         (b"more", amp.Boolean()),  # more of the wanted set follows in UpdateWanted
         # IP version (4 or 6) of the group the CN can receive multicast on; absent: 4.
         (b"family", amp.Integer(optional=True)),
+        # The most lists the CN takes in one Listed (absent: 1, no ``more``).
+        (b"lists", amp.Integer(optional=True)),
     ]
     response = [
         (b"subscription", amp.Integer()),
@@ -181,6 +192,8 @@ class Listed(amp.Command):
         (b"first", amp.Integer()),
         (b"count", amp.Integer()),
         (b"hash", amp.String()),
+        # Further lists (MORE_ENTRY each), only to a CN that subscribed with lists > 1.
+        (b"more", amp.String(optional=True)),
     ]
     requiresAnswer = False
 
@@ -413,9 +426,20 @@ class ControlServer(amp.AMP, TimeoutMixin):
     def get_list(self, subscription: int, first: int) -> dict[str, Any]:
         return {"list": self.side.digest_list(self, subscription, first)}
 
-    def send_list(self, subscription: int, first: int, count: int, hash: bytes) -> None:
-        """The hash of the digest list for ``count`` packets from ``first``."""
-        self.callRemote(Listed, subscription=subscription, first=first, count=count, hash=hash)
+    def send_lists(self, subscription: int, lists: list[tuple[int, int, bytes]]) -> None:
+        """The hashes of digest lists ``(first, count, hash)``: the lists for
+        ``count`` packets from ``first``, in one Listed (the caller sends no
+        more at once than the subscriber's Subscribe allowed)."""
+        if not lists:
+            return
+        (first, count, hash), rest = lists[0], lists[1:]
+        if not rest:
+            self.callRemote(Listed, subscription=subscription, first=first, count=count, hash=hash)
+            return
+        more = b"".join(MORE_ENTRY.pack(*entry) for entry in rest)
+        self.callRemote(
+            Listed, subscription=subscription, first=first, count=count, hash=hash, more=more
+        )
 
     def session_ended(self, subscription: int, reason: str) -> None:
         self.callRemote(SessionEnded, subscription=subscription, reason=reason)
@@ -497,12 +521,30 @@ class ControlClient(amp.AMP):
         _no_delay(self.transport)
 
     @Listed.responder
-    def listed(self, subscription: int, first: int, count: int, hash: bytes) -> dict[str, Any]:
-        if not 0 <= first <= SEQ_MASK or not 0 < count <= MAX_LIST or len(hash) != LIST_HASH_LEN:
-            raise ProtocolError(f"a list of {count} packets from {first}, hash {len(hash)} bytes")
+    def listed(
+        self, subscription: int, first: int, count: int, hash: bytes, more: bytes | None = None
+    ) -> dict[str, Any]:
+        lists = [(first, count, hash)]
+        if more is not None:
+            n, extra = divmod(len(more), MORE_ENTRY.size)
+            if extra or not 0 < n < MAX_LISTS_PER_NOTICE:
+                raise ProtocolError(
+                    f"'more' of {len(more)} bytes is not 1 to {MAX_LISTS_PER_NOTICE - 1} lists"
+                )
+            lists += MORE_ENTRY.iter_unpack(more)
+        for first, count, hash in lists:
+            if (
+                not 0 <= first <= SEQ_MASK
+                or not 0 < count <= MAX_LIST
+                or len(hash) != LIST_HASH_LEN
+            ):
+                raise ProtocolError(
+                    f"a list of {count} packets from {first}, hash {len(hash)} bytes"
+                )
         handler = self.handlers.get(subscription)
         if handler is not None:
-            handler.listed(first, count, hash)
+            for first, count, hash in lists:
+                handler.listed(first, count, hash)
         return {}
 
     @SessionEnded.responder

@@ -65,6 +65,7 @@ from mcp2p.core.groups import random_group
 from mcp2p.core.wanted import RangeSet
 from mcp2p.errors import ProtocolError
 from mcp2p.transfer.control import (
+    MAX_LISTS_PER_NOTICE,
     ChannelLimits,
     ControlServer,
     NotShared,
@@ -312,6 +313,7 @@ class ServingService(Service):
         wanted: bytes,
         more: bool,
         family: int | None = None,
+        lists: int | None = None,
     ) -> Any:
         """`_subscribe`'s answer once [serving] subscribers admits the CN: a dict,
         or a Deferred of one when the key servers must be asked first."""
@@ -324,6 +326,7 @@ class ServingService(Service):
             wanted=wanted,
             more=more,
             family=family,
+            lists=lists,
         )
         node_id, key = client.peer_node_id or b"", client.peer_public_key or b""
         why = self.trust.admission(node_id, key)
@@ -358,6 +361,7 @@ class ServingService(Service):
         wanted: bytes,
         more: bool,
         family: int | None = None,
+        lists: int | None = None,
     ) -> dict[str, Any]:
         from mcp2p.plugins import code_by_name
 
@@ -372,6 +376,8 @@ class ServingService(Service):
             raise Refused(f"no block code named {code!r}") from None
         if mode == "unicast" and not 1 <= port <= 65535:
             raise Refused("unicast mode needs the CN's UDP port")
+        if lists is not None and lists < 1:
+            raise Refused(f"lists must be at least 1, not {lists}")
         version = self._family(family)
         s = self.config
         node_id = client.peer_node_id or b""
@@ -454,7 +460,13 @@ class ServingService(Service):
                 version=peer_version,
             )
             self.unicast.add(session)
-        sub = Subscriber(self.next_subscription, client, session, ceiling=ceiling)
+        sub = Subscriber(
+            self.next_subscription,
+            client,
+            session,
+            ceiling=ceiling,
+            lists=min(lists or 1, MAX_LISTS_PER_NOTICE),
+        )
         self.next_subscription += 1
         self.subscriptions[sub.id] = sub
         self.counters["subscriptions"] += 1

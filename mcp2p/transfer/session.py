@@ -10,7 +10,8 @@ symbol. Packets are planned a little ahead (LEAD seconds of the rate, in
 digest lists of up to a block's worth of 8-byte digests, at most PLAN
 seconds at once): their digests go out at once in a
 list packet on the data path (to the group: once for every CN), and the
-list's 16-byte hash on each subscriber's TLS channel; the packets follow
+list's 16-byte hash on each subscriber's TLS channel (a plan's lists in one
+notice, as many as its Subscribe took: ``Subscriber.lists``); the packets follow
 from the next tick on, so a CN knows each packet's digest before it comes
 (wire.rtp, DESIGN.md 5.3). A CN that missed a list asks for it
 (``digest_list``: the last LIST_KEEP lists are kept). Sending is
@@ -71,7 +72,9 @@ MAX_BURST = 256  # packets per tick at most
 # control channel is TCP_NODELAY, so hashes do not wait for ACKs).
 LEAD = 0.02
 MAX_LEAD = 2 * MAX_BURST  # packets planned ahead at most (memory: about 750 KB)
-PLAN = 0.02  # seconds of the rate planned at once at most (whole lists where it allows)
+# Seconds of the rate planned at once at most: as many whole lists as fit
+# (two at 95 Mbit/s), whose hashes go in one notice to each subscriber.
+PLAN = 0.05
 LIST_KEEP = 512  # digest lists kept for CNs that missed one (over 1 s at 1 Gbit/s)
 SEQ_RING = 1 << 17  # sequence numbers remembered for loss reports (unit of each)
 IP_UDP_OVERHEAD = 28
@@ -117,6 +120,15 @@ class Subscriber:
     counters: dict[str, int] = field(default_factory=dict)
     # units it lost symbols of, which got the code's repair overhead once
     repaired: set[int] = field(default_factory=set)
+    lists: int = 1  # list hashes it takes in one notice (its Subscribe's ``lists``)
+
+
+def _notify(sub: Subscriber, made: list[tuple[int, int, bytes]]) -> None:
+    """Tell ``sub`` the hashes of the lists ``made`` (first, count, hash), as
+    many in one notice as its Subscribe allowed."""
+    step = sub.lists
+    for i in range(0, len(made), step):
+        sub.client.send_lists(sub.id, made[i : i + step])
 
 
 class DatagramPort(Protocol):
@@ -451,8 +463,12 @@ class Session:
         channel. The packets go out from the next tick on, after their lists."""
         size = self.packet_size
         per_list = self.list_size
-        most = max(want, int(self.rates.rate / 8 * PLAN / size))
-        count = min(max(want, -(-want // per_list) * per_list), most)
+        most = max(want, min(MAX_LEAD, int(self.rates.rate / 8 * PLAN / size)))
+        whole = most // per_list * per_list  # the whole lists that fit in PLAN
+        if whole:
+            count = max(want, whole)
+        else:
+            count = min(max(want, -(-want // per_list) * per_list), most)
         if self.plain:
             units = self.scheduler.take(count)
             runs: list[tuple[int, int]] = []
@@ -479,8 +495,9 @@ class Session:
         ]
         self.queue.extend(packets)
         digests = packet_digests(packets)
-        subscribers = list(self.subscribers.values())
         lists = self.lists
+        made: list[tuple[int, int, bytes]] = []
+        packets_of_lists = []
         for k in range(0, count, per_list):
             first = seq0 + k
             n = min(per_list, count - k)
@@ -489,8 +506,11 @@ class Session:
             lists[first & 0xFFFFFFFF] = (first, n, packet, digest)
             if len(lists) > LIST_KEEP:
                 del lists[next(iter(lists))]
-            for sub in subscribers:
-                sub.client.send_list(sub.id, first & 0xFFFFFFFF, n, digest)
+            made.append((first & 0xFFFFFFFF, n, digest))
+            packets_of_lists.append(packet)
+        for sub in list(self.subscribers.values()):
+            _notify(sub, made)
+        for packet in packets_of_lists:
             self._send_list(packet, now)
 
     def _send_list(self, packet: bytes, now: float) -> None:
@@ -526,8 +546,7 @@ class Session:
             if first + n <= unsent:
                 break
             pending.append((first, n, digest))
-        for first, n, digest in reversed(pending):
-            sub.client.send_list(sub.id, first & 0xFFFFFFFF, n, digest)
+        _notify(sub, [(first & 0xFFFFFFFF, n, digest) for first, n, digest in reversed(pending)])
 
     def _take_runs(self, count: int, now: float) -> list[tuple[int, int]]:
         """Runs ``(unit, n)`` of up to ``count`` symbols in all: codes whose

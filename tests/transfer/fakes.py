@@ -63,11 +63,13 @@ class Channel:
         self.transport = _Transport(host)
         self.broken = broken
         self.listed: list[tuple[int, int, int, bytes]] = []  # (subscription, first, count, hash)
+        self.notices = 0  # Listed commands: one per send_lists
         self.ended: list[tuple[int, str]] = []  # (subscription, reason)
         self.moved: list[tuple[int, str]] = []  # (subscription, group)
 
-    def send_list(self, subscription: int, first: int, count: int, hash: bytes) -> None:
-        self.listed.append((subscription, first, count, hash))
+    def send_lists(self, subscription: int, lists: list[tuple[int, int, bytes]]) -> None:
+        self.notices += 1
+        self.listed += [(subscription, first, count, hash) for first, count, hash in lists]
 
     def session_ended(self, subscription: int, reason: str) -> None:
         if self.broken:

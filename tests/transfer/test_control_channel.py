@@ -26,6 +26,8 @@ from mcp2p.core.wanted import RangeSet
 from mcp2p.errors import ProtocolError
 from mcp2p.transfer.control import (
     CHUNK,
+    MAX_LISTS_PER_NOTICE,
+    MORE_ENTRY,
     ChannelLimits,
     ControlClient,
     ControlServer,
@@ -244,6 +246,7 @@ def test_asking_for_content_the_sn_lacks_is_not_counted_as_a_bad_command(sn: Any
         ({"code": "nope"}, Refused, "no block code"),
         ({"rate": -5}, Refused, "rate must be"),
         ({"family": 5}, Refused, "family must be 4 or 6"),
+        ({"lists": 0}, Refused, "lists must be at least 1"),
         ({"family": 6}, Refused, "IPv4 only"),
         ({"wanted": b"\xff\xff"}, ProtocolError, ""),
         ({"wanted": RangeSet([(0, 10**6)]).encode()}, ProtocolError, ""),  # past the last unit
@@ -302,13 +305,61 @@ def test_the_client_routes_lists_only_to_its_subscriptions(sn: Any) -> None:
     ch = channel(sn)
     handler = Handler()
     ch.client.handlers[7] = handler
-    ch.server.send_list(7, 1, 2, b"a" * 16)
-    ch.server.send_list(8, 3, 1, b"c" * 16)  # nobody's: dropped
+    ch.server.send_lists(7, [(1, 2, b"a" * 16)])
+    ch.server.send_lists(8, [(3, 1, b"c" * 16)])  # nobody's: dropped
     ch.server.session_ended(7, "nothing wanted")
     ch.server.session_moved(7, "239.9.9.9")
     ch.pump.flush()
     assert handler.received == [(1, 2, b"a" * 16)]
     assert handler.ended == ["nothing wanted"] and handler.moved == ["239.9.9.9"]
+
+
+@pytest.mark.parametrize("asked, kept", [(None, 1), (1, 1), (3, 3), (10**9, MAX_LISTS_PER_NOTICE)])
+def test_a_subscriber_gets_as_many_lists_per_notice_as_it_asked_within_the_most(
+    sn: Any, asked: int | None, kept: int
+) -> None:
+    ch = channel(sn)
+    extra = {} if asked is None else {"lists": asked}
+    reply = subscribe(ch, sn["small"], **extra)
+    assert sn["service"].subscriptions[reply["subscription"]].lists == kept
+
+
+def test_several_lists_go_in_one_listed_and_arrive_in_order(sn: Any) -> None:
+    ch = channel(sn)
+    ch.client.handlers[7] = handler = Handler()
+    lists = [(10 * i, 5, bytes([i]) * 16) for i in range(MAX_LISTS_PER_NOTICE)]
+    boxes: list[Any] = []
+    call = ch.server.callRemote
+
+    def counted(command: Any, **kw: Any) -> Any:
+        boxes.append(command)
+        return call(command, **kw)
+
+    ch.server.callRemote = counted  # type: ignore[method-assign]
+    ch.server.send_lists(7, lists)
+    ch.pump.flush()
+    assert handler.received == lists and boxes == [Listed]
+
+
+@pytest.mark.parametrize(
+    "more",
+    [
+        b"",  # an empty 'more'
+        MORE_ENTRY.pack(1, 1, b"x" * 16)[:-1],  # not whole entries
+        MORE_ENTRY.pack(1, 1, b"x" * 16) * MAX_LISTS_PER_NOTICE,  # one list too many
+        MORE_ENTRY.pack(1, 0, b"x" * 16),  # an empty list
+        MORE_ENTRY.pack(1, 65535, b"x" * 16),  # more packets than a list holds
+    ],
+)
+def test_a_malformed_more_drops_the_channel_on_the_cn_and_no_list_is_taken(
+    sn: Any, amp_log: Any, more: bytes
+) -> None:
+    ch = channel(sn)
+    ch.client.handlers[1] = handler = Handler()
+    ch.server.callRemote(Listed, subscription=1, first=0, count=1, hash=b"h" * 16, more=more)
+    ch.pump.flush()
+    assert ch.lost and handler.received == []
+    assert not [e for e in amp_log if e.get("log_failure") is not None]
 
 
 def test_update_wanted_and_report_loss_on_ones_own_subscription(sn: Any) -> None:

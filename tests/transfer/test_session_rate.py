@@ -75,8 +75,8 @@ class Client:
         self.notices = 0
         self.ended: list[str] = []
 
-    def send_list(self, subscription: int, first: int, count: int, hash: bytes) -> None:
-        self.notices += count
+    def send_lists(self, subscription: int, lists: list[tuple[int, int, bytes]]) -> None:
+        self.notices += sum(count for _, count, _ in lists)
 
     def session_ended(self, subscription: int, reason: str) -> None:
         self.ended.append(reason)

@@ -18,8 +18,10 @@ from twisted.internet.task import Clock
 
 from mcp2p.core.wanted import RangeSet
 from mcp2p.plugins import code_by_name
+from mcp2p.transfer.control import MAX_LISTS_PER_NOTICE
 from mcp2p.transfer.session import (
     MAX_BURST,
+    MAX_LEAD,
     SOL_UDP,
     TICK,
     UDP_SEGMENT,
@@ -97,8 +99,8 @@ class Client:
         self.listed: list[tuple[int, int, bytes]] = []  # (first, count, hash)
         self.writes = 0
 
-    def send_list(self, subscription: int, first: int, count: int, hash: bytes) -> None:
-        self.listed.append((first, count, hash))
+    def send_lists(self, subscription: int, lists: list[tuple[int, int, bytes]]) -> None:
+        self.listed += lists
         self.writes += 1
 
     def session_ended(self, subscription: int, reason: str) -> None:
@@ -180,6 +182,31 @@ def test_a_burst_goes_out_by_gso_in_runs_of_one_size(tmp_path: Path) -> None:
     assert sock.calls < units // 20 + lists and session.counters["gso_sends"] >= 4
     check_as_a_cn(session, data, sock.datagrams, client)
     assert session.counters["bytes"] == sum(map(len, sock.datagrams))
+    session.end("test")
+
+
+@pytest.mark.parametrize("per_notice", [1, 3, MAX_LISTS_PER_NOTICE])
+def test_a_plan_of_several_lists_is_one_notice_to_a_cn_that_takes_them(
+    tmp_path: Path, per_notice: int
+) -> None:
+    """A plan holds as many whole lists as PLAN seconds of the rate allow
+    (here 4, MAX_LEAD packets at most); a subscriber that took ``lists`` in
+    its Subscribe hears of them in notices of that many at most, in order;
+    one that did not, one notice per list. Every packet is still covered."""
+    sock = GsoSocket()
+    session, data = make(tmp_path, Port(sock), size=12 * PIECE + 4321)
+    client = Client()
+    session.add(Subscriber(1, client, session, lists=per_notice), RangeSet.full(session.units))
+    run(session, 20)
+    lists = session.counters["lists"]
+    assert MAX_LEAD // session.list_size == 4  # lists a plan holds
+    assert len(client.listed) == lists > 4  # more than one plan
+    if per_notice == 1:
+        assert client.writes == lists
+    else:  # a plan's 4 lists in notices of per_notice at most
+        assert -(-lists // per_notice) <= client.writes <= -(-lists // 4) * -(-4 // per_notice)
+    assert [first for first, _, _ in client.listed] == sorted(f for f, _, _ in client.listed)
+    check_as_a_cn(session, data, sock.datagrams, client)
     session.end("test")
 
 
@@ -284,7 +311,7 @@ def test_a_session_of_a_4gib_file_costs_little_memory(tmp_path: Path) -> None:
             rng=random.Random(1),
         )
         quiet = Client()
-        quiet.send_list = lambda subscription, first, count, hash: None  # type: ignore[method-assign]
+        quiet.send_lists = lambda subscription, lists: None  # type: ignore[method-assign]
         session.add(Subscriber(1, quiet, session), RangeSet.full(session.units))
         for _ in range(20):
             clock.advance(TICK)

@@ -14,7 +14,14 @@ from mcp2p import multicast
 from mcp2p.core import fetchplan
 from mcp2p.core.display import display_text
 from mcp2p.core.wanted import RangeSet
-from mcp2p.transfer.control import ControlClient, GetList, ReportLoss, Subscribe, UpdateWanted
+from mcp2p.transfer.control import (
+    MAX_LISTS_PER_NOTICE,
+    ControlClient,
+    GetList,
+    ReportLoss,
+    Subscribe,
+    UpdateWanted,
+)
 from mcp2p.transfer.fetch.common import FetchError, Source, _log
 from mcp2p.transfer.fetch.helpers import wanted_chunks
 from mcp2p.transfer.fetch.state import FetchState
@@ -115,6 +122,7 @@ class SourceControl(FetchState):
                 wanted=b"" if more else chunks[0],
                 more=more,
                 family=family,
+                lists=MAX_LISTS_PER_NOTICE,
             )
         )
         source.subscription = reply["subscription"]
