@@ -496,6 +496,9 @@ def test_ctrl_c_is_exit_130_without_a_traceback(tmp_path: Path, argv: list[str])
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a suite started in the background (``cmd &``
+        # in a script) has SIGINT ignored, and a child inherits that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(2.5)  # imported and searching: the first ring alone lasts 5 s
     assert proc.poll() is None
