@@ -43,7 +43,6 @@ import sys
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from hashlib import sha256 as _sha256
 from itertools import repeat
 from typing import Any
 
@@ -118,8 +117,8 @@ class Receiver(DatagramProtocol):
         self.announced: OrderedDict[bytes, list[Any]] = OrderedDict()
         # list hash -> (list packet, arrival): waiting for the hash
         self.unconfirmed: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
-        # seq -> [(datagram, its arrival)], first arrival first
-        self.held: dict[int, list[tuple[bytes, float]]] = {}
+        # seq -> [(datagram, its digest, its arrival)], first arrival first
+        self.held: dict[int, list[tuple[bytes, bytes, float]]] = {}
         self.expected: OrderedDict[int, tuple[bytes, float]] = (
             OrderedDict()
         )  # seq -> (digest, notice time)
@@ -205,8 +204,8 @@ class Receiver(DatagramProtocol):
             else:
                 notice = overdue.get(seq)
                 if notice is None:
-                    # Before its notice (TLS lags UDP): held, digested when it comes.
-                    self._hold(seq, bytes(batch[i]), now)
+                    # Before its notice (TLS lags UDP): held with its digest till it comes.
+                    self._hold(seq, bytes(batch[i]), digest, now)
                     continue
                 if digest != notice[0]:
                     self._forged(0.0)
@@ -302,17 +301,17 @@ class Receiver(DatagramProtocol):
         self.counters["lists_fetched"] += 1
         self._take_list(data)
 
-    def _hold(self, seq: int, data: bytes, now: float) -> None:
-        """A packet before its notice: wait for it (bounded)."""
+    def _hold(self, seq: int, data: bytes, digest: bytes, now: float) -> None:
+        """A packet (and its digest) before its notice: wait for it (bounded)."""
         held = self.held.get(seq)
         if held is None:
             if len(self.held) >= MAX_HELD:
                 self.counters["unannounced"] += 1
                 return
-            self.held[seq] = [(data, now)]
+            self.held[seq] = [(data, digest, now)]
             self.counters["held"] += 1
-        elif len(held) < MAX_CANDIDATES and all(data != d for d, _ in held):
-            held.append((data, now))
+        elif len(held) < MAX_CANDIDATES and all(data != d for d, _, _ in held):
+            held.append((data, digest, now))
         else:
             self.counters["duplicate"] += 1
 
@@ -337,19 +336,18 @@ class Receiver(DatagramProtocol):
         now = self.clock.seconds()
         self.counters["notices"] += len(notices)
         held_packets, expected, accepted = self.held, self.expected, self.accepted
-        digest_of = _digest
         out: Items = []
         for seq, digest in notices:
             held = held_packets.pop(seq, None)
             if held is not None:
                 genuine = None
-                for data, arrival in held:
-                    if genuine is None and digest_of(data) == digest:
+                for data, digested, arrival in held:
+                    if genuine is None and digested == digest:
                         genuine = data
                     else:
                         self._forged(max(0.0, now - arrival))
                 if genuine is not None:
-                    # Checked by split_header when it was held.
+                    # Its header was checked (scan) when it was held.
                     _, _, piece, symbol = split_header(genuine)  # type: ignore[misc]
                     accepted.put(seq, digest)
                     if seq > self.highest:
@@ -380,7 +378,7 @@ class Receiver(DatagramProtocol):
                 overdue[seq] = notice
         _expire(self.overdue, now - KEEP)
         for seq, datagrams in list(self.held.items()):
-            if now - datagrams[0][1] > HOLD:
+            if now - datagrams[0][2] > HOLD:
                 del self.held[seq]
                 self.counters["unannounced"] += len(datagrams)
         accepted = int(self.counters["accepted"])
@@ -455,11 +453,6 @@ def _expire(entries: OrderedDict[int, tuple[bytes, float]], before: float) -> No
         if entries[seq][1] >= before:
             break
         del entries[seq]
-
-
-def _digest(data: Buffer) -> bytes:
-    """``packet_digest`` without its call: the per-packet path."""
-    return _sha256(data).digest()[:8]
 
 
 class Accepted:
