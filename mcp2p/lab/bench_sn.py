@@ -350,7 +350,7 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
 
     from mcp2p.core.wanted import RangeSet
     from mcp2p.plugins import code_by_name
-    from mcp2p.transfer.control import MAX_LISTS_PER_NOTICE, MORE_ENTRY, Listed
+    from mcp2p.transfer.control import MAX_LISTS_PER_NOTICE, Listed, listed_arguments
     from mcp2p.transfer.session import MAX_BURST, TICK, Session, Subscriber
     from mcp2p.wire.layout import Layout
 
@@ -365,16 +365,7 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
     class Client:
         def send_lists(self, subscription: int, lists: list[tuple[int, int, bytes]]) -> None:
             # What a control channel does before TLS: the command's box, serialized.
-            (first, count, digest), rest = lists[0], lists[1:]
-            args: dict[str, Any] = {
-                "subscription": subscription,
-                "first": first,
-                "count": count,
-                "hash": digest,
-            }
-            if rest:
-                args["more"] = b"".join(MORE_ENTRY.pack(*entry) for entry in rest)
-            Listed.makeArguments(args, None).serialize()
+            Listed.makeArguments(listed_arguments(subscription, lists), None).serialize()
 
         def session_ended(self, subscription: int, reason: str) -> None:
             pass

@@ -198,6 +198,21 @@ class Listed(amp.Command):
     requiresAnswer = False
 
 
+def listed_arguments(subscription: int, lists: list[tuple[int, int, bytes]]) -> dict[str, Any]:
+    """A Listed's arguments for ``lists`` (first, count, hash): the first in
+    its own arguments, any others packed in ``more``."""
+    (first, count, hash), rest = lists[0], lists[1:]
+    args: dict[str, Any] = {
+        "subscription": subscription,
+        "first": first,
+        "count": count,
+        "hash": hash,
+    }
+    if rest:
+        args["more"] = b"".join(MORE_ENTRY.pack(*entry) for entry in rest)
+    return args
+
+
 class GetList(amp.Command):
     """The digest list packet that starts at ``first``, for a CN that missed it."""
 
@@ -430,16 +445,8 @@ class ControlServer(amp.AMP, TimeoutMixin):
         """The hashes of digest lists ``(first, count, hash)``: the lists for
         ``count`` packets from ``first``, in one Listed (the caller sends no
         more at once than the subscriber's Subscribe allowed)."""
-        if not lists:
-            return
-        (first, count, hash), rest = lists[0], lists[1:]
-        if not rest:
-            self.callRemote(Listed, subscription=subscription, first=first, count=count, hash=hash)
-            return
-        more = b"".join(MORE_ENTRY.pack(*entry) for entry in rest)
-        self.callRemote(
-            Listed, subscription=subscription, first=first, count=count, hash=hash, more=more
-        )
+        if lists:
+            self.callRemote(Listed, **listed_arguments(subscription, lists))
 
     def session_ended(self, subscription: int, reason: str) -> None:
         self.callRemote(SessionEnded, subscription=subscription, reason=reason)

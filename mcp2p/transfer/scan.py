@@ -24,7 +24,14 @@ import os
 from collections.abc import Callable, Sequence
 from hashlib import sha256
 
-from mcp2p.wire.rtp import FAST_HEADER, FIRST_TWO, HEADER_LEN, LIST_FIRST_TWO, MAX_PAYLOAD
+from mcp2p.wire.rtp import (
+    DIGEST_LEN,
+    FAST_HEADER,
+    FIRST_TWO,
+    HEADER_LEN,
+    LIST_FIRST_TWO,
+    MAX_PAYLOAD,
+)
 
 Buffer = bytes | bytearray | memoryview
 Candidate = tuple[int, int, bytes, int, int]  # index, seq, digest, piece, symbol
@@ -55,7 +62,8 @@ def scan_python(batch: Sequence[Buffer], ssrc: int) -> Scanned:
         if packet_ssrc != ssrc:
             foreign += 1
             continue
-        candidates.append((i, seq, sha256(data).digest()[:8], piece, symbol))
+        digest = sha256(data).digest()[:DIGEST_LEN]  # packet_digest, without its call
+        candidates.append((i, seq, digest, piece, symbol))
     return malformed, foreign, lists, candidates
 
 
