@@ -89,6 +89,11 @@ UDP_GRO = 104  # Linux: receive a GSO burst as one buffer, segment size in a cms
 ARENA = 2 << 20  # bytes of the batch buffer: one wakeup reads at most this much
 ROOM = 65536  # room kept for one read (a GRO buffer is at most 64 KiB)
 _IGNORE = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED})
+# The socket module's MSG_* flags are IntFlag members: a test of a datagram's
+# flags against one costs about a microsecond (enum's __and__), more than the
+# rest of its bookkeeping here. Plain ints, made once.
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 
 
 class Receiver(DatagramProtocol):
@@ -542,7 +547,7 @@ class BatchReader:
                     break
                 raise
             self.reads += 1
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 self.truncated += 1
                 continue
             segment = n
@@ -578,7 +583,7 @@ class BatchReader:
                 break
             for i, (length, flags, segment) in enumerate(mm.results(n)):
                 start = i * slot
-                if flags & socket.MSG_TRUNC:
+                if flags & _MSG_TRUNC:
                     self.truncated += 1
                     continue
                 end = start + length
@@ -691,7 +696,7 @@ class _MMsg:
 
     def receive(self, fd: int) -> int:
         """Datagrams received into the slots (0 when none is waiting)."""
-        n = self._call(fd, self._address, self.count, socket.MSG_DONTWAIT, None)
+        n = self._call(fd, self._address, self.count, _MSG_DONTWAIT, None)
         if n >= 0:
             return n
         err = self._errno()

@@ -229,6 +229,29 @@ def test_batch_reader_stops_before_its_buffer_overflows(
         assert got == [bytes([i]) * 1400 for i in range(5)]
 
 
+@pytest.mark.parametrize("mmsg", [True, False])
+def test_batch_reader_counts_a_datagram_larger_than_its_room_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch, mmsg: bool
+) -> None:
+    """A datagram cut short by the kernel (MSG_TRUNC) is a counted drop; the
+    datagrams around it are read whole."""
+    from mcp2p.transfer import receiver as rx_module
+
+    monkeypatch.setattr(rx_module, "ROOM", 4096)
+    monkeypatch.setattr(rx_module, "ARENA", 4 * 4096)
+    rx, tx, addr = sockets()
+    with rx, tx:
+        got: list[bytes] = []
+        reader = BatchReader(rx, lambda views: got.extend(bytes(v) for v in views), mmsg=mmsg)
+        sent = [b"a" * 1400, b"b" * 5000, b"c" * 1400]
+        for d in sent:
+            tx.sendto(d, addr)
+        while reader.read():
+            pass
+        assert got == [sent[0], sent[2]]
+        assert reader.truncated == 1
+
+
 # -- the store's piece buffers ----------------------------------------------------
 
 BLOCK, PIECE = 16, 64  # as tests/transfer/test_store.py
