@@ -66,12 +66,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mcp2p.lab.bench import parse_size, write_json
-from mcp2p.lab.procstat import cpu_seconds, peak_rss
+from mcp2p.lab.procstat import PerfCounts, cpu_seconds, peak_rss
 from mcp2p.lab.transfer import file_digest
 
 BLOCK = 1400  # payload bytes per data packet, for every tool
@@ -89,10 +89,16 @@ class Row:
     rss: int = 0
     ok: bool = True
     note: str = ""
+    counts: dict[str, int] = field(default_factory=dict)  # perf's, over the same span
 
     @property
     def us_per_packet(self) -> float:
         return self.cpu / self.packets * 1e6 if self.packets else float("nan")
+
+    def per_packet(self, event: str) -> float | None:
+        """Thousands of ``event`` (perf's instructions or cycles) per packet."""
+        value = self.counts.get(event)
+        return value / self.packets / 1e3 if value and self.packets else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,7 +111,13 @@ class Row:
             "peak_rss_mb": round(self.rss / 1e6, 1),
             "ok": self.ok,
             "note": self.note,
+            "k_instructions_per_packet": _round(self.per_packet("instructions")),
+            "k_cycles_per_packet": _round(self.per_packet("cycles")),
         }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 # -- mcp2p ----------------------------------------------------------------
@@ -118,6 +130,7 @@ def run_mcp2p(lab: Any, rate: int, mode: str, code: str = "auto") -> list[Row]:
     [cn] = lab.start_cns()
     assert lab.sn_proc is not None and cn.proc is not None
     sn_pid, cn_pid = lab.sn_proc.pid, cn.proc.pid
+    sn_perf, cn_perf = PerfCounts.attach(sn_pid), PerfCounts.attach(cn_pid)
     sn0, cn0 = cpu_seconds(sn_pid), cpu_seconds(cn_pid)
     # The CN asks for the peers' rate: its session finds the path's rate by
     # itself otherwise, and the comparison is per packet at one rate.
@@ -141,9 +154,31 @@ def run_mcp2p(lab: Any, rate: int, mode: str, code: str = "auto") -> list[Row]:
         if accepted
         else ""
     )
+    sn_counts = sn_perf.stop() if sn_perf else {}
+    cn_counts = cn_perf.stop() if cn_perf else {}
     return [
-        Row("mcp2p", "SN", received + lost, sn_cpu, got.wall, peak_rss(sn_pid), got.ok, note),
-        Row("mcp2p", "CN", received, cn_cpu, got.wall, peak_rss(cn_pid), got.ok, note or extra),
+        Row(
+            "mcp2p",
+            "SN",
+            received + lost,
+            sn_cpu,
+            got.wall,
+            peak_rss(sn_pid),
+            got.ok,
+            note,
+            sn_counts,
+        ),
+        Row(
+            "mcp2p",
+            "CN",
+            received,
+            cn_cpu,
+            got.wall,
+            peak_rss(cn_pid),
+            got.ok,
+            note or extra,
+            cn_counts,
+        ),
     ]
 
 
@@ -172,6 +207,7 @@ def run_peer(lab: Any, tool: str, rate: int) -> list[Row]:
         procs.append(proc)
         return proc
 
+    perf: PerfCounts | None = None
     try:
         if plan.receivers_at_go:  # udpcast: the sender waits for its receiver
             sender = start(lab.sn, sender_cmd, "sender.log")
@@ -182,10 +218,13 @@ def run_peer(lab: Any, tool: str, rate: int) -> list[Row]:
         else:  # uftp: the clients listen first
             receiver = start(host, receiver_cmd, "receiver.log")
             time.sleep(max(0.5, plan.settle))
+            # udpcast's receiver works as soon as it starts, too soon to attach to
+            perf = PerfCounts.attach(receiver.pid)
             cpu0 = cpu_seconds(receiver.pid)
             t0 = time.monotonic()
             sender = start(lab.sn, sender_cmd, "sender.log")
         cpu, rss, usage = cpu0, 0, None
+        counts: dict[str, int] = {}
         while time.monotonic() - t0 < TIMEOUT:
             rss = max(rss, peak_rss(receiver.pid))
             if plan.done_by_exit:
@@ -201,6 +240,8 @@ def run_peer(lab: Any, tool: str, rate: int) -> list[Row]:
                     break
             time.sleep(0.005)
         elapsed = time.monotonic() - t0
+        if perf is not None:
+            counts = perf.stop()
         if usage is not None:
             cpu = usage.ru_utime + usage.ru_stime
         try:
@@ -210,7 +251,7 @@ def run_peer(lab: Any, tool: str, rate: int) -> list[Row]:
         ok = out.exists() and file_digest(out) == lab.files[FILE_NAME][1]
         packets = -(-lab.files[FILE_NAME][0] // BLOCK)
         name = receiver_cmd[0]
-        return [Row(tool, f"receiver ({name})", packets, cpu - cpu0, elapsed, rss, ok)]
+        return [Row(tool, f"receiver ({name})", packets, cpu - cpu0, elapsed, rss, ok, "", counts)]
     finally:
         for proc in procs:
             host.kill(proc)
@@ -558,6 +599,10 @@ def _fetch_stages(root: Path, data: bytes, manifest: _Manifest) -> dict[str, flo
 # -- the whole bench ------------------------------------------------------
 
 
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _print_stages(split: dict[str, float]) -> None:
     packets = f"{split['packets']:.0f} packets"
     print(f"CN receive path by stage (in process, {packets}, µs CPU per packet)")
@@ -636,14 +681,24 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU per data packet, {size / 2**20:.0f} MiB file, namespace pair, "
         f"sent at {rate / 1e6:.0f} Mbit/s"
     )
-    head = ("tool", "role", "packets", "cpu s", "µs/pkt", "time s", "peak RSS MB")
-    print("{:<9} {:<24} {:>9} {:>7} {:>8} {:>7} {:>11}  ok".format(*head))
+    head = ("tool", "role", "packets", "cpu s", "µs/pkt", "kinstr/pkt", "kcyc/pkt", "time s")
+    print(
+        "{:<9} {:<24} {:>9} {:>7} {:>8} {:>10} {:>8} {:>7} {:>11}  ok".format(*head, "peak RSS MB")
+    )
     for row in rows:
+        instr, cyc = row.per_packet("instructions"), row.per_packet("cycles")
         print(
             f"{row.tool:<9} {row.role:<24} {row.packets:>9} {row.cpu:>7.2f} "
-            f"{row.us_per_packet:>8.2f} {row.elapsed:>7.2f} {row.rss / 1e6:>11.1f}  "
+            f"{row.us_per_packet:>8.2f} {_cell(instr):>10} {_cell(cyc):>8} "
+            f"{row.elapsed:>7.2f} {row.rss / 1e6:>11.1f}  "
             f"{'yes' if row.ok else 'NO'} {row.note}"
         )
+    print(
+        "kinstr/kcyc: thousands of instructions and of cycles per packet (perf stat on the "
+        "process over the same span; '-' where perf is missing, or for udpcast's receiver, "
+        "which works from its first moment): unlike µs, instructions do not grow when "
+        "the machine is slowed by its neighbours."
+    )
     print()
     _print_stages(split)
     result = {

@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["CpuMeter", "cpu_seconds", "memory_kib", "peak_rss"]
+__all__ = ["CpuMeter", "PerfCounts", "cpu_seconds", "memory_kib", "parse_perf_csv", "peak_rss"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -109,3 +109,95 @@ class CpuMeter:
         if proc.pid not in self._start or proc.pid not in self._end:
             return None
         return max(0.0, self._end[proc.pid] - self._start[proc.pid])
+
+
+class PerfCounts:
+    """Hardware counters of one running process over a span, by ``perf stat
+    -p PID`` (user and kernel work of all its threads): instructions and
+    cycles. Unlike CPU seconds, instructions do not change when the machine
+    is slowed by its neighbours, so two tools compared by them are compared
+    on their work alone (cycles are in between: they ignore the clock's
+    speed, not a shared cache's misses).
+
+        counts = PerfCounts.attach(pid)   # None: no perf, or no counters here
+        ...
+        counts.stop()                     # {"instructions": n, "cycles": n}
+
+    Attaching takes perf a moment, so the span starts a little after
+    `attach` returns; `attach` waits ATTACH seconds for it. The process may
+    exit first: perf then ends by itself with its totals."""
+
+    EVENTS = ("instructions", "cycles")
+    ATTACH = 0.3  # seconds given to perf to attach before the span starts
+    STOP = 10.0  # seconds perf may take to write its totals
+
+    def __init__(self, proc: subprocess.Popen[Any], out: str) -> None:
+        self._proc = proc
+        self._out = out
+
+    @classmethod
+    def attach(cls, pid: int) -> PerfCounts | None:
+        import shutil
+        import tempfile
+        import time
+
+        perf = shutil.which("perf")
+        if perf is None:
+            return None
+        fd, out = tempfile.mkstemp(prefix="mcp2p-perf-", suffix=".csv")
+        os.close(fd)
+        events = ",".join(cls.EVENTS)
+        try:
+            proc = subprocess.Popen(
+                [perf, "stat", "-x", ",", "-e", events, "-p", str(pid), "-o", out],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            os.unlink(out)
+            return None
+        time.sleep(cls.ATTACH)
+        if proc.poll() is not None and proc.returncode != 0:
+            os.unlink(out)
+            return None  # not allowed, or no such process
+        return cls(proc, out)
+
+    def stop(self) -> dict[str, int]:
+        """End the span: the counts (an event perf could not count is left
+        out, so the dict may be empty)."""
+        import signal
+
+        proc = self._proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(self.STOP)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        try:
+            with open(self._out) as f:
+                return parse_perf_csv(f.read())
+        except OSError:
+            return {}
+        finally:
+            try:
+                os.unlink(self._out)
+            except OSError:
+                pass
+
+
+def parse_perf_csv(text: str) -> dict[str, int]:
+    """``perf stat -x ,`` output: event name -> count. Lines that are not a
+    count (comments, ``<not counted>``, ``<not supported>``) are skipped; an
+    event's ``:u``/``:k`` modifier is kept in its name."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) < 3 or line.startswith("#"):
+            continue
+        value, event = fields[0].strip(), fields[2].strip()
+        if event and value.isdigit():
+            out[event] = out.get(event, 0) + int(value)
+    return out
