@@ -71,10 +71,12 @@ system-deps:
 	  fi; \
 	fi
 
-# The receiver's tests run twice: on the compiled scan (where it was built) and on
-# the pure-Python fallback that a machine without a compiler runs.
+# The receive path's tests run twice: on the compiled helpers (scan, accept,
+# copy_run, where they were built) and on the pure-Python fallback that a machine
+# without a compiler runs.
 FALLBACK_TESTS := tests/transfer/test_scan.py tests/transfer/test_receiver.py \
-  tests/transfer/test_receiver_lists.py tests/transfer/test_fetch_loopback.py
+  tests/transfer/test_receiver_lists.py tests/transfer/test_receive_batch.py \
+  tests/core/test_blockcode.py tests/transfer/test_fetch_loopback.py
 
 test: install system-deps check-tracked
 	$(BIN)/python -m pytest -q

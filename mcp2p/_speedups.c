@@ -1,5 +1,12 @@
 /* mcp2p._speedups: the CN's per-datagram checks in one call per batch.
  *
+ * copy_run(...) is a RaptorQ decoder's usual case (mcp2p.core.blockcode):
+ * the source symbols of a piece in progress, copied into its buffer.
+ *
+ * accept(...) then takes the usual case of Receiver.datagrams for the
+ * candidates scan found: a packet whose notice is waiting with its digest
+ * (see its docstring). Everything else it leaves to the Python code.
+ *
  * scan(batch, ssrc) does for a batch of datagrams what mcp2p.transfer.scan's
  * pure-Python scan does, with the same result (tests/transfer/test_scan.py
  * compares the two on hostile input): the RTP header checks and the
@@ -128,8 +135,218 @@ fail:
     return NULL;
 }
 
+PyDoc_STRVAR(copy_run_doc,
+"copy_run(items, start, piece, last, room, have, buffer, size) -> (end, taken, redundant)\n\n"
+"A RaptorQ decoder's run (mcp2p.core.blockcode.RaptorQDecoder.add_many): from\n"
+"``items[start]`` on, each ``(piece, symbol, payload)`` of the same ``piece``\n"
+"(an int) with an int ``symbol`` in [0, last) and a payload of exactly\n"
+"``size`` bytes (bytes, bytearray, or a 1-D memoryview of bytes) is taken:\n"
+"a symbol already marked in ``have`` counts as redundant; any other, while\n"
+"fewer than ``room`` were taken, is marked in ``have`` and copied into\n"
+"``buffer`` at symbol * size. The run ends at the first item that does not\n"
+"qualify or would be one more than ``room``: ``end`` is its index, left to\n"
+"the caller.");
+
+/* The bytes of a payload of exactly ``size`` bytes, as add_many's Python
+ * takes it, into ``got`` (to release); 0 (no error set) for anything else:
+ * the caller's Python code then decides, and raises what it raises. */
+static int
+payload_of(PyObject *obj, Py_ssize_t size, Py_buffer *got)
+{
+    if (!PyBytes_CheckExact(obj) && !PyByteArray_CheckExact(obj)) {
+        if (!PyMemoryView_Check(obj))
+            return 0;
+        Py_buffer *b = PyMemoryView_GET_BUFFER(obj);
+        if (b->ndim != 1 || b->itemsize != 1 || (b->format != NULL && strcmp(b->format, "B") != 0))
+            return 0; /* len() of such a view counts items, not bytes */
+    }
+    if (PyObject_GetBuffer(obj, got, PyBUF_SIMPLE) < 0) { /* released, or not contiguous */
+        PyErr_Clear();
+        return 0;
+    }
+    if (got->len != size) {
+        PyBuffer_Release(got);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+copy_run(PyObject *self, PyObject *args)
+{
+    PyObject *items;
+    Py_ssize_t start, size;
+    long long piece, last, room;
+    Py_buffer have, buffer;
+    if (!PyArg_ParseTuple(args, "O!nLLLw*w*n:copy_run", &PyList_Type, &items, &start, &piece,
+                          &last, &room, &have, &buffer, &size))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items), k = start;
+    long long taken = 0, redundant = 0;
+    unsigned char *marks = have.buf;
+    char *into = buffer.buf;
+    if (start < 0 || start > n) {
+        PyBuffer_Release(&have);
+        PyBuffer_Release(&buffer);
+        PyErr_SetString(PyExc_ValueError, "start is not an index of items");
+        return NULL;
+    }
+    for (; size > 0 && k < n; k++) {
+        PyObject *item = PyList_GET_ITEM(items, k);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 3)
+            break;
+        PyObject *p = PyTuple_GET_ITEM(item, 0), *s = PyTuple_GET_ITEM(item, 1);
+        if (!PyLong_CheckExact(p) || !PyLong_CheckExact(s))
+            break;
+        int overflow = 0;
+        long long pv = PyLong_AsLongLongAndOverflow(p, &overflow);
+        if (overflow || pv != piece)
+            break;
+        long long symbol = PyLong_AsLongLongAndOverflow(s, &overflow);
+        if (overflow || symbol < 0 || symbol >= last || symbol >= have.len
+            || (symbol + 1) > buffer.len / size)
+            break;
+        Py_buffer payload;
+        if (!payload_of(PyTuple_GET_ITEM(item, 2), size, &payload))
+            break;
+        if (marks[symbol]) {
+            PyBuffer_Release(&payload);
+            redundant++;
+            continue;
+        }
+        if (taken >= room) {
+            PyBuffer_Release(&payload);
+            break;
+        }
+        marks[symbol] = 1;
+        memmove(into + symbol * size, payload.buf, (size_t)size);
+        PyBuffer_Release(&payload);
+        taken++;
+    }
+    PyBuffer_Release(&have);
+    PyBuffer_Release(&buffer);
+    if (PyErr_Occurred())
+        return NULL;
+    return Py_BuildValue("(nLL)", k, taken, redundant);
+}
+
+PyDoc_STRVAR(accept_doc,
+"accept(batch, candidates, expected, seqs, digests, highest) -> (items, rest, highest)\n\n"
+"The usual case of Receiver.datagrams, for scan's ``candidates`` of\n"
+"``batch`` in order: a candidate ``(index, seq, digest, piece, symbol)``\n"
+"whose notice is in ``expected`` (a dict, seq -> (digest, ...)) with the\n"
+"same digest is accepted: its notice is deleted (through the mapping's\n"
+"own deletion, so an OrderedDict stays whole), ``seqs[slot]`` (an int64\n"
+"array, a power of two long) gets its seq and ``digests`` (8 bytes a slot)\n"
+"its digest, slot = seq & (len(seqs) - 1), and ``(piece, symbol,\n"
+"batch[index][HEADER_LEN:])`` goes into ``items``. Any other candidate\n"
+"goes into ``rest`` unchanged, for the caller. ``highest`` comes back as\n"
+"the highest seq accepted, or as given.");
+
+static PyObject *
+accept(PyObject *self, PyObject *args)
+{
+    PyObject *batch, *candidates, *expected, *seqs_obj, *digests_obj;
+    long long highest;
+    if (!PyArg_ParseTuple(args, "OO!O!OOL:accept", &batch, &PyList_Type, &candidates,
+                          &PyDict_Type, &expected, &seqs_obj, &digests_obj, &highest))
+        return NULL;
+    Py_buffer seqs_view, digests_view;
+    if (PyObject_GetBuffer(seqs_obj, &seqs_view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(digests_obj, &digests_view, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&seqs_view);
+        return NULL;
+    }
+    PyObject *seq = NULL, *items = NULL, *rest = NULL, *result = NULL;
+    Py_ssize_t slots = seqs_view.len / 8;
+    if (seqs_view.itemsize != 8 || seqs_view.format == NULL
+        || (strcmp(seqs_view.format, "q") != 0 && strcmp(seqs_view.format, "l") != 0)
+        || slots < 1 || (slots & (slots - 1)) != 0 || digests_view.len != 8 * slots) {
+        PyErr_SetString(PyExc_ValueError,
+                        "seqs: an int64 array of a power of two; digests: 8 bytes a slot");
+        goto done;
+    }
+    seq = PySequence_Fast(batch, "batch must be a sequence of buffers");
+    if (seq == NULL)
+        goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **datagrams = PySequence_Fast_ITEMS(seq);
+    long long *seqs = seqs_view.buf;
+    unsigned char *digests = digests_view.buf;
+    long long mask = (long long)slots - 1;
+    items = PyList_New(0);
+    rest = PyList_New(0);
+    if (items == NULL || rest == NULL)
+        goto done;
+    Py_ssize_t count = PyList_GET_SIZE(candidates);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *candidate = PyList_GET_ITEM(candidates, k);
+        int usual = 0;
+        long long number = -1;
+        Py_ssize_t index = -1;
+        PyObject *key = NULL, *digest = NULL;
+        if (PyTuple_CheckExact(candidate) && PyTuple_GET_SIZE(candidate) == 5) {
+            PyObject *index_obj = PyTuple_GET_ITEM(candidate, 0);
+            key = PyTuple_GET_ITEM(candidate, 1);
+            digest = PyTuple_GET_ITEM(candidate, 2);
+            if (PyLong_CheckExact(index_obj) && PyLong_CheckExact(key)
+                && PyBytes_CheckExact(digest) && PyBytes_GET_SIZE(digest) == DIGEST_LEN) {
+                index = PyLong_AsSsize_t(index_obj);
+                number = PyLong_AsLongLong(key);
+                if (PyErr_Occurred())
+                    PyErr_Clear(); /* out of range: not the usual case */
+                else if (0 <= index && index < n && number >= 0) {
+                    PyObject *notice = PyDict_GetItemWithError(expected, key); /* borrowed */
+                    if (notice == NULL && PyErr_Occurred())
+                        goto done;
+                    if (notice != NULL && PyTuple_Check(notice) && PyTuple_GET_SIZE(notice) >= 1) {
+                        PyObject *want = PyTuple_GET_ITEM(notice, 0);
+                        usual = PyBytes_CheckExact(want) && PyBytes_GET_SIZE(want) == DIGEST_LEN
+                                && memcmp(PyBytes_AS_STRING(want), PyBytes_AS_STRING(digest),
+                                          DIGEST_LEN) == 0;
+                    }
+                }
+            }
+        }
+        if (!usual) {
+            if (PyList_Append(rest, candidate) < 0)
+                goto done;
+            continue;
+        }
+        PyObject *payload = PySequence_GetSlice(datagrams[index], HEADER_LEN, PY_SSIZE_T_MAX);
+        if (payload == NULL)
+            goto done;
+        PyObject *item = PyTuple_Pack(3, PyTuple_GET_ITEM(candidate, 3),
+                                      PyTuple_GET_ITEM(candidate, 4), payload);
+        Py_DECREF(payload);
+        if (item == NULL)
+            goto done;
+        int appended = PyList_Append(items, item);
+        Py_DECREF(item);
+        if (appended < 0 || PyObject_DelItem(expected, key) < 0)
+            goto done;
+        long long slot = number & mask;
+        seqs[slot] = number;
+        memcpy(digests + 8 * slot, PyBytes_AS_STRING(digest), DIGEST_LEN);
+        if (number > highest)
+            highest = number;
+    }
+    result = Py_BuildValue("(OOL)", items, rest, highest);
+
+done:
+    Py_XDECREF(items);
+    Py_XDECREF(rest);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&digests_view);
+    PyBuffer_Release(&seqs_view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"accept", accept, METH_VARARGS, accept_doc},
+    {"copy_run", copy_run, METH_VARARGS, copy_run_doc},
     {NULL, NULL, 0, NULL},
 };
 

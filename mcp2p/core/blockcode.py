@@ -36,6 +36,7 @@ from typing import Any
 import raptorq
 from zope.interface import implementer
 
+from mcp2p.core.speedups import compiled
 from mcp2p.interfaces import IBlockCode, IBlockDecoder, IBlockEncoder
 from mcp2p.wire.layout import Layout
 
@@ -50,6 +51,9 @@ _ALIGN = 8  # the raptorq package rounds the symbol size down to a multiple of t
 # What a payload may be. A tuple, not ``bytes | bytearray | memoryview``: that builds a
 # union object each time it is evaluated, which costs more than the check on a hot path.
 _BUFFERS = (bytes, bytearray, memoryview)
+# A run of source symbols copied into their piece's buffer, compiled where
+# mcp2p._speedups was built (the loop in add_many is its pure-Python twin).
+_copy_run = compiled("copy_run")
 SPARE_BUFFERS = 2  # piece buffers a RaptorQ decoder keeps for reuse (one being read, one next)
 
 
@@ -431,7 +435,22 @@ class RaptorQDecoder:
         run: Any = None  # its state, have and view (None while there is no run)
         have: Any = None
         view: Any = None
-        for piece, symbol, payload in items:
+        copy_run = _copy_run
+        if type(items) is not list:
+            items = list(items)
+        i, n = 0, len(items)
+        while i < n:
+            if current is not None and copy_run is not None:
+                # The run's symbols, compiled (as the first branch below takes them).
+                i, taken, redundant = copy_run(
+                    items, i, current, last, need - 1 - run.sources, have, view, t
+                )
+                run.sources += taken
+                self.redundant += redundant
+                if i >= n:
+                    break
+            piece, symbol, payload = items[i]
+            i += 1
             if (
                 piece == current
                 and type(piece) is int

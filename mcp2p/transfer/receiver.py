@@ -53,6 +53,7 @@ from twisted.logger import Logger
 
 from mcp2p.core.wanted import RangeSet
 from mcp2p.transfer.scan import MAX_DATAGRAM  # the largest data packet
+from mcp2p.transfer.scan import accept as _accept
 from mcp2p.transfer.scan import scan as _scan
 from mcp2p.wire.rtp import (
     DIGEST_LEN,
@@ -189,6 +190,13 @@ class Receiver(DatagramProtocol):
         seen, seen_digests, mask = accepted.seqs, accepted.digests, accepted.mask
         out: Items = []
         highest = self.highest
+        if _accept is not None and candidates:
+            # Compiled: the packets whose notices wait with their digests (the
+            # usual case) are taken as the loop below takes them; the rest is
+            # left to it, in order.
+            out, candidates, highest = _accept(
+                batch, candidates, expected, seen, seen_digests, highest
+            )
         for i, seq, digest, piece, symbol in candidates:
             slot = seq & mask
             notice = expected.pop(seq, None)  # the usual case: listed, not yet here

@@ -7,7 +7,10 @@ index goes into ``lists``; a data packet of another SSRC counts ``foreign``;
 any other is a candidate ``(index, seq, digest, piece, symbol)``, its seq
 from the RTP timestamp (wire.rtp) and its digest ``packet_digest``'s.
 
-`Receiver.datagrams` does the rest (notices, duplicates, forgeries). This
+`Receiver.datagrams` does the rest (notices, duplicates, forgeries), the
+usual case of it, where compiled, by ``accept`` (None where it is not: the
+receiver's Python loop then takes every candidate, as it takes the rest).
+This
 is the part whose cost is Python's per call, not the work: a struct
 unpack, a hashlib object, a digest and a slice for every datagram. So it
 comes compiled where the install could build ``mcp2p._speedups`` (a C
@@ -20,10 +23,11 @@ fallback even where the compiled one is there.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from hashlib import sha256
+from typing import Any
 
+from mcp2p.core.speedups import compiled
 from mcp2p.wire.rtp import (
     DIGEST_LEN,
     FAST_HEADER,
@@ -67,17 +71,12 @@ def scan_python(batch: Sequence[Buffer], ssrc: int) -> Scanned:
     return malformed, foreign, lists, candidates
 
 
-def _compiled() -> Callable[[Sequence[Buffer], int], Scanned] | None:
-    if os.environ.get("MCP2P_PURE_PYTHON"):
-        return None
-    try:
-        from mcp2p import _speedups  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    found: Callable[[Sequence[Buffer], int], Scanned] = _speedups.scan
-    return found
+Accept = Callable[
+    [Sequence[Buffer], list[Candidate], dict[int, Any], Any, bytearray, int],
+    tuple[list[tuple[int, int, Buffer]], list[Candidate], int],
+]
 
-
-scan_compiled = _compiled()
+scan_compiled: Callable[[Sequence[Buffer], int], Scanned] | None = compiled("scan")
 scan = scan_compiled or scan_python
+accept: Accept | None = compiled("accept")
 COMPILED = scan_compiled is not None

@@ -502,3 +502,125 @@ def test_raptorq_add_hands_back_copies() -> None:
             writes += dec.add(*enc.symbol(piece, n))
     assert writes == [(0, read(0, PIECE)), (PIECE, read(PIECE, PIECE))]
     assert all(type(data) is bytes for _, data in writes)
+
+
+# -- the compiled run (mcp2p._speedups.copy_run) and its Python twin --------------
+
+
+class _Bytes(bytes):
+    pass
+
+
+def _shapes(payload: bytes, shape: int) -> object:
+    """The same bytes as the receiver's views, or as odder objects."""
+    if shape == 0:
+        return memoryview(bytearray(payload))
+    if shape == 1:
+        return payload
+    if shape == 2:
+        return bytearray(payload)
+    if shape == 3:
+        return _Bytes(payload)  # a subclass: the Python loop takes it, the run stops
+    if shape == 4 and len(payload) % 2 == 0:
+        return memoryview(bytearray(payload)).cast("H")  # len() counts items, not bytes
+    if shape == 5:
+        released = memoryview(bytearray(payload))
+        released.release()
+        return released
+    return memoryview(bytearray(payload))[::1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2),  # piece
+            st.integers(-1, 12),  # ESI: sources, repairs, and beyond
+            st.sampled_from([0, 0, 0, 1, 2, 3, 4, 5, 6]),  # payload shape (_shapes)
+            st.sampled_from(["genuine", "genuine", "short", "other"]),
+            st.integers(1, 9),  # a run: this many ESIs from this one on
+        ),
+        max_size=30,
+    ),
+    st.lists(st.integers(1, 16), min_size=1, max_size=8),
+)
+def test_the_compiled_run_decodes_as_the_python_loop_does(
+    stream: list[tuple[int, int, int, str, int]], cuts: list[int]
+) -> None:
+    """Genuine symbols, copies, short and foreign payloads, odd buffer types,
+    in batches of any size: the decoder's writes and counters are the same
+    with mcp2p._speedups.copy_run as with its Python loop alone."""
+    from unittest import mock
+
+    import mcp2p.core.blockcode as blockcode
+
+    if blockcode._copy_run is None:
+        pytest.skip("mcp2p._speedups.copy_run was not built here")
+    size = 3 * PIECE - 100
+    layout = Layout(size, PIECE, BLOCK)
+    code = RaptorQCode()
+    _, read = make_file(size, seed=5)
+    enc = code.encoder(layout, read)
+
+    def items() -> list[tuple[int, int, object]]:
+        out: list[tuple[int, int, object]] = []
+        for piece, first, shape, kind, count in stream:
+            for esi in range(first, first + count):
+                if esi < 0:
+                    out.append((piece, esi, b"x" * BLOCK))
+                    continue
+                payload = enc.symbol(piece, esi)[2]
+                if kind == "short":
+                    payload = payload[:-1]
+                elif kind == "other":
+                    payload = bytes(len(payload))
+                out.append((piece, esi, _shapes(payload, shape)))
+        return out
+
+    def run() -> tuple[object, ...]:
+        dec = code.decoder(layout)
+        batch = items()
+        writes, at, k = [], 0, 0
+        while at < len(batch):
+            step = cuts[k % len(cuts)]
+            k += 1
+            try:
+                got = dec.add_many(batch[at : at + step])
+            except ValueError as e:  # a released view: raised alike
+                writes.append(("raised", str(e)))
+            else:
+                writes += [(offset, bytes(data)) for offset, data in got]
+            at += step
+        return writes, dec.rejected, dec.redundant, dec.decoded, dec.pending_bytes
+
+    compiled = run()
+    with mock.patch.object(blockcode, "_copy_run", None):
+        python = run()
+    assert compiled == python
+
+
+def test_the_compiled_run_refuses_what_it_cannot_write_or_index() -> None:
+    import mcp2p.core.blockcode as blockcode
+
+    copy_run = blockcode._copy_run
+    if copy_run is None:
+        pytest.skip("mcp2p._speedups.copy_run was not built here")
+    have, buffer = bytearray(4), bytearray(4 * 3)
+    items = [(0, 1, b"abc"), (0, 1, b"abc"), (0, 2, b"ab")]
+    assert copy_run(items, 0, 0, 4, 10, have, buffer, 3) == (2, 1, 1)  # a copy, then too short
+    assert have == b"\0\1\0\0" and buffer[3:6] == b"abc"
+    assert copy_run(items, 0, 0, 4, 0, bytearray(4), buffer, 3) == (0, 0, 0)  # no room
+    assert copy_run(items, 1, 0, 4, 10, bytearray(4), buffer, 0) == (1, 0, 0)  # no size
+    assert copy_run(items, 3, 0, 4, 10, have, buffer, 3) == (3, 0, 0)  # at the end
+    # a symbol past the buffer, or the marks, ends the run: the caller decides
+    assert copy_run([(0, 3, b"abc")], 0, 0, 9, 10, bytearray(9), bytearray(9), 3) == (0, 0, 0)
+    assert copy_run([(0, 3, b"abc")], 0, 0, 9, 10, bytearray(2), bytearray(99), 3) == (0, 0, 0)
+    for start in (-1, 4):
+        with pytest.raises(ValueError):
+            copy_run(items, start, 0, 4, 10, have, buffer, 3)
+    with pytest.raises(TypeError):
+        copy_run(tuple(items), 0, 0, 4, 10, have, buffer, 3)  # not a list
+    with pytest.raises(TypeError):
+        copy_run(items, 0, 0, 4, 10, bytes(4), buffer, 3)  # read-only marks
+    with pytest.raises(TypeError):
+        copy_run(items, 0, 0, 4, 10, have, bytes(12), 3)  # read-only buffer

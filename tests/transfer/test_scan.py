@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 from hashlib import sha256
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -135,3 +136,104 @@ def test_struct_layout_the_compiled_scan_relies_on() -> None:
     assert struct.unpack_from("!I", packet, 8)[0] == SSRC
     assert packet[13] == 0
     assert struct.unpack_from("!II", packet, 14) == (0x01020304 % 7, 0x01020304 % 5)
+
+
+# -- accept: the usual case of Receiver.datagrams, compiled -----------------------
+
+
+def _rings(size: int = 16) -> tuple[Any, bytearray]:
+    from array import array
+
+    return array("q", [-1]) * size, bytearray(8 * size)
+
+
+@compiled
+def test_compiled_accept_takes_the_announced_and_leaves_the_rest_in_order() -> None:
+    from collections import OrderedDict
+
+    accept = scanning.accept
+    assert accept is not None
+    packets = [data_packet(s, bytes([s]) * 30) for s in (3, 4, 5, 6, 20)]
+    batch = [memoryview(bytearray(p)) for p in packets]
+    _, _, _, candidates = scan_python(batch, SSRC)
+    digest = {c[1]: c[2] for c in candidates}
+    expected: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
+    expected[3] = (digest[3], 1.0)
+    expected[4] = (b"\x00" * 8, 1.0)  # announced with another digest: a forgery, or a liar
+    expected[6] = (digest[6], 2.0)
+    expected[99] = (b"\x01" * 8, 3.0)
+    seqs, digests = _rings()
+    items, rest, highest = accept(batch, candidates, expected, seqs, digests, 5)
+    assert [(p, s, bytes(d)) for p, s, d in items] == [
+        (3 % 7, 3 % 5, bytes([3]) * 30),
+        (6 % 7, 6 % 5, bytes([6]) * 30),
+    ]
+    assert all(isinstance(d, memoryview) for _, _, d in items)  # views, not copies
+    assert [c[1] for c in rest] == [4, 5, 20] and rest == [
+        c for c in candidates if c[1] in (4, 5, 20)
+    ]
+    assert highest == 6
+    assert list(expected) == [4, 99]  # an OrderedDict still whole, in its order
+    expected.move_to_end(4)
+    assert list(expected) == [99, 4]
+    assert seqs[3] == 3 and seqs[6] == 6 and seqs[4] == -1
+    assert digests[24:32] == digest[3] and digests[48:56] == digest[6]
+
+
+@compiled
+def test_compiled_accept_leaves_odd_candidates_to_the_caller() -> None:
+    accept = scanning.accept
+    assert accept is not None
+    good = data_packet(1)
+    d = sha256(good).digest()[:8]
+    expected = {1: (d, 0.0), -1: (d, 0.0), 2**70: (d, 0.0)}
+    odd: list[Any] = [
+        (5, 1, d, 0, 0),  # no such datagram in the batch
+        (-1, 1, d, 0, 0),
+        (0, -1, d, 0, 0),  # a negative seq
+        (0, 2**70, d, 0, 0),  # beyond int64
+        (0, 1, d[:7], 0, 0),  # a short digest
+        (0, 1, bytearray(d), 0, 0),  # not bytes
+        (0, 1, d, 0),  # not five fields
+        [0, 1, d, 0, 0],  # not a tuple
+        "junk",
+    ]
+    seqs, digests = _rings()
+    items, rest, highest = accept([good], odd, expected, seqs, digests, -1)
+    assert items == [] and rest == odd and highest == -1 and len(expected) == 3
+    # a notice that is not (digest, ...) is left to the caller too
+    for notice in (None, (), (d[:4], 0.0), [d, 0.0]):
+        items, rest, _ = accept([good], [(0, 1, d, 0, 0)], {1: notice}, seqs, digests, -1)
+        assert items == [] and len(rest) == 1
+
+
+@compiled
+@pytest.mark.parametrize(
+    "seqs, digests",
+    [
+        ("array('q', [-1]) * 12", "bytearray(96)"),  # not a power of two
+        ("array('q', [-1]) * 16", "bytearray(120)"),  # digests of another size
+        ("array('i', [-1]) * 16", "bytearray(128)"),  # not int64
+        ("array('d', [0.0]) * 16", "bytearray(128)"),
+        ("bytearray(128)", "bytearray(128)"),
+        ("array('q', [-1]) * 16", "bytes(128)"),  # read-only
+    ],
+)
+def test_compiled_accept_refuses_rings_of_the_wrong_shape(seqs: str, digests: str) -> None:
+    from array import array  # noqa: F401 - used by the eval'd parameters
+
+    accept = scanning.accept
+    assert accept is not None
+    with pytest.raises((ValueError, TypeError, BufferError)):
+        accept([], [], {}, eval(seqs), eval(digests), -1)
+
+
+@compiled
+def test_compiled_accept_refuses_what_is_not_a_dict_or_a_list() -> None:
+    accept = scanning.accept
+    assert accept is not None
+    seqs, digests = _rings()
+    with pytest.raises(TypeError):
+        accept([], [], [], seqs, digests, -1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        accept([], (), {}, seqs, digests, -1)  # type: ignore[arg-type]
