@@ -1,5 +1,8 @@
 /* mcp2p._speedups: the CN's per-datagram checks in one call per batch.
  *
+ * recv_batch(...) is BatchReader's recvmmsg(2) (mcp2p.transfer.receiver),
+ * where its ctypes twin would cost Python work per datagram.
+ *
  * copy_run(...) is a RaptorQ decoder's usual case (mcp2p.core.blockcode):
  * the source symbols of a piece in progress, copied into its buffer.
  *
@@ -21,6 +24,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/evp.h>
+#ifdef __linux__
+#include <errno.h>
+#include <sys/socket.h>
+#endif
 
 #define HEADER_LEN 22
 #define MAX_DATAGRAM 65507 /* HEADER_LEN + wire.rtp.MAX_PAYLOAD */
@@ -135,6 +142,110 @@ fail:
     return NULL;
 }
 
+#ifdef __linux__
+#define MAX_SLOTS 64
+#define SOL_UDP_ 17
+#define UDP_GRO_ 104 /* Linux: a GSO burst kept whole, its segment size in a cmsg */
+
+PyDoc_STRVAR(recv_batch_doc,
+"recv_batch(fd, view, slot, count) -> (datagrams, truncated, received, nbytes)\n\n"
+"One recvmmsg(2) call (MSG_DONTWAIT) on the UDP socket ``fd`` into ``count``\n"
+"slots of ``slot`` bytes of the writable ``view`` (a memoryview of bytes):\n"
+"``datagrams`` are views of it, a burst the kernel kept whole (UDP_GRO)\n"
+"split by its segment size; ``truncated`` counts datagrams longer than a\n"
+"slot (dropped); ``received`` is the messages the call took (fewer than\n"
+"``count``: the socket is drained) and ``nbytes`` their bytes. Nothing\n"
+"waiting (EAGAIN, EINTR, ECONNREFUSED) is (\\[], 0, 0, 0); any other error\n"
+"raises OSError.");
+
+static PyObject *
+recv_batch(PyObject *self, PyObject *args)
+{
+    int fd;
+    PyObject *view_obj;
+    Py_ssize_t slot, count;
+    if (!PyArg_ParseTuple(args, "iO!nn:recv_batch", &fd, &PyMemoryView_Type, &view_obj, &slot,
+                          &count))
+        return NULL;
+    if (count < 1 || count > MAX_SLOTS || slot < 1) {
+        PyErr_SetString(PyExc_ValueError, "1 <= count <= 64 slots of at least a byte");
+        return NULL;
+    }
+    Py_buffer buf;
+    if (PyObject_GetBuffer(view_obj, &buf, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (buf.len / slot < count) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "the view is smaller than its slots");
+        return NULL;
+    }
+    struct mmsghdr msgs[MAX_SLOTS];
+    struct iovec iov[MAX_SLOTS];
+    union {
+        char bytes[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control[MAX_SLOTS];
+    memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)count);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        iov[i].iov_base = (char *)buf.buf + i * slot;
+        iov[i].iov_len = (size_t)slot;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_control = control[i].bytes;
+        msgs[i].msg_hdr.msg_controllen = sizeof(control[i].bytes);
+    }
+    int n = recvmmsg(fd, msgs, (unsigned int)count, MSG_DONTWAIT, NULL);
+    if (n < 0) {
+        int err = errno;
+        PyBuffer_Release(&buf);
+        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNREFUSED)
+            return Py_BuildValue("([]nnn)", (Py_ssize_t)0, (Py_ssize_t)0, (Py_ssize_t)0);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *views = PyList_New(0);
+    Py_ssize_t truncated = 0, nbytes = 0;
+    if (views == NULL)
+        goto fail;
+    for (int i = 0; i < n; i++) {
+        Py_ssize_t length = (Py_ssize_t)msgs[i].msg_len;
+        if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC || length > slot) {
+            truncated++;
+            continue;
+        }
+        nbytes += length;
+        int segment = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c != NULL;
+             c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+            if (c->cmsg_level == SOL_UDP_ && c->cmsg_type == UDP_GRO_
+                && c->cmsg_len >= CMSG_LEN(sizeof(int)))
+                memcpy(&segment, CMSG_DATA(c), sizeof(int));
+        }
+        Py_ssize_t start = i * slot, end = start + length;
+        Py_ssize_t step = (segment > 0 && segment < length) ? segment : length;
+        Py_ssize_t at = start;
+        do { /* one view, or a GRO burst's segments (the last may be short) */
+            Py_ssize_t stop = end - at > step ? at + step : end;
+            PyObject *v = PySequence_GetSlice(view_obj, at, stop);
+            if (v == NULL)
+                goto fail;
+            int appended = PyList_Append(views, v);
+            Py_DECREF(v);
+            if (appended < 0)
+                goto fail;
+            at = stop;
+        } while (at < end);
+    }
+    PyBuffer_Release(&buf);
+    return Py_BuildValue("(Nnnn)", views, truncated, (Py_ssize_t)n, nbytes);
+
+fail:
+    Py_XDECREF(views);
+    PyBuffer_Release(&buf);
+    return NULL;
+}
+#endif
+
 PyDoc_STRVAR(copy_run_doc,
 "copy_run(items, start, piece, last, room, have, buffer, size) -> (end, taken, redundant)\n\n"
 "A RaptorQ decoder's run (mcp2p.core.blockcode.RaptorQDecoder.add_many): from\n"
@@ -244,7 +355,7 @@ PyDoc_STRVAR(accept_doc,
 "the highest seq accepted, or as given.");
 
 static PyObject *
-accept(PyObject *self, PyObject *args)
+accept_usual(PyObject *self, PyObject *args)
 {
     PyObject *batch, *candidates, *expected, *seqs_obj, *digests_obj;
     long long highest;
@@ -345,8 +456,11 @@ done:
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
-    {"accept", accept, METH_VARARGS, accept_doc},
+    {"accept", accept_usual, METH_VARARGS, accept_doc},
     {"copy_run", copy_run, METH_VARARGS, copy_run_doc},
+#ifdef __linux__
+    {"recv_batch", recv_batch, METH_VARARGS, recv_batch_doc},
+#endif
     {NULL, NULL, 0, NULL},
 };
 

@@ -51,6 +51,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from mcp2p.core.speedups import compiled
 from mcp2p.core.wanted import RangeSet
 from mcp2p.transfer.scan import MAX_DATAGRAM  # the largest data packet
 from mcp2p.transfer.scan import accept as _accept
@@ -95,6 +96,9 @@ _IGNORE = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNRE
 # rest of its bookkeeping here. Plain ints, made once.
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
+# BatchReader's recvmmsg, compiled (Linux, where mcp2p._speedups was built):
+# the ctypes twin below costs Python work for each datagram.
+_recv_batch = compiled("recv_batch")
 
 
 class Receiver(DatagramProtocol):
@@ -531,11 +535,25 @@ class BatchReader:
         self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.truncated = 0
         self.reads = 0
-        self._mm = _MMsg.make(self.arena, max(1, ARENA // ROOM)) if mmsg else None
-        self.mmsg = self._mm is not None
+        self._slots = max(1, ARENA // ROOM)
+        # recvmmsg compiled (mcp2p._speedups), else through ctypes, else one by one
+        self._recv = _recv_batch if mmsg and self._slots <= 64 else None
+        self._mm = None
+        if mmsg and self._recv is None:
+            self._mm = _MMsg.make(self.arena, self._slots)
+        self.mmsg = self._recv is not None or self._mm is not None
 
     def read(self) -> int:
         """Drain the socket (or fill the buffer); the datagrams go to ``sink``."""
+        if self._recv is not None:
+            try:
+                return self._read_compiled(self._recv)
+            except OSError as e:
+                if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                self._recv = None  # no recvmmsg here after all: ctypes says the same
+                self._mm = _MMsg.make(self.arena, self._slots)
+                self.mmsg = self._mm is not None
         if self._mm is not None:
             try:
                 return self._read_mmsg(self._mm)
@@ -574,6 +592,28 @@ class BatchReader:
         if out and self.sink is not None:
             self.sink(out)
         return len(out)
+
+    def _read_compiled(self, recv: Callable[..., tuple[list[memoryview], int, int, int]]) -> int:
+        """`_read_mmsg`, with the recvmmsg call and the views made in C: as
+        many calls as drain the socket, up to about ARENA bytes in all, each
+        call's datagrams handed on before the next reuses the slots."""
+        fd, view, count = self.sock.fileno(), self.view, self._slots
+        slot = len(view) // count
+        limit = len(view) - ROOM
+        total = got = 0
+        while total <= limit:
+            out, truncated, n, nbytes = recv(fd, view, slot, count)
+            self.reads += 1
+            if truncated:
+                self.truncated += truncated
+            total += nbytes
+            if out:
+                got += len(out)
+                if self.sink is not None:
+                    self.sink(out)
+            if n < count:
+                break  # drained: the next call would only say EAGAIN
+        return got
 
     def _read_mmsg(self, mm: _MMsg) -> int:
         """As many recvmmsg calls as drain the socket, up to about ARENA

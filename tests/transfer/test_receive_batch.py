@@ -3,6 +3,7 @@ BatchReader on a real loopback socket (GRO), and the store's piece buffers."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import socket
@@ -227,6 +228,25 @@ def test_a_late_packet_in_a_batch_is_accepted_and_no_longer_lost() -> None:
 # -- BatchReader on a real socket -------------------------------------------------
 
 
+MODES = ["compiled", "ctypes", "single"]  # recvmmsg in C, through ctypes, or recvmsg one by one
+
+
+def reader_for(
+    rx: socket.socket, sink: Any, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> BatchReader:
+    from mcp2p.transfer import receiver as rx_module
+
+    if mode == "compiled" and rx_module._recv_batch is None:
+        pytest.skip("mcp2p._speedups.recv_batch was not built here")
+    if mode == "ctypes":
+        monkeypatch.setattr(rx_module, "_recv_batch", None)
+    reader = BatchReader(rx, sink, mmsg=mode != "single")
+    assert (reader._recv is not None) == (mode == "compiled")
+    if mode == "single":
+        assert not reader.mmsg
+    return reader
+
+
 def sockets() -> tuple[socket.socket, socket.socket, Any]:
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
@@ -235,20 +255,24 @@ def sockets() -> tuple[socket.socket, socket.socket, Any]:
     return rx, tx, rx.getsockname()
 
 
-@pytest.mark.parametrize("mmsg", [True, False])
-def test_batch_reader_drains_every_waiting_datagram_in_order(mmsg: bool) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_reader_drains_every_waiting_datagram_in_order(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rx, tx, addr = sockets()
     with rx, tx:
-        sent = [os.urandom(random.Random(i).randint(1, 1500)) for i in range(50)]
+        sent = [os.urandom(random.Random(i).randint(0, 1500)) for i in range(50)]
         got: list[bytes] = []
-        reader = BatchReader(rx, lambda views: got.extend(bytes(v) for v in views), mmsg=mmsg)
+        reader = reader_for(
+            rx, lambda views: got.extend(bytes(v) for v in views), mode, monkeypatch
+        )
         for d in sent:
             tx.sendto(d, addr)
         assert reader.read() == 50
         assert got == sent
         assert reader.read() == 0  # nothing left: EAGAIN is the end of a read
         assert reader.rcvbuf > 0
-        assert reader.mmsg == (mmsg and sys.platform.startswith("linux"))
+        assert reader.mmsg == (mode != "single" and sys.platform.startswith("linux"))
         if reader.mmsg:
             assert reader.reads <= 3  # 50 datagrams in two recvmmsg calls, then EAGAIN
 
@@ -261,7 +285,9 @@ def test_batch_reader_falls_back_when_recvmmsg_is_refused(
     rx, tx, addr = sockets()
     with rx, tx:
         got: list[bytes] = []
-        reader = BatchReader(rx, lambda views: got.extend(bytes(v) for v in views))
+        reader = reader_for(
+            rx, lambda views: got.extend(bytes(v) for v in views), "ctypes", monkeypatch
+        )
         if not reader.mmsg:
             pytest.skip("no recvmmsg here")
 
@@ -275,11 +301,61 @@ def test_batch_reader_falls_back_when_recvmmsg_is_refused(
         assert got == [bytes([i]) * 100 for i in range(3)]
 
 
-@pytest.mark.parametrize("mmsg", [True, False])
-def test_batch_reader_splits_a_gso_burst_by_its_segment_size(mmsg: bool) -> None:
+def test_the_compiled_recvmmsg_refuses_what_it_cannot_fill() -> None:
+    from mcp2p.transfer import receiver as rx_module
+
+    recv = rx_module._recv_batch
+    if recv is None:
+        pytest.skip("mcp2p._speedups.recv_batch was not built here")
     rx, tx, addr = sockets()
     with rx, tx:
-        reader = BatchReader(rx, None, mmsg=mmsg)
+        fd, view = rx.fileno(), memoryview(bytearray(4 * 2048))
+        assert recv(fd, view, 2048, 4) == ([], 0, 0, 0)  # nothing waiting
+        for count, slot in ((0, 2048), (65, 64), (4, 0), (5, 2048)):  # 5 slots do not fit
+            with pytest.raises(ValueError):
+                recv(fd, view, slot, count)
+        with pytest.raises(BufferError):
+            recv(fd, memoryview(bytes(8192)), 2048, 4)  # read-only
+        with pytest.raises(TypeError):
+            recv(fd, bytearray(8192), 2048, 4)  # not a memoryview
+        with pytest.raises(OSError):
+            recv(-1, view, 2048, 4)  # EBADF is raised, not taken for "nothing waiting"
+
+
+def test_the_compiled_reader_falls_back_to_ctypes_when_recvmmsg_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rx, tx, addr = sockets()
+    with rx, tx:
+        got: list[bytes] = []
+        reader = reader_for(
+            rx, lambda views: got.extend(bytes(v) for v in views), "compiled", monkeypatch
+        )
+
+        def refuse(*args: Any) -> Any:
+            raise OSError(errno.ENOSYS, "Function not implemented")
+
+        reader._recv = refuse
+        for i in range(3):
+            tx.sendto(bytes([i]) * 100, addr)
+        assert reader.read() == 3 and reader.mmsg and reader._mm is not None
+        assert got == [bytes([i]) * 100 for i in range(3)]
+
+        def broken(*args: Any) -> Any:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+
+        reader._recv, reader._mm = broken, None
+        with pytest.raises(OSError):
+            reader.read()  # any other error is the caller's, as recvmsg's would be
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_reader_splits_a_gso_burst_by_its_segment_size(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rx, tx, addr = sockets()
+    with rx, tx:
+        reader = reader_for(rx, None, mode, monkeypatch)
         segments = [bytes([i]) * 1000 for i in range(7)] + [b"tail" * 10]
         try:
             tx.sendmsg([b"".join(segments)], [(17, 103, (1000).to_bytes(2, "little"))], 0, addr)
@@ -293,9 +369,9 @@ def test_batch_reader_splits_a_gso_burst_by_its_segment_size(mmsg: bool) -> None
             assert reader.reads == 1  # the burst came whole
 
 
-@pytest.mark.parametrize("mmsg", [True, False])
+@pytest.mark.parametrize("mode", MODES)
 def test_batch_reader_stops_before_its_buffer_overflows(
-    monkeypatch: pytest.MonkeyPatch, mmsg: bool
+    monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     from mcp2p.transfer import receiver as rx_module
 
@@ -303,7 +379,9 @@ def test_batch_reader_stops_before_its_buffer_overflows(
     rx, tx, addr = sockets()
     with rx, tx:
         got: list[bytes] = []
-        reader = BatchReader(rx, lambda views: got.extend(bytes(v) for v in views), mmsg=mmsg)
+        reader = reader_for(
+            rx, lambda views: got.extend(bytes(v) for v in views), mode, monkeypatch
+        )
         for i in range(5):
             tx.sendto(bytes([i]) * 1400, addr)
         first = reader.read()
@@ -313,9 +391,9 @@ def test_batch_reader_stops_before_its_buffer_overflows(
         assert got == [bytes([i]) * 1400 for i in range(5)]
 
 
-@pytest.mark.parametrize("mmsg", [True, False])
+@pytest.mark.parametrize("mode", MODES)
 def test_batch_reader_counts_a_datagram_larger_than_its_room_and_goes_on(
-    monkeypatch: pytest.MonkeyPatch, mmsg: bool
+    monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     """A datagram cut short by the kernel (MSG_TRUNC) is a counted drop; the
     datagrams around it are read whole."""
@@ -326,7 +404,9 @@ def test_batch_reader_counts_a_datagram_larger_than_its_room_and_goes_on(
     rx, tx, addr = sockets()
     with rx, tx:
         got: list[bytes] = []
-        reader = BatchReader(rx, lambda views: got.extend(bytes(v) for v in views), mmsg=mmsg)
+        reader = reader_for(
+            rx, lambda views: got.extend(bytes(v) for v in views), mode, monkeypatch
+        )
         sent = [b"a" * 1400, b"b" * 5000, b"c" * 1400]
         for d in sent:
             tx.sendto(d, addr)
