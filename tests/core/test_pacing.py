@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp2p.core.pacing import TokenBucket
+from mcp2p.core.pacing import Pacer, TokenBucket
 
 
 @pytest.mark.parametrize(("rate", "burst"), [(0, 1), (-1, 1), (1, 0), (1, 0.5)])
@@ -195,3 +195,116 @@ def test_charge_goes_into_debt_that_refills_pay_first() -> None:
     assert not bucket.take(0.0, 1.0)
     assert bucket.available(0.1) == 5.0  # 10 earned, 5 of them owed
     assert bucket.wait_for(0.1, 10.0) == 0.05
+
+
+# -- Pacer: the data pacer's bucket, which keeps what a late sender lost --------------
+
+
+def _send_all(pacer: Pacer, ticks: list[float], size: float) -> list[tuple[float, float]]:
+    """A backlogged sender: at each tick, every whole packet the pacer allows."""
+    sent = []
+    for now in ticks:
+        pacer.refill(now, backlog=True)
+        count = int(pacer.available(now) // size)
+        if count:
+            assert pacer.take(now, count * size)
+        sent.append((now, count * size))
+    return sent
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.just(0.002), st.floats(0.002, 0.02), st.floats(0.02, 0.12)),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_a_late_backlogged_sender_keeps_its_average_and_a_bounded_peak(gaps: list[float]) -> None:
+    """Ticks 2 ms apart with stalls of up to 120 ms, then 0.5 s on time: never
+    more than the rate on average, never less than the plain bucket sends,
+    all of the rate when the stalls' overflow fits in the arrears; and in no
+    window more than (1 + catchup) x the rate, plus the burst and the allowance."""
+    rate, burst, size = 1_000_000.0, 20_000.0, 1_000.0  # 20 ms of the rate saved
+    arrears, catchup = 0.1, 0.25
+    pacer = Pacer(rate, burst, 0.0, arrears=arrears, catchup=catchup)
+    pacer.take(0.0, burst)  # empty at the start
+    ticks, now = [], 0.0
+    for gap in gaps:
+        now += gap
+        ticks.append(now)
+    ticks += [now + 0.002 * (i + 1) for i in range(250)]  # 0.5 s on time
+    sent = _send_all(pacer, ticks, size)
+    total = sum(n for _, n in sent)
+    end = ticks[-1]
+    assert total <= rate * end + size  # never above the rate on average
+    # never below what the plain bucket (BURST only) would have sent
+    plain = TokenBucket(rate, burst, 0.0)
+    plain.take(0.0, burst)
+    plain_total = 0.0
+    for t in ticks:
+        count = int(plain.available(t) // size)
+        if count:
+            plain.take(t, count * size)
+        plain_total += count * size
+    assert total >= plain_total
+    # and all of the rate, when the stalls lost no more than the arrears hold
+    overflow = sum(max(0.0, gap * rate - burst) for gap in gaps)
+    if overflow <= arrears * rate:
+        assert total >= rate * end - 2 * size - burst
+    for i, (start, _) in enumerate(sent):
+        window = 0.0
+        for t, n in sent[i:]:
+            window += n
+            assert window <= rate * (1 + catchup) * (t - start) + 2 * burst + size
+
+
+def test_a_stall_is_paid_back_at_most_catchup_above_the_rate() -> None:
+    rate, burst = 1_000_000.0, 20_000.0
+    pacer = Pacer(rate, burst, 0.0, arrears=0.1, catchup=0.25)
+    pacer.take(0.0, burst)
+    pacer.refill(0.07, backlog=True)  # 70 ms late: 20 ms saved, 50 ms owed
+    assert pacer.owed == pytest.approx(50_000)
+    assert pacer.available(0.07) == pytest.approx(20_000 + 17_500)  # + the allowance so far
+    assert pacer.take(0.07, pacer.available(0.07))
+    # from then on 1.25 x the rate until the 50 ms are paid: 200 ms
+    spent = 0.0
+    for i in range(1, 101):
+        now = 0.07 + 0.002 * i
+        pacer.refill(now, backlog=True)
+        n = pacer.available(now)
+        assert pacer.take(now, n)
+        spent += n
+    assert spent == pytest.approx(0.2 * rate * 1.25 - 17_500, rel=0.01)
+    assert pacer.owed == pytest.approx(0.0, abs=1)
+
+
+def test_an_idle_sender_owes_nothing() -> None:
+    """Time with nothing to send is not late time: arrears are forgotten, and
+    the pacer is the plain bucket."""
+    pacer = Pacer(1000.0, 20.0, 0.0, arrears=1.0, catchup=1.0)
+    plain = TokenBucket(1000.0, 20.0, 0.0)
+    for now in (0.5, 0.51, 2.0, 2.3):
+        pacer.refill(now, backlog=False)
+        assert pacer.owed == 0
+        assert pacer.available(now) == plain.available(now)
+        assert pacer.take(now, 15) == plain.take(now, 15)
+    pacer.refill(3.0, backlog=True)
+    assert pacer.owed > 0
+    pacer.refill(3.1, backlog=False)  # it had nothing to send after all
+    assert pacer.owed == 0
+
+
+def test_forgive_empty_until_and_a_new_rate_bound_what_is_owed() -> None:
+    pacer = Pacer(1000.0, 20.0, 0.0, arrears=0.5, catchup=0.5)
+    pacer.refill(1.0, backlog=True)
+    assert pacer.owed == pytest.approx(500)  # capped at 0.5 s of the rate
+    pacer.set_rate(1.0, 100.0, 2.0)
+    assert pacer.owed == pytest.approx(50) and pacer.allowance <= 2.0
+    pacer.forgive()
+    assert pacer.available(1.0) == 0 and pacer.owed == 0
+    pacer.refill(2.0, backlog=True)
+    pacer.empty_until(3.0)
+    assert pacer.available(3.0) == 0 and pacer.owed == 0
+    with pytest.raises(ValueError):
+        Pacer(1.0, 1.0, arrears=-1)

@@ -418,3 +418,46 @@ def test_five_percent_random_loss_from_the_first_report_does_not_wear_the_rate_d
         assert min(lowest[0], session.rates.rate) >= 0.9 * 50 * MBIT
     finally:
         session.end("test over")
+
+
+def _sent_with_a_stall(tmp_path: Path, stall: float) -> tuple[Port, float, float]:
+    """A 20 Mbit/s session (no reports: its rate stays) whose reactor, 0.3 s
+    in, runs ``stall`` late once; then 0.5 s of ticks on time."""
+    clock = Clock()
+    port = Port(clock)
+    session, _ = make_session(clock, tmp_path, port, rate=20 * MBIT)
+    subscribe(session, 1, 20 * MBIT)
+    try:
+        for _ in range(round(0.3 / TICK)):
+            clock.advance(TICK)
+        before = clock.seconds()
+        clock.advance(stall)  # the LoopingCall runs once for the missed ticks
+        for _ in range(round(0.5 / TICK)):
+            clock.advance(TICK)
+        return port, before, clock.seconds()
+    finally:
+        session.end("test over")
+
+
+@pytest.mark.parametrize("stall", [0.04, 0.08])
+def test_a_late_reactor_catches_up_to_its_rate_within_the_catchup_bound(
+    tmp_path: Path, stall: float
+) -> None:
+    """A stall longer than the bucket holds (BURST_SECONDS) used to be lost:
+    the session fell below its rate. What it owes (up to ARREARS) is paid back
+    at most CATCHUP above the rate: by the end the bits are the rate's."""
+    from mcp2p.transfer.session import ARREARS, BURST_SECONDS, CATCHUP
+
+    rate = 20 * MBIT
+    port, before, end = _sent_with_a_stall(tmp_path, stall)
+    span = end - before
+    expected = rate * span
+    burst_bits = rate * BURST_SECONDS + 8 * 1500
+    assert port.bits(before, end + 1) >= expected - 2 * 8 * 1500
+    assert port.bits(before, end + 1) <= expected + burst_bits
+    # the peak: the saved burst and the allowance (each at most the burst) at
+    # the stall, then at most (1 + CATCHUP) x rate
+    for start in [before + stall + k * 0.05 for k in range(8)]:
+        window = port.bits(start, start + 0.1)
+        assert window <= rate * (1 + CATCHUP) * 0.1 + 2 * burst_bits
+    assert stall - BURST_SECONDS <= ARREARS  # all of it owed, none lost
