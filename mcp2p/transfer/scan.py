@@ -7,11 +7,10 @@ index goes into ``lists``; a data packet of another SSRC counts ``foreign``;
 any other is a candidate ``(index, seq, digest, piece, symbol)``, its seq
 from the RTP timestamp (wire.rtp) and its digest ``packet_digest``'s.
 
-`Receiver.datagrams` does the rest (notices, duplicates, forgeries), the
-usual case of it, where compiled, by ``accept`` (None where it is not: the
+`Receiver.datagrams` does the rest (notices, duplicates, forgeries); where
+compiled, ``accept`` takes its usual case (None where it is not: the
 receiver's Python loop then takes every candidate, as it takes the rest).
-This
-is the part whose cost is Python's per call, not the work: a struct
+The scan is the part whose cost is Python's per call, not the work: a struct
 unpack, a hashlib object, a digest and a slice for every datagram. So it
 comes compiled where the install could build ``mcp2p._speedups`` (a C
 compiler, Python's and OpenSSL's headers: `make install` puts them there
