@@ -103,7 +103,7 @@ BURST_SECONDS = 0.02  # the bucket saves this much of the rate: ten ticks, for a
 # ... and a reactor later than that, while it had packets to send, owes up to
 # ARREARS of the rate, paid back at most CATCHUP of the rate above it. Measured
 # 2026-11-26 (tshark on the lab's SN, 8 CNs at 95 Mbit/s on two cores): 20-60
-# ms stalls left the session at 92 Mbit/s on average, 0.4 s longer than the rate.
+# ms stalls left the session at about 90 Mbit/s on average, 0.5 s longer than the rate.
 ARREARS = 0.1
 CATCHUP = 0.25
 SOL_UDP = 17
