@@ -1,5 +1,8 @@
 /* mcp2p._speedups: the CN's per-datagram checks in one call per batch.
  *
+ * make_packets(...) is the SN's side: a plan's data packets and their digests
+ * (mcp2p.wire.rtp.make_packets is its twin).
+ *
  * recv_batch(...) is BatchReader's recvmmsg(2) (mcp2p.transfer.receiver),
  * where its ctypes twin would cost Python work per datagram.
  *
@@ -246,6 +249,122 @@ fail:
 }
 #endif
 
+PyDoc_STRVAR(make_packets_doc,
+"make_packets(seq0, ssrc, symbols) -> (packets, digests)\n\n"
+"The SN's data packets for ``symbols`` (a list of (piece, symbol, payload),\n"
+"payload any bytes-like object), numbered from ``seq0``: each the 22-byte\n"
+"RTP header (seq = its number's low 16 bits, timestamp its low 32 bits,\n"
+"``ssrc``, flags 0) and the payload; ``digests`` the first 8 bytes of each\n"
+"packet's SHA-256, joined. As mcp2p.wire.rtp.make_packets; a value that does\n"
+"not fit its field is a ValueError.");
+
+static int
+put32(unsigned char *p, PyObject *obj, const char *what)
+{
+    unsigned long v = PyLong_AsUnsignedLong(obj);
+    if (v == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    if (v > 0xFFFFFFFFUL) {
+        PyErr_Format(PyExc_ValueError, "%s does not fit 32 bits", what);
+        return -1;
+    }
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+    return 0;
+}
+
+static PyObject *
+make_packets(PyObject *self, PyObject *args)
+{
+    long long seq0;
+    unsigned long long ssrc;
+    PyObject *symbols;
+    if (!PyArg_ParseTuple(args, "LKO!:make_packets", &seq0, &ssrc, &PyList_Type, &symbols))
+        return NULL;
+    if (seq0 < 0 || ssrc > 0xFFFFFFFFULL) {
+        PyErr_SetString(PyExc_ValueError, "seq0 >= 0 and a 32-bit ssrc");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(symbols);
+    PyObject *packets = PyList_New(n);
+    PyObject *digests = PyBytes_FromStringAndSize(NULL, n * DIGEST_LEN);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (packets == NULL || digests == NULL || ctx == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto fail;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(digests);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *item = PyList_GET_ITEM(symbols, k);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
+            PyErr_SetString(PyExc_TypeError, "symbols are (piece, symbol, payload) tuples");
+            goto fail;
+        }
+        Py_buffer payload;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 2), &payload, PyBUF_SIMPLE) < 0)
+            goto fail;
+        if (payload.len > MAX_DATAGRAM - HEADER_LEN) {
+            PyBuffer_Release(&payload);
+            PyErr_SetString(PyExc_ValueError, "a payload larger than a datagram");
+            goto fail;
+        }
+        PyObject *packet = PyBytes_FromStringAndSize(NULL, HEADER_LEN + payload.len);
+        if (packet == NULL) {
+            PyBuffer_Release(&payload);
+            goto fail;
+        }
+        PyList_SET_ITEM(packets, k, packet); /* owned by the list from here */
+        unsigned char *b = (unsigned char *)PyBytes_AS_STRING(packet);
+        unsigned long long seq = (unsigned long long)seq0 + (unsigned long long)k;
+        b[0] = FIRST_TWO >> 8;
+        b[1] = FIRST_TWO & 0xFF;
+        b[2] = (unsigned char)(seq >> 8);
+        b[3] = (unsigned char)seq;
+        b[4] = (unsigned char)(seq >> 24);
+        b[5] = (unsigned char)(seq >> 16);
+        b[6] = (unsigned char)(seq >> 8);
+        b[7] = (unsigned char)seq;
+        b[8] = (unsigned char)(ssrc >> 24);
+        b[9] = (unsigned char)(ssrc >> 16);
+        b[10] = (unsigned char)(ssrc >> 8);
+        b[11] = (unsigned char)ssrc;
+        b[12] = 0; /* flags */
+        b[13] = 0; /* reserved */
+        if (put32(b + 14, PyTuple_GET_ITEM(item, 0), "piece") < 0
+            || put32(b + 18, PyTuple_GET_ITEM(item, 1), "symbol") < 0) {
+            PyBuffer_Release(&payload);
+            if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                PyErr_Clear();
+                PyErr_SetString(PyExc_ValueError, "piece and symbol are 32-bit numbers");
+            }
+            goto fail;
+        }
+        Py_ssize_t length = HEADER_LEN + payload.len;
+        memcpy(b + HEADER_LEN, payload.buf, (size_t)payload.len);
+        PyBuffer_Release(&payload);
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int md_len = 0;
+        if (!(EVP_DigestInit_ex2(ctx, sha256, NULL)
+              && EVP_DigestUpdate(ctx, b, (size_t)length)
+              && EVP_DigestFinal_ex(ctx, md, &md_len) && md_len >= DIGEST_LEN)) {
+            PyErr_SetString(PyExc_RuntimeError, "SHA-256 failed in libcrypto");
+            goto fail;
+        }
+        memcpy(out + k * DIGEST_LEN, md, DIGEST_LEN);
+    }
+    EVP_MD_CTX_free(ctx);
+    return Py_BuildValue("(NN)", packets, digests);
+
+fail:
+    EVP_MD_CTX_free(ctx);
+    Py_XDECREF(packets);
+    Py_XDECREF(digests);
+    return NULL;
+}
+
 PyDoc_STRVAR(copy_run_doc,
 "copy_run(items, start, piece, last, room, have, buffer, size) -> (end, taken, redundant)\n\n"
 "A RaptorQ decoder's run (mcp2p.core.blockcode.RaptorQDecoder.add_many): from\n"
@@ -458,6 +577,7 @@ static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
     {"accept", accept_usual, METH_VARARGS, accept_doc},
     {"copy_run", copy_run, METH_VARARGS, copy_run_doc},
+    {"make_packets", make_packets, METH_VARARGS, make_packets_doc},
 #ifdef __linux__
     {"recv_batch", recv_batch, METH_VARARGS, recv_batch_doc},
 #endif

@@ -53,6 +53,7 @@ from mcp2p.core.blockcode import PlainCode
 from mcp2p.core.pacing import Pacer
 from mcp2p.core.ratecontrol import RateController
 from mcp2p.core.scheduler import make_scheduler
+from mcp2p.core.speedups import compiled
 from mcp2p.core.wanted import RangeSet
 from mcp2p.interfaces import IBlockCode
 from mcp2p.wire.layout import Layout
@@ -61,12 +62,14 @@ from mcp2p.wire.rtp import (
     HEADER_LEN,
     MAX_PAYLOAD,
     list_hash,
-    pack_header,
+    make_packets,
     pack_list,
-    packet_digests,
 )
 
 _log = Logger()
+# A plan's packets and their digests: compiled where mcp2p._speedups was built
+# (a header, a copy and a SHA-256 each, without Python's work per packet).
+_make_packets = compiled("make_packets") or make_packets
 
 JOIN_DELAY = 0.05  # seconds a new multicast session waits for its first CN to join
 TICK = 0.002  # seconds between bursts
@@ -503,19 +506,15 @@ class Session:
                 ring[(seq0 + k) % len(ring)] = unit
         symbols = self._plain_symbols(units) if self.plain else self._symbols(runs)
         sid = self.session_id
-        packets = [
-            pack_header(seq & 0xFFFF, seq & 0xFFFFFFFF, sid, piece, symbol) + payload
-            for seq, (piece, symbol, payload) in enumerate(symbols, seq0)
-        ]
+        packets, digests = _make_packets(seq0, sid, symbols)  # digests: joined
         self.queue.extend(packets)
-        digests = packet_digests(packets)
         lists = self.lists
         made: list[tuple[int, int, bytes]] = []
         packets_of_lists = []
         for k in range(0, count, per_list):
             first = seq0 + k
             n = min(per_list, count - k)
-            packet = pack_list(first, sid, b"".join(digests[k : k + n]))
+            packet = pack_list(first, sid, digests[k * DIGEST_LEN : (k + n) * DIGEST_LEN])
             digest = list_hash(packet)
             lists[first & 0xFFFFFFFF] = (first, n, packet, digest)
             if len(lists) > LIST_KEEP:

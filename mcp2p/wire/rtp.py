@@ -162,6 +162,20 @@ def packet_digests(packets: Iterable[bytes]) -> list[bytes]:
     return [sha256(p).digest()[:DIGEST_LEN] for p in packets]
 
 
+def make_packets(
+    seq0: int, ssrc: int, symbols: list[tuple[int, int, bytes]]
+) -> tuple[list[bytes], bytes]:
+    """The sender's data packets for ``symbols`` ((piece, symbol, payload)),
+    numbered from ``seq0``, and their digests joined (``packet_digest`` each,
+    DIGEST_LEN bytes). The pure-Python twin of ``mcp2p._speedups.make_packets``,
+    which the session uses where it was built."""
+    packets = [
+        pack_header(seq & 0xFFFF, seq & 0xFFFFFFFF, ssrc, piece, symbol) + payload
+        for seq, (piece, symbol, payload) in enumerate(symbols, seq0)
+    ]
+    return packets, b"".join(packet_digests(packets))
+
+
 def pack_list(first: int, ssrc: int, digests: bytes) -> bytes:
     """The list packet of the packets ``first``, ``first`` + 1, ... whose
     digests are ``digests`` (joined, DIGEST_LEN bytes each)."""

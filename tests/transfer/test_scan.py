@@ -237,3 +237,65 @@ def test_compiled_accept_refuses_what_is_not_a_dict_or_a_list() -> None:
         accept([], [], [], seqs, digests, -1)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         accept([], (), {}, seqs, digests, -1)  # type: ignore[arg-type]
+
+
+# -- make_packets: the SN's packets and digests, compiled ------------------------
+
+
+_payloads = st.one_of(
+    st.binary(max_size=1500),
+    st.binary(max_size=1500).map(bytearray),
+    st.binary(max_size=1500).map(memoryview),
+)
+
+
+@compiled
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 2**40),
+    st.integers(0, 2**32 - 1),
+    st.lists(
+        st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), _payloads), max_size=40
+    ),
+)
+def test_compiled_make_packets_agrees_with_its_python_twin(
+    seq0: int, ssrc: int, symbols: list[tuple[int, int, Any]]
+) -> None:
+    from mcp2p.core.speedups import compiled as load
+    from mcp2p.wire.rtp import decode_packet, make_packets, packet_digest
+
+    made = load("make_packets")
+    assert made is not None
+    packets, digests = made(seq0, ssrc, symbols)
+    assert (packets, digests) == make_packets(seq0, ssrc, symbols)
+    assert all(type(p) is bytes for p in packets) and type(digests) is bytes
+    for k, (packet, (piece, symbol, payload)) in enumerate(zip(packets, symbols, strict=True)):
+        p = decode_packet(packet)
+        seq = seq0 + k
+        assert (p.seq, p.timestamp, p.ssrc) == (seq & 0xFFFF, seq & 0xFFFFFFFF, ssrc)
+        assert (p.piece, p.symbol, p.payload) == (piece, symbol, bytes(payload))
+        assert digests[8 * k : 8 * k + 8] == packet_digest(packet)
+
+
+@compiled
+@pytest.mark.parametrize(
+    "seq0, ssrc, symbols",
+    [
+        (-1, 1, []),
+        (0, 2**32, []),
+        (0, 1, [(2**32, 0, b"x")]),
+        (0, 1, [(0, -1, b"x")]),
+        (0, 1, [(0, 0, "not a buffer")]),
+        (0, 1, [(0, 0)]),
+        (0, 1, [(0, 0, b"x" * 65536)]),
+    ],
+)
+def test_compiled_make_packets_refuses_what_does_not_fit(
+    seq0: int, ssrc: int, symbols: list[Any]
+) -> None:
+    from mcp2p.core.speedups import compiled as load
+
+    made = load("make_packets")
+    assert made is not None
+    with pytest.raises((ValueError, TypeError, OverflowError)):
+        made(seq0, ssrc, symbols)
