@@ -45,6 +45,22 @@ static uint32_t be32(const unsigned char *p)
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
+/* A packet's digest (wire.rtp.packet_digest): the first DIGEST_LEN bytes of
+ * its SHA-256 into ``out``; 0 with RuntimeError set if libcrypto failed. */
+static int
+packet_digest(EVP_MD_CTX *ctx, const unsigned char *data, size_t len, unsigned char *out)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    if (EVP_DigestInit_ex2(ctx, sha256, NULL) && EVP_DigestUpdate(ctx, data, len)
+        && EVP_DigestFinal_ex(ctx, md, &md_len) && md_len >= DIGEST_LEN) {
+        memcpy(out, md, DIGEST_LEN);
+        return 1;
+    }
+    PyErr_SetString(PyExc_RuntimeError, "SHA-256 failed in libcrypto");
+    return 0;
+}
+
 PyDoc_STRVAR(scan_doc,
 "scan(batch, ssrc) -> (malformed, foreign, lists, candidates)\n\n"
 "For each datagram of ``batch`` (a sequence of bytes-like objects), by\n"
@@ -113,16 +129,12 @@ scan(PyObject *self, PyObject *args)
             PyBuffer_Release(&view);
             continue;
         }
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned int md_len = 0;
-        int ok = EVP_DigestInit_ex2(ctx, sha256, NULL) && EVP_DigestUpdate(ctx, b, (size_t)len)
-                 && EVP_DigestFinal_ex(ctx, md, &md_len) && md_len >= DIGEST_LEN;
+        unsigned char md[DIGEST_LEN];
+        int ok = packet_digest(ctx, b, (size_t)len, md);
         uint32_t timestamp = be32(b + 4), piece = be32(b + 14), symbol = be32(b + 18);
         PyBuffer_Release(&view);
-        if (!ok) {
-            PyErr_SetString(PyExc_RuntimeError, "SHA-256 failed in libcrypto");
+        if (!ok)
             goto fail;
-        }
         PyObject *candidate = Py_BuildValue(
             "(nky#kk)", i, (unsigned long)timestamp, (const char *)md, (Py_ssize_t)DIGEST_LEN,
             (unsigned long)piece, (unsigned long)symbol);
@@ -345,15 +357,8 @@ make_packets(PyObject *self, PyObject *args)
         Py_ssize_t length = HEADER_LEN + payload.len;
         memcpy(b + HEADER_LEN, payload.buf, (size_t)payload.len);
         PyBuffer_Release(&payload);
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned int md_len = 0;
-        if (!(EVP_DigestInit_ex2(ctx, sha256, NULL)
-              && EVP_DigestUpdate(ctx, b, (size_t)length)
-              && EVP_DigestFinal_ex(ctx, md, &md_len) && md_len >= DIGEST_LEN)) {
-            PyErr_SetString(PyExc_RuntimeError, "SHA-256 failed in libcrypto");
+        if (!packet_digest(ctx, b, (size_t)length, out + k * DIGEST_LEN))
             goto fail;
-        }
-        memcpy(out + k * DIGEST_LEN, md, DIGEST_LEN);
     }
     EVP_MD_CTX_free(ctx);
     return Py_BuildValue("(NN)", packets, digests);
