@@ -14,11 +14,17 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = now
 
-    def _refill(self, now: float) -> None:
+    def _refill(self, now: float) -> tuple[float, float]:
+        """Earn up to ``now``: (tokens earned, of which lost to the ``burst`` cap)."""
+        earned = lost = 0.0
         if self.stamp is not None and now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            earned = (now - self.stamp) * self.rate
+            total = self.tokens + earned
+            lost = max(0.0, total - self.burst)
+            self.tokens = min(self.burst, total)
         if self.stamp is None or now > self.stamp:
             self.stamp = now
+        return earned, lost
 
     def take(self, now: float, n: float = 1.0) -> bool:
         """Take ``n`` tokens if there are that many; False (and nothing taken) if not."""
@@ -76,11 +82,11 @@ class Pacer(TokenBucket):
     far behind it fell. Here, when a refill comes later than the bucket can
     hold (more than ``burst`` earned since the last) while the sender was
     backlogged (`refill` says so), the overflow is owed instead, up to
-    ``arrears`` seconds of the rate,
-    and is paid back at most ``catchup`` times the rate above the rate: the
-    average holds, and the excess a network sees is bounded (by ``catchup``
-    in rate, by ``arrears`` in bytes). A sender that had nothing to send owes
-    nothing: idle time is not late time.
+    ``arrears`` seconds of the rate, and is paid back at most ``catchup``
+    times the rate above the rate: the average holds, and the excess a
+    network sees is bounded (by ``catchup`` in rate, by ``arrears`` in
+    bytes). A sender that had nothing to send owes nothing: idle time is not
+    late time.
     """
 
     def __init__(
@@ -103,19 +109,12 @@ class Pacer(TokenBucket):
     def refill(self, now: float, backlog: bool) -> None:
         """Earn up to ``now``; ``backlog``: the sender had something to send
         all along (else what it did not spend is forgotten, and so are arrears)."""
-        if self.stamp is not None and now > self.stamp:
-            earned = (now - self.stamp) * self.rate
-            total = self.tokens + earned
-            if total > self.burst:
-                if backlog and earned > self.burst:  # late: the gap alone overflowed it
-                    self.owed = min(self.arrears * self.rate, self.owed + total - self.burst)
-                total = self.burst
-            self.tokens = total
-            self.allowance = min(self.burst, self.allowance + earned * self.catchup)
-        if self.stamp is None or now > self.stamp:
-            self.stamp = now
+        earned, lost = self._refill(now)
         if not backlog:
             self.owed = 0.0
+        elif lost and earned > self.burst:  # late: the gap alone overflowed it
+            self.owed = min(self.arrears * self.rate, self.owed + lost)
+        self.allowance = min(self.burst, self.allowance + earned * self.catchup)
 
     def _extra(self) -> float:
         return min(self.owed, self.allowance) if self.owed > 0 else 0.0
