@@ -106,6 +106,7 @@ ADDITIVE_PERCENT = 5
 MAX_PROBE_DOUBLINGS = 6  # probes grow to 64% of the rate a period at most
 START_GAIN_PERCENT = 50  # while starting, the rate rises by half each period
 FULL_GROWTH = 1.25  # the start ends when receipts grow by less than this, twice
+MIN_SPAN = 0.05  # seconds of reports a receiver's receipts need to count as its rate
 START_PERIOD = 0.1  # seconds of one period while starting: a CN reports every 0.1 s
 RATE_PERIOD = 0.5  # seconds of one period after that
 
@@ -216,7 +217,10 @@ class RateController:
 
         ``seconds``: how long the period lasted, or for each receiver how
         long its reports of it span; with ``packet_bits`` it bounds a rise
-        by twice what the slowest receiver received (0: no bound).
+        by twice what the slowest receiver received (0: no bound). Reports
+        spanning less than MIN_SPAN measure no rate: a session's first
+        report spanned 7 ms of its bucket's first burst and read as nearly
+        twice the path's rate.
         ``joining``: receivers whose losses say nothing yet (what was sent
         before they joined): only what they received counts, and nothing
         of theirs goes into a baseline. A period with no packets reported
@@ -240,7 +244,7 @@ class RateController:
             baseline = self.baseline(receiver)
             span = spans.get(receiver, 0.0)
             got = 0.0  # what it received a second, scaled up for its random loss
-            if span > 0 and self.packet_bits:
+            if span >= MIN_SPAN and self.packet_bits:
                 got = received * self.packet_bits / span / (1 - baseline)
                 received_rate = min(received_rate, got)
             if receiver in joining:

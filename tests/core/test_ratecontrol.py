@@ -19,6 +19,7 @@ from mcp2p.core.ratecontrol import (
     BASELINE_CAP,
     BASELINE_SD,
     MAX_PROBE_DOUBLINGS,
+    MIN_SPAN,
     PROBE_PERCENT,
     RATE_PERIOD,
     START_PERIOD,
@@ -86,6 +87,23 @@ def test_the_start_ends_at_the_most_the_receipts_were_not_at_their_last_growth()
     assert c.period({1: (0, 1200)}, 0.5) == 48 * MBIT  # 28.8: less than a quarter more
     assert c.period({1: (0, 1230)}, 0.5) == 29_520_000  # 29.52: the most they were
     assert not c.starting and c.known == 29_520_000
+
+
+def test_a_report_of_a_few_milliseconds_is_not_a_receivers_rate() -> None:
+    """The lab's 8 CNs on a 100 Mbit/s star: the first report of a session
+    spanned 7 ms, the bucket's first burst, and read as 189 Mbit/s; the start
+    then ended at 150 Mbit/s (the most the receipts were, within the rate) and
+    the tbf dropped 13% of the packets sent. Spans under MIN_SPAN say nothing
+    of a rate; the start ends at what the longer ones got."""
+    c = RateController(100 * MBIT, 1 * MBIT, 1000 * MBIT, packet_bits=PACKET_BITS)
+    assert c.period({1: (0, 120)}, 0.007) == 150 * MBIT  # unmeasured: the start rises
+    got = {1: (0, 800), 2: (0, 120)}
+    spans = {1: 0.1, 2: 0.011}  # 96 Mbit/s over 0.1 s; 131 over 11 ms, not counted
+    assert c.period(got, spans) == 192 * MBIT  # twice the 96 measured
+    assert c.period(got, spans) == 192 * MBIT  # receipts flat: no rise
+    assert c.period(got, spans) == 96 * MBIT  # twice: the start ends at what they got
+    assert not c.starting and c.known == 96 * MBIT
+    assert MIN_SPAN <= START_PERIOD / 2  # a report interval of the start counts
 
 
 def test_the_first_congestion_ends_the_start_and_may_halve_the_rate() -> None:
