@@ -165,6 +165,14 @@ class UpdateWanted(amp.Command):
     errors = _ERRORS
 
 
+class Joined(amp.Command):
+    """The CN joined its subscription's group: the session's first packet need
+    not wait JOIN_DELAY for it (transfer.session)."""
+
+    arguments = [(b"subscription", amp.Integer())]
+    errors = _ERRORS
+
+
 class ReportLoss(amp.Command):
     """Packets covered by digest lists that never arrived (or failed checks)."""
 
@@ -249,11 +257,14 @@ class ServingSide(Protocol):
         wanted: bytes,
         more: bool,
         family: int | None = None,
+        lists: int | None = None,
     ) -> Any: ...
 
     def update_wanted(
         self, client: ControlServer, subscription: int, wanted: bytes, replace: bool
     ) -> None: ...
+
+    def joined(self, client: ControlServer, subscription: int) -> None: ...
 
     def report_loss(
         self, client: ControlServer, subscription: int, lost: bytes, received: int
@@ -426,6 +437,11 @@ class ControlServer(amp.AMP, TimeoutMixin):
     @UpdateWanted.responder
     def update_wanted(self, subscription: int, wanted: bytes, replace: bool) -> dict[str, Any]:
         self.side.update_wanted(self, subscription, wanted, replace)
+        return {}
+
+    @Joined.responder
+    def joined(self, subscription: int) -> dict[str, Any]:
+        self.side.joined(self, subscription)
         return {}
 
     @ReportLoss.responder

@@ -679,6 +679,12 @@ class ServingService(Service):
         self.heard[sub.id] = self.reactor.seconds()
         sub.session.set_wanted(sub, wanted_set, replace)
 
+    def joined(self, client: ControlServer, subscription: int) -> None:
+        """The CN of ``subscription`` is in its session's group (Joined)."""
+        sub = self._subscription(client, subscription)
+        self.heard[sub.id] = self.reactor.seconds()
+        sub.session.joined(sub.id)
+
     def _count_ranges(self, wanted: bytes, before: int) -> int:
         """``before`` plus the ranges encoded in ``wanted``, or ``Refused`` past
         [serving] max_wanted_ranges: counted on the bytes, before decoding

@@ -72,6 +72,10 @@ _log = Logger()
 _make_packets = compiled("make_packets") or make_packets
 
 JOIN_DELAY = 0.05  # seconds a new multicast session waits for its first CN to join
+# ... or this long after the last of its CNs said Joined: Linux sends a join's
+# IGMPv3/MLDv2 report two jiffies after it (igmp_ifc_start_timer), 8 ms at
+# HZ=250, and a snooping switch forwards the group to a port only after it.
+JOIN_MARGIN = 0.01
 TICK = 0.002  # seconds between bursts
 MAX_BURST = 256  # packets per tick at most
 # Seconds of the rate planned ahead: lists lead their packets by this (a list
@@ -134,6 +138,7 @@ class Subscriber:
     # units it lost symbols of, which got the code's repair overhead once
     repaired: set[int] = field(default_factory=set)
     lists: int = 1  # list hashes it takes in one notice (its Subscribe's ``lists``)
+    joined: bool = False  # it said Joined: it is in the group
 
 
 def _notify(sub: Subscriber, made: list[tuple[int, int, bytes]]) -> None:
@@ -285,6 +290,29 @@ class Session:
             del waiting[next(iter(waiting))]
         if not waiting and not self.seq:
             self.bucket.empty_until(self.reactor.seconds() + JOIN_DELAY)
+            self._start_if_joined()
+
+    def joined(self, sub_id: int) -> None:
+        """Subscriber ``sub_id`` says it joined the group (Joined). Once every
+        subscriber did and none is waited for (``gather``), the first packet
+        goes JOIN_MARGIN later rather than JOIN_DELAY after the last
+        subscription: a CN's join takes a round trip and a few milliseconds,
+        not 50. A CN that never says so (an older one) keeps JOIN_DELAY."""
+        sub = self.subscribers.get(sub_id)
+        if sub is None or sub.joined:
+            return
+        sub.joined = True
+        self._start_if_joined()
+
+    def _start_if_joined(self) -> None:
+        if self.seq or not self.group or self.waiting:
+            return
+        if not all(sub.joined for sub in self.subscribers.values()):
+            return
+        start = self.reactor.seconds() + JOIN_MARGIN
+        stamp = self.bucket.stamp
+        if stamp is not None and start < stamp:  # never later than JOIN_DELAY would be
+            self.bucket.empty_until(start)
 
     def set_wanted(self, sub: Subscriber, wanted: RangeSet, replace: bool) -> None:
         """Change what ``sub`` wants.

@@ -33,6 +33,7 @@ from mcp2p.transfer.control import (
     ControlServer,
     GetList,
     GetManifest,
+    Joined,
     Listed,
     NotShared,
     Refused,
@@ -378,6 +379,16 @@ def test_update_wanted_and_report_loss_on_ones_own_subscription(sn: Any) -> None
     assert isinstance(error, ProtocolError) and "received must be" in str(error)
 
 
+def test_joined_on_ones_own_subscription_marks_it_in_its_group(sn: Any) -> None:
+    service, entry = sn["service"], sn["small"]
+    ch = channel(sn)
+    sub = subscribe(ch, entry)["subscription"]
+    assert not service.subscriptions[sub].joined
+    assert ch.call(Joined, subscription=sub) == {}
+    assert service.subscriptions[sub].joined
+    assert ch.call(Joined, subscription=sub) == {}  # again: no harm
+
+
 def test_a_subscription_is_only_its_owners(sn: Any) -> None:
     service, entry = sn["service"], sn["small"]
     owner, other = channel(sn), channel(sn, "other")
@@ -385,12 +396,13 @@ def test_a_subscription_is_only_its_owners(sn: Any) -> None:
     for command, kw in (
         (UpdateWanted, {"wanted": b"", "replace": True}),
         (ReportLoss, {"lost": b"", "received": 1}),
+        (Joined, {}),
         (Unsubscribe, {}),
     ):
         assert isinstance(other.call(command, subscription=sub, **kw), UnknownSubscription)
         assert isinstance(owner.call(command, subscription=999, **kw), UnknownSubscription)
     assert sub in service.subscriptions
-    assert service.counters["bad_commands"] == 6
+    assert service.counters["bad_commands"] == 8
 
 
 def test_unsubscribe_ends_a_session_left_without_subscribers(sn: Any) -> None:

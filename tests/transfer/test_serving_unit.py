@@ -20,6 +20,7 @@ from mcp2p.catalog import CatalogEntry
 from mcp2p.core.wanted import RangeSet
 from mcp2p.transfer.control import NotShared, Refused, UnknownSubscription
 from mcp2p.transfer.serving import ServingService
+from mcp2p.transfer.session import JOIN_DELAY, JOIN_MARGIN
 from mcp2p.trust.gate import TrustGate
 from mcp2p.trust.keys import load_or_create
 from mcp2p.wire.merkle import hash_pieces, merkle_root
@@ -293,6 +294,48 @@ def test_a_query_heard_just_after_the_first_subscription_is_waited_for(made: Any
     subscribe(service, Channel(host="127.0.0.3"), entry)
     took = _first_packet_at(service, clock, 0.5)
     assert took is not None and took < 0.1
+
+
+def test_cns_that_say_joined_get_the_first_packet_without_the_join_delay(made: Any) -> None:
+    """The session waits for its CNs to join their group: JOIN_DELAY after the
+    last subscription, unless every one of them says Joined sooner."""
+    service, clock, entry = made(gather="1")
+    service.offered("127.0.0.2", [entry.content_id])
+    service.offered("127.0.0.3", [entry.content_id])
+    one, two = Channel(host="127.0.0.2"), Channel(host="127.0.0.3")
+    first = subscribe(service, one, entry)["subscription"]
+    service.joined(one, first)  # ... while the other CN is still waited for
+    assert _first_packet_at(service, clock, 0.2) is None
+    second = subscribe(service, two, entry)["subscription"]
+    assert _first_packet_at(service, clock, JOIN_DELAY / 2) is None  # not joined yet
+    service.joined(two, second)
+    took = _first_packet_at(service, clock, JOIN_DELAY)
+    assert took is not None and took <= JOIN_MARGIN + 0.005  # and a tick or two
+    service.joined(two, second)  # again, or once sending: nothing changes
+    assert service.counters["subscriptions"] == 2
+
+
+def test_a_cn_that_never_says_joined_keeps_the_join_delay(made: Any) -> None:
+    service, clock, entry = made()
+    one, two = Channel(host="127.0.0.2"), Channel(host="127.0.0.3")
+    first = subscribe(service, one, entry)["subscription"]
+    subscribe(service, two, entry)  # an older CN: no Joined
+    service.joined(one, first)
+    took = _first_packet_at(service, clock, 0.2)
+    assert took is not None and JOIN_DELAY - 0.002 <= took <= JOIN_DELAY + 0.01
+
+
+def test_joined_names_a_subscription_of_the_same_channel(made: Any) -> None:
+    service, clock, entry = made()
+    one, other = Channel(host="127.0.0.2"), Channel(host="127.0.0.3")
+    first = subscribe(service, one, entry)["subscription"]
+    for client, sub in ((other, first), (one, first + 1), (one, -1)):
+        with pytest.raises(UnknownSubscription):
+            service.joined(client, sub)
+    took = _first_packet_at(service, clock, 0.2)  # the CN never said Joined
+    assert took is not None and took >= JOIN_DELAY - 0.002
+    unicast = subscribe(service, one, entry, mode="unicast", port=7712)
+    service.joined(one, unicast["subscription"])  # nothing to join: no effect, no error
 
 
 def test_a_cn_that_asks_from_one_address_and_subscribes_from_another_counts(made: Any) -> None:

@@ -18,6 +18,7 @@ from mcp2p.transfer.control import (
     MAX_LISTS_PER_NOTICE,
     ControlClient,
     GetList,
+    Joined,
     ReportLoss,
     Subscribe,
     UpdateWanted,
@@ -138,6 +139,7 @@ class SourceControl(FetchState):
                 )
         if source.mode == "multicast":
             source.port = self._join(receiver, reply["group"], reply["source"], reply["port"])
+            self._joined(source)
         source.state = "active"
         source.last_progress = self.reactor.seconds()
         self.event(
@@ -235,6 +237,20 @@ class SourceControl(FetchState):
         multicast.set_buffers(lport, receive=RCVBUF)
         read_in_batches(lport, receiver)
         return lport
+
+    def _joined(self, source: Source) -> None:
+        """Tell the SN we are in the group: its session's first packet need not
+        wait longer for us. Nothing waits for the answer; an SN that does not
+        know Joined answers an error, and its session waits JOIN_DELAY."""
+        assert source.client is not None
+        d = source.client.callRemote(Joined, subscription=source.subscription)
+        d.addErrback(
+            lambda f: _log.debug(
+                "{node} did not take Joined: {error}",
+                node=source.name,
+                error=display_text(f.getErrorMessage()),
+            )
+        )
 
     def _report(self, source: Source, lost: RangeSet, received: int) -> None:
         if source.client is None or source.state != "active":
