@@ -304,3 +304,34 @@ async def test_a_disk_that_fills_during_the_fetch_says_disk_full_and_stops(
     print(f"\ndisk filled during the fetch: {failed.value}")
     assert str(failed.value).startswith("disk full: cannot write")
     assert "\n" not in str(failed.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sync_that_fails_in_the_background_ends_the_fetch_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's flushes run in the reactor's threads: one that fails (the
+    disk filled as it synced) ends the fetch as a failed write does."""
+    import errno
+
+    from mcp2p.transfer.store import PartialFile, StoreError
+
+    net = Net(tmp_path)
+    await net.sn("sn", os.urandom(20 << 20), rate="40M")
+    threads: list[str] = []
+
+    def full(self: Any, verified: Any, written: Any) -> None:
+        import threading
+
+        threads.append(threading.current_thread().name)
+        raise StoreError(errno.ENOSPC, f"disk full: cannot sync {self.part_path}", "")
+
+    monkeypatch.setattr(PartialFile, "_sync_record", full)
+    try:
+        with pytest.raises(FetchError) as failed:
+            await ends(net.fetch())
+    finally:
+        await net.close()
+    assert str(failed.value).startswith("disk full: cannot sync")
+    assert "\n" not in str(failed.value)
+    assert threads[0] != "MainThread"  # off the reactor's thread (close syncs in place)

@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -312,6 +313,143 @@ def test_time_flushes_marks_and_close_flushes_the_rest(dirs: Dirs) -> None:
     assert again.missing_pieces() == list(range(5, 10))
     again.abort(remove=False)
     assert PartialFile.open(*dirs, manifest).verified_pieces == 5
+
+
+# -- flushes in the background ------------------------------------------------
+
+
+class Later:
+    """A ``background`` that keeps the work until the test runs it."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[Any, Any]] = []
+
+    def __call__(self, work: Any, done: Any) -> None:
+        self.queued.append((work, done))
+
+    def run(self) -> BaseException | None:
+        work, done = self.queued.pop(0)
+        try:
+            work()
+        except BaseException as e:  # as deferToThread hands a failure back
+            done(e)
+            return e
+        done(None)
+        return None
+
+
+def test_a_background_flush_records_the_marks_of_when_it_was_asked(dirs: Dirs) -> None:
+    data = random.Random(30).randbytes(40 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
+    later = partial.background = Later()
+    write_pieces(partial, manifest, data, range(16))  # the 16th asks for a flush
+    assert len(later.queued) == 1 and not partial.flush_due()
+    write_pieces(partial, manifest, data, [16, 17])  # verified after it was asked
+    assert later.run() is None
+    crash(partial)
+    resumed = PartialFile.open(*dirs, manifest)
+    assert resumed.verified_pieces == 16  # those of the flush, not 16 and 17
+    write_pieces(resumed, manifest, data, range(16, 40))
+    assert resumed.finalize().read_bytes() == data
+
+
+def test_a_flush_asked_while_one_runs_follows_it_with_the_newer_marks(dirs: Dirs) -> None:
+    data = random.Random(31).randbytes(40 * PIECE)
+    manifest = make_manifest(data)
+    clock = ManualClock()
+    partial = PartialFile.open(*dirs, manifest, clock=clock)
+    later = partial.background = Later()
+    write_pieces(partial, manifest, data, range(16))
+    write_pieces(partial, manifest, data, range(16, 32))  # due again: waits for the first
+    assert len(later.queued) == 1
+    later.run()
+    assert len(later.queued) == 1  # the second, with pieces up to 31
+    write_pieces(partial, manifest, data, [32])
+    later.run()
+    crash(partial)
+    assert PartialFile.open(*dirs, manifest).verified_pieces == 32
+
+
+@pytest.mark.parametrize("end", ["finalize", "close", "abort"])
+def test_a_background_flush_after_the_end_writes_nothing(dirs: Dirs, end: str) -> None:
+    data = random.Random(32).randbytes(16 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
+    later = partial.background = Later()
+    write_pieces(partial, manifest, data, range(16))
+    assert len(later.queued) == 1
+    if end == "finalize":
+        partial.finalize()
+    elif end == "close":
+        partial.close()
+    else:
+        partial.abort(remove=True)
+    progress = dirs[1] / "transfers" / f"{manifest.content_id.hex()}.json"
+    before = progress.read_bytes() if progress.exists() else None
+    assert later.run() is None  # the fd is closed: nothing synced, nothing written
+    assert (progress.read_bytes() if progress.exists() else None) == before
+    assert end == "close" or before is None
+
+
+def test_a_failed_background_flush_is_said_and_its_marks_flushed_later(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random.Random(33).randbytes(20 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
+    later = partial.background = Later()
+    write_pieces(partial, manifest, data, range(16))
+
+    def full(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fdatasync", full)
+        error = later.run()
+    assert isinstance(error, StoreError) and "disk full: cannot sync" in str(error)
+    assert partial.sync_error is error
+    partial.close()  # flushes what the failed one did not record
+    assert PartialFile.open(*dirs, manifest).verified_pieces == 16
+
+
+def test_a_slow_disk_does_not_hold_the_writer_while_it_syncs(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a thread, as the fetch runs it: the piece that asks for a flush
+    returns at once, though fdatasync takes 0.3 s."""
+    import threading
+
+    data = random.Random(34).randbytes(16 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (time.sleep(0.3), real(fd))[1])
+    threads: list[tuple[threading.Thread, Any, list[BaseException | None]]] = []
+
+    def background(work: Any, done: Any) -> None:
+        errors: list[BaseException | None] = [None]
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as e:
+                errors[0] = e
+
+        t = threading.Thread(target=run)
+        t.start()
+        threads.append((t, done, errors))
+
+    partial.background = background
+    start = time.monotonic()
+    write_pieces(partial, manifest, data, range(16))
+    assert time.monotonic() - start < 0.2 and len(threads) == 1
+    t, done, errors = threads[0]
+    t.join(5)
+    done(errors[0])
+    assert errors[0] is None
+    crash(partial)
+    assert PartialFile.open(*dirs, manifest).verified_pieces == 16
 
 
 class Crash(Exception):

@@ -57,7 +57,7 @@ class Supervision(Resolution):
             self._redistribute()
         for source in self._active():
             self._send_wanted(source, source.share, replace=True)
-        self.store.flush_due() and self.store.flush()
+        self.store.flush_due() and self.store.flush_soon()
         self._progress(now)
 
     def _over_budget(self) -> str:

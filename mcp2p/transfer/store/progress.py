@@ -175,7 +175,7 @@ class ProgressRecords(BufferWindow):
         self._mark_verified(piece)
         self._unflushed += 1
         if self._unflushed >= FLUSH_PIECES or self.flush_due():
-            self.flush()
+            self.flush_soon()
 
     def flush_due(self) -> bool:
         """Verified marks are waiting and ``FLUSH_SECONDS`` passed since the last flush."""
@@ -186,18 +186,58 @@ class ProgressRecords(BufferWindow):
         """Make the data durable, then record the verified pieces (in that order)."""
         if self._closed:
             return
-        try:
-            os.fdatasync(self._fd)
-        except OSError as exc:
-            raise _store_error(exc, "sync", self.part_path) from exc
-        if self._bitmap_caches is None:
-            self._bitmap_caches = (BitmapCache(), BitmapCache())
-        write_progress(
-            self._files, self.manifest, self._verified, self._on_disk(), self._bitmap_caches
-        )
+        self._sync_record(self._verified, self._on_disk())  # after a background one
         self._unflushed = 0
         self._dirty_blocks = 0
         self._last_flush = self._clock()
+
+    def flush_soon(self) -> None:
+        """``flush``, in ``background`` where there is one: fdatasync takes
+        10-30 ms a flush on the lab's disk, seconds on a slow one, and the
+        caller's reactor must go on reading its socket meanwhile. The marks
+        recorded are those of now: their pieces were written before the sync
+        starts, so it covers them (one under way: another follows it)."""
+        background = self.background
+        if background is None:
+            self.flush()
+            return
+        if self._closed:
+            return
+        if self._syncing:
+            self._sync_again = True
+            return
+        marks = bytearray(self._verified), bytearray(self._on_disk())
+        count, dirty = self._unflushed, self._dirty_blocks
+        self._unflushed = self._dirty_blocks = 0
+        self._last_flush = self._clock()
+        self._syncing = True
+
+        def done(error: BaseException | None) -> None:
+            self._syncing = False
+            if error is not None:
+                self._unflushed += count  # not recorded: a later flush records them
+                self._dirty_blocks += dirty
+                self.sync_error = error
+                return
+            if self._sync_again:
+                self._sync_again = False
+                if self._unflushed or self._dirty_blocks:
+                    self.flush_soon()
+
+        background(lambda: self._sync_record(*marks), done)
+
+    def _sync_record(self, verified: bytearray, written: bytearray) -> None:
+        """fdatasync, then the progress file with these marks: nothing once closed."""
+        with self._sync_lock:
+            if self._closed:
+                return
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                raise _store_error(exc, "sync", self.part_path) from exc
+            if self._bitmap_caches is None:
+                self._bitmap_caches = (BitmapCache(), BitmapCache())
+            write_progress(self._files, self.manifest, verified, written, self._bitmap_caches)
 
     def _remove_progress(self) -> None:
         directory = self._progress_fd

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from mcp2p.transfer.store.dirs import _Files
 from mcp2p.wire.layout import Layout
 
 _INVERT = bytes.maketrans(b"\x00\x01", b"\x01\x00")
+
+
+# ``background(work, done)``: run ``work`` in another thread, then ``done(error or None)``.
+Background = Callable[[Callable[[], None], Callable[[BaseException | None], None]], None]
 
 
 class PieceState:
@@ -85,6 +90,15 @@ class PieceState:
         self._duplicates = 0
         self._bad_pieces = 0
         self._closed = False
+        # Taken around fdatasync and the progress write, and to close the fd: a
+        # flush in a thread (``background``) never syncs a closed or reused fd.
+        self._sync_lock = threading.Lock()
+        # ``background(work, done)`` runs ``work`` off the caller's thread and then
+        # calls ``done(error or None)`` on it; None: flushes run in place.
+        self.background: Background | None = None
+        self._syncing = False  # a background flush is under way
+        self._sync_again = False  # ... and another one is due after it
+        self.sync_error: BaseException | None = None  # a background flush failed
         self._pieces = layout.pieces
         self._last_piece = layout.pieces - 1
         self._last_blocks = layout.blocks_in_piece(self._last_piece)
@@ -179,8 +193,9 @@ class PieceState:
         return self._files.download_dir
 
     def _close_fd(self) -> None:
-        if not self._closed:
-            self._closed = True
-            # -1, not the old number: a later write must fail, not hit a reused fd.
-            fd, self._fd = self._fd, -1
-            os.close(fd)
+        with self._sync_lock:  # after a background flush of this fd, if one runs
+            if not self._closed:
+                self._closed = True
+                # -1, not the old number: a later write must fail, not hit a reused fd.
+                fd, self._fd = self._fd, -1
+                os.close(fd)
