@@ -196,7 +196,8 @@ class ProgressRecords(BufferWindow):
         10-30 ms a flush on the lab's disk, seconds on a slow one, and the
         caller's reactor must go on reading its socket meanwhile. The marks
         recorded are those of now: their pieces were written before the sync
-        starts, so it covers them (one under way: another follows it)."""
+        starts, so it covers them (one under way: the next is asked when it
+        ends, if due by then)."""
         background = self.background
         if background is None:
             self.flush()
@@ -204,7 +205,6 @@ class ProgressRecords(BufferWindow):
         if self._closed:
             return
         if self._syncing:
-            self._sync_again = True
             return
         marks = bytearray(self._verified), bytearray(self._on_disk())
         count, dirty = self._unflushed, self._dirty_blocks
@@ -217,12 +217,8 @@ class ProgressRecords(BufferWindow):
             if error is not None:
                 self._unflushed += count  # not recorded: a later flush records them
                 self._dirty_blocks += dirty
-                self.sync_error = error
-                return
-            if self._sync_again:
-                self._sync_again = False
-                if self._unflushed or self._dirty_blocks:
-                    self.flush_soon()
+            elif self._unflushed >= FLUSH_PIECES or self.flush_due():
+                self.flush_soon()
 
         background(lambda: self._sync_record(*marks), done)
 

@@ -97,8 +97,6 @@ class PieceState:
         # calls ``done(error or None)`` on it; None: flushes run in place.
         self.background: Background | None = None
         self._syncing = False  # a background flush is under way
-        self._sync_again = False  # ... and another one is due after it
-        self.sync_error: BaseException | None = None  # a background flush failed
         self._pieces = layout.pieces
         self._last_piece = layout.pieces - 1
         self._last_blocks = layout.blocks_in_piece(self._last_piece)
