@@ -93,6 +93,7 @@ def test_the_headline_runs_its_own_larger_file_and_every_run_has_its_cpu(
     assert "Headline: 2 CNs at 1% loss, 3 MiB" in report
     assert "| CPU s per CN | CPU s SN | cores busy |" in report
     assert "CPU-bound at the headline" in report or "No tool was CPU-bound" in report
+    assert unicast.floor_sentence(3 << 20, 2, 0.01, 95, 100) in report
     assert _namespaces() <= before, "the experiment left namespaces behind"
 
 

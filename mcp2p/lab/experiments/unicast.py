@@ -81,6 +81,7 @@ from mcp2p.lab.experiment import (
     median,
     spread,
 )
+from mcp2p.lab.floor import BLOCK, floor
 from mcp2p.lab.net import LabError, Network
 from mcp2p.lab.peers import missing_tools, run_peer, unsupported
 from mcp2p.lab.transfer import FILE_NAME, FetchResult, StarLab
@@ -583,6 +584,13 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
     plots.append(out.save(fig, "bytes"))
 
     conclusion = _conclusion(pts, losses, ns, hl_loss, hl_n, hl_runs, hl_mib)
+    conclusion += " " + floor_sentence(
+        int(prm.get("headline_size", prm["size"])),
+        hl_n,
+        hl_loss,
+        prm["send_mbit"],
+        prm["link_mbit"],
+    )
     bound = [(t, cpu_bound(hl_runs.get(t, []), cores or 2)) for t in tools]
     bound = [(t, why) for t, why in bound if why]
     conclusion += (
@@ -611,6 +619,22 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
     for tool, why in skipped.items():
         notes.append(f"{tool} was not run: {why}")
     return Section(setup, tables, plots, conclusion, notes)
+
+
+def floor_sentence(size: int, n: int, loss: float, send_mbit: float, link_mbit: float) -> str:
+    """What no tool can beat at the headline (`mcp2p.lab.floor`), beside the
+    ideal that ignores headers and loss."""
+    f = floor(size, n, loss)
+    ideal = size * 8 / (link_mbit * 1e6)
+    return (
+        f"mcp2p's floor there: one copy of the file in {BLOCK}-byte blocks, "
+        f"with mcp2p's headers and digest lists, and for each piece the repairs of the worst "
+        f"of the {n} CNs' independent {loss:.0%} losses ({f.packets:,.0f} packets, "
+        f"{f.link_bytes / size if size else math.nan:.3f}x the file on a link) take "
+        f"{f.seconds(send_mbit * 1e6):.2f} s at the SN's {send_mbit:g} Mbit/s and "
+        f"{f.seconds(link_mbit * 1e6, link=True):.2f} s at the links' {link_mbit:g} Mbit/s; "
+        f"the file alone at the links' rate, without headers or loss, would take {ideal:.2f} s."
+    )
 
 
 def _last_words(failure: str, limit: int = 160) -> str:
