@@ -3,7 +3,7 @@
 The lab's unicast experiment compares each tool's time with an "ideal" (the
 file at the link's rate, no headers, no loss); no tool can reach it. This
 module gives the physical floor instead: one copy of the file in packets of
-``block`` bytes with ``overhead`` bytes of headers each, digest lists, and,
+``block`` bytes with mcp2p's headers each, digest lists, and,
 for each piece, the repairs a code needs when N receivers each lose a
 random fraction ``loss`` of its packets independently. A fountain code that
 needs no more than the lost symbols sends the worst receiver's loss per
@@ -18,12 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mcp2p.transfer.session import IP_UDP_OVERHEAD  # what the SN's pacer counts besides
+from mcp2p.wire.rtp import DIGEST_LEN, HEADER_LEN
+
 BLOCK = 1400  # [serving] block_length as shipped (etc/mcp2p.ini), which the lab keeps
 PIECE = 1 << 20  # [catalog] piece_length as shipped
-HEADERS = 22  # RTP and mcp2p's payload header (wire.rtp.HEADER_LEN)
-IP_UDP = 28  # IPv4 and UDP: what the SN's pacer counts besides (transfer.session)
 ETHERNET = 14  # what a link's tbf counts besides
-DIGEST = 8  # bytes of one packet's digest in a digest list (wire.rtp.DIGEST_LEN)
 
 
 def expected_worst_loss(k: int, loss: float, n: int) -> float:
@@ -76,9 +76,9 @@ def floor(size: int, receivers: int, loss: float, block: int = BLOCK, piece: int
     repairs = full * expected_worst_loss(per_piece, loss, receivers)
     if rest:
         repairs += expected_worst_loss(-(-rest // block), loss, receivers)
-    per_list = max(1, block // DIGEST)
+    per_list = max(1, block // DIGEST_LEN)  # as the session cuts its lists
     lists = -(-source // per_list)
     packets = source + repairs + lists
     payload = size + (repairs + lists) * block  # lists and repairs are full blocks
-    ip_bytes = payload + packets * (HEADERS + IP_UDP)
+    ip_bytes = payload + packets * (HEADER_LEN + IP_UDP_OVERHEAD)
     return Floor(packets, source, ip_bytes, ip_bytes + packets * ETHERNET)

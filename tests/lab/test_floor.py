@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcp2p.lab.experiments.unicast import floor_sentence
-from mcp2p.lab.floor import BLOCK, ETHERNET, HEADERS, IP_UDP, expected_worst_loss, floor
+from mcp2p.lab.floor import BLOCK, ETHERNET, expected_worst_loss, floor
+from mcp2p.transfer.session import IP_UDP_OVERHEAD
+from mcp2p.wire.rtp import HEADER_LEN
 
 
 def _enumerated(k: int, p: float, n: int) -> float:
@@ -52,7 +54,7 @@ def test_the_lab_headline_floor() -> None:
     assert f.seconds(95e6) == pytest.approx(9.34, abs=0.01)
     assert f.seconds(100e6, link=True) == pytest.approx(8.96, abs=0.01)
     assert f.seconds(95e6) > 1.10 * (100 << 20) * 8 / 100e6
-    packet = BLOCK + HEADERS + IP_UDP
+    packet = BLOCK + HEADER_LEN + IP_UDP_OVERHEAD
     assert f.link_bytes - f.ip_bytes == pytest.approx(f.packets * ETHERNET)
     assert f.ip_bytes == pytest.approx(
         (100 << 20) + (f.packets - f.source) * BLOCK + f.packets * (packet - BLOCK)

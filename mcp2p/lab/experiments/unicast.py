@@ -622,8 +622,8 @@ def report(data: dict[str, Any], out: ReportOut) -> Section:
 
 
 def floor_sentence(size: int, n: int, loss: float, send_mbit: float, link_mbit: float) -> str:
-    """What no tool can beat at the headline (`mcp2p.lab.floor`), beside the
-    ideal that ignores headers and loss."""
+    """mcp2p's floor at the headline (`mcp2p.lab.floor`), beside the ideal
+    that ignores headers and loss."""
     f = floor(size, n, loss)
     ideal = size * 8 / (link_mbit * 1e6)
     return (
