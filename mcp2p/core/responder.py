@@ -2,7 +2,9 @@
 
 For each QUERY heard: match it against the catalog, stay silent when the
 query lists this node as known, delay the answer at random (RFC 6762
-style reply-implosion control), cancel it if OFFERs overheard on the group
+style reply-implosion control: it spreads SNs apart, so a query for what
+a pending answer already answers, another CN of a burst asking for the
+same file, is answered at that one's time), cancel it if OFFERs overheard on the group
 already gave the CN enough answers, and pack the files into OFFER
 datagrams within a byte budget.
 
@@ -96,6 +98,7 @@ class _Pending:
     files: list[FileOffer]
     overheard: set[bytes]
     validated: bool = False
+    due_at: float = 0.0  # when its delay is over
 
 
 class Responder:
@@ -153,6 +156,7 @@ class Responder:
             "validated": 0,
             "bad_cookie": 0,
             "too_small": 0,
+            "answered_together": 0,
         }
 
     # -- address validation
@@ -217,8 +221,17 @@ class Responder:
             self.counters["no_match"] += 1
             self.done[key] = now
             return []
-        self.pending[key] = _Pending(query, source, size, files, set(), validated)
-        return [Schedule(key, self._delay(query))]
+        delay = self._delay(query)
+        subject = _subject(query)
+        for other in self.pending.values():
+            if _subject(other.query) == subject:
+                # The same question from another CN (a burst of CNs asking for
+                # one file): answered at the same time as the first asker.
+                delay = max(0.0, other.due_at - now)
+                self.counters["answered_together"] += 1
+                break
+        self.pending[key] = _Pending(query, source, size, files, set(), validated, now + delay)
+        return [Schedule(key, delay)]
 
     def files_of(self, key: tuple[bytes, int, bool]) -> list[FileOffer]:
         """The files a pending answer will offer ([] if none is pending)."""
@@ -297,6 +310,11 @@ class Responder:
         if len(self.done) > 256 or len(self.answered) > 256:
             self.done = {k: t for k, t in self.done.items() if now - t < MEMORY}
             self.answered = {k: t for k, t in self.answered.items() if now - t[0] < MEMORY}
+
+
+def _subject(query: Query) -> tuple[bytes | None, str | None, str | None]:
+    """What ``query`` asks for: queries with the same subject get the same files."""
+    return query.content_id, query.content_id_prefix, query.pattern
 
 
 def pack(

@@ -168,6 +168,60 @@ def test_many_answers_wanted_uses_the_wider_window() -> None:
 # -- silence ----------------------------------------------------------------------------
 
 
+def test_the_same_question_from_other_cns_is_answered_with_the_first() -> None:
+    # Eight CNs asking for one file at once: each answer drawn on its own,
+    # the last of them came after about 110 ms of the 20-120, and a
+    # multicast session waits for its last CN.
+    r = responder()
+    first = make_query(request=1)
+    [one] = hear(r, first, now=0.0, source=("192.0.2.11", 40000))
+    later = [make_query(request=i) for i in range(2, 9)]
+    schedules = [
+        hear(r, q, now=0.001 * i, source=(f"192.0.2.{10 + i}", 40000))[0]
+        for i, q in enumerate(later, start=2)
+    ]
+    assert DELAY_MIN <= one.delay <= DELAY_MAX
+    for i, s in enumerate(schedules, start=2):
+        assert s.delay == pytest.approx(one.delay - 0.001 * i)
+    assert r.counters["answered_together"] == 7
+    for i, s in enumerate([one, *schedules], start=1):
+        sends = r.due(s.key, one.delay)
+        assert [o.request_id for o in offers_of(sends)] == [rid(i)]
+        assert sends[0].to == (f"192.0.2.{10 + i}", 40001)
+
+
+def test_other_questions_and_later_ones_get_their_own_delay() -> None:
+    r = responder(seed=3)
+    [one] = hear(r, make_query(request=1))
+    other = dataclasses.replace(make_query(request=2), pattern="other*")
+    [two] = hear(r, other, now=0.001)
+    assert r.counters["answered_together"] == 0
+    assert two.delay != pytest.approx(one.delay - 0.001)
+    r.due(one.key, one.delay)
+    r.due(two.key, 0.001 + two.delay)
+    # the first answer went: a new asker of the same file starts a new delay
+    [three] = hear(r, make_query(request=3), now=1.0)
+    assert r.counters["answered_together"] == 0
+    assert DELAY_MIN <= three.delay <= DELAY_MAX
+
+
+def test_answering_a_burst_together_keeps_responders_apart() -> None:
+    # What the random delay is for: SNs answering at different times. Each
+    # draws one time for a burst of eight CNs, so their times stay spread.
+    spreads = []
+    for seed in range(100):
+        times = []
+        for r in ten_responders(seed):
+            due = [hear(r, make_query(request=i), now=0.0005 * i)[0] for i in range(8)]
+            ends = {round(0.0005 * i + s.delay, 9) for i, s in enumerate(due)}
+            assert len(ends) == 1  # all eight answered at once
+            times.append(ends.pop())
+        times.sort()
+        assert len(set(times)) == 10
+        spreads.append(times[-1] - times[0])
+    assert sum(s >= (DELAY_MAX - DELAY_MIN) / 2 for s in spreads) >= 90
+
+
 def test_silent_when_listed_as_known() -> None:
     r = responder()
     assert hear(r, make_query(known=(OTHER, ME))) == []
