@@ -4,9 +4,9 @@ For each QUERY heard: match it against the catalog, stay silent when the
 query lists this node as known, delay the answer at random (RFC 6762
 style reply-implosion control: it spreads SNs apart, so a query for what
 a pending answer already answers, another CN of a burst asking for the
-same file, is answered at that one's time), cancel it if OFFERs overheard on the group
-already gave the CN enough answers, and pack the files into OFFER
-datagrams within a byte budget.
+same file, is answered at that one's time), cancel it if OFFERs
+overheard on the group already gave the CN enough answers, and pack the
+files into OFFER datagrams within a byte budget.
 
 No amplification (issue 12). Toward a unicast address the reply is at most
 the query's own size until the querier proved it receives there: that
@@ -221,17 +221,22 @@ class Responder:
             self.counters["no_match"] += 1
             self.done[key] = now
             return []
-        delay = self._delay(query)
+        delay = self._together(query, now)
+        if delay is None:
+            delay = self._delay(query)
+        self.pending[key] = _Pending(query, source, size, files, set(), validated, now + delay)
+        return [Schedule(key, delay)]
+
+    def _together(self, query: Query, now: float) -> float | None:
+        """The time left of a pending answer to the same question (another CN
+        of a burst asking for one file), if there is one: answered with it.
+        Pending answers are few, bounded by the look-up bucket."""
         subject = _subject(query)
         for other in self.pending.values():
             if _subject(other.query) == subject:
-                # The same question from another CN (a burst of CNs asking for
-                # one file): answered at the same time as the first asker.
-                delay = max(0.0, other.due_at - now)
                 self.counters["answered_together"] += 1
-                break
-        self.pending[key] = _Pending(query, source, size, files, set(), validated, now + delay)
-        return [Schedule(key, delay)]
+                return max(0.0, other.due_at - now)
+        return None
 
     def files_of(self, key: tuple[bytes, int, bool]) -> list[FileOffer]:
         """The files a pending answer will offer ([] if none is pending)."""
