@@ -110,6 +110,13 @@ class IBlockScheduler(Interface):
     def remove(subscriber: Any) -> None:
         """Forget ``subscriber`` and its needs; KeyError if unknown."""
 
+    def keep_credit(subscriber: Any, units: Any) -> None:
+        """Forget what a run sent ``subscriber`` beyond its need (a fountain
+        code's credit, taken off its later losses) for units outside ``units``."""
+
+    def drop_credit(subscriber: Any, units: Any) -> None:
+        """Forget ``subscriber``'s credit for ``units`` (it needs them in full again)."""
+
 
 class IBlockCode(Interface):
     """Maps between the scheduler's units and the symbols packets carry (issue 4).

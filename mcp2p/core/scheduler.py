@@ -55,6 +55,8 @@ from zope.interface import implementer
 from mcp2p.core.wanted import RangeSet
 from mcp2p.interfaces import IBlockScheduler
 
+MAX_CREDITS = 1024  # units a subscriber holds credits for at most (the newest kept)
+
 __all__ = [
     "SCHEDULERS",
     "DemandScheduler",
@@ -88,13 +90,13 @@ class DemandScheduler:
         self._nlive = 0  # units of weight >= 1
         self._needs: dict[Hashable, _Need] = {}
         self._randrange = rng.randrange
-        # take_run's units in progress -> when a run may go on with them: sent
-        # in part (at once), or needed again after a loss report (after
-        # ``settle``, see take_run). None until the first take_run (a
-        # plain-code session never calls it and pays nothing per lost block).
-        self._open: dict[int, float] | None = None
-        self._now = 0.0  # the time of the last take_run
-        self.settle = 0.0
+        # take_run's units in progress: sent in part, or needed again after a
+        # loss report. None until the first take_run (a plain-code session
+        # never calls it and pays nothing per lost block).
+        self._open: set[int] | None = None
+        # subscriber -> unit -> symbols of it a run sent beyond that subscriber's
+        # need (see sent_run), taken off its next losses of the unit
+        self._credit: dict[Hashable, dict[int, int]] = {}
 
     # -- reading
 
@@ -202,7 +204,7 @@ class DemandScheduler:
             self._move(unit, w, w - k)
         return k
 
-    def take_run(self, count: int, now: float = 0.0) -> tuple[int, int] | None:
+    def take_run(self, count: int) -> tuple[int, int] | None:
         """A run of up to ``count`` symbols of one unit, counted as sent:
         ``(unit, n)``, or None when nobody needs anything.
 
@@ -217,27 +219,22 @@ class DemandScheduler:
         encoded, and the repair of a unit costs the worst subscriber's loss,
         not the sum.
 
-        In progress: a unit sent in part goes on at once; a unit needed again
-        after a loss report (``add_need``) waits ``settle`` seconds (from the
-        ``now`` of the last take_run) for the other subscribers' reports of
-        the same unit, since a repair run sent on the first report alone would
-        be sent again for each later one. Past that, or when nothing fresh is
-        left, it goes first.
+        In progress: a unit sent in part, or needed again after a loss report
+        (``add_need``), goes on at once. A repair run sent on the first report
+        of a unit's losses is not sent again for the later ones: it is their
+        subscribers' credit (``sent_run``).
         """
         if count <= 0 or self._total <= 0:
             return None
-        self._now = now
         if self._open is None:
-            self._open = {}
+            self._open = set()
         open_units = self._open
         unit = None
-        if open_units:
-            for first in sorted(open_units):
-                if not self._weight(first):
-                    del open_units[first]
-                elif open_units[first] <= now:
-                    unit = first
-                    break
+        for first in sorted(open_units):
+            if self._weight(first):
+                unit = first
+                break
+            open_units.discard(first)
         if unit is None:
             unit = self.choose()
             if unit is None:
@@ -251,20 +248,29 @@ class DemandScheduler:
         n = min(count, most)
         self.sent_run(unit, n)
         if self._weight(unit):
-            open_units[unit] = now  # sent in part: the next run goes on with it
+            open_units.add(unit)  # sent in part: the next run goes on with it
         else:
-            open_units.pop(unit, None)
+            open_units.discard(unit)
         return unit, n
 
     def sent_run(self, unit: int, n: int) -> int:
         """``n`` symbols of ``unit`` went out: each need for it drops by up to
-        ``n``. Returns the drop of the unit's weight."""
+        ``n``. Returns the drop of the unit's weight.
+
+        What a subscriber gets beyond its need is its credit for the unit: a
+        fountain code's symbols are all alike, so a run sent for one
+        subscriber's losses also repairs the losses another subscriber has
+        had but not yet reported. Its report then needs only what the credit
+        does not cover (``add_need``): one run per report costs no more than
+        one run for all, and a repair need not wait for the slowest report.
+        A subscriber that lost some of those symbols reports them, and each
+        takes one off."""
         if not 0 <= unit < self._units:
             raise ValueError(f"unit {unit} is outside 0..{self._units - 1}")
         if n <= 0:
             return 0
         drop = 0
-        for need in self._needs.values():
+        for subscriber, need in self._needs.items():
             many = need.many
             count = many.get(unit) if many else None
             if count is not None:
@@ -281,18 +287,68 @@ class DemandScheduler:
                     drop += n
             elif need.ones.discard(unit):
                 drop += 1
+                count = 1
+            else:
+                count = 0
+            if count < n:
+                self._give_credit(subscriber, unit, n - count)
         if drop:
             w = self._weight(unit)
             self._move(unit, w, w - drop)
         return drop
 
+    def credit_of(self, subscriber: Hashable) -> dict[int, int]:
+        """``subscriber``'s credits, unit -> symbols (a copy; see ``sent_run``)."""
+        return dict(self._credit.get(subscriber, {}))
+
+    def keep_credit(self, subscriber: Hashable, units: RangeSet) -> None:
+        """Forget ``subscriber``'s credits for units outside ``units`` (it has
+        the others, or gave them up)."""
+        credit = self._credit.get(subscriber)
+        if credit:
+            for unit in [u for u in credit if u not in units]:
+                del credit[unit]
+
+    def drop_credit(self, subscriber: Hashable, units: RangeSet) -> None:
+        """Forget ``subscriber``'s credits for ``units`` (it needs them in full
+        again: what it held of them is gone)."""
+        credit = self._credit.get(subscriber)
+        if credit:
+            for unit in [u for u in credit if u in units]:
+                del credit[unit]
+
+    def _give_credit(self, subscriber: Hashable, unit: int, n: int) -> None:
+        credit = self._credit.get(subscriber)
+        if credit is None:
+            credit = self._credit[subscriber] = {}
+        have = credit.pop(unit, 0)  # re-inserted: the newest last
+        credit[unit] = have + n
+        if len(credit) > MAX_CREDITS:
+            del credit[next(iter(credit))]  # the oldest: its losses were reported long ago
+
+    def _use_credit(self, subscriber: Hashable, unit: int, count: int) -> int:
+        """``count`` lost symbols of ``unit`` less ``subscriber``'s credit for it."""
+        credit = self._credit.get(subscriber)
+        if not credit:
+            return count
+        have = credit.get(unit)
+        if not have:
+            return count
+        if have > count:
+            credit[unit] = have - count
+            return 0
+        del credit[unit]
+        return count - have
+
     # -- changing needs
 
     def add_need(self, subscriber: Hashable, unit: int, count: int = 1) -> None:
-        """``subscriber`` needs ``count`` more symbols of ``unit`` (it lost them)."""
+        """``subscriber`` needs ``count`` more symbols of ``unit`` (it lost
+        them), less its credit for the unit (``sent_run``)."""
         self._check_unit(unit)
         if not isinstance(count, int) or count < 0:
             raise ValueError(f"count must be a non-negative integer, got {count!r}")
+        count = self._use_credit(subscriber, unit, count)
         if not count:
             return
         need = self._needs.get(subscriber)
@@ -309,7 +365,7 @@ class DemandScheduler:
         w = self._weight(unit)
         self._move(unit, w, w + count)
         if self._open is not None:
-            self._open.setdefault(unit, self._now + self.settle)
+            self._open.add(unit)
 
     def add_needs(self, subscriber: Hashable, units: Iterable[int]) -> None:
         """``add_need(subscriber, u)`` for each ``u`` of ``units`` (a unit named
@@ -320,6 +376,13 @@ class DemandScheduler:
             return
         for unit in (min(counts), max(counts)):
             self._check_unit(unit)
+        if self._credit.get(subscriber):
+            for unit in list(counts):
+                left = self._use_credit(subscriber, unit, counts[unit])
+                if left:
+                    counts[unit] = left
+                else:
+                    del counts[unit]
         need = self._needs.get(subscriber)
         if need is None:
             need = self._needs[subscriber] = _Need(RangeSet(), {}, False)
@@ -335,9 +398,7 @@ class DemandScheduler:
             ones.update(new)
             self._shift(new, 1)
             if self._open is not None:
-                ready = self._now + self.settle
-                for unit in fresh:
-                    self._open.setdefault(unit, ready)
+                self._open.update(fresh)
 
     def set_need(self, subscriber: Hashable, need: dict[int, int] | RangeSet) -> None:
         """Replace everything ``subscriber`` needs.
@@ -369,8 +430,9 @@ class DemandScheduler:
         self._apply(old or _Need(RangeSet(), {}, False), new)
 
     def remove(self, subscriber: Hashable) -> None:
-        """Forget ``subscriber`` and its needs; KeyError if unknown."""
+        """Forget ``subscriber``, its needs and credits; KeyError if unknown."""
         old = self._needs.pop(subscriber)
+        self._credit.pop(subscriber, None)
         self._apply(old, _Need(RangeSet(), {}, False))
 
     # -- internals

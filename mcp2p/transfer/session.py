@@ -94,12 +94,6 @@ IP_UDP_OVERHEAD = 28
 # found up to receiver.LOSS_AFTER after their receipts, which would make the
 # first periods read as no loss at all.
 JOIN_GRACE = 1.0
-# A fountain-code unit needed again after a loss report waits this long for the
-# other CNs' reports of it (a CN reports a packet lost once a later one came,
-# at most 0.3 s after its notice, in reports 0.1 s apart: receiver.GAP_AFTER,
-# LOSS_AFTER, REPORT_EVERY), so that one repair run serves them all instead of
-# one run per report.
-REPAIR_SETTLE = 0.5
 # A period ends at the first report at most this much short of its length.
 # Periods end at reports, which come receiver.REPORT_EVERY (0.1 s) apart with
 # a few ms of jitter: ending only at its full length, a 0.1 s period whose
@@ -189,7 +183,6 @@ class Session:
         self.encoder = code.encoder(layout, self._read)
         self.units = code.units(layout)
         self.scheduler = make_scheduler(scheduler, self.units, rng)  # [serving] scheduler
-        self.scheduler.settle = REPAIR_SETTLE
         # The plain code sends a block as it is, whatever its symbol number: no
         # counter per unit (it would cost 8 bytes per block of the file), and a
         # run of blocks is read with one pread. Other codes count the next
@@ -346,6 +339,10 @@ class Session:
                 for unit in wanted:
                     new[unit] = max(new.get(unit, 0), self.code.need(self.layout, unit))
         self.scheduler.set_need(sub.id, new)
+        if replace:
+            self.scheduler.keep_credit(sub.id, wanted)
+        else:
+            self.scheduler.drop_credit(sub.id, wanted)
 
     def remove(self, sub_id: int) -> None:
         self.subscribers.pop(sub_id, None)
@@ -518,7 +515,7 @@ class Session:
             units = self.scheduler.take(count)
             runs: list[tuple[int, int]] = []
         else:
-            runs = self._take_runs(count, now)
+            runs = self._take_runs(count)
             units = [unit for unit, n in runs for _ in range(n)]
         if not units:
             return
@@ -589,14 +586,14 @@ class Session:
             pending.append((first, n, digest))
         _notify(sub, [(first & 0xFFFFFFFF, n, digest) for first, n, digest in reversed(pending)])
 
-    def _take_runs(self, count: int, now: float) -> list[tuple[int, int]]:
+    def _take_runs(self, count: int) -> list[tuple[int, int]]:
         """Runs ``(unit, n)`` of up to ``count`` symbols in all: codes whose
         units need many symbols send a unit's symbols together (see
         `DemandScheduler.take_run`)."""
         runs = []
         take_run = self.scheduler.take_run
         while count > 0:
-            run = take_run(count, now)
+            run = take_run(count)
             if run is None:
                 break
             runs.append(run)

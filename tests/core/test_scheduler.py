@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
 from mcp2p.core.scheduler import (
+    MAX_CREDITS,
     SCHEDULERS,
     DemandScheduler,
     SequentialScheduler,
@@ -655,12 +656,15 @@ def test_runs_match_a_naive_model(
     needs: list[dict[int, int]], losses: list[tuple[int, int, int]], burst: int
 ) -> None:
     """Whatever the needs and losses, runs send each unit the most any
-    subscriber lacks, never a unit nobody needs, and end every need."""
+    subscriber lacks, never a unit nobody needs, and end every need; what a
+    run sends a subscriber beyond its need is taken off its next losses."""
     s = scheduler(8, name="mostwanted")
     model: dict[int, dict[int, int]] = {}
+    credit: dict[int, dict[int, int]] = {}
     for sub, need in enumerate(needs):
         s.set_need(sub, need)
         model[sub] = {u: c for u, c in need.items() if c}
+        credit[sub] = {}
     pending = list(losses)
     sent = 0
     while True:
@@ -671,35 +675,81 @@ def test_runs_match_a_naive_model(
             sub, unit, count = pending.pop()
             if sub in model:
                 s.add_need(sub, unit, count)
-                model[sub][unit] = model[sub].get(unit, 0) + count
+                used = min(count, credit[sub].get(unit, 0))
+                credit[sub][unit] = credit[sub].get(unit, 0) - used
+                if count > used:
+                    model[sub][unit] = model[sub].get(unit, 0) + count - used
             continue
         unit, n = run
         most = max((m.get(unit, 0) for m in model.values()), default=0)
         assert 1 <= n <= min(burst, most)
-        for m in model.values():
+        for sub, m in model.items():
+            have = m.get(unit, 0)
+            if have < n:
+                credit[sub][unit] = credit[sub].get(unit, 0) + n - have
             if unit in m:
                 m[unit] = max(0, m[unit] - n)
                 if not m[unit]:
                     del m[unit]
+        for sub in model:
+            assert s.credit_of(sub) == {u: c for u, c in credit[sub].items() if c}
         check_tree(s, [sum(m.get(u, 0) for m in model.values()) for u in range(8)])
         sent += n
         assert sent < 10_000
     assert s.total_weight == 0 and all(not m for m in model.values())
 
 
-def test_a_repair_waits_for_the_other_reports_of_its_unit() -> None:
-    """A unit needed again waits ``settle`` for the other subscribers' reports,
-    so one run repairs it for all: the most any lost, not the sum."""
+def test_a_repair_goes_at_once_and_later_reports_use_its_credit() -> None:
+    """A unit needed again goes out on the first report; a later report of
+    the same unit needs only what that run did not cover, so one run per
+    report costs the most any subscriber lost, not the sum."""
     s = scheduler(4, name="mostwanted")
-    s.settle = 0.5
     for sub in "ab":
         s.set_need(sub, dict.fromkeys(range(4), 5))
-    assert s.take_run(5, now=0.0) == (0, 5)
-    s.add_needs("a", [0, 0])  # a's report comes first ...
-    assert s.take_run(5, now=0.1) == (1, 5)  # ... fresh units go on meanwhile
-    s.add_needs("b", [0, 0, 0])  # ... b's a little later
-    assert s.take_run(5, now=0.6) == (0, 3)  # then one run serves both
-    assert s.weight(0) == 0
-    assert [s.take_run(5, now=0.7), s.take_run(5, now=0.8)] == [(2, 5), (3, 5)]
-    s.add_need("a", 3)
-    assert s.take_run(5, now=0.9) == (3, 1)  # nothing fresh is left: no wait
+    assert s.take_run(5) == (0, 5)
+    s.add_needs("a", [0, 0])  # a's report comes first: repaired before unit 1
+    assert s.take_run(5) == (0, 2)
+    assert s.credit_of("b") == {0: 2}  # b gets those two symbols too
+    s.add_needs("b", [0, 0, 0])  # b lost three: one more is needed
+    assert s.credit_of("b") == {} and s.weight(0) == 1
+    assert s.take_run(5) == (0, 1)
+    assert s.credit_of("a") == {0: 1}
+    s.add_needs("a", [0])  # a lost one of the repairs: the last run covers it
+    assert s.weight(0) == 0 and s.credit_of("a") == {}
+    assert [s.take_run(5), s.take_run(5)] == [(1, 5), (2, 5)]
+
+
+def test_credit_that_covers_a_report_opens_nothing() -> None:
+    s = scheduler(3, name="mostwanted")
+    s.set_need("a", {0: 4})
+    s.set_need("b", {0: 1})
+    assert s.take_run(10) == (0, 4)
+    assert s.credit_of("b") == {0: 3}
+    s.add_need("b", 0, 2)
+    s.add_needs("b", [0])
+    assert s.total_weight == 0 and s.take_run(10) is None
+    assert s.credit_of("b") == {}
+    s.add_needs("b", [0, 0])  # past its credit: needed again
+    assert s.take_run(10) == (0, 2)
+
+
+def test_credit_is_forgotten_with_the_unit_and_bounded() -> None:
+    s = scheduler(8, name="mostwanted")
+    s.set_need("a", dict.fromkeys(range(8), 3))
+    s.set_need("b", {})
+    for _ in range(8):
+        s.take_run(3)
+    assert s.credit_of("b") == dict.fromkeys(range(8), 3)
+    s.keep_credit("b", RangeSet([(2, 5)]))  # a resync: b wants only 2..4 now
+    assert s.credit_of("b") == dict.fromkeys(range(2, 5), 3)
+    s.drop_credit("b", RangeSet([(3, 4)]))  # 3 is wanted in full again
+    assert s.credit_of("b") == {2: 3, 4: 3}
+    s.remove("b")
+    assert s.credit_of("b") == {}
+    big = scheduler(MAX_CREDITS + 10, name="mostwanted")
+    big.set_need("a", dict.fromkeys(range(MAX_CREDITS + 10), 2))
+    big.set_need("b", {})
+    while big.take_run(2) is not None:
+        pass
+    held = big.credit_of("b")
+    assert len(held) == MAX_CREDITS and min(held) == 10  # the oldest went first

@@ -291,6 +291,33 @@ def test_a_fountain_session_encodes_only_for_what_was_lost(make: Any) -> None:
     assert [decode_packet(d).piece for d in _data(m)[second:]] == [0]  # no second overhead
 
 
+def test_a_repair_goes_on_the_first_report_and_serves_the_later_ones(make: Any) -> None:
+    """Two CNs of one multicast session lost symbols of piece 0. The first
+    report brings its repair run within a tick; the second CN, which lost
+    fewer, gets what it needs from that run and its report sends nothing
+    more; a loss beyond that run brings only the difference."""
+    m = make(code="raptorq", grace=30.0, group="232.1.1.1")
+    a, b = m.subscribe(1), m.subscribe(2)
+    m.session.joined(1)
+    m.session.joined(2)
+    m.run(0.5)
+    session, layout = m.session, m.session.layout
+    k0 = session.code.source_symbols(layout, 0)
+    m.clock.advance(2.0)  # past JOIN_GRACE
+    first = len(m.port.sent)
+    session.report_loss(a, RangeSet([(2, 5)]), 100)  # a lost three symbols of piece 0
+    m.run(2 * TICK)
+    repairs = [decode_packet(d) for d in _data(m)[first:]]
+    assert [(h.piece, h.symbol >= k0) for h in repairs] == [(0, True)] * (3 + 2)
+    second = len(m.port.sent)
+    session.report_loss(b, RangeSet([(5, 7)]), 100)  # b lost two (+ 2): the run covers it
+    m.run(0.3)
+    assert len(m.port.sent) == second
+    session.report_loss(b, RangeSet([(0, 2)]), 100)  # two more: one past the run
+    m.run(0.3)
+    assert [decode_packet(d).piece for d in _data(m)[second:]] == [0]
+
+
 def reasons(sub: Subscriber) -> list[str]:
     """The reasons its channel was told of, in order."""
     return [reason for _, reason in sub.client.ended]
