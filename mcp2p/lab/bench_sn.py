@@ -164,6 +164,9 @@ def client_main(spec: dict[str, Any]) -> None:
         def listed(self, first: int, count: int, digest: bytes) -> None:
             pass
 
+        def drained(self, seq: int) -> None:
+            pass
+
         def session_ended(self, reason: str) -> None:
             pass
 

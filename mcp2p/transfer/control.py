@@ -140,6 +140,8 @@ class Subscribe(amp.Command):
         (b"family", amp.Integer(optional=True)),
         # The most lists the CN takes in one Listed (absent: 1, no ``more``).
         (b"lists", amp.Integer(optional=True)),
+        # The CN takes Drained (absent: it is never sent one).
+        (b"drained", amp.Boolean(optional=True)),
     ]
     response = [
         (b"subscription", amp.Integer()),
@@ -229,6 +231,16 @@ class GetList(amp.Command):
     errors = _ERRORS
 
 
+class Drained(amp.Command):
+    """The session sent all it had to send, ``seq`` (32 bits) last: a packet
+    listed up to it that has not come was lost, with no later packet to show
+    the gap. Sent after the packet, on a path no faster, each time the
+    session runs dry, to CNs whose Subscribe asked for it."""
+
+    arguments = [(b"subscription", amp.Integer()), (b"seq", amp.Integer())]
+    requiresAnswer = False
+
+
 class SessionEnded(amp.Command):
     arguments = [(b"subscription", amp.Integer()), (b"reason", amp.Unicode())]
     requiresAnswer = False
@@ -258,6 +270,7 @@ class ServingSide(Protocol):
         more: bool,
         family: int | None = None,
         lists: int | None = None,
+        drained: bool | None = None,
     ) -> Any: ...
 
     def update_wanted(
@@ -464,6 +477,10 @@ class ControlServer(amp.AMP, TimeoutMixin):
         if lists:
             self.callRemote(Listed, **listed_arguments(subscription, lists))
 
+    def send_drained(self, subscription: int, seq: int) -> None:
+        """The session ran dry, ``seq`` its last packet (see Drained)."""
+        self.callRemote(Drained, subscription=subscription, seq=seq)
+
     def session_ended(self, subscription: int, reason: str) -> None:
         self.callRemote(SessionEnded, subscription=subscription, reason=reason)
 
@@ -568,6 +585,15 @@ class ControlClient(amp.AMP):
         if handler is not None:
             for first, count, hash in lists:
                 handler.listed(first, count, hash)
+        return {}
+
+    @Drained.responder
+    def drained(self, subscription: int, seq: int) -> dict[str, Any]:
+        if not 0 <= seq <= SEQ_MASK:
+            raise ProtocolError(f"Drained at sequence number {seq}")
+        handler = self.handlers.get(subscription)
+        if handler is not None:
+            handler.drained(seq)
         return {}
 
     @SessionEnded.responder

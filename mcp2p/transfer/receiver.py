@@ -27,7 +27,11 @@ A packet is lost once a later one came and its notice is GAP_AFTER old (the
 SN sends in sequence order on one path), or once its notice is LOSS_AFTER
 old whatever came. Detecting a gap at once, not after LOSS_AFTER, is what
 lets a repair follow a loss within a report or two, and the last rounds
-of a transfer go fast. Each report says how many packets were lost and how
+of a transfer go fast. The last packets of a round have no later packet:
+the SN says when it ran dry (``drained``, after its last packet, on the TLS
+channel), which counts as a later packet, and the losses are reported then
+(DRAIN_WAIT later, for the packets still in the socket), not at the next
+report. Each report says how many packets were lost and how
 many accepted since the last one: losses found by their gaps are found
 about when the packets after them are received, so the two stay in step
 when the CN falls behind.
@@ -82,6 +86,7 @@ MAX_HELD = 16384  # sequence numbers with packets waiting for notices, at most
 MAX_CANDIDATES = 4  # packets held for one sequence number (a forger's copies among them)
 MAX_EXPECTED = 1 << 18  # notices waiting for packets at most
 REPORT_EVERY = 0.1
+DRAIN_WAIT = 0.005  # seconds from a Drained to its report: the data socket is read meanwhile
 LIST_WAIT = 0.05  # seconds a list may come after its hash before it is asked for
 LIST_GIVE_UP = 1.0  # seconds after its hash a list that never came is given up: its packets lost
 MAX_LISTS = 4096  # list hashes waiting for their lists, and lists waiting for hashes, each
@@ -140,6 +145,8 @@ class Receiver(DatagramProtocol):
         self.accepted = Accepted()
         self.reported_accepted = 0  # counters["accepted"] at the last report
         self.highest = -1  # the highest sequence number accepted
+        self.final = -1  # the last packet the SN sent before it ran dry (``drained``)
+        self._soon: Any = None  # the DelayedCall of an early report
         self.last_packet = clock.seconds()
         # Counts, and two float sums in seconds: how long forged packets were held
         # from their arrival until the notice that exposed them.
@@ -173,6 +180,9 @@ class Receiver(DatagramProtocol):
     def stopProtocol(self) -> None:
         if self.loop.running:
             self.loop.stop()
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         self.datagrams((data,))
@@ -376,12 +386,34 @@ class Receiver(DatagramProtocol):
         if out:
             self._hand_on(out, now)
 
+    def drained(self, seq: int) -> None:
+        """The SN sent all it had, ``seq`` last: the packets listed up to it
+        that have not come are lost once their notices are GAP_AFTER old, and
+        reported then, not at the next report."""
+        if seq > self.final:
+            self.final = seq
+        self._report_soon(DRAIN_WAIT)
+
+    def _report_soon(self, delay: float) -> None:
+        if self._soon is None or not self._soon.active():
+            self._soon = self.clock.callLater(delay, self._early_report)
+
+    def _early_report(self) -> None:
+        self._soon = None
+        self._housekeeping()
+        expected = self.expected
+        if expected:  # the oldest notice left, if the SN sent it, is still young
+            seq = next(iter(expected))
+            if seq <= self.final:
+                due = expected[seq][1] + GAP_AFTER - self.clock.seconds()
+                self._report_soon(max(due, 0.0) + 0.001)
+
     def _housekeeping(self) -> None:
         now = self.clock.seconds()
         lost = RangeSet()
         count = 0
         expected, overdue = self.expected, self.overdue
-        highest = self.highest
+        highest = max(self.highest, self.final)
         while expected:  # in notice order: the overdue ones are at the front
             seq = next(iter(expected))
             notice = expected[seq]
@@ -452,6 +484,10 @@ class Receiver(DatagramProtocol):
         after.announced, after.unconfirmed = self.announced, self.unconfirmed
         after.overdue = self.overdue
         after.highest = self.highest
+        after.final = self.final
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
         after.accepted = self.accepted
         after.counters = self.counters
         after.reported_accepted = self.reported_accepted

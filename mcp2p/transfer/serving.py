@@ -314,6 +314,7 @@ class ServingService(Service):
         more: bool,
         family: int | None = None,
         lists: int | None = None,
+        drained: bool | None = None,
     ) -> Any:
         """`_subscribe`'s answer once [serving] subscribers admits the CN: a dict,
         or a Deferred of one when the key servers must be asked first."""
@@ -327,6 +328,7 @@ class ServingService(Service):
             more=more,
             family=family,
             lists=lists,
+            drained=drained,
         )
         node_id, key = client.peer_node_id or b"", client.peer_public_key or b""
         why = self.trust.admission(node_id, key)
@@ -362,6 +364,7 @@ class ServingService(Service):
         more: bool,
         family: int | None = None,
         lists: int | None = None,
+        drained: bool | None = None,
     ) -> dict[str, Any]:
         from mcp2p.plugins import code_by_name
 
@@ -466,6 +469,7 @@ class ServingService(Service):
             session,
             ceiling=ceiling,
             lists=min(lists or 1, MAX_LISTS_PER_NOTICE),
+            drained=bool(drained),
         )
         self.next_subscription += 1
         self.subscriptions[sub.id] = sub

@@ -133,6 +133,7 @@ class Subscriber:
     repaired: set[int] = field(default_factory=set)
     lists: int = 1  # list hashes it takes in one notice (its Subscribe's ``lists``)
     joined: bool = False  # it said Joined: it is in the group
+    drained: bool = False  # it takes Drained (its Subscribe said so)
 
 
 def _notify(sub: Subscriber, made: list[tuple[int, int, bytes]]) -> None:
@@ -225,6 +226,7 @@ class Session:
             "gso_sends": 0,
             "gso_fallbacks": 0,
             "lists": 0,
+            "drained": 0,  # Drained notices sent
         }
 
     # -- subscribers
@@ -474,6 +476,7 @@ class Session:
         if not queue and self.scheduler.total_weight == 0:
             if self.state != "IDLE":
                 self.state, self.idle_since = "IDLE", now
+                self._drained()
             elif now - self.idle_since >= self.grace:
                 self.end("nothing wanted")
             return
@@ -496,6 +499,22 @@ class Session:
             if not self.sending_since:
                 self.sending_since = now
             self._send(burst)
+
+    def _drained(self) -> None:
+        """Tell the subscribers that take it that everything went out: a CN
+        that lost the last packets finds out now, not when its notices are
+        LOSS_AFTER old (no later packet shows the gap), and the repair run
+        follows at once."""
+        if not self.seq:
+            return
+        last = (self.seq - 1) & 0xFFFFFFFF
+        for sub in list(self.subscribers.values()):
+            if sub.drained:
+                try:
+                    sub.client.send_drained(sub.id, last)
+                except Exception:  # a closed channel must not stop the others
+                    continue
+                self.counters["drained"] += 1
 
     def _plan(self, want: int, now: float) -> None:
         """Take at least ``want`` packets' units from the scheduler (whole digest

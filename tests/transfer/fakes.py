@@ -66,10 +66,16 @@ class Channel:
         self.notices = 0  # Listed commands: one per send_lists
         self.ended: list[tuple[int, str]] = []  # (subscription, reason)
         self.moved: list[tuple[int, str]] = []  # (subscription, group)
+        self.drained: list[tuple[int, int]] = []  # (subscription, last sequence number)
 
     def send_lists(self, subscription: int, lists: list[tuple[int, int, bytes]]) -> None:
         self.notices += 1
         self.listed += [(subscription, first, count, hash) for first, count, hash in lists]
+
+    def send_drained(self, subscription: int, seq: int) -> None:
+        if self.broken:
+            raise ConnectionError("channel closed")
+        self.drained.append((subscription, seq))
 
     def session_ended(self, subscription: int, reason: str) -> None:
         if self.broken:

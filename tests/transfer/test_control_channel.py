@@ -31,6 +31,7 @@ from mcp2p.transfer.control import (
     ChannelLimits,
     ControlClient,
     ControlServer,
+    Drained,
     GetList,
     GetManifest,
     Joined,
@@ -84,9 +85,13 @@ class Handler:
         self.received: list[tuple[int, int, bytes]] = []  # (first, count, list hash)
         self.ended: list[str] = []
         self.moved: list[str] = []
+        self.dry: list[int] = []  # the sequence numbers of Drained
 
     def listed(self, first: int, count: int, digest: bytes) -> None:
         self.received.append((first, count, digest))
+
+    def drained(self, seq: int) -> None:
+        self.dry.append(seq)
 
     def session_ended(self, reason: str) -> None:
         self.ended.append(reason)
@@ -310,9 +315,12 @@ def test_the_client_routes_lists_only_to_its_subscriptions(sn: Any) -> None:
     ch.server.send_lists(8, [(3, 1, b"c" * 16)])  # nobody's: dropped
     ch.server.session_ended(7, "nothing wanted")
     ch.server.session_moved(7, "239.9.9.9")
+    ch.server.send_drained(7, 41)
+    ch.server.send_drained(8, 42)
     ch.pump.flush()
     assert handler.received == [(1, 2, b"a" * 16)]
     assert handler.ended == ["nothing wanted"] and handler.moved == ["239.9.9.9"]
+    assert handler.dry == [41]
 
 
 @pytest.mark.parametrize("asked, kept", [(None, 1), (1, 1), (3, 3), (10**9, MAX_LISTS_PER_NOTICE)])
@@ -323,6 +331,24 @@ def test_a_subscriber_gets_as_many_lists_per_notice_as_it_asked_within_the_most(
     extra = {} if asked is None else {"lists": asked}
     reply = subscribe(ch, sn["small"], **extra)
     assert sn["service"].subscriptions[reply["subscription"]].lists == kept
+
+
+@pytest.mark.parametrize("asked", [None, False, True])
+def test_a_subscriber_is_told_when_its_session_runs_dry_only_if_it_asked(
+    sn: Any, asked: bool | None
+) -> None:
+    """A CN that did not ask (an older one) is never sent Drained: it would
+    drop the channel on a command it does not know."""
+    service, clock, entry = sn["service"], sn["clock"], sn["small"]
+    ch = channel(sn)
+    extra = {} if asked is None else {"drained": asked}
+    sub = subscribe(ch, entry, wanted=RangeSet([(0, 2)]).encode(), **extra)["subscription"]
+    ch.client.handlers[sub] = handler = Handler()
+    for _ in range(40):  # the two blocks go, then the session idles
+        clock.advance(0.05)
+        ch.pump.flush()
+    assert service.live_sessions()[0].state == "IDLE" and not ch.lost
+    assert handler.dry == ([1] if asked else [])
 
 
 def test_several_lists_go_in_one_listed_and_arrive_in_order(sn: Any) -> None:
@@ -460,6 +486,18 @@ def amp_log(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     monkeypatch.setattr(amp, "_log", Logger(observer=events.append))
     return events
+
+
+@pytest.mark.parametrize("seq", [-1, 1 << 32])
+def test_a_drained_outside_32_bits_drops_the_channel_on_the_cn(
+    sn: Any, amp_log: Any, seq: int
+) -> None:
+    ch = channel(sn)
+    ch.client.handlers[1] = handler = Handler()
+    ch.server.callRemote(Drained, subscription=1, seq=seq)
+    ch.pump.flush()
+    assert ch.lost and handler.dry == []
+    assert not [e for e in amp_log if e.get("log_failure") is not None]
 
 
 @pytest.mark.parametrize(

@@ -309,3 +309,57 @@ def test_a_packet_not_yet_come_with_nothing_after_it_waits_for_loss_after() -> N
     assert [lost for lost, _ in reports if lost] == []
     clock.advance(LOSS_AFTER)
     assert sorted(s for lost, _ in reports for s in lost) == list(range(5, 10))
+
+
+def test_the_last_packets_of_a_round_are_reported_when_the_sn_runs_dry() -> None:
+    """Nothing follows the last packets of a round: a Drained from the SN
+    (after them, on its channel) shows their gap, and the loss is reported
+    DRAIN_WAIT later, not at the next report nor after LOSS_AFTER."""
+    from mcp2p.transfer.receiver import DRAIN_WAIT, GAP_AFTER
+
+    r, clock, got, reports = receiver()
+    packets = [packet(s) for s in range(10)]
+    r.notices([(s, packet_digest(p)) for s, p in enumerate(packets)])
+    clock.advance(GAP_AFTER + 0.01)  # the lists led their packets
+    for p in packets[:8]:  # 8 and 9, the last, are lost
+        r.datagramReceived(p, ("h", 1))
+    r.drained(9)
+    clock.advance(DRAIN_WAIT)
+    assert reports == [([8, 9], 8)]
+    assert clock.seconds() < REPORT_EVERY
+    clock.advance(2 * LOSS_AFTER)  # each loss reported once
+    assert [lost for lost, _ in reports if lost] == [[8, 9]]
+
+
+def test_a_drained_loss_waits_for_its_notice_to_be_gap_after_old() -> None:
+    """A packet still on its way (its notice young) is not taken for lost:
+    its loss is reported once the notice is GAP_AFTER old, still before the
+    next report; a packet that came meanwhile is not reported at all."""
+    from mcp2p.transfer.receiver import DRAIN_WAIT, GAP_AFTER
+
+    r, clock, got, reports = receiver()
+    packets = [packet(s) for s in range(4)]
+    r.notices([(s, packet_digest(p)) for s, p in enumerate(packets)])
+    r.datagramReceived(packets[0], ("h", 1))
+    r.drained(3)
+    clock.advance(DRAIN_WAIT)
+    assert [lost for lost, _ in reports if lost] == []
+    r.datagramReceived(packets[2], ("h", 1))
+    clock.advance(GAP_AFTER)
+    assert [lost for lost, _ in reports if lost] == [[1, 3]]
+    assert clock.seconds() < REPORT_EVERY
+
+
+def test_a_drained_with_nothing_missing_reports_no_loss_and_schedules_one_call() -> None:
+    r, clock, got, reports = receiver()
+    packets = [packet(s) for s in range(3)]
+    r.notices([(s, packet_digest(p)) for s, p in enumerate(packets)])
+    for p in packets:
+        r.datagramReceived(p, ("h", 1))
+    for _ in range(1000):  # a flood of them: one early report pending at a time
+        r.drained(2)
+    assert len(clock.getDelayedCalls()) == 2  # the report loop and one early report
+    clock.advance(0.01)
+    assert reports == [([], 3)]
+    r.stopProtocol()
+    assert clock.getDelayedCalls() == []

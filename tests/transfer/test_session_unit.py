@@ -318,6 +318,28 @@ def test_a_repair_goes_on_the_first_report_and_serves_the_later_ones(make: Any) 
     assert [decode_packet(d).piece for d in _data(m)[second:]] == [0]
 
 
+def test_a_session_that_runs_dry_says_so_to_the_cns_that_asked(make: Any) -> None:
+    """Each time the last packet of a round went out and nothing more is
+    needed, the CNs whose Subscribe asked for Drained are told its sequence
+    number (the others never are), once per round."""
+    m = make(code="raptorq", grace=30.0, group="232.1.1.1")
+    a, b = m.subscribe(1), m.subscribe(2)
+    a.drained = True
+    for sub in (1, 2):
+        m.session.joined(sub)
+    m.run(0.5)
+    sent = len(m.port.sent)
+    assert sent and a.client.drained == [(1, sent - 1)] and b.client.drained == []
+    m.run(0.5)
+    assert len(a.client.drained) == 1  # idle: said once
+    m.clock.advance(2.0)  # past JOIN_GRACE
+    m.session.report_loss(a, RangeSet([(0, 1)]), 10)
+    m.run(0.3)
+    assert len(m.port.sent) > sent
+    assert a.client.drained == [(1, sent - 1), (1, len(m.port.sent) - 1)]
+    assert m.session.counters["drained"] == 2
+
+
 def reasons(sub: Subscriber) -> list[str]:
     """The reasons its channel was told of, in order."""
     return [reason for _, reason in sub.client.ended]

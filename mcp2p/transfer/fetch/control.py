@@ -124,6 +124,7 @@ class SourceControl(FetchState):
                 more=more,
                 family=family,
                 lists=MAX_LISTS_PER_NOTICE,
+                drained=True,
             )
         )
         source.subscription = reply["subscription"]
@@ -329,6 +330,10 @@ class _Handler:
     def listed(self, first: int, count: int, digest: bytes) -> None:
         if self.source.receiver is not None:
             self.source.receiver.listed(first, count, digest)
+
+    def drained(self, seq: int) -> None:
+        if self.source.receiver is not None:
+            self.source.receiver.drained(seq)
 
     def session_moved(self, group: str) -> None:
         self.fetch._moved(self.source, group)
