@@ -4,9 +4,10 @@ For each QUERY heard: match it against the catalog, stay silent when the
 query lists this node as known, delay the answer at random (RFC 6762
 style reply-implosion control: it spreads SNs apart, so a query for what
 a pending answer already answers, another CN of a burst asking for the
-same file, is answered at that one's time), cancel it if OFFERs
-overheard on the group already gave the CN enough answers, and pack the
-files into OFFER datagrams within a byte budget.
+same file, is answered at that one's time, and one for what this SN
+answered less than TOGETHER_WINDOW ago at once: the delay chose it then),
+cancel it if OFFERs overheard on the group already gave the CN enough
+answers, and pack the files into OFFER datagrams within a byte budget.
 
 No amplification (issue 12). Toward a unicast address the reply is at most
 the query's own size until the querier proved it receives there: that
@@ -71,6 +72,12 @@ MANY_ANSWERS = 8  # a query wanting more answers than this stretches the delay
 # 0.18 s: a lost offer costs its CN one ring, not two (with 0.4 s the next ring
 # was always taken for a crossing, and the CN waited a second ring timeout).
 REANSWER_AFTER = 0.1
+# An SN whose answer went out, not suppressed, was one the random delay chose
+# for that question: another CN of the same burst asking it within this long
+# is answered at once (the lab's CNs start up to 0.1 s apart; one whose offer
+# was lost asks again a ring timeout, 0.3 s, later).
+TOGETHER_WINDOW = 0.5
+MAX_RECENT = 64  # questions answered recently, remembered for that (the oldest dropped)
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,8 @@ class Responder:
         # request id -> (when we last answered it, whether that answer was whole)
         self.answered: dict[bytes, tuple[float, bool]] = {}
         self.done: dict[tuple[bytes, int, bool], float] = {}  # key -> when it was settled
+        # what recent answers were about (``_subject``) -> when the last went
+        self.recent: OrderedDict[tuple[bytes | None, str | None, str | None], float] = OrderedDict()
         self.counters = {
             "queries": 0,
             "known_silent": 0,
@@ -229,13 +238,18 @@ class Responder:
 
     def _together(self, query: Query, now: float) -> float | None:
         """The time left of a pending answer to the same question (another CN
-        of a burst asking for one file), if there is one: answered with it.
-        Pending answers are few, bounded by the look-up bucket."""
+        of a burst asking for one file), if there is one: answered with it;
+        0 if an answer to it went out less than TOGETHER_WINDOW ago. Pending
+        answers are few, bounded by the look-up bucket."""
         subject = _subject(query)
         for other in self.pending.values():
             if _subject(other.query) == subject:
                 self.counters["answered_together"] += 1
                 return max(0.0, other.due_at - now)
+        sent = self.recent.get(subject)
+        if sent is not None and now - sent < TOGETHER_WINDOW:
+            self.counters["answered_together"] += 1
+            return 0.0
         return None
 
     def files_of(self, key: tuple[bytes, int, bool]) -> list[FileOffer]:
@@ -302,6 +316,11 @@ class Responder:
             self.counters["cookies_sent"] += 1
         whole = cookie is None or not offers[-1].truncated
         self.answered[query.request_id] = (now, whole)
+        subject = _subject(query)
+        self.recent.pop(subject, None)
+        self.recent[subject] = now
+        if len(self.recent) > MAX_RECENT:
+            self.recent.popitem(last=False)
         self.counters["offers_sent"] += len(offers)
         hop_limit = min(query.hop_limit, self.max_hop_limit)
         return [Send(encode(o), to, hop_limit) for o in offers]

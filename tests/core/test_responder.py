@@ -732,3 +732,46 @@ def test_the_files_a_pending_answer_will_offer_are_known_when_the_query_comes() 
     assert r.files_of(schedule.key) == list(files)
     r.due(schedule.key, schedule.delay)
     assert r.files_of(schedule.key) == []
+
+
+def test_a_question_answered_lately_is_answered_at_once() -> None:
+    """The delay chose this SN for a question when its answer went out: a
+    CN of the same burst asking later, or one whose offer was lost asking
+    again, is answered at once within TOGETHER_WINDOW; after it, or for
+    another question, a delay is drawn again."""
+    from mcp2p.core.responder import TOGETHER_WINDOW
+
+    r = responder(seed=5)
+    [one] = hear(r, make_query(request=1))
+    assert r.due(one.key, one.delay)
+    sent = one.delay
+    [two] = hear(r, make_query(request=2), now=sent + 0.05, source=("192.0.2.12", 40000))
+    assert two.delay == 0.0 and r.counters["answered_together"] == 1
+    assert offers_of(r.due(two.key, sent + 0.05))
+    other = dataclasses.replace(make_query(request=3), pattern="other*")
+    [three] = hear(r, other, now=sent + 0.06)
+    assert DELAY_MIN <= three.delay <= DELAY_MAX
+    [four] = hear(r, make_query(request=4), now=sent + 0.05 + TOGETHER_WINDOW + 0.01)
+    assert DELAY_MIN <= four.delay <= DELAY_MAX
+    assert r.counters["answered_together"] == 1
+
+
+def test_a_suppressed_answer_does_not_make_the_next_one_immediate() -> None:
+    r = responder()
+    q = make_query(request=1, multicast=True, answers_wanted=1)
+    [one] = hear(r, q)
+    r.overheard(other_offer(b"\x10" * 16), 0.01)
+    assert r.due(one.key, one.delay) == [] and r.counters["suppressed"] == 1
+    [two] = hear(r, make_query(request=2, multicast=True), now=one.delay + 0.01)
+    assert DELAY_MIN <= two.delay <= DELAY_MAX
+
+
+def test_what_was_answered_lately_is_bounded() -> None:
+    from mcp2p.core.responder import MAX_RECENT
+
+    r = responder()
+    for i in range(MAX_RECENT + 20):
+        q = dataclasses.replace(make_query(request=i + 1), pattern=f"f{i}*")
+        [s] = hear(r, q, now=i * 0.001)
+        r.due(s.key, i * 0.001 + s.delay)
+    assert len(r.recent) == MAX_RECENT
