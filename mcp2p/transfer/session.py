@@ -29,7 +29,8 @@ CATCHUP above the rate (`core.pacing.Pacer`): the average holds the rate, as
 UFTP's sender holds its own, without its unbounded bursts.
 
 States: RUNNING (someone needs something), IDLE (nobody does: a grace
-timer runs), ENDED (grace over or stopped; every subscriber was told).
+timer runs, and the subscribers that asked were told the last packet went,
+``Drained``), ENDED (grace over or stopped; every subscriber was told).
 """
 
 from __future__ import annotations
