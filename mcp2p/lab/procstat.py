@@ -20,16 +20,52 @@ import subprocess
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["CpuMeter", "PerfCounts", "cpu_seconds", "memory_kib", "parse_perf_csv", "peak_rss"]
+__all__ = [
+    "CpuMeter",
+    "PerfCounts",
+    "children",
+    "cpu_seconds",
+    "memory_kib",
+    "parse_perf_csv",
+    "peak_rss",
+]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """user+sys of a running (or not yet reaped) process, from /proc/PID/stat."""
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command's closing parenthesis
+    (field 3, the state, is [0]; the parent's pid is [1])."""
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s running children (a scan of /proc: this kernel
+    may lack /proc/PID/task/TID/children)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if int(_stat(name)[1]) == pid:
+                    found.append(int(name))
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+sys of a running (or not yet reaped) process and its descendants,
+    from /proc: the running ones' own, and what the ones it reaped used
+    (an SN's encode workers are its children: their work is the SN's)."""
+    fields = _stat(pid)
+    total = sum(int(x) for x in fields[11:15]) / _TICK  # utime, stime, cutime, cstime
+    for child in children(pid):
+        try:
+            total += cpu_seconds(child)
+        except (OSError, ValueError, IndexError):
+            continue  # it ended meanwhile: its parent's cutime has it, or soon will
+    return total
 
 
 def memory_kib(pid: int | str = "self") -> dict[str, int]:

@@ -1,14 +1,18 @@
-"""procstat: perf's counters of a running process, and its CSV parsed."""
+"""procstat: perf's counters of a running process, and its CSV parsed; CPU
+seconds of a process with its children."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from mcp2p.lab.procstat import PerfCounts, parse_perf_csv
+from mcp2p.lab.procstat import PerfCounts, children, cpu_seconds, parse_perf_csv
 
 
 def test_perf_csv_counts_are_read_and_the_rest_skipped() -> None:
@@ -81,3 +85,33 @@ def test_attach_to_no_such_process_is_none() -> None:
     if shutil.which("perf") is None:
         pytest.skip("no perf here")
     assert PerfCounts.attach(2**22 + 12345) is None
+
+
+BUSY = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4:\n    pass\n"
+
+
+@pytest.mark.parametrize("reaped", [False, True], ids=["running-child", "reaped-child"])
+def test_a_process_s_cpu_includes_its_children_s(reaped: bool) -> None:
+    """An SN's encode workers are its children: the lab counts their CPU as
+    the SN's, whether they still run or their parent reaped them."""
+    child = f"{sys.executable} -c '{BUSY}'" + ("" if reaped else " &")
+    parent = subprocess.Popen(["sh", "-c", f"{child}\nsleep 30"])
+    try:
+
+        def reaped_cpu() -> float:  # the parent's cutime + cstime
+            with open(f"/proc/{parent.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if cpu_seconds(parent.pid) >= 0.35 and (not reaped or reaped_cpu() >= 0.35):
+                break
+            time.sleep(0.05)
+        assert cpu_seconds(parent.pid) >= 0.35
+        assert children(parent.pid)  # the busy child, or sleep after it
+    finally:
+        for pid in children(parent.pid):
+            os.kill(pid, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
