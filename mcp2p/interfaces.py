@@ -155,7 +155,13 @@ class IBlockCode(Interface):
 
 
 class IBlockEncoder(Interface):
-    """Makes the symbols of one file (one per session)."""
+    """Makes the symbols of one file (one per session).
+
+    Optional, used where an encoder has them: ``symbols(unit, first,
+    count)``, a run of a unit's symbols at once; ``job(unit)`` and
+    ``put_batch(unit, first, symbols)``, symbols made in an encode worker
+    process (`mcp2p.transfer.encoding`) and handed back (RaptorQ).
+    """
 
     def symbol(unit: int, n: int) -> tuple[int, int, bytes]:
         """``(piece, symbol, payload)`` of the ``n``-th (0, 1, 2, ...) symbol sent of ``unit``.

@@ -162,6 +162,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
             "mostwanted",
             "how a session chooses the next block",
         ),
+        "encode_workers": Option(
+            _int_range(0, 64),
+            "1",
+            "processes that make RaptorQ repair symbols (0: the daemon, pausing its sends)",
+        ),
         "handshake_timeout": Option(
             _float_range(1, 600), "15", "seconds from TCP connect to a verified TLS peer"
         ),

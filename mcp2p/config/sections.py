@@ -84,6 +84,7 @@ class ServingSection:
     grace: float
     gather: float
     scheduler: str
+    encode_workers: int
     handshake_timeout: float
     idle_timeout: float
     connections_per_address: int

@@ -54,6 +54,11 @@ _BUFFERS = (bytes, bytearray, memoryview)
 # A run of source symbols copied into their piece's buffer, compiled where
 # mcp2p._speedups was built (the loop in add_many is its pure-Python twin).
 _copy_run = compiled("copy_run")
+# A batch made ahead (``RaptorQEncoder.job``) is the first K / 4 repair
+# symbols (at least 64): 25% loss at every receiver; making them is a
+# fifth of the cost of a whole batch (1.25 K), and the encoding the rest.
+PREFETCH_MIN = 64
+PREFETCH_SHARE = 4
 SPARE_BUFFERS = 2  # piece buffers a RaptorQ decoder keeps for reuse (one being read, one next)
 
 
@@ -164,8 +169,9 @@ class RaptorQCode:
     ``repair_ratio``: distinct repair symbols per piece, as a multiple of K
     (at least 64); after K + repair symbols the ESIs start again at 0, which
     only a receiver that lost most of a whole cycle notices (it gets
-    symbols it already holds). ``cache_pieces``: how many pieces an
-    encoder keeps encoded (least recently used go first).
+    symbols it already holds). ``cache_pieces``: how many pieces' worth of
+    memory an encoder keeps encoded (least recently used go first; a batch
+    made by another process, ``put_batch``, holds no encoder and costs less).
     """
 
     name = "raptorq"
@@ -252,8 +258,9 @@ class RaptorQEncoder:
         self._code = code
         self._read = read
         self._cache: OrderedDict[int, _Encoded] = OrderedDict()
-        self.encodes = 0  # pieces encoded (cache misses)
-        self.batches = 0  # batches of repair symbols made
+        self.encodes = 0  # pieces encoded here (cache misses)
+        self.batches = 0  # batches of repair symbols made here
+        self.prefetched = 0  # batches made elsewhere and taken (``put_batch``)
 
     @property
     def cached_bytes(self) -> int:
@@ -316,21 +323,69 @@ class RaptorQEncoder:
                 n += 1
         return out
 
+    def _evict(self, keep: int | None = None) -> None:
+        """Drop the least recently used pieces past ``cache_pieces`` pieces'
+        worth of memory (an encoder and a whole batch each): a batch made
+        elsewhere (K/4 symbols, no encoder) takes a small part of that."""
+        t = self.symbol_size
+        k = -(-self.layout.piece_size(0) // t)
+        budget = self._code.cache_pieces * ((2 * k + 64) * t + _batch(k) * t)
+        cache = self._cache
+        held = sum(e.estimate + len(e.repair) * t for e in cache.values())
+        while held > budget and len(cache) > 1:
+            piece = next(iter(cache))
+            if piece == keep:
+                cache.move_to_end(piece)
+                continue
+            entry = cache.pop(piece)
+            held -= entry.estimate + len(entry.repair) * t
+
+    def job(self, piece: int) -> tuple[int, int, int, int, int, int] | None:
+        """What another process needs to make ``piece``'s first batch of repair
+        symbols from the file (`mcp2p.transfer.encodeworker`): ``(K, symbol
+        size, first, stop, the piece's offset, its length)``; None when the
+        piece is cached here already or has no repair symbols. ``put_batch``
+        takes the result."""
+        size = self.layout.piece_size(piece)
+        if size == 0 or piece in self._cache:
+            return None
+        k = -(-size // self.symbol_size)
+        stop = min(self.repair_symbols(piece), max(PREFETCH_MIN, k // PREFETCH_SHARE))
+        return k, self.symbol_size, 0, stop, self.layout.piece_offset(piece), size
+
+    def put_batch(self, piece: int, first: int, symbols: bytes) -> bool:
+        """Repair symbols ``first``, ``first + 1``, ... of ``piece``, joined, made
+        elsewhere (``job``): cached as if encoded here, unless the piece is
+        cached already. A batch past them is encoded here. False if not taken."""
+        t = self.symbol_size
+        if piece in self._cache or not symbols or len(symbols) % t:
+            return False
+        size = self.layout.piece_size(piece)
+        if not size or not 0 <= first or first + len(symbols) // t > self.repair_symbols(piece):
+            return False
+        entry = _Encoded(None, 0)  # no encoder: the next batch makes one (``_repair``)
+        entry.first = first
+        entry.repair = [symbols[i : i + t] for i in range(0, len(symbols), t)]
+        self._cache[piece] = entry
+        self.prefetched += 1
+        self._evict()
+        return True
+
     def _repair(self, piece: int, k: int, index: int) -> bytes:
         entry = self._cache.get(piece)
         if entry is None:
-            data = _read_exact(
-                self._read, self.layout.piece_offset(piece), self.layout.piece_size(piece)
-            )
-            encoder = raptorq.Encoder.with_defaults(data, self.symbol_size)
-            entry = _Encoded(encoder, (2 * k + 64) * self.symbol_size)
-            self.encodes += 1
+            entry = _Encoded(None, 0)
             self._cache[piece] = entry
-            while len(self._cache) > self._code.cache_pieces:
-                self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(piece)
         if not entry.first <= index < entry.first + len(entry.repair):
+            if entry.encoder is None:  # a batch made elsewhere, or none yet
+                data = _read_exact(
+                    self._read, self.layout.piece_offset(piece), self.layout.piece_size(piece)
+                )
+                entry.encoder = raptorq.Encoder.with_defaults(data, self.symbol_size)
+                entry.estimate = (2 * k + 64) * self.symbol_size
+                self.encodes += 1
             # The package only makes repair symbols from ESI K on: make up to
             # index + a batch, keep the batch. A batch of 1.25 K covers a
             # receiver that got no source symbol, losing 20% of the rest.
@@ -342,6 +397,7 @@ class RaptorQEncoder:
             entry.repair = [p[4:] for p in packets[k + index :]]
             entry.first = index
             self.batches += 1
+            self._evict(keep=piece)
         return entry.repair[index - entry.first]
 
 

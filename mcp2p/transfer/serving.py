@@ -74,6 +74,7 @@ from mcp2p.transfer.control import (
     UnknownList,
     UnknownSubscription,
 )
+from mcp2p.transfer.encoding import EncodeWorkers
 from mcp2p.transfer.session import Session, Subscriber, set_dscp
 from mcp2p.wire.layout import Layout
 from mcp2p.wire.manifest import encode_manifest, sign_manifest
@@ -81,13 +82,13 @@ from mcp2p.wire.query import Query
 from mcp2p.wire.types import FileOffer
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorMulticast, IReactorTCP
+    from twisted.internet.interfaces import IReactorMulticast, IReactorProcess, IReactorTCP
 
     from mcp2p.catalog import Catalog
     from mcp2p.config import NodeSection, ServingSection
     from mcp2p.trust.keys import NodeIdentity
 
-    class IServingReactor(IReactorTime, IReactorTCP, IReactorMulticast):
+    class IServingReactor(IReactorTime, IReactorTCP, IReactorMulticast, IReactorProcess):
         """What serving uses of the reactor: time, the control channel's TCP
         ports, and the UDP ports sessions send from and monitors listen on."""
 
@@ -186,6 +187,10 @@ class ServingService(Service):
         self.checker: task.LoopingCall | None = None
         self.monitors: dict[Session, Any] = {}
         self.contents: dict[Session, Any] = {}  # the catalog entry each live session streams
+        # processes that make RaptorQ repair symbols (``Session._prefetch``), started when needed
+        self.encode_workers = (
+            EncodeWorkers(reactor, serving.encode_workers) if serving.encode_workers else None
+        )
         self.ended: dict[str, int] = {}  # the sums of the ended sessions' counters
         # (content id, host) -> when an offer of it went to that host (``offered``)
         self.expected: OrderedDict[tuple[bytes, str], float] = OrderedDict()
@@ -271,8 +276,10 @@ class ServingService(Service):
             if p is not None
         ]
         self.control_port = self.data_port = self.control_port6 = self.data_port6 = None
+        workers = [self.encode_workers.stop()] if self.encode_workers is not None else []
         return defer.gatherResults(
-            [defer.maybeDeferred(self.catalog.stop)]
+            workers
+            + [defer.maybeDeferred(self.catalog.stop)]
             + [defer.maybeDeferred(p.stopListening) for p in ports],
             consumeErrors=True,
         )
@@ -585,6 +592,7 @@ class ServingService(Service):
             group=group,
             source=source,
             scheduler=s.scheduler,
+            workers=self.encode_workers,
         )
         self.contents[session] = entry
         return session

@@ -44,7 +44,7 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
@@ -67,6 +67,9 @@ from mcp2p.wire.rtp import (
     pack_list,
 )
 
+if TYPE_CHECKING:
+    from mcp2p.transfer.encoding import EncodeWorkers
+
 _log = Logger()
 # A plan's packets and their digests: compiled where mcp2p._speedups was built
 # (a header, a copy and a SHA-256 each, without Python's work per packet).
@@ -79,6 +82,9 @@ JOIN_DELAY = 0.05  # seconds a new multicast session waits for its first CN to j
 JOIN_MARGIN = 0.01
 TICK = 0.002  # seconds between bursts
 MAX_BURST = 256  # packets per tick at most
+# Units handed to an encode worker when a unit's first symbols go out: it and
+# the next one, so a worker slowed by a busy host is a unit ahead of the sends.
+PREFETCH_AHEAD = 2
 # Seconds of the rate planned ahead: lists lead their packets by this (a list
 # whose hash comes after its packets makes the CN hold and copy them; the
 # control channel is TCP_NODELAY, so hashes do not wait for ACKs).
@@ -172,8 +178,11 @@ class Session:
         group: str = "",
         source: str = "",
         scheduler: str = "mostwanted",
+        workers: EncodeWorkers | None = None,
     ) -> None:
         self.reactor = reactor
+        self.workers = workers  # where repair symbols are made off the reactor (``_prefetch``)
+        self.encoding: set[int] = set()  # units a worker is making repair symbols of
         self.session_id = session_id
         self.layout = layout
         self.code = code
@@ -182,6 +191,8 @@ class Session:
         self.group = group
         self.source = source
         self.fd = os.open(path, os.O_RDONLY)
+        st = os.fstat(self.fd)
+        self.file = (path, st.st_dev, st.st_ino)  # what an encode worker reads (``_prefetch``)
         self.encoder = code.encoder(layout, self._read)
         self.units = code.units(layout)
         self.scheduler = make_scheduler(scheduler, self.units, rng)  # [serving] scheduler
@@ -228,6 +239,9 @@ class Session:
             "gso_fallbacks": 0,
             "lists": 0,
             "drained": 0,  # Drained notices sent
+            "prefetched": 0,  # units whose repair symbols a worker made (``_prefetch``)
+            "prefetch_busy": 0,  # ... that no worker could take
+            "prefetch_failed": 0,  # ... whose job failed (made here instead)
         }
 
     # -- subscribers
@@ -630,11 +644,61 @@ class Session:
         for unit, n in runs:
             first = counts[unit]
             counts[unit] = first + n
+            if first == 0 and self.workers is not None and self._repairs_likely():
+                for ahead in range(unit, min(unit + PREFETCH_AHEAD, self.units)):
+                    if ahead == unit or not counts[ahead]:
+                        self._prefetch(ahead)
             if symbols is not None:
                 out += symbols(unit, first, n)
             else:
                 out += [symbol(unit, first + i) for i in range(n)]
         return out
+
+    def _repairs_likely(self) -> bool:
+        """Whether a unit about to go out will likely need repair symbols: the
+        losses reported so far come to at least one in two units' symbols."""
+        sent = self.counters["packets"]
+        lost = self.counters["loss_reported"]
+        return sent > 0 and 2 * lost * self.code.need(self.layout, 0) >= sent
+
+    def _prefetch(self, unit: int) -> None:
+        """Have a worker make ``unit``'s first batch of repair symbols while its
+        source symbols (or, ``PREFETCH_AHEAD``, the unit's before it) go
+        out: the loss reports that ask for them come a tenth of a second or
+        more later, and the encoder then has them. One that is not back by
+        then is made here, as without workers."""
+        job = getattr(self.encoder, "job", None)
+        put_batch = getattr(self.encoder, "put_batch", None)
+        assert self.workers is not None
+        if job is None or put_batch is None or unit in self.encoding:
+            return
+        spec = job(unit)
+        if spec is None:
+            return
+        k, symbol_size, first, stop, offset, length = spec
+        path, dev, ino = self.file
+        d = self.workers.submit(k, symbol_size, first, stop, offset, length, path, dev, ino)
+        if d is None:
+            self.counters["prefetch_busy"] += 1
+            return
+        self.encoding.add(unit)
+
+        def made(symbols: bytes) -> None:
+            self.encoding.discard(unit)
+            if self.state != "ENDED" and put_batch(unit, first, symbols):
+                self.counters["prefetched"] += 1
+
+        def failed(f: Any) -> None:
+            self.encoding.discard(unit)
+            self.counters["prefetch_failed"] += 1
+            _log.debug(
+                "session {sid:08x}: unit {unit} encoded here: {error}",
+                sid=self.session_id,
+                unit=unit,
+                error=f.getErrorMessage(),
+            )
+
+        d.addCallbacks(made, failed)
 
     def _plain_symbols(self, units: list[int]) -> list[tuple[int, int, bytes]]:
         """The plain code's symbols (piece, block in piece, the block) of

@@ -302,6 +302,63 @@ def test_raptorq_encoder_cache_is_bounded() -> None:
     assert enc.cached_bytes <= bound
 
 
+def test_raptorq_repair_symbols_made_elsewhere_are_the_encoder_s_own() -> None:
+    """``job`` hands out a piece; ``put_batch`` takes back its repair symbols
+    (as `mcp2p.transfer.encodeworker` makes them): the encoder then sends
+    them without encoding, and encodes only for a symbol past them."""
+    from mcp2p.transfer.encodeworker import repair_batch
+
+    layout = Layout(3 * PIECE + 500, PIECE, BLOCK)
+    code = RaptorQCode(repair_ratio=20)  # 160 repair symbols a piece: some past the batch
+    _, read = make_file(layout.size, seed=4)
+    here, there = code.encoder(layout, read), code.encoder(layout, read)
+    job = there.job(1)
+    assert job is not None
+    k, t, first, stop, offset, length = job
+    assert (k, t, first, stop, offset, length) == (8, BLOCK, 0, 64, PIECE, PIECE)
+    assert there.put_batch(1, first, repair_batch(read(offset, length), t, k, first, stop))
+    assert there.job(1) is None  # cached now
+    for n in (k, k + 1, k + stop - 1):
+        assert there.symbol(1, n) == here.symbol(1, n)
+    assert (there.encodes, there.prefetched) == (0, 1)
+    assert there.symbols(1, k + stop, 2) == here.symbols(1, k + stop, 2)  # past the batch
+    assert there.encodes == 1
+
+
+def test_raptorq_put_batch_refuses_what_does_not_fit() -> None:
+    layout = Layout(2 * PIECE, PIECE, BLOCK)
+    code = RaptorQCode(repair_ratio=10)
+    _, read = make_file(layout.size)
+    enc = code.encoder(layout, read)
+    t, cycle = BLOCK, enc.repair_symbols(0)
+    assert not enc.put_batch(0, 0, b"")
+    assert not enc.put_batch(0, 0, b"x" * (t + 1))  # not whole symbols
+    assert not enc.put_batch(0, cycle - 1, b"x" * 2 * t)  # past the piece's repair symbols
+    assert not enc.put_batch(0, -1, b"x" * t)
+    enc.symbol(1, 8)  # piece 1 encoded here
+    assert not enc.put_batch(1, 0, b"x" * t)
+    assert enc.prefetched == 0 and enc.cached_pieces == [1]
+    empty = code.encoder(Layout(0, PIECE, BLOCK), read)
+    assert empty.job(0) is None and not empty.put_batch(0, 0, b"x" * t)
+
+
+def test_raptorq_batches_made_elsewhere_cost_the_cache_little() -> None:
+    """The cache is bounded in bytes (cache_pieces encoders with a batch): a
+    batch without its encoder is a fraction of that, so many more fit."""
+    layout = Layout(64 * PIECE, PIECE, BLOCK)
+    code = RaptorQCode(cache_pieces=2)
+    _, read = make_file(layout.size)
+    enc = code.encoder(layout, read)
+    k = 8
+    bound = 2 * (2 * k + 64 + max(64, k + k // 4)) * BLOCK
+    for piece in range(64):
+        assert enc.put_batch(piece, 0, b"x" * 64 * BLOCK)
+        assert enc.cached_bytes <= bound
+    assert len(enc.cached_pieces) == 4 and enc.cached_pieces == [60, 61, 62, 63]
+    enc.symbol(0, k)  # encoded here: an encoder's worth goes out
+    assert enc.cached_bytes <= bound and enc.cached_pieces[-1] == 0
+
+
 def test_encoders_refuse_a_short_read() -> None:
     layout = Layout(3 * BLOCK, PIECE, BLOCK)
     for code in (PlainCode(), RaptorQCode()):

@@ -343,3 +343,118 @@ def test_a_session_that_runs_dry_says_so_to_the_cns_that_asked(make: Any) -> Non
 def reasons(sub: Subscriber) -> list[str]:
     """The reasons its channel was told of, in order."""
     return [reason for _, reason in sub.client.ended]
+
+
+class FakeWorkers:
+    """`EncodeWorkers` as a session sees it: jobs recorded, answered by the
+    test (with the symbols a worker process would make)."""
+
+    def __init__(self, busy: bool = False) -> None:
+        self.jobs: list[tuple[tuple[Any, ...], Any]] = []
+        self.busy = busy
+
+    def submit(self, *spec: Any) -> Any:
+        from twisted.internet import defer
+
+        if self.busy:
+            return None
+        d: Any = defer.Deferred()
+        self.jobs.append((spec, d))
+        return d
+
+    def answer_all(self) -> None:
+        from mcp2p.transfer.encodeworker import read_piece, repair_batch
+
+        jobs, self.jobs = self.jobs, []
+        for (k, t, first, stop, offset, length, *file), d in jobs:
+            d.callback(repair_batch(read_piece(*file, offset, length), t, k, first, stop))
+
+
+def _seqs_of_piece(m: Made, piece: int) -> list[int]:
+    return [h.seq for h in map(decode_packet, _data(m)) if h.piece == piece]
+
+
+def _sent_pieces(m: Made) -> list[int]:
+    """The pieces whose every source symbol went out, in order."""
+    s = m.session
+    got: dict[int, set[int]] = {}
+    for h in map(decode_packet, _data(m)):
+        got.setdefault(h.piece, set()).add(h.symbol)
+    k = s.code.source_symbols
+    return sorted(p for p, symbols in got.items() if len(symbols) >= k(s.layout, p))
+
+
+def _lossy_with_workers(make: Any) -> tuple[Made, FakeWorkers, Subscriber]:
+    """A RaptorQ session of 40 pieces with (fake) workers, 20 symbols of its
+    first pieces reported lost: from then on repairs are likely."""
+    m = make(size=40 * PIECE, code="raptorq", grace=30.0)
+    workers = FakeWorkers()
+    m.session.workers = workers
+    sub = m.subscribe(1)
+    m.run(0.02)
+    assert workers.jobs == []  # no loss yet: no piece is worth encoding ahead
+    m.clock.advance(2.0)  # past JOIN_GRACE
+    m.session.report_loss(sub, RangeSet([(0, 20)]), 10)
+    m.run(0.05)
+    assert workers.jobs, "pieces planned after the loss go to the worker"
+    return m, workers, sub
+
+
+def test_a_lossy_session_has_workers_make_repairs_while_pieces_go_out(make: Any) -> None:
+    """Once losses say repairs are likely, each piece's first symbols going
+    out hand the piece (and the next) to a worker; the repair run a loss
+    report brings is the worker's symbols, with nothing encoded in the
+    session."""
+    m, workers, sub = _lossy_with_workers(make)
+    session = m.session
+    encodes = session.encoder.encodes  # piece 0's repair, made here before any worker
+    pieces = sorted(session.encoding)
+    assert len(pieces) == len(workers.jobs) and session.counters["prefetched"] == 0
+    workers.answer_all()
+    assert session.counters["prefetched"] == len(pieces) and not session.encoding
+    m.run(0.05)
+    workers.answer_all()  # the pieces handed over meanwhile
+    piece = next(p for p in pieces if p in _sent_pieces(m))
+    lost = _seqs_of_piece(m, piece)[:2]
+    before = len(m.port.sent)
+    session.report_loss(sub, RangeSet([(lost[0], lost[-1] + 1)]), 100)
+    m.run(0.2)  # the run goes out after the packets already planned
+    repairs = [decode_packet(d) for d in _data(m)[before:]]
+    k = session.code.source_symbols(session.layout, piece)
+    mine = [h for h in repairs if h.piece == piece]
+    assert [h.symbol for h in mine] == list(range(k, k + 2 + 2))
+    assert session.encoder.encodes == encodes  # none made in the session
+    own = session.code.encoder(session.layout, session._read)
+    assert [h.payload for h in mine] == [own.symbol(piece, h.symbol)[2] for h in mine]
+
+
+def test_a_failed_or_refused_job_leaves_the_encoding_to_the_session(make: Any) -> None:
+    from twisted.python.failure import Failure
+
+    from mcp2p.transfer.encoding import EncodeFailed
+
+    m, workers, sub = _lossy_with_workers(make)
+    jobs, workers.jobs = workers.jobs, []
+    for _, d in jobs:
+        d.errback(Failure(EncodeFailed("the encode worker ended")))
+    assert m.session.counters["prefetch_failed"] == len(jobs) and not m.session.encoding
+    workers.busy = True
+    m.run(0.05)
+    assert m.session.counters["prefetch_busy"] > 0
+    cached = m.session.encoder.cached_pieces
+    piece = max(p for p in _sent_pieces(m) if p not in cached)
+    lost = _seqs_of_piece(m, piece)[:1]
+    before, encodes = len(m.port.sent), m.session.encoder.encodes
+    m.session.report_loss(sub, RangeSet([(lost[0], lost[0] + 1)]), 100)
+    m.run(0.2)  # the run goes out after the packets already planned
+    k = m.session.code.source_symbols(m.session.layout, piece)
+    sent = [decode_packet(d) for d in _data(m)[before:]]
+    assert [h.symbol >= k for h in sent if h.piece == piece] == [True] * (1 + 2)
+    assert m.session.encoder.encodes == encodes + 1  # made here, as without workers
+
+
+def test_a_job_answered_after_the_session_ended_is_dropped(make: Any) -> None:
+    m, workers, _ = _lossy_with_workers(make)
+    m.session.end("test over")
+    workers.answer_all()
+    assert m.session.counters["prefetched"] == 0 and m.session.encoder.prefetched == 0
