@@ -4,8 +4,7 @@ a process of their own (`mcp2p.transfer.encoding`).
 The raptorq package holds the GIL while it encodes: a 1 MiB piece costs
 12-20 ms, and 30-70 ms on a busy host, during which an SN that encoded in
 its reactor sent nothing (the lab's 8-CN fetch at 1% loss: 96 such stalls,
-2.7 s of a 9.7 s session). Here the SN's reactor only reads the piece and
-hands it over.
+2.7 s of a 9.7 s session). Here the SN's reactor only names the piece.
 
 Frames on stdin, one at a time (network byte order)::
 

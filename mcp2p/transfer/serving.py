@@ -90,7 +90,8 @@ if TYPE_CHECKING:
 
     class IServingReactor(IReactorTime, IReactorTCP, IReactorMulticast, IReactorProcess):
         """What serving uses of the reactor: time, the control channel's TCP
-        ports, and the UDP ports sessions send from and monitors listen on."""
+        ports, the UDP ports sessions send from and monitors listen on, and
+        the encode workers' processes."""
 
 
 _log = Logger()
