@@ -331,7 +331,7 @@ class RaptorQEncoder:
         k = -(-self.layout.piece_size(0) // t)
         budget = self._code.cache_pieces * ((2 * k + 64) * t + _batch(k) * t)
         cache = self._cache
-        held = sum(e.estimate + len(e.repair) * t for e in cache.values())
+        held = self.cached_bytes
         while held > budget and len(cache) > 1:
             piece = next(iter(cache))
             if piece == keep:
