@@ -172,6 +172,26 @@ class PerfCounts:
         self._out = out
 
     @classmethod
+    def counting(cls) -> bool:
+        """Whether perf is here and can count instructions: a virtual
+        machine without a PMU has perf but no hardware counters."""
+        import shutil
+
+        perf = shutil.which("perf")
+        if perf is None:
+            return False
+        try:
+            cp = subprocess.run(
+                [perf, "stat", "-x", ",", "-e", "instructions", "true"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return cp.returncode == 0 and bool(parse_perf_csv(cp.stderr))
+
+    @classmethod
     def attach(cls, pid: int) -> PerfCounts | None:
         import shutil
         import tempfile

@@ -35,21 +35,9 @@ def test_perf_csv_counts_are_read_and_the_rest_skipped() -> None:
     assert parse_perf_csv("") == {}
 
 
-def _counters_readable() -> bool:
-    if shutil.which("perf") is None:
-        return False
-    cp = subprocess.run(
-        ["perf", "stat", "-x", ",", "-e", "instructions", "true"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    return cp.returncode == 0 and bool(parse_perf_csv(cp.stderr))
-
-
 def test_counts_of_a_process_grow_with_its_work() -> None:
     """More work in the span, more instructions counted; nothing outside it."""
-    if not _counters_readable():
+    if not PerfCounts.counting():
         pytest.skip("perf or its hardware counters are not available here")
     spin = (
         "import sys\n"
