@@ -1,4 +1,5 @@
-"""Experiment 4 (the control channel) at smoke size, on real daemons in namespaces.
+"""Experiment 4 (the control channel) at smoke size, on real daemons in namespaces
+(the suite's one smoke run of the lab, `tests.lab.smoke`).
 
 One run: the notices' overhead for 1 CN, one forged burst, two block-choice
 policies with 2 staggered CNs. The assertions are on counts, byte ratios
@@ -8,16 +9,16 @@ Root only; all traffic stays in the namespaces the experiment makes.
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mcp2p.lab.experiment import Context, ReportOut, parse_params
+from mcp2p.lab.experiment import ReportOut
 from mcp2p.lab.experiments import control
 from mcp2p.lab.net import missing_requirements
+
+from .smoke import SmokeLab
 
 _reason = missing_requirements(("ip", "tc", "nft", "ethtool"))
 if _reason:
@@ -26,13 +27,10 @@ if _reason:
 pytestmark = pytest.mark.netns
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    work = tmp_path_factory.mktemp("control")
-    ctx = Context(work, size="smoke", reps=1, label="control", stream=io.StringIO())
-    result = control.run(ctx, **parse_params(control.PARAMS, "smoke"))
-    out: dict[str, Any] = json.loads(json.dumps(result))  # JSON-able, as the lab stores it
-    return out
+@pytest.fixture
+def data(smoke_lab: SmokeLab) -> dict[str, Any]:
+    """The experiment's data from the suite's one smoke run of the lab."""
+    return smoke_lab.data("control")
 
 
 def test_overhead_is_measured_per_data_byte(data: dict[str, Any]) -> None:

@@ -1,13 +1,12 @@
 """Experiment 2 (query or announcement): the parameter checks, the SAP
 timing of a point, the rows and the report on made-up points and a real
 small simulation (no root needed); and the whole experiment at smoke size
-on real daemons: the JSON has the shape report() needs, both methods found
-the file, and the report renders from it (root only; traffic stays in the
-lab's namespaces)."""
+on real daemons (the suite's one smoke run of the lab, `tests.lab.smoke`):
+the JSON has the shape report() needs, both methods found the file, and the
+report renders from it (root only; traffic stays in the lab's namespaces)."""
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,12 @@ import pytest
 
 from mcp2p.core.sapinterval import announcement_interval
 from mcp2p.lab import sim
-from mcp2p.lab.experiment import Context, ReportOut, load, parse_params
+from mcp2p.lab.experiment import ReportOut, load, parse_params
 from mcp2p.lab.experiments import discovery
 from mcp2p.lab.experiments.discovery import model
 from mcp2p.lab.net import missing_requirements
+
+from .smoke import SmokeLab
 
 _reason = missing_requirements(("ip", "smcrouted"))
 
@@ -123,10 +124,8 @@ def test_report_renders_from_made_up_points_and_a_small_simulation(tmp_path: Pat
 
 @pytest.mark.netns
 @pytest.mark.skipif(_reason is not None, reason=f"discovery experiment: {_reason}")
-def test_smoke_run_finds_the_file_both_ways(tmp_path: Path) -> None:
-    params = parse_params(discovery.PARAMS, "smoke")
-    ctx = Context(tmp_path / "work", size="smoke", reps=1, label="discovery", stream=io.StringIO())
-    data = discovery.run(ctx, **params)
+def test_smoke_run_finds_the_file_both_ways(smoke_lab: SmokeLab, tmp_path: Path) -> None:
+    data = smoke_lab.data("discovery")
 
     points = {p["method"]: p for p in data["points"]}
     assert set(points) == {"query", "sap"}, data["points"]

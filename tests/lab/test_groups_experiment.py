@@ -1,13 +1,13 @@
 """Experiment 3, SSM or ASM: the model, the record of a run (made-up logs,
 driver outputs and counters), the analysis and the report on made-up points
 (no root needed), and the whole experiment at smoke size on real daemons in
-namespaces (root only): its JSON, SSM's zero foreign packets, every file
-verified, and a report computed from that JSON.
+namespaces (root only; the suite's one smoke run of the lab, `tests.lab.smoke`):
+its JSON, SSM's zero foreign packets, every file verified, and a report
+computed from that JSON.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from mcp2p.lab.experiment import Context, ReportOut, load, parse_params
+from mcp2p.lab.experiment import ReportOut, load, parse_params
 from mcp2p.lab.experiments import groups
 from mcp2p.lab.experiments.groups import analysis, record
 from mcp2p.lab.net import missing_requirements
+
+from .smoke import SmokeLab
 
 _reason = missing_requirements(("ip", "nft", "bridge"))
 
@@ -225,11 +227,11 @@ def test_report_renders_from_made_up_points(tmp_path: Path) -> None:
 
 @pytest.mark.netns
 @pytest.mark.skipif(_reason is not None, reason=f"groups experiment: {_reason}")
-def test_smoke_run_ssm_has_no_foreign_packets_and_every_file_verifies(tmp_path: Path) -> None:
+def test_smoke_run_ssm_has_no_foreign_packets_and_every_file_verifies(
+    smoke_lab: SmokeLab, tmp_path: Path
+) -> None:
     params = parse_params(groups.PARAMS, "smoke")
-    ctx = Context(tmp_path / "work", size="smoke", reps=1, label="groups", stream=io.StringIO())
-    data = groups.run(ctx, **params)
-    data = json.loads(json.dumps(data))  # what the lab writes and reads back
+    data = smoke_lab.data("groups")
 
     assert data["modes"] == params["modes"] and "ssm" in data["modes"]
     assert data["sessions"] == params["sessions"]

@@ -1,19 +1,20 @@
 """Experiment 5, key servers by anycast: BIRD's config (no root needed), and the
 whole experiment at smoke size on real daemons and real OSPF in namespaces (root
-and bird2 only): the nearest server answers, the next one after it crashes,
-replication reaches every server, a flood stores only what its rate allows."""
+and bird2 only; from the suite's one smoke run of the lab, `tests.lab.smoke`):
+the nearest server answers, the next one after it crashes, replication reaches
+every server, a flood stores only what its rate allows."""
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
 import pytest
 
 from mcp2p.lab import anycast
-from mcp2p.lab.experiment import EXPERIMENTS, Context, ReportOut, parse_params
+from mcp2p.lab.experiment import EXPERIMENTS, ReportOut, parse_params
 from mcp2p.lab.experiments import keys
+
+from .smoke import SmokeLab
 
 _reason = anycast.missing()
 
@@ -32,10 +33,9 @@ def test_bird_config_announces_the_anycast_stub_over_ptp_ospf() -> None:
 
 @pytest.mark.netns
 @pytest.mark.skipif(_reason is not None, reason=f"keys experiment: {_reason}")
-def test_smoke_run_nearest_server_answers_and_failover(tmp_path: Path) -> None:
+def test_smoke_run_nearest_server_answers_and_failover(smoke_lab: SmokeLab, tmp_path: Path) -> None:
     params = parse_params(keys.PARAMS, "smoke")
-    ctx = Context(tmp_path / "work", size="smoke", reps=1, label="keys", stream=io.StringIO())
-    data = json.loads(json.dumps(keys.run(ctx, **params)))
+    data = smoke_lab.data("keys")
     (point,) = data["points"]
     assert "failed" not in point, point.get("failed")
     n = point["servers"]

@@ -9,52 +9,20 @@ experiments make.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from mcp2p.lab.experiment import EXPERIMENTS
-from mcp2p.lab.net import NS_PREFIX, missing_requirements
 
-_reason = missing_requirements(("ip", "tc", "nft", "ethtool", "smcrouted"))
-if _reason:
-    pytest.skip(f"lab smoke test: {_reason}", allow_module_level=True)
+from .smoke import SmokeLab
 
 pytestmark = pytest.mark.netns
 
 
-def _namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.startswith(NS_PREFIX)}
-
-
 def test_every_experiment_runs_at_smoke_size_and_the_report_comes_from_its_json(
-    tmp_path: Path,
+    smoke_lab: SmokeLab,
 ) -> None:
-    before = _namespaces()
-    out = tmp_path / "report"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mcp2p.lab",
-            "all",
-            "--size",
-            "smoke",
-            "--out",
-            str(out),
-            "--workdir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=420,
-        env=env,
-    )
+    cp, out = smoke_lab.cp, smoke_lab.out
     assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-6000:]
     # the progress line named each experiment
     for i, name in enumerate(EXPERIMENTS, 1):
@@ -83,4 +51,4 @@ def test_every_experiment_runs_at_smoke_size_and_the_report_comes_from_its_json(
     ):
         assert (out / plot).stat().st_size > 1000, plot
     assert results["machine"]["cores"] and results["machine"]["date"]
-    assert _namespaces() <= before, "the lab left namespaces behind"
+    assert smoke_lab.after <= smoke_lab.before, "the lab left namespaces behind"

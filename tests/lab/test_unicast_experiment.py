@@ -1,6 +1,7 @@
 """Experiment 1 at smoke size on real daemons and tools (root only): the
-headline point with its own larger file, the CPU fields of every run, and
-the same over IPv6 (``--family 6``).
+headline point with its own larger file and the CPU fields of every run (from
+the suite's one smoke run of the lab), and the same over IPv6 (``--family 6``,
+a run of its own).
 
 Performance is measured by the lab, never asserted here: these check that
 every field is there, every copy verified and the IPv6 runs used IPv6.
@@ -21,6 +22,8 @@ import pytest
 
 from mcp2p.lab.experiments import unicast
 from mcp2p.lab.net import NS_PREFIX, missing_requirements
+
+from .smoke import SmokeLab
 
 _reason = missing_requirements(("ip", "tc", "nft", "ethtool"))
 if _reason:
@@ -73,12 +76,11 @@ def _check_run(run: dict[str, Any]) -> None:
 
 
 def test_the_headline_runs_its_own_larger_file_and_every_run_has_its_cpu(
-    tmp_path: Path,
+    smoke_lab: SmokeLab,
 ) -> None:
-    before = _namespaces()
-    cp, out = _run(tmp_path, "--headline-mib", "3")
-    assert cp.returncode == 0, cp.stdout[-2000:] + cp.stderr[-4000:]
-    data = json.loads((out / "unicast.json").read_text())["data"]
+    """From the suite's one smoke run of the lab (`tests.lab.smoke`), whose
+    unicast experiment has a 3 MiB headline beside its 2 MiB grid."""
+    data = smoke_lab.data("unicast")
     tools = set(data["params"]["tools"]) - set(data["skipped"])
     assert data["params"]["headline_size"] == 3 << 20 and data["params"]["family"] == 4
     assert {r["tool"] for r in data["runs"]} == tools
@@ -89,12 +91,11 @@ def test_the_headline_runs_its_own_larger_file_and_every_run_has_its_cpu(
     for run in data["headline_runs"]:
         _check_run(run)
         assert run["size"] == 3 << 20 and run["cns_n"] == max(data["params"]["cns"])
-    report = (out / "REPORT.md").read_text()
+    report = (smoke_lab.out / "REPORT.md").read_text()
     assert "Headline: 2 CNs at 1% loss, 3 MiB" in report
     assert "| CPU s per CN | CPU s SN | cores busy |" in report
     assert "CPU-bound at the headline" in report or "No tool was CPU-bound" in report
     assert unicast.floor_sentence(3 << 20, 2, 0.01, 95, 100) in report
-    assert _namespaces() <= before, "the experiment left namespaces behind"
 
 
 def test_family_6_runs_mcp2p_uftp_and_tcp_over_ipv6_and_skips_udpcast(tmp_path: Path) -> None:
@@ -102,7 +103,7 @@ def test_family_6_runs_mcp2p_uftp_and_tcp_over_ipv6_and_skips_udpcast(tmp_path: 
     if missing:
         pytest.skip(missing)
     before = _namespaces()
-    cp, out = _run(tmp_path, "--family", "6")
+    cp, out = _run(tmp_path, "--family", "6", "--headline-mib", "0")
     assert _namespaces() <= before, "the experiment left namespaces behind"
     entry = json.loads((out / "unicast.json").read_text())
     error = entry.get("error") or ""
