@@ -369,6 +369,17 @@ def test_encoders_refuse_a_short_read() -> None:
         RaptorQCode().encoder(layout, lambda offset, length: b"short").symbol(0, 99)
 
 
+def test_a_repair_that_cannot_read_its_piece_leaves_nothing_cached() -> None:
+    """A piece cut short: its repair fails, and it stays uncached, so it is
+    still a worker's job and nothing cached stands for it."""
+    layout = Layout(3 * BLOCK, PIECE, BLOCK)
+    enc = RaptorQCode().encoder(layout, lambda offset, length: b"short")
+    with pytest.raises(ValueError, match="file changed"):
+        enc.symbol(0, 99)
+    assert enc.cached_pieces == [] and enc.cached_bytes == 0
+    assert enc.job(0) is not None
+
+
 # -- garbage ---------------------------------------------------------------------------
 
 LAYOUT = Layout(2 * PIECE + 3 * BLOCK + 10, PIECE, BLOCK)
