@@ -81,7 +81,14 @@ JOIN_DELAY = 0.05  # seconds a new multicast session waits for its first CN to j
 # HZ=250, and a snooping switch forwards the group to a port only after it.
 JOIN_MARGIN = 0.01
 TICK = 0.002  # seconds between bursts
-MAX_BURST = 256  # packets per tick at most
+MAX_BURST = 256  # packets per tick at most, up to about 0.5 Gbit/s ...
+# ... and above it BURST_TICKS ticks of the rate (MAX_BURST_HIGH at most): a
+# 2 ms tick of 2 Gbit/s is 357 packets, so a fixed 256 made any rate above
+# 1.48 Gbit/s unreachable, and with ticks late on a busy host, one above about
+# 1 Gbit/s (the lab's one CN on 2 Gbit/s links: 0.84-0.99 Gbit/s with 256,
+# 1.35-1.72 with 1024 a tick; 2048 gained nothing more).
+BURST_TICKS = 3
+MAX_BURST_HIGH = 2048  # about 3 MB: a tick's work stays near 10 ms
 # Units handed to an encode worker when a unit's first symbols go out: it and
 # the next one, so a worker slowed by a busy host is a unit ahead of the sends.
 PREFETCH_AHEAD = 2
@@ -403,6 +410,12 @@ class Session:
         at least two packets (one packet more than a tick may need)."""
         return max(rate / 8 * BURST_SECONDS, 2 * self.packet_size)
 
+    def _burst_cap(self, size: int) -> int:
+        """Packets one tick may send: MAX_BURST, or BURST_TICKS ticks of the
+        rate where that is more (MAX_BURST_HIGH at most)."""
+        ticks = int(self.rates.rate / 8 * TICK * BURST_TICKS / size)
+        return min(MAX_BURST_HIGH, max(MAX_BURST, ticks))
+
     def _pace(self) -> None:
         """Pace at the controller's rate from now on."""
         rate = self.rates.rate
@@ -499,7 +512,7 @@ class Session:
         self.state = "RUNNING"
         self.bucket.refill(now, backlog)
         size = self.packet_size
-        budget = min(int(self.bucket.available(now) // size), MAX_BURST)
+        budget = min(int(self.bucket.available(now) // size), self._burst_cap(size))
         if budget <= 0:
             return
         ready = len(queue)  # planned in an earlier tick: their lists went out then
