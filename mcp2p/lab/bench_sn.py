@@ -354,7 +354,7 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
     from mcp2p.core.wanted import RangeSet
     from mcp2p.plugins import code_by_name
     from mcp2p.transfer.control import MAX_LISTS_PER_NOTICE, Listed, listed_arguments
-    from mcp2p.transfer.session import MAX_BURST, TICK, Session, Subscriber
+    from mcp2p.transfer.session import TICK, Session, Subscriber
     from mcp2p.wire.layout import Layout
 
     path = tmp / "stages.bin"
@@ -392,7 +392,7 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
     )
     sub = Subscriber(1, Client(), session, lists=MAX_LISTS_PER_NOTICE)  # as a CN subscribes
     session.add(sub, RangeSet.full(session.units))
-    ticks = packets // MAX_BURST
+    ticks = packets // session.burst_cap(session.packet_size)  # a tick's packets at most
 
     def drive(n: int) -> int:
         before = session.counters["packets"] + session.counters["would_block"]

@@ -410,7 +410,7 @@ class Session:
         at least two packets (one packet more than a tick may need)."""
         return max(rate / 8 * BURST_SECONDS, 2 * self.packet_size)
 
-    def _burst_cap(self, size: int) -> int:
+    def burst_cap(self, size: int) -> int:
         """Packets one tick may send: MAX_BURST, or BURST_TICKS ticks of the
         rate where that is more (MAX_BURST_HIGH at most)."""
         ticks = int(self.rates.rate / 8 * TICK * BURST_TICKS / size)
@@ -512,7 +512,7 @@ class Session:
         self.state = "RUNNING"
         self.bucket.refill(now, backlog)
         size = self.packet_size
-        budget = min(int(self.bucket.available(now) // size), self._burst_cap(size))
+        budget = min(int(self.bucket.available(now) // size), self.burst_cap(size))
         if budget <= 0:
             return
         ready = len(queue)  # planned in an earlier tick: their lists went out then
