@@ -85,8 +85,8 @@ MAX_BURST = 256  # packets per tick at most, up to about 0.5 Gbit/s ...
 # ... and above it BURST_TICKS ticks of the rate (MAX_BURST_HIGH at most): a
 # 2 ms tick of 2 Gbit/s is 357 packets, so a fixed 256 made any rate above
 # 1.48 Gbit/s unreachable, and with ticks late on a busy host, one above about
-# 1 Gbit/s (the lab's one CN on 2 Gbit/s links: 0.84-0.99 Gbit/s with 256,
-# 1.35-1.72 with 1024 a tick; 2048 gained nothing more).
+# 1 Gbit/s (the lab's one CN on 2 Gbit/s links, 2026-11-27: 0.6-1.2 Gbit/s with
+# 256 a tick, 1.35-1.72 with 1024, no more with 2048).
 BURST_TICKS = 3
 MAX_BURST_HIGH = 2048  # about 3 MB: a tick's work stays near 10 ms
 # Units handed to an encode worker when a unit's first symbols go out: it and

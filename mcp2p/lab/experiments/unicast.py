@@ -57,7 +57,7 @@ grid, plus the 64 MiB headline at 8 CNs and 1% (15 runs; the unicast tools
 copy 8 x 64 MiB through one 100 Mbit/s link, about 45 s each at best):
 about 7 minutes more; quick (N 1, 4; loss 0, 1%; 4 MiB; 3 reps; headline
 from the grid) 97 s; smoke (N 2; loss 1%; 2 MiB; 1 rep; headline 3 MiB, so
-that the suite's one smoke run of the lab has a headline of its own) 14 s. udpcast runs
+that the suite's one smoke run of the lab has a headline of its own) 12 s. udpcast runs
 that lose their handshake wait out their timeout, so a bad draw adds about
 13 s each.
 """
