@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from mcp2p.lab.experiments import unicast
-from mcp2p.lab.net import NS_PREFIX, missing_requirements
+from mcp2p.lab.net import missing_requirements
 
-from .smoke import SmokeLab
+from .smoke import SmokeLab, lab_namespaces
 
 _reason = missing_requirements(("ip", "tc", "nft", "ethtool"))
 if _reason:
@@ -38,9 +38,7 @@ CPU_FIELDS = ("sn_cpu_s", "cn_cpu_s", "cpu_cores")
 def _namespaces() -> set[str]:
     """The star's namespaces (``mcp2p-ID-sn``, ``-sw``, ``-cnN``): other
     engineers' tests may make and remove namespaces of other names meanwhile."""
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    names = {line.split()[0] for line in out.splitlines() if line.startswith(NS_PREFIX)}
-    return {n for n in names if re.fullmatch(r".*-(sn|sw|cn\d+)", n)}
+    return {n for n in lab_namespaces() if re.fullmatch(r".*-(sn|sw|cn\d+)", n)}
 
 
 def _run(tmp_path: Path, *params: str) -> tuple[subprocess.CompletedProcess[str], Path]:
