@@ -373,20 +373,20 @@ class RaptorQEncoder:
 
     def _repair(self, piece: int, k: int, index: int) -> bytes:
         entry = self._cache.get(piece)
-        if entry is not None:
+        if entry is None:
+            # Cached once its piece is read: a piece that cannot be read (the
+            # file cut short) leaves no entry behind, so it stays a worker's job.
+            entry = _Encoded(None, 0)
+        else:
             self._cache.move_to_end(piece)
-        if entry is None or not entry.first <= index < entry.first + len(entry.repair):
-            if entry is None or entry.encoder is None:  # a batch made elsewhere, or none yet
-                # Read first: a piece that cannot be read (the file cut short)
-                # leaves no entry behind, so it stays a worker's job (``job``).
+        if not entry.first <= index < entry.first + len(entry.repair):
+            if entry.encoder is None:  # a batch made elsewhere, or none yet
                 data = _read_exact(
                     self._read, self.layout.piece_offset(piece), self.layout.piece_size(piece)
                 )
-                encoder = raptorq.Encoder.with_defaults(data, self.symbol_size)
-                if entry is None:
-                    entry = self._cache[piece] = _Encoded(None, 0)
-                entry.encoder = encoder
+                entry.encoder = raptorq.Encoder.with_defaults(data, self.symbol_size)
                 entry.estimate = (2 * k + 64) * self.symbol_size
+                self._cache[piece] = entry  # at the end; in place if it was there
                 self.encodes += 1
             # The package only makes repair symbols from ESI K on: make up to
             # index + a batch, keep the batch. A batch of 1.25 K covers a
