@@ -180,8 +180,13 @@ async def test_a_lying_sn_is_dropped_and_the_honest_one_finishes(tmp_path: Path)
     liar = await net.sn("liar", data)
     await net.sn("honest", data)
     # The liar's file changes under it after it was indexed: it serves wrong
-    # bytes under the right manifest.
-    with open(tmp_path / "liar" / "share" / "file.bin", "r+b") as fh:
+    # bytes under the right manifest. Written through a second link outside
+    # the share, as a disk's silent corruption would be: the share's inotify
+    # watch is not told, so the liar does not drop the file first (under load
+    # it sometimes did, and refused the subscribe as not shared).
+    alias = tmp_path / "liar-file-alias"
+    os.link(tmp_path / "liar" / "share" / "file.bin", alias)
+    with open(alias, "r+b") as fh:
         fh.write(os.urandom(SIZE))
     try:
         path, events, f = await net.fetch(sources=2)
