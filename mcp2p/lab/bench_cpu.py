@@ -14,11 +14,16 @@ Two parts, printed as one table and written as JSON:
    ``udp-receiver`` with the lab's own command lines (`mcp2p.lab.peers`),
    all three with 1400-byte blocks and paced to ``--rate`` (default 400
    Mbit/s, which every receiver keeps up with here, so the figure is work
-   per packet, not work on a loss storm). The file's size is first written
-   twice to a scratch file (`warm_page_cache`), so that no receiver pays a
-   virtual machine's first touch of the memory its copy lands in. For each receiver (and the mcp2p
-   SN): the CPU it used (user+sys, ``/proc/PID/stat``, or ``wait4`` for a
-   receiver that exits) from the start to the file's arrival, divided by
+   per packet, not work on a loss storm). Every receiver's copy is kept
+   till the end, so each is written into memory that has been free for a
+   while: on a virtual machine whose balloon reports free pages to the
+   host, memory freed seconds ago is still backed and a page-cache write
+   into it costs a tenth of one into memory free for longer (0.2 against 2
+   ms of CPU per MiB on the machine where this was found), and deleting
+   one tool's copy before the next tool ran favoured the next. For each
+   receiver (and the mcp2p SN): the CPU it used (user+sys,
+   ``/proc/PID/stat``, or ``wait4`` for a receiver that exits) from the
+   start to the file's arrival, divided by
    the data packets: mcp2p's from its receivers' counters, the peers' as
    file size / block size. mcp2p's figure includes its per-file work too
    (search, manifest, TLS, notices, final hash of the file). Also each
@@ -122,32 +127,6 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-# -- the machine ----------------------------------------------------------
-
-
-def warm_page_cache(directory: Path, size: int, passes: int = 2, chunk: int = 1 << 20) -> None:
-    """Write ``size`` bytes to a scratch file in ``directory`` and delete it,
-    ``passes`` times, so that the page cache every receiver then writes
-    into is memory the machine has written before.
-
-    On a virtual machine the first write to a guest page costs the host's
-    work of backing it, charged to the writer's system time: here 2 ms of
-    CPU per MiB written to the page cache the first time, 0.8 ms the second
-    and 0.4 ms the third (4 GiB each; ``pwrite`` of 1 MiB). Without this the
-    first tool measured (mcp2p) paid that for the others, which wrote into
-    the pages it had freed: about 2.5 µs per packet more at 4 GiB."""
-    scratch = Path(directory) / ".warm-page-cache"
-    block = bytes(chunk)
-    for _ in range(passes):
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            for offset in range(0, size, chunk):
-                os.pwrite(fd, block[: min(chunk, size - offset)], offset)
-        finally:
-            os.close(fd)
-            scratch.unlink()
-
-
 # -- mcp2p ----------------------------------------------------------------
 
 
@@ -162,7 +141,8 @@ def run_mcp2p(lab: Any, rate: int, mode: str, code: str = "auto") -> list[Row]:
     sn0, cn0 = cpu_seconds(sn_pid), cpu_seconds(cn_pid)
     # The CN asks for the peers' rate: its session finds the path's rate by
     # itself otherwise, and the comparison is per packet at one rate.
-    result = lab.fetch(1, mode=mode, code=code, timeout=TIMEOUT, rate=str(rate))
+    # Kept (see the module docstring): the peers' copies are kept too.
+    result = lab.fetch(1, mode=mode, code=code, timeout=TIMEOUT, rate=str(rate), keep=True)
     [got] = result.cns
     try:
         sn_cpu, cn_cpu = cpu_seconds(sn_pid) - sn0, cpu_seconds(cn_pid) - cn0
@@ -690,7 +670,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mcp2p-cpu-", dir=args.dir) as tmp, Network() as net:
         lab = StarLab(net, Path(tmp), cns=1)
         lab.share(size)
-        warm_page_cache(Path(tmp), size)
         for tool in tools:
             print(f"bench_cpu: {tool} ...", file=sys.stderr, flush=True)
             reason = None if tool == "mcp2p" else missing_tools(tool)

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 STAGES = (
     "recv_per_datagram",
     "digest",
@@ -64,22 +62,3 @@ def test_a_lossy_stream_holds_what_was_kept_and_the_repair_the_sn_sends() -> Non
         (0, data[: 1 << 20]),
         (1 << 20, data[1 << 20 :]),
     ]
-
-
-def test_warming_the_page_cache_writes_the_size_and_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from mcp2p.lab import bench_cpu
-
-    written: list[int] = []
-    real_pwrite = bench_cpu.os.pwrite
-
-    def pwrite(fd: int, data: bytes, offset: int) -> int:
-        written.append(len(data))
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(bench_cpu.os, "pwrite", pwrite)
-    size = 3 * 65536 + 100  # not a multiple of the chunk
-    bench_cpu.warm_page_cache(tmp_path, size, passes=2, chunk=65536)
-    assert sum(written) == 2 * size and max(written) == 65536
-    assert list(tmp_path.iterdir()) == []
