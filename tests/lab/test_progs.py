@@ -19,6 +19,7 @@ import pytest
 from mcp2p.lab import progs
 from mcp2p.lab.__main__ import BENCHES
 from mcp2p.lab.progs import command, forger, ping
+from tests.nodes import free_udp_port, node_ini
 
 SN = socket.inet_aton("10.9.0.1")
 GROUP = socket.inet_aton("239.1.2.3")
@@ -175,3 +176,27 @@ def test_bench_without_a_name_says_what_there_is(argv: list[str]) -> None:
     cp = _lab("bench", *argv)
     assert cp.returncode == (2 if not argv else 0)
     assert "benches: " + ", ".join(BENCHES) in cp.stdout
+
+
+def test_the_cn_cli_imports_everything_before_the_start_signal(tmp_path: Path) -> None:
+    """What a lab CLI imports after the signal is time the fetches start apart
+    (`mcp2p.lab.progs.cn_cli`): a get, run as the lab runs it up to its call
+    to the daemon (here a port where none listens), imports nothing."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ini = tmp_path / "node.ini"
+    ini.write_text(node_ini(tmp_path, free_udp_port(), free_udp_port(), api={"port": str(port)}))
+    code = (
+        "import sys\n"
+        "from mcp2p.lab.progs import cn_cli\n"
+        "before = set(sys.modules)\n"
+        "cn_cli.mcp2p.cli.get.get_in_process = cn_cli.no_daemon\n"
+        f"cn_cli.mcp2p.cli.main(['--config', {str(ini)!r}, 'get', 'x.bin', '--json'])\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    cp = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert "no daemon answered" in cp.stderr, cp.stdout + cp.stderr
+    assert cp.stdout.strip().splitlines()[-1] == "[]", cp.stdout + cp.stderr
