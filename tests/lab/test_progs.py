@@ -187,12 +187,14 @@ def test_the_cn_cli_imports_everything_before_the_start_signal(tmp_path: Path) -
         port = s.getsockname()[1]
     ini = tmp_path / "node.ini"
     ini.write_text(node_ini(tmp_path, free_udp_port(), free_udp_port(), api={"port": str(port)}))
+    go = tmp_path / "go"
+    go.touch()
+    argv = [str(go), str(tmp_path / "ready"), "5", "0", "--config", str(ini), "get", "x.bin"]
     code = (
         "import sys\n"
         "from mcp2p.lab.progs import cn_cli\n"
         "before = set(sys.modules)\n"
-        "cn_cli.mcp2p.cli.get.get_in_process = cn_cli.no_daemon\n"
-        f"cn_cli.mcp2p.cli.main(['--config', {str(ini)!r}, 'get', 'x.bin', '--json'])\n"
+        f"cn_cli.main({argv + ['--json']!r})\n"
         "print(sorted(set(sys.modules) - before))\n"
     )
     cp = subprocess.run(
