@@ -392,7 +392,7 @@ def measure_stages(size: int, tmp: Path, packets: int = 200_000) -> dict[str, An
     )
     sub = Subscriber(1, Client(), session, lists=MAX_LISTS_PER_NOTICE)  # as a CN subscribes
     session.add(sub, RangeSet.full(session.units))
-    ticks = packets // session.burst_cap(session.packet_size)  # a tick's packets at most
+    ticks = packets // session.burst_cap()  # a tick's packets at most
 
     def drive(n: int) -> int:
         before = session.counters["packets"] + session.counters["would_block"]

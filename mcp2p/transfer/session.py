@@ -410,10 +410,10 @@ class Session:
         at least two packets (one packet more than a tick may need)."""
         return max(rate / 8 * BURST_SECONDS, 2 * self.packet_size)
 
-    def burst_cap(self, size: int) -> int:
+    def burst_cap(self) -> int:
         """Packets one tick may send: MAX_BURST, or BURST_TICKS ticks of the
         rate where that is more (MAX_BURST_HIGH at most)."""
-        ticks = int(self.rates.rate / 8 * TICK * BURST_TICKS / size)
+        ticks = int(self.rates.rate / 8 * TICK * BURST_TICKS / self.packet_size)
         return min(MAX_BURST_HIGH, max(MAX_BURST, ticks))
 
     def _pace(self) -> None:
@@ -512,7 +512,7 @@ class Session:
         self.state = "RUNNING"
         self.bucket.refill(now, backlog)
         size = self.packet_size
-        budget = min(int(self.bucket.available(now) // size), self.burst_cap(size))
+        budget = min(int(self.bucket.available(now) // size), self.burst_cap())
         if budget <= 0:
             return
         ready = len(queue)  # planned in an earlier tick: their lists went out then
