@@ -23,13 +23,13 @@ Two parts, printed as one table and written as JSON:
    one tool's copy before the next tool ran favoured the next. For each
    receiver (and the mcp2p SN): the CPU it used (user+sys,
    ``/proc/PID/stat``, or ``wait4`` for a receiver that exits) from the
-   start to the file's arrival, divided by
-   the data packets: mcp2p's from its receivers' counters, the peers' as
-   file size / block size. mcp2p's figure includes its per-file work too
-   (search, manifest, TLS, notices, final hash of the file). Also each
-   process's peak RSS (VmHWM), and for mcp2p the packets per receive call
-   and the share of packets that came before their digest list was trusted
-   (held: each costs a copy and a second look).
+   start to the file's arrival, divided by the data packets: mcp2p's from
+   its receivers' counters, the peers' as file size / block size. mcp2p's
+   figure includes its per-file work too (search, manifest, TLS, notices,
+   final hash of the file). Also each process's peak RSS (VmHWM), and for
+   mcp2p the packets per receive call and the share of packets that came
+   before their digest list was trusted (held: each costs a copy and a
+   second look).
 
 2. **Stages in process**: the CN's receive path taken apart on synthetic
    packets of the same shape (1400-byte blocks, 1 MiB pieces), each stage
