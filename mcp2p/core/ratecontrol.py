@@ -57,6 +57,11 @@ How the rate finds the path's capacity, and holds it:
   is followed by a period that may cut but not rise: the reports that tell
   of a probe come a period late, and a probe on top of one not yet seen
   would overshoot twice.
+- *Held by the host*: a period in which the sender's own host held packets
+  back (its interface's queue full: `transfer.hostqueue`) does not rise, and
+  a start ends there at its rate. Where the sender's link is the bottleneck
+  that queue, not loss, is what says the path is full: the rate stays, the
+  queue stands, and no probe fills it until it drops.
 - Every rise is at least ADDITIVE_PERCENT of the initial rate (or of a
   lower ceiling), the same for every session of the SN: sessions sharing a
   path (unicast CNs behind one link) then converge to equal shares, as
@@ -212,6 +217,8 @@ class RateController:
         reports: Mapping[K, tuple[int, int]],
         seconds: float | Mapping[K, float] = 0.0,
         joining: Collection[K] = (),
+        *,
+        host_limited: bool = False,
     ) -> int:
         """Take one period's ``{receiver: (lost, received)}``; the new rate.
 
@@ -225,6 +232,12 @@ class RateController:
         before they joined): only what they received counts, and nothing
         of theirs goes into a baseline. A period with no packets reported
         changes nothing.
+        ``host_limited``: the sender's own host held packets back in this
+        period (its interface's queue was full): the path beyond is not what
+        limits the rate, and no rise would send more, so there is none; a
+        start ends there, at its rate (what the slowest receiver got while
+        it rose would say less: one CN short of CPU for a period ended a
+        start of the lab's eight at 81 Mbit/s on a 100 Mbit/s link).
         """
         for lost, received in reports.values():
             _check_count("lost", lost)
@@ -270,6 +283,11 @@ class RateController:
             self._cut(*min(calculated, key=lambda c: c[0]))
         elif self._observe:
             self._observe = False
+        elif host_limited:
+            if self.starting:  # the host's own link is full: the start is over here
+                self.starting = False
+                self.known = self._rate
+                self._probes = 0
         elif self.starting and self._full(received_rate):
             pass
         else:

@@ -75,6 +75,7 @@ from mcp2p.transfer.control import (
     UnknownSubscription,
 )
 from mcp2p.transfer.encoding import EncodeWorkers
+from mcp2p.transfer.hostqueue import HostQueue
 from mcp2p.transfer.session import Session, Subscriber, set_dscp
 from mcp2p.wire.layout import Layout
 from mcp2p.wire.manifest import encode_manifest, sign_manifest
@@ -158,6 +159,8 @@ class ServingService(Service):
         self.next_subscription = 1
         self.control_port: Any = None
         self.data_port: Any = None
+        # each data port's queue on this host, by IP version: its sessions share it
+        self.host_queues: dict[int, HostQueue] = {}
         self.counters = {
             "connections": 0,
             "rejected": 0,
@@ -225,6 +228,7 @@ class ServingService(Service):
             "[serving] control_port",
         )
         self.data_port = self._data_port(socket.AF_INET, iface, "")
+        self.host_queues[4] = HostQueue.of(self.data_port)
         interface6 = self.interface6
         if interface6:
             self.address6 = multicast.interface_address6(interface6)
@@ -235,6 +239,7 @@ class ServingService(Service):
                 "[serving] control_port (IPv6)",
             )
             self.data_port6 = self._data_port(socket.AF_INET6, interface6, self.address6)
+            self.host_queues[6] = HostQueue.of(self.data_port6)
             _log.info(
                 "serving IPv6 too: sessions from {address} on {interface}",
                 address=self.address6,
@@ -594,6 +599,7 @@ class ServingService(Service):
             source=source,
             scheduler=s.scheduler,
             workers=self.encode_workers,
+            host_queue=self.host_queues.get(version),
         )
         self.contents[session] = entry
         return session

@@ -26,7 +26,11 @@ even the first burst of a slow session stays near its rate. A reactor late
 beyond that while the session had packets to send (a busy CPU) owes what it
 could not send, up to ARREARS seconds of the rate, and pays it back at most
 CATCHUP above the rate (`core.pacing.Pacer`): the average holds the rate, as
-UFTP's sender holds its own, without its unbounded bursts.
+UFTP's sender holds its own, without its unbounded bursts. Nor does a tick
+put more on this host's queue than `transfer.hostqueue` allows (HOST_QUEUE of
+what the link takes): where the SN's own link is the bottleneck the rate
+then holds it, the queue standing, and a period in which the host held
+packets back raises the rate no further (`RateController.period`).
 
 States: RUNNING (someone needs something), IDLE (nobody does: a grace
 timer runs, and the subscribers that asked were told the last packet went,
@@ -57,6 +61,7 @@ from mcp2p.core.scheduler import make_scheduler
 from mcp2p.core.speedups import compiled
 from mcp2p.core.wanted import RangeSet
 from mcp2p.interfaces import IBlockCode
+from mcp2p.transfer.hostqueue import HostQueue
 from mcp2p.wire.layout import Layout
 from mcp2p.wire.rtp import (
     DIGEST_LEN,
@@ -186,6 +191,7 @@ class Session:
         source: str = "",
         scheduler: str = "mostwanted",
         workers: EncodeWorkers | None = None,
+        host_queue: HostQueue | None = None,
     ) -> None:
         self.reactor = reactor
         self.workers = workers  # where repair symbols are made off the reactor (``_prefetch``)
@@ -216,6 +222,9 @@ class Session:
         self.list_size = max(1, min(layout.block_length, MAX_PAYLOAD) // DIGEST_LEN)
         self.seq_units = array("I" if self.units <= 0xFFFFFFFF else "q", [0]) * SEQ_RING
         self.gso: Any = _gso_socket(port)  # None: one write per datagram
+        # the data port's queue on this host (shared by the port's sessions)
+        self.host_queue = host_queue if host_queue is not None else HostQueue.of(port)
+        self.host_limited = False  # that queue held packets back in this rate period
         self.packet_size = HEADER_LEN + layout.block_length + IP_UDP_OVERHEAD  # paced bytes
         self.rates = RateController(rate, min_rate, max_rate, packet_bits=8 * self.packet_size)
         self.bucket = Pacer(
@@ -244,6 +253,7 @@ class Session:
             "moves": 0,
             "gso_sends": 0,
             "gso_fallbacks": 0,
+            "host_limited": 0,  # ticks that sent less for a full queue on this host
             "lists": 0,
             "drained": 0,  # Drained notices sent
             "prefetched": 0,  # units whose repair symbols a worker made (``_prefetch``)
@@ -486,8 +496,10 @@ class Session:
             {sub: (int(w[0]), int(w[1])) for sub, w in window.items()},
             {sub: w[3] - w[2] for sub, w in window.items()},  # what its reports span
             joining,
+            host_limited=self.host_limited,
         )
         self._pace()
+        self.host_limited = False
         self.loss_window.clear()
         self.rate_at = now
 
@@ -515,18 +527,30 @@ class Session:
         budget = min(int(self.bucket.available(now) // size), self.burst_cap())
         if budget <= 0:
             return
+        written = self.counters["bytes"]
+        room = self.host_queue.room(now) // size
+        limited = room < budget
+        if limited:
+            budget = room
+            self.host_limited = True
+            self.counters["host_limited"] += 1
         ready = len(queue)  # planned in an earlier tick: their lists went out then
         count = min(budget, ready)
         if count:
             self.bucket.take(now, count * size)
             burst = [queue.popleft() for _ in range(count)]
+        if limited:
+            self.bucket.forgive()  # the host is the limit: nothing saved, nothing owed
         lead = max(1, min(MAX_LEAD, int(self.rates.rate / 8 * LEAD / size)))
-        if ready < budget + lead and self.scheduler.total_weight:
+        planned = ready < budget + lead and self.scheduler.total_weight > 0
+        if planned:
             self._plan(budget + lead - ready, now)  # its lists go out first
         if count:
             if not self.sending_since:
                 self.sending_since = now
             self._send(burst)
+        if count or planned:
+            self.host_queue.sent(self.reactor.seconds(), self.counters["bytes"] - written)
 
     def _drained(self) -> None:
         """Tell the subscribers that take it that everything went out: a CN

@@ -169,6 +169,32 @@ def test_above_the_known_capacity_probes_double_every_other_period_and_stop_grow
     assert c.report(0, 1000) == before * (100 + PROBE_PERCENT) // 100
 
 
+def test_a_period_the_host_held_packets_back_does_not_rise() -> None:
+    """The sender's own link is full (its host's queue held packets back):
+    a rise would send no more, below the known capacity or above it."""
+    for c in (steady(20 * MBIT, capacity=60 * MBIT), steady(60 * MBIT, capacity=60 * MBIT)):
+        before = c.rate
+        assert [c.period({1: (0, 1000)}, host_limited=True) for _ in range(3)] == [before] * 3
+        assert c.period({1: (0, 1000)}) > before  # the host lets go: it rises again
+
+
+def test_a_start_the_host_holds_back_ends_at_its_rate() -> None:
+    """Not at what the slowest receiver got while it rose: a receiver short of
+    CPU reports little for a period, and the link is the host's anyway."""
+    c = RateController(40 * MBIT, 1 * MBIT, 1000 * MBIT, packet_bits=PACKET_BITS)
+    assert c.period({1: (0, 1000)}, 0.1) == 60 * MBIT
+    assert c.period({1: (0, 100)}, 0.1, host_limited=True) == 60 * MBIT  # got 12 Mbit/s
+    assert not c.starting and c.known == 60 * MBIT
+
+
+def test_congestion_cuts_whether_or_not_the_host_held_packets_back() -> None:
+    """A bottleneck beyond the host still cuts: the host's queue says nothing
+    of the path past it."""
+    c = steady(60 * MBIT, capacity=60 * MBIT)
+    assert c.period({1: (300, 700)}, host_limited=True) < 60 * MBIT
+    assert c.limiting == 1
+
+
 def test_rises_are_at_least_a_share_of_the_initial_rate_so_sessions_converge() -> None:
     # Two sessions of one SN on one path, left unequal by their first cuts:
     # steps of a share of each one's own rate would keep them unequal.

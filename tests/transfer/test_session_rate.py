@@ -19,6 +19,7 @@ from twisted.internet.task import Clock
 from mcp2p.core.wanted import RangeSet
 from mcp2p.plugins import code_by_name
 from mcp2p.transfer.control import Refused
+from mcp2p.transfer.hostqueue import HOST_QUEUE, HostQueue
 from mcp2p.transfer.serving import ServingService
 from mcp2p.transfer.session import (
     BURST_SECONDS,
@@ -461,3 +462,82 @@ def test_a_late_reactor_catches_up_to_its_rate_within_the_catchup_bound(
         window = port.bits(start, start + 0.1)
         assert window <= rate * (1 + CATCHUP) * 0.1 + 2 * burst_bits
     assert stall - BURST_SECONDS <= ARREARS  # all of it owed, none lost
+
+
+class Link:
+    """The queue in front of a link of ``rate`` bit/s that a `Port` feeds:
+    what a socket's SIOCOUTQ would say (a fluid model, drained as time goes)."""
+
+    def __init__(self, clock: Clock, rate: int) -> None:
+        self.clock = clock
+        self.rate = rate / 8
+        self.queued = 0.0
+        self.at = clock.seconds()
+        self.most = 0.0
+
+    def now(self) -> float:
+        t = self.clock.seconds()
+        self.queued = max(0.0, self.queued - (t - self.at) * self.rate)
+        self.at = t
+        return self.queued
+
+    def add(self, n: int) -> None:
+        self.now()
+        self.queued += n
+        self.most = max(self.most, self.queued)
+
+
+class LinkPort(Port):
+    def __init__(self, clock: Clock, link: Link) -> None:
+        super().__init__(clock)
+        self.link = link
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        super().write(data, addr)
+        self.link.add(len(data) + IP_UDP_OVERHEAD)
+
+
+class LinkQueue(HostQueue):
+    """A `HostQueue` that reads the simulated link's queue instead of a socket's."""
+
+    def __init__(self, link: Link | None) -> None:
+        super().__init__(-1)
+        self.link = link
+
+    def _read(self) -> int | None:
+        return None if self.link is None else int(self.link.now())
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+def test_a_session_holds_a_slower_host_link_without_overfilling_its_queue(
+    tmp_path: Path, bounded: bool
+) -> None:
+    """The SN's own link takes 50 Mbit/s and no receiver loses anything (a
+    queue that never drops): the session starts at 100 Mbit/s and its start
+    would rise past it. Bounded by its host's queue, it sends the link's
+    rate with HOST_QUEUE of it queued, and stops rising; unbounded (a socket
+    that cannot say), the queue grows tenfold and more."""
+    clock = Clock()
+    link = Link(clock, 50 * MBIT)
+    port = LinkPort(clock, link)
+    session, _ = make_session(clock, tmp_path, port, rate=100 * MBIT)
+    session.host_queue = LinkQueue(link if bounded else None)
+    subscribe(session, 1, 0)
+    try:
+        run(clock, 4.0, [session])
+        if not bounded:
+            assert session.rates.rate > 100 * MBIT and link.most > 10 * 50 * MBIT / 8 * HOST_QUEUE
+            return
+        start = clock.seconds()
+        run(clock, 3.0, [session])
+        rate = port.bits(start, clock.seconds()) / 3.0
+        assert 0.97 * 50 * MBIT <= rate <= 1.03 * 50 * MBIT
+        assert session.host_queue.drain == pytest.approx(50 * MBIT / 8, rel=0.02)
+        held = 50 * MBIT / 8 * HOST_QUEUE
+        assert link.most <= held + session.burst_cap() * session.packet_size
+        assert 0.8 * held <= link.now() <= 1.05 * held  # it stands, 40 ms deep
+        assert session.counters["host_limited"] > 0
+        assert session.rates.rate < 200 * MBIT  # held back: no rise past the start's
+        assert session.bucket.owed == 0  # the host, not a late reactor: nothing owed
+    finally:
+        session.end("test over")
