@@ -21,8 +21,19 @@ learnt from the readings around each write. An empty queue sets no bound (the li
 was sent: the rate alone paces); before the link's rate is known, one that
 is not empty holds HOST_QUEUE_MIN at most.
 
-The arithmetic (`HostQueue.update`, `HostQueue.room_after`) takes the
-readings and times as arguments; `queued_bytes` is the one system call.
+Sessions share the room as they share the link. The room is one for the
+socket, and sessions tick in a fixed order: the first each time took all the
+link had freed, and a second session behind the same link starved (49 of
+50 Mbit/s against 1, on a Clock). So while two or more sessions were held
+back by the queue in the last ACTIVE_FOR seconds, each may write at most
+its allowance, which grows at its equal share of the link's rate (and
+holds at most its share of the limit); a session the queue does not hold
+back (its own rate is lower) is not counted, and its share goes to the
+others.
+
+The arithmetic (`HostQueue.update`, `HostQueue.room_after`, `HostQueue.share`)
+takes the readings and times as arguments; `queued_bytes` is the one
+system call.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from __future__ import annotations
 import fcntl
 import struct
 import sys
+from collections.abc import Hashable
 from typing import Any
 
 # Seconds of the link's rate the queue may hold: the longest reactor stall
@@ -46,6 +58,7 @@ HOST_QUEUE_MAX = 1 << 20
 # known: it is known within DRAIN_WINDOW of the queue standing.
 HOST_QUEUE_MIN = 128 * 1024
 DRAIN_WINDOW = 0.05  # seconds of busy link one estimate of its rate spans at least
+ACTIVE_FOR = 0.05  # seconds a session held back by the queue counts for a share of it
 SIOCOUTQ = 0x5411  # Linux: the bytes a socket has queued and not yet sent (TIOCOUTQ)
 UNBOUNDED = sys.maxsize
 
@@ -71,6 +84,8 @@ class HostQueue:
         # bytes the queue counts for each byte written: a datagram's buffer
         # with its overhead (a GSO send's less than one datagram's), learnt
         self.cost = 1.0
+        # session -> [allowance in bytes to write, as of, when last held back]
+        self.shares: dict[Hashable, list[float]] = {}
 
     @classmethod
     def of(cls, port: Any) -> HostQueue:
@@ -91,19 +106,24 @@ class HostQueue:
             self.fd = -1  # a socket that does not say: the rate alone paces
             return None
 
-    def room(self, now: float) -> int:
-        """Bytes that may be written now before the queue holds HOST_QUEUE of
-        its link's rate (UNBOUNDED where it cannot be read, or is empty)."""
+    def room(self, now: float, session: Hashable = None) -> int:
+        """Bytes ``session`` may write now before the queue holds HOST_QUEUE
+        of its link's rate (UNBOUNDED where it cannot be read, or is empty),
+        within its share (`share`)."""
         queued = self._read()
         if queued is None:
             return UNBOUNDED
         self.update(now, queued)
         self.before = queued
-        return self.room_after(queued)
+        room = self.room_after(queued)
+        return room if room == UNBOUNDED else min(room, self.share(now, session))
 
-    def sent(self, now: float, written: int) -> None:
-        """A session just wrote ``written`` bytes on the socket (since its
+    def sent(self, now: float, written: int, session: Hashable = None) -> None:
+        """``session`` just wrote ``written`` bytes on the socket (since its
         `room`): the next reading starts from here."""
+        entry = self.shares.get(session)
+        if entry is not None:
+            entry[0] -= written
         queued = self._read()
         if queued is None:
             return
@@ -111,6 +131,31 @@ class HostQueue:
         if before is not None:
             self.wrote(before, queued, written)
         self.after = (now, queued)
+
+    def held(self, now: float, session: Hashable) -> None:
+        """The queue held ``session`` back: it counts for a share for ACTIVE_FOR."""
+        entry = self.shares.setdefault(session, [0.0, now, now])
+        entry[2] = now
+
+    def forget(self, session: Hashable) -> None:
+        """``session`` ended: its share goes to the others."""
+        self.shares.pop(session, None)
+
+    def share(self, now: float, session: Hashable) -> int:
+        """Bytes ``session`` may write now of the link's rate it shares with
+        the other sessions the queue held back lately: unbounded while it is
+        the only one (or the link's rate is not known yet)."""
+        entry = self.shares.get(session)
+        active = sum(1 for e in self.shares.values() if now - e[2] <= ACTIVE_FOR)
+        if entry is None or active < 2 or not self.drain:
+            if entry is not None:
+                entry[0], entry[1] = 0.0, now
+            return UNBOUNDED
+        rate = self.drain / self.cost / active  # bytes written a second
+        cap = self.limit() / self.cost / active
+        entry[0] = min(cap, entry[0] + max(0.0, now - entry[1]) * rate)
+        entry[1] = now
+        return max(0, int(entry[0]))
 
     def wrote(self, before: int, after: int, written: int) -> None:
         """Learn what a byte written costs the queue: it went from ``before``

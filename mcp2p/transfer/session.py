@@ -528,12 +528,13 @@ class Session:
         if budget <= 0:
             return
         written = self.counters["bytes"]
-        room = self.host_queue.room(now) // size
+        room = self.host_queue.room(now, self) // size
         limited = room < budget
         if limited:
             budget = room
             self.host_limited = True
             self.counters["host_limited"] += 1
+            self.host_queue.held(now, self)
         ready = len(queue)  # planned in an earlier tick: their lists went out then
         count = min(budget, ready)
         if count:
@@ -550,7 +551,7 @@ class Session:
                 self.sending_since = now
             self._send(burst)
         if count or planned:
-            self.host_queue.sent(self.reactor.seconds(), self.counters["bytes"] - written)
+            self.host_queue.sent(self.reactor.seconds(), self.counters["bytes"] - written, self)
 
     def _drained(self) -> None:
         """Tell the subscribers that take it that everything went out: a CN
@@ -862,6 +863,7 @@ class Session:
                 pass
         self.subscribers.clear()
         self.queue.clear()
+        self.host_queue.forget(self)
         try:
             os.close(self.fd)
         except OSError:

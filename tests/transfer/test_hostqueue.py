@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from mcp2p.transfer import hostqueue
 from mcp2p.transfer.hostqueue import (
+    ACTIVE_FOR,
     DRAIN_WINDOW,
     HOST_QUEUE,
     HOST_QUEUE_FLOOR,
@@ -133,6 +134,57 @@ def test_a_write_too_small_or_a_queue_that_shrank_teaches_no_cost() -> None:
     assert q.cost == 1.0
     q.wrote(0, 10**9, 2000)  # absurd: bounded
     assert q.cost <= 1.0 + 3.0 / 8
+
+
+def learnt(drain: float = 12.5e6) -> HostQueue:
+    q = HostQueue(-1)
+    drain_at(q, drain, 0.2)
+    return q
+
+
+def test_one_session_held_back_has_no_share_to_keep_to() -> None:
+    q = learnt()
+    q.held(1.0, "a")
+    assert q.share(1.001, "a") == UNBOUNDED
+    assert q.share(1.001, "b") == UNBOUNDED  # never held back: not counted
+
+
+def test_sessions_held_back_together_each_get_an_equal_share_of_the_link() -> None:
+    q = learnt()
+    q.held(1.0, "a")
+    q.held(1.0, "b")
+    q.held(1.0, "c")
+    assert q.share(1.0, "a") == 0  # nothing earned yet
+    assert q.share(1.002, "a") == pytest.approx(12.5e6 / 3 * 0.002, abs=1)
+    q.sent(1.002, 5000, "a")  # what it wrote is spent (no socket: no reading)
+    assert q.share(1.004, "a") == pytest.approx(12.5e6 / 3 * 0.004 - 5000, abs=1)
+    for session in "abc":
+        q.held(1.999, session)
+    assert q.share(2.0, "b") == int(q.limit() / 3)  # saved up to its share of the queue
+
+
+def test_a_share_ends_with_its_session_or_when_it_is_no_longer_held_back() -> None:
+    q = learnt()
+    q.held(1.0, "a")
+    q.held(1.0, "b")
+    assert q.share(1.01, "a") != UNBOUNDED
+    q.forget("b")
+    assert q.share(1.01, "a") == UNBOUNDED
+    q.held(1.0, "b")
+    assert q.share(1.0 + ACTIVE_FOR + 0.001, "a") == UNBOUNDED  # neither held back lately
+    q.forget("a")
+    q.forget("a")  # twice: nothing
+
+
+def test_the_room_is_the_queues_within_the_sessions_share(monkeypatch) -> None:
+    q = learnt()
+    q.fd, q.after = 3, None  # a first reading: it teaches nothing of the link
+    monkeypatch.setattr(hostqueue, "queued_bytes", lambda fd: 100_000)
+    q.held(1.0, "a")
+    q.held(1.0, "b")
+    q.share(1.0, "a")
+    assert q.room(1.002, "a") == pytest.approx(12.5e6 / 2 * 0.002, abs=1)
+    assert q.room(1.002, None) == q.room_after(100_000)  # no session: the queue's alone
 
 
 def test_time_the_queue_ran_dry_is_not_taken_for_the_links_rate() -> None:

@@ -541,3 +541,32 @@ def test_a_session_holds_a_slower_host_link_without_overfilling_its_queue(
         assert session.bucket.owed == 0  # the host, not a late reactor: nothing owed
     finally:
         session.end("test over")
+
+
+def test_two_sessions_behind_one_host_link_both_get_a_share(tmp_path: Path) -> None:
+    """Two unicast sessions on one data port, its link slower than either's
+    rate: they share the port's queue, and the link, about equally (the one
+    whose tick comes first took all the room the link freed: 49 Mbit/s
+    against 1)."""
+    clock = Clock()
+    link = Link(clock, 50 * MBIT)
+    queue = LinkQueue(link)
+    ports, sessions = [], []
+    for i in range(2):
+        port = LinkPort(clock, link)
+        (tmp_path / str(i)).mkdir()
+        session, _ = make_session(clock, tmp_path / str(i), port, rate=100 * MBIT)
+        session.host_queue = queue
+        subscribe(session, i + 1, 0)
+        ports.append(port)
+        sessions.append(session)
+    try:
+        run(clock, 2.0, sessions)
+        start = clock.seconds()
+        run(clock, 3.0, sessions)
+        rates = [p.bits(start, clock.seconds()) / 3.0 for p in ports]
+        assert 0.97 * 50 * MBIT <= sum(rates) <= 1.03 * 50 * MBIT
+        assert min(rates) >= 0.45 * 50 * MBIT, rates
+    finally:
+        for s in sessions:
+            s.end("test over")
