@@ -13,13 +13,14 @@ Linux says how many bytes a socket has queued and not yet sent (SIOCOUTQ:
 its skbs' true sizes, until the device frees them). One `HostQueue` serves
 every session of a data port: they share the socket, the queue and the
 link. Between two readings only the device takes from the queue, so a
-reading taken before a send, against the one taken after the last send, is
-what the link took meanwhile; and where the queue is not empty at the later
-one it was busy all along, so that is the link's rate (``drain``), in the
-queue's own units; what a byte written costs it (a buffer's overhead) is
-learnt from the readings around each write. An empty queue sets no bound (the link took all that
-was sent: the rate alone paces); before the link's rate is known, one that
-is not empty holds HOST_QUEUE_MIN at most.
+reading taken before a send, against the one taken after the last send,
+is what the link took meanwhile; and where the queue is not empty at the
+later one it was busy all along, so that is the link's rate (``drain``),
+in the queue's own units. What a byte written costs the queue (a buffer's
+overhead) is learnt from the readings around each write. An empty queue
+sets no bound (the link took all that was sent: the rate alone paces);
+before the link's rate is known, one that is not empty holds
+HOST_QUEUE_MIN at most.
 
 Sessions share the room as they share the link. The room is one for the
 socket, and sessions tick in a fixed order: the first each time took all the
@@ -39,15 +40,16 @@ system call.
 from __future__ import annotations
 
 import fcntl
+import math
 import struct
 import sys
 from collections.abc import Hashable
 from typing import Any
 
 # Seconds of the link's rate the queue may hold: the longest reactor stall
-# it covers. The lab's tbf holds 50 ms; fq_codel's target is 5 ms, so on a
-# host with that qdisc a standing queue meets drops now and then, which the
-# rate controller takes for random loss below its margin.
+# it covers. The lab's tbf holds 50 ms. fq_codel's target is 5 ms: on a
+# host with that qdisc a standing queue will meet drops now and then (not
+# measured).
 HOST_QUEUE = 0.04
 HOST_QUEUE_FLOOR = 8 * 1024  # bytes at least (40 ms of 1 Mbit/s is 5 KB) ...
 # ... and at most, whatever the link: what Linux lets one TCP socket queue on
@@ -59,6 +61,7 @@ HOST_QUEUE_MAX = 1 << 20
 HOST_QUEUE_MIN = 128 * 1024
 DRAIN_WINDOW = 0.05  # seconds of busy link one estimate of its rate spans at least
 ACTIVE_FOR = 0.05  # seconds a session held back by the queue counts for a share of it
+RECOUNT = 0.01  # seconds the count of those sessions is kept (a session leaving: late by this)
 SIOCOUTQ = 0x5411  # Linux: the bytes a socket has queued and not yet sent (TIOCOUTQ)
 UNBOUNDED = sys.maxsize
 
@@ -86,6 +89,10 @@ class HostQueue:
         self.cost = 1.0
         # session -> [allowance in bytes to write, as of, when last held back]
         self.shares: dict[Hashable, list[float]] = {}
+        # how many of them were held back within ACTIVE_FOR, counted when
+        # (each session's tick asks: counted once in RECOUNT, not n times)
+        self.active = 0
+        self.counted_at = -math.inf
 
     @classmethod
     def of(cls, port: Any) -> HostQueue:
@@ -134,19 +141,28 @@ class HostQueue:
 
     def held(self, now: float, session: Hashable) -> None:
         """The queue held ``session`` back: it counts for a share for ACTIVE_FOR."""
-        entry = self.shares.setdefault(session, [0.0, now, now])
-        entry[2] = now
+        entry = self.shares.get(session)
+        if entry is None or now - entry[2] > ACTIVE_FOR:
+            self.counted_at = -math.inf  # one more shares the link: count again
+        if entry is None:
+            self.shares[session] = [0.0, now, now]
+        else:
+            entry[2] = now
 
     def forget(self, session: Hashable) -> None:
         """``session`` ended: its share goes to the others."""
-        self.shares.pop(session, None)
+        if self.shares.pop(session, None) is not None:
+            self.counted_at = -math.inf
 
     def share(self, now: float, session: Hashable) -> int:
         """Bytes ``session`` may write now of the link's rate it shares with
         the other sessions the queue held back lately: unbounded while it is
         the only one (or the link's rate is not known yet)."""
         entry = self.shares.get(session)
-        active = sum(1 for e in self.shares.values() if now - e[2] <= ACTIVE_FOR)
+        if not self.counted_at <= now < self.counted_at + RECOUNT:
+            self.active = sum(1 for e in self.shares.values() if now - e[2] <= ACTIVE_FOR)
+            self.counted_at = now
+        active = self.active
         if entry is None or active < 2 or not self.drain:
             if entry is not None:
                 entry[0], entry[1] = 0.0, now

@@ -18,6 +18,7 @@ from mcp2p.transfer.hostqueue import (
     HOST_QUEUE_FLOOR,
     HOST_QUEUE_MAX,
     HOST_QUEUE_MIN,
+    RECOUNT,
     UNBOUNDED,
     HostQueue,
     queued_bytes,
@@ -174,6 +175,27 @@ def test_a_share_ends_with_its_session_or_when_it_is_no_longer_held_back() -> No
     assert q.share(1.0 + ACTIVE_FOR + 0.001, "a") == UNBOUNDED  # neither held back lately
     q.forget("a")
     q.forget("a")  # twice: nothing
+
+
+def test_the_sessions_sharing_are_counted_once_a_recount_not_once_a_tick() -> None:
+    """Each session's tick asks for its share: with many sessions, counting
+    them every time would cost the square of their number each tick."""
+    q = learnt()
+    for i in range(200):
+        q.held(1.0, i)
+    q.share(1.0, 0)
+    assert q.active == 200 and q.counted_at == 1.0
+    for i in range(200):
+        q.held(1.001, i)  # held again, already counted: no recount
+        q.share(1.001, i)
+    assert q.counted_at == 1.0
+    q.held(1.002, "new")  # one more: counted at once
+    q.share(1.002, 0)
+    assert q.active == 201
+    # the 200 not held back since 1.001 stop counting within RECOUNT of ACTIVE_FOR
+    q.held(1.001 + ACTIVE_FOR + 0.001, "new")
+    q.share(1.001 + ACTIVE_FOR + RECOUNT + 0.001, "new")
+    assert q.active == 1
 
 
 def test_the_room_is_the_queues_within_the_sessions_share(monkeypatch) -> None:
