@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import fcntl
 import math
+import socket
 import struct
 import sys
 from collections.abc import Hashable
@@ -64,6 +65,16 @@ ACTIVE_FOR = 0.05  # seconds a session held back by the queue counts for a share
 RECOUNT = 0.01  # seconds the count of those sessions is kept (a session leaving: late by this)
 SIOCOUTQ = 0x5411  # Linux: the bytes a socket has queued and not yet sent (TIOCOUTQ)
 UNBOUNDED = sys.maxsize
+
+
+def port_socket(port: Any) -> Any:
+    """``port``'s socket where it has a real one (a UDP socket, on Linux),
+    else None."""
+    handle = getattr(port, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if getattr(sock, "type", None) != socket.SOCK_DGRAM or not sys.platform.startswith("linux"):
+        return None
+    return sock
 
 
 def queued_bytes(fd: int) -> int:
@@ -97,12 +108,8 @@ class HostQueue:
     @classmethod
     def of(cls, port: Any) -> HostQueue:
         """The queue of ``port``'s socket, where it has a real one."""
-        handle = getattr(port, "getHandle", None)
-        sock = handle() if handle is not None else None
-        fileno = getattr(sock, "fileno", None)
-        if fileno is None or not sys.platform.startswith("linux"):
-            return cls(-1)
-        return cls(fileno())
+        fileno = getattr(port_socket(port), "fileno", None)
+        return cls(fileno() if fileno is not None else -1)
 
     def _read(self) -> int | None:
         if self.fd < 0:

@@ -43,7 +43,6 @@ import errno
 import os
 import random
 import socket
-import sys
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -61,7 +60,7 @@ from mcp2p.core.scheduler import make_scheduler
 from mcp2p.core.speedups import compiled
 from mcp2p.core.wanted import RangeSet
 from mcp2p.interfaces import IBlockCode
-from mcp2p.transfer.hostqueue import HostQueue
+from mcp2p.transfer.hostqueue import HostQueue, port_socket
 from mcp2p.wire.layout import Layout
 from mcp2p.wire.rtp import (
     DIGEST_LEN,
@@ -883,11 +882,8 @@ class Session:
 def _gso_socket(port: Any) -> Any:
     """The port's socket if it can take UDP GSO sends (a real one: it has
     ``sendmsg`` and Linux's option), else None: one write per datagram."""
-    handle = getattr(port, "getHandle", None)
-    sock = handle() if handle is not None else None
+    sock = port_socket(port)
     if sock is None or not hasattr(sock, "sendmsg") or not hasattr(sock, "sendto"):
-        return None
-    if getattr(sock, "type", None) != socket.SOCK_DGRAM or not sys.platform.startswith("linux"):
         return None
     return sock
 
