@@ -13,6 +13,7 @@ import errno
 import ipaddress
 import socket
 import struct
+import sys
 from typing import Any
 
 from twisted.internet.interfaces import IListeningPort
@@ -34,6 +35,16 @@ _UNUSABLE6 = 0x08 | 0x20 | 0x40  # DADFAILED, DEPRECATED, TENTATIVE
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+
+
+def port_socket(port: Any) -> Any:
+    """``port``'s socket where it has a real one (a UDP socket, on Linux),
+    else None."""
+    handle = getattr(port, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if getattr(sock, "type", None) != socket.SOCK_DGRAM or not sys.platform.startswith("linux"):
+        return None
+    return sock
 
 
 def set_buffers(lport: Any, receive: int = 0, send: int = 0) -> None:

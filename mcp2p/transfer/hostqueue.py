@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import fcntl
 import math
-import socket
 import struct
 import sys
 from collections.abc import Hashable
 from typing import Any
+
+from mcp2p.multicast import port_socket
 
 # Seconds of the link's rate the queue may hold: the longest reactor stall
 # it covers. The lab's tbf holds 50 ms. fq_codel's target is 5 ms: on a
@@ -65,16 +66,6 @@ ACTIVE_FOR = 0.05  # seconds a session held back by the queue counts for a share
 RECOUNT = 0.01  # seconds the count of those sessions is kept (a session leaving: late by this)
 SIOCOUTQ = 0x5411  # Linux: the bytes a socket has queued and not yet sent (TIOCOUTQ)
 UNBOUNDED = sys.maxsize
-
-
-def port_socket(port: Any) -> Any:
-    """``port``'s socket where it has a real one (a UDP socket, on Linux),
-    else None."""
-    handle = getattr(port, "getHandle", None)
-    sock = handle() if handle is not None else None
-    if getattr(sock, "type", None) != socket.SOCK_DGRAM or not sys.platform.startswith("linux"):
-        return None
-    return sock
 
 
 def queued_bytes(fd: int) -> int:

@@ -60,7 +60,8 @@ from mcp2p.core.scheduler import make_scheduler
 from mcp2p.core.speedups import compiled
 from mcp2p.core.wanted import RangeSet
 from mcp2p.interfaces import IBlockCode
-from mcp2p.transfer.hostqueue import HostQueue, port_socket
+from mcp2p.multicast import port_socket
+from mcp2p.transfer.hostqueue import HostQueue
 from mcp2p.wire.layout import Layout
 from mcp2p.wire.rtp import (
     DIGEST_LEN,
