@@ -95,10 +95,14 @@ SCHEMA: dict[str, dict[str, Option]] = {
             _choice("unicast", "multicast"), "unicast", "how SNs are asked to send offers"
         ),
         "reply_delay_min": Option(
-            _float_range(0, 10), "0.02", "shortest random delay before an offer, seconds"
+            _float_range(0, 10),
+            "0.02",
+            "shortest random delay before an offer to the group, seconds",
         ),
         "reply_delay_max": Option(
-            _float_range(0, 10), "0.12", "longest random delay before an offer, seconds"
+            _float_range(0, 10),
+            "0.12",
+            "longest random delay before an offer to the group, seconds",
         ),
         "answer_rate": Option(
             _float_range(0.1, 10000), "20", "offers an SN sends per second at most, sustained"

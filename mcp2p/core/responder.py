@@ -2,7 +2,9 @@
 
 For each QUERY heard: match it against the catalog, stay silent when the
 query lists this node as known, delay the answer at random (RFC 6762
-style reply-implosion control: it spreads SNs apart, so a query for what
+style reply-implosion control: it spreads SNs apart, 20-120 ms before an
+offer to the group, which other SNs overhear, a few ms of jitter before one
+to the CN's own address, which none does; a query for what
 a pending answer already answers, another CN of a burst asking for the
 same file, is answered at that one's time, and one for what this SN
 answered less than TOGETHER_WINDOW ago at once: the delay chose it then),
@@ -64,6 +66,15 @@ MAX_SOURCES = 1024  # source buckets kept (least recently used dropped)
 LOOKUP_FACTOR = 4  # global look-ups per second: this times answer_rate
 MEMORY = 30.0
 MANY_ANSWERS = 8  # a query wanting more answers than this stretches the delay
+# The longest delay before an offer to the CN's own address (reply_to). The
+# random delay is there so that SNs hear each other's offers on the group and
+# stay silent once the CN has enough (RFC 6762 7.4); an offer sent to the CN
+# alone is heard by no other SN, so waiting 20-120 ms for one suppresses
+# nothing and only delays the fetch: a multicast session waits for its last
+# CN, so every fetch waited for a draw, 70 ms on average. A few milliseconds
+# of jitter still keep many SNs' offers from reaching the CN in one instant
+# (RFC 6762 6: a responder that need not wait for others answers within 10 ms).
+UNICAST_JITTER = 0.01
 # A ring that still does not list us this long after we answered: our answer
 # was lost. A ring that follows a lost answer comes ring_timeout (0.3 s) after
 # the one we answered, so at least 0.3 - reply_delay_max (0.12) = 0.18 s after
@@ -258,10 +269,17 @@ class Responder:
         return pending.files if pending is not None else []
 
     def _delay(self, query: Query) -> float:
-        high = self.delay_max
+        """Random: reply_delay_min..max before an offer to the group, which
+        other SNs overhear; 0..UNICAST_JITTER (at most reply_delay_max) before
+        one to the CN's address. Stretched up to 4x when many answers are
+        wanted."""
+        if query.reply_to is None:
+            low, high = self.delay_min, self.delay_max
+        else:
+            low, high = 0.0, min(UNICAST_JITTER, self.delay_max)
         if query.answers_wanted > MANY_ANSWERS:
             high *= min(4.0, query.answers_wanted / MANY_ANSWERS)
-        return self.rng.uniform(self.delay_min, max(self.delay_min, high))
+        return self.rng.uniform(low, max(low, high))
 
     def overheard(self, offer: Offer, now: float) -> None:
         """Another SN's OFFER seen on the group: enough of them make ours redundant."""

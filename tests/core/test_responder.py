@@ -19,6 +19,7 @@ from mcp2p.core.responder import (
     MAX_GROUP_DATAGRAMS,
     MEMORY,
     REANSWER_AFTER,
+    UNICAST_JITTER,
     Responder,
     Schedule,
     Send,
@@ -137,7 +138,7 @@ def offers_of(sends: list[Send]) -> list[Offer]:
 
 def test_one_reply_is_scheduled_within_the_window() -> None:
     r = responder()
-    query = make_query()
+    query = make_query(multicast=True)
     [schedule] = hear(r, query)
     assert isinstance(schedule, Schedule)
     assert schedule.key == (query.request_id, query.hop_limit, False)
@@ -148,21 +149,49 @@ def test_one_reply_is_scheduled_within_the_window() -> None:
 
 @given(st.integers(0, 2**32), st.integers(1, 8))
 def test_delay_within_min_max(seed: int, wanted: int) -> None:
-    [schedule] = hear(responder(seed=seed), make_query(answers_wanted=wanted))
+    [schedule] = hear(responder(seed=seed), make_query(multicast=True, answers_wanted=wanted))
     assert DELAY_MIN <= schedule.delay <= DELAY_MAX
 
 
 @given(st.integers(0, 2**32), st.integers(9, 255))
 def test_delay_stretches_when_many_answers_are_wanted(seed: int, wanted: int) -> None:
-    [schedule] = hear(responder(seed=seed), make_query(answers_wanted=wanted))
+    query = make_query(multicast=True, answers_wanted=wanted)
+    [schedule] = hear(responder(seed=seed), query)
     assert DELAY_MIN <= schedule.delay <= DELAY_MAX * min(4.0, wanted / 8)
 
 
 def test_many_answers_wanted_uses_the_wider_window() -> None:
-    delays = [hear(responder(seed=s), make_query(answers_wanted=255))[0].delay for s in range(200)]
+    query = make_query(multicast=True, answers_wanted=255)
+    delays = [hear(responder(seed=s), query)[0].delay for s in range(200)]
     assert max(delays) > 2 * DELAY_MAX
     assert max(delays) <= 4 * DELAY_MAX
     assert min(delays) < DELAY_MAX
+
+
+@given(st.integers(0, 2**32), st.integers(1, 8))
+def test_an_offer_to_the_cn_alone_waits_only_a_jitter(seed: int, wanted: int) -> None:
+    # No other SN hears it, so a long delay would suppress nothing.
+    [schedule] = hear(responder(seed=seed), make_query(answers_wanted=wanted))
+    assert 0.0 <= schedule.delay <= UNICAST_JITTER < DELAY_MIN
+
+
+def test_the_jitter_spreads_and_stretches_like_the_delay() -> None:
+    delays = [hear(responder(seed=s), make_query())[0].delay for s in range(200)]
+    assert min(delays) < UNICAST_JITTER / 4 and max(delays) > UNICAST_JITTER * 3 / 4
+    many = [hear(responder(seed=s), make_query(answers_wanted=255))[0].delay for s in range(200)]
+    assert UNICAST_JITTER * 2 < max(many) <= UNICAST_JITTER * 4
+
+
+def test_the_jitter_is_never_above_reply_delay_max() -> None:
+    # reply_delay_max = 0 (an operator's "answer at once") holds for both.
+    r = Responder(ME, MY_KEY, lambda q: [file_offer(1)], random.Random(0), 0.0, 0.0, 1000.0, 1000)
+    for multicast in (False, True):
+        [schedule] = hear(r, make_query(request=int(multicast) + 1, multicast=multicast))
+        assert schedule.delay == 0.0
+    for seed in range(50):
+        rng = random.Random(seed)
+        r = Responder(ME, MY_KEY, lambda q: [file_offer(1)], rng, 0.0, 0.002, 1000.0, 1000)
+        assert 0.0 <= hear(r, make_query())[0].delay <= 0.002
 
 
 # -- silence ----------------------------------------------------------------------------
@@ -173,9 +202,9 @@ def test_the_same_question_from_other_cns_is_answered_with_the_first() -> None:
     # the last of them came after about 110 ms of the 20-120, and a
     # multicast session waits for its last CN.
     r = responder()
-    first = make_query(request=1)
+    first = make_query(request=1, multicast=True)
     [one] = hear(r, first, now=0.0, source=("192.0.2.11", 40000))
-    later = [make_query(request=i) for i in range(2, 9)]
+    later = [make_query(request=i, multicast=True) for i in range(2, 9)]
     schedules = [
         hear(r, q, now=0.001 * i, source=(f"192.0.2.{10 + i}", 40000))[0]
         for i, q in enumerate(later, start=2)
@@ -187,20 +216,38 @@ def test_the_same_question_from_other_cns_is_answered_with_the_first() -> None:
     for i, s in enumerate([one, *schedules], start=1):
         sends = r.due(s.key, one.delay)
         assert [o.request_id for o in offers_of(sends)] == [rid(i)]
+        assert sends[0].to is None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_burst_asking_to_its_own_addresses_is_answered_with_the_first(seed: int) -> None:
+    r = responder(seed=seed)
+    [one] = hear(r, make_query(request=1), now=0.0, source=("192.0.2.11", 40000))
+    assert 0.0 <= one.delay <= UNICAST_JITTER
+    schedules = [
+        hear(r, make_query(request=i), now=0.0001 * i, source=(f"192.0.2.{10 + i}", 40000))[0]
+        for i in range(2, 9)
+    ]
+    for i, s in enumerate(schedules, start=2):
+        assert s.delay == pytest.approx(max(0.0, one.delay - 0.0001 * i))
+    assert r.counters["answered_together"] == 7
+    for i, s in enumerate([one, *schedules], start=1):
+        sends = r.due(s.key, max(one.delay, 0.0001 * i))
+        assert [o.request_id for o in offers_of(sends)] == [rid(i)]
         assert sends[0].to == (f"192.0.2.{10 + i}", 40001)
 
 
 def test_other_questions_and_later_ones_get_their_own_delay() -> None:
     r = responder(seed=3)
-    [one] = hear(r, make_query(request=1))
-    other = dataclasses.replace(make_query(request=2), pattern="other*")
+    [one] = hear(r, make_query(request=1, multicast=True))
+    other = dataclasses.replace(make_query(request=2, multicast=True), pattern="other*")
     [two] = hear(r, other, now=0.001)
     assert r.counters["answered_together"] == 0
     assert two.delay != pytest.approx(one.delay - 0.001)
     r.due(one.key, one.delay)
     r.due(two.key, 0.001 + two.delay)
     # the first answer went: a new asker of the same file starts a new delay
-    [three] = hear(r, make_query(request=3), now=1.0)
+    [three] = hear(r, make_query(request=3, multicast=True), now=1.0)
     assert r.counters["answered_together"] == 0
     assert DELAY_MIN <= three.delay <= DELAY_MAX
 
@@ -212,7 +259,9 @@ def test_answering_a_burst_together_keeps_responders_apart() -> None:
     for seed in range(100):
         times = []
         for r in ten_responders(seed):
-            due = [hear(r, make_query(request=i), now=0.0005 * i)[0] for i in range(8)]
+            due = [
+                hear(r, make_query(request=i, multicast=True), now=0.0005 * i)[0] for i in range(8)
+            ]
             ends = {round(0.0005 * i + s.delay, 9) for i, s in enumerate(due)}
             assert len(ends) == 1  # all eight answered at once
             times.append(ends.pop())
@@ -742,16 +791,20 @@ def test_a_question_answered_lately_is_answered_at_once() -> None:
     from mcp2p.core.responder import TOGETHER_WINDOW
 
     r = responder(seed=5)
-    [one] = hear(r, make_query(request=1))
+    [one] = hear(r, make_query(request=1, multicast=True))
     assert r.due(one.key, one.delay)
     sent = one.delay
-    [two] = hear(r, make_query(request=2), now=sent + 0.05, source=("192.0.2.12", 40000))
+    [two] = hear(
+        r, make_query(request=2, multicast=True), now=sent + 0.05, source=("192.0.2.12", 40000)
+    )
     assert two.delay == 0.0 and r.counters["answered_together"] == 1
     assert offers_of(r.due(two.key, sent + 0.05))
-    other = dataclasses.replace(make_query(request=3), pattern="other*")
+    other = dataclasses.replace(make_query(request=3, multicast=True), pattern="other*")
     [three] = hear(r, other, now=sent + 0.06)
     assert DELAY_MIN <= three.delay <= DELAY_MAX
-    [four] = hear(r, make_query(request=4), now=sent + 0.05 + TOGETHER_WINDOW + 0.01)
+    [four] = hear(
+        r, make_query(request=4, multicast=True), now=sent + 0.05 + TOGETHER_WINDOW + 0.01
+    )
     assert DELAY_MIN <= four.delay <= DELAY_MAX
     assert r.counters["answered_together"] == 1
 

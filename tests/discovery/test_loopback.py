@@ -64,7 +64,10 @@ async def test_ten_responders_on_loopback_spread_answers_and_respect_known_answe
     assert len(result.servers) == 10
     assert all(s.distance == 1 for s in result.servers)
     arrivals.sort()
-    assert arrivals[-1] - arrivals[0] > 0.03, "all ten answered at once"
+    # Offers to the CN's address wait only a jitter (UNICAST_JITTER, 1.25x
+    # for 10 answers): spread, yet all within it and the ring's first wait.
+    assert arrivals[-1] - arrivals[0] > 0.002, "all ten answered at once"
+    assert arrivals[-1] - arrivals[0] < 0.1, arrivals
     # One offer each, and no second ring: ten answers were enough.
     assert len(arrivals) == 10
     assert result.hop_limits == [1]
