@@ -342,6 +342,7 @@ def test_a_background_flush_records_the_marks_of_when_it_was_asked(dirs: Dirs) -
     data = random.Random(30).randbytes(40 * PIECE)
     manifest = make_manifest(data)
     partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
+    partial._writeback = False  # write-behind has tests of its own
     later = partial.background = Later()
     write_pieces(partial, manifest, data, range(16))  # the 16th asks for a flush
     assert len(later.queued) == 1 and not partial.flush_due()
@@ -359,6 +360,7 @@ def test_a_flush_asked_while_one_runs_follows_it_with_the_newer_marks(dirs: Dirs
     manifest = make_manifest(data)
     clock = ManualClock()
     partial = PartialFile.open(*dirs, manifest, clock=clock)
+    partial._writeback = False  # write-behind has tests of its own
     later = partial.background = Later()
     write_pieces(partial, manifest, data, range(16))
     write_pieces(partial, manifest, data, range(16, 32))  # due again: waits for the first
@@ -376,6 +378,7 @@ def test_a_background_flush_after_the_end_writes_nothing(dirs: Dirs, end: str) -
     data = random.Random(32).randbytes(16 * PIECE)
     manifest = make_manifest(data)
     partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
+    partial._writeback = False  # write-behind has tests of its own
     later = partial.background = Later()
     write_pieces(partial, manifest, data, range(16))
     assert len(later.queued) == 1
@@ -398,6 +401,7 @@ def test_a_failed_background_flush_is_said_and_its_marks_flushed_later(
     data = random.Random(33).randbytes(20 * PIECE)
     manifest = make_manifest(data)
     partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
+    partial._writeback = False  # write-behind has tests of its own
     later = partial.background = Later()
     write_pieces(partial, manifest, data, range(16))
 
@@ -422,6 +426,7 @@ def test_a_slow_disk_does_not_hold_the_writer_while_it_syncs(
     data = random.Random(34).randbytes(16 * PIECE)
     manifest = make_manifest(data)
     partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
+    partial._writeback = False  # write-behind has tests of its own
     real = os.fdatasync
     monkeypatch.setattr(os, "fdatasync", lambda fd: (time.sleep(0.3), real(fd))[1])
     threads: list[tuple[threading.Thread, Any, list[BaseException | None]]] = []
@@ -449,6 +454,143 @@ def test_a_slow_disk_does_not_hold_the_writer_while_it_syncs(
     assert errors[0] is None
     crash(partial)
     assert PartialFile.open(*dirs, manifest).verified_pieces == 16
+
+
+def progress_of(dirs: Dirs, manifest: FakeManifest) -> Path:
+    return dirs[1] / "transfers" / f"{manifest.content_id.hex()}.json"
+
+
+def test_a_fresh_download_writes_its_progress_at_its_first_flush(dirs: Dirs) -> None:
+    """No old marks, nothing to replace: opening does not wait for a file and
+    a directory fsync. A crash before the first flush starts over."""
+    data = random.Random(40).randbytes(4 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    assert not progress_of(dirs, manifest).exists()
+    write_pieces(partial, manifest, data, [0, 1])
+    crash(partial)
+    again = PartialFile.open(*dirs, manifest)
+    assert again.verified_pieces == 0 and not progress_of(dirs, manifest).exists()
+    write_pieces(again, manifest, data, [0, 1])
+    again.flush()
+    assert progress_of(dirs, manifest).exists()
+    crash(again)
+    resumed = PartialFile.open(*dirs, manifest)
+    assert resumed.verified_pieces == 2
+    write_pieces(resumed, manifest, data, [2, 3])
+    assert resumed.finalize().read_bytes() == data
+
+
+def test_old_marks_are_replaced_before_new_bytes(dirs: Dirs) -> None:
+    # A progress file that exists but no longer fits is replaced at once.
+    data = random.Random(41).randbytes(4 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest)
+    write_pieces(partial, manifest, data, [0, 1])
+    partial.close()
+    downloads = dirs[0]
+    (downloads / part_name("file.bin", manifest.content_id)).write_bytes(b"short")
+    PartialFile.open(*dirs, manifest).close()
+    doc = json.loads(progress_of(dirs, manifest).read_bytes())
+    assert set(doc["verified"]) <= set("A=")  # base64 of no bits set
+
+
+class Kicks:
+    """``start_writeback`` as the store calls it: recorded, answering ``result``."""
+
+    def __init__(self, result: bool = True) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.result = result
+
+    def __call__(self, fd: int, offset: int, length: int) -> bool:
+        assert fd >= 0
+        self.calls.append((offset, length))
+        return self.result
+
+
+def test_write_behind_starts_the_disk_on_each_verified_piece_one_job_at_a_time(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kicks = Kicks()
+    monkeypatch.setattr(store.progress, "start_writeback", kicks)
+    data = random.Random(42).randbytes(8 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
+    later = partial.background = Later()
+    write_pieces(partial, manifest, data, [0])
+    write_pieces(partial, manifest, data, [1, 2])  # while the first job is out: merged
+    assert len(later.queued) == 1
+    later.run()
+    assert kicks.calls == [(0, PIECE)]
+    assert len(later.queued) == 1  # the next, asked when the first was done
+    write_pieces(partial, manifest, data, [5])
+    later.run()
+    assert kicks.calls == [(0, PIECE), (PIECE, 2 * PIECE)]
+    later.run()
+    assert kicks.calls[-1] == (5 * PIECE, PIECE) and not later.queued
+    write_pieces(partial, manifest, data, [3, 4, 6, 7])
+    while later.queued:
+        later.run()
+    assert partial.finalize().read_bytes() == data
+
+
+def test_write_behind_never_waits_for_a_flush_nor_touches_a_closed_file(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kicks = Kicks()
+    monkeypatch.setattr(store.progress, "start_writeback", kicks)
+    data = random.Random(43).randbytes(4 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
+    later = partial.background = Later()
+    write_pieces(partial, manifest, data, [0])
+    with partial._sync_lock:  # as a flush in another thread holds it
+        start = time.monotonic()
+        assert later.run() is None
+        assert time.monotonic() - start < 0.5
+    assert kicks.calls == []  # skipped: that flush's fdatasync writes it
+    write_pieces(partial, manifest, data, [1])
+    partial.close()
+    assert later.run() is None and kicks.calls == []
+
+
+def test_write_behind_stops_where_the_file_system_cannot(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kicks = Kicks(result=False)
+    monkeypatch.setattr(store.progress, "start_writeback", kicks)
+    data = random.Random(44).randbytes(4 * PIECE)
+    manifest = make_manifest(data)
+    partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
+    later = partial.background = Later()
+    write_pieces(partial, manifest, data, [0])
+    write_pieces(partial, manifest, data, [1])
+    later.run()
+    assert len(kicks.calls) == 1 and not later.queued
+    write_pieces(partial, manifest, data, [2, 3])
+    assert not later.queued and len(kicks.calls) == 1
+    assert partial.finalize().read_bytes() == data
+
+
+def test_start_writeback_on_real_files(tmp_path: Path) -> None:
+    from mcp2p.transfer.store.partfile import start_writeback
+
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, b"x" * 100_000, 0)
+        if sys.platform.startswith("linux"):
+            assert start_writeback(fd, 0, 100_000) is True
+        os.fdatasync(fd)
+        assert path.read_bytes() == b"x" * 100_000
+    finally:
+        os.close(fd)
+    r, w = os.pipe()
+    try:
+        assert start_writeback(r, 0, 10) is False  # ESPIPE: no file to write back
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 class Crash(Exception):
@@ -1296,9 +1438,11 @@ def test_every_layer_logs_as_the_store_s_partial_file(dirs: Dirs) -> None:
 
     globalLogPublisher.addObserver(observer)
     try:
-        PartialFile.open(*dirs, manifest).close()
+        first = PartialFile.open(*dirs, manifest)
+        write_pieces(first, manifest, data, [0])
+        first.close()
         partial = PartialFile.open(*dirs, manifest)  # "resuming": PartialFile.open
-        write_pieces(partial, manifest, data, range(2))
+        write_pieces(partial, manifest, data, [1])
         partial.finalize()  # "complete": the deliver layer
     finally:
         globalLogPublisher.removeObserver(observer)

@@ -10,9 +10,12 @@ our euid with one link and the expected size; anything else is started over.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import os
 import stat
+from typing import Any
 
 from mcp2p.transfer.store.common import _store_error
 from mcp2p.transfer.store.dirs import _CREATE, _REOPEN, _Files, _fit_name
@@ -20,6 +23,37 @@ from mcp2p.wire.types import MAX_NAME_BYTES
 
 # New part files and the final file (through the link): see the package docstring.
 FILE_MODE = 0o644
+SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
+# sync_file_range errors meaning "not here" (no such call, a file system or
+# file without it): write-behind stops; others are left to fdatasync.
+_NO_WRITEBACK = frozenset({errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP})
+
+
+@functools.cache
+def _sync_file_range() -> Any:
+    """libc's ``sync_file_range`` (Linux), or None."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def start_writeback(fd: int, offset: int, length: int) -> bool:
+    """Have the kernel start writing ``length`` bytes at ``offset`` of ``fd``
+    to the disk, without waiting for them (``sync_file_range`` with
+    SYNC_FILE_RANGE_WRITE, as PostgreSQL's ``checkpoint_flush_after``).
+    Nothing is durable by this: fdatasync still is the only promise, and
+    finds less left to write. False where it cannot be done (the caller
+    stops asking); an I/O error is left for that fdatasync to report."""
+    function = _sync_file_range()
+    if function is None:
+        return False
+    if function(fd, offset, length, SYNC_FILE_RANGE_WRITE) == 0:
+        return True
+    return ctypes.get_errno() not in _NO_WRITEBACK
 
 
 def part_name(name: str, content_id: bytes) -> str:

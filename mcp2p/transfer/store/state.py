@@ -97,6 +97,11 @@ class PieceState:
         # calls ``done(error or None)`` on it; None: flushes run in place.
         self.background: Background | None = None
         self._syncing = False  # a background flush is under way
+        # Write-behind (progress): start each verified piece's writes at once,
+        # one job at a time; the range verified since that job was asked.
+        self._writeback = True
+        self._kicking = False
+        self._behind: tuple[int, int] | None = None
         self._pieces = layout.pieces
         self._last_piece = layout.pieces - 1
         self._last_blocks = layout.blocks_in_piece(self._last_piece)
