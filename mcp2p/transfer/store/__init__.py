@@ -34,7 +34,11 @@ close; finalize removes the file), so a ``kill -9`` loses at most the unflushed 
 pieces are fetched again; it can never make unverified bytes count as good.
 Starting over (no usable progress, or a part file missing, wrong-sized
 or not ours: see below) first replaces the progress file with an empty one, so old marks never
-apply to new bytes. ``finalize`` hashes the whole file once more before
+apply to new bytes; a fresh download, which has none, writes its first at its first flush.
+Each verified piece's bytes are handed to the disk at once (write-behind,
+``sync_file_range``, in ``background``), so a flush's fdatasync, and the
+one in ``finalize``, wait only for what is still under way; nothing is
+durable by that alone. ``finalize`` hashes the whole file once more before
 it gets its final name (see there), so even a part file changed behind our back
 between runs is caught.
 
