@@ -208,7 +208,7 @@ class ProgressRecords(BufferWindow):
 
         def work() -> None:
             if not self._sync_lock.acquire(blocking=False):
-                return  # a flush (or the close) has the fd: its sync writes these too
+                return  # a flush (or the close) has the fd: the next flush writes these
             try:
                 if not self._closed and not start_writeback(self._fd, start, end - start):
                     self._writeback = False
