@@ -184,11 +184,12 @@ class ProgressRecords(BufferWindow):
         ``background``: the next flush's fdatasync, and the one in
         ``finalize`` that ends every fetch, then wait only for what is still
         under way, not for all written since the last flush (up to
-        FLUSH_SECONDS of the rate: finalize took 10-32 ms in the lab's 8-CN
-        fetch at 100 Mbit/s). Best effort and bounded: one job at a time
-        (pieces verified meanwhile wait for the next, as one range), which
-        skips its turn while a flush syncs rather than wait and hold a
-        thread; a file system without it stops it."""
+        FLUSH_SECONDS of the rate: finalize took 5-32 ms, median 20, in the
+        lab's 8-CN fetch at 100 Mbit/s; 3-24, median 7, with it). Best
+        effort and bounded: one job at a time (pieces verified meanwhile
+        wait for the next, as one range), which skips its turn while a
+        flush syncs rather than wait and hold a thread; a file system
+        without it stops it."""
         if self.background is None or not self._writeback:
             return
         start = piece * self._piece_length
