@@ -508,15 +508,24 @@ class Kicks:
         return self.result
 
 
-def test_write_behind_starts_the_disk_on_each_verified_piece_one_job_at_a_time(
-    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    kicks = Kicks()
+def behind(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch, seed: int, pieces: int, result: bool = True
+) -> tuple[Kicks, bytes, FakeManifest, PartialFile, Later]:
+    """A download of ``pieces`` pieces whose write-behind jobs wait in a
+    ``Later`` and whose ``start_writeback`` calls a ``Kicks`` records."""
+    kicks = Kicks(result)
     monkeypatch.setattr(store.progress, "start_writeback", kicks)
-    data = random.Random(42).randbytes(8 * PIECE)
+    data = random.Random(seed).randbytes(pieces * PIECE)
     manifest = make_manifest(data)
     partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
     later = partial.background = Later()
+    return kicks, data, manifest, partial, later
+
+
+def test_write_behind_starts_the_disk_on_each_verified_piece_one_job_at_a_time(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kicks, data, manifest, partial, later = behind(dirs, monkeypatch, 42, 8)
     write_pieces(partial, manifest, data, [0])
     write_pieces(partial, manifest, data, [1, 2])  # while the first job is out: merged
     assert len(later.queued) == 1
@@ -537,18 +546,13 @@ def test_write_behind_starts_the_disk_on_each_verified_piece_one_job_at_a_time(
 def test_write_behind_never_waits_for_a_flush_nor_touches_a_closed_file(
     dirs: Dirs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kicks = Kicks()
-    monkeypatch.setattr(store.progress, "start_writeback", kicks)
-    data = random.Random(43).randbytes(4 * PIECE)
-    manifest = make_manifest(data)
-    partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
-    later = partial.background = Later()
+    kicks, data, manifest, partial, later = behind(dirs, monkeypatch, 43, 4)
     write_pieces(partial, manifest, data, [0])
     with partial._sync_lock:  # as a flush in another thread holds it
         start = time.monotonic()
         assert later.run() is None
         assert time.monotonic() - start < 0.5
-    assert kicks.calls == []  # skipped: that flush's fdatasync writes it
+    assert kicks.calls == []  # skipped: the next flush writes it
     write_pieces(partial, manifest, data, [1])
     partial.close()
     assert later.run() is None and kicks.calls == []
@@ -557,12 +561,7 @@ def test_write_behind_never_waits_for_a_flush_nor_touches_a_closed_file(
 def test_write_behind_stops_where_the_file_system_cannot(
     dirs: Dirs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kicks = Kicks(result=False)
-    monkeypatch.setattr(store.progress, "start_writeback", kicks)
-    data = random.Random(44).randbytes(4 * PIECE)
-    manifest = make_manifest(data)
-    partial = PartialFile.open(*dirs, manifest, clock=ManualClock())
-    later = partial.background = Later()
+    kicks, data, manifest, partial, later = behind(dirs, monkeypatch, 44, 4, result=False)
     write_pieces(partial, manifest, data, [0])
     write_pieces(partial, manifest, data, [1])
     later.run()
