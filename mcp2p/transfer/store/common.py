@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 Buffer = bytes | bytearray | memoryview
 
@@ -55,6 +56,18 @@ class PieceEvent:
 
     piece: int
     ok: bool
+
+
+def libc_function(name: str, argtypes: list[Any]) -> Any:
+    """libc's function ``name`` (errno kept for ``ctypes.get_errno``),
+    returning an int and taking ``argtypes``; None where this libc has none."""
+    try:
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return function
 
 
 def _store_error(exc: OSError, verb: str, path: Path) -> StoreError:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mcp2p.core.display import display_name, display_path
-from mcp2p.transfer.store.common import StoreError, VerifyError, _store_error
+from mcp2p.transfer.store.common import StoreError, VerifyError, _store_error, libc_function
 from mcp2p.transfer.store.dirs import _REOPEN, _fit_name
 from mcp2p.transfer.store.pieces import PieceWriter
 from mcp2p.wire.merkle import hash_piece, merkle_root, piece_hashes
@@ -45,14 +45,8 @@ def collision_name(name: str, n: int) -> str:
 @functools.cache
 def _renameat2() -> Any:
     """libc's ``renameat2`` (glibc >= 2.28), or None."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
-    function.argtypes.append(ctypes.c_uint)
-    function.restype = ctypes.c_int
-    return function
+    path = ctypes.c_char_p
+    return libc_function("renameat2", [ctypes.c_int, path, ctypes.c_int, path, ctypes.c_uint])
 
 
 def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> None:

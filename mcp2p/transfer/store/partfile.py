@@ -17,7 +17,7 @@ import os
 import stat
 from typing import Any
 
-from mcp2p.transfer.store.common import _store_error
+from mcp2p.transfer.store.common import _store_error, libc_function
 from mcp2p.transfer.store.dirs import _CREATE, _REOPEN, _Files, _fit_name
 from mcp2p.wire.types import MAX_NAME_BYTES
 
@@ -32,13 +32,8 @@ _NO_WRITEBACK = frozenset({errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNO
 @functools.cache
 def _sync_file_range() -> Any:
     """libc's ``sync_file_range`` (Linux), or None."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
+    off = ctypes.c_int64
+    return libc_function("sync_file_range", [ctypes.c_int, off, off, ctypes.c_uint])
 
 
 def start_writeback(fd: int, offset: int, length: int) -> bool:
