@@ -130,8 +130,8 @@ class PartialFile(Delivery):
             if why is not None:
                 # Old marks go first, durably, so they never describe new bytes.
                 # With no progress file there are none: the first flush makes
-                # one, and a fresh download's first packet does not wait for a
-                # file and directory fsync (1-16 ms each in the lab).
+                # one, and a fresh download's Subscribe does not wait for a
+                # file and a directory fsync (1-16 ms together in the lab).
                 write_progress(files, manifest, verified)
             fd = create_part(files, manifest.size)
         if verified is None or why is not None:
