@@ -132,6 +132,10 @@ class IBlockCode(Interface):
     A code holds no per-file state: it makes an encoder and decoders for a
     ``mcp2p.wire.layout.Layout``, and may raise ``ValueError`` for a layout
     it cannot code.
+
+    Optional: ``needs(layout)``, every unit's ``need`` at once (a sequence
+    of ``units(layout)`` ints): a session asks for it once instead of
+    calling ``need`` per unit (RaptorQ: 4096 calls, 20 ms, for a 4 GiB file).
     """
 
     name = Attribute("the name the ini file and a session use to select it")

@@ -94,6 +94,10 @@ class PlainCode:
         layout.locate(unit)
         return 1
 
+    def needs(self, layout: Layout) -> list[int]:
+        """Every unit's need at once (all 1)."""
+        return [1] * layout.blocks
+
     def repair_overhead(self, layout: Layout, unit: int) -> int:
         return 0
 
@@ -214,6 +218,11 @@ class RaptorQCode:
         """K: a receiver that loses none of the source symbols joins them, and
         the sender encodes nothing (``repair_overhead`` for one that lost some)."""
         return self.source_symbols(layout, unit)
+
+    def needs(self, layout: Layout) -> list[int]:
+        """Every piece's K at once: all but the last piece have the same size."""
+        last = layout.pieces - 1
+        return [self.need(layout, 0)] * last + [self.need(layout, last)]
 
     def repair_overhead(self, layout: Layout, unit: int) -> int:
         """``overhead``: a receiver that lost x symbols of a piece decodes from

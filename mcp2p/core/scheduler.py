@@ -412,16 +412,19 @@ class DemandScheduler:
                 raise ValueError(f"unit {last} is outside 0..{self._units - 1}")
             new = _Need(need.copy(), {}, True)
         elif isinstance(need, dict):
-            ones = []
-            many = {}
-            for unit, count in need.items():
-                self._check_unit(unit)
-                if not isinstance(count, int) or count < 0:
-                    raise ValueError(f"need for unit {unit} must be >= 0, got {count!r}")
-                if count == 1:
-                    ones.append(unit)
-                elif count > 1:
-                    many[unit] = count
+            if need and not (
+                all(type(u) is int for u in need)
+                and all(type(c) is int for c in need.values())
+                and min(need) >= 0
+                and max(need) < self._units
+                and min(need.values()) >= 0
+            ):
+                for unit, count in need.items():  # which one, for the message
+                    self._check_unit(unit)
+                    if not isinstance(count, int) or count < 0:
+                        raise ValueError(f"need for unit {unit} must be >= 0, got {count!r}")
+            ones = [unit for unit, count in need.items() if count == 1]
+            many = {unit: count for unit, count in need.items() if count > 1}
             new = _Need(RangeSet.from_indices(ones), many, False)
         else:
             raise TypeError(f"need must be a dict or a RangeSet, not {type(need).__name__}")
@@ -470,9 +473,9 @@ class DemandScheduler:
         self._total += after - before
 
     def _shift(self, units: RangeSet, delta: int) -> None:
-        """Add ``delta`` (+1 or -1) to the weight of each of ``units`` (for -1,
-        each has weight >= 1). Set algebra over the levels: O(ranges), never
-        unit by unit."""
+        """Add ``delta`` to the weight of each of ``units`` (for a negative
+        delta, each has weight >= -delta). Set algebra over the levels:
+        O(levels x ranges), never unit by unit."""
         if not units:
             return
         out: dict[int, RangeSet] = {}
@@ -490,6 +493,8 @@ class DemandScheduler:
                 put(w, level)
                 continue
             covered += len(moved)
+            if w + delta < 0:
+                raise AssertionError("a weight would drop below zero")
             if w + delta == 0:
                 dropped += len(moved)
             put(w, level.difference(moved))
@@ -508,15 +513,28 @@ class DemandScheduler:
 
     def _apply(self, old: _Need, new: _Need) -> None:
         """Change the weights from ``old``'s contribution to ``new``'s: the
-        increases first, so that no weight goes below zero on the way."""
-        points: dict[int, int] = {}
+        increases first, so that no weight goes below zero on the way.
+
+        Units whose weight changes by the same amount move together
+        (``_shift``) where that costs less than one by one: a RaptorQ
+        subscriber needs K of every piece, so its thousands of units make
+        two groups (K, and the last piece's), and the levels are few while
+        a session starts. With many levels (every unit's weight its own,
+        late in a session) a small group goes unit by unit."""
+        points: dict[int, int] = dict(new.many)
         for unit, count in old.many.items():
             points[unit] = points.get(unit, 0) - count
-        for unit, count in new.many.items():
-            points[unit] = points.get(unit, 0) + count
-        self._shift(new.ones.difference(old.ones), 1)
-        for unit, d in sorted(points.items(), key=lambda item: -item[1]):
+        groups: dict[int, list[int]] = {}
+        for unit, d in points.items():
             if d:
+                groups.setdefault(d, []).append(unit)
+        self._shift(new.ones.difference(old.ones), 1)
+        for d in sorted(groups, reverse=True):
+            units = groups[d]
+            if len(units) > len(self._levels):
+                self._shift(RangeSet.from_indices(units), d)
+                continue
+            for unit in units:
                 w = self._weight(unit)
                 self._move(unit, w, w + d)
         self._shift(old.ones.difference(new.ones), -1)

@@ -45,7 +45,7 @@ import random
 import socket
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -208,6 +208,7 @@ class Session:
         self.file = (path, st.st_dev, st.st_ino)  # what an encode worker reads (``_prefetch``)
         self.encoder = code.encoder(layout, self._read)
         self.units = code.units(layout)
+        self._unit_needs: Sequence[int] | None = None  # every unit's need, made at first use
         self.scheduler = make_scheduler(scheduler, self.units, rng)  # [serving] scheduler
         # The plain code sends a block as it is, whatever its symbol number: no
         # counter per unit (it would cost 8 bytes per block of the file), and a
@@ -369,14 +370,36 @@ class Session:
             if replace and current is not None:
                 new = {u: c for u, c in counts.items() if u in wanted and c > 0}
             else:
-                new = dict(counts)
-                for unit in wanted:
-                    new[unit] = max(new.get(unit, 0), self.code.need(self.layout, unit))
+                needs = self.unit_needs()
+                fresh = {u: needs[u] for start, stop in wanted.ranges() for u in range(start, stop)}
+                if counts:
+                    new = dict(counts)
+                    for unit, need in fresh.items():
+                        new[unit] = max(new.get(unit, 0), need)
+                else:
+                    new = fresh
         self.scheduler.set_need(sub.id, new)
         if replace:
             self.scheduler.keep_credit(sub.id, wanted)
         else:
             self.scheduler.drop_credit(sub.id, wanted)
+
+    def unit_needs(self) -> Sequence[int]:
+        """Every unit's need from scratch (the code's ``need``), made once:
+        at once where the code can (``needs``), else unit by unit."""
+        if self._unit_needs is None:
+            bulk = getattr(self.code, "needs", None)
+            needs = (
+                bulk(self.layout)
+                if bulk is not None
+                else [self.code.need(self.layout, u) for u in range(self.units)]
+            )
+            if len(needs) != self.units:
+                raise ValueError(
+                    f"code {self.code.name!r} gave {len(needs)} needs for {self.units} units"
+                )
+            self._unit_needs = needs
+        return self._unit_needs
 
     def remove(self, sub_id: int) -> None:
         self.subscribers.pop(sub_id, None)

@@ -238,6 +238,18 @@ def test_raptorq_source_symbols_are_the_package_s(block: int) -> None:
         assert enc.symbol(0, n)[2] == packets[n][4 : 4 + len(enc.symbol(0, n)[2])]
 
 
+@given(
+    size=st.integers(0, 40 * PIECE),
+    piece=st.integers(1, 8).map(lambda n: n * BLOCK),
+    code=st.sampled_from([PlainCode(), RaptorQCode()]),
+)
+@settings(max_examples=100)
+def test_needs_at_once_are_each_units_need(size: int, piece: int, code: IBlockCode) -> None:
+    layout = Layout(size, piece, BLOCK)
+    bulk = code.needs(layout)  # type: ignore[attr-defined]
+    assert list(bulk) == [code.need(layout, u) for u in range(code.units(layout))]
+
+
 def test_raptorq_empty_file_is_one_empty_symbol() -> None:
     layout = Layout(0, PIECE, BLOCK)
     code = RaptorQCode()

@@ -262,6 +262,37 @@ def test_a_block_code_sends_symbols_of_whole_pieces(make: Any) -> None:
     assert notices[: len(headers)] == list(enumerate(packet_digests(_data(m))))
 
 
+def test_a_session_asks_its_code_for_every_units_need_once(make: Any) -> None:
+    """The needs come from the code's ``needs`` once (RaptorQ: K of each piece),
+    from ``need`` unit by unit for a code without it, and a code whose
+    answer does not fit the layout is refused."""
+    m = make(size=5 * PIECE + 100, code="raptorq")
+    code, layout = m.session.code, m.session.layout
+    expected = [code.need(layout, u) for u in range(m.session.units)]
+    assert list(m.session.unit_needs()) == expected and expected[0] > expected[-1]
+    m.subscribe(1)
+    m.subscribe(2, RangeSet([(1, 3)]))
+    weights = [m.session.scheduler.weight(u) for u in range(m.session.units)]
+    assert weights == [n * (2 if u in (1, 2) else 1) for u, n in enumerate(expected)]
+
+    class Without:  # a third-party code: no bulk ``needs``
+        name = "without"
+
+        def need(self, layout: Layout, unit: int) -> int:
+            return unit + 2
+
+    m.session.code, m.session._unit_needs = Without(), None
+    assert list(m.session.unit_needs()) == [u + 2 for u in range(m.session.units)]
+
+    class Wrong(Without):
+        def needs(self, layout: Layout) -> list[int]:
+            return [1]
+
+    m.session.code, m.session._unit_needs = Wrong(), None
+    with pytest.raises(ValueError, match="1 needs for 6 units"):
+        m.session.unit_needs()
+
+
 def _data(m: Made) -> list[bytes]:
     return [data for data, _ in m.port.sent]
 
