@@ -142,6 +142,9 @@ class Subscribe(amp.Command):
         (b"lists", amp.Integer(optional=True)),
         # The CN takes Drained (absent: it is never sent one).
         (b"drained", amp.Boolean(optional=True)),
+        # The CN is in a group already (``joined_token`` of the one it was offered):
+        # if it is the session's, the CN counts as joined now (absent: once it says Joined).
+        (b"joined", amp.Unicode(optional=True)),
     ]
     response = [
         (b"subscription", amp.Integer()),
@@ -169,10 +172,19 @@ class UpdateWanted(amp.Command):
 
 class Joined(amp.Command):
     """The CN joined its subscription's group: the session's first packet need
-    not wait JOIN_DELAY for it (transfer.session)."""
+    not wait JOIN_DELAY for it (transfer.session). A CN that joined the group
+    it was offered before subscribing says so in its Subscribe (``joined``),
+    and its session need not wait for this round trip."""
 
     arguments = [(b"subscription", amp.Integer())]
     errors = _ERRORS
+
+
+def joined_token(group: str, source: str, port: int) -> str:
+    """What Subscribe's ``joined`` says of a group the CN is in: the group, the
+    source ("" for ASM) and the UDP port, as a subscription's reply gives them.
+    The SN only compares it with its session's: it is never parsed."""
+    return f"{group} {source} {port}"
 
 
 class ReportLoss(amp.Command):
@@ -271,6 +283,7 @@ class ServingSide(Protocol):
         family: int | None = None,
         lists: int | None = None,
         drained: bool | None = None,
+        joined: str | None = None,
     ) -> Any: ...
 
     def update_wanted(

@@ -73,6 +73,7 @@ from mcp2p.transfer.control import (
     Summary,
     UnknownList,
     UnknownSubscription,
+    joined_token,
 )
 from mcp2p.transfer.encoding import EncodeWorkers
 from mcp2p.transfer.hostqueue import HostQueue
@@ -328,6 +329,7 @@ class ServingService(Service):
         family: int | None = None,
         lists: int | None = None,
         drained: bool | None = None,
+        joined: str | None = None,
     ) -> Any:
         """`_subscribe`'s answer once [serving] subscribers admits the CN: a dict,
         or a Deferred of one when the key servers must be asked first."""
@@ -342,6 +344,7 @@ class ServingService(Service):
             family=family,
             lists=lists,
             drained=drained,
+            joined=joined,
         )
         node_id, key = client.peer_node_id or b"", client.peer_public_key or b""
         why = self.trust.admission(node_id, key)
@@ -378,6 +381,7 @@ class ServingService(Service):
         family: int | None = None,
         lists: int | None = None,
         drained: bool | None = None,
+        joined: str | None = None,
     ) -> dict[str, Any]:
         from mcp2p.plugins import code_by_name
 
@@ -496,6 +500,8 @@ class ServingService(Service):
                 session.gather(self._expected_hosts(content_id, now), s.gather)
             self.expected.pop((content_id, host), None)
             session.arrived(host)
+            if joined == joined_token(session.group, session.source, session.destination[1]):
+                session.joined(sub.id)  # in the group already: no Joined round trip to wait for
         self._start_checker()
         peer = (client.peer_node_id or b"").hex()[:12]
         _log.info(

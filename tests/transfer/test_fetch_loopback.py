@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from twisted.internet import reactor
 
 from mcp2p.app import build
 from mcp2p.discovery.query import QueryNode
+from mcp2p.transfer.control import joined_token
 from mcp2p.transfer.fetch import Fetch
 from mcp2p.trust.keys import load_or_create
 from tests.nodes import free_udp_port, make_node_dir, node_config
@@ -70,15 +73,62 @@ async def test_fetch_a_file_over_loopback(tmp_path: Path, mode: str) -> None:
     joined: list[int] = []  # Joined: the CN is in its group, the first packet need not wait
     said = serving.joined
     serving.joined = lambda client, sub: (joined.append(sub), said(client, sub))[1]
+    asked: list[Any] = []  # what each Subscribe said of the group the CN was in already
+    subscribe = serving.subscribe
+    serving.subscribe = lambda client, **kw: (asked.append(kw["joined"]), subscribe(client, **kw))[
+        1
+    ]
     try:
         await serving.ready
+        [entry] = serving.catalog.entries()
+        offer = serving.offer_for(entry)
         path, events = await fetch(tmp_path, sn.node.config, qport, sport, "data.bin", mode=mode)
     finally:
         await sn.stopService()
     assert path.read_bytes() == (sn_dir / "share" / "data.bin").read_bytes()
     assert path.name == "data.bin"
     assert events[-1]["event"] == "done"
-    assert len(joined) == (1 if mode == "multicast" else 0)
+    if mode == "multicast":  # in the offered group before subscribing, and said so
+        assert asked == [joined_token(str(offer.group), str(offer.source), offer.port)]
+    else:
+        assert asked == [None]
+    assert len(joined) == (1 if mode == "multicast" else 0)  # for an SN without ``joined``
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cn_offered_another_group_than_its_sessions_joins_the_sessions(
+    tmp_path: Path,
+) -> None:
+    """The offer said one group, the session is on another (the SN moved it, say):
+    the CN's early join is not counted, and the CN joins the session's group
+    from the reply, says Joined and gets the file."""
+    sn, sn_dir, qport, sport = serving_node(tmp_path, {"data.bin": 5_000_000})
+    sn.startService()
+    serving = sn.node.serving
+    offer_for = serving.offer_for
+    serving.offer_for = lambda entry, version=4: dataclasses.replace(
+        offer_for(entry, version), group=ipaddress.ip_address("232.9.9.9")
+    )
+    joined: list[bool] = []  # was the subscription joined before the CN said so?
+    said = serving.joined
+    serving.joined = lambda client, sub: (
+        joined.append(serving.subscriptions[sub].joined),
+        said(client, sub),
+    )[1]
+    replies: list[dict[str, Any]] = []
+    subscribe = serving.subscribe
+    serving.subscribe = lambda client, **kw: (replies.append(subscribe(client, **kw)), replies[-1])[
+        1
+    ]
+    try:
+        await serving.ready
+        path, _ = await fetch(tmp_path, sn.node.config, qport, sport, "data.bin")
+    finally:
+        await sn.stopService()
+    assert path.read_bytes() == (sn_dir / "share" / "data.bin").read_bytes()
+    [reply] = replies
+    assert reply["group"] not in ("", "232.9.9.9")
+    assert joined == [False]  # the early join did not count; the Joined did
 
 
 @pytest_twisted.ensureDeferred

@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 
 from mcp2p.catalog import CatalogEntry
 from mcp2p.core.wanted import RangeSet
-from mcp2p.transfer.control import NotShared, Refused, UnknownSubscription
+from mcp2p.transfer.control import NotShared, Refused, UnknownSubscription, joined_token
 from mcp2p.transfer.serving import ServingService
 from mcp2p.transfer.session import JOIN_DELAY, JOIN_MARGIN
 from mcp2p.trust.gate import TrustGate
@@ -323,6 +323,36 @@ def test_a_cn_that_never_says_joined_keeps_the_join_delay(made: Any) -> None:
     service.joined(one, first)
     took = _first_packet_at(service, clock, 0.2)
     assert took is not None and JOIN_DELAY - 0.002 <= took <= JOIN_DELAY + 0.01
+
+
+def test_a_cn_in_the_offered_group_counts_as_joined_at_its_subscribe(made: Any) -> None:
+    """A CN that joined the group it was offered before subscribing says so
+    in the Subscribe: the session needs no Joined from it. A ``joined`` that
+    names any other group, source or port, or is not one at all, is a CN
+    not yet joined: the session keeps waiting for its Joined."""
+    service, clock, entry = made(gather="1")
+    offer = service.offer_for(entry)
+    token = joined_token(str(offer.group), str(offer.source), offer.port)
+    for host in ("127.0.0.2", "127.0.0.3"):
+        service.offered(host, [entry.content_id])
+    one, two = Channel(host="127.0.0.2"), Channel(host="127.0.0.3")
+    first = subscribe(service, one, entry, joined=token)
+    assert service.subscriptions[first["subscription"]].joined
+    for wrong in (
+        joined_token(str(offer.group), "", offer.port),  # ASM, not this SSM session
+        joined_token(str(offer.group), str(offer.source), offer.port + 1),
+        joined_token("232.1.2.3", str(offer.source), offer.port),
+        token + " ",
+        "x" * 5000,
+        "",
+    ):
+        sub = subscribe(service, two, entry, joined=wrong)
+        assert not service.subscriptions[sub["subscription"]].joined
+        service.unsubscribe(two, sub["subscription"])
+    second = subscribe(service, two, entry, joined=token)["subscription"]
+    took = _first_packet_at(service, clock, JOIN_DELAY)
+    assert took is not None and took <= JOIN_MARGIN + 0.005  # no Joined came
+    service.joined(two, second)  # an older SN's round trip: changes nothing now
 
 
 def test_joined_names_a_subscription_of_the_same_channel(made: Any) -> None:
