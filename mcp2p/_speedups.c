@@ -487,7 +487,9 @@ accept_usual(PyObject *self, PyObject *args)
                           &PyDict_Type, &expected, &seqs_obj, &digests_obj, &highest))
         return NULL;
     Py_buffer seqs_view, digests_view;
-    if (PyObject_GetBuffer(seqs_obj, &seqs_view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
+    /* PyBUF_ND too: a memoryview (an anonymous mapping cast to "q") gives its
+       format only with its shape. */
+    if (PyObject_GetBuffer(seqs_obj, &seqs_view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0)
         return NULL;
     if (PyObject_GetBuffer(digests_obj, &digests_view, PyBUF_WRITABLE) < 0) {
         PyBuffer_Release(&seqs_view);

@@ -71,7 +71,7 @@ def scan_python(batch: Sequence[Buffer], ssrc: int) -> Scanned:
 
 
 Accept = Callable[
-    [Sequence[Buffer], list[Candidate], dict[int, Any], Any, bytearray, int],
+    [Sequence[Buffer], list[Candidate], dict[int, Any], Any, memoryview, int],
     tuple[list[tuple[int, int, Buffer]], list[Candidate], int],
 ]
 
