@@ -211,3 +211,36 @@ async def test_digest_lists_lost_on_the_data_path_are_asked_for(
     assert path.read_bytes() == (sn_dir / "share" / "data.bin").read_bytes()
     assert events[-1]["event"] == "done"
     assert resent >= 5  # about half of the file's ~17 lists
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_sn_address_is_connected_to_without_a_resolver(tmp_path: Path) -> None:
+    """Discovery gives addresses: they are connected to as they are (no
+    getaddrinfo in a thread); a name still goes through the resolver."""
+    from twisted.internet.endpoints import (
+        HostnameEndpoint,
+        TCP4ClientEndpoint,
+        TCP4ServerEndpoint,
+        TCP6ClientEndpoint,
+        TCP6ServerEndpoint,
+    )
+    from twisted.internet.protocol import Factory, Protocol
+
+    from mcp2p.transfer.fetch.control import tcp_endpoint
+
+    assert isinstance(tcp_endpoint(reactor, "localhost", 1, 5), HostnameEndpoint)
+    assert isinstance(tcp_endpoint(reactor, "fe80::1%lo", 1, 5), TCP6ClientEndpoint)
+    assert isinstance(tcp_endpoint(reactor, "not an address", 1, 5), HostnameEndpoint)
+    for server, host, kind in (
+        (TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), "127.0.0.1", TCP4ClientEndpoint),
+        (TCP6ServerEndpoint(reactor, 0, interface="::1"), "::1", TCP6ClientEndpoint),
+    ):
+        port = await server.listen(Factory.forProtocol(Protocol))
+        try:
+            endpoint = tcp_endpoint(reactor, host, port.getHost().port, 5)
+            assert isinstance(endpoint, kind)
+            client = await endpoint.connect(Factory.forProtocol(Protocol))
+            assert client.transport.getPeer().host == host
+            client.transport.loseConnection()
+        finally:
+            await port.stopListening()

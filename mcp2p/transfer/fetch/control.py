@@ -32,11 +32,32 @@ from mcp2p.transfer.receiver import Receiver, read_in_batches
 RCVBUF = 16 << 20  # bytes of receive buffer asked for per data socket
 
 
+def tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
+    """A TCP client endpoint to ``host``: an address (what discovery gives, an
+    IPv6 one perhaps with its zone) is connected to as it is; only a name goes
+    through HostnameEndpoint, whose resolver hands even an address to a
+    thread for getaddrinfo (0.4 ms of CPU and a thread's wake-up per connect,
+    on the start of a fetch)."""
+    import ipaddress
+
+    from twisted.internet.endpoints import (
+        HostnameEndpoint,
+        TCP4ClientEndpoint,
+        TCP6ClientEndpoint,
+    )
+
+    try:
+        version = ipaddress.ip_address(host.partition("%")[0]).version
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    endpoint = TCP4ClientEndpoint if version == 4 else TCP6ClientEndpoint
+    return endpoint(reactor, host, port, timeout=timeout)
+
+
 class SourceControl(FetchState):
     """The layer of ``Fetch`` that talks to each SN."""
 
     async def _connect(self, source: Source) -> ControlClient:
-        from twisted.internet.endpoints import HostnameEndpoint
         from twisted.internet.protocol import Factory
 
         from mcp2p.trust.tls import VerifiedClientEndpoint
@@ -44,7 +65,7 @@ class SourceControl(FetchState):
         host = source.server.address
         endpoint = VerifiedClientEndpoint(
             self.reactor,
-            HostnameEndpoint(self.reactor, host, source.offer.control_port, timeout=10),
+            tcp_endpoint(self.reactor, host, source.offer.control_port, timeout=10),
             self.identity,
             source.server.node_id,
         )
