@@ -275,6 +275,30 @@ async def test_client_expecting_another_node_aborts_in_the_handshake(
 
 
 @pytest_twisted.ensureDeferred
+async def test_connections_share_one_context_and_each_checks_its_own_peer(
+    tmp_path: Path,
+) -> None:
+    """A CN's connects share its TLS context (made once, not per fetch); the
+    node each expects is still its own: a second connect to the same SN,
+    expecting another node, is refused after one that succeeded."""
+    server_id, client_id, other = (ident(tmp_path, n) for n in ("sn", "cn", "other"))
+    net = Net()
+    try:
+        port, _, _ = await sn(net, server_id)
+        right = VerifiedClientEndpoint(reactor, net.endpoint(port), client_id, server_id.node_id)
+        wrong = VerifiedClientEndpoint(reactor, net.endpoint(port), client_id, other.node_id)
+        assert right._creator._context is wrong._creator._context  # type: ignore[attr-defined]
+        factory, _, _ = lines_factory(b"hello from cn")
+        client = await right.connect(factory)
+        assert client.peer == (server_id.node_id, server_id.public_key)
+        with pytest.raises(PeerRejected, match="mismatch"):
+            await wrong.connect(factory)
+        client.transport.loseConnection()
+    finally:
+        await net.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_verifying_factory_checks_again_after_the_handshake(tmp_path: Path) -> None:
     """A creator that lets the wrong server through is still caught by the wrapper."""
     server_id, client_id, other = (ident(tmp_path, n) for n in ("sn", "cn", "other"))
