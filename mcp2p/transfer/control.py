@@ -145,8 +145,6 @@ class Subscribe(amp.Command):
         # The CN is in a group already (``joined_token`` of the one it was offered):
         # if it is the session's, the CN counts as joined now (absent: once it says Joined).
         (b"joined", amp.Unicode(optional=True)),
-        # ... since this many milliseconds before this Subscribe (absent: just now).
-        (b"joined_ms", amp.Integer(optional=True)),
     ]
     response = [
         (b"subscription", amp.Integer()),
@@ -286,7 +284,6 @@ class ServingSide(Protocol):
         lists: int | None = None,
         drained: bool | None = None,
         joined: str | None = None,
-        joined_ms: int | None = None,
     ) -> Any: ...
 
     def update_wanted(

@@ -107,7 +107,6 @@ _VARINT_MORE = bytes(range(0x80, 0x100))  # varint bytes that are not a varint's
 MAX_RECEIVED = 1 << 32  # packets one loss report may say were received
 EXPECT_FOR = 2.0  # seconds an offer sent to a host makes a new session wait for it
 MAX_EXPECTED = 4096  # (content, host) offers remembered, the oldest forgotten first
-MAX_JOINED_MS = 60_000  # a Subscribe's joined_ms is taken up to this (more: as this)
 
 
 class Admission(Protocol):
@@ -331,7 +330,6 @@ class ServingService(Service):
         lists: int | None = None,
         drained: bool | None = None,
         joined: str | None = None,
-        joined_ms: int | None = None,
     ) -> Any:
         """`_subscribe`'s answer once [serving] subscribers admits the CN: a dict,
         or a Deferred of one when the key servers must be asked first."""
@@ -347,7 +345,6 @@ class ServingService(Service):
             lists=lists,
             drained=drained,
             joined=joined,
-            joined_ms=joined_ms,
         )
         node_id, key = client.peer_node_id or b"", client.peer_public_key or b""
         why = self.trust.admission(node_id, key)
@@ -385,7 +382,6 @@ class ServingService(Service):
         lists: int | None = None,
         drained: bool | None = None,
         joined: str | None = None,
-        joined_ms: int | None = None,
     ) -> dict[str, Any]:
         from mcp2p.plugins import code_by_name
 
@@ -505,10 +501,7 @@ class ServingService(Service):
             self.expected.pop((content_id, host), None)
             session.arrived(host)
             if joined == joined_token(session.group, session.source, session.destination[1]):
-                # In the group already: no Joined round trip to wait for, and from
-                # when its join's report went (a claim that only the CN pays for).
-                since = min(max(joined_ms or 0, 0), MAX_JOINED_MS) / 1000
-                session.joined(sub.id, since=since)
+                session.joined(sub.id)  # in the group already: no Joined round trip to wait for
         self._start_checker()
         peer = (client.peer_node_id or b"").hex()[:12]
         _log.info(

@@ -152,7 +152,6 @@ class Subscriber:
     repaired: set[int] = field(default_factory=set)
     lists: int = 1  # list hashes it takes in one notice (its Subscribe's ``lists``)
     joined: bool = False  # it said Joined: it is in the group
-    joined_at: float = 0.0  # since when (its report is out JOIN_MARGIN later)
     drained: bool = False  # it takes Drained (its Subscribe said so)
 
 
@@ -321,18 +320,16 @@ class Session:
             self.bucket.empty_until(self.reactor.seconds() + JOIN_DELAY)
             self._start_if_joined()
 
-    def joined(self, sub_id: int, since: float = 0.0) -> None:
-        """Subscriber ``sub_id`` says it joined the group (Joined, or its
-        Subscribe: ``since`` seconds ago). Once every subscriber did and none
-        is waited for (``gather``), the first packet goes JOIN_MARGIN after
-        the last of them joined rather than JOIN_DELAY after the last
+    def joined(self, sub_id: int) -> None:
+        """Subscriber ``sub_id`` says it joined the group (Joined). Once every
+        subscriber did and none is waited for (``gather``), the first packet
+        goes JOIN_MARGIN later rather than JOIN_DELAY after the last
         subscription: a CN's join takes a round trip and a few milliseconds,
         not 50. A CN that never says so (an older one) keeps JOIN_DELAY."""
         sub = self.subscribers.get(sub_id)
         if sub is None or sub.joined:
             return
         sub.joined = True
-        sub.joined_at = self.reactor.seconds() - since
         self._start_if_joined()
 
     def _start_if_joined(self) -> None:
@@ -340,9 +337,7 @@ class Session:
             return
         if not all(sub.joined for sub in self.subscribers.values()):
             return
-        now = self.reactor.seconds()
-        last = max((sub.joined_at for sub in self.subscribers.values()), default=now)
-        start = max(now, last + JOIN_MARGIN)
+        start = self.reactor.seconds() + JOIN_MARGIN
         stamp = self.bucket.stamp
         if stamp is not None and start < stamp:  # never later than JOIN_DELAY would be
             self.bucket.empty_until(start)

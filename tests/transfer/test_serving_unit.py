@@ -355,34 +355,6 @@ def test_a_cn_in_the_offered_group_counts_as_joined_at_its_subscribe(made: Any) 
     service.joined(two, second)  # an older SN's round trip: changes nothing now
 
 
-@pytest.mark.parametrize(
-    ("joined_ms", "margin"),
-    [
-        (None, JOIN_MARGIN),  # joined just now: its report is not out yet
-        (0, JOIN_MARGIN),
-        (-5000, JOIN_MARGIN),  # nonsense: taken as just now
-        (4, JOIN_MARGIN - 0.004),
-        (round(1000 * JOIN_MARGIN), 0.0),  # its report is out: nothing to wait for
-        (10**15, 0.0),  # taken as MAX_JOINED_MS
-    ],
-)
-def test_a_cn_in_the_group_long_enough_needs_no_margin(
-    made: Any, joined_ms: int | None, margin: float
-) -> None:
-    """The Subscribe says since when the CN is in the group: the first packet
-    goes JOIN_MARGIN after the last CN's join, not after its Subscribe."""
-    service, clock, entry = made(gather="1")
-    offer = service.offer_for(entry)
-    token = joined_token(str(offer.group), str(offer.source), offer.port)
-    for host in ("127.0.0.2", "127.0.0.3"):
-        service.offered(host, [entry.content_id])  # the session waits for both
-    subscribe(service, Channel(host="127.0.0.2"), entry, joined=token, joined_ms=10**6)
-    assert _first_packet_at(service, clock, 0.1) is None
-    subscribe(service, Channel(host="127.0.0.3"), entry, joined=token, joined_ms=joined_ms)
-    took = _first_packet_at(service, clock, JOIN_DELAY)
-    assert took is not None and margin <= took <= margin + 0.0041  # and a tick or two
-
-
 def test_joined_names_a_subscription_of_the_same_channel(made: Any) -> None:
     service, clock, entry = made()
     one, other = Channel(host="127.0.0.2"), Channel(host="127.0.0.3")

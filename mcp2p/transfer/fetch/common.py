@@ -85,8 +85,6 @@ class Source:
     resubscribes: int = 0  # in a row, without a block delivered in between
     blocks_at_resubscribe: int = 0
     refused: bool = False  # dropped for data that failed verification
-    # In the offered group since before connecting: (its joined_token, when).
-    early: tuple[str, float] | None = None
 
     @property
     def name(self) -> str:

@@ -62,9 +62,6 @@ class SourceControl(FetchState):
 
         from mcp2p.trust.tls import VerifiedClientEndpoint
 
-        self.connected.append(source)  # closed at the end, whatever became of it
-        if source.mode == "multicast" and source.port is None:
-            self._join_offered(source)  # while the connect, manifest and store go on
         host = source.server.address
         endpoint = VerifiedClientEndpoint(
             self.reactor,
@@ -116,18 +113,15 @@ class SourceControl(FetchState):
             await self._connect(source)
         assert source.client is not None and self.manifest is not None
         source.share = share
-        chunks = wanted_chunks(share, replace=False)
-        more = len(chunks) > 1  # too big for one value: sent by UpdateWanted below
-        early, source.early = source.early, None
-        joined, joined_ms = None, None
-        if early is not None and source.port is not None and source.receiver is not None:
-            if more:  # the session must wait until all of the wanted set was said
-                early_port, source.port = source.port, None
-                early_port.stopListening()
-            else:
-                joined, joined_ms = early[0], round(1000 * (self.reactor.seconds() - early[1]))
-        receiver = source.receiver if joined is not None else self._new_receiver(source)
-        assert receiver is not None
+        receiver = Receiver(
+            self.reactor,
+            0,
+            lambda piece, symbol, payload: self._deliver(source, piece, symbol, payload),
+            lambda lost, received: self._report(source, lost, received),
+            deliver_many=lambda items: self._deliver_many(source, items),
+            ask_list=lambda first: self._ask_list(source, first),
+        )
+        source.receiver = receiver
         port = 0
         family = self._family(source)
         if source.mode == "unicast":
@@ -138,6 +132,11 @@ class SourceControl(FetchState):
             multicast.set_buffers(source.port, receive=RCVBUF)
             read_in_batches(source.port, receiver)
             port = source.port.getHost().port
+        chunks = wanted_chunks(share, replace=False)
+        more = len(chunks) > 1  # too big for one value: sent by UpdateWanted below
+        joined = None  # with ``more``, the session must wait until all of it was said
+        if source.mode == "multicast" and not more:
+            joined = self._join_offered(source, receiver, family)
         reply = await self._timed(
             source.client.callRemote(
                 Subscribe,
@@ -152,7 +151,6 @@ class SourceControl(FetchState):
                 lists=MAX_LISTS_PER_NOTICE,
                 drained=True,
                 joined=joined,
-                joined_ms=joined_ms,
             )
         )
         source.subscription = reply["subscription"]
@@ -169,8 +167,8 @@ class SourceControl(FetchState):
         if source.mode == "multicast":
             if joined != joined_token(reply["group"], reply["source"], reply["port"]):
                 if source.port is not None:  # not the session offered: its group instead
-                    stale, source.port = source.port, None
-                    stale.stopListening()  # it lets go of the receiver later: a new one
+                    early, source.port = source.port, None
+                    early.stopListening()  # it lets go of the receiver later: a new one
                     receiver = source.receiver = receiver.successor()
                 source.port = self._join(receiver, reply["group"], reply["source"], reply["port"])
             self._joined(source)  # an SN that did not take ``joined`` waits for this
@@ -272,34 +270,17 @@ class SourceControl(FetchState):
         read_in_batches(lport, receiver)
         return lport
 
-    def _new_receiver(self, source: Source) -> Receiver:
-        source.receiver = Receiver(
-            self.reactor,
-            0,
-            lambda piece, symbol, payload: self._deliver(source, piece, symbol, payload),
-            lambda lost, received: self._report(source, lost, received),
-            deliver_many=lambda items: self._deliver_many(source, items),
-            ask_list=lambda first: self._ask_list(source, first),
-        )
-        return source.receiver
-
-    def _join_offered(self, source: Source) -> None:
-        """Join the group ``source`` offered before connecting to it
-        (``source.early``): its Subscribe says so and since when, and the
-        session need not wait for our Joined (a round trip that took 1-14 ms
-        of the lab's 8-CN start) nor, once the join's report is out, its
-        JOIN_MARGIN. Nothing is joined where the offered group is not of the
-        family we ask for, or cannot be joined: then the reply's is."""
+    def _join_offered(self, source: Source, receiver: Receiver, family: int) -> str | None:
+        """Join the group ``source`` offered before subscribing, so that its
+        session need not wait for our Joined, a round trip that under load
+        took 1-14 ms of the lab's 8-CN start: the ``joined_token`` that says
+        so in the Subscribe, or None where the offered group is not of
+        ``family`` or cannot be joined (then the group of the reply is)."""
         offer = source.offer
-        try:
-            family = self._family(source)
-        except FetchError:
-            return  # said by the Subscribe's own call
         if offer.group.version != family or not offer.group.is_multicast:
-            return
+            return None
         group = str(offer.group)
         src = "" if offer.source is None else str(offer.source)
-        receiver = self._new_receiver(source)
         try:
             source.port = self._join(receiver, group, src, offer.port)
         except (FetchError, OSError) as e:
@@ -309,8 +290,8 @@ class SourceControl(FetchState):
                 node=source.name,
                 error=display_text(str(e)),
             )
-            return
-        source.early = (joined_token(group, src, offer.port), self.reactor.seconds())
+            return None
+        return joined_token(group, src, offer.port)
 
     def _joined(self, source: Source) -> None:
         """Tell the SN we are in the group: its session's first packet need not
