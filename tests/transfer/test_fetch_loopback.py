@@ -244,3 +244,37 @@ async def test_an_sn_address_is_connected_to_without_a_resolver(tmp_path: Path) 
             client.transport.loseConnection()
         finally:
             await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_file_needs_no_subscription_and_leaves_nothing_open(
+    tmp_path: Path,
+) -> None:
+    """An empty file is complete once its manifest is: the source that gave
+    the manifest (its TLS channel) is closed all the same, though it never
+    became a subscription."""
+    sn, _, qport, sport = serving_node(tmp_path, {"empty.bin": 0})
+    sn.startService()
+    cn_config = node_config(tmp_path / "cn", qport, sport, discovery={"answers_wanted": "1"})
+    q = QueryNode(reactor, cn_config.discovery, "127.0.0.1")
+    q.start(listen_group=False)
+    (tmp_path / "cn" / "out").mkdir(parents=True, exist_ok=True)
+    try:
+        await sn.node.serving.ready
+        f = Fetch(
+            reactor,
+            cn_config,
+            load_or_create(cn_config.node.state_dir),
+            q.search,
+            "empty.bin",
+            tmp_path / "cn" / "out",
+        )
+        path = await f.run()
+    finally:
+        await q.stop()
+        await sn.stopService()
+    assert path.read_bytes() == b""
+    assert f.sources == [] and len(f.connected) == 1
+    [source] = f.connected
+    assert source.client is None and source.state == "closed"
+    assert sn.node.serving.counters["subscriptions"] == 0

@@ -62,6 +62,7 @@ class SourceControl(FetchState):
 
         from mcp2p.trust.tls import VerifiedClientEndpoint
 
+        self.connected.append(source)  # closed at the end, whatever became of it
         host = source.server.address
         endpoint = VerifiedClientEndpoint(
             self.reactor,

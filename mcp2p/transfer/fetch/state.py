@@ -83,6 +83,7 @@ class FetchState:
         self.interface6 = str(config.node.interface6)
         self.sources: list[Source] = []
         self.candidates: list[Source] = []
+        self.connected: list[Source] = []  # every source _connect was called for
         self.store: Any = None
         self.manifest: Manifest | None = None
         self.decoder: Any = None

@@ -113,7 +113,8 @@ class Transfer(Supervision):
     async def _close(self) -> None:
         if self.loop is not None and self.loop.running:
             self.loop.stop()
-        for source in self.sources + self.candidates:
+        closing = {id(s): s for s in self.sources + self.candidates + self.connected}
+        for source in closing.values():  # the manifest's source too, when no subscribe followed
             was, source.state = source.state, "closed"
             if source.client is not None and was == "active":
                 try:
