@@ -26,10 +26,14 @@ them) and then a global one are taken before the catalog is looked up, so
 a flood from one source costs a few look-ups per second and leaves the
 global budget to the others; a token bucket caps the offers per second.
 
-Each pending reply is keyed by (request id, hop limit); states of a key:
+Each pending reply is keyed by (request id, hop limit, address validated,
+repeat); states of a key:
 - PENDING: scheduled, its delay not yet over.
 - SENT / SUPPRESSED: done; remembered for ``MEMORY`` seconds so that a
   repeated datagram of the same ring is not answered twice.
+A ring's query sent again on purpose (``repeat``: the CN did not hear an
+SN that answered it before) is a new key, answered even right after the
+first (``known`` silences the SNs it did hear).
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ MAX_RECENT = 64  # questions answered recently, remembered for that (the oldest 
 class Schedule:
     """Answer after ``delay`` seconds by calling ``Responder.due(key)``."""
 
-    key: tuple[bytes, int, bool]  # request id, hop limit, address validated
+    key: tuple[bytes, int, bool, bool]  # request id, hop limit, address validated, repeat
     delay: float
 
 
@@ -155,10 +159,10 @@ class Responder:
         self.source_burst = source_burst
         self.max_sources = max_sources
         self.sources: OrderedDict[str, TokenBucket] = OrderedDict()
-        self.pending: dict[tuple[bytes, int, bool], _Pending] = {}
+        self.pending: dict[tuple[bytes, int, bool, bool], _Pending] = {}
         # request id -> (when we last answered it, whether that answer was whole)
         self.answered: dict[bytes, tuple[float, bool]] = {}
-        self.done: dict[tuple[bytes, int, bool], float] = {}  # key -> when it was settled
+        self.done: dict[tuple[bytes, int, bool, bool], float] = {}  # key -> when it was settled
         # what recent answers were about (``_subject``) -> when the last went
         self.recent: OrderedDict[tuple[bytes | None, str | None, str | None], float] = OrderedDict()
         self.counters = {
@@ -223,11 +227,11 @@ class Responder:
             self.counters["source_limited"] += 1
             return []
         validated = query.reply_to is not None and self.validated(query, source[0], now)
-        key = (query.request_id, query.hop_limit, validated)
+        key = (query.request_id, query.hop_limit, validated, query.repeat)
         if key in self.pending or key in self.done:
             self.counters["duplicate"] += 1
             return []
-        last = self.answered.get(query.request_id)
+        last = None if query.repeat else self.answered.get(query.request_id)
         if last is not None and now - last[0] < REANSWER_AFTER and (last[1] or not validated):
             # Our answer to an earlier ring is probably still on its way.
             self.counters["duplicate"] += 1
@@ -263,7 +267,7 @@ class Responder:
             return 0.0
         return None
 
-    def files_of(self, key: tuple[bytes, int, bool]) -> list[FileOffer]:
+    def files_of(self, key: tuple[bytes, int, bool, bool]) -> list[FileOffer]:
         """The files a pending answer will offer ([] if none is pending)."""
         pending = self.pending.get(key)
         return pending.files if pending is not None else []
@@ -285,11 +289,11 @@ class Responder:
         """Another SN's OFFER seen on the group: enough of them make ours redundant."""
         if offer.node_id == self.node_id:
             return
-        for (request_id, _hop, _valid), pending in self.pending.items():
+        for (request_id, _hop, _valid, _repeat), pending in self.pending.items():
             if request_id == offer.request_id and offer.files:
                 pending.overheard.add(offer.node_id)
 
-    def due(self, key: tuple[bytes, int, bool], now: float) -> list[Send]:
+    def due(self, key: tuple[bytes, int, bool, bool], now: float) -> list[Send]:
         """The delay of ``key`` is over: the datagrams to send, if any."""
         pending = self.pending.pop(key, None)
         if pending is None:
@@ -343,7 +347,7 @@ class Responder:
         hop_limit = min(query.hop_limit, self.max_hop_limit)
         return [Send(encode(o), to, hop_limit) for o in offers]
 
-    def cancel_all(self) -> list[tuple[bytes, int, bool]]:
+    def cancel_all(self) -> list[tuple[bytes, int, bool, bool]]:
         keys = list(self.pending)
         self.pending.clear()
         return keys

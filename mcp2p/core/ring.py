@@ -18,6 +18,15 @@ the SN as answered; a ring whose follow-ups are still unanswered when it
 times out is given one more timeout. Every query carries the cookies the
 search holds (those handed in at start, from earlier searches, and those
 received), so an SN that validated us before answers in full at once.
+
+Repeats: an SN heard in an earlier search (``expected``, with the hop
+limit it was found at) answers a ring that reaches it within ms. When
+one has not been heard ``retry`` seconds into such a ring, its query or
+its answer was lost: the ring's query goes once more (``SendQuery.repeat``,
+``known`` silencing the SNs heard), instead of the ring waiting out its
+whole timeout. Rings that reach no expected SN send no repeat (a new
+CN's searches cost what they did); one whose expected SN lacks what is
+asked for sends one datagram more.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ class SendQuery:
     known: tuple[bytes, ...]
     cookies: tuple[tuple[bytes, bytes], ...] = ()
     follow_up: bool = False  # the same ring again, for SNs that gave us a cookie
+    repeat: bool = False  # the same ring again, for expected SNs not heard yet
 
 
 @dataclass(frozen=True)
@@ -45,11 +55,19 @@ class ArmTimer:
 
 
 @dataclass(frozen=True)
+class ArmRetry:
+    """Call ``retry(now, index)`` after ``delay`` seconds."""
+
+    delay: float
+    index: int
+
+
+@dataclass(frozen=True)
 class Finished:
     reason: str  # "enough", "exhausted" or "cancelled"
 
 
-Action = SendQuery | ArmTimer | Finished
+Action = SendQuery | ArmTimer | ArmRetry | Finished
 
 
 @dataclass
@@ -78,11 +96,15 @@ class RingSearch:
         enough: int,
         exclude: tuple[bytes, ...] = (),
         cookies: dict[bytes, bytes] | None = None,
+        expected: dict[bytes, int] | None = None,
+        retry: float = 0.0,
     ) -> None:
         if not schedule or any(b <= a for a, b in zip(schedule, schedule[1:], strict=False)):
             raise ValueError("schedule must be a non-empty increasing list of hop limits")
         if enough < 1 or timeout <= 0:
             raise ValueError("enough must be >= 1 and timeout > 0")
+        if not 0 <= retry < timeout:
+            raise ValueError("retry must be >= 0 (0: never) and below the timeout")
         self.schedule = schedule
         self.timeout = timeout
         self.enough = enough
@@ -97,6 +119,11 @@ class RingSearch:
         self.new_cookies: dict[bytes, bytes] = {}  # received during this search
         self.followups_sent = 0
         self.extended: set[int] = set()  # rings given one more timeout for follow-ups
+        # node id -> the hop limit an earlier search found it at (excluded ones never count)
+        self.expected = {n: d for n, d in (expected or {}).items() if n not in self.exclude}
+        self.retry_after = retry
+        self.repeated: set[int] = set()  # rings whose query went twice
+        self.repeats_sent = 0
 
     @property
     def hop_limit(self) -> int:
@@ -115,7 +142,31 @@ class RingSearch:
         self.sent_at[self.hop_limit] = now
         self.queries_sent += 1
         known = self._known()
-        return [SendQuery(self.hop_limit, known, self._cookies(known)), ArmTimer(self.timeout)]
+        actions: list[Action] = [
+            SendQuery(self.hop_limit, known, self._cookies(known)),
+            ArmTimer(self.timeout),
+        ]
+        if self.retry_after and self._awaited():
+            actions.append(ArmRetry(self.retry_after, self.index))
+        return actions
+
+    def _awaited(self) -> bool:
+        """An expected SN that this ring reaches has not been heard."""
+        hop = self.hop_limit
+        return any(d <= hop and n not in self.servers for n, d in self.expected.items())
+
+    def retry(self, now: float, index: int) -> list[Action]:
+        """``ArmRetry``'s time for ring ``index``: its query once more if an
+        expected SN it reaches is still silent (once a ring, and not once
+        the search moved on)."""
+        if self.state != "RINGING" or index != self.index or index in self.repeated:
+            return []
+        if not self._awaited():
+            return []
+        self.repeated.add(index)
+        self.repeats_sent += 1
+        known = self._known()
+        return [SendQuery(self.hop_limit, known, self._cookies(known), repeat=True)]
 
     def _known(self) -> tuple[bytes, ...]:
         """SNs that must stay silent: excluded, or whose whole reply we have."""

@@ -9,7 +9,11 @@ actions into writes and DelayedCalls.
 The node keeps the cookies SNs gave it (``cookies``, by node id, for
 ``COOKIE_WINDOW`` seconds, at most ``MAX_COOKIE_CACHE``) and hands them to
 each search, so an SN that validated this node's address answers its next
-searches in full at once (``mcp2p.core.ring`` does the follow-ups).
+searches in full at once (``mcp2p.core.ring`` does the follow-ups). It
+also keeps the SNs its searches heard and at which hop limit (``heard``,
+HEARD_WINDOW seconds): a ring that reaches one and has not heard it
+RETRY_AFTER into its timeout sends its query once more (a lost query or
+offer then costs 0.1 s, not the ring's 0.3).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 import random
 import socket
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +35,7 @@ from twisted.logger import Logger
 from mcp2p import multicast
 from mcp2p.core.display import display_text
 from mcp2p.core.responder import COOKIE_WINDOW, Responder, Schedule, Send
-from mcp2p.core.ring import ArmTimer, Finished, RingSearch, SendQuery, ServerRecord
+from mcp2p.core.ring import ArmRetry, ArmTimer, Finished, RingSearch, SendQuery, ServerRecord
 from mcp2p.errors import ProtocolError
 from mcp2p.logsummary import summary_level
 from mcp2p.wire.query import (
@@ -55,6 +59,13 @@ if TYPE_CHECKING:
 _log = Logger()
 
 MAX_COOKIE_CACHE = 64
+# A ring that reaches an SN heard in the last HEARD_WINDOW seconds (at most
+# MAX_HEARD remembered) sends its query once more when that SN is still
+# silent RETRY_AFTER of the ring's timeout in (0.1 s of 0.3): an offer to
+# our address comes within 10 ms, so the query or the offer was lost.
+HEARD_WINDOW = 300.0
+MAX_HEARD = 64
+RETRY_AFTER = 1 / 3
 
 
 @dataclass
@@ -147,6 +158,7 @@ class _Search:
         self.pad = pad
         self.deferred: defer.Deferred[SearchResult] = defer.Deferred(self._cancelled)
         self.timer: Any = None
+        self.retry_timer: Any = None
         self.started = node.clock.seconds()
         self.query_bytes = 0
         self.hop_limits: list[int] = []
@@ -160,11 +172,17 @@ class _Search:
             if isinstance(action, SendQuery):
                 if action.follow_up:
                     self.node.counters["followups"] += 1
+                elif action.repeat:
+                    self.node.counters["repeats"] += 1
                 else:
                     self.hop_limits.append(action.hop_limit)
                 self.query_bytes += self.node.send_query(self, action)
             elif isinstance(action, ArmTimer):
                 self.timer = self.node.clock.callLater(action.delay, self.on_timer)
+            elif isinstance(action, ArmRetry):
+                self.retry_timer = self.node.clock.callLater(
+                    action.delay, self.on_retry, action.index
+                )
             elif isinstance(action, Finished):
                 self.finish(action.reason)
 
@@ -172,12 +190,18 @@ class _Search:
         self.timer = None
         self.apply(self.ring.ring_timeout(self.node.clock.seconds()))
 
+    def on_retry(self, index: int) -> None:
+        self.retry_timer = None
+        self.apply(self.ring.retry(self.node.clock.seconds(), index))
+
     def finish(self, reason: str) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        for timer in (self.timer, self.retry_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.timer = self.retry_timer = None
         self.node.searches.pop(self.query.request_id, None)
         self.node.keep_cookies(self.ring.new_cookies)
+        self.node.keep_heard(self.ring.servers.values())
         result = SearchResult(
             servers=sorted(self.ring.servers.values(), key=lambda s: (s.distance, s.rtt)),
             reason=reason,
@@ -246,9 +270,11 @@ class QueryNode:
         self.group_ports: dict[int, Any] = {}
         self.unicast_ports: dict[int, Any] = {}
         self.searches: dict[bytes, _Search] = {}
-        self.replies: dict[tuple[bytes, int, bool], Any] = {}
+        self.replies: dict[tuple[bytes, int, bool, bool], Any] = {}
         # node id -> (its cookie for our address, when it came)
         self.cookies: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        # node id -> (the hop limit a search found it at, when): expected by the next
+        self.heard: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
         self.counters = {
             "received": 0,
             "malformed": 0,
@@ -256,6 +282,7 @@ class QueryNode:
             "stray": 0,
             "searches": 0,
             "followups": 0,
+            "repeats": 0,
             "send_errors": 0,
         }
 
@@ -426,6 +453,8 @@ class QueryNode:
             answers,
             exclude,
             cookies=self._live_cookies() if mode == "unicast" else None,
+            expected=self._expected(),
+            retry=(timeout or self.d.ring_timeout) * RETRY_AFTER,
         )
         # Pattern and prefix queries may match several files: room for their offers.
         pad = self.d.query_padding if content_id is None else 0
@@ -441,6 +470,27 @@ class QueryNode:
             if now - when >= COOKIE_WINDOW:
                 del self.cookies[node_id]
         return {node_id: cookie for node_id, (cookie, _when) in self.cookies.items()}
+
+    def _expected(self) -> dict[bytes, int]:
+        """The SNs searches heard in the last HEARD_WINDOW seconds, with the hop
+        limit each was found at: a ring reaching one waits RETRY_AFTER of its
+        timeout for it before asking again."""
+        now = self.clock.seconds()
+        for node_id, (_distance, when) in list(self.heard.items()):
+            if now - when >= HEARD_WINDOW:
+                del self.heard[node_id]
+        return {node_id: distance for node_id, (distance, _when) in self.heard.items()}
+
+    def keep_heard(self, servers: Iterable[ServerRecord]) -> None:
+        """Remember the SNs a search heard (the most recent MAX_HEARD)."""
+        now = self.clock.seconds()
+        for server in servers:
+            if server.distance is None:
+                continue
+            self.heard.pop(server.node_id, None)
+            self.heard[server.node_id] = (server.distance, now)
+        while len(self.heard) > MAX_HEARD:
+            self.heard.popitem(last=False)
 
     def keep_cookies(self, cookies: dict[bytes, bytes]) -> None:
         """Remember cookies SNs gave us, the most recent MAX_COOKIE_CACHE."""
@@ -470,6 +520,7 @@ class QueryNode:
                 reply_to=reply_to,
                 known=action.known,
                 cookies=action.cookies if reply_to is not None else (),
+                repeat=action.repeat,
             )
             q = dataclasses.replace(q, padding=padding_for(q, search.pad))
             data = encode(q)

@@ -15,7 +15,10 @@ Common header (6 bytes)::
     1     flags (bits not listed below must be 0)
 
 QUERY (flags bit 0: by content id; bit 1: by content id prefix; neither:
-by pattern; both: invalid)::
+by pattern; both: invalid; bit 2: a repeat of this ring's query, sent
+when an SN that answered the querier before has not answered it yet: an
+SN answers a repeat even where it answered the first, unless ``known``
+names it)::
 
     size          field
     8             request_id
@@ -124,6 +127,7 @@ _HEADER = struct.Struct("!3sBBB")
 
 _Q_BY_CONTENT_ID = 0x01
 _Q_BY_PREFIX = 0x02
+_Q_REPEAT = 0x04
 _O_TRUNCATED = 0x01
 _O_MORE = 0x02
 _O_COOKIE = 0x04
@@ -181,7 +185,8 @@ class Query:
     silent; ``cookies`` are (node id, cookie) pairs, each proving to that SN
     that the querier receives at its address (a full reply, not one capped
     at the query's size); ``padding`` zero bytes enlarge the datagram and
-    so the reply an SN may send before that (anti-amplification).
+    so the reply an SN may send before that (anti-amplification);
+    ``repeat``: this ring's query sent again (flags bit 2).
     """
 
     request_id: bytes
@@ -196,6 +201,7 @@ class Query:
     padding: int = 0
     content_id_prefix: str | None = None
     cookies: tuple[tuple[bytes, bytes], ...] = ()
+    repeat: bool = False
 
     def __post_init__(self) -> None:
         _check_bytes("request_id", self.request_id, REQUEST_ID_LEN)
@@ -334,6 +340,8 @@ def _encode_query(q: Query) -> bytes:
         flags = _Q_BY_CONTENT_ID
     elif q.content_id_prefix is not None:
         flags = _Q_BY_PREFIX
+    if q.repeat:
+        flags |= _Q_REPEAT
     out = [
         _HEADER.pack(_MAGIC, _VERSION, _T_QUERY, flags),
         _QUERY_FIXED.pack(q.request_id, q.hop_limit, q.answers_wanted, q.rate),
@@ -488,9 +496,9 @@ def _bad(cls: type, e: ValueError) -> NoReturn:
 
 
 def _decode_query(r: _Reader, flags: int) -> Query:
-    if flags & ~(_Q_BY_CONTENT_ID | _Q_BY_PREFIX):
+    if flags & ~(_Q_BY_CONTENT_ID | _Q_BY_PREFIX | _Q_REPEAT):
         raise ProtocolError(f"unknown QUERY flags {flags:#04x}")
-    if flags == _Q_BY_CONTENT_ID | _Q_BY_PREFIX:
+    if flags & (_Q_BY_CONTENT_ID | _Q_BY_PREFIX) == _Q_BY_CONTENT_ID | _Q_BY_PREFIX:
         raise ProtocolError("QUERY flags say both content id and content id prefix")
     request_id, hop_limit, answers_wanted, rate = r.unpack(_QUERY_FIXED)
     content_id: bytes | None = None
@@ -526,6 +534,7 @@ def _decode_query(r: _Reader, flags: int) -> Query:
             padding=len(padding),
             content_id_prefix=prefix,
             cookies=cookies,
+            repeat=bool(flags & _Q_REPEAT),
         )
     except ValueError as e:
         _bad(Query, e)

@@ -141,7 +141,7 @@ def test_one_reply_is_scheduled_within_the_window() -> None:
     query = make_query(multicast=True)
     [schedule] = hear(r, query)
     assert isinstance(schedule, Schedule)
-    assert schedule.key == (query.request_id, query.hop_limit, False)
+    assert schedule.key == (query.request_id, query.hop_limit, False, False)
     assert DELAY_MIN <= schedule.delay <= DELAY_MAX
     assert r.seen == [query]  # type: ignore[attr-defined]
     assert r.counters["queries"] == 1
@@ -296,6 +296,25 @@ def test_repeated_datagram_is_answered_once() -> None:
     assert hear(r, query, 5.0) == []  # still remembered
     assert r.counters["duplicate"] == 3
     assert r.due(schedule.key, 5.1) == []  # nothing pending any more
+
+
+def test_a_repeat_of_a_ring_is_answered_again_once_unless_it_names_us() -> None:
+    """A CN that did not hear us within its retry sends the ring's query again,
+    marked a repeat: our offer was lost (or its query), so we answer again at
+    once, even within REANSWER_AFTER; a copy of the repeat is a duplicate, and
+    a repeat whose known list names us (it heard us after all) stays silent."""
+    r = responder()
+    query = make_query()
+    [first] = hear(r, query, 0.0)
+    assert len(r.due(first.key, first.delay)) == 1
+    again = dataclasses.replace(query, repeat=True)
+    [second] = hear(r, again, 0.1)
+    assert second.key != first.key
+    assert len(r.due(second.key, 0.1 + second.delay)) == 1
+    assert hear(r, again, 0.2) == []  # the same repeat twice: answered once
+    assert r.counters["duplicate"] == 1
+    named = dataclasses.replace(make_query(request=2), repeat=True, known=(ME,))
+    assert hear(r, named, 0.3) == [] and r.counters["known_silent"] == 1
 
 
 def test_ring_crossing_our_answer_is_not_answered_again() -> None:
@@ -717,7 +736,7 @@ def test_a_valid_cookie_gets_the_whole_reply() -> None:
     # The same ring again with the cookie: another key, answered in full at once.
     again = _with_cookie(query, ME, small[-1].cookie)
     [second] = hear(r, again, 0.2)
-    assert second.key == (rid(1), 1, True)
+    assert second.key == (rid(1), 1, True, False)
     whole = offers_of(r.due(second.key, 0.3))
     assert [f for o in whole for f in o.files] == files
     assert all(o.cookie is None for o in whole)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcp2p.core.ring import MAX_KNOWN, ArmTimer, Finished, RingSearch, SendQuery
+from mcp2p.core.ring import MAX_KNOWN, ArmRetry, ArmTimer, Finished, RingSearch, SendQuery
 from mcp2p.wire.query import Offer
 from mcp2p.wire.types import FileOffer
 
@@ -463,3 +463,78 @@ def test_follow_ups_are_bounded_and_a_late_one_extends_the_ring_once() -> None:
     assert ring.ring_timeout(0.3) == [ArmTimer(TIMEOUT)]  # still waiting: once more
     assert ring.ring_timeout(0.6) == [Finished("enough")]  # then it counts as it is
     assert ring.servers[node(1)].truncated
+
+
+# -- repeats for SNs heard before ----------------------------------------------------
+
+RETRY = 0.1
+
+
+def expecting(expected: dict[int, int], enough: int = 1, **kw: object) -> RingSearch:
+    return RingSearch(
+        (1, 2, 4, 8),
+        TIMEOUT,
+        enough,
+        expected={node(i): d for i, d in expected.items()},
+        retry=RETRY,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_a_ring_reaching_an_sn_heard_before_asks_again_once_if_it_is_silent() -> None:
+    search = expecting({1: 1})
+    assert search.start(0.0) == [SendQuery(1, ()), ArmTimer(TIMEOUT), ArmRetry(RETRY, 0)]
+    assert search.retry(RETRY, 0) == [SendQuery(1, (), repeat=True)]
+    assert search.retry(RETRY, 0) == []  # once a ring
+    assert search.repeats_sent == 1 and search.queries_sent == 1
+    assert search.offer(offer(1, 1), "10.0.0.1", 0.12) == [Finished("enough")]
+    assert search.servers[node(1)].distance == 1
+
+
+def test_no_repeat_once_the_expected_sn_answered_or_the_ring_moved_on() -> None:
+    search = expecting({1: 1, 2: 1}, enough=3)
+    search.start(0.0)
+    search.offer(offer(1, 1), "10.0.0.1", 0.01)
+    search.offer(offer(2, 1), "10.0.0.2", 0.02)
+    assert search.retry(RETRY, 0) == []  # both heard: the ring just waits
+    other = expecting({1: 1}, enough=2)
+    other.start(0.0)
+    other.ring_timeout(TIMEOUT)  # ring 1 over: ring 2 went, with its own retry
+    assert other.retry(TIMEOUT + 0.01, 0) == []
+    assert other.retry(TIMEOUT + RETRY, 1) == [SendQuery(2, (), repeat=True)]
+
+
+def test_the_repeat_names_the_sns_heard_and_carries_the_cookies() -> None:
+    search = expecting({1: 1, 2: 1}, enough=2, cookies={node(1): b"C" * 8})
+    search.start(0.0)
+    search.offer(offer(2, 1), "10.0.0.2", 0.01)
+    assert search.retry(RETRY, 0) == [SendQuery(1, (node(2),), ((node(1), b"C" * 8),), repeat=True)]
+
+
+def test_rings_short_of_every_expected_sn_send_no_repeat() -> None:
+    """An SN heard 4 hops away: rings 1 and 2 cannot reach it, so they are not
+    asked twice; the ring of hop limit 4 is."""
+    search = expecting({1: 4})
+    assert ArmRetry(RETRY, 0) not in search.start(0.0)
+    assert search.retry(RETRY, 0) == []
+    assert ArmRetry(RETRY, 1) not in search.ring_timeout(TIMEOUT)
+    assert search.ring_timeout(2 * TIMEOUT)[-1] == ArmRetry(RETRY, 2)
+    assert search.retry(2 * TIMEOUT + RETRY, 2) == [SendQuery(4, (), repeat=True)]
+
+
+def test_without_expected_sns_or_a_retry_nothing_changes() -> None:
+    assert ring().start(0.0) == [SendQuery(1, ()), ArmTimer(TIMEOUT)]
+    search = RingSearch((1, 2), TIMEOUT, 1, expected={node(1): 1})  # retry 0: never
+    assert search.start(0.0) == [SendQuery(1, ()), ArmTimer(TIMEOUT)]
+    excluded = RingSearch(
+        (1, 2), TIMEOUT, 1, exclude=(node(1),), expected={node(1): 1}, retry=RETRY
+    )
+    assert excluded.start(0.0) == [SendQuery(1, (node(1),)), ArmTimer(TIMEOUT)]
+    with pytest.raises(ValueError, match="retry"):
+        RingSearch((1,), TIMEOUT, 1, retry=TIMEOUT)
+    with pytest.raises(ValueError, match="retry"):
+        RingSearch((1,), TIMEOUT, 1, retry=-1.0)
+    done = expecting({1: 1})
+    done.start(0.0)
+    done.cancel()
+    assert done.retry(RETRY, 0) == []

@@ -13,7 +13,7 @@ import pytest
 
 from mcp2p.config import config_from_string
 from mcp2p.core.responder import UNICAST_JITTER
-from mcp2p.discovery.query import QueryNode, SearchResult
+from mcp2p.discovery.query import RETRY_AFTER, QueryNode, SearchResult
 from mcp2p.wire.query import Offer, Query, decode, encode, prefix_matches
 from mcp2p.wire.types import FileOffer
 from tests.fakenet import FakeNetwork
@@ -160,6 +160,41 @@ def test_a_lost_offer_costs_one_ring_not_two() -> None:
     assert offers_lost and result.reason == "enough"
     assert result.hop_limits == list(d.ring_schedule[:2])
     assert result.elapsed < d.ring_timeout + d.reply_delay_max + 0.05
+
+
+@pytest.mark.parametrize("lose", ["query", "offer"])
+def test_an_sn_heard_before_that_is_silent_is_asked_again_within_the_ring(lose: str) -> None:
+    """The CN heard the SN at hop 1 in its last search; this time its query or
+    the SN's offer is lost. Its ring repeats the query RETRY_AFTER of the
+    ring timeout in (0.1 s), and the search ends then, not a ring (0.3 s)
+    later. A search for something new, with no SN heard before, repeats
+    nothing."""
+    net = FakeNetwork()
+    d = discovery(answers_wanted="1")
+    sn = server(net, "10.0.1.1", 0, [offer("a.iso"), offer("b.iso", 1)], d, 1)
+    cn = client(net, d)
+    first = run_search(net, cn, pattern="a.iso")
+    assert first.reason == "enough" and cn.counters["repeats"] == 0
+    lost: list[bytes] = []
+    kind = Query if lose == "query" else Offer
+
+    def lose_first(src: str, data: bytes, addr: tuple[str, int]) -> bool:
+        if not lost and isinstance(decode(data), kind):
+            lost.append(data)
+            return True
+        return False
+
+    net.drop = lose_first
+    second = run_search(net, cn, pattern="b.iso")
+    assert lost and second.reason == "enough" and second.hop_limits == [1]
+    assert cn.counters["repeats"] == 1
+    retry = d.ring_timeout * RETRY_AFTER
+    assert retry <= second.elapsed < retry + UNICAST_JITTER + 0.01
+    assert sn.responder.counters["offers_sent"] == (2 if lose == "query" else 3)
+    unheard = client(net, d)  # a new CN: nobody expected, so no repeat
+    net.drop = None
+    assert run_search(net, unheard, pattern="a.iso").reason == "enough"
+    assert unheard.counters["repeats"] == 0
 
 
 def test_known_answers_keep_servers_silent_in_later_rings() -> None:

@@ -112,6 +112,7 @@ def queries(draw: st.DrawFn) -> Query:
         wanted=draw(wanted_maps()),
         known=tuple(draw(st.lists(node_ids, max_size=64, unique=True))),
         padding=draw(st.integers(0, 1200)),
+        repeat=draw(st.booleans()),
         cookies=tuple(
             draw(
                 st.lists(
@@ -480,7 +481,16 @@ def test_prefix_digit_count_out_of_range(digits: int) -> None:
 def test_prefix_and_content_id_flags_together() -> None:
     data = encode(PREFIX_QUERY)
     _raises_protocol_error(data[:5] + b"\x03" + data[6:])
-    _raises_protocol_error(data[:5] + b"\x06" + data[6:])
+    _raises_protocol_error(data[:5] + b"\x07" + data[6:])  # a repeat of that, as wrong
+    _raises_protocol_error(data[:5] + b"\x0a" + data[6:])  # bit 3: unknown
+
+
+def test_a_repeat_is_flags_bit_2_on_any_query() -> None:
+    for query, flags in ((PREFIX_QUERY, 0x06), (QUERY, None)):
+        again = dataclasses.replace(query, repeat=True)
+        data = encode(again)
+        assert decode(data) == again and decode(encode(query)) == query
+        assert data[5] == (flags if flags is not None else encode(query)[5] | 0x04)
 
 
 @pytest.mark.parametrize(
