@@ -34,7 +34,7 @@ from twisted.logger import Logger
 
 from mcp2p import multicast
 from mcp2p.core.display import display_text
-from mcp2p.core.responder import COOKIE_WINDOW, Responder, Schedule, Send
+from mcp2p.core.responder import COOKIE_WINDOW, UNICAST_JITTER, Responder, Schedule, Send
 from mcp2p.core.ring import ArmRetry, ArmTimer, Finished, RingSearch, SendQuery, ServerRecord
 from mcp2p.errors import ProtocolError
 from mcp2p.logsummary import summary_level
@@ -63,9 +63,13 @@ MAX_COOKIE_CACHE = 64
 # MAX_HEARD remembered) sends its query once more when that SN is still
 # silent RETRY_AFTER of the ring's timeout in (0.1 s of 0.3): an offer to
 # our address comes within 10 ms, so the query or the offer was lost.
+# Only offers to our address come that soon (within UNICAST_JITTER, four
+# times that when many answers are wanted): offers to the group wait 20-120
+# ms, and a ring timeout under MIN_RETRY / RETRY_AFTER leaves no room.
 HEARD_WINDOW = 300.0
 MAX_HEARD = 64
 RETRY_AFTER = 1 / 3
+MIN_RETRY = 4 * UNICAST_JITTER + 0.01
 
 
 @dataclass
@@ -454,7 +458,7 @@ class QueryNode:
             exclude,
             cookies=self._live_cookies() if mode == "unicast" else None,
             expected=self._expected(),
-            retry=(timeout or self.d.ring_timeout) * RETRY_AFTER,
+            retry=self._retry(mode, timeout or self.d.ring_timeout),
         )
         # Pattern and prefix queries may match several files: room for their offers.
         pad = self.d.query_padding if content_id is None else 0
@@ -470,6 +474,12 @@ class QueryNode:
             if now - when >= COOKIE_WINDOW:
                 del self.cookies[node_id]
         return {node_id: cookie for node_id, (cookie, _when) in self.cookies.items()}
+
+    @staticmethod
+    def _retry(mode: str, timeout: float) -> float:
+        """Seconds into a ring before asking an expected SN again (0: never)."""
+        retry = timeout * RETRY_AFTER
+        return retry if mode == "unicast" and retry >= MIN_RETRY else 0.0
 
     def _expected(self) -> dict[bytes, int]:
         """The SNs searches heard in the last HEARD_WINDOW seconds, with the hop

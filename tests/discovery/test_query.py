@@ -13,7 +13,7 @@ import pytest
 
 from mcp2p.config import config_from_string
 from mcp2p.core.responder import UNICAST_JITTER
-from mcp2p.discovery.query import RETRY_AFTER, QueryNode, SearchResult
+from mcp2p.discovery.query import MIN_RETRY, RETRY_AFTER, QueryNode, SearchResult
 from mcp2p.wire.query import Offer, Query, decode, encode, prefix_matches
 from mcp2p.wire.types import FileOffer
 from tests.fakenet import FakeNetwork
@@ -195,6 +195,22 @@ def test_an_sn_heard_before_that_is_silent_is_asked_again_within_the_ring(lose: 
     net.drop = None
     assert run_search(net, unheard, pattern="a.iso").reason == "enough"
     assert unheard.counters["repeats"] == 0
+
+
+def test_no_repeat_where_offers_come_late_or_the_ring_is_short() -> None:
+    """Offers to the group wait 20-120 ms, longer than a third of the ring:
+    a repeat there would only ask for what is on its way. A ring timeout so
+    short that a third of it is under MIN_RETRY leaves no room either."""
+    assert QueryNode._retry("unicast", 0.3) == pytest.approx(0.1)
+    assert QueryNode._retry("multicast", 0.3) == 0.0
+    assert QueryNode._retry("unicast", 3 * MIN_RETRY - 0.001) == 0.0
+    net = FakeNetwork()
+    d = discovery(answers_wanted="1", reply_mode="multicast")
+    server(net, "10.0.1.1", 0, [offer("a.iso")], d, 1)
+    cn = client(net, d, multicast_replies=True)
+    assert run_search(net, cn, pattern="a.iso").reason == "enough"
+    assert run_search(net, cn, pattern="a.iso").reason == "enough"
+    assert cn.counters["repeats"] == 0
 
 
 def test_known_answers_keep_servers_silent_in_later_rings() -> None:
