@@ -26,6 +26,7 @@ async def fetch(
     sport: int,
     target: str,
     name: str = "cn",
+    made: list[Fetch] | None = None,
     **options: Any,
 ) -> tuple[Path, list[dict[str, Any]]]:
     cn_config = node_config(tmp_path / name, qport, sport, discovery={"answers_wanted": "1"})
@@ -45,6 +46,8 @@ async def fetch(
             on_event=events.append,
             **options,
         )
+        if made is not None:
+            made.append(f)  # for a test that looks at the fetch itself
         path = await f.run()
     finally:
         await q.stop()
@@ -255,25 +258,14 @@ async def test_an_empty_file_needs_no_subscription_and_leaves_nothing_open(
     became a subscription."""
     sn, _, qport, sport = serving_node(tmp_path, {"empty.bin": 0})
     sn.startService()
-    cn_config = node_config(tmp_path / "cn", qport, sport, discovery={"answers_wanted": "1"})
-    q = QueryNode(reactor, cn_config.discovery, "127.0.0.1")
-    q.start(listen_group=False)
-    (tmp_path / "cn" / "out").mkdir(parents=True, exist_ok=True)
+    made: list[Fetch] = []
     try:
         await sn.node.serving.ready
-        f = Fetch(
-            reactor,
-            cn_config,
-            load_or_create(cn_config.node.state_dir),
-            q.search,
-            "empty.bin",
-            tmp_path / "cn" / "out",
-        )
-        path = await f.run()
+        path, _ = await fetch(tmp_path, None, qport, sport, "empty.bin", made=made)
     finally:
-        await q.stop()
         await sn.stopService()
     assert path.read_bytes() == b""
+    [f] = made
     assert f.sources == [] and len(f.connected) == 1
     [source] = f.connected
     assert source.client is None and source.state == "closed"
