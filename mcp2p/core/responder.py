@@ -95,11 +95,15 @@ TOGETHER_WINDOW = 0.5
 MAX_RECENT = 64  # questions answered recently, remembered for that (the oldest dropped)
 
 
+# A pending or settled reply: (request id, hop limit, address validated, repeat).
+ReplyKey = tuple[bytes, int, bool, bool]
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Answer after ``delay`` seconds by calling ``Responder.due(key)``."""
 
-    key: tuple[bytes, int, bool, bool]  # request id, hop limit, address validated, repeat
+    key: ReplyKey
     delay: float
 
 
@@ -159,10 +163,10 @@ class Responder:
         self.source_burst = source_burst
         self.max_sources = max_sources
         self.sources: OrderedDict[str, TokenBucket] = OrderedDict()
-        self.pending: dict[tuple[bytes, int, bool, bool], _Pending] = {}
+        self.pending: dict[ReplyKey, _Pending] = {}
         # request id -> (when we last answered it, whether that answer was whole)
         self.answered: dict[bytes, tuple[float, bool]] = {}
-        self.done: dict[tuple[bytes, int, bool, bool], float] = {}  # key -> when it was settled
+        self.done: dict[ReplyKey, float] = {}  # key -> when it was settled
         # what recent answers were about (``_subject``) -> when the last went
         self.recent: OrderedDict[tuple[bytes | None, str | None, str | None], float] = OrderedDict()
         self.counters = {
@@ -267,7 +271,7 @@ class Responder:
             return 0.0
         return None
 
-    def files_of(self, key: tuple[bytes, int, bool, bool]) -> list[FileOffer]:
+    def files_of(self, key: ReplyKey) -> list[FileOffer]:
         """The files a pending answer will offer ([] if none is pending)."""
         pending = self.pending.get(key)
         return pending.files if pending is not None else []
@@ -293,7 +297,7 @@ class Responder:
             if request_id == offer.request_id and offer.files:
                 pending.overheard.add(offer.node_id)
 
-    def due(self, key: tuple[bytes, int, bool, bool], now: float) -> list[Send]:
+    def due(self, key: ReplyKey, now: float) -> list[Send]:
         """The delay of ``key`` is over: the datagrams to send, if any."""
         pending = self.pending.pop(key, None)
         if pending is None:
@@ -347,7 +351,7 @@ class Responder:
         hop_limit = min(query.hop_limit, self.max_hop_limit)
         return [Send(encode(o), to, hop_limit) for o in offers]
 
-    def cancel_all(self) -> list[tuple[bytes, int, bool, bool]]:
+    def cancel_all(self) -> list[ReplyKey]:
         keys = list(self.pending)
         self.pending.clear()
         return keys

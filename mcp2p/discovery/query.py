@@ -34,7 +34,14 @@ from twisted.logger import Logger
 
 from mcp2p import multicast
 from mcp2p.core.display import display_text
-from mcp2p.core.responder import COOKIE_WINDOW, UNICAST_JITTER, Responder, Schedule, Send
+from mcp2p.core.responder import (
+    COOKIE_WINDOW,
+    UNICAST_JITTER,
+    ReplyKey,
+    Responder,
+    Schedule,
+    Send,
+)
 from mcp2p.core.ring import ArmRetry, ArmTimer, Finished, RingSearch, SendQuery, ServerRecord
 from mcp2p.errors import ProtocolError
 from mcp2p.logsummary import summary_level
@@ -274,7 +281,7 @@ class QueryNode:
         self.group_ports: dict[int, Any] = {}
         self.unicast_ports: dict[int, Any] = {}
         self.searches: dict[bytes, _Search] = {}
-        self.replies: dict[tuple[bytes, int, bool, bool], Any] = {}
+        self.replies: dict[ReplyKey, Any] = {}
         # node id -> (its cookie for our address, when it came)
         self.cookies: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         # node id -> (the hop limit a search found it at, when): expected by the next
