@@ -466,52 +466,74 @@ copy_run(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(accept_doc,
-"accept(batch, candidates, expected, seqs, digests, highest) -> (items, rest, highest)\n\n"
+"accept(batch, candidates, notice_seqs, notice_digests, seqs, digests, highest)\n"
+"    -> (items, rest, highest)\n\n"
 "The usual case of Receiver.datagrams, for scan's ``candidates`` of\n"
-"``batch`` in order: a candidate ``(index, seq, digest, piece, symbol)``\n"
-"whose notice is in ``expected`` (a dict, seq -> (digest, ...)) with the\n"
-"same digest is accepted: its notice is deleted (through the mapping's\n"
-"own deletion, so an OrderedDict stays whole), ``seqs[slot]`` (an int64\n"
-"array, a power of two long) gets its seq and ``digests`` (8 bytes a slot)\n"
-"its digest, slot = seq & (len(seqs) - 1), and ``(piece, symbol,\n"
-"batch[index][HEADER_LEN:])`` goes into ``items``. Any other candidate\n"
-"goes into ``rest`` unchanged, for the caller. ``highest`` comes back as\n"
-"the highest seq accepted, or as given.");
+"``batch`` in order. The notices waiting (transfer.notices.Notices) are\n"
+"``notice_seqs`` (an int64 array, a power of two long: seq + 1 of the\n"
+"notice in each slot, 0 for none) and ``notice_digests`` (8 bytes a slot);\n"
+"the packets accepted are ``seqs`` (an int64 array, a power of two long)\n"
+"and ``digests``. A candidate ``(index, seq, digest, piece, symbol)`` whose\n"
+"notice waits with the same digest is accepted: its notice slot is\n"
+"emptied, ``seqs[slot]`` gets its seq and ``digests`` its digest, and\n"
+"``(piece, symbol, batch[index][HEADER_LEN:])`` goes into ``items`` (one\n"
+"item per notice taken). Any other candidate goes into ``rest``\n"
+"unchanged, for the caller. ``highest`` comes back as the highest seq\n"
+"accepted, or as given.");
+
+/* An int64 array of a power of two slots (``seqs``) and its 8-byte digests:
+   both writable. 0 and the slot count, or -1 with an exception set. */
+static Py_ssize_t
+ring_views(PyObject *seqs_obj, PyObject *digests_obj, Py_buffer *seqs, Py_buffer *digests)
+{
+    /* PyBUF_ND too: a memoryview (an anonymous mapping cast to "q") gives its
+       format only with its shape. */
+    if (PyObject_GetBuffer(seqs_obj, seqs, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0)
+        return -1;
+    if (PyObject_GetBuffer(digests_obj, digests, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(seqs);
+        return -1;
+    }
+    Py_ssize_t slots = seqs->len / 8;
+    if (seqs->itemsize != 8 || seqs->format == NULL
+        || (strcmp(seqs->format, "q") != 0 && strcmp(seqs->format, "l") != 0)
+        || slots < 1 || (slots & (slots - 1)) != 0 || digests->len != DIGEST_LEN * slots) {
+        PyErr_SetString(PyExc_ValueError,
+                        "seqs: an int64 array of a power of two; digests: 8 bytes a slot");
+        PyBuffer_Release(digests);
+        PyBuffer_Release(seqs);
+        return -1;
+    }
+    return slots;
+}
 
 static PyObject *
 accept_usual(PyObject *self, PyObject *args)
 {
-    PyObject *batch, *candidates, *expected, *seqs_obj, *digests_obj;
+    PyObject *batch, *candidates, *nseqs_obj, *ndigests_obj, *seqs_obj, *digests_obj;
     long long highest;
-    if (!PyArg_ParseTuple(args, "OO!O!OOL:accept", &batch, &PyList_Type, &candidates,
-                          &PyDict_Type, &expected, &seqs_obj, &digests_obj, &highest))
+    if (!PyArg_ParseTuple(args, "OO!OOOOL:accept", &batch, &PyList_Type, &candidates,
+                          &nseqs_obj, &ndigests_obj, &seqs_obj, &digests_obj, &highest))
         return NULL;
-    Py_buffer seqs_view, digests_view;
-    /* PyBUF_ND too: a memoryview (an anonymous mapping cast to "q") gives its
-       format only with its shape. */
-    if (PyObject_GetBuffer(seqs_obj, &seqs_view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0)
+    Py_buffer nseqs_view, ndigests_view, seqs_view, digests_view;
+    Py_ssize_t notice_slots = ring_views(nseqs_obj, ndigests_obj, &nseqs_view, &ndigests_view);
+    if (notice_slots < 0)
         return NULL;
-    if (PyObject_GetBuffer(digests_obj, &digests_view, PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&seqs_view);
+    Py_ssize_t slots = ring_views(seqs_obj, digests_obj, &seqs_view, &digests_view);
+    if (slots < 0) {
+        PyBuffer_Release(&ndigests_view);
+        PyBuffer_Release(&nseqs_view);
         return NULL;
     }
     PyObject *seq = NULL, *items = NULL, *rest = NULL, *result = NULL;
-    Py_ssize_t slots = seqs_view.len / 8;
-    if (seqs_view.itemsize != 8 || seqs_view.format == NULL
-        || (strcmp(seqs_view.format, "q") != 0 && strcmp(seqs_view.format, "l") != 0)
-        || slots < 1 || (slots & (slots - 1)) != 0 || digests_view.len != 8 * slots) {
-        PyErr_SetString(PyExc_ValueError,
-                        "seqs: an int64 array of a power of two; digests: 8 bytes a slot");
-        goto done;
-    }
     seq = PySequence_Fast(batch, "batch must be a sequence of buffers");
     if (seq == NULL)
         goto done;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **datagrams = PySequence_Fast_ITEMS(seq);
-    long long *seqs = seqs_view.buf;
-    unsigned char *digests = digests_view.buf;
-    long long mask = (long long)slots - 1;
+    long long *nseqs = nseqs_view.buf, *seqs = seqs_view.buf;
+    unsigned char *ndigests = ndigests_view.buf, *digests = digests_view.buf;
+    long long notice_mask = (long long)notice_slots - 1, mask = (long long)slots - 1;
     items = PyList_New(0);
     rest = PyList_New(0);
     if (items == NULL || rest == NULL)
@@ -522,10 +544,10 @@ accept_usual(PyObject *self, PyObject *args)
         int usual = 0;
         long long number = -1;
         Py_ssize_t index = -1;
-        PyObject *key = NULL, *digest = NULL;
+        PyObject *digest = NULL;
         if (PyTuple_CheckExact(candidate) && PyTuple_GET_SIZE(candidate) == 5) {
             PyObject *index_obj = PyTuple_GET_ITEM(candidate, 0);
-            key = PyTuple_GET_ITEM(candidate, 1);
+            PyObject *key = PyTuple_GET_ITEM(candidate, 1);
             digest = PyTuple_GET_ITEM(candidate, 2);
             if (PyLong_CheckExact(index_obj) && PyLong_CheckExact(key)
                 && PyBytes_CheckExact(digest) && PyBytes_GET_SIZE(digest) == DIGEST_LEN) {
@@ -533,16 +555,11 @@ accept_usual(PyObject *self, PyObject *args)
                 number = PyLong_AsLongLong(key);
                 if (PyErr_Occurred())
                     PyErr_Clear(); /* out of range: not the usual case */
-                else if (0 <= index && index < n && number >= 0) {
-                    PyObject *notice = PyDict_GetItemWithError(expected, key); /* borrowed */
-                    if (notice == NULL && PyErr_Occurred())
-                        goto done;
-                    if (notice != NULL && PyTuple_Check(notice) && PyTuple_GET_SIZE(notice) >= 1) {
-                        PyObject *want = PyTuple_GET_ITEM(notice, 0);
-                        usual = PyBytes_CheckExact(want) && PyBytes_GET_SIZE(want) == DIGEST_LEN
-                                && memcmp(PyBytes_AS_STRING(want), PyBytes_AS_STRING(digest),
-                                          DIGEST_LEN) == 0;
-                    }
+                else if (0 <= index && index < n && 0 <= number && number <= 0xFFFFFFFFLL) {
+                    long long slot = number & notice_mask;
+                    usual = nseqs[slot] == number + 1
+                            && memcmp(ndigests + DIGEST_LEN * slot, PyBytes_AS_STRING(digest),
+                                      DIGEST_LEN) == 0;
                 }
             }
         }
@@ -561,11 +578,12 @@ accept_usual(PyObject *self, PyObject *args)
             goto done;
         int appended = PyList_Append(items, item);
         Py_DECREF(item);
-        if (appended < 0 || PyObject_DelItem(expected, key) < 0)
+        if (appended < 0)
             goto done;
+        nseqs[number & notice_mask] = 0;
         long long slot = number & mask;
         seqs[slot] = number;
-        memcpy(digests + 8 * slot, PyBytes_AS_STRING(digest), DIGEST_LEN);
+        memcpy(digests + DIGEST_LEN * slot, PyBytes_AS_STRING(digest), DIGEST_LEN);
         if (number > highest)
             highest = number;
     }
@@ -577,6 +595,8 @@ done:
     Py_XDECREF(seq);
     PyBuffer_Release(&digests_view);
     PyBuffer_Release(&seqs_view);
+    PyBuffer_Release(&ndigests_view);
+    PyBuffer_Release(&nseqs_view);
     return result;
 }
 

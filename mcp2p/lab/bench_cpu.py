@@ -38,9 +38,11 @@ Two parts, printed as one table and written as JSON:
    ``recv_batch`` (the CN's `BatchReader`, datagrams sent one by one) and
    ``recv_batch_gso_gro`` (sent as the SN does, GSO bursts, received whole
    with UDP_GRO), ``rtp_decode`` (the full decoder; the receiver uses one
-   struct unpack), ``digest`` (the BLAKE3 packet digest every packet
-   needs), ``receiver_no_delivery`` (``Receiver.datagrams``: header,
-   notice match, digest), ``store_write_block`` (copy into the piece
+   struct unpack), ``digest`` (the SHA-256 packet digest every packet
+   needs), ``take_lists`` (the notices of trusted digest lists of 175
+   packets each, per packet: `Receiver._take_list`),
+   ``receiver_no_delivery`` (``Receiver.datagrams``: header, notice
+   match, digest), ``store_write_block`` (copy into the piece
    buffer, hash and one write per piece), ``piece_hash`` (the hash alone)
    and ``receiver_to_store`` (both together, batch read not included;
    ``..._packets_first``: each packet before its notice, held and copied).
@@ -369,7 +371,7 @@ def stages(pieces: int) -> dict[str, float]:
     from mcp2p.transfer import receiver as rx
     from mcp2p.transfer.store import Buffer, PartialFile
     from mcp2p.wire.merkle import hash_piece
-    from mcp2p.wire.rtp import decode_packet, packet_digest
+    from mcp2p.wire.rtp import DIGEST_LEN, MAX_PAYLOAD, decode_packet, pack_list, packet_digest
 
     data, manifest, datagrams, notices = _synthetic(pieces)
     n = len(datagrams)
@@ -392,6 +394,19 @@ def stages(pieces: int) -> dict[str, float]:
 
     out["rtp_decode"] = _timed(decode, n)
     out["digest"] = _timed(digest, n)
+
+    per_list = MAX_PAYLOAD // DIGEST_LEN  # as the SN makes them
+    lists = [
+        pack_list(notices[i][0], 7, b"".join(d for _, d in notices[i : i + per_list]))
+        for i in range(0, n, per_list)
+    ]
+    r0 = rx.Receiver(Clock(), 7, lambda *a: None, lambda lost, received: None)
+
+    def take_lists() -> None:
+        for packet in lists:
+            r0._take_list(packet)
+
+    out["take_lists"] = _timed(take_lists, n)
 
     def receiver(deliver: Any) -> Any:
         clock = Clock()

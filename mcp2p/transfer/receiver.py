@@ -40,14 +40,12 @@ when the CN falls behind.
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import socket
 import struct
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from itertools import repeat
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.internet import task
@@ -57,6 +55,7 @@ from twisted.logger import Logger
 
 from mcp2p.core.speedups import compiled
 from mcp2p.core.wanted import RangeSet
+from mcp2p.transfer.notices import MAX_EXPECTED, Accepted, Notices, lazy_zeros
 from mcp2p.transfer.scan import MAX_DATAGRAM  # the largest data packet
 from mcp2p.transfer.scan import accept as _accept
 from mcp2p.transfer.scan import scan as _scan
@@ -84,7 +83,6 @@ GAP_AFTER = 0.05
 KEEP = 2.0  # seconds after its notice a late packet is still accepted (> the rcvbuf's lag)
 MAX_HELD = 16384  # sequence numbers with packets waiting for notices, at most
 MAX_CANDIDATES = 4  # packets held for one sequence number (a forger's copies among them)
-MAX_EXPECTED = 1 << 18  # notices waiting for packets at most
 REPORT_EVERY = 0.1
 DRAIN_WAIT = 0.005  # seconds from a Drained to its report: the data socket is read meanwhile
 LIST_WAIT = 0.05  # seconds a list may come after its hash before it is asked for
@@ -134,10 +132,8 @@ class Receiver(DatagramProtocol):
         self.unconfirmed: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         # seq -> [(datagram, its digest, its arrival)], first arrival first
         self.held: dict[int, list[tuple[bytes, bytes, float]]] = {}
-        self.expected: OrderedDict[int, tuple[bytes, float]] = (
-            OrderedDict()
-        )  # seq -> (digest, notice time)
-        # Both in time order, expired from the front: OrderedDicts, because a plain
+        self.expected = Notices()  # seq -> (digest, notice time), in arrays
+        # In time order, expired from the front: an OrderedDict, because a plain
         # dict deleted from the front makes each next(iter()) scan the holes left
         # (that scan was half of a CN's CPU at 30k packets/s).
         self.overdue: OrderedDict[int, tuple[bytes, float]] = OrderedDict()  # reported lost
@@ -209,19 +205,19 @@ class Receiver(DatagramProtocol):
             # usual case) are taken as the loop below takes them; the rest is
             # left to it, in order.
             out, candidates, highest = _accept(
-                batch, candidates, expected, seen, seen_digests, highest
+                batch, candidates, expected.seqs, expected.digests, seen, seen_digests, highest
             )
+            expected.count -= len(out)
         for i, seq, digest, piece, symbol in candidates:
             slot = seq & mask
-            notice = expected.pop(seq, None)  # the usual case: listed, not yet here
-            if notice is not None:
-                if digest != notice[0]:
+            listed = expected.get(seq)  # the usual case: listed, not yet here
+            if listed is not None:
+                if digest != listed:
                     # Not what our channel listed; the genuine may come: its
-                    # notice goes back, at the front (the oldest).
-                    expected[seq] = notice
-                    expected.move_to_end(seq, last=False)
+                    # notice stays.
                     self._forged(0.0)
                     continue
+                expected.remove(seq)
             elif seen[slot] == seq:  # Accepted.get, inlined: here already
                 if digest == seen_digests[slot * 8 : slot * 8 + 8]:
                     counters["duplicate"] += 1
@@ -292,20 +288,23 @@ class Receiver(DatagramProtocol):
         announced[digest] = [first, self.clock.seconds(), False, count]
 
     def _take_list(self, data: Buffer) -> None:
-        """A trusted list's notices. With nothing held and room left (the usual
-        case: lists lead their packets), in bulk: no tuple per notice."""
+        """A trusted list's notices, in bulk (`Notices.add`: two slice copies),
+        then the packets held for them."""
         self.counters["lists"] += 1
         _, _, first, _, _, _, count, _ = FAST_HEADER.unpack_from(data)
-        expected = self.expected
-        if self.held or first + count > 1 << 32 or len(expected) + count > MAX_EXPECTED:
+        if first + count > 1 << 32:  # it wraps around the sequence space
             self.notices(list_notices(data))
             return
         self.counters["notices"] += count
-        raw = bytes(data[HEADER_LEN:])
-        step = DIGEST_LEN
-        digests = [raw[i : i + step] for i in range(0, count * step, step)]
-        stamped = zip(digests, repeat(self.clock.seconds()))
-        expected.update(zip(range(first, first + count), stamped, strict=False))
+        now = self.clock.seconds()
+        if self.expected.add(first, data[HEADER_LEN : HEADER_LEN + count * DIGEST_LEN], now):
+            held = self.held
+            if held:
+                end = first + count
+                if len(held) < count:
+                    self._release([s for s in held if first <= s < end], now)
+                else:
+                    self._release(range(first, end), now)
 
     def _ask(self, digest: bytes, first: int) -> None:
         """Ask the SN for a list whose hash came but whose packet did not."""
@@ -360,29 +359,55 @@ class Receiver(DatagramProtocol):
             self.counters["forged_hold_max"] = held_for
 
     def notices(self, notices: list[tuple[int, bytes]]) -> None:
+        """Notices ``(seq, digest)`` one by one (consecutive ones make one
+        run), then the packets held for them. A digest of the wrong length
+        is no notice (counted malformed)."""
         now = self.clock.seconds()
         self.counters["notices"] += len(notices)
+        expected = self.expected
+        first, run = -1, bytearray()
+        for seq, digest in notices:
+            if len(digest) != DIGEST_LEN or not 0 <= seq < 1 << 32:
+                self.counters["malformed"] += 1
+                continue
+            if run and seq != first + len(run) // DIGEST_LEN:
+                expected.add(first, run, now)
+                run = bytearray()
+            if not run:
+                first = seq
+            run += digest
+        if run:
+            expected.add(first, run, now)
+        if self.held:
+            self._release([seq for seq, _ in notices], now)
+
+    def _release(self, seqs: Iterable[int], now: float) -> None:
+        """The packets held for the notices of ``seqs`` that came: the one
+        that matches is accepted, the others were forged."""
         held_packets, expected, accepted = self.held, self.expected, self.accepted
         out: Items = []
-        for seq, digest in notices:
-            held = held_packets.pop(seq, None)
-            if held is not None:
-                genuine = None
-                for data, digested, arrival in held:
-                    if genuine is None and digested == digest:
-                        genuine = data
-                    else:
-                        self._forged(max(0.0, now - arrival))
-                if genuine is not None:
-                    # Its header was checked (scan) when it was held.
-                    _, _, piece, symbol = split_header(genuine)  # type: ignore[misc]
-                    accepted.put(seq, digest)
-                    if seq > self.highest:
-                        self.highest = seq
-                    out.append((piece, symbol, genuine[HEADER_LEN:]))
-                    continue
-            if len(expected) < MAX_EXPECTED:
-                expected[seq] = (digest, now)
+        for seq in seqs:
+            held = held_packets.get(seq)
+            if held is None:
+                continue
+            digest = expected.get(seq)
+            if digest is None:
+                continue
+            del held_packets[seq]
+            genuine = None
+            for data, digested, arrival in held:
+                if genuine is None and digested == digest:
+                    genuine = data
+                else:
+                    self._forged(max(0.0, now - arrival))
+            if genuine is not None:
+                # Its header was checked (scan) when it was held.
+                _, _, piece, symbol = split_header(genuine)  # type: ignore[misc]
+                expected.remove(seq)
+                accepted.put(seq, digest)
+                if seq > self.highest:
+                    self.highest = seq
+                out.append((piece, symbol, genuine[HEADER_LEN:]))
         if out:
             self._hand_on(out, now)
 
@@ -401,30 +426,24 @@ class Receiver(DatagramProtocol):
     def _early_report(self) -> None:
         self._soon = None
         self._housekeeping()
-        expected = self.expected
-        if expected:  # the oldest notice left, if the SN sent it, is still young
-            seq = next(iter(expected))
+        oldest = self.expected.oldest()
+        if oldest is not None:  # the oldest notice left, if the SN sent it, is still young
+            seq, time = oldest
             if seq <= self.final:
-                due = expected[seq][1] + GAP_AFTER - self.clock.seconds()
+                due = time + GAP_AFTER - self.clock.seconds()
                 self._report_soon(max(due, 0.0) + 0.001)
 
     def _housekeeping(self) -> None:
         now = self.clock.seconds()
         lost = RangeSet()
         count = 0
-        expected, overdue = self.expected, self.overdue
+        overdue = self.overdue
         highest = max(self.highest, self.final)
-        while expected:  # in notice order: the overdue ones are at the front
-            seq = next(iter(expected))
-            notice = expected[seq]
-            age = now - notice[1]
-            if age <= LOSS_AFTER and (seq > highest or age <= GAP_AFTER):
-                break
-            del expected[seq]
+        for seq, digest, time in self.expected.due(now, highest, GAP_AFTER, LOSS_AFTER):
             lost.add(seq)
             count += 1
             if len(overdue) < MAX_EXPECTED:
-                overdue[seq] = notice
+                overdue[seq] = (digest, time)
         _expire(self.overdue, now - KEEP)
         for seq, datagrams in list(self.held.items()):
             if now - datagrams[0][2] > HOLD:
@@ -506,48 +525,6 @@ def _expire(entries: OrderedDict[int, tuple[bytes, float]], before: float) -> No
         if entries[seq][1] >= before:
             break
         del entries[seq]
-
-
-class Accepted:
-    """The digests of the packets accepted, by sequence number: fixed arrays
-    (about 4 MB), no object per packet and nothing to expire. A sequence
-    number shares its slot with those ``MAX_EXPECTED`` apart, so the last
-    2^18 packets are known: a copy of one is a duplicate (or, altered, a
-    forgery); a copy of an older one waits for a notice like any unknown
-    packet (and is dropped as unannounced).
-
-    The arrays are anonymous mappings (``lazy_zeros``): a page costs only
-    once a packet's slot is in it, not 4 MB of page faults (2 ms) at the
-    start of every fetch. An empty slot holds 0, which no sequence number
-    of that slot can be, but for slot 0: it starts at -1."""
-
-    __slots__ = ("digests", "mask", "seqs")
-
-    def __init__(self, size: int = MAX_EXPECTED) -> None:
-        assert size & (size - 1) == 0, "a power of two"
-        self.mask = size - 1
-        self.seqs = lazy_zeros(8 * size).cast("q")
-        self.seqs[0] = -1
-        self.digests = lazy_zeros(8 * size)
-
-    def get(self, seq: int) -> bytes | None:
-        """The digest of ``seq`` if it was accepted (among the last 2^18)."""
-        slot = seq & self.mask
-        if self.seqs[slot] == seq:
-            return bytes(self.digests[slot * 8 : slot * 8 + 8])
-        return None
-
-    def put(self, seq: int, digest: bytes) -> None:
-        slot = seq & self.mask
-        self.seqs[slot] = seq
-        self.digests[slot * 8 : slot * 8 + 8] = digest
-
-
-def lazy_zeros(size: int) -> memoryview:
-    """``size`` writable zero bytes whose pages the kernel maps in when first
-    touched (an anonymous mapping), where ``bytearray(size)`` writes them all
-    at once."""
-    return memoryview(mmap.mmap(-1, size))
 
 
 class BatchReader:

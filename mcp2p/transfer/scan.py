@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from hashlib import sha256
-from typing import Any
 
 from mcp2p.core.speedups import compiled
 from mcp2p.wire.rtp import (
@@ -71,7 +70,7 @@ def scan_python(batch: Sequence[Buffer], ssrc: int) -> Scanned:
 
 
 Accept = Callable[
-    [Sequence[Buffer], list[Candidate], dict[int, Any], Any, memoryview, int],
+    [Sequence[Buffer], list[Candidate], memoryview, memoryview, memoryview, memoryview, int],
     tuple[list[tuple[int, int, Buffer]], list[Candidate], int],
 ]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 STAGES = (
     "recv_per_datagram",
     "digest",
+    "take_lists",
     "store_write_block",
     "receiver_to_store",
     "store_write_blocks",

@@ -147,23 +147,29 @@ def _rings(size: int = 16) -> tuple[Any, bytearray]:
     return array("q", [-1]) * size, bytearray(8 * size)
 
 
+def _notices(entries: dict[int, bytes], size: int = 16) -> Any:
+    from mcp2p.transfer.notices import Notices
+
+    notices = Notices(size)
+    for seq, digest in entries.items():
+        notices.add(seq, digest, 1.0)
+    return notices
+
+
 @compiled
 def test_compiled_accept_takes_the_announced_and_leaves_the_rest_in_order() -> None:
-    from collections import OrderedDict
-
     accept = scanning.accept
     assert accept is not None
     packets = [data_packet(s, bytes([s]) * 30) for s in (3, 4, 5, 6, 20)]
     batch = [memoryview(bytearray(p)) for p in packets]
     _, _, _, candidates = scan_python(batch, SSRC)
     digest = {c[1]: c[2] for c in candidates}
-    expected: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
-    expected[3] = (digest[3], 1.0)
-    expected[4] = (b"\x00" * 8, 1.0)  # announced with another digest: a forgery, or a liar
-    expected[6] = (digest[6], 2.0)
-    expected[99] = (b"\x01" * 8, 3.0)
+    # 4 announced with another digest (a forgery, or a liar); 20 shares 4's slot
+    notices = _notices({3: digest[3], 4: b"\x00" * 8, 6: digest[6], 98: b"\x01" * 8})
     seqs, digests = _rings()
-    items, rest, highest = accept(batch, candidates, expected, seqs, digests, 5)
+    items, rest, highest = accept(
+        batch, candidates, notices.seqs, notices.digests, seqs, digests, 5
+    )
     assert [(p, s, bytes(d)) for p, s, d in items] == [
         (3 % 7, 3 % 5, bytes([3]) * 30),
         (6 % 7, 6 % 5, bytes([6]) * 30),
@@ -173,9 +179,9 @@ def test_compiled_accept_takes_the_announced_and_leaves_the_rest_in_order() -> N
         c for c in candidates if c[1] in (4, 5, 20)
     ]
     assert highest == 6
-    assert list(expected) == [4, 99]  # an OrderedDict still whole, in its order
-    expected.move_to_end(4)
-    assert list(expected) == [99, 4]
+    notices.count -= len(items)  # as the receiver does
+    assert [seq for seq, _, _ in notices.items()] == [4, 98] and len(notices) == 2
+    assert notices.get(3) is None and notices.get(4) == b"\x00" * 8
     assert seqs[3] == 3 and seqs[6] == 6 and seqs[4] == -1
     assert digests[24:32] == digest[3] and digests[48:56] == digest[6]
 
@@ -186,11 +192,14 @@ def test_compiled_accept_leaves_odd_candidates_to_the_caller() -> None:
     assert accept is not None
     good = data_packet(1)
     d = sha256(good).digest()[:8]
-    expected = {1: (d, 0.0), -1: (d, 0.0), 2**70: (d, 0.0)}
+    notices = _notices({1: d})
     odd: list[Any] = [
         (5, 1, d, 0, 0),  # no such datagram in the batch
         (-1, 1, d, 0, 0),
-        (0, -1, d, 0, 0),  # a negative seq
+        (0, -1, d, 0, 0),  # a negative seq: slot 15 holds 0, which is -1 + 1
+        (0, 15, d, 0, 0),  # not announced
+        (0, 17, d, 0, 0),  # 1's slot, another seq
+        (0, 2**32 + 1, d, 0, 0),  # beyond the sequence space, 1's slot
         (0, 2**70, d, 0, 0),  # beyond int64
         (0, 1, d[:7], 0, 0),  # a short digest
         (0, 1, bytearray(d), 0, 0),  # not bytes
@@ -199,12 +208,9 @@ def test_compiled_accept_leaves_odd_candidates_to_the_caller() -> None:
         "junk",
     ]
     seqs, digests = _rings()
-    items, rest, highest = accept([good], odd, expected, seqs, digests, -1)
-    assert items == [] and rest == odd and highest == -1 and len(expected) == 3
-    # a notice that is not (digest, ...) is left to the caller too
-    for notice in (None, (), (d[:4], 0.0), [d, 0.0]):
-        items, rest, _ = accept([good], [(0, 1, d, 0, 0)], {1: notice}, seqs, digests, -1)
-        assert items == [] and len(rest) == 1
+    items, rest, highest = accept([good], odd, notices.seqs, notices.digests, seqs, digests, -1)
+    assert items == [] and rest == odd and highest == -1
+    assert notices.get(1) == d and bytes(seqs.tobytes()) == _rings()[0].tobytes()
 
 
 @compiled
@@ -224,19 +230,19 @@ def test_compiled_accept_refuses_rings_of_the_wrong_shape(seqs: str, digests: st
 
     accept = scanning.accept
     assert accept is not None
+    good = _rings()
     with pytest.raises((ValueError, TypeError, BufferError)):
-        accept([], [], {}, eval(seqs), eval(digests), -1)
+        accept([], [], eval(seqs), eval(digests), *good, -1)
+    with pytest.raises((ValueError, TypeError, BufferError)):
+        accept([], [], *good, eval(seqs), eval(digests), -1)
 
 
 @compiled
-def test_compiled_accept_refuses_what_is_not_a_dict_or_a_list() -> None:
+def test_compiled_accept_refuses_candidates_that_are_not_a_list() -> None:
     accept = scanning.accept
     assert accept is not None
-    seqs, digests = _rings()
     with pytest.raises(TypeError):
-        accept([], [], [], seqs, digests, -1)  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        accept([], (), {}, seqs, digests, -1)  # type: ignore[arg-type]
+        accept([], (), *_rings(), *_rings(), -1)  # type: ignore[arg-type]
 
 
 # -- make_packets: the SN's packets and digests, compiled ------------------------
