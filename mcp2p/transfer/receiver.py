@@ -166,6 +166,9 @@ class Receiver(DatagramProtocol):
             "lists_lost": 0,  # list hashes whose list never came
             "lists_unconfirmed": 0,  # list packets no hash ever came for (forged, or too late)
             "reads": 0,  # receive calls (a GRO buffer holds many packets)
+            # notices dropped (`Notices`): a slot taken by one 2^18 on, or past its run bound
+            "notices_overwritten": 0,
+            "notices_refused": 0,
         }
         self.loop = task.LoopingCall(self._housekeeping)
         self.loop.clock = clock
@@ -452,6 +455,8 @@ class Receiver(DatagramProtocol):
         accepted = int(self.counters["accepted"])
         received = accepted - self.reported_accepted  # late ones too
         count += self._lists_due(now, lost)
+        self.counters["notices_overwritten"] = self.expected.overwritten
+        self.counters["notices_refused"] = self.expected.refused
         self.counters["lost"] += count
         self.reported_accepted = accepted
         if lost or received:

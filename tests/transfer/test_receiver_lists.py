@@ -196,3 +196,39 @@ def test_lists_lead_their_packets_so_nothing_is_held() -> None:
     assert len(m.got) == 1000 and m.r.counters["lists"] == 10
     m.clock.advance(LIST_WAIT + 2 * REPORT_EVERY)
     assert m.asked == []
+
+
+def _trusted(m: Made, lst: bytes) -> None:
+    """A list and its hash, as an honest SN sends them."""
+    first, count = int.from_bytes(lst[4:8], "big"), int.from_bytes(lst[18:22], "big")
+    m.data(lst)
+    m.r.listed(first, count, list_hash(lst))
+
+
+def test_lists_beyond_the_runs_bound_are_refused_and_counted(monkeypatch: Any) -> None:
+    """A misbehaving SN's lists that no packet follows: the notices waiting
+    are bounded (runs), the rest counted; the packets of a refused list are
+    held, then dropped as unannounced."""
+    from mcp2p.transfer import notices
+
+    monkeypatch.setattr(notices, "MAX_RUNS", 4)
+    m = Made()
+    for k in range(6):
+        _trusted(m, digest_list(100 * k, 3))
+    assert m.r.pending() == 12
+    m.data(packet(500))  # its list was refused
+    m.clock.advance(REPORT_EVERY)
+    assert m.r.counters["notices_refused"] == 6 and m.got == []
+    m.clock.advance(HOLD + REPORT_EVERY)
+    assert m.r.counters["unannounced"] == 1
+
+
+def test_a_list_a_ring_ahead_takes_the_slots_of_notices_waiting_and_counts_them() -> None:
+    m = Made()
+    _trusted(m, digest_list(5, 3))
+    _trusted(m, digest_list(5 + (1 << 18), 2))  # a lying or broken SN
+    assert m.r.pending() == 3
+    m.data(packet(5 + (1 << 18)), packet(7))
+    assert m.got == [5 + (1 << 18), 7]  # the symbols: seq (pack_header above)
+    m.clock.advance(REPORT_EVERY)
+    assert m.r.counters["notices_overwritten"] == 2
