@@ -557,6 +557,10 @@ def _peer_of(protocol: Any) -> str:
         return "?"
 
 
+# The keys of a Listed as an SN sends it: no _ask, it takes no answer.
+_LISTED_KEYS = frozenset({b"_command", b"subscription", b"first", b"count", b"hash", b"more"})
+
+
 class ControlClient(amp.AMP):
     """The CN's end: commands out, list hashes in (routed to per-subscription handlers)."""
 
@@ -572,6 +576,31 @@ class ControlClient(amp.AMP):
         super().connectionMade()
         self.peer_node_id, _ = peer_identity(self.transport)
         _no_delay(self.transport)
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        """A Listed comes with every digest list, hundreds a second, and takes
+        no answer: a well-formed one goes straight to ``listed``, past AMP's
+        dispatch (argument objects, ``maybeDeferred``, a Deferred and its
+        callbacks), which took as much of the CN's CPU as the rest of its
+        control channel (bench_cpu's fetch: 5% of the CN's CPU). Its
+        arguments are read as AMP's Integer and String read them. Anything
+        else, or anything odd about it (a key more or less, a number that
+        is none, a ProtocolError of ``listed``, which acts on nothing before
+        it checked every list), takes AMP's own path, which answers or
+        reports it as before."""
+        if box.get(b"_command") == b"Listed" and box.keys() <= _LISTED_KEYS:
+            try:
+                subscription, first = int(box[b"subscription"]), int(box[b"first"])
+                count, hash = int(box[b"count"]), box[b"hash"]
+            except (KeyError, ValueError):
+                pass
+            else:
+                try:
+                    self.listed(subscription, first, count, hash, box.get(b"more"))
+                    return
+                except ProtocolError:
+                    pass
+        super().ampBoxReceived(box)
 
     @Listed.responder
     def listed(

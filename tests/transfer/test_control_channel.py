@@ -389,6 +389,67 @@ def test_a_malformed_more_drops_the_channel_on_the_cn_and_no_list_is_taken(
     assert not [e for e in amp_log if e.get("log_failure") is not None]
 
 
+def _listed_box(**fields: bytes) -> amp.AmpBox:
+    box = amp.AmpBox(_command=b"Listed", subscription=b"1", first=b"10", count=b"5", hash=b"h" * 16)
+    box.update({k.encode(): v for k, v in fields.items()})
+    return box
+
+
+def test_a_listed_goes_to_its_handler_past_amps_dispatch(sn: Any, monkeypatch: Any) -> None:
+    """The hot path (hundreds a second): no Deferred, no argument objects."""
+    ch = channel(sn)
+    ch.client.handlers[1] = handler = Handler()
+    dispatched: list[Any] = []
+    monkeypatch.setattr(ch.client, "dispatchCommand", lambda box: dispatched.append(box) or None)
+    ch.server.callRemote(Listed, subscription=1, first=10, count=5, hash=b"h" * 16)
+    ch.server.sendBox(_listed_box(more=MORE_ENTRY.pack(15, 3, b"i" * 16)))
+    ch.pump.flush()
+    assert handler.received == [(10, 5, b"h" * 16), (10, 5, b"h" * 16), (15, 3, b"i" * 16)]
+    assert dispatched == [] and not ch.lost
+
+
+@pytest.mark.parametrize(
+    "fields, taken",
+    [
+        ({"_ask": b"7"}, True),  # it wants an answer: AMP's path answers it
+        ({"unknown": b"x"}, True),  # a key more: AMP's path ignores it
+        ({"first": b"ten"}, False),  # not a number: AMP's path drops the channel
+        ({"count": b"0"}, False),  # listed refuses it: so does AMP's path
+    ],
+)
+def test_a_listed_out_of_the_ordinary_takes_amps_own_path(
+    sn: Any, amp_log: Any, monkeypatch: Any, fields: dict[str, bytes], taken: bool
+) -> None:
+    ch = channel(sn)
+    ch.client.handlers[1] = handler = Handler()
+    dispatched: list[Any] = []
+    dispatch = ch.client.dispatchCommand
+
+    def counted(box: Any) -> Any:
+        dispatched.append(box)
+        return dispatch(box)
+
+    monkeypatch.setattr(ch.client, "dispatchCommand", counted)
+    answers: list[Any] = []
+    monkeypatch.setattr(ch.server, "_answerReceived", answers.append)
+    ch.server.sendBox(_listed_box(**fields))
+    ch.pump.flush()
+    assert len(dispatched) == 1
+    assert handler.received == ([(10, 5, b"h" * 16)] if taken else [])
+    assert ch.lost is not taken
+    assert [a.get(b"_answer") for a in answers] == ([b"7"] if "_ask" in fields else [])
+
+
+def test_a_listed_without_a_required_key_drops_the_channel(sn: Any, amp_log: Any) -> None:
+    ch = channel(sn)
+    ch.client.handlers[1] = handler = Handler()
+    box = _listed_box()
+    del box[b"hash"]
+    ch.server.sendBox(box)
+    ch.pump.flush()
+    assert ch.lost and handler.received == []
+
+
 def test_update_wanted_and_report_loss_on_ones_own_subscription(sn: Any) -> None:
     service, entry = sn["service"], sn["small"]
     ch = channel(sn)
