@@ -22,7 +22,11 @@ noise falls on all of them alike. Per run: each CN's completion time (mcp2p:
 the fetch's own elapsed time, search to delivery; peers: start signal to the
 receiver's end), goodput per CN, the SN's transmitted bytes and the bytes
 sent on every link end (both over the file size), and whether every copy
-verified. A run that fails or times out is recorded as failed, not raised;
+verified. Before each run the lab syncs the file systems, untimed: the
+kernel writes a copy back about 30 s after it was written, which is during
+a later run, and on two cores that writeback slowed whichever tool ran
+then (mcp2p's median went from 9.18 s alone to 9.23 s between udpcast and
+UFTP). A run that fails or times out is recorded as failed, not raised;
 its timeout is 10 s + 4x its ideal time (one copy for the multicast tools,
 N copies for the unicast ones) at that loss.
 
@@ -176,6 +180,7 @@ def _one(
 ) -> dict[str, Any]:
     size = lab.files[name][0]
     timeout = _timeout(tool, n, size, p["send_mbit"] * 1e6, loss)
+    os.sync()  # untimed: the copies of the runs before are on disk (see above)
     try:
         if tool.startswith("mcp2p-"):
             mode = tool.split("-", 1)[1]
