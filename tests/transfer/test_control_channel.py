@@ -44,6 +44,7 @@ from mcp2p.transfer.control import (
     UnknownSubscription,
     Unsubscribe,
     UpdateWanted,
+    listed_arguments,
 )
 from mcp2p.transfer.serving import ServingService
 from mcp2p.trust.gate import TrustGate
@@ -356,16 +357,38 @@ def test_several_lists_go_in_one_listed_and_arrive_in_order(sn: Any) -> None:
     ch.client.handlers[7] = handler = Handler()
     lists = [(10 * i, 5, bytes([i]) * 16) for i in range(MAX_LISTS_PER_NOTICE)]
     boxes: list[Any] = []
-    call = ch.server.callRemote
+    received = ch.client.ampBoxReceived
 
-    def counted(command: Any, **kw: Any) -> Any:
-        boxes.append(command)
-        return call(command, **kw)
+    def counted(box: Any) -> None:
+        boxes.append(dict(box))
+        received(box)
 
-    ch.server.callRemote = counted  # type: ignore[method-assign]
+    ch.client.ampBoxReceived = counted  # type: ignore[method-assign]
     ch.server.send_lists(7, lists)
     ch.pump.flush()
-    assert handler.received == lists and boxes == [Listed]
+    assert handler.received == lists and len(boxes) == 1
+    # the box callRemote(Listed, ...) would have made
+    made = Listed.makeArguments(listed_arguments(7, lists), ch.server)
+    made[b"_command"] = b"Listed"
+    assert boxes == [dict(made)]
+
+
+def test_one_list_goes_without_more(sn: Any) -> None:
+    ch = channel(sn)
+    ch.client.handlers[7] = handler = Handler()
+    last = ((1 << 32) - 1, 175, b"z" * 16)
+    boxes: list[Any] = []
+    received = ch.client.ampBoxReceived
+
+    def counted(box: Any) -> None:
+        boxes.append(dict(box))
+        received(box)
+
+    ch.client.ampBoxReceived = counted  # type: ignore[method-assign]
+    ch.server.send_lists(7, [last])
+    ch.server.send_lists(7, [])  # nothing to say: nothing sent
+    ch.pump.flush()
+    assert handler.received == [last] and len(boxes) == 1 and b"more" not in boxes[0]
 
 
 @pytest.mark.parametrize(
