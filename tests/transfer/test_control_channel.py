@@ -352,11 +352,9 @@ def test_a_subscriber_is_told_when_its_session_runs_dry_only_if_it_asked(
     assert handler.dry == ([1] if asked else [])
 
 
-def test_several_lists_go_in_one_listed_and_arrive_in_order(sn: Any) -> None:
-    ch = channel(sn)
-    ch.client.handlers[7] = handler = Handler()
-    lists = [(10 * i, 5, bytes([i]) * 16) for i in range(MAX_LISTS_PER_NOTICE)]
-    boxes: list[Any] = []
+def boxes_received(ch: Channel) -> list[dict[bytes, bytes]]:
+    """The boxes the CN's end receives from now on (as dicts), in order."""
+    boxes: list[dict[bytes, bytes]] = []
     received = ch.client.ampBoxReceived
 
     def counted(box: Any) -> None:
@@ -364,6 +362,14 @@ def test_several_lists_go_in_one_listed_and_arrive_in_order(sn: Any) -> None:
         received(box)
 
     ch.client.ampBoxReceived = counted  # type: ignore[method-assign]
+    return boxes
+
+
+def test_several_lists_go_in_one_listed_and_arrive_in_order(sn: Any) -> None:
+    ch = channel(sn)
+    ch.client.handlers[7] = handler = Handler()
+    lists = [(10 * i, 5, bytes([i]) * 16) for i in range(MAX_LISTS_PER_NOTICE)]
+    boxes = boxes_received(ch)
     ch.server.send_lists(7, lists)
     ch.pump.flush()
     assert handler.received == lists and len(boxes) == 1
@@ -377,14 +383,7 @@ def test_one_list_goes_without_more(sn: Any) -> None:
     ch = channel(sn)
     ch.client.handlers[7] = handler = Handler()
     last = ((1 << 32) - 1, 175, b"z" * 16)
-    boxes: list[Any] = []
-    received = ch.client.ampBoxReceived
-
-    def counted(box: Any) -> None:
-        boxes.append(dict(box))
-        received(box)
-
-    ch.client.ampBoxReceived = counted  # type: ignore[method-assign]
+    boxes = boxes_received(ch)
     ch.server.send_lists(7, [last])
     ch.server.send_lists(7, [])  # nothing to say: nothing sent
     ch.pump.flush()
