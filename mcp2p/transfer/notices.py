@@ -75,7 +75,7 @@ class Notices:
         self.seqs = lazy_zeros(8 * size).cast("q")
         self.digests = lazy_zeros(DIGEST_LEN * size)
         self.runs: deque[list[float]] = deque()  # [first, count, time], as they came
-        self.count = 0  # notices waiting
+        self.count = 0  # notices waiting (the compiled accept clears slots: its caller lowers it)
         self.overwritten = 0
         self.refused = 0
 
